@@ -1,0 +1,286 @@
+"""Benchmark unetgen against a hand-written reference U-Net and optional peers.
+
+    python -m benchmarks.run                      # every workload and candidate (slow: run on a quiet machine)
+    python -m benchmarks.run --quick              # tiny smoke run
+    python -m benchmarks.run --workloads paper --candidates unetgen monai --write-readme
+
+Each candidate runs in its own long-lived worker process; rounds are interleaved (round r: A, B, C,
+...), so slow drift of the machine hits every candidate alike. Times are per step; ratios are
+medians over the reference's median; ``ref-AA`` is a second copy of the reference, so its ratio is
+the noise. Peak memory is measured in a fresh process per candidate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import multiprocessing as mp
+import os
+import platform
+import shlex
+import statistics
+import sys
+import time
+import timeit
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from benchmarks.candidates import CANDIDATES, Candidate
+from benchmarks.workloads import WORKLOADS, Workload
+
+README = Path(__file__).with_name("README.md")
+PHASES = ("train", "eval")
+# Child processes fork from a server that has only imported torch and the worker code: a fresh,
+# clean process each, without paying the torch import every time.
+CTX = mp.get_context("forkserver")
+CTX.set_forkserver_preload(["benchmarks.worker"])
+
+
+@dataclass
+class Result:
+    name: str
+    cand: Candidate
+    info: dict[str, Any] = field(default_factory=dict)
+    times: dict[str, list[float]] = field(default_factory=lambda: {p: [] for p in PHASES})
+    mem_bytes: int | None = None
+    mem_method: str = ""
+    skipped: str = ""
+
+
+def start(target: Callable[..., None], *args: Any) -> tuple[Any, Connection]:
+    parent, child = CTX.Pipe()
+    proc = CTX.Process(target=target, args=(child, *args), daemon=True)
+    proc.start()
+    child.close()
+    return proc, parent
+
+
+def mm_flops_per_s(n: int, reps: int) -> float:
+    """Median throughput of an n x n fp32 torch.mm, in FLOP/s."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        times.append(time.perf_counter() - t0)
+    return 2 * n**3 / statistics.median(times)
+
+
+def time_workload(w: Workload, results: list[Result], rounds: int, warmup: int, min_round_s: float) -> None:
+    from benchmarks import worker
+
+    procs = {}
+    for r in results:
+        procs[r.name] = start(worker.serve, r.cand, w)
+    live = []
+    for r in results:
+        proc, conn = procs[r.name]
+        status, payload = conn.recv()
+        if status == "ok":
+            r.info = payload
+            live.append(r)
+        else:
+            r.skipped = payload
+            proc.join()
+
+    def ask(r: Result, phase: str, n: int) -> float:
+        conn = procs[r.name][1]
+        conn.send((phase, n))
+        return conn.recv()
+
+    inner: dict[tuple[str, str], int] = {}
+    for phase in PHASES:
+        timed = [r for r in live if phase in r.cand.measure]
+        warm = {r.name: [ask(r, phase, 1) for _ in range(max(warmup, 1))] for r in timed}
+        for r in timed:  # repeat tiny steps so one round takes at least min_round_s
+            inner[r.name, phase] = max(1, math.ceil(min_round_s / min(warm[r.name])))
+        for _ in range(rounds):
+            for r in timed:
+                r.times[phase].append(ask(r, phase, inner[r.name, phase]))
+    for proc, conn in procs.values():
+        if proc.is_alive():
+            conn.send(None)
+            proc.join()
+
+    # Peak memory: a fresh process per candidate. Probes run concurrently: each measures only itself.
+    probes = {
+        r.name: start(worker.probe_memory, r.cand, w, r.info["out_shape"]) for r in live if "memory" in r.cand.measure
+    }
+    for r in live:
+        if r.name in probes:
+            proc, conn = probes[r.name]
+            r.mem_bytes, r.mem_method = conn.recv()
+            proc.join()
+
+
+def fmt(x: float | None) -> str:
+    if x is None or math.isnan(x):
+        return "-"
+    return f"{x:.3g}" if abs(x) < 1000 else f"{x:.0f}"
+
+
+def md_table(headers: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def model_table(w: Workload, results: list[Result], mm: float) -> str:
+    ref = results[0]
+    med = {(r.name, p): statistics.median(r.times[p]) if r.times[p] else math.nan for r in results for p in PHASES}
+
+    def ratio(a: float | None, b: float | None) -> float | None:
+        return a / b if a is not None and b else None
+
+    rows = []
+    for r in results:
+        if r.skipped:
+            continue
+        flops = r.info["fwd_flops"]
+        row = [f"`{r.name}`", "x".join(map(str, r.info["out_shape"][2:])), f"{r.info['params'] / 1e6:.2f} M"]
+        row.append(fmt(flops / 1e9))
+        for phase, factor in (("train", 3), ("eval", 1)):
+            m = med[r.name, phase]
+            best = min(r.times[phase]) if r.times[phase] else math.nan
+            row.append(f"{fmt(m * 1e3)} ({fmt(best * 1e3)})")
+            row.append(fmt(ratio(m, med[ref.name, phase])))
+            row.append(fmt(100 * factor * flops / m / mm))
+        mib = r.mem_bytes / 2**20 if r.mem_bytes is not None else None
+        row += [fmt(mib), fmt(ratio(r.mem_bytes, ref.mem_bytes))]
+        rows.append(row)
+    headers = ["candidate", "output", "params", "fwd GFLOP"]
+    headers += ["train ms median (min)", "train x ref", "train % mm"]
+    headers += ["eval ms median (min)", "eval x ref", "eval % mm", "train peak MiB", "peak x ref"]
+    lines = [f"### `{w.name}`: {w.description}", "", f"Input {'x'.join(map(str, w.input_shape))}, base {w.base}.", ""]
+    lines += [md_table(headers, rows), ""]
+    for r in results:
+        if r.skipped:
+            lines.append(f"- `{r.name}` skipped: {r.skipped}")
+        elif r.cand.note:
+            lines.append(f"- `{r.name}`: {r.cand.note}")
+        if r.mem_bytes is None and r.mem_method and "memory" in r.cand.measure and not r.skipped:
+            lines.append(f"- `{r.name}` memory probe failed: {r.mem_method}")
+    methods = sorted({r.mem_method for r in results if r.mem_bytes is not None})
+    lines.append(f"\nmm: {mm / 1e9:.1f} GFLOP/s; peak memory via {', '.join(methods) or '-'}.\n")
+    return "\n".join(lines)
+
+
+def shapes_table(w: Workload, rounds: int) -> str:
+    head = f"### `{w.name}`: {w.description}\n"
+    try:
+        import unetgen
+
+        config_cls = getattr(unetgen, "UNetConfig", None)
+        cfg = config_cls.model_validate(w.unetgen_config()) if config_cls else w.unetgen_config()
+        calls: dict[str, Callable[[], object]] = {
+            "valid_input_sizes(cfg, 10**6)": lambda: unetgen.valid_input_sizes(cfg, 10**6),
+            "output_shape(cfg, (572, 572))": lambda: unetgen.output_shape(cfg, (572, 572)),
+        }
+        timers = {name: timeit.Timer(fn) for name, fn in calls.items()}
+        numbers = {name: t.autorange()[0] for name, t in timers.items()}
+    except Exception as exc:
+        return f"{head}\n- skipped: {type(exc).__name__}: {exc}\n"
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(rounds):
+        for name, t in timers.items():
+            times[name].append(t.timeit(numbers[name]) / numbers[name])
+    rows = [
+        [f"`{name}`", fmt(statistics.median(ts) * 1e6), fmt(min(ts) * 1e6), str(numbers[name])]
+        for name, ts in times.items()
+    ]
+    return f"{head}\n{md_table(['call', 'µs median', 'µs min', 'calls per round'], rows)}\n"
+
+
+def machine_info() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return (
+        f"{cpu}; {os.cpu_count()} CPUs; torch {torch.__version__} with {torch.get_num_threads()} threads; "
+        f"Python {platform.python_version()}"
+    )
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n\n")[0])
+    p.add_argument("--workloads", nargs="+", choices=list(WORKLOADS), default=list(WORKLOADS))
+    p.add_argument("--candidates", nargs="+", choices=list(CANDIDATES), default=list(CANDIDATES))
+    p.add_argument("--rounds", type=int, default=None, help="timed rounds (default 9; 2 with --quick)")
+    p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 2; 1 with --quick)")
+    p.add_argument("--min-round-s", type=float, default=0.05, help="repeat tiny steps to fill a round")
+    p.add_argument("--quick", action="store_true", help="tiny smoke run: small inputs, base 4, 2 rounds")
+    p.add_argument(
+        "--write-readme", nargs="?", const=README, type=Path, metavar="PATH", help=f"write results (to {README})"
+    )
+    args = p.parse_args(argv)
+    args.rounds = args.rounds or (2 if args.quick else 9)
+    args.warmup = args.warmup if args.warmup is not None else (1 if args.quick else 2)
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    command = shlex.join(["python", "-m", "benchmarks.run", *(sys.argv[1:] if argv is None else argv)])
+    names = ["reference"] + [n for n in args.candidates if n != "reference"]
+    sections = []
+    for name in args.workloads:
+        w = WORKLOADS[name].quick() if args.quick else WORKLOADS[name]
+        if w.kind == "shapes":
+            section = shapes_table(w, args.rounds)
+        else:
+            results = [Result(n, CANDIDATES[n]) for n in names]
+            mm = mm_flops_per_s(512 if args.quick else 2048, 5)
+            time_workload(w, results, args.rounds, args.warmup, args.min_round_s)
+            section = model_table(w, results, mm)
+        print(section, flush=True)
+        sections.append(section)
+    if args.write_readme:
+        write_readme(args.write_readme, command, args, sections)
+        print(f"wrote {args.write_readme}")
+
+
+def write_readme(path: Path, command: str, args: argparse.Namespace, sections: list[str]) -> None:
+    date = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    method = (__doc__ or "").split("\n\n", 2)[2].strip()
+    quick = "\n**`--quick` smoke run: tiny inputs and base 4; the numbers mean nothing.**\n" if args.quick else ""
+    text = f"""# Benchmarks
+
+Generated by `benchmarks/run.py`; do not edit by hand.
+{quick}
+- command: `{command}`
+- date: {date}
+- machine: {machine_info()}
+- rounds: {args.rounds} timed, {args.warmup} warm-up
+
+## Method
+
+{method}
+
+Columns: a training step is zero_grad(set_to_none) + forward + cross-entropy + backward; eval is a
+forward in eval mode under `torch.inference_mode()`. `ms median (min)` are per step over rounds;
+`x ref` is the ratio of medians to `reference` (above 1 is slower or larger). `% mm` is achieved
+FLOP/s (forward FLOPs from `FlopCounterMode`, training counted as 3x forward) as a percentage of a
+2048x2048 fp32 `torch.mm` measured just before the workload. `train peak MiB` is the peak RSS of
+one training step above the RSS after building the model and the batch, in a fresh process.
+Every process uses torch's default thread count.
+
+## Results
+
+""" + "\n".join(sections)
+    path.write_text(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,45 @@
+"""A deliberately naive, independent size simulator: one axis, pixel by pixel through the network."""
+
+from __future__ import annotations
+
+from unetgen import UNetConfig
+
+
+def kernels(config: UNetConfig, axis: int) -> list[int]:
+    k = config.kernel_size
+    entries = k if isinstance(k, tuple) else [k] * (config.depth + 1)
+    return [e[axis] if isinstance(e, tuple) else e for e in entries]
+
+
+def strides(config: UNetConfig, axis: int) -> list[int]:
+    s = config.strides
+    entries = s if isinstance(s, tuple) else [s] * config.depth
+    return [e[axis] if isinstance(e, tuple) else e for e in entries]
+
+
+def simulate(config: UNetConfig, size: int, axis: int = 0) -> int | None:
+    """The output size along `axis`, or None if some map would vanish or a pool would drop pixels."""
+    lay = config.layout
+    ks, ss = kernels(config, axis), strides(config, axis)
+    shrink = config.padding == "valid"
+    skips = []
+    x = size
+    for level in range(config.depth + 1):
+        for _ in lay.encoder[level].channels:
+            x -= ks[level] - 1 if shrink else 0
+            if x < 1:
+                return None
+        if level < config.depth:
+            skips.append(x)
+            if x % ss[level]:
+                return None
+            x //= ss[level]
+    for level in reversed(range(config.depth)):
+        x *= ss[level]
+        if skips[level] < x or (skips[level] - x) % 2:
+            return None
+        for _ in lay.decoder[level].channels:
+            x -= ks[level] - 1 if shrink else 0
+            if x < 1:
+                return None
+    return x

@@ -1,0 +1,188 @@
+"""The building blocks of a U-Net: conv blocks, down- and up-sampling, and skip merges.
+
+Each block receives only the slice of the config it needs."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from . import layers
+from .config import (
+    Activation,
+    Add,
+    AttentionGate,
+    AvgPool,
+    Block,
+    Concat,
+    ConvDown,
+    Down,
+    LinearUp,
+    MaxPool,
+    Merge,
+    NearestUp,
+    Norm,
+    ResidualBlock,
+    SpatialDims,
+    Stage,
+    TransposeUp,
+    Up,
+)
+
+
+def center_crop(x: torch.Tensor, shape: tuple[int, ...] | torch.Size) -> torch.Tensor:
+    """A view of `x` (B, C, *spatial) cropped to the centred window of spatial `shape`."""
+    for axis, size in enumerate(shape, start=2):
+        x = x.narrow(axis, (x.shape[axis] - size) // 2, size)
+    return x
+
+
+class ConvBlock(nn.Module):
+    """`len(stage.channels)` convolutions with norm and activation, plain or residual, followed by
+    optional dropout. With valid padding each k-wide conv shrinks the map by k - 1 per axis."""
+
+    def __init__(
+        self,
+        dims: SpatialDims,
+        stage: Stage,
+        *,
+        same: bool,
+        norm: Norm,
+        act: Activation,
+        bias: bool,
+        block: Block,
+        dropout: nn.Module | None = None,
+    ) -> None:
+        super().__init__()
+        pre = block.preactivation
+        residual = isinstance(block, ResidualBlock)
+        layers_: list[nn.Module] = []
+        cin = stage.in_channels
+        for j, cout in enumerate(stage.channels):
+            last = j == len(stage.channels) - 1
+            if pre:
+                n = layers.norm(norm, dims, cin)
+                # no norm: the activation would overwrite its input, which may be a skip or identity
+                layers_ += [m for m in (n, layers.activation(act, inplace=n is not None)) if m is not None]
+                layers_.append(layers.conv(dims, cin, cout, stage.kernel, same=same, bias=bias))
+            else:
+                layers_.append(layers.conv(dims, cin, cout, stage.kernel, same=same, bias=bias))
+                if (n := layers.norm(norm, dims, cout)) is not None:
+                    layers_.append(n)
+                if not (residual and last):  # the residual block activates after the sum
+                    layers_.append(layers.activation(act))
+            cin = cout
+        self.body = nn.Sequential(*layers_)
+        self.residual = residual
+        if residual:
+            proj: list[nn.Module] = []
+            if stage.in_channels != stage.out_channels:
+                proj.append(layers.conv(dims, stage.in_channels, stage.out_channels, 1, bias=bias or pre))
+                if not pre and (n := layers.norm(norm, dims, stage.out_channels)) is not None:
+                    proj.append(n)
+            self.shortcut = nn.Sequential(*proj)
+            # valid padding shrinks the body by sum(k - 1) per axis: crop the identity centrally
+            self.margin = tuple(0 if same else (k - 1) * len(stage.channels) // 2 for k in stage.kernel)
+            self.post_act = None if pre else layers.activation(act)
+        self.dropout = dropout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.body(x)  # (B, C_out, *(S - sum(k - 1)))
+        if self.residual:
+            for axis, m in enumerate(self.margin, start=2):
+                if m:
+                    x = x.narrow(axis, m, x.shape[axis] - 2 * m)
+            y = y + self.shortcut(x)
+            if self.post_act is not None:
+                y = self.post_act(y)
+        if self.dropout is not None:
+            y = self.dropout(y)
+        return y
+
+
+def make_down(option: Down, dims: SpatialDims, channels: int, stride: tuple[int, ...]) -> nn.Module:
+    """Down-sampling by `stride` with kernel = stride; the channels stay."""
+    match option:
+        case MaxPool():
+            return layers.MAX_POOL[dims](stride, stride)
+        case AvgPool():
+            return layers.AVG_POOL[dims](stride, stride)
+        case ConvDown():
+            return layers.CONV[dims](channels, channels, stride, stride=stride)
+    raise AssertionError(f"unhandled down {option!r}")
+
+
+def make_up(option: Up, dims: SpatialDims, cin: int, cout: int, stride: tuple[int, ...]) -> nn.Module:
+    """Up-sampling by `stride` from `cin` to `cout` channels."""
+    match option:
+        case TransposeUp():
+            return layers.CONV_TRANSPOSE[dims](cin, cout, stride, stride=stride)
+        case NearestUp():
+            return nn.Sequential(nn.Upsample(scale_factor=stride, mode="nearest"), layers.conv(dims, cin, cout, 1))
+        case LinearUp():
+            mode = layers.INTERPOLATION[dims]
+            return nn.Sequential(
+                nn.Upsample(scale_factor=stride, mode=mode, align_corners=False), layers.conv(dims, cin, cout, 1)
+            )
+    raise AssertionError(f"unhandled up {option!r}")
+
+
+class Gate(nn.Module):
+    """Additive attention gate (Oktay et al. 2018): the skip x is weighted by
+    sigmoid(psi(act(W_x x + W_g g))), where g is the up-sampled coarser map."""
+
+    def __init__(self, dims: SpatialDims, skip: int, gate: int, inter: int, norm: Norm, act: Activation) -> None:
+        super().__init__()
+
+        def project(cin: int, cout: int) -> nn.Sequential:
+            n = layers.norm(norm, dims, cout)
+            return nn.Sequential(*[m for m in (layers.conv(dims, cin, cout, 1), n) if m is not None])
+
+        self.w_x, self.w_g = project(skip, inter), project(gate, inter)
+        self.act = layers.activation(act)
+        self.psi = nn.Sequential(project(inter, 1), nn.Sigmoid())
+
+    def forward(self, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        alpha = self.psi(self.act(self.w_x(x) + self.w_g(g)))  # (B, 1, *S)
+        return x * alpha
+
+
+class SkipMerge(nn.Module):
+    """Centre-crops the skip to the up-sampled map and merges the two."""
+
+    def __init__(self, option: Merge, dims: SpatialDims, skip: int, up: int, norm: Norm, act: Activation) -> None:
+        super().__init__()
+        self.option = option
+        self.gate = None
+        if isinstance(option, AttentionGate):
+            self.gate = Gate(dims, skip, up, option.inter_channels or max(1, skip // 2), norm, act)
+
+    def forward(self, skip: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+        skip = center_crop(skip, up.shape[2:])  # (B, C_skip, *up.shape[2:]), a view
+        match self.option:
+            case Add():
+                return skip + up
+            case Concat():
+                return torch.cat([skip, up], dim=1)  # (B, C_skip + C_up, *S)
+            case AttentionGate():
+                assert self.gate is not None
+                return torch.cat([self.gate(skip, up), up], dim=1)
+        raise AssertionError(f"unhandled merge {self.option!r}")
+
+
+def paper_init_(module: nn.Module) -> None:
+    """Gaussian weights with std sqrt(2/N), N = the inputs of one output neuron, and zero bias
+    (Ronneberger et al. 2015, after He et al. 2015), for every conv and transposed conv."""
+    for m in module.modules():
+        if isinstance(m, nn.modules.conv._ConvNd):
+            w = m.weight
+            receptive = math.prod(m.kernel_size)
+            if m.transposed:  # weight (C_in, C_out/g, *k): each output sees C_in * k/stride inputs
+                fan_in = w.shape[0] * receptive // math.prod(m.stride)
+            else:  # weight (C_out, C_in/g, *k)
+                fan_in = w.shape[1] * receptive
+            nn.init.normal_(w, 0.0, math.sqrt(2.0 / max(1, fan_in)))
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)

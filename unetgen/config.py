@@ -1,0 +1,528 @@
+"""The declarative description of a U-Net: `UNetConfig` and its option types.
+
+`UNetConfig()` is the network of Ronneberger et al. 2015 (Figure 1). Options with parameters
+are discriminated unions keyed by ``type``; every option may also be written as a bare
+string (``norm: batch``), which means that option with its default parameters.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, GetCoreSchemaHandler, GetJsonSchemaHandler, model_validator
+from pydantic_core import core_schema
+
+SpatialDims = Literal[1, 2, 3]
+Padding = Literal["valid", "same"]
+
+MAX_CHANNELS = 16384
+MAX_DEPTH = 8
+MAX_KERNEL = 15
+MAX_STRIDE = 8
+MAX_CONVS = 8
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+
+class BareString:
+    """Annotated marker: accept ``"name"`` for ``{"type": "name"}`` and say so in the JSON Schema."""
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> core_schema.CoreSchema:
+        return core_schema.no_info_before_validator_function(_bare_to_dict, handler(source))
+
+    def __get_pydantic_json_schema__(self, schema: core_schema.CoreSchema, handler: GetJsonSchemaHandler) -> Any:
+        inner = handler(schema)
+        tags = sorted(handler.resolve_ref_schema(inner).get("discriminator", {}).get("mapping", {}))
+        return {"anyOf": [{"type": "string", "enum": tags}, inner]}
+
+
+def _bare_to_dict(value: Any) -> Any:
+    return {"type": value} if isinstance(value, str) else value
+
+
+# ---------------------------------------------------------------------------------------------
+# norm
+
+
+class NoNorm(_Model):
+    """No normalisation (the paper)."""
+
+    type: Literal["none"] = "none"
+
+
+class BatchNorm(_Model):
+    """Batch normalisation after each convolution (the widely copied variant of the paper)."""
+
+    type: Literal["batch"] = "batch"
+    momentum: float = Field(0.1, gt=0, le=1)
+    """Running-statistics momentum, as in `torch.nn.BatchNorm2d`."""
+    eps: float = Field(1e-5, gt=0, le=1)
+    """Added to the variance for numerical stability."""
+
+
+class InstanceNorm(_Model):
+    """Instance normalisation (per sample, per channel), with learnable affine parameters."""
+
+    type: Literal["instance"] = "instance"
+    affine: bool = True
+    """Learn a per-channel scale and shift."""
+    eps: float = Field(1e-5, gt=0, le=1)
+    """Added to the variance for numerical stability."""
+
+
+class GroupNorm(_Model):
+    """Group normalisation (Wu and He 2018); `num_groups` must divide every channel count."""
+
+    type: Literal["group"] = "group"
+    num_groups: int = Field(8, ge=1, le=MAX_CHANNELS)
+    """Number of channel groups; must divide the channels of every normalised layer."""
+    eps: float = Field(1e-5, gt=0, le=1)
+    """Added to the variance for numerical stability."""
+
+
+class LayerNorm(_Model):
+    """Layer normalisation over channels and space (`GroupNorm` with one group), per sample."""
+
+    type: Literal["layer"] = "layer"
+    eps: float = Field(1e-5, gt=0, le=1)
+    """Added to the variance for numerical stability."""
+
+
+Norm = Annotated[NoNorm | BatchNorm | InstanceNorm | GroupNorm | LayerNorm, Field(discriminator="type"), BareString()]
+
+
+# ---------------------------------------------------------------------------------------------
+# activation
+
+
+class ReLU(_Model):
+    """Rectified linear unit (the paper)."""
+
+    type: Literal["relu"] = "relu"
+
+
+class LeakyReLU(_Model):
+    """Leaky ReLU."""
+
+    type: Literal["leaky_relu"] = "leaky_relu"
+    negative_slope: float = Field(0.01, ge=0, le=1)
+    """Slope for negative inputs."""
+
+
+class ELU(_Model):
+    """Exponential linear unit."""
+
+    type: Literal["elu"] = "elu"
+    alpha: float = Field(1.0, gt=0, le=100)
+    """Saturation value for negative inputs."""
+
+
+class GELU(_Model):
+    """Gaussian error linear unit."""
+
+    type: Literal["gelu"] = "gelu"
+
+
+class SiLU(_Model):
+    """Sigmoid linear unit (swish)."""
+
+    type: Literal["silu"] = "silu"
+
+
+Activation = Annotated[ReLU | LeakyReLU | ELU | GELU | SiLU, Field(discriminator="type"), BareString()]
+
+
+# ---------------------------------------------------------------------------------------------
+# block
+
+
+class PlainBlock(_Model):
+    """`convs_per_block` x (conv, norm, activation): the paper's block."""
+
+    type: Literal["plain"] = "plain"
+    preactivation: bool = False
+    """Order norm, activation, conv (He et al. 2016b) instead of conv, norm, activation."""
+
+
+class ResidualBlock(_Model):
+    """A residual block (He et al. 2016): the convs plus an identity path, projected by a 1x1
+    conv where the channels change and centre-cropped where valid padding shrinks the map."""
+
+    type: Literal["residual"] = "residual"
+    preactivation: bool = False
+    """Pre-activation residual unit (norm, activation, conv; no activation after the sum)."""
+
+
+Block = Annotated[PlainBlock | ResidualBlock, Field(discriminator="type"), BareString()]
+
+
+# ---------------------------------------------------------------------------------------------
+# merge
+
+
+class Concat(_Model):
+    """Concatenate the centre-cropped skip and the up-sampled map along channels (the paper)."""
+
+    type: Literal["concat"] = "concat"
+
+
+class Add(_Model):
+    """Add the centre-cropped skip to the up-sampled map; their channels must be equal."""
+
+    type: Literal["add"] = "add"
+
+
+class AttentionGate(_Model):
+    """Additive attention gate on the skip (Oktay et al. 2018), gated by the up-sampled coarser
+    map, then concatenation."""
+
+    type: Literal["attention"] = "attention"
+    inter_channels: int | None = Field(None, ge=1, le=MAX_CHANNELS)
+    """Channels of the gate's intermediate map; default half the skip's channels (at least 1)."""
+
+
+Merge = Annotated[Concat | Add | AttentionGate, Field(discriminator="type"), BareString()]
+
+
+# ---------------------------------------------------------------------------------------------
+# down- and up-sampling
+
+
+class MaxPool(_Model):
+    """Max pooling with kernel = stride (the paper's 2x2 max-pool)."""
+
+    type: Literal["max"] = "max"
+
+
+class AvgPool(_Model):
+    """Average pooling with kernel = stride."""
+
+    type: Literal["avg"] = "avg"
+
+
+class ConvDown(_Model):
+    """A learned strided convolution with kernel = stride, keeping the channels."""
+
+    type: Literal["conv"] = "conv"
+
+
+Down = Annotated[MaxPool | AvgPool | ConvDown, Field(discriminator="type"), BareString()]
+
+
+class TransposeUp(_Model):
+    """Transposed convolution with kernel = stride (the paper's 2x2 up-convolution)."""
+
+    type: Literal["transpose"] = "transpose"
+
+
+class NearestUp(_Model):
+    """Nearest-neighbour interpolation by the stride, then a 1x1 conv to the new channels."""
+
+    type: Literal["nearest"] = "nearest"
+
+
+class LinearUp(_Model):
+    """(Bi/tri)linear interpolation by the stride (align_corners=False), then a 1x1 conv."""
+
+    type: Literal["linear"] = "linear"
+
+
+Up = Annotated[TransposeUp | NearestUp | LinearUp, Field(discriminator="type"), BareString()]
+
+
+# ---------------------------------------------------------------------------------------------
+# dropout
+
+
+class Dropout(_Model):
+    """Dropout after the convolutions of chosen blocks."""
+
+    rate: float = Field(0.5, ge=0, lt=1)
+    """Probability of zeroing an element; 0 disables dropout."""
+    placement: Literal["contracting_end", "bottleneck", "encoder", "decoder", "all"] = "contracting_end"
+    """Where: `contracting_end` = the last encoder level and the bottleneck (the paper's "drop-out
+    layers at the end of the contracting path", as in its Caffe model); `bottleneck`; every
+    `encoder` block including the bottleneck; every `decoder` block; or `all` blocks."""
+    spatial: bool = False
+    """Drop whole channels (`Dropout2d`/`Dropout3d`) instead of single elements."""
+
+
+# ---------------------------------------------------------------------------------------------
+# the resolved, per-stage view
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One block of convolutions: its input channels, the output channels of each conv and the
+    kernel size of its convs per spatial axis."""
+
+    in_channels: int
+    channels: tuple[int, ...]
+    kernel: tuple[int, ...]
+
+    @property
+    def out_channels(self) -> int:
+        return self.channels[-1]
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The config resolved to explicit per-stage values: `encoder` has depth+1 stages (the last is
+    the bottleneck); `strides[i]` goes from level i to level i+1; `up_channels[i]` and
+    `decoder[i]` belong to level i (0 = full resolution)."""
+
+    encoder: tuple[Stage, ...]
+    strides: tuple[tuple[int, ...], ...]
+    up_channels: tuple[int, ...]
+    decoder: tuple[Stage, ...]
+
+
+PerStage = int | tuple[int | tuple[int, ...], ...]
+ChannelSpec = tuple[
+    Annotated[int, Field(ge=1, le=MAX_CHANNELS)] | tuple[Annotated[int, Field(ge=1, le=MAX_CHANNELS)], ...], ...
+]
+ConvCount = Annotated[int, Field(ge=1, le=MAX_CONVS)]
+
+
+class UNetConfig(_Model):
+    """A U-Net, declared as data. The defaults are the network of Ronneberger et al. 2015."""
+
+    spatial_dims: SpatialDims = 2
+    """Number of spatial axes: 1 (signals), 2 (images) or 3 (volumes)."""
+    in_channels: int = Field(1, ge=1, le=MAX_CHANNELS)
+    """Channels of the input image."""
+    out_channels: int = Field(2, ge=1, le=MAX_CHANNELS)
+    """Channels of the output (classes for segmentation)."""
+    depth: int = Field(4, ge=1, le=MAX_DEPTH)
+    """Number of down-sampling steps; the network has depth+1 resolution levels (paper: 4)."""
+    base_channels: int = Field(64, ge=1, le=MAX_CHANNELS)
+    """Channels of the first level; level i has base_channels * channel_multiplier**i."""
+    channel_multiplier: int = Field(2, ge=1, le=8)
+    """Factor between the channels of consecutive levels."""
+    channels: ChannelSpec | None = None
+    """Explicit channels per level (depth+1 entries, the last is the bottleneck). An entry is an
+    int (every conv of the block) or a list with one value per conv (the 3D U-Net doubles the
+    channels inside each block: [[32, 64], [64, 128], ...]). Overrides base_channels and
+    channel_multiplier, which must then be left at their defaults or agree."""
+    decoder_channels: ChannelSpec | None = None
+    """Channels of each decoder level's convs (depth entries, level 0 first); default: the
+    output channels of the encoder level at the same resolution."""
+    convs_per_block: ConvCount | tuple[ConvCount, ...] = 2
+    """Convolutions per encoder block: one int, or one per level including the bottleneck."""
+    decoder_convs_per_block: ConvCount | tuple[ConvCount, ...] | None = None
+    """Convolutions per decoder block: one int or one per level (level 0 first); default: as
+    the encoder block of the same level."""
+    kernel_size: int | tuple[int | tuple[int, ...], ...] = 3
+    """Conv kernel size (odd): one int, or one entry per level (depth+1), each an int or a list
+    with one value per spatial axis, e.g. [[1, 3, 3], [3, 3, 3], ...] for anisotropic volumes.
+    Decoder level i uses the kernel of encoder level i."""
+    strides: int | tuple[int | tuple[int, ...], ...] = 2
+    """Down-sampling factor of each step: one int, or one entry per step (depth), each an int
+    or one value per axis, e.g. [[1, 2, 2], [2, 2, 2], ...]. Pool, strided-conv and up-sampling
+    kernels equal the stride."""
+    padding: Padding = "valid"
+    """`valid`: unpadded convs, each k x k conv shrinks the map by k-1 (the paper); `same`:
+    zero padding keeps the size."""
+    norm: Norm = NoNorm()
+    """Normalisation after each conv: none (the paper), batch, instance, group or layer."""
+    bias: bool | None = None
+    """Conv bias; default on without norm and off with it."""
+    activation: Activation = ReLU()
+    """Non-linearity after each conv (after its norm)."""
+    block: Block = PlainBlock()
+    """Block type: plain (the paper) or residual."""
+    merge: Merge = Concat()
+    """How a decoder level combines its skip with the up-sampled map."""
+    down: Down = MaxPool()
+    """Down-sampling: max pooling (the paper), average pooling or a strided conv."""
+    up: Up = TransposeUp()
+    """Up-sampling: a transposed conv (the paper's up-convolution) or interpolation + 1x1 conv."""
+    up_channels: Literal["skip", "keep"] = "skip"
+    """Channels after up-sampling: `skip` = those of the skip it is merged with (the paper halves
+    1024 to 512), `keep` = unchanged (the 3D U-Net of Cicek et al. 2016)."""
+    dropout: Dropout = Dropout()
+    """Dropout rate and placement; the paper puts it at the end of the contracting path."""
+    deep_supervision: tuple[Annotated[int, Field(ge=1, le=MAX_DEPTH - 1)], ...] = ()
+    """Decoder levels (1..depth-1, 0 is the main output) that get a 1x1 auxiliary head; in
+    training mode `forward` then returns [main, aux(level) for each level in ascending order]."""
+    init: Literal["paper", "torch"] = "paper"
+    """Weight init: `paper` = Gaussian with std sqrt(2/fan_in) and zero bias (He et al.), as in
+    the paper; `torch` = PyTorch's default."""
+    checkpointing: bool = False
+    """Activation checkpointing per level in training: less memory, more compute."""
+
+    # -- cross-field rules -------------------------------------------------------------------
+
+    @model_validator(mode="after")
+    def _check(self) -> UNetConfig:
+        d, n = self.depth, self.spatial_dims
+        fields = self.model_fields_set
+        if self.channels is not None:
+            _expect_len("channels", self.channels, d + 1, "one per level, the bottleneck last")
+            if {"base_channels", "channel_multiplier"} & fields:
+                implied = tuple(self.base_channels * self.channel_multiplier**i for i in range(d + 1))
+                if tuple(_last(c) for c in self.channels) != implied:
+                    raise ValueError(
+                        f"channels={_fmt(self.channels)} contradicts base_channels={self.base_channels} "
+                        f"and channel_multiplier={self.channel_multiplier} (which give {list(implied)}); "
+                        "set either channels or base_channels/channel_multiplier"
+                    )
+        elif self.base_channels * self.channel_multiplier**d > MAX_CHANNELS:
+            raise ValueError(
+                f"base_channels={self.base_channels} * channel_multiplier={self.channel_multiplier}"
+                f"**depth={d} = {self.base_channels * self.channel_multiplier**d} exceeds the limit "
+                f"of {MAX_CHANNELS} channels; lower base_channels, channel_multiplier or depth"
+            )
+        if self.decoder_channels is not None:
+            _expect_len("decoder_channels", self.decoder_channels, d, "one per decoder level, level 0 first")
+        if isinstance(self.convs_per_block, tuple):
+            _expect_len("convs_per_block", self.convs_per_block, d + 1, "one per level, the bottleneck last")
+        if isinstance(self.decoder_convs_per_block, tuple):
+            _expect_len("decoder_convs_per_block", self.decoder_convs_per_block, d, "one per decoder level")
+        for name, value, count in (
+            ("channels", self.channels, self._encoder_convs()),
+            ("decoder_channels", self.decoder_channels, self._decoder_convs()),
+        ):
+            for i, entry in enumerate(value or ()):
+                if isinstance(entry, tuple) and len(entry) != count[i]:
+                    raise ValueError(
+                        f"{name}[{i}]={list(entry)} has {len(entry)} values but level {i} has "
+                        f"{count[i]} convs; give one value per conv or a single int"
+                    )
+        _per_axis("kernel_size", self.kernel_size, d + 1, n, 1, MAX_KERNEL, odd=True)
+        _per_axis("strides", self.strides, d, n, 1, MAX_STRIDE, odd=False)
+        for level in self.deep_supervision:
+            if level >= d:
+                raise ValueError(f"deep_supervision level {level} does not exist for depth={d}; use levels 1..{d - 1}")
+        if len(set(self.deep_supervision)) != len(self.deep_supervision):
+            raise ValueError(f"deep_supervision={list(self.deep_supervision)} repeats a level")
+        layout = self.layout
+        if isinstance(self.norm, GroupNorm):
+            g = self.norm.num_groups
+            normed = {c for s in layout.encoder + layout.decoder for c in s.channels}
+            if self.block.preactivation:
+                normed |= {s.in_channels for s in layout.encoder + layout.decoder}
+            if bad := sorted(c for c in normed if c % g):
+                raise ValueError(
+                    f"norm.num_groups={g} does not divide the channel count(s) {bad}; choose "
+                    f"num_groups dividing every channel count (e.g. {_common_divisor(normed)})"
+                )
+        if isinstance(self.merge, Add):
+            for i, (up, skip) in enumerate(zip(layout.up_channels, layout.encoder, strict=False)):
+                if up != skip.out_channels:
+                    raise ValueError(
+                        f"merge='add' needs equal channels, but at level {i} the up-sampled map has "
+                        f"{up} (up_channels='{self.up_channels}') and the skip {skip.out_channels}; "
+                        "use merge='concat' or up_channels='skip'"
+                    )
+        return self
+
+    # -- resolved view -----------------------------------------------------------------------
+
+    def _encoder_convs(self) -> tuple[int, ...]:
+        c = self.convs_per_block
+        return c if isinstance(c, tuple) else (c,) * (self.depth + 1)
+
+    def _decoder_convs(self) -> tuple[int, ...]:
+        c = self.decoder_convs_per_block
+        if c is None:
+            return self._encoder_convs()[: self.depth]
+        return c if isinstance(c, tuple) else (c,) * self.depth
+
+    @cached_property
+    def layout(self) -> Layout:
+        """Every per-stage value made explicit (computed once per config)."""
+        d, n = self.depth, self.spatial_dims
+        enc_convs, dec_convs = self._encoder_convs(), self._decoder_convs()
+        if self.channels is None:
+            widths: tuple[Any, ...] = tuple(self.base_channels * self.channel_multiplier**i for i in range(d + 1))
+        else:
+            widths = self.channels
+        kernels = _expand_axes(self.kernel_size, d + 1, n)
+        strides = _expand_axes(self.strides, d, n)
+        encoder: list[Stage] = []
+        cin = self.in_channels
+        for i in range(d + 1):
+            chans = _expand_convs(widths[i], enc_convs[i])
+            encoder.append(Stage(cin, chans, kernels[i]))
+            cin = chans[-1]
+        dec_widths = self.decoder_channels or tuple(encoder[i].out_channels for i in range(d))
+        ups, decoder = [0] * d, []
+        coarse = encoder[d].out_channels
+        for i in reversed(range(d)):
+            ups[i] = encoder[i].out_channels if self.up_channels == "skip" else coarse
+            skip = 0 if isinstance(self.merge, Add) else encoder[i].out_channels
+            chans = _expand_convs(dec_widths[i], dec_convs[i])
+            decoder.insert(0, Stage(ups[i] + skip, chans, kernels[i]))
+            coarse = chans[-1]
+        return Layout(tuple(encoder), strides, tuple(ups), tuple(decoder))
+
+    def model_copy(self, *, update: dict[str, Any] | None = None, deep: bool = False) -> UNetConfig:
+        """A validated copy with `update` applied (configs are frozen; this is how to vary one)."""
+        return type(self).model_validate({**self.model_dump(), **(update or {})})
+
+    @property
+    def conv_bias(self) -> bool:
+        """Whether convs followed by a norm have a bias: `bias`, or on exactly when norm is none."""
+        return self.bias if self.bias is not None else isinstance(self.norm, NoNorm)
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+
+
+def _last(entry: int | tuple[int, ...]) -> int:
+    return entry[-1] if isinstance(entry, tuple) else entry
+
+
+def _fmt(value: Any) -> str:
+    return str(_listify(value))
+
+
+def _listify(value: Any) -> Any:
+    return [_listify(v) for v in value] if isinstance(value, tuple) else value
+
+
+def _expect_len(name: str, value: tuple[Any, ...], want: int, what: str) -> None:
+    if len(value) != want:
+        raise ValueError(f"{name} has {len(value)} entries but needs {want} ({what}): {name}={_fmt(value)}")
+
+
+def _per_axis(name: str, value: PerStage, stages: int, dims: int, lo: int, hi: int, *, odd: bool) -> None:
+    if isinstance(value, tuple):
+        _expect_len(name, value, stages, "one per level" if odd else "one per down-sampling step")
+    entries = value if isinstance(value, tuple) else (value,)
+    for i, entry in enumerate(entries):
+        axes = entry if isinstance(entry, tuple) else (entry,)
+        where = f"{name}[{i}]" if isinstance(value, tuple) else name
+        if isinstance(entry, tuple) and len(entry) != dims:
+            raise ValueError(f"{where}={list(entry)} has {len(entry)} values but spatial_dims={dims}")
+        for k in axes:
+            if not lo <= k <= hi:
+                raise ValueError(f"{where}={_fmt(entry)} must be between {lo} and {hi}")
+            if odd and k % 2 == 0:
+                raise ValueError(
+                    f"{where}={_fmt(entry)} must be odd so that every crop stays centred; use {k - 1} or {k + 1}"
+                )
+
+
+def _expand_axes(value: PerStage, stages: int, dims: int) -> tuple[tuple[int, ...], ...]:
+    entries = value if isinstance(value, tuple) else (value,) * stages
+    return tuple(e if isinstance(e, tuple) else (e,) * dims for e in entries)
+
+
+def _expand_convs(entry: int | tuple[int, ...], convs: int) -> tuple[int, ...]:
+    return entry if isinstance(entry, tuple) else (entry,) * convs
+
+
+def _common_divisor(values: set[int]) -> int:
+    from math import gcd
+
+    g = 0
+    for v in values:
+        g = gcd(g, v)
+    return g

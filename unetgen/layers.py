@@ -1,0 +1,87 @@
+"""Dimension-generic layers: typed tables from spatial dims to torch classes, and factories
+that turn config options into modules."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from .config import (
+    ELU,
+    GELU,
+    Activation,
+    BatchNorm,
+    GroupNorm,
+    InstanceNorm,
+    LayerNorm,
+    LeakyReLU,
+    NoNorm,
+    Norm,
+    ReLU,
+    SiLU,
+    SpatialDims,
+)
+
+CONV: dict[SpatialDims, type[nn.Module]] = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
+CONV_TRANSPOSE: dict[SpatialDims, type[nn.Module]] = {
+    1: nn.ConvTranspose1d,
+    2: nn.ConvTranspose2d,
+    3: nn.ConvTranspose3d,
+}
+MAX_POOL: dict[SpatialDims, type[nn.Module]] = {1: nn.MaxPool1d, 2: nn.MaxPool2d, 3: nn.MaxPool3d}
+AVG_POOL: dict[SpatialDims, type[nn.Module]] = {1: nn.AvgPool1d, 2: nn.AvgPool2d, 3: nn.AvgPool3d}
+BATCH_NORM: dict[SpatialDims, type[nn.Module]] = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
+INSTANCE_NORM: dict[SpatialDims, type[nn.Module]] = {
+    1: nn.InstanceNorm1d,
+    2: nn.InstanceNorm2d,
+    3: nn.InstanceNorm3d,
+}
+CHANNEL_DROPOUT: dict[SpatialDims, type[nn.Module]] = {1: nn.Dropout1d, 2: nn.Dropout2d, 3: nn.Dropout3d}
+INTERPOLATION: dict[SpatialDims, str] = {1: "linear", 2: "bilinear", 3: "trilinear"}
+
+
+def conv(
+    dims: SpatialDims,
+    cin: int,
+    cout: int,
+    kernel: int | tuple[int, ...],
+    *,
+    stride: int | tuple[int, ...] = 1,
+    same: bool = False,
+    bias: bool = True,
+) -> nn.Module:
+    """A convolution; `same` pads by kernel // 2 (odd kernels keep the size)."""
+    k = kernel if isinstance(kernel, tuple) else (kernel,) * dims
+    padding = tuple(s // 2 for s in k) if same else 0
+    return CONV[dims](cin, cout, k, stride=stride, padding=padding, bias=bias)
+
+
+def norm(option: Norm, dims: SpatialDims, channels: int) -> nn.Module | None:
+    """The normalisation layer of `option`, or None for no norm."""
+    match option:
+        case NoNorm():
+            return None
+        case BatchNorm(momentum=momentum, eps=eps):
+            return BATCH_NORM[dims](channels, eps=eps, momentum=momentum)
+        case InstanceNorm(affine=affine, eps=eps):
+            return INSTANCE_NORM[dims](channels, eps=eps, affine=affine)
+        case GroupNorm(num_groups=groups, eps=eps):
+            return nn.GroupNorm(groups, channels, eps=eps)
+        case LayerNorm(eps=eps):
+            return nn.GroupNorm(1, channels, eps=eps)
+    raise AssertionError(f"unhandled norm {option!r}")
+
+
+def activation(option: Activation, *, inplace: bool = True) -> nn.Module:
+    """The non-linearity of `option`; in-place where torch supports it and the caller allows."""
+    match option:
+        case ReLU():
+            return nn.ReLU(inplace=inplace)
+        case LeakyReLU(negative_slope=slope):
+            return nn.LeakyReLU(slope, inplace=inplace)
+        case ELU(alpha=alpha):
+            return nn.ELU(alpha, inplace=inplace)
+        case GELU():
+            return nn.GELU()
+        case SiLU():
+            return nn.SiLU(inplace=inplace)
+    raise AssertionError(f"unhandled activation {option!r}")

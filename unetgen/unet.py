@@ -1,0 +1,132 @@
+"""`UNet`: the network described by a `UNetConfig`."""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from . import layers, shapes
+from .blocks import ConvBlock, SkipMerge, make_down, make_up, paper_init_
+from .config import UNetConfig
+from .io import ConfigSource, load_config
+
+
+class DecoderLevel(nn.Module):
+    """One decoder level: up-sample the coarser map, merge it with the skip, convolve."""
+
+    def __init__(self, up: nn.Module, merge: SkipMerge, block: ConvBlock) -> None:
+        super().__init__()
+        self.up, self.merge, self.block = up, merge, block
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        x = self.up(x)  # (B, C_up, *(S * stride))
+        x = self.merge(skip, x)  # (B, C_skip + C_up, ...) for concat
+        return self.block(x)  # (B, C_level, *(S' - shrink))
+
+
+class UNet(nn.Module):
+    """A U-Net built from a validated `UNetConfig` (see `build_unet` for dicts and files).
+
+    `forward` takes (N, in_channels, *spatial) and first checks the spatial shape against
+    `unetgen.shapes`, raising `InputShapeError` with the nearest valid sizes. It returns
+    (N, out_channels, *output_shape), or in training mode with deep supervision the list
+    [main, aux(level) for level in sorted(deep_supervision)].
+    """
+
+    def __init__(self, config: UNetConfig) -> None:
+        super().__init__()
+        self.config = config
+        c, lay, dims = config, config.layout, config.spatial_dims
+        same = c.padding == "same"
+
+        def dropout(stage: int) -> nn.Module | None:
+            d, where = c.dropout, c.dropout.placement
+            wanted = {
+                "contracting_end": stage in (c.depth - 1, c.depth),
+                "bottleneck": stage == c.depth,
+                "encoder": 0 <= stage <= c.depth,
+                "decoder": stage < 0,
+                "all": True,
+            }[where]
+            if d.rate == 0 or not wanted:
+                return None
+            return layers.CHANNEL_DROPOUT[dims](d.rate) if d.spatial else nn.Dropout(d.rate)
+
+        def block(stage, drop_at: int) -> ConvBlock:
+            return ConvBlock(
+                dims, stage, same=same, norm=c.norm, act=c.activation, bias=c.conv_bias, block=c.block,
+                dropout=dropout(drop_at),
+            )  # fmt: skip
+
+        self.encoder = nn.ModuleList(block(lay.encoder[i], i) for i in range(c.depth))
+        self.down = nn.ModuleList(
+            make_down(c.down, dims, lay.encoder[i].out_channels, lay.strides[i]) for i in range(c.depth)
+        )
+        self.bottleneck = block(lay.encoder[c.depth], c.depth)
+        coarse = [s.out_channels for s in lay.decoder[1:]] + [lay.encoder[c.depth].out_channels]
+        self.decoder = nn.ModuleList(
+            DecoderLevel(
+                make_up(c.up, dims, coarse[i], lay.up_channels[i], lay.strides[i]),
+                SkipMerge(c.merge, dims, lay.encoder[i].out_channels, lay.up_channels[i], c.norm, c.activation),
+                block(lay.decoder[i], -1),
+            )
+            for i in range(c.depth)
+        )
+        self.head = layers.conv(dims, lay.decoder[0].out_channels, c.out_channels, 1)
+        self.aux_heads = nn.ModuleDict(
+            {str(i): layers.conv(dims, lay.decoder[i].out_channels, c.out_channels, 1) for i in c.deep_supervision}
+        )
+        if c.init == "paper":
+            paper_init_(self)
+
+    def check_input(self, x: torch.Tensor) -> None:
+        """Raise a clear error unless `x` is (N, in_channels, *valid spatial shape)."""
+        c = self.config
+        if x.dim() != c.spatial_dims + 2:
+            axes = ("L",) if c.spatial_dims == 1 else ("H", "W") if c.spatial_dims == 2 else ("D", "H", "W")
+            raise shapes.InputShapeError(
+                f"input of shape {tuple(x.shape)} has {x.dim()} dims but spatial_dims={c.spatial_dims} "
+                f"needs (N, C, {', '.join(axes)})"
+            )
+        if x.shape[1] != c.in_channels:
+            raise ValueError(
+                f"input of shape {tuple(x.shape)} has {x.shape[1]} channels but in_channels={c.in_channels}"
+            )
+        shapes.output_shape(c, tuple(x.shape[2:]))
+
+    def _run(self, module: nn.Module, *args: torch.Tensor) -> torch.Tensor:
+        if self.config.checkpointing and self.training and torch.is_grad_enabled():
+            return checkpoint(module, *args, use_reentrant=False)
+        return module(*args)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+        if not (torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling()):
+            self.check_input(x)
+        skips = []
+        for block, down in zip(self.encoder, self.down, strict=True):
+            x = self._run(block, x)  # (B, C_i, *(S_i - shrink))
+            skips.append(x)
+            x = down(x)  # (B, C_i, *(S / stride))
+        x = self._run(self.bottleneck, x)  # (B, C_depth, ...)
+        aux: list[torch.Tensor] = []
+        for i in reversed(range(len(self.decoder))):
+            x = self._run(self.decoder[i], x, skips[i])  # (B, C_level_i, ...)
+            if self.training and str(i) in self.aux_heads:
+                aux.append(self.aux_heads[str(i)](x))
+        x = self.head(x)  # (B, out_channels, *output_shape)
+        return [x, *reversed(aux)] if aux else x
+
+
+def build_unet(
+    config: ConfigSource, *, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+) -> UNet:
+    """Build a `UNet` from a `UNetConfig`, a dict, a .json/.yaml path or a preset name.
+
+    `device="meta"` builds without allocating memory (for size checks of huge configs)."""
+    cfg = load_config(config)
+    with torch.device(device) if device is not None else contextlib.nullcontext():
+        model = UNet(cfg)
+    return model.to(dtype=dtype) if dtype is not None else model
