@@ -142,7 +142,7 @@ class Gate(nn.Module):
 
         self.w_x, self.w_g = project(skip, inter), project(gate, inter)
         self.act = layers.activation(act)
-        self.psi = nn.Sequential(project(inter, 1), nn.Sigmoid())
+        self.psi = nn.Sequential(layers.conv(dims, inter, 1, 1), nn.Sigmoid())  # (B, 1, *S) gate in [0, 1]
 
     def forward(self, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
         alpha = self.psi(self.act(self.w_x(x) + self.w_g(g)))  # (B, 1, *S)
@@ -152,12 +152,14 @@ class Gate(nn.Module):
 class SkipMerge(nn.Module):
     """Centre-crops the skip to the up-sampled map and merges the two."""
 
-    def __init__(self, option: Merge, dims: SpatialDims, skip: int, up: int, norm: Norm, act: Activation) -> None:
+    def __init__(
+        self, option: Merge, dims: SpatialDims, skip: int, up: int, norm: Norm, act: Activation, inter: int = 0
+    ) -> None:
         super().__init__()
         self.option = option
         self.gate = None
         if isinstance(option, AttentionGate):
-            self.gate = Gate(dims, skip, up, option.inter_channels or max(1, skip // 2), norm, act)
+            self.gate = Gate(dims, skip, up, inter, norm, act)
 
     def forward(self, skip: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
         skip = center_crop(skip, up.shape[2:])  # (B, C_skip, *up.shape[2:]), a view

@@ -406,6 +406,8 @@ class UNetConfig(_Model):
             normed = {c for s in layout.encoder + layout.decoder for c in s.channels}
             if self.block.preactivation:
                 normed |= {s.in_channels for s in layout.encoder + layout.decoder}
+            if isinstance(self.merge, AttentionGate):
+                normed |= set(self.attention_channels)
             if bad := sorted(c for c in normed if c % g):
                 raise ValueError(
                     f"norm.num_groups={g} does not divide the channel count(s) {bad}; choose "
@@ -464,6 +466,13 @@ class UNetConfig(_Model):
     def model_copy(self, *, update: dict[str, Any] | None = None, deep: bool = False) -> UNetConfig:
         """A validated copy with `update` applied (configs are frozen; this is how to vary one)."""
         return type(self).model_validate({**self.model_dump(), **(update or {})})
+
+    @property
+    def attention_channels(self) -> tuple[int, ...]:
+        """Intermediate channels of each level's attention gate (level 0 first); empty without gates."""
+        if not isinstance(self.merge, AttentionGate):
+            return ()
+        return tuple(self.merge.inter_channels or max(1, s.out_channels // 2) for s in self.layout.encoder[:-1])
 
     @property
     def conv_bias(self) -> bool:

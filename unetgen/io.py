@@ -32,18 +32,16 @@ def read_document(path: str | Path) -> Any:
     """Parse a .json, .yaml or .yml file."""
     p = Path(path)
     suffix = p.suffix.lower()
+    if suffix not in (".json", ".yaml", ".yml"):
+        raise ConfigError(f"{p}: unknown config file type {suffix!r}; use .json, .yaml or .yml")
     try:
         text = p.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as err:
         raise ConfigError(f"{p}: cannot read: {err}") from err
     try:
-        if suffix == ".json":
-            return json.loads(text)
-        if suffix in (".yaml", ".yml"):
-            return yaml.safe_load(text)
+        return json.loads(text) if suffix == ".json" else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as err:
         raise ConfigError(f"{p}: not valid {suffix[1:].upper()}: {err}") from err
-    raise ConfigError(f"{p}: unknown config file type {suffix!r}; use .json, .yaml or .yml")
 
 
 def load_config(source: ConfigSource) -> UNetConfig:

@@ -70,7 +70,15 @@ class UNet(nn.Module):
         self.decoder = nn.ModuleList(
             DecoderLevel(
                 make_up(c.up, dims, coarse[i], lay.up_channels[i], lay.strides[i]),
-                SkipMerge(c.merge, dims, lay.encoder[i].out_channels, lay.up_channels[i], c.norm, c.activation),
+                SkipMerge(
+                    c.merge,
+                    dims,
+                    lay.encoder[i].out_channels,
+                    lay.up_channels[i],
+                    c.norm,
+                    c.activation,
+                    inter=c.attention_channels[i] if c.attention_channels else 0,
+                ),  # fmt: skip
                 block(lay.decoder[i], -1),
             )
             for i in range(c.depth)
