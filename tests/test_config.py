@@ -13,7 +13,7 @@ def test_defaults_are_the_paper() -> None:
     c = UNetConfig()
     assert (c.spatial_dims, c.in_channels, c.out_channels, c.depth, c.padding) == (2, 1, 2, 4, "valid")
     assert [s.out_channels for s in c.layout.encoder] == [64, 128, 256, 512, 1024]
-    assert [s.channels for s in c.layout.encoder][0] == (64, 64)
+    assert c.layout.encoder[0].channels == (64, 64)
     assert c.layout.up_channels == (64, 128, 256, 512)
     assert (c.norm, c.activation, c.merge, c.down, c.up) == (NoNorm(), ReLU(), Concat(), MaxPool(), TransposeUp())
     assert c.conv_bias and c.init == "paper" and c.dropout.placement == "contracting_end"

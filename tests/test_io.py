@@ -49,7 +49,7 @@ def test_errors_name_file_and_field(tmp_path: Path, text: str, message: str) -> 
 
 
 def test_unknown_suffix_and_missing_file(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="unknown config file type '.toml'"):
+    with pytest.raises(ConfigError, match=r"unknown config file type '\.toml'"):
         load_config(tmp_path / "c.toml")
     with pytest.raises(ConfigError, match="cannot read"):
         load_config(tmp_path / "missing.yaml")

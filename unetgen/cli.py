@@ -84,7 +84,8 @@ def cmd_sizes(args: argparse.Namespace) -> int:
             )
             hi = shapes.nearest_valid_input_size(cfg, args.near, direction="up", axis=axis)
             out = shapes.output_shape(cfg, (hi,) * cfg.spatial_dims)[axis]
-            print(f"  near {args.near}: below {lo}, above {hi} (-> output {out})")
+            below = f"{lo}" if lo is not None else f"none (the smallest is {rule.min_size})"
+            print(f"  near {args.near}: below {below}, above {hi} (-> output {out})")
         else:
             sizes = shapes.valid_input_sizes(cfg, args.max, axis=axis)
             print("  " + ", ".join(f"{s}->{rule.output(s)}" for s in sizes))

@@ -78,7 +78,7 @@ class UNet(nn.Module):
                     c.norm,
                     c.activation,
                     inter=c.attention_channels[i] if c.attention_channels else 0,
-                ),  # fmt: skip
+                ),
                 block(lay.decoder[i], -1),
             )
             for i in range(c.depth)
