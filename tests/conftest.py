@@ -23,28 +23,53 @@ NORMS = ["none", "batch", {"type": "group", "num_groups": 1}, "layer"]  # instan
 
 @st.composite
 def config_dicts(draw: st.DrawFn, *, dims: tuple[int, ...] = (1, 2, 3), max_depth: int = 5) -> dict[str, Any]:
-    """A tiny-channel config dict drawn from the whole option space."""
+    """A tiny-channel config dict drawn from the whole option space: per-stage lists, per-axis
+    (anisotropic) kernels and strides, every block, merge, down and up type, deep supervision."""
     d = draw(st.sampled_from(dims))
     depth = draw(st.integers(1, max_depth))
-    return {
+    merge = draw(st.sampled_from(["concat", "add", "attention"]))
+    convs = draw(st.integers(1, 3) | st.lists(st.integers(1, 3), min_size=depth + 1, max_size=depth + 1))
+    per_level = convs if isinstance(convs, list) else [convs] * (depth + 1)
+    norm = draw(st.sampled_from(NORMS))
+    # torch's group norm needs > 1 value per group: wider channels where maps can be 1 pixel
+    grouped = norm not in ("none", "batch")
+    width = st.sampled_from([4, 6]) if grouped else st.integers(1, 3)
+    out: dict[str, Any] = {
         "spatial_dims": d,
-        "in_channels": draw(st.integers(1, 2)),
+        "in_channels": draw(st.integers(2 if grouped else 1, 2)),
         "out_channels": draw(st.integers(1, 3)),
         "depth": depth,
-        "base_channels": draw(st.integers(1, 3)),
-        "channel_multiplier": 1,
-        "convs_per_block": draw(st.integers(1, 3)),
-        "kernel_size": draw(st.sampled_from([3, 5])),
+        "convs_per_block": convs,
         "padding": draw(st.sampled_from(["valid", "same"])),
-        "norm": draw(st.sampled_from(NORMS)),
+        "norm": norm,
         "activation": draw(st.sampled_from(["relu", "leaky_relu", "elu", "gelu", "silu"])),
-        "merge": draw(st.sampled_from(["concat", "add"])),
+        "merge": merge,
         "down": draw(st.sampled_from(["max", "avg", "conv"])),
         "up": draw(st.sampled_from(["transpose", "nearest", "linear"])),
         "block": draw(st.sampled_from(["plain", "residual", {"type": "residual", "preactivation": True}])),
         "dropout": {"rate": 0.0},
         "init": "torch",
     }
+    if draw(st.booleans()):
+        out |= {"base_channels": draw(width), "channel_multiplier": 1}
+    else:  # explicit channels, some per conv
+        out["channels"] = [draw(width | st.lists(width, min_size=n, max_size=n)) for n in per_level]
+    if merge != "add" and draw(st.booleans()):
+        out["up_channels"] = "keep"
+    if draw(st.booleans()):
+        out["decoder_convs_per_block"] = draw(st.integers(1, 3))
+    kernel = st.sampled_from([3, 5])
+    if draw(st.booleans()):
+        axis_kernel = st.sampled_from([1, 3, 5])
+        out["kernel_size"] = [draw(kernel | st.lists(axis_kernel, min_size=d, max_size=d)) for _ in range(depth + 1)]
+    else:
+        out["kernel_size"] = draw(kernel)
+    if draw(st.booleans()):
+        axis_stride = st.sampled_from([1, 2, 3])
+        out["strides"] = [draw(st.just(2) | st.lists(axis_stride, min_size=d, max_size=d)) for _ in range(depth)]
+    if depth > 1:
+        out["deep_supervision"] = draw(st.lists(st.integers(1, depth - 1), unique=True, max_size=2))
+    return out
 
 
 def configs(**kwargs: Any) -> st.SearchStrategy[UNetConfig]:

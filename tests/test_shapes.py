@@ -65,7 +65,7 @@ def test_helpers_agree_with_brute_force(config: UNetConfig, data: st.DataObject)
     lo = data.draw(st.integers(1, top))
     assert valid_input_sizes(config, top, min_size=lo, axis=axis) == [s for s in valid if s >= lo]
     for s in valid:
-        shape = [rule.min_size] * config.spatial_dims
+        shape = [shapes.axis_rule(config, a).min_size for a in range(config.spatial_dims)]
         shape[axis] = s
         assert output_shape(config, shape)[axis] == brute[s]
         assert (s - brute[s]) // 2 == halo(config)[axis]

@@ -11,7 +11,16 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, GetCoreSchemaHandler, GetJsonSchemaHandler, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    GetCoreSchemaHandler,
+    GetJsonSchemaHandler,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+    model_validator,
+)
 from pydantic_core import core_schema
 
 SpatialDims = Literal[1, 2, 3]
@@ -423,6 +432,14 @@ class UNetConfig(_Model):
                     )
         return self
 
+    @model_serializer(mode="wrap")
+    def _serialize(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data = handler(self)
+        if self.channels is not None:  # explicit channels replace base_channels/channel_multiplier
+            data.pop("base_channels", None)
+            data.pop("channel_multiplier", None)
+        return data
+
     # -- resolved view -----------------------------------------------------------------------
 
     def _encoder_convs(self) -> tuple[int, ...]:
@@ -465,7 +482,7 @@ class UNetConfig(_Model):
 
     def model_copy(self, *, update: dict[str, Any] | None = None, deep: bool = False) -> UNetConfig:
         """A validated copy with `update` applied (configs are frozen; this is how to vary one)."""
-        return type(self).model_validate({**self.model_dump(), **(update or {})})
+        return type(self).model_validate({**self.model_dump(exclude_unset=True), **(update or {})})
 
     @property
     def attention_channels(self) -> tuple[int, ...]:
