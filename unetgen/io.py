@@ -11,6 +11,7 @@ import yaml
 from pydantic import ValidationError
 
 from .config import UNetConfig
+from .presets import PRESETS
 
 ConfigSource = UNetConfig | Mapping[str, Any] | str | Path
 
@@ -45,10 +46,12 @@ def read_document(path: str | Path) -> Any:
 
 
 def load_config(source: ConfigSource) -> UNetConfig:
-    """A validated `UNetConfig` from a config, a mapping, or a .json/.yaml/.yml path."""
+    """A validated `UNetConfig` from a config, a mapping, a .json/.yaml/.yml path or a preset name."""
     if isinstance(source, UNetConfig):
         return source
     name = "<dict>"
+    if isinstance(source, str) and source in PRESETS and not Path(source).exists():
+        return PRESETS[source].build_config()
     if isinstance(source, (str, Path)):
         name, source = str(source), read_document(source)
     if not isinstance(source, Mapping):

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Literal
 
-from .config import UNetConfig
+from .config import InstanceNorm, UNetConfig
 
 __all__ = [
     "AxisRule",
@@ -135,14 +135,33 @@ def output_shape(config: UNetConfig, input_shape: Sequence[int]) -> tuple[int, .
         if o is None:
             raise _invalid(config, input_shape, axis)
         out.append(o)
+    if isinstance(config.norm, InstanceNorm):
+        _check_instance_norm(config, input_shape)
     return tuple(out)
+
+
+def _check_instance_norm(config: UNetConfig, input_shape: Sequence[int]) -> None:
+    """Instance norm needs more than one element per map: refuse inputs whose smallest map is 1."""
+    rows = _walk(config, input_shape, check=False)[0]
+    small = min(rows[1:-1], key=lambda r: math.prod(r.shape))
+    if math.prod(small.shape) <= 1:
+        bigger = tuple(
+            nearest_valid_input_size(config, s + 1, direction="up", axis=a) for a, s in enumerate(input_shape)
+        )
+        raise InputShapeError(
+            f"input shape {tuple(input_shape)} shrinks to a single element at {small.name} "
+            f"({'x'.join(map(str, small.shape))}), which norm='instance' cannot normalise; "
+            f"use a larger input, e.g. {bigger}"
+        )
 
 
 def is_valid_input_shape(config: UNetConfig, input_shape: Sequence[int]) -> bool:
     """Whether the network maps this spatial input shape exactly (no padding, no lost pixels)."""
-    if len(input_shape) != config.spatial_dims:
+    try:
+        output_shape(config, input_shape)
+    except InputShapeError:
         return False
-    return all(r.output(s) is not None for r, s in zip(_rules(config), input_shape, strict=True))
+    return True
 
 
 def valid_input_sizes(config: UNetConfig, max_size: int, *, min_size: int = 1, axis: int = 0) -> list[int]:
@@ -213,8 +232,11 @@ class SkipCrop:
     offset: tuple[int, ...]
 
 
-def _walk(config: UNetConfig, input_shape: Sequence[int]) -> tuple[list[TraceRow], list[SkipCrop]]:
-    output_shape(config, input_shape)  # validates, with the helpful error
+def _walk(
+    config: UNetConfig, input_shape: Sequence[int], *, check: bool = True
+) -> tuple[list[TraceRow], list[SkipCrop]]:
+    if check:
+        output_shape(config, input_shape)  # validates, with the helpful error
     rules, layout = _rules(config), config.layout
     size = list(input_shape)
     rows = [TraceRow("input", config.in_channels, tuple(size))]
