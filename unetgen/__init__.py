@@ -15,6 +15,7 @@ from .shapes import (
     trace,
     valid_input_sizes,
 )
+from .optimize import optimize_for_inference
 from .unet import UNet, build_unet
 
 __version__ = "0.1.0"
@@ -35,6 +36,7 @@ __all__ = [
     "is_valid_input_shape",
     "load_config",
     "nearest_valid_input_size",
+    "optimize_for_inference",
     "output_shape",
     "skip_crops",
     "trace",
