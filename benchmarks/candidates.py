@@ -4,8 +4,8 @@ A candidate is ``factory(workload, **kwargs)`` in ``module``, returning an ``nn.
 ``"module:function"`` strings, or ``("module:function", kwargs)`` pairs, that take a model and return
 the model to time: ``train_hook`` is applied for the training step and memory columns, ``eval_hook``
 to a deep copy in eval mode for the eval column. ``measure`` picks the columns a candidate fills
-(e.g. an eval-only fast path). Factories import their library lazily, so a missing library only
-skips its candidates, with the reason printed under the table.
+(e.g. an eval-only fast path). Factories import their library lazily, and a candidate whose
+``requires`` do not import is skipped, with the reason printed under the table.
 """
 
 from __future__ import annotations
@@ -31,22 +31,25 @@ class Candidate:
     train_hook: Hook | None = None
     eval_hook: Hook | None = None
     measure: tuple[str, ...] = ("train", "eval", "memory")
+    requires: tuple[str, ...] = ()  # modules that must import, else the candidate is skipped
     note: str = ""
 
 
 HERE = "benchmarks.candidates"
+UNETGEN = ("unetgen",)
 
 CANDIDATES: dict[str, Candidate] = {
     "reference": Candidate(HERE, "reference", note="hand-written U-Net, benchmarks/reference.py"),
     "ref-AA": Candidate(
         HERE, "reference", note="a second, identical reference in its own process: the A/A noise control"
     ),
-    "unetgen": Candidate(HERE, "unetgen_unet", note="unetgen.build_unet at the workload's config"),
+    "unetgen": Candidate(HERE, "unetgen_unet", requires=UNETGEN, note="unetgen.build_unet at the workload's config"),
     "unetgen-ckpt": Candidate(
         HERE,
         "unetgen_unet",
         kwargs={"options": {"checkpointing": True}},
         measure=("train", "memory"),
+        requires=UNETGEN,
         note='unetgen.build_unet with {"checkpointing": true}',
     ),
     "unetgen-infer": Candidate(
@@ -54,11 +57,13 @@ CANDIDATES: dict[str, Candidate] = {
         "unetgen_unet",
         eval_hook="unetgen:optimize_for_inference",
         measure=("eval",),
+        requires=UNETGEN,
         note="unetgen.build_unet, then unetgen.optimize_for_inference(model) for eval",
     ),
     "monai": Candidate(
         HERE,
         "monai_basic_unet",
+        requires=("monai.networks.nets",),
         note=(
             "monai.networks.nets.BasicUNet(features=(b, 2b, 4b, 8b, 16b, b), act=ReLU, norm=batch or none, "
             "bias=not batch norm, upsample='deconv'). Differs: always same padding (on valid workloads it "
@@ -70,6 +75,7 @@ CANDIDATES: dict[str, Candidate] = {
     "nnunet": Candidate(
         HERE,
         "nnunet_plain_conv_unet",
+        requires=("dynamic_network_architectures.architectures.unet",),
         note=(
             "dynamic_network_architectures PlainConvUNet(features b..16b, kernel 3, 2 convs per stage, "
             "BatchNorm or no norm, ReLU, conv bias only without norm; nnU-Net's own defaults are instance "

@@ -13,6 +13,7 @@ the noise. Peak memory is measured in a fresh process per candidate.
 from __future__ import annotations
 
 import argparse
+import importlib
 import math
 import multiprocessing as mp
 import os
@@ -36,10 +37,9 @@ from benchmarks.workloads import WORKLOADS, Workload
 
 README = Path(__file__).with_name("README.md")
 PHASES = ("train", "eval")
-# Child processes fork from a server that has only imported torch and the worker code: a fresh,
-# clean process each, without paying the torch import every time.
+# Child processes fork from a server that has only imported torch, the worker code and the
+# candidates' libraries (see `main`): a fresh, clean process each, without paying the imports.
 CTX = mp.get_context("forkserver")
-CTX.set_forkserver_preload(["benchmarks.worker"])
 
 
 @dataclass
@@ -61,6 +61,14 @@ def start(target: Callable[..., None], *args: Any) -> tuple[Any, Connection]:
     return proc, parent
 
 
+def receive(conn: Connection) -> Any:
+    """The child's answer, or an error status where the child died (crash, out of memory)."""
+    try:
+        return conn.recv()
+    except EOFError:
+        return ("error", "the worker process died")
+
+
 def mm_flops_per_s(n: int, reps: int) -> float:
     """Median throughput of an n x n fp32 torch.mm, in FLOP/s."""
     a, b = torch.randn(n, n), torch.randn(n, n)
@@ -76,13 +84,13 @@ def mm_flops_per_s(n: int, reps: int) -> float:
 def time_workload(w: Workload, results: list[Result], rounds: int, warmup: int, min_round_s: float) -> None:
     from benchmarks import worker
 
-    procs = {}
-    for r in results:
-        procs[r.name] = start(worker.serve, r.cand, w)
+    procs = {r.name: start(worker.serve, r.cand, w) for r in results if not r.skipped}
     live = []
     for r in results:
+        if r.skipped:
+            continue
         proc, conn = procs[r.name]
-        status, payload = conn.recv()
+        status, payload = receive(conn)
         if status == "ok":
             r.info = payload
             live.append(r)
@@ -93,17 +101,22 @@ def time_workload(w: Workload, results: list[Result], rounds: int, warmup: int, 
     def ask(r: Result, phase: str, n: int) -> float:
         conn = procs[r.name][1]
         conn.send((phase, n))
-        return conn.recv()
+        status, payload = receive(conn)
+        if status != "ok":
+            r.skipped = payload
+        return payload if status == "ok" else math.nan
 
     inner: dict[tuple[str, str], int] = {}
     for phase in PHASES:
         timed = [r for r in live if phase in r.cand.measure]
-        warm = {r.name: [ask(r, phase, 1) for _ in range(max(warmup, 1))] for r in timed}
         for r in timed:  # repeat tiny steps so one round takes at least min_round_s
-            inner[r.name, phase] = max(1, math.ceil(min_round_s / min(warm[r.name])))
+            warm = min(ask(r, phase, 1) for _ in range(max(warmup, 1)))
+            inner[r.name, phase] = 1 if r.skipped else max(1, math.ceil(min_round_s / warm))
         for _ in range(rounds):
             for r in timed:
-                r.times[phase].append(ask(r, phase, inner[r.name, phase]))
+                if not r.skipped:
+                    r.times[phase].append(ask(r, phase, inner[r.name, phase]))
+    live = [r for r in live if not r.skipped]
     for proc, conn in procs.values():
         if proc.is_alive():
             conn.send(None)
@@ -116,7 +129,8 @@ def time_workload(w: Workload, results: list[Result], rounds: int, warmup: int, 
     for r in live:
         if r.name in probes:
             proc, conn = probes[r.name]
-            r.mem_bytes, r.mem_method = conn.recv()
+            answer = receive(conn)
+            r.mem_bytes, r.mem_method = (None, answer[1]) if answer[0] == "error" else answer
             proc.join()
 
 
@@ -219,13 +233,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--candidates", nargs="+", choices=list(CANDIDATES), default=list(CANDIDATES))
     p.add_argument("--rounds", type=int, default=None, help="timed rounds (default 9; 2 with --quick)")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 2; 1 with --quick)")
-    p.add_argument("--min-round-s", type=float, default=0.05, help="repeat tiny steps to fill a round")
+    p.add_argument("--min-round-s", type=float, help="repeat steps to fill a round (default 0.05 s; 0.01 with --quick)")
     p.add_argument("--quick", action="store_true", help="tiny smoke run: small inputs, base 4, 2 rounds")
     p.add_argument(
         "--write-readme", nargs="?", const=README, type=Path, metavar="PATH", help=f"write results (to {README})"
     )
     args = p.parse_args(argv)
     args.rounds = args.rounds or (2 if args.quick else 9)
+    args.min_round_s = args.min_round_s if args.min_round_s is not None else (0.01 if args.quick else 0.05)
     args.warmup = args.warmup if args.warmup is not None else (1 if args.quick else 2)
     return args
 
@@ -234,13 +249,22 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     command = shlex.join(["python", "-m", "benchmarks.run", *(sys.argv[1:] if argv is None else argv)])
     names = ["reference"] + [n for n in args.candidates if n != "reference"]
+    unusable, preload = {}, {"benchmarks.worker"}
+    for name in names:
+        for module in CANDIDATES[name].requires:
+            try:
+                importlib.import_module(module)
+                preload.add(module)
+            except Exception as exc:
+                unusable[name] = f"cannot import {module}: {type(exc).__name__}: {exc}"
+    CTX.set_forkserver_preload(sorted(preload))
     sections = []
     for name in args.workloads:
         w = WORKLOADS[name].quick() if args.quick else WORKLOADS[name]
         if w.kind == "shapes":
             section = shapes_table(w, args.rounds)
         else:
-            results = [Result(n, CANDIDATES[n]) for n in names]
+            results = [Result(n, CANDIDATES[n], skipped=unusable.get(n, "")) for n in names]
             mm = mm_flops_per_s(512 if args.quick else 2048, 5)
             time_workload(w, results, args.rounds, args.warmup, args.min_round_s)
             section = model_table(w, results, mm)

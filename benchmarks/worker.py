@@ -59,7 +59,8 @@ def eval_step(model: nn.Module, x: torch.Tensor) -> None:
 def serve(conn: Connection, cand: Candidate, w: Workload) -> None:
     """Timing worker: build the candidate, report its facts, then time steps on request.
 
-    Requests are ``(phase, n)``, answered with the mean seconds of n steps; ``None`` stops."""
+    Requests are ``(phase, n)``, answered with ``("ok", mean seconds of n steps)`` or
+    ``("error", reason)``; ``None`` stops."""
     try:
         model = build(cand, w)
         x = torch.randn(w.input_shape)
@@ -88,10 +89,13 @@ def serve(conn: Connection, cand: Candidate, w: Workload) -> None:
     conn.send(("ok", info))
     while (request := conn.recv()) is not None:
         phase, n = request
-        start = time.perf_counter()
-        for _ in range(n):
-            steps[phase]()
-        conn.send((time.perf_counter() - start) / n)
+        try:
+            start = time.perf_counter()
+            for _ in range(n):
+                steps[phase]()
+            conn.send(("ok", (time.perf_counter() - start) / n))
+        except Exception as exc:
+            conn.send(("error", f"{phase} step failed: {type(exc).__name__}: {exc}"))
 
 
 def status_kib(field: str) -> int | None:

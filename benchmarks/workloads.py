@@ -78,7 +78,7 @@ WORKLOADS: dict[str, Workload] = {
             base=16,
             padding="same",
             batch_norm=True,
-            quick_shape=(1, 1, 16, 16, 16),
+            quick_shape=(1, 1, 32, 32, 32),
             description="3D, same padding, depth 3, base 16, batch norm",
         ),
         Workload(

@@ -2,6 +2,7 @@
 
 from .config import UNetConfig
 from .io import ConfigError, dump_config, load_config
+from .optimize import optimize_for_inference
 from .presets import PRESETS, get_preset
 from .shapes import (
     InputShapeError,
@@ -15,7 +16,6 @@ from .shapes import (
     trace,
     valid_input_sizes,
 )
-from .optimize import optimize_for_inference
 from .unet import UNet, build_unet
 
 __version__ = "0.1.0"
