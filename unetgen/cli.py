@@ -26,7 +26,7 @@ def _spatial(cfg, size: tuple[int, ...] | None) -> tuple[int, ...]:
 def _near(cfg, size: tuple[int, ...]) -> str:
     lines = []
     for axis, s in enumerate(size):
-        below = [v for v in shapes.valid_input_sizes(cfg, s, axis=axis)[-3:]]
+        below = shapes.valid_input_sizes(cfg, s - 1, axis=axis)[-3:]
         above = shapes.valid_input_sizes(cfg, s + 3 * shapes.axis_rule(cfg, axis).period, min_size=s + 1, axis=axis)
         lines.append(f"  axis {axis}: {', '.join(map(str, below))} | {s} | {', '.join(map(str, above))}")
     return "\n".join(lines)

@@ -1,0 +1,40 @@
+"""The `unetgen` command line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from unetgen.cli import main
+
+PAPER = str(Path(__file__).resolve().parents[1] / "examples" / "ronneberger2015.yaml")
+
+
+def test_summary_paper(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["summary", PAPER, "--input-size", "572"]) == 0
+    out = capsys.readouterr().out
+    assert "Total params: 31,030,658" in out
+    assert "bottleneck.conv2    1024  28 x 28" in out and "head                   2  388 x 388" in out
+    assert "540, 556 | 572 | 588, 604" in out
+
+
+def test_summary_invalid_size_lists_neighbours(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["summary", PAPER, "--input-size", "570x572"]) == 1
+    out = capsys.readouterr().out
+    assert "not valid" in out and "540, 556 | 570 | 572, 588, 604" in out
+
+
+def test_sizes(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["sizes", PAPER, "--near", "570"]) == 0
+    assert "near 570: below 556, above 572 (-> output 388)" in capsys.readouterr().out
+    assert main(["sizes", "cicek2016", "--max", "140"]) == 0
+    out = capsys.readouterr().out
+    assert "132->44" in out and "116->28" in out
+
+
+def test_errors_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("depth: 3\nchanels: 4\n")
+    assert main(["sizes", str(bad)]) == 2
+    assert "bad.yaml: chanels: Extra inputs are not permitted" in capsys.readouterr().err
