@@ -67,6 +67,8 @@ def to_onnx(
             warnings.filterwarnings(
                 "ignore", message=".*legacy TorchScript-based ONNX export", category=DeprecationWarning
             )
+            # instance norm always normalises with its input's statistics, in eval mode too
+            warnings.filterwarnings("ignore", message=".*'instance_norm' is set to train=True", category=UserWarning)
             torch.onnx.export(
                 model,
                 (example if example is not None else example_input(model),),
