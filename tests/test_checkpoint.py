@@ -355,7 +355,7 @@ def test_hydra_style_instantiate(node: dict[str, Any]) -> None:
 def test_config_embedded_in_a_larger_yaml(tmp_path: Path) -> None:
     doc = {
         "trainer": {"epochs": 3, "lr": 0.01},
-        "model": {"_target_": "unetgen.build_unet", "_convert_": "all", **FIELDS},
+        "model": {"_target_": "unetgen.build_unet", "_convert_": "all", "seed": 4, **FIELDS},
         "experiment": {"seed": 1, "net": {"config": FIELDS}, "plain": FIELDS},
     }
     path = tmp_path / "experiment.yaml"
@@ -363,7 +363,8 @@ def test_config_embedded_in_a_larger_yaml(tmp_path: Path) -> None:
     want = UNetConfig.model_validate(FIELDS)
     assert load_config(path, key="model") == want
     assert load_config(path, key="experiment.plain") == want
-    assert instantiate(yaml.safe_load(path.read_text())["model"]).config == want
+    built = instantiate(yaml.safe_load(path.read_text())["model"])
+    assert built.config == want and same_state(built, build_unet(want, seed=4))
     assert load_config(doc, key="experiment.plain") == want
     with pytest.raises(ConfigError, match=r"no key 'modle' at the top level \(found: trainer, model, experiment\)"):
         load_config(path, key="modle")

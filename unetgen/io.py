@@ -66,14 +66,15 @@ def load_config(source: ConfigSource, *, key: str | None = None) -> UNetConfig:
         raise ConfigError(_format(err, name)) from None
 
 
-_HYDRA_KEYS = ("_target_", "_convert_", "_recursive_", "_partial_")
+_HYDRA_KEYS = ("_target_", "_convert_", "_recursive_", "_partial_", "seed", "device", "dtype")  # + build_unet's own
 _BUILDERS = ("unetgen.build_unet", "unetgen.unet.build_unet")
 
 
 def _select(document: Any, key: str, name: str) -> Any:
     """The value under the dotted `key`. A Hydra node `{_target_: unetgen.build_unet, <fields>}`
-    (or `{_target_: ..., config: {<fields>}, <more fields>}`) yields its fields, so that one YAML
-    block serves both `load_config` and `hydra.utils.instantiate`."""
+    (or `{_target_: ..., config: {<fields>}, <more fields>}`) yields its fields, without Hydra's
+    keys and build_unet's seed/device/dtype, so that one YAML block serves both `load_config`
+    and `hydra.utils.instantiate`."""
     node, path = document, []
     for part in key.split("."):
         where = ".".join(path) or "the top level"
