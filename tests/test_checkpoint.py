@@ -74,6 +74,13 @@ def test_round_trip_every_preset(name: str, tmp_path: Path) -> None:
     assert checkpoint_config(path) == config
 
 
+def test_round_trip_with_explicit_channels(tmp_path: Path) -> None:
+    config = UNetConfig(depth=2, channels=[[2, 3], 4, [5, 6]], decoder_channels=[3, 4])
+    model = build_unet(config, seed=0)
+    loaded = load_unet(save_unet(model, tmp_path / "channels.safetensors"))
+    assert loaded.config == config and same_state(loaded, model)
+
+
 def test_round_trip_keeps_dtype_and_unwraps_ddp_style_wrappers(tmp_path: Path) -> None:
     model = build_unet(TINY, seed=0, dtype=torch.float64)
 

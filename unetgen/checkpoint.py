@@ -54,11 +54,7 @@ def save_unet(model: nn.Module, path: str | Path) -> Path:
     if p.suffix != ".safetensors":
         raise CheckpointError(f"{p}: a checkpoint path must end in .safetensors")
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in unet.state_dict().items()}
-    metadata = {
-        "format": FORMAT,
-        "unetgen_version": _version(),
-        "config": json.dumps(unet.config.model_dump(mode="json"), sort_keys=True),
-    }
+    metadata = {"format": FORMAT, "unetgen_version": _version(), "config": _config_json(unet.config)}
     tmp = p.with_name(f".{p.name}.{uuid.uuid4().hex}.tmp")  # same directory, so the rename is atomic
     try:
         save_file(tensors, tmp, metadata=metadata)
@@ -70,6 +66,14 @@ def save_unet(model: nn.Module, path: str | Path) -> Path:
         raise
     _fsync_dir(p.parent)
     return p
+
+
+def _config_json(config: UNetConfig) -> str:
+    """Every field written out, so a later version's defaults cannot change the architecture;
+    except base_channels/channel_multiplier when explicit `channels` replace them and they were
+    not set (the config rejects defaults that contradict explicit channels)."""
+    unset = set() if config.channels is None else {"base_channels", "channel_multiplier"} - config.model_fields_set
+    return json.dumps(config.model_dump(mode="json", exclude=unset), sort_keys=True)
 
 
 def _fsync_dir(directory: Path) -> None:
