@@ -15,18 +15,10 @@ from unetgen.presets import register
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
-def smallest_input(config: UNetConfig) -> tuple[int, ...]:
-    """The smallest valid input per axis, grown by periods until the network accepts it whole."""
-    size = [shapes.axis_rule(config, a).min_size for a in range(config.spatial_dims)]
-    while not shapes.is_valid_input_shape(config, size):
-        size = [s + shapes.axis_rule(config, a).period for a, s in enumerate(size)]
-    return tuple(size)
-
-
 @pytest.mark.parametrize("name", sorted(PRESETS))
 def test_preset_builds_runs_and_round_trips(name: str, tmp_path: Path) -> None:
     config = get_preset(name)
-    size = smallest_input(config)
+    size = shapes.min_input_shape(config)
     with torch.device("meta"):  # full width: the real module graph, no memory
         y = build_unet(config).eval()(torch.empty(1, config.in_channels, *size))
     assert tuple(y.shape) == (1, config.out_channels, *shapes.output_shape(config, size))
@@ -75,4 +67,4 @@ def test_every_example_loads() -> None:
     assert len(files) >= len(PRESETS)
     for path in files:
         config = load_config(path)
-        assert math.prod(smallest_input(config)) > 0
+        assert math.prod(shapes.min_input_shape(config)) > 0

@@ -1,5 +1,6 @@
 """unetgen: U-Nets declared as data, with exact shape arithmetic."""
 
+from .checkpoint import CheckpointError, checkpoint_config, load_unet, save_unet
 from .config import UNetConfig
 from .io import ConfigError, dump_config, load_config
 from .optimize import optimize_for_inference
@@ -10,6 +11,7 @@ from .shapes import (
     halo,
     input_size_for_output,
     is_valid_input_shape,
+    min_input_shape,
     nearest_valid_input_size,
     output_shape,
     skip_crops,
@@ -22,6 +24,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "PRESETS",
+    "CheckpointError",
     "ConfigError",
     "InputShapeError",
     "UNet",
@@ -29,15 +32,19 @@ __all__ = [
     "__version__",
     "aux_shapes",
     "build_unet",
+    "checkpoint_config",
     "dump_config",
     "get_preset",
     "halo",
     "input_size_for_output",
     "is_valid_input_shape",
+    "load_unet",
     "load_config",
+    "min_input_shape",
     "nearest_valid_input_size",
     "optimize_for_inference",
     "output_shape",
+    "save_unet",
     "skip_crops",
     "trace",
     "valid_input_sizes",

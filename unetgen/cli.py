@@ -7,6 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from . import shapes
+from .checkpoint import CheckpointError, checkpoint_config
 from .io import ConfigError, load_config
 
 
@@ -17,7 +18,7 @@ def _sizes_arg(text: str) -> tuple[int, ...]:
 def _spatial(cfg, size: tuple[int, ...] | None) -> tuple[int, ...]:
     """The given input size broadcast to every axis, or the smallest valid input."""
     if size is None:
-        return tuple(shapes.axis_rule(cfg, a).min_size for a in range(cfg.spatial_dims))
+        return shapes.min_input_shape(cfg)
     if len(size) == 1:
         size = size * cfg.spatial_dims
     return size
@@ -38,7 +39,10 @@ def cmd_summary(args: argparse.Namespace) -> int:
 
     from .unet import UNet
 
-    cfg = load_config(args.config)
+    if str(args.config).endswith(".safetensors"):
+        cfg = checkpoint_config(args.config)
+    else:
+        cfg = load_config(args.config)
     size = _spatial(cfg, args.input_size)
     valid = shapes.is_valid_input_shape(cfg, size)
     print(f"config: {args.config}")
@@ -97,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("summary", help="torchinfo summary, shape trace and valid sizes of a config")
-    p.add_argument("config", help="a .yaml/.json config file or a preset name")
+    p.add_argument("config", help="a .yaml/.json config file, a preset name or a .safetensors checkpoint")
     p.add_argument("--input-size", type=_sizes_arg, default=None, help="spatial size, e.g. 572 or 572x572")
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--depth", type=int, default=3, help="module nesting shown by torchinfo")
@@ -115,7 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, shapes.InputShapeError) as err:
+    except (ConfigError, CheckpointError, shapes.InputShapeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 

@@ -45,8 +45,10 @@ def read_document(path: str | Path) -> Any:
         raise ConfigError(f"{p}: not valid {suffix[1:].upper()}: {err}") from err
 
 
-def load_config(source: ConfigSource) -> UNetConfig:
-    """A validated `UNetConfig` from a config, a mapping, a .json/.yaml/.yml path or a preset name."""
+def load_config(source: ConfigSource, *, key: str | None = None) -> UNetConfig:
+    """A validated `UNetConfig` from a config, a mapping, a .json/.yaml/.yml path or a preset name.
+
+    `key` picks a config embedded in a larger document, e.g. "model" or "experiment.model"."""
     if isinstance(source, UNetConfig):
         return source
     name = "<dict>"
@@ -54,6 +56,8 @@ def load_config(source: ConfigSource) -> UNetConfig:
         return PRESETS[source].build_config()
     if isinstance(source, (str, Path)):
         name, source = str(source), read_document(source)
+    if key is not None:
+        name, source = f"{name}: {key}", _select(source, key, name)
     if not isinstance(source, Mapping):
         raise ConfigError(f"{name}: a config must be a mapping of fields, got {type(source).__name__}")
     data = {k: v for k, v in source.items() if k != "$schema"}
@@ -61,6 +65,32 @@ def load_config(source: ConfigSource) -> UNetConfig:
         return UNetConfig.model_validate(data)
     except ValidationError as err:
         raise ConfigError(_format(err, name)) from None
+
+
+_HYDRA_KEYS = ("_target_", "_convert_", "_recursive_", "_partial_", "seed", "device", "dtype")  # + build_unet's own
+_BUILDERS = ("unetgen.build_unet", "unetgen.unet.build_unet")
+
+
+def _select(document: Any, key: str, name: str) -> Any:
+    """The value under the dotted `key`. A Hydra node `{_target_: unetgen.build_unet, <fields>}`
+    (or `{_target_: ..., config: {<fields>}, <more fields>}`) yields its fields, without Hydra's
+    keys and build_unet's seed/device/dtype, so that one YAML block serves both `load_config`
+    and `hydra.utils.instantiate`."""
+    node, path = document, []
+    for part in key.split("."):
+        where = ".".join(path) or "the top level"
+        if not isinstance(node, Mapping):
+            raise ConfigError(f"{name}: cannot look up {part!r}: {where} is a {type(node).__name__}, not a mapping")
+        if part not in node:
+            raise ConfigError(f"{name}: no key {part!r} at {where} (found: {', '.join(map(str, node)) or 'none'})")
+        node, path = node[part], [*path, part]
+    if isinstance(node, Mapping) and "_target_" in node:
+        if node["_target_"] not in _BUILDERS:
+            raise ConfigError(f"{name}: {key}._target_ is {node['_target_']!r}; expected one of {list(_BUILDERS)}")
+        fields = {k: v for k, v in node.items() if k not in _HYDRA_KEYS}
+        base = fields.pop("config", {})
+        node = {**base, **fields} if isinstance(base, Mapping) else fields | {"config": base}
+    return node
 
 
 def dump_config(config: UNetConfig, path: str | Path) -> None:

@@ -30,6 +30,7 @@ __all__ = [
     "halo",
     "input_size_for_output",
     "is_valid_input_shape",
+    "min_input_shape",
     "nearest_valid_input_size",
     "output_shape",
     "skip_crops",
@@ -198,6 +199,16 @@ def nearest_valid_input_size(
             )
         return down
     return up if down is None or up - size <= size - down else down
+
+
+def min_input_shape(config: UNetConfig) -> tuple[int, ...]:
+    """The smallest spatial input the network accepts: each axis's smallest valid size, grown by
+    whole periods on every axis while instance norm would see a single-element map."""
+    rules = _rules(config)
+    shape = tuple(r.min_size for r in rules)
+    while not is_valid_input_shape(config, shape):
+        shape = tuple(s + r.period for s, r in zip(shape, rules, strict=True))
+    return shape
 
 
 def input_size_for_output(config: UNetConfig, output_size: int, *, axis: int = 0) -> int:
