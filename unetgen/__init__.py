@@ -15,6 +15,7 @@ from .shapes import (
     trace,
     valid_input_sizes,
 )
+from .tiling import TilePlan, plan_tiles, predict_tiled
 from .unet import UNet, build_unet
 
 __version__ = "0.1.0"
@@ -23,6 +24,7 @@ __all__ = [
     "PRESETS",
     "ConfigError",
     "InputShapeError",
+    "TilePlan",
     "UNet",
     "UNetConfig",
     "__version__",
@@ -36,6 +38,8 @@ __all__ = [
     "load_config",
     "nearest_valid_input_size",
     "output_shape",
+    "plan_tiles",
+    "predict_tiled",
     "skip_crops",
     "trace",
     "valid_input_sizes",
