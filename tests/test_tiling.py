@@ -3,6 +3,7 @@ weights that sum to one for same padding, plans that cover the image, and clear 
 
 from __future__ import annotations
 
+import io
 import itertools
 import math
 import sys
@@ -172,6 +173,14 @@ def test_auto_plan_uses_the_smallest_tile_when_nothing_fits() -> None:
     assert plan.memory_bytes > 1
 
 
+def test_auto_plan_of_a_long_signal_is_quick_and_whole() -> None:
+    config = UNetConfig(spatial_dims=1, depth=1, base_channels=4)
+    plan = plan_tiles(config, (100_000,))  # 50_000 valid tile sizes: a few hundred are compared
+    assert plan.num_tiles == 1 and plan.tile_output == (100_000,)
+    with pytest.raises(ValueError, match=r"image_shape=\(0,\) must be 1 positive ints"):
+        plan_tiles(config, (0,))
+
+
 def _constant_model(config: UNetConfig) -> UNet:
     """A model whose output is 1 everywhere: blended tiles then show the sum of the weights."""
     model = build_unet(config)
@@ -250,7 +259,8 @@ def test_bad_images_fail_before_any_compute(image: torch.Tensor, error: type, ma
     [
         ({"overlap": 0.5}, r"overlap=0.5 applies to padding='same' only"),
         ({"blend": "linear"}, r"blend='linear' must be 'gaussian' or 'constant'"),
-        ({"tile_size": (100, 100, 100)}, r"tile_size=\(100, 100, 100\) must be a positive int or 2"),
+        ({"tile_size": (100, 100, 100)}, r"tile_size=\(100, 100, 100\) must be a positive int or 2 positive"),
+        ({"tile_size": 100.5}, r"tile_size=100.5 must be a positive int or 2 positive ints"),
         ({"tile_size": 0}, r"tile_size=0 must be"),
         ({"batch_size": 0}, r"batch_size=0 must be a positive int"),
         ({"tile_size": 100, "memory_budget": 2**20}, r"give tile_size or memory_budget, not both"),
@@ -270,6 +280,20 @@ def test_training_mode_restored_and_result_is_a_normal_tensor() -> None:
     model.eval()
     predict_tiled(model, torch.randn(2, 10, 10), progress=False)
     assert not model.training
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize(
+    ("stream", "progress", "shown"), [(_Terminal, True, True), (_Terminal, False, False), (io.StringIO, True, False)]
+)
+def test_progress_bar_counts_tiles_on_a_terminal_only(monkeypatch, stream: type, progress: bool, shown: bool) -> None:
+    monkeypatch.setattr(sys, "stderr", stream())
+    predict_tiled(build_unet(TINY), torch.randn(2, 33, 71), tile_size=60, batch_size=3, progress=progress)
+    assert ("8/8" in sys.stderr.getvalue()) == shown
 
 
 def test_integer_images_and_float64_models() -> None:

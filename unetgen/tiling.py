@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import operator
 import sys
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -57,6 +58,7 @@ GAUSSIAN_SIGMA = 0.125
 """Standard deviation of the Gaussian blend window, as a fraction of the tile size."""
 
 Blend = Literal["gaussian", "constant"]
+_CANDIDATES = 256  # tile sizes the automatic plan compares at most
 
 
 @dataclass(frozen=True)
@@ -128,10 +130,16 @@ def estimate_tile_memory(
     return (sizes[0] + skips + step) * batch_size * dtype.itemsize
 
 
-def _per_axis(name: str, value: int | Sequence[int], dims: int) -> tuple[int, ...]:
-    values = (value,) * dims if isinstance(value, int) else tuple(value)
-    if len(values) != dims or not all(isinstance(v, int) and v >= 1 for v in values):
-        raise ValueError(f"{name}={value!r} must be a positive int or {dims} positive ints (one per spatial axis)")
+def _positive_ints(name: str, value: int | Sequence[int], dims: int, *, broadcast: bool) -> tuple[int, ...]:
+    """`value` as `dims` positive ints (an int is repeated when `broadcast`), or a clear error."""
+    try:
+        values = (operator.index(value),) * dims if broadcast and not isinstance(value, Sequence) else tuple(value)
+        values = tuple(operator.index(v) for v in values)
+    except TypeError:
+        values = ()
+    if len(values) != dims or min(values) < 1:
+        one = "a positive int or " if broadcast else ""
+        raise ValueError(f"{name}={value!r} must be {one}{dims} positive ints (one per spatial axis)")
     return values
 
 
@@ -215,23 +223,28 @@ def _auto_plan(
     dtype: torch.dtype,
 ) -> TilePlan:
     """The plan with the fewest computed pixels whose memory estimate fits `budget` (the smallest
-    tile if none fits). Candidates: tiles of about L pixels per axis for every valid size L, each
-    axis capped at the tile that covers it whole."""
+    tile if none fits). Candidates: tiles of about L pixels per axis for valid sizes L (at most
+    `_CANDIDATES`, geometrically spaced), each axis capped at the tile that covers it whole."""
     dims = config.spatial_dims
     covers = [_cover(config, a, s) for a, s in enumerate(image_shape)]
-    lengths = {v for a in range(dims) for v in shapes.valid_input_sizes(config, covers[a], axis=a)}
-    tiles = set()
-    for length in sorted(lengths | set(covers)):
+    lengths = sorted({v for a in range(dims) for v in shapes.valid_input_sizes(config, covers[a], axis=a)})
+    if len(lengths) > _CANDIDATES:
+        last = len(lengths) - 1
+        lengths = [lengths[round(last ** (k / _CANDIDATES))] for k in range(_CANDIDATES + 1)] + lengths[:1]
+    plans: dict[tuple[int, ...], TilePlan] = {}
+    for length in sorted(set(lengths) | set(covers)):
         tile = []
         for a in range(dims):
             smallest = shapes.axis_rule(config, a).min_size
             t = shapes.nearest_valid_input_size(config, length, direction="down", axis=a) if length >= smallest else 0
             tile.append(min(covers[a], max(t, smallest)))
-        tiles.add(tuple(tile))
-    plans = [_plan(config, image_shape, t, overlap, batch_size, budget, dtype) for t in sorted(tiles)]
-    fitting = [p for p in plans if p.memory_bytes <= budget]
+        if tuple(tile) not in plans:
+            plans[tuple(tile)] = plan = _plan(config, image_shape, tuple(tile), overlap, batch_size, budget, dtype)
+            if estimate_tile_memory(config, tile, batch_size, dtype) > budget and plan.memory_bytes > budget:
+                break  # larger tiles need more memory still
+    fitting = [p for p in plans.values() if p.memory_bytes <= budget]
     if not fitting:
-        return min(plans, key=lambda p: p.memory_bytes)
+        return min(plans.values(), key=lambda p: p.memory_bytes)
     return min(fitting, key=lambda p: (p.num_tiles * math.prod(p.tile_input), p.num_tiles))
 
 
@@ -267,9 +280,7 @@ def plan_tiles(
     """
     config = _config_of(model)
     dims = config.spatial_dims
-    image_shape = tuple(image_shape)
-    if len(image_shape) != dims or not all(isinstance(s, int) and s >= 1 for s in image_shape):
-        raise ValueError(f"image_shape={image_shape} must be {dims} positive spatial sizes (spatial_dims={dims})")
+    image_shape = _positive_ints("image_shape", image_shape, dims, broadcast=False)
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size={batch_size!r} must be a positive int")
     if config.padding == "valid":
@@ -287,7 +298,7 @@ def plan_tiles(
             raise ValueError("give tile_size or memory_budget, not both: the budget only chooses the tile size")
         tile = tuple(
             shapes.nearest_valid_input_size(config, t, axis=a)
-            for a, t in enumerate(_per_axis("tile_size", tile_size, dims))
+            for a, t in enumerate(_positive_ints("tile_size", tile_size, dims, broadcast=True))
         )
         return _plan(config, image_shape, tile, overlap, batch_size, None, dtype)
     budget = DEFAULT_MEMORY_BUDGET if memory_budget is None else memory_budget
