@@ -152,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_sizes)
 
     p = sub.add_parser("predict", help="predict a .npy image of any size tile by tile (overlap-tile strategy)")
-    p.add_argument("config", help="a .yaml/.json config file or a preset name")
+    p.add_argument("config", help="a .yaml/.json config file")
     p.add_argument("--weights", required=True, help="a state_dict saved with torch.save")
     p.add_argument("--input", required=True, help="a .npy array: (C, *spatial), (N, C, *spatial) or (*spatial)")
     p.add_argument("--output", required=True, help="where to write the prediction (.npy)")
