@@ -18,6 +18,7 @@ from .shapes import (
     trace,
     valid_input_sizes,
 )
+from .tiling import TilePlan, plan_tiles, predict_tiled
 from .unet import UNet, build_unet
 
 __version__ = "0.1.0"
@@ -27,6 +28,7 @@ __all__ = [
     "CheckpointError",
     "ConfigError",
     "InputShapeError",
+    "TilePlan",
     "UNet",
     "UNetConfig",
     "__version__",
@@ -44,6 +46,8 @@ __all__ = [
     "nearest_valid_input_size",
     "optimize_for_inference",
     "output_shape",
+    "plan_tiles",
+    "predict_tiled",
     "save_unet",
     "skip_crops",
     "trace",

@@ -96,6 +96,64 @@ def cmd_sizes(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_predict(args: argparse.Namespace) -> int:
+    try:
+        import numpy as np
+    except ImportError:
+        print("error: `unetgen predict` reads and writes .npy files with NumPy: pip install numpy", file=sys.stderr)
+        return 2
+    import torch
+
+    from .checkpoint import load_unet
+    from .tiling import check_image, plan_tiles, predict_tiled
+    from .unet import build_unet
+
+    if args.config.endswith(".safetensors"):  # a checkpoint holds config and weights
+        if args.weights is not None:
+            print(f"error: {args.config} is a checkpoint with its own weights; drop --weights", file=sys.stderr)
+            return 2
+        model = load_unet(args.config, device=args.device)
+    elif args.weights is None:
+        print("error: --weights FILE is needed with a config file (or pass a .safetensors checkpoint)", file=sys.stderr)
+        return 2
+    elif args.weights.endswith(".safetensors"):
+        model = load_unet(args.weights, device=args.device)
+        if model.config != load_config(args.config):
+            print(f"error: the config stored in {args.weights} differs from {args.config}", file=sys.stderr)
+            return 2
+    else:
+        model = build_unet(args.config, device=args.device)
+        try:
+            model.load_state_dict(torch.load(args.weights, map_location=args.device or "cpu", weights_only=True))
+        except (OSError, RuntimeError, TypeError, AttributeError, ValueError) as err:
+            print(f"error: {args.weights}: not a state_dict of this config: {err}", file=sys.stderr)
+            return 2
+    cfg = model.config
+    try:
+        image = torch.from_numpy(np.load(args.input, allow_pickle=False))
+    except (OSError, ValueError, TypeError) as err:
+        print(f"error: {args.input}: cannot read a NumPy array (.npy): {err}", file=sys.stderr)
+        return 2
+    if image.dim() == cfg.spatial_dims and cfg.in_channels == 1:
+        image = image.unsqueeze(0)  # a single-channel image without its channel axis
+    tile = args.tile_size[0] if args.tile_size is not None and len(args.tile_size) == 1 else args.tile_size
+    options = dict(tile_size=tile, batch_size=args.batch_size, overlap=args.overlap)
+    try:
+        spatial = tuple(check_image(cfg, image).shape[2:])
+        plan = plan_tiles(cfg, spatial, **options, dtype=next(model.parameters()).dtype)
+        print(f"plan: {plan.summary()}", file=sys.stderr)
+        if args.dry_run:
+            return 0
+        result = predict_tiled(model, image, **options, blend=args.blend, progress=not args.no_progress)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    np.save(args.output, result.cpu().numpy())
+    dtype = str(result.dtype).removeprefix("torch.")
+    print(f"wrote {args.output}: shape {tuple(result.shape)}, {dtype}", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="unetgen", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -112,6 +170,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--near", type=int, default=None, help="show the valid sizes nearest to N")
     p.add_argument("--max", type=int, default=1024, help="list valid sizes up to N")
     p.set_defaults(func=cmd_sizes)
+
+    p = sub.add_parser("predict", help="predict a .npy image of any size tile by tile (overlap-tile strategy)")
+    p.add_argument("config", help="a .yaml/.json config file, a preset name or a .safetensors checkpoint")
+    p.add_argument("--weights", default=None, help="a unetgen .safetensors checkpoint or a torch.save state_dict")
+    p.add_argument("--input", required=True, help="a .npy array: (C, *spatial), (N, C, *spatial) or (*spatial)")
+    p.add_argument("--output", required=True, help="where to write the prediction (.npy)")
+    p.add_argument("--tile-size", type=_sizes_arg, default=None, help="largest input tile, e.g. 572 or 572x572")
+    p.add_argument("--batch-size", type=int, default=1, help="tiles per forward pass")
+    p.add_argument("--overlap", type=float, default=None, help="tile overlap for padding=same (default 0.25)")
+    p.add_argument("--blend", choices=("gaussian", "constant"), default="gaussian", help="padding=same only")
+    p.add_argument("--device", default=None, help="e.g. cpu or cuda (default cpu)")
+    p.add_argument("--dry-run", action="store_true", help="print the tile plan and stop")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_predict)
     return parser
 
 
