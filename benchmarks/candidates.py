@@ -81,7 +81,7 @@ CANDIDATES: dict[str, Candidate] = {
             "BatchNorm or no norm, ReLU, conv bias only without norm; nnU-Net's own defaults are instance "
             "norm and leaky ReLU). Differs: always same padding; downsamples with a stride-2 3x3 conv "
             "instead of max pooling; concatenates [up, skip]; the input is zero-padded to a multiple of "
-            "2**depth (572 -> 576) because it cannot match odd skip sizes; the parameter count includes its "
+            "2**depth (e.g. 572 -> 576) because it cannot match odd skip sizes; the parameter count includes its "
             "unused 1x1 deep-supervision heads."
         ),
     ),

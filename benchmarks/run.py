@@ -7,7 +7,12 @@
 Each candidate runs in its own long-lived worker process; rounds are interleaved (round r: A, B, C,
 ...), so slow drift of the machine hits every candidate alike. Times are per step; ratios are
 medians over the reference's median; ``ref-AA`` is a second copy of the reference, so its ratio is
-the noise. Peak memory is measured in a fresh process per candidate.
+the noise. Peak memory is measured in a fresh process per candidate. Every process uses the same
+number of torch threads: torch's default (all cores) unless ``--threads`` says otherwise.
+
+The peers are optional; install them without their dependencies (dynamic_network_architectures
+asks for timm, which would pull in torchvision and another torch):
+``pip install --no-deps monai==1.6.1 dynamic_network_architectures==0.4.4``.
 """
 
 from __future__ import annotations
@@ -69,22 +74,20 @@ def receive(conn: Connection) -> Any:
         return ("error", "the worker process died")
 
 
-def mm_flops_per_s(n: int, reps: int) -> float:
-    """Median throughput of an n x n fp32 torch.mm, in FLOP/s."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def mm_seconds(a: torch.Tensor, b: torch.Tensor) -> float:
+    start = time.perf_counter()
     torch.mm(a, b)
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        torch.mm(a, b)
-        times.append(time.perf_counter() - t0)
-    return 2 * n**3 / statistics.median(times)
+    return time.perf_counter() - start
 
 
-def time_workload(w: Workload, results: list[Result], rounds: int, warmup: int, min_round_s: float) -> None:
+def time_workload(w: Workload, results: list[Result], args: argparse.Namespace) -> float:
+    """Fill in `results`; return the median FLOP/s of an n x n fp32 torch.mm timed once per round."""
     from benchmarks import worker
 
-    procs = {r.name: start(worker.serve, r.cand, w) for r in results if not r.skipped}
+    n = args.mm_size
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    mm_times = [mm_seconds(a, b)]
+    procs = {r.name: start(worker.serve, r.cand, w, args.threads) for r in results if not r.skipped}
     live = []
     for r in results:
         if r.skipped:
@@ -98,9 +101,9 @@ def time_workload(w: Workload, results: list[Result], rounds: int, warmup: int, 
             r.skipped = payload
             proc.join()
 
-    def ask(r: Result, phase: str, n: int) -> float:
+    def ask(r: Result, phase: str, steps: int) -> float:
         conn = procs[r.name][1]
-        conn.send((phase, n))
+        conn.send((phase, steps))
         status, payload = receive(conn)
         if status != "ok":
             r.skipped = payload
@@ -110,9 +113,10 @@ def time_workload(w: Workload, results: list[Result], rounds: int, warmup: int, 
     for phase in PHASES:
         timed = [r for r in live if phase in r.cand.measure]
         for r in timed:  # repeat tiny steps so one round takes at least min_round_s
-            warm = min(ask(r, phase, 1) for _ in range(max(warmup, 1)))
-            inner[r.name, phase] = 1 if r.skipped else max(1, math.ceil(min_round_s / warm))
-        for _ in range(rounds):
+            warm = min(ask(r, phase, 1) for _ in range(max(args.warmup, 1)))
+            inner[r.name, phase] = 1 if r.skipped else max(1, math.ceil(args.min_round_s / warm))
+        for _ in range(args.rounds):
+            mm_times.append(mm_seconds(a, b))
             for r in timed:
                 if not r.skipped:
                     r.times[phase].append(ask(r, phase, inner[r.name, phase]))
@@ -124,7 +128,9 @@ def time_workload(w: Workload, results: list[Result], rounds: int, warmup: int, 
 
     # Peak memory: a fresh process per candidate. Probes run concurrently: each measures only itself.
     probes = {
-        r.name: start(worker.probe_memory, r.cand, w, r.info["out_shape"]) for r in live if "memory" in r.cand.measure
+        r.name: start(worker.probe_memory, r.cand, w, r.info["out_shape"], args.threads)
+        for r in live
+        if "memory" in r.cand.measure
     }
     for r in live:
         if r.name in probes:
@@ -132,6 +138,7 @@ def time_workload(w: Workload, results: list[Result], rounds: int, warmup: int, 
             answer = receive(conn)
             r.mem_bytes, r.mem_method = (None, answer[1]) if answer[0] == "error" else answer
             proc.join()
+    return 2 * n**3 / statistics.median(mm_times[1:])
 
 
 def fmt(x: float | None) -> str:
@@ -182,7 +189,9 @@ def model_table(w: Workload, results: list[Result], mm: float) -> str:
         if r.mem_bytes is None and r.mem_method and "memory" in r.cand.measure and not r.skipped:
             lines.append(f"- `{r.name}` memory probe failed: {r.mem_method}")
     methods = sorted({r.mem_method for r in results if r.mem_bytes is not None})
-    lines.append(f"\nmm: {mm / 1e9:.1f} GFLOP/s; peak memory via {', '.join(methods) or '-'}.\n")
+    threads = sorted({r.info["threads"] for r in results if r.info})
+    memory = ", ".join(methods) or "-"
+    lines.append(f"\nmm: {mm / 1e9:.1f} GFLOP/s; torch threads per worker: {threads}; peak memory via {memory}.\n")
     return "\n".join(lines)
 
 
@@ -234,19 +243,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=None, help="timed rounds (default 9; 2 with --quick)")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 2; 1 with --quick)")
     p.add_argument("--min-round-s", type=float, help="repeat steps to fill a round (default 0.05 s; 0.01 with --quick)")
-    p.add_argument("--quick", action="store_true", help="tiny smoke run: small inputs, base 4, 2 rounds")
+    p.add_argument("--threads", type=int, help="torch threads in every process (default: torch's, all cores)")
+    p.add_argument("--quick", action="store_true", help="tiny smoke run: small inputs, base 4, 2 rounds, 1 thread")
     p.add_argument(
         "--write-readme", nargs="?", const=README, type=Path, metavar="PATH", help=f"write results (to {README})"
     )
     args = p.parse_args(argv)
     args.rounds = args.rounds or (2 if args.quick else 9)
     args.min_round_s = args.min_round_s if args.min_round_s is not None else (0.01 if args.quick else 0.05)
+    args.mm_size = 512 if args.quick else 2048
+    # One thread keeps the smoke run quick on a shared machine, where a busy core stalls every
+    # parallel region; real runs keep torch's default (all cores) unless told otherwise.
+    args.threads = args.threads or (1 if args.quick else None)
     args.warmup = args.warmup if args.warmup is not None else (1 if args.quick else 2)
     return args
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)  # for the torch.mm yardstick
     command = shlex.join(["python", "-m", "benchmarks.run", *(sys.argv[1:] if argv is None else argv)])
     names = ["reference"] + [n for n in args.candidates if n != "reference"]
     unusable, preload = {}, {"benchmarks.worker"}
@@ -265,8 +281,7 @@ def main(argv: list[str] | None = None) -> None:
             section = shapes_table(w, args.rounds)
         else:
             results = [Result(n, CANDIDATES[n], skipped=unusable.get(n, "")) for n in names]
-            mm = mm_flops_per_s(512 if args.quick else 2048, 5)
-            time_workload(w, results, args.rounds, args.warmup, args.min_round_s)
+            mm = time_workload(w, results, args)
             section = model_table(w, results, mm)
         print(section, flush=True)
         sections.append(section)
@@ -286,7 +301,7 @@ Generated by `benchmarks/run.py`; do not edit by hand.
 - command: `{command}`
 - date: {date}
 - machine: {machine_info()}
-- rounds: {args.rounds} timed, {args.warmup} warm-up
+- rounds: {args.rounds} timed, {args.warmup} warm-up; torch threads per process: {torch.get_num_threads()}
 
 ## Method
 
@@ -295,10 +310,12 @@ Generated by `benchmarks/run.py`; do not edit by hand.
 Columns: a training step is zero_grad(set_to_none) + forward + cross-entropy + backward; eval is a
 forward in eval mode under `torch.inference_mode()`. `ms median (min)` are per step over rounds;
 `x ref` is the ratio of medians to `reference` (above 1 is slower or larger). `% mm` is achieved
-FLOP/s (forward FLOPs from `FlopCounterMode`, training counted as 3x forward) as a percentage of a
-2048x2048 fp32 `torch.mm` measured just before the workload. `train peak MiB` is the peak RSS of
-one training step above the RSS after building the model and the batch, in a fresh process.
-Every process uses torch's default thread count.
+FLOP/s (forward FLOPs from `FlopCounterMode`, training counted as 3x forward) as a percentage of
+the median FLOP/s of a {args.mm_size}x{args.mm_size} fp32 `torch.mm`, timed once per round in
+the same rounds (useful FLOPs: recomputation by checkpointing is not counted). `train peak MiB` is
+the peak RSS of the first training step above the RSS after building the model and the batch, in a
+fresh process; it includes that step's one-off costs (lazy imports, kernel code), a floor of about
+30 MiB for small models.
 
 ## Results
 

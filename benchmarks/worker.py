@@ -13,12 +13,17 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 import torch
+import torch._dynamo  # see below
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks.candidates import Candidate, Hook
 from benchmarks.workloads import Workload
+
+# torch._dynamo is imported up front (this module is preloaded by the harness's fork server):
+# FlopCounterMode and torch.utils.checkpoint import it lazily, which would cost every fresh process
+# over a second and show up in the first training step's peak memory of checkpointing candidates.
 
 
 def load(ref: str) -> Callable[..., Any]:
@@ -56,11 +61,17 @@ def eval_step(model: nn.Module, x: torch.Tensor) -> None:
         model(x)
 
 
-def serve(conn: Connection, cand: Candidate, w: Workload) -> None:
+def set_threads(threads: int | None) -> None:
+    if threads:
+        torch.set_num_threads(threads)
+
+
+def serve(conn: Connection, cand: Candidate, w: Workload, threads: int | None) -> None:
     """Timing worker: build the candidate, report its facts, then time steps on request.
 
     Requests are ``(phase, n)``, answered with ``("ok", mean seconds of n steps)`` or
     ``("error", reason)``; ``None`` stops."""
+    set_threads(threads)
     try:
         model = build(cand, w)
         x = torch.randn(w.input_shape)
@@ -73,15 +84,16 @@ def serve(conn: Connection, cand: Candidate, w: Workload) -> None:
             "threads": torch.get_num_threads(),
         }
         x, target = make_batch(w, out_shape)
+        both = "train" in cand.measure and "eval" in cand.measure
+        train_model, eval_model = model, copy.deepcopy(model) if both else model
         steps: dict[str, Callable[[], None]] = {}
         if "train" in cand.measure:
-            train_model = apply_hook(cand.train_hook, model) if cand.train_hook else model
+            train_model = apply_hook(cand.train_hook, train_model) if cand.train_hook else train_model
             train_model.train()
             steps["train"] = lambda: train_step(train_model, x, target)
         if "eval" in cand.measure:
-            eval_model = copy.deepcopy(model).eval() if "train" in cand.measure else model.eval()
-            if cand.eval_hook:
-                eval_model = apply_hook(cand.eval_hook, eval_model)
+            eval_model.eval()
+            eval_model = apply_hook(cand.eval_hook, eval_model) if cand.eval_hook else eval_model
             steps["eval"] = lambda: eval_step(eval_model, x)
     except Exception as exc:  # report any failure to build as a skip reason
         conn.send(("error", f"{type(exc).__name__}: {exc}"))
@@ -120,11 +132,14 @@ def reset_peak_rss() -> bool:
         return False
 
 
-def probe_memory(conn: Connection, cand: Candidate, w: Workload, out_shape: tuple[int, ...]) -> None:
+def probe_memory(
+    conn: Connection, cand: Candidate, w: Workload, out_shape: tuple[int, ...], threads: int | None
+) -> None:
     """Fresh process: the peak RSS of one training step above the RSS after building model and batch.
 
     Sends ``(bytes, method)``. Without a resettable VmHWM it falls back to ru_maxrss, which also
     covers the peak while building."""
+    set_threads(threads)
     try:
         model = build(cand, w)
         if cand.train_hook:
