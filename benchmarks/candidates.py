@@ -60,6 +60,15 @@ CANDIDATES: dict[str, Candidate] = {
         requires=UNETGEN,
         note="unetgen.build_unet, then unetgen.optimize_for_inference(model) for eval",
     ),
+    "unetgen-cl": Candidate(
+        HERE,
+        "unetgen_unet",
+        train_hook=f"{HERE}:channels_last",
+        eval_hook=f"{HERE}:channels_last",
+        measure=("train", "eval"),
+        requires=UNETGEN,
+        note="unetgen.build_unet, model and input in channels_last memory format (train and eval)",
+    ),
     "monai": Candidate(
         HERE,
         "monai_basic_unet",
@@ -96,6 +105,22 @@ def unetgen_unet(w: Workload, options: dict[str, Any] | None = None) -> nn.Modul
     from unetgen import build_unet
 
     return build_unet({**w.unetgen_config(), **(options or {})})
+
+
+class ChannelsLast(nn.Module):
+    """Run `net` with weights and input in channels-last memory format."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.fmt = torch.channels_last if next(net.parameters()).dim() == 4 else torch.channels_last_3d
+        self.net = net.to(memory_format=self.fmt)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x.contiguous(memory_format=self.fmt))
+
+
+def channels_last(model: nn.Module) -> nn.Module:
+    return ChannelsLast(model)
 
 
 def monai_basic_unet(w: Workload) -> nn.Module:
