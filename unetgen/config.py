@@ -11,10 +11,26 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, GetCoreSchemaHandler, GetJsonSchemaHandler, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    GetCoreSchemaHandler,
+    GetJsonSchemaHandler,
+    model_validator,
+)
 from pydantic_core import core_schema
 
-SpatialDims = Literal[1, 2, 3]
+
+def _not_bool(value: Any) -> Any:
+    # Literal[1, 2, 3] compares by equality, so True would pass as 1 (even in strict mode)
+    if isinstance(value, bool):
+        raise ValueError(f"spatial_dims must be 1, 2 or 3, not the boolean {str(value).lower()}")
+    return value
+
+
+SpatialDims = Annotated[Literal[1, 2, 3], BeforeValidator(_not_bool)]
 Padding = Literal["valid", "same"]
 
 MAX_CHANNELS = 16384
