@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from . import layers, shapes
+from . import costs, layers, shapes
 from .blocks import ConvBlock, SkipMerge, make_down, make_up, paper_init_
 from .config import UNetConfig
 from .io import ConfigSource, load_config
@@ -121,12 +121,21 @@ class UNet(nn.Module):
 
 
 def build_unet(
-    config: ConfigSource, *, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+    config: ConfigSource,
+    *,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+    max_parameters: int | None = costs.DEFAULT_MAX_PARAMETERS,
 ) -> UNet:
     """Build a `UNet` from a `UNetConfig`, a dict, a .json/.yaml path or a preset name.
 
-    `device="meta"` builds without allocating memory (for size checks of huge configs)."""
+    `device="meta"` builds without allocating memory (for size checks of huge configs).
+    A config with more than `max_parameters` parameters (default 2e9, `costs.DEFAULT_MAX_PARAMETERS`)
+    raises `costs.ParameterBudgetError` with its count, except on the meta device; pass a larger
+    budget or None to build it."""
     cfg = load_config(config)
+    if device is None or torch.device(device).type != "meta":
+        costs.check_parameter_budget(cfg, max_parameters)
     with torch.device(device) if device is not None else contextlib.nullcontext():
         model = UNet(cfg)
     return model.to(dtype=dtype) if dtype is not None else model
