@@ -85,3 +85,15 @@ def test_budget_refuses_big_configs_with_the_count() -> None:
     with pytest.raises(ParameterBudgetError, match="max_parameters=100"):
         build_unet(small, max_parameters=100)
     assert sum(p.numel() for p in build_unet(small, max_parameters=None).parameters()) == count_parameters(small)
+
+
+def test_summary_shows_true_macs_and_torchinfo(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+    from unetgen.cli import main
+
+    path = tmp_path / "small.yaml"
+    path.write_text("base_channels: 4\ndepth: 2\n")
+    assert main(["summary", str(path), "--input-size", "60", "--batch-size", "2"]) == 0
+    out = capsys.readouterr().out
+    macs = 2 * count_macs(UNetConfig(base_channels=4, depth=2), (60, 60))
+    assert f"Convolution multiply-adds (true, as FlopCounterMode counts them): {macs / 1e9:.2f} G ({macs:,})" in out
+    assert "torchinfo's mult-adds above:" in out and "stride**dims" in out

@@ -1,6 +1,7 @@
 """unetgen: U-Nets declared as data, with exact shape arithmetic."""
 
 from .config import UNetConfig
+from .costs import count_macs, count_parameters
 from .io import ConfigError, dump_config, load_config
 from .presets import PRESETS, get_preset
 from .shapes import (
@@ -28,6 +29,8 @@ __all__ = [
     "__version__",
     "aux_shapes",
     "build_unet",
+    "count_macs",
+    "count_parameters",
     "dump_config",
     "get_preset",
     "halo",

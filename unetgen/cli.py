@@ -69,7 +69,7 @@ def _print_macs(cfg, size: tuple[int, ...], batch_size: int, torchinfo_mult_adds
     from .costs import count_macs
 
     macs = count_macs(cfg, size) * batch_size
-    print(f"Convolution multiply-adds (true, as FlopCounterMode counts them): {macs / 1e9:.2f} G")
+    print(f"Convolution multiply-adds (true, as FlopCounterMode counts them): {macs / 1e9:.2f} G ({macs:,})")
     print(f"torchinfo's mult-adds above: {torchinfo_mult_adds / 1e9:.2f} G")
     print(
         "  (torchinfo charges a transposed conv its whole weight at every output position, stride**dims\n"

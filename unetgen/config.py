@@ -298,9 +298,8 @@ class Layout:
 
 
 PerStage = int | tuple[int | tuple[int, ...], ...]
-ChannelSpec = tuple[
-    Annotated[int, Field(ge=1, le=MAX_CHANNELS)] | tuple[Annotated[int, Field(ge=1, le=MAX_CHANNELS)], ...], ...
-]
+Width = Annotated[int, Field(ge=1, le=MAX_CHANNELS)]
+ChannelSpec = tuple[Width | Annotated[tuple[Width, ...], Field(min_length=1)], ...]
 ConvCount = Annotated[int, Field(ge=1, le=MAX_CONVS)]
 
 

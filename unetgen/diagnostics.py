@@ -42,10 +42,14 @@ class Problem:
 
 
 def format_path(path: KeyPath) -> str:
-    """``("norm", "num_groups")`` -> ``norm.num_groups``; ``("channels", 2)`` -> ``channels[2]``."""
+    """``("norm", "num_groups")`` -> ``norm.num_groups``; ``("channels", 2)`` -> ``channels[2]``;
+    a key that is not a plain name is quoted: ``['a: b']``."""
     out = ""
     for part in path:
-        out += f"[{part}]" if isinstance(part, int) else f".{part}" if out else str(part)
+        if isinstance(part, int) or not re.fullmatch(r"[\w$-]+", part):
+            out += f"[{part!r}]"
+        else:
+            out += f".{part}" if out else part
     return out or "(config)"
 
 
@@ -62,8 +66,7 @@ def problems_from(
     """The problems of `document` that `error` reports, sorted by position. `revalidate` validates
     a variant of the document the same way (it finds the fields a cross-field rule involves)."""
     found = []
-    for target, message in _merged(error, document, revalidate):
-        fields = target if isinstance(target, list) else [target]
+    for fields, message in _merged(error, document, revalidate):
         line, column = _locate(positions, fields) if positions is not None else (None, None)
         found.append(Problem(source, line, column, ", ".join(map(format_path, fields)) or "(config)", message))
     return sorted(found, key=lambda p: (p.line or 0, p.column or 0))
@@ -85,11 +88,17 @@ def _locate(positions: Mapping[KeyPath, tuple[int, int]], paths: list[KeyPath]) 
 @dataclass(frozen=True)
 class _Error:
     path: KeyPath  # where in the document
-    in_union: bool  # the location passed a union branch label that is not in the document
-    type: str
+    in_union: bool  # pydantic's location passed a union branch label, which is not in the document
     message: str
-    loc: tuple[str | int, ...]
-    raw: Any
+    error: Mapping[str, Any]  # pydantic's
+
+    @property
+    def type(self) -> str:
+        return self.error["type"]
+
+    @property
+    def cross_field(self) -> bool:
+        return self.type == "value_error" and not self.error["loc"]
 
 
 def _document_path(loc: tuple[str | int, ...], document: Any) -> tuple[KeyPath, bool]:
@@ -109,34 +118,33 @@ def _document_path(loc: tuple[str | int, ...], document: Any) -> tuple[KeyPath, 
     return tuple(path), skipped
 
 
-def _merged(error: ValidationError, document: dict[str, Any], revalidate: Revalidate) -> list[tuple[Any, str]]:
+def _merged(
+    error: ValidationError, document: dict[str, Any], revalidate: Revalidate
+) -> list[tuple[list[KeyPath], str]]:
+    """(fields, message) per problem: one per place in the document, however many union
+    branches pydantic reports there."""
     errors = []
     for e in error.errors():
-        path, skipped = _document_path(e["loc"], document)
-        errors.append(_Error(path, skipped, e["type"], _describe(e, path), e["loc"], e))
+        path, in_union = _document_path(e["loc"], document)
+        errors.append(_Error(path, in_union, _describe(e, path), e))
+
+    def deeper_exists(e: _Error) -> bool:
+        return any(len(o.path) > len(e.path) and o.path[: len(e.path)] == e.path for o in errors)
+
     # a union branch that failed on the type of the value is noise when another branch got deeper
-    errors = [
-        e
-        for e in errors
-        if not (
-            e.in_union
-            and e.type.endswith("_type")
-            and any(len(o.path) > len(e.path) and o.path[: len(e.path)] == e.path for o in errors)
-        )
-    ]
+    errors = [e for e in errors if not (e.in_union and e.type.endswith("_type") and deeper_exists(e))]
     grouped: dict[Any, list[_Error]] = {}
     for e in errors:
-        key = e.path if e.type != "value_error" or e.loc else (e.message,)
-        grouped.setdefault(key, []).append(e)
+        grouped.setdefault(("cross", e.message) if e.cross_field else e.path, []).append(e)
     out = []
     for group in grouped.values():
         first = group[0]
-        target: Any = first.path
-        if first.type == "value_error" and not first.loc:
-            target = _involved_fields(first.message, document, revalidate)
+        fields = [first.path]
+        if first.cross_field:
+            fields = _involved_fields(first.message, document, revalidate)
         elif first.type == "union_tag_invalid" and isinstance(_get(document, first.path), dict):
-            target = (*first.path, "type")
-        out.append((target, _join([e.message for e in group], first.raw.get("input"))))
+            fields = [(*first.path, "type")]
+        out.append((fields, _join([e.message for e in group], first.error.get("input"))))
     return out
 
 

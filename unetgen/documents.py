@@ -194,8 +194,9 @@ class _Composer(yaml.SafeLoader):
 
 
 def _parse_yaml(text: str) -> Document:
-    loader = _Composer(text)
+    loader: _Composer | None = None
     try:
+        loader = _Composer(text)
         root = loader.get_single_node()
         if root is None:
             raise ParseError("the file holds no YAML document; a config is a mapping of fields")
@@ -205,10 +206,16 @@ def _parse_yaml(text: str) -> Document:
         mark = err.problem_mark or err.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
         raise ParseError(f"not valid YAML: {err.problem or err.context}", line, col) from None
+    except yaml.reader.ReaderError as err:  # a control character
+        line = text.count("\n", 0, err.position) + 1
+        col = err.position - (text.rfind("\n", 0, err.position) + 1) + 1
+        char = f"U+{err.character:04X}" if isinstance(err.character, int) else repr(err.character)
+        raise ParseError(f"not valid YAML: the character {char} is not allowed", line, col) from None
     except yaml.YAMLError as err:
         raise ParseError(f"not valid YAML: {err}") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
 
 def _pos(node: yaml.Node) -> tuple[int, int]:
