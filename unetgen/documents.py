@@ -28,7 +28,7 @@ __all__ = ["MAX_BYTES", "MAX_NESTING", "MAX_NODES", "Document", "KeyPath", "Pars
 
 MAX_BYTES = 64 * 1024
 """Largest config file read; the largest sensible config is a few kilobytes."""
-MAX_NODES = 10_000
+MAX_NODES = 5_000
 """Most values in one document, counting each use of a YAML alias as a copy."""
 MAX_NESTING = 32
 """Deepest nesting of mappings and lists (a config needs 4)."""
