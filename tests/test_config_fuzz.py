@@ -69,7 +69,18 @@ def mutated_configs(draw: st.DrawFn) -> dict[str, Any]:
     return doc
 
 
-documents = json_values | st.dictionaries(st.sampled_from(FIELDS), json_values, max_size=6) | mutated_configs()
+def _nest(depth: int, field: str, value: Any) -> dict[str, Any]:
+    for i in range(depth):
+        value = [value] if i % 2 else {"type": value}
+    return {field: value}
+
+
+def deep(max_depth: int) -> st.SearchStrategy[dict[str, Any]]:
+    return st.builds(_nest, st.integers(1, max_depth), st.sampled_from(FIELDS), scalars)
+
+
+shallow = json_values | st.dictionaries(st.sampled_from(FIELDS), json_values, max_size=6) | mutated_configs()
+documents = shallow | deep(3000)
 
 
 def _load(source: Any) -> None:
@@ -123,7 +134,7 @@ def file_texts(draw: st.DrawFn) -> tuple[str, bytes]:
         return suffix, draw(st.binary(max_size=200))
     if kind == 1:
         return suffix, draw(st.text(max_size=200)).encode("utf-8", "surrogatepass")
-    doc = draw(documents)
+    doc = draw(shallow | deep(100))  # the test's dumpers recurse
     try:
         text = json.dumps(doc) if suffix == ".json" else yaml.safe_dump(doc, allow_unicode=True)
     except (ValueError, yaml.YAMLError):

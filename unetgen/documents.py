@@ -18,13 +18,24 @@ from __future__ import annotations
 import bisect
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 
-__all__ = ["MAX_BYTES", "MAX_NESTING", "MAX_NODES", "Document", "KeyPath", "ParseError", "parse", "read_text"]
+__all__ = [
+    "MAX_BYTES",
+    "MAX_NESTING",
+    "MAX_NODES",
+    "Document",
+    "KeyPath",
+    "ParseError",
+    "check_limits",
+    "parse",
+    "read_text",
+]
 
 MAX_BYTES = 64 * 1024
 """Largest config file read; the largest sensible config is a few kilobytes."""
@@ -78,6 +89,23 @@ def parse(text: str, kind: Literal["json", "yaml"]) -> Document:
     if not text.strip():
         raise ParseError("the file is empty; a config is a mapping of fields, e.g. `depth: 4`")
     return _parse_json(text) if kind == "json" else _parse_yaml(text)
+
+
+def check_limits(value: Any) -> None:
+    """Refuse a value (from Python, not a file) with more than `MAX_NODES` values or nesting
+    deeper than `MAX_NESTING`, the limits files have; self-containing lists stop there too."""
+    stack, count = [(value, 0)], 0
+    while stack:
+        item, depth = stack.pop()
+        count += 1
+        if count > MAX_NODES:
+            raise ParseError(f"the document has more than {MAX_NODES} values")
+        if depth > MAX_NESTING:
+            raise ParseError(f"the document {_TOO_DEEP}")
+        if isinstance(item, Mapping):
+            stack.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend((v, depth + 1) for v in item)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -75,6 +75,10 @@ def validate_document(
     if not isinstance(document, Mapping):
         kind = "list" if isinstance(document, list) else type(document).__name__
         raise ConfigError([Problem(source, *where, "(config)", f"a config is a mapping of fields, not a {kind}")])
+    try:
+        documents.check_limits(document)
+    except documents.ParseError as err:
+        raise ConfigError([Problem(source, *where, "(config)", err.message)]) from None
     data = dict(document)
     if "$schema" in data and not isinstance(schema := data.pop("$schema"), str):
         pos = (positions or {}).get(("$schema",), where)
