@@ -18,7 +18,7 @@ from pydantic import BaseModel, ValidationError
 from .config import UNetConfig
 from .documents import KeyPath
 
-__all__ = ["Problem", "format_path", "problems_from"]
+__all__ = ["Problem", "format_path", "problems_from", "short_repr"]
 
 ROOT_EXTRA_KEYS = ("$schema",)
 """Top-level keys a config file may have besides the `UNetConfig` fields."""
@@ -168,14 +168,21 @@ def _join(messages: list[str], value: Any) -> str:
         text = _SHOULD + " or ".join(m[len(_SHOULD) :] for m in unique)
     else:
         text = "; or ".join(unique)
-    return text + (f", got {_short(value)}" if got else "")
+    return text + (f", got {short_repr(value)}" if got else "")
 
 
-_REPR = reprlib.Repr()
+class _Repr(reprlib.Repr):
+    def repr_int(self, x: int, level: int) -> str:
+        if x.bit_length() > 1000:  # repr() refuses ints of more than 4300 digits
+            return f"<an integer of {int(x.bit_length() * 0.30103)} digits>"
+        return super().repr_int(x, level)
+
+
+_REPR = _Repr()
 _REPR.maxlevel, _REPR.maxlist, _REPR.maxdict, _REPR.maxstring, _REPR.maxlong = 3, 6, 4, 40, 30
 
 
-def _short(value: Any) -> str:
+def short_repr(value: Any) -> str:
     """A bounded repr: deep or huge inputs must not make the message (or repr) blow up."""
     return _REPR.repr(value)
 
@@ -205,7 +212,7 @@ def _describe(e: Mapping[str, Any], path: KeyPath) -> str:
         return f"{name} needs a 'type' key naming one of: {', '.join(tags)}"
     if kind in ("model_attributes_type", "model_type") and (tags := _option_tags(loc)):
         names = ", ".join(map(repr, tags))
-        return f"{name} should be one of {names} or a mapping with a 'type' key, got {_short(value)}"
+        return f"{name} should be one of {names} or a mapping with a 'type' key, got {short_repr(value)}"
     if kind == "literal_error" and isinstance(value, str):
         hint = _did_you_mean(value, _quoted(ctx.get("expected", "")))
         return f"{e['msg']}, got {value!r}{'; ' + hint if hint else ''}"

@@ -20,7 +20,7 @@ from pydantic import ValidationError
 
 from . import documents
 from .config import UNetConfig
-from .diagnostics import Problem, problems_from
+from .diagnostics import Problem, problems_from, short_repr
 from .presets import PRESETS
 
 __all__ = ["ConfigError", "ConfigSource", "Problem", "dump_config", "load_config", "read_document", "validate_document"]
@@ -82,8 +82,13 @@ def validate_document(
     data = dict(document)
     if "$schema" in data and not isinstance(schema := data.pop("$schema"), str):
         pos = (positions or {}).get(("$schema",), where)
-        message = f"must be a string (the schema's URL or path), got {schema!r:.40}"
+        message = f"must be a string (the schema's URL or path), got {short_repr(schema)}"
         raise ConfigError([Problem(source, *pos, "$schema", message)])
+    if strict:
+        try:
+            json.dumps(data, allow_nan=True)
+        except (TypeError, ValueError, RecursionError) as err:  # not JSON, or an int of thousands of digits
+            raise ConfigError([Problem(source, *where, "(config)", f"not a JSON document: {err}")]) from None
 
     def validate(doc: dict[str, Any]) -> UNetConfig:
         if not strict:
@@ -101,8 +106,6 @@ def validate_document(
         return validate(data)
     except ValidationError as err:
         raise ConfigError(problems_from(err, data, source, positions, revalidate)) from None
-    except (TypeError, ValueError) as err:  # not JSON-serialisable, or an int of thousands of digits
-        raise ConfigError([Problem(source, *where, "(config)", f"not a JSON document: {err}")]) from None
 
 
 def load_config(source: ConfigSource) -> UNetConfig:
