@@ -15,7 +15,7 @@ def test_summary_paper(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["summary", PAPER, "--input-size", "572"]) == 0
     out = capsys.readouterr().out
     assert "Total params: 31,030,658" in out
-    assert "bottleneck.conv2    1024  28 x 28" in out and "head                   2  388 x 388" in out
+    assert "bottleneck.conv2      1024  28 x 28" in out and "head                     2  388 x 388" in out
     assert "540, 556 | 572 | 588, 604" in out
 
 
@@ -37,4 +37,4 @@ def test_errors_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
     bad = tmp_path / "bad.yaml"
     bad.write_text("depth: 3\nchanels: 4\n")
     assert main(["sizes", str(bad)]) == 2
-    assert "bad.yaml: chanels: Extra inputs are not permitted" in capsys.readouterr().err
+    assert "bad.yaml:2:1: chanels: unknown field 'chanels'; did you mean 'channels'?" in capsys.readouterr().err

@@ -2,6 +2,7 @@
 
 from .checkpoint import CheckpointError, checkpoint_config, load_unet, save_unet
 from .config import UNetConfig
+from .costs import count_macs, count_parameters
 from .io import ConfigError, dump_config, load_config
 from .optimize import optimize_for_inference
 from .presets import PRESETS, get_preset
@@ -35,6 +36,8 @@ __all__ = [
     "aux_shapes",
     "build_unet",
     "checkpoint_config",
+    "count_macs",
+    "count_parameters",
     "dump_config",
     "get_preset",
     "halo",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from . import shapes
 from .checkpoint import CheckpointError, checkpoint_config
@@ -60,6 +61,7 @@ def cmd_summary(args: argparse.Namespace) -> int:
         verbose=0,
     )
     print(stats)
+    _print_macs(cfg, size, args.batch_size, stats.total_mult_adds)
     print("\nshape trace:")
     _print_trace(cfg, size)
     print(f"\nvalid input sizes nearby (below | given | above):\n{_near(cfg, size)}")
@@ -67,11 +69,62 @@ def cmd_summary(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_macs(cfg, size: tuple[int, ...], batch_size: int, torchinfo_mult_adds: int) -> None:
+    from .costs import count_macs
+
+    macs = count_macs(cfg, size) * batch_size
+    print(f"Convolution multiply-adds (true, as FlopCounterMode counts them): {macs / 1e9:.2f} G ({macs:,})")
+    print(f"torchinfo's mult-adds above: {torchinfo_mult_adds / 1e9:.2f} G")
+    print(
+        "  (torchinfo charges a transposed conv its whole weight at every output position, stride**dims\n"
+        "   times its true cost, and adds the biases; the true count is the multiply-adds of the convs)"
+    )
+
+
 def _print_trace(cfg, size: tuple[int, ...]) -> None:
     rows = shapes.trace(cfg, size)
-    width = max(len(r.name) for r in rows)
+    width = max(len("stage"), *(len(r.name) for r in rows))
+    print(f"  {'stage':<{width}}  {'channels':>8}  shape")
     for r in rows:
-        print(f"  {r.name:<{width}}  {r.channels:>6}  {' x '.join(map(str, r.shape))}")
+        print(f"  {r.name:<{width}}  {r.channels:>8}  {' x '.join(map(str, r.shape))}")
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    """One `FILE:LINE:COLUMN: field.path: message` line per problem; exit 1 if any."""
+    ok = True
+    for name in args.files:
+        try:
+            load_config(Path(name))
+        except ConfigError as err:
+            ok = False
+            for line in err.problems or [f"{name}:1:1: (file): {err}"]:
+                print(line)
+    return 0 if ok else 1
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from .schema import schema_text
+
+    sys.stdout.write(schema_text())
+    return 0
+
+
+def cmd_presets(args: argparse.Namespace) -> int:
+    from .presets import PRESETS
+
+    width = max(map(len, PRESETS))
+    for name, preset in PRESETS.items():
+        print(f"{name:<{width}}  {preset.source}")
+    return 0
+
+
+def cmd_trace(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config)
+    size = _spatial(cfg, args.input_size)
+    out = shapes.output_shape(cfg, size)
+    print(f"{args.config}: input {' x '.join(map(str, size))} -> output {' x '.join(map(str, out))}")
+    _print_trace(cfg, size)
+    return 0
 
 
 def cmd_sizes(args: argparse.Namespace) -> int:
@@ -184,6 +237,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="print the tile plan and stop")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("validate", help="check config files; one FILE:LINE:COLUMN: field: message line per problem")
+    p.add_argument("files", nargs="+", metavar="FILE", help=".yaml/.yml/.json config files")
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("schema", help="print the JSON Schema of config files")
+    p.set_defaults(func=cmd_schema)
+
+    p = sub.add_parser("presets", help="list the named configs and their sources")
+    p.set_defaults(func=cmd_presets)
+
+    p = sub.add_parser("trace", help="stage, channels and shape of every stage for an input size (Figure 1)")
+    p.add_argument("config", help="a .yaml/.json config file or a preset name")
+    p.add_argument("--input-size", type=_sizes_arg, default=None, help="spatial size, e.g. 572 or 572x572")
+    p.set_defaults(func=cmd_trace)
     return parser
 
 

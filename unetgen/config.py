@@ -21,9 +21,18 @@ from pydantic import (
     model_serializer,
     model_validator,
 )
+from pydantic.functional_validators import BeforeValidator
 from pydantic_core import core_schema
 
-SpatialDims = Literal[1, 2, 3]
+
+def _not_bool(value: Any) -> Any:
+    # Literal[1, 2, 3] compares by equality, so True would pass as 1 (even in strict mode)
+    if isinstance(value, bool):
+        raise ValueError(f"spatial_dims must be 1, 2 or 3, not the boolean {str(value).lower()}")
+    return value
+
+
+SpatialDims = Annotated[Literal[1, 2, 3], BeforeValidator(_not_bool)]
 Padding = Literal["valid", "same"]
 
 MAX_CHANNELS = 16384
@@ -291,9 +300,8 @@ class Layout:
 
 
 PerStage = int | tuple[int | tuple[int, ...], ...]
-ChannelSpec = tuple[
-    Annotated[int, Field(ge=1, le=MAX_CHANNELS)] | tuple[Annotated[int, Field(ge=1, le=MAX_CHANNELS)], ...], ...
-]
+Width = Annotated[int, Field(ge=1, le=MAX_CHANNELS)]
+ChannelSpec = tuple[Width | Annotated[tuple[Width, ...], Field(min_length=1)], ...]
 ConvCount = Annotated[int, Field(ge=1, le=MAX_CONVS)]
 
 

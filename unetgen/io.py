@@ -1,70 +1,136 @@
-"""Load and dump configs as JSON or YAML (`yaml.safe_load` only)."""
+"""Load and dump configs as JSON or YAML files.
+
+Files are parsed by `unetgen.documents` (size limits, no YAML tags or alias bombs, no duplicate
+keys, positions of every key) and validated strictly, as JSON: a number written as a string
+(``depth: "4"``) or a boolean for an int is an error, exactly as the JSON Schema in ``schemas/``
+says. Every problem becomes a `Problem` with the file, line, column and field path, and
+`load_config` raises them all at once as a `ConfigError`. Mappings passed from Python are
+validated as Python (lax: tuples or lists, option instances or dicts).
+"""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import ValidationError
 
+from . import documents
 from .config import UNetConfig
+from .diagnostics import Problem, problems_from, short_repr
 from .presets import PRESETS
 
+__all__ = ["ConfigError", "ConfigSource", "Problem", "dump_config", "load_config", "read_document", "validate_document"]
+
 ConfigSource = UNetConfig | Mapping[str, Any] | str | Path
+SUFFIXES = {".json": "json", ".yaml": "yaml", ".yml": "yaml"}
 
 
 class ConfigError(ValueError):
-    """A config that cannot be read or is not a valid `UNetConfig`; the message names the file
-    and the field path of every problem."""
+    """A config that cannot be read or is not a valid `UNetConfig`. `problems` holds one `Problem`
+    (file, line, column, field path, message) per problem; the message is one line per problem,
+    ``FILE:LINE:COLUMN: field.path: message``."""
+
+    def __init__(self, problems: Sequence[Problem] | str) -> None:
+        self.problems: tuple[Problem, ...] = () if isinstance(problems, str) else tuple(problems)
+        super().__init__(problems if isinstance(problems, str) else "\n".join(map(str, self.problems)))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), (self.problems or str(self),)
 
 
-def _format(error: ValidationError, source: str) -> str:
-    lines = []
-    for e in error.errors():
-        path = ".".join(str(p) for p in e["loc"]) or "(config)"
-        lines.append(f"{source}: {path}: {e['msg']}")
-    return "\n".join(lines)
+def _file_problem(source: str, message: str, line: int | None = 1, column: int | None = 1) -> ConfigError:
+    return ConfigError([Problem(source, line, column, "(file)", message)])
+
+
+def _read(path: str | Path) -> documents.Document:
+    p = Path(path)
+    kind = SUFFIXES.get(p.suffix.lower())
+    if kind is None:
+        raise _file_problem(str(p), f"unknown config file type {p.suffix!r}; use .json, .yaml or .yml")
+    try:
+        return documents.parse(documents.read_text(p), kind)  # type: ignore[arg-type]
+    except documents.ParseError as err:
+        raise _file_problem(str(p), err.message, err.line, err.column) from None
 
 
 def read_document(path: str | Path) -> Any:
-    """Parse a .json, .yaml or .yml file."""
-    p = Path(path)
-    suffix = p.suffix.lower()
-    if suffix not in (".json", ".yaml", ".yml"):
-        raise ConfigError(f"{p}: unknown config file type {suffix!r}; use .json, .yaml or .yml")
+    """Parse a .json, .yaml or .yml config file into plain values (see `unetgen.documents`)."""
+    return _read(path).value
+
+
+def validate_document(
+    document: Any,
+    source: str = "<document>",
+    positions: Mapping[tuple[str | int, ...], tuple[int, int]] | None = None,
+    *,
+    strict: bool = True,
+) -> UNetConfig:
+    """Validate a parsed document (`strict`: as JSON, the way files are checked; otherwise as a
+    Python mapping). A top-level ``"$schema"`` string is ignored. Raises `ConfigError`."""
+    where = (1, 1) if positions is not None else (None, None)
+    if not isinstance(document, Mapping):
+        kind = "list" if isinstance(document, list) else type(document).__name__
+        raise ConfigError([Problem(source, *where, "(config)", f"a config is a mapping of fields, not a {kind}")])
     try:
-        text = p.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        raise ConfigError(f"{p}: cannot read: {err}") from err
+        documents.check_limits(document)
+    except documents.ParseError as err:
+        raise ConfigError([Problem(source, *where, "(config)", err.message)]) from None
+    data = dict(document)
+    if "$schema" in data and not isinstance(schema := data.pop("$schema"), str):
+        pos = (positions or {}).get(("$schema",), where)
+        message = f"must be a string (the schema's URL or path), got {short_repr(schema)}"
+        raise ConfigError([Problem(source, *pos, "$schema", message)])
+    if strict:
+        try:
+            json.dumps(data, allow_nan=True)
+        except (TypeError, ValueError, RecursionError) as err:  # not JSON, or an int of thousands of digits
+            raise ConfigError([Problem(source, *where, "(config)", f"not a JSON document: {err}")]) from None
+
+    def validate(doc: dict[str, Any]) -> UNetConfig:
+        if not strict:
+            return UNetConfig.model_validate(doc)
+        return UNetConfig.model_validate_json(json.dumps(doc, allow_nan=True), strict=True)
+
+    def revalidate(doc: dict[str, Any]) -> ValidationError | None:
+        try:
+            validate(doc)
+        except ValidationError as err:
+            return err
+        return None
+
     try:
-        return json.loads(text) if suffix == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as err:
-        raise ConfigError(f"{p}: not valid {suffix[1:].upper()}: {err}") from err
+        return validate(data)
+    except ValidationError as err:
+        raise ConfigError(problems_from(err, data, source, positions, revalidate)) from None
 
 
 def load_config(source: ConfigSource, *, key: str | None = None) -> UNetConfig:
-    """A validated `UNetConfig` from a config, a mapping, a .json/.yaml/.yml path or a preset name.
+    """A validated `UNetConfig` from a config, a mapping, a .json/.yaml/.yml path or a preset name
+    (a string without one of those suffixes). Raises `ConfigError` listing every problem.
 
     `key` picks a config embedded in a larger document, e.g. "model" or "experiment.model"."""
     if isinstance(source, UNetConfig):
         return source
-    name = "<dict>"
-    if isinstance(source, str) and source in PRESETS and not Path(source).exists():
-        return PRESETS[source].build_config()
+    if isinstance(source, str) and Path(source).suffix.lower() not in SUFFIXES:
+        if source in PRESETS and key is None:
+            return PRESETS[source].build_config()
+        raise _file_problem(source, f"not a config file (.json, .yaml, .yml) nor a preset ({', '.join(PRESETS)})")
     if isinstance(source, (str, Path)):
-        name, source = str(source), read_document(source)
-    if key is not None:
-        name, source = f"{name}: {key}", _select(source, key, name)
-    if not isinstance(source, Mapping):
-        raise ConfigError(f"{name}: a config must be a mapping of fields, got {type(source).__name__}")
-    data = {k: v for k, v in source.items() if k != "$schema"}
-    try:
-        return UNetConfig.model_validate(data)
-    except ValidationError as err:
-        raise ConfigError(_format(err, name)) from None
+        doc = _read(source)
+        if key is None:
+            return validate_document(doc.value, str(source), doc.positions)
+        prefix = tuple(key.split("."))
+        positions = {k[len(prefix) :]: v for k, v in doc.positions.items() if k[: len(prefix)] == prefix}
+        return validate_document(_select(doc.value, key, str(source)), f"{source}: {key}", positions)
+    if isinstance(source, Mapping):
+        if key is not None:
+            return validate_document(_select(source, key, "<dict>"), f"<dict>: {key}", strict=False)
+        return validate_document(source, "<dict>", strict=False)
+    raise ConfigError(f"cannot load a config from {type(source).__name__}; pass a UNetConfig, a mapping or a path")
 
 
 _HYDRA_KEYS = ("_target_", "_convert_", "_recursive_", "_partial_", "seed", "device", "dtype")  # + build_unet's own
@@ -103,4 +169,4 @@ def dump_config(config: UNetConfig, path: str | Path) -> None:
     elif suffix in (".yaml", ".yml"):
         p.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
     else:
-        raise ConfigError(f"{p}: unknown config file type {suffix!r}; use .json, .yaml or .yml")
+        raise _file_problem(str(p), f"unknown config file type {suffix!r}; use .json, .yaml or .yml")

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from . import layers, shapes
+from . import costs, layers, shapes
 from .blocks import ConvBlock, SkipMerge, make_down, make_up, paper_init_
 from .config import UNetConfig
 from .io import ConfigSource, load_config
@@ -135,6 +135,7 @@ def build_unet(
     seed: int | None = None,
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
+    max_parameters: int | None = costs.DEFAULT_MAX_PARAMETERS,
     **fields: Any,
 ) -> UNet:
     """Build a `UNet` from a `UNetConfig`, a dict, a .json/.yaml path or a preset name.
@@ -144,10 +145,15 @@ def build_unet(
     two forms that Hydra-style `{"_target_": "unetgen.build_unet", ...}` instantiation produces.
     `seed` makes the initial weights a function of (seed, config, device type) alone: the
     global RNG is forked, seeded and restored, so the caller's random state is untouched.
-    `device="meta"` builds without allocating memory (for size checks of huge configs)."""
+    `device="meta"` builds without allocating memory (for size checks of huge configs).
+    A config with more than `max_parameters` parameters (default 2e9, `costs.DEFAULT_MAX_PARAMETERS`)
+    raises `costs.ParameterBudgetError` with its count, except on the meta device; pass a larger
+    budget or None to build it."""
     cfg = load_config(config if config is not None else {})
     if fields:
         cfg = load_config({**cfg.model_dump(exclude_unset=True), **fields})
+    if device is None or torch.device(device).type != "meta":
+        costs.check_parameter_budget(cfg, max_parameters)
     with contextlib.ExitStack() as stack:
         if device is not None:
             stack.enter_context(torch.device(device))

@@ -1,0 +1,177 @@
+"""What a config costs, from integer arithmetic alone (no model, no memory).
+
+`count_parameters` equals ``sum(p.numel() for p in build_unet(config).parameters())``.
+
+`count_macs` counts the multiply-adds of every convolution and transposed convolution, the way
+`torch.utils.flop_counter.FlopCounterMode` does (its FLOPs / 2): output positions x kernel
+volume x input channels x output channels per conv (input positions for a transposed conv, which
+for kernel = stride is the same total as output positions x 1). Bias additions, norms,
+activations, pooling, interpolation, crops, concatenations and the attention gate's elementwise
+products are not counted (they are cheap, and FlopCounterMode ignores them too).
+
+torchinfo's "mult-adds" charge a transposed conv its whole weight at every *output* position:
+stride**dims times its true cost (4x for the paper's 2x2 up-convolutions), and add the biases,
+so for the paper's network at 572x572 torchinfo reports 167.46 G (167.34 G with batch norm, whose
+convs have no bias) where the convolutions do 150.43 G.
+
+Sizes come from `unetgen.shapes.trace`, the single source of truth for shapes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from . import shapes
+from .config import (
+    Add,
+    AttentionGate,
+    AvgPool,
+    BatchNorm,
+    Concat,
+    ConvDown,
+    GroupNorm,
+    InstanceNorm,
+    LayerNorm,
+    LinearUp,
+    MaxPool,
+    NearestUp,
+    NoNorm,
+    Norm,
+    ResidualBlock,
+    Stage,
+    TransposeUp,
+    UNetConfig,
+)
+
+__all__ = ["DEFAULT_MAX_PARAMETERS", "ParameterBudgetError", "check_parameter_budget", "count_macs", "count_parameters"]
+
+DEFAULT_MAX_PARAMETERS = 2_000_000_000
+"""`build_unet` refuses configs with more parameters (8 GB of float32 weights) unless the caller
+passes a larger `max_parameters` (or None); the paper's network has 31,030,658."""
+
+
+class ParameterBudgetError(ValueError):
+    """A config with more parameters than the caller allowed."""
+
+
+def _conv(cin: int, cout: int, kernel: Sequence[int], bias: bool) -> int:
+    return cin * cout * math.prod(kernel) + (cout if bias else 0)
+
+
+def _norm(option: Norm, channels: int) -> int:
+    """Learnable parameters of a norm layer (running statistics are buffers, not parameters)."""
+    match option:
+        case NoNorm():
+            return 0
+        case InstanceNorm(affine=affine):
+            return 2 * channels if affine else 0
+        case BatchNorm() | GroupNorm() | LayerNorm():
+            return 2 * channels
+    raise AssertionError(f"unhandled norm {option!r}")
+
+
+def _block_parameters(config: UNetConfig, stage: Stage) -> int:
+    pre, bias, norm = config.block.preactivation, config.conv_bias, config.norm
+    total, cin = 0, stage.in_channels
+    for cout in stage.channels:
+        total += _conv(cin, cout, stage.kernel, bias) + _norm(norm, cin if pre else cout)
+        cin = cout
+    if isinstance(config.block, ResidualBlock) and stage.in_channels != stage.out_channels:
+        total += _conv(stage.in_channels, stage.out_channels, (1,), bias or pre)
+        total += 0 if pre else _norm(norm, stage.out_channels)
+    return total
+
+
+def _coarse_channels(config: UNetConfig, level: int) -> int:
+    """Channels of the map that decoder `level` up-samples."""
+    lay = config.layout
+    return lay.decoder[level + 1].out_channels if level + 1 < config.depth else lay.encoder[-1].out_channels
+
+
+def count_parameters(config: UNetConfig) -> int:
+    """The number of learnable parameters of the model `config` describes."""
+    lay, total = config.layout, 0
+    for i, stage in enumerate(lay.encoder):
+        total += _block_parameters(config, stage)
+        if i < config.depth:
+            match config.down:
+                case ConvDown():
+                    total += _conv(stage.out_channels, stage.out_channels, lay.strides[i], True)
+                case MaxPool() | AvgPool():
+                    pass
+                case _:
+                    raise AssertionError(f"unhandled down {config.down!r}")
+    for i, stage in enumerate(lay.decoder):
+        up, coarse, skip = lay.up_channels[i], _coarse_channels(config, i), lay.encoder[i].out_channels
+        match config.up:
+            case TransposeUp():
+                total += _conv(coarse, up, lay.strides[i], True)
+            case NearestUp() | LinearUp():
+                total += _conv(coarse, up, (1,), True)
+            case _:
+                raise AssertionError(f"unhandled up {config.up!r}")
+        match config.merge:
+            case AttentionGate():
+                inter = config.attention_channels[i]
+                total += _conv(skip, inter, (1,), True) + _conv(up, inter, (1,), True) + _conv(inter, 1, (1,), True)
+                total += 2 * _norm(config.norm, inter)  # psi (inter -> 1) has no norm
+            case Concat() | Add():
+                pass
+            case _:
+                raise AssertionError(f"unhandled merge {config.merge!r}")
+        total += _block_parameters(config, stage)
+    heads = [0, *config.deep_supervision]
+    return total + sum(_conv(lay.decoder[i].out_channels, config.out_channels, (1,), True) for i in heads)
+
+
+def count_macs(config: UNetConfig, input_shape: Sequence[int], *, training: bool = False) -> int:
+    """Multiply-adds of all convolutions for one sample of spatial `input_shape` (multiply by the
+    batch size for a batch), as FlopCounterMode counts them (FLOPs / 2). `training` adds the
+    deep-supervision heads, which run only in training mode. Raises `InputShapeError` for an
+    invalid shape."""
+    lay = config.layout
+    size = {row.name: math.prod(row.shape) for row in shapes.trace(config, input_shape)}
+    total = 0
+
+    def block(prefix: str, stage: Stage) -> int:
+        macs, cin = 0, stage.in_channels
+        for j, cout in enumerate(stage.channels):
+            macs += size[f"{prefix}.conv{j + 1}"] * cin * cout * math.prod(stage.kernel)
+            cin = cout
+        if isinstance(config.block, ResidualBlock) and stage.in_channels != stage.out_channels:
+            # the 1x1 projection runs on the identity cropped to the block's output
+            macs += size[f"{prefix}.conv{len(stage.channels)}"] * stage.in_channels * stage.out_channels
+        return macs
+
+    for i, stage in enumerate(lay.encoder):
+        total += block("bottleneck" if i == config.depth else f"enc{i}", stage)
+        if i < config.depth and isinstance(config.down, ConvDown):
+            total += size[f"down{i}"] * stage.out_channels**2 * math.prod(lay.strides[i])
+    for i, stage in enumerate(lay.decoder):
+        up, coarse, skip = lay.up_channels[i], _coarse_channels(config, i), lay.encoder[i].out_channels
+        # transposed conv: input positions x stride volume (= output positions) x cin x cout;
+        # interpolation + 1x1 conv: output positions x cin x cout. Both equal:
+        total += size[f"up{i}"] * coarse * up
+        if isinstance(config.merge, AttentionGate):
+            inter = config.attention_channels[i]
+            total += size[f"up{i}"] * (skip * inter + up * inter + inter)  # W_x on the cropped skip, W_g, psi
+        total += block(f"dec{i}", stage)
+    total += size["head"] * lay.decoder[0].out_channels * config.out_channels
+    if training:
+        for i in config.deep_supervision:
+            total += size[f"aux{i}"] * lay.decoder[i].out_channels * config.out_channels
+    return total
+
+
+def check_parameter_budget(config: UNetConfig, max_parameters: int | None = DEFAULT_MAX_PARAMETERS) -> int:
+    """The parameter count of `config`; raises `ParameterBudgetError` if it exceeds `max_parameters`
+    (None: no limit)."""
+    count = count_parameters(config)
+    if max_parameters is not None and count > max_parameters:
+        raise ParameterBudgetError(
+            f"the config has {count:,} parameters ({count * 4 / 2**30:.1f} GiB as float32), more than "
+            f"max_parameters={max_parameters:,}; pass build_unet(..., max_parameters={count}) or "
+            "max_parameters=None to build it anyway, or device='meta' to inspect it without memory"
+        )
+    return count

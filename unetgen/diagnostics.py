@@ -1,0 +1,295 @@
+"""Pydantic validation errors turned into `Problem`s a person can act on: the file position of the
+offending key, the field path as written in the file, "did you mean" for misspelled keys and
+option names, one line per problem even where pydantic reports every branch of a union, and
+every field involved in a cross-field rule."""
+
+from __future__ import annotations
+
+import difflib
+import re
+import reprlib
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from .config import UNetConfig
+from .documents import KeyPath
+
+__all__ = ["Problem", "format_path", "problems_from", "short_repr"]
+
+ROOT_EXTRA_KEYS = ("$schema",)
+"""Top-level keys a config file may have besides the `UNetConfig` fields."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One problem in a config: where (`source`, 1-based `line` and `column`, None when the config
+    came from a mapping), which field (`field`: a dotted path, list indices in brackets, several
+    fields separated by ", " for cross-field rules) and what is wrong (`message`)."""
+
+    source: str
+    line: int | None
+    column: int | None
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        where = self.source if self.line is None else f"{self.source}:{self.line}:{self.column}"
+        return f"{where}: {self.field}: {self.message}"
+
+
+def format_path(path: KeyPath) -> str:
+    """``("norm", "num_groups")`` -> ``norm.num_groups``; ``("channels", 2)`` -> ``channels[2]``;
+    a key that is not a plain name is quoted: ``['a: b']``."""
+    out = ""
+    for part in path:
+        if isinstance(part, int) or not re.fullmatch(r"[\w$-]+", part):
+            out += f"[{part!r}]"
+        else:
+            out += f".{part}" if out else part
+    return out or "(config)"
+
+
+Revalidate = Callable[[dict[str, Any]], ValidationError | None]
+
+
+def problems_from(
+    error: ValidationError,
+    document: dict[str, Any],
+    source: str,
+    positions: Mapping[KeyPath, tuple[int, int]] | None,
+    revalidate: Revalidate,
+) -> list[Problem]:
+    """The problems of `document` that `error` reports, sorted by position. `revalidate` validates
+    a variant of the document the same way (it finds the fields a cross-field rule involves)."""
+    found = []
+    for fields, message in _merged(error, document, revalidate):
+        line, column = _locate(positions, fields) if positions is not None else (None, None)
+        found.append(Problem(source, line, column, ", ".join(map(format_path, fields)) or "(config)", message))
+    return sorted(found, key=lambda p: (p.line or 0, p.column or 0))
+
+
+def _locate(positions: Mapping[KeyPath, tuple[int, int]], paths: list[KeyPath]) -> tuple[int, int]:
+    """The position of the first path, or of its nearest enclosing key, found in the document."""
+    for path in paths:
+        for end in range(len(path), 0, -1):
+            if path[:end] in positions:
+                return positions[path[:end]]
+    return positions.get((), (1, 1))
+
+
+# ---------------------------------------------------------------------------------------------
+# from pydantic's locations to the document's paths
+
+
+@dataclass(frozen=True)
+class _Error:
+    path: KeyPath  # where in the document
+    in_union: bool  # pydantic's location passed a union branch label, which is not in the document
+    message: str
+    error: Mapping[str, Any]  # pydantic's
+
+    @property
+    def type(self) -> str:
+        return self.error["type"]
+
+    @property
+    def cross_field(self) -> bool:
+        return self.type == "value_error" and not self.error["loc"]
+
+
+def _document_path(loc: tuple[str | int, ...], document: Any) -> tuple[KeyPath, bool]:
+    """The longest walk of `loc` through `document`; parts that are not keys or indices there are
+    pydantic's labels for union branches and discriminator tags, and are skipped."""
+    path: list[str | int] = []
+    node, skipped = document, False
+    for part in loc:
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            node = node[part]
+        else:
+            skipped = True
+            continue
+        path.append(part)
+    return tuple(path), skipped
+
+
+def _merged(
+    error: ValidationError, document: dict[str, Any], revalidate: Revalidate
+) -> list[tuple[list[KeyPath], str]]:
+    """(fields, message) per problem: one per place in the document, however many union
+    branches pydantic reports there."""
+    errors = []
+    for e in error.errors():
+        path, in_union = _document_path(e["loc"], document)
+        errors.append(_Error(path, in_union, _describe(e, path), e))
+
+    def deeper_exists(e: _Error) -> bool:
+        return any(len(o.path) > len(e.path) and o.path[: len(e.path)] == e.path for o in errors)
+
+    # a union branch that failed on the type of the value is noise when another branch got deeper
+    errors = [e for e in errors if not (e.in_union and e.type.endswith("_type") and deeper_exists(e))]
+    grouped: dict[Any, list[_Error]] = {}
+    for e in errors:
+        grouped.setdefault(("cross", e.message) if e.cross_field else e.path, []).append(e)
+    out = []
+    for group in grouped.values():
+        first = group[0]
+        fields = [first.path]
+        if first.cross_field:
+            fields = _involved_fields(first.message, document, revalidate)
+        elif first.type == "union_tag_invalid" and isinstance(_get(document, first.path), dict):
+            fields = [(*first.path, "type")]
+        out.append((fields, _join([e.message for e in group], first.error.get("input"))))
+    return out
+
+
+def _get(document: Any, path: KeyPath) -> Any:
+    for part in path:
+        document = document[part]
+    return document
+
+
+_SHOULD = "Input should be "
+_GOT = ", got <input>"
+
+
+def _join(messages: list[str], value: Any) -> str:
+    """One message for the errors of every union branch at the same place (``value`` is the
+    input; `_GOT` in a message stands for it)."""
+    unique = list(dict.fromkeys(messages))
+    got = any(m.endswith(_GOT) for m in unique)
+    unique = [m.removesuffix(_GOT) for m in unique]
+    if all(m.startswith(_SHOULD) for m in unique):
+        text = _SHOULD + " or ".join(m[len(_SHOULD) :] for m in unique)
+    else:
+        text = "; or ".join(unique)
+    return text + (f", got {short_repr(value)}" if got else "")
+
+
+class _Repr(reprlib.Repr):
+    def repr_int(self, x: int, level: int) -> str:
+        if x.bit_length() > 1000:  # repr() refuses ints of more than 4300 digits
+            return f"<an integer of {int(x.bit_length() * 0.30103)} digits>"
+        return super().repr_int(x, level)
+
+
+_REPR = _Repr()
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxdict, _REPR.maxstring, _REPR.maxlong = 3, 6, 4, 40, 30
+
+
+def short_repr(value: Any) -> str:
+    """A bounded repr: deep or huge inputs must not make the message (or repr) blow up."""
+    return _REPR.repr(value)
+
+
+# ---------------------------------------------------------------------------------------------
+# messages
+
+
+def _describe(e: Mapping[str, Any], path: KeyPath) -> str:
+    kind, loc, value, ctx = e["type"], e["loc"], e.get("input"), e.get("ctx") or {}
+    name = next((str(p) for p in reversed(path) if isinstance(p, str)), "config")
+    if kind == "extra_forbidden":
+        key = str(loc[-1])
+        allowed = _allowed_keys(loc[:-1])
+        hint = _did_you_mean(key, allowed)
+        if hint:
+            return f"unknown field {key!r}; {hint}"
+        if len(loc) == 1:
+            return f"unknown field {key!r}; `unetgen schema` lists the fields"
+        return f"unknown field {key!r}; the fields here are {', '.join(allowed)}"
+    if kind == "union_tag_invalid":
+        tags = _quoted(ctx.get("expected_tags", ""))
+        hint = _did_you_mean(str(ctx.get("tag")), tags)
+        return f"unknown {name} type {ctx.get('tag')!r}; {hint + ' ' if hint else ''}(one of: {', '.join(tags)})"
+    if kind == "union_tag_not_found":
+        tags = _option_tags(loc)
+        return f"{name} needs a 'type' key naming one of: {', '.join(tags)}"
+    if kind in ("model_attributes_type", "model_type") and (tags := _option_tags(loc)):
+        names = ", ".join(map(repr, tags))
+        return f"{name} should be one of {names} or a mapping with a 'type' key, got {short_repr(value)}"
+    if kind == "literal_error" and isinstance(value, str):
+        hint = _did_you_mean(value, _quoted(ctx.get("expected", "")))
+        return f"{e['msg']}, got {value!r}{'; ' + hint if hint else ''}"
+    if kind == "value_error":
+        return str(e["msg"]).removeprefix("Value error, ")
+    return f"{e['msg']}{_GOT}"
+
+
+def _did_you_mean(word: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    return f"did you mean {close[0]!r}?" if close else ""
+
+
+def _quoted(text: str) -> list[str]:
+    return re.findall(r"'([^']*)'", text)
+
+
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    """The pydantic models an annotation may hold (the options of a union)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [m for arg in typing.get_args(annotation) for m in _models_in(arg)]
+
+
+def _tag(model: type[BaseModel]) -> str | None:
+    field = model.model_fields.get("type")
+    return field.default if field is not None else None
+
+
+def _model_at(loc: tuple[str | int, ...]) -> type[BaseModel] | list[type[BaseModel]] | None:
+    """The model (or the options of a union) that pydantic was validating at `loc`."""
+    model: type[BaseModel] = UNetConfig
+    parts = list(loc)
+    while parts:
+        part = parts.pop(0)
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        options = _models_in(field.annotation) if field is not None else []
+        if not options:
+            return None
+        if len(options) > 1 and not parts:
+            return options
+        if len(options) > 1:
+            tag = parts.pop(0)
+            options = [m for m in options if _tag(m) == tag]
+            if not options:
+                return None
+        model = options[0]
+    return model
+
+
+def _allowed_keys(loc: tuple[str | int, ...]) -> list[str]:
+    model = _model_at(loc)
+    if not isinstance(model, type):
+        return []
+    return list(model.model_fields) + (list(ROOT_EXTRA_KEYS) if not loc else [])
+
+
+def _option_tags(loc: tuple[str | int, ...]) -> list[str]:
+    options = _model_at(loc)
+    return [t for m in options if (t := _tag(m)) is not None] if isinstance(options, list) else []
+
+
+# ---------------------------------------------------------------------------------------------
+# cross-field rules
+
+_FIELDS = tuple(UNetConfig.model_fields)
+_NAMED = re.compile(r"(?<![\w.])(" + "|".join(sorted(_FIELDS, key=len, reverse=True)) + r")(?=\s*=|\[|\.\w)")
+
+
+def _involved_fields(message: str, document: dict[str, Any], revalidate: Revalidate) -> list[KeyPath]:
+    """The fields a cross-field rule involves: those its message names (`name=...`), then those
+    in the document without which the rule no longer fails."""
+    named = list(dict.fromkeys(_NAMED.findall(message)))
+    for key in document:
+        if key in _FIELDS and key not in named:
+            err = revalidate({k: v for k, v in document.items() if k != key})
+            messages = [] if err is None else [str(e["msg"]) for e in err.errors() if not e["loc"]]
+            if not any(m.removeprefix("Value error, ") == message for m in messages):
+                named.append(key)
+    return [(f,) for f in named]
