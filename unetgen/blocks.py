@@ -83,18 +83,13 @@ class ConvBlock(nn.Module):
                 if not pre and (n := layers.norm(norm, dims, stage.out_channels)) is not None:
                     proj.append(n)
             self.shortcut = nn.Sequential(*proj)
-            # valid padding shrinks the body by sum(k - 1) per axis: crop the identity centrally
-            self.margin = tuple(0 if same else (k - 1) * len(stage.channels) // 2 for k in stage.kernel)
             self.post_act = None if pre else layers.activation(act)
         self.dropout = dropout
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.body(x)  # (B, C_out, *(S - sum(k - 1)))
         if self.residual:
-            for axis, m in enumerate(self.margin, start=2):
-                if m:
-                    x = x.narrow(axis, m, x.shape[axis] - 2 * m)
-            y = y + self.shortcut(x)
+            y = y + self.shortcut(center_crop(x, y.shape[2:]))  # valid padding: the identity cropped centrally
             if self.post_act is not None:
                 y = self.post_act(y)
         if self.dropout is not None:

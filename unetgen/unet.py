@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -106,23 +107,30 @@ class UNet(nn.Module):
             )
         shapes.output_shape(c, tuple(x.shape[2:]))
 
-    def _run(self, module: nn.Module, *args: torch.Tensor) -> torch.Tensor:
+    def _run(self, fn: Callable[..., torch.Tensor], *args: Any) -> torch.Tensor:
+        """`fn(*args)`, recomputed in the backward pass instead of stored when checkpointing."""
         if self.config.checkpointing and self.training and torch.is_grad_enabled():
-            return checkpoint(module, *args, use_reentrant=False)
-        return module(*args)
+            return checkpoint(fn, *args, use_reentrant=False)
+        return fn(*args)
+
+    def _level(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        """Encoder level i: down-sample the map of level i-1 (except at level 0), then convolve.
+        The bottleneck is level `depth`. One checkpoint segment, so pooling indices are not stored."""
+        if i > 0:
+            x = self.down[i - 1](x)  # (B, C_{i-1}, *(S_{i-1} / stride))
+        return self.encoder[i](x) if i < len(self.encoder) else self.bottleneck(x)  # (B, C_i, *(S - shrink))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         if not (torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling()):
             self.check_input(x)
         skips = []
-        for block, down in zip(self.encoder, self.down, strict=True):
-            x = self._run(block, x)  # (B, C_i, *(S_i - shrink))
+        for i in range(len(self.encoder)):
+            x = self._run(self._level, i, x)  # (B, C_i, *S_i)
             skips.append(x)
-            x = down(x)  # (B, C_i, *(S / stride))
-        x = self._run(self.bottleneck, x)  # (B, C_depth, ...)
+        x = self._run(self._level, len(self.encoder), x)  # the bottleneck: (B, C_depth, ...)
         aux: list[torch.Tensor] = []
         for i in reversed(range(len(self.decoder))):
-            x = self._run(self.decoder[i], x, skips[i])  # (B, C_level_i, ...)
+            x = self._run(self.decoder[i], x, skips.pop())  # (B, C_level_i, ...); skip i freed after use
             if self.training and str(i) in self.aux_heads:
                 aux.append(self.aux_heads[str(i)](x))
         x = self.head(x)  # (B, out_channels, *output_shape)
