@@ -56,9 +56,11 @@ CANDIDATES: dict[str, Candidate] = {
         HERE,
         "unetgen_unet",
         eval_hook="unetgen:optimize_for_inference",
-        measure=("eval",),
         requires=UNETGEN,
-        note="unetgen.build_unet, then unetgen.optimize_for_inference(model) for eval",
+        note=(
+            "unetgen.build_unet, then unetgen.optimize_for_inference(model) for eval; its train column is the "
+            "plain model's, run so that the process's allocator state matches the other candidates'"
+        ),
     ),
     "unetgen-cl": Candidate(
         HERE,
