@@ -92,8 +92,9 @@ def parse(text: str, kind: Literal["json", "yaml"]) -> Document:
 
 
 def check_limits(value: Any) -> None:
-    """Refuse a value (from Python, not a file) with more than `MAX_NODES` values or nesting
-    deeper than `MAX_NESTING`, the limits files have; self-containing lists stop there too."""
+    """Refuse a value (from Python, not a file) with more than `MAX_NODES` values, nesting deeper
+    than `MAX_NESTING` (the limits files have; self-containing lists stop there too) or an integer
+    beyond 64 bits."""
     stack, count = [(value, 0)], 0
     while stack:
         item, depth = stack.pop()
@@ -106,6 +107,8 @@ def check_limits(value: Any) -> None:
             stack.extend((v, depth + 1) for v in item.values())
         elif isinstance(item, (list, tuple)):
             stack.extend((v, depth + 1) for v in item)
+        elif isinstance(item, int) and item.bit_length() > 64:  # pydantic-core cannot even print these
+            raise ParseError(f"a number has about {len(hex(item)) * 1.2:.0f} digits; config values are far smaller")
 
 
 # ---------------------------------------------------------------------------------------------
