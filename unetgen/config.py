@@ -290,11 +290,13 @@ class Stage:
 @dataclass(frozen=True)
 class Layout:
     """The config resolved to explicit per-stage values: `encoder` has depth+1 stages (the last is
-    the bottleneck); `strides[i]` goes from level i to level i+1; `up_channels[i]` and
-    `decoder[i]` belong to level i (0 = full resolution)."""
+    the bottleneck); `strides[i]` goes from level i to level i+1; `coarse_channels[i]` (the map
+    decoder level i up-samples), `up_channels[i]` and `decoder[i]` belong to level i (0 = full
+    resolution)."""
 
     encoder: tuple[Stage, ...]
     strides: tuple[tuple[int, ...], ...]
+    coarse_channels: tuple[int, ...]
     up_channels: tuple[int, ...]
     decoder: tuple[Stage, ...]
 
@@ -478,15 +480,16 @@ class UNetConfig(_Model):
             encoder.append(Stage(cin, chans, kernels[i]))
             cin = chans[-1]
         dec_widths = self.decoder_channels or tuple(encoder[i].out_channels for i in range(d))
-        ups, decoder = [0] * d, []
-        coarse = encoder[d].out_channels
+        coarse, ups, decoder = [0] * d, [0] * d, []
+        below = encoder[d].out_channels  # the map coming up from the level below
         for i in reversed(range(d)):
-            ups[i] = encoder[i].out_channels if self.up_channels == "skip" else coarse
+            coarse[i] = below
+            ups[i] = encoder[i].out_channels if self.up_channels == "skip" else below
             skip = 0 if isinstance(self.merge, Add) else encoder[i].out_channels
             chans = _expand_convs(dec_widths[i], dec_convs[i])
             decoder.insert(0, Stage(ups[i] + skip, chans, kernels[i]))
-            coarse = chans[-1]
-        return Layout(tuple(encoder), strides, tuple(ups), tuple(decoder))
+            below = chans[-1]
+        return Layout(tuple(encoder), strides, tuple(coarse), tuple(ups), tuple(decoder))
 
     def model_copy(self, *, update: dict[str, Any] | None = None, deep: bool = False) -> UNetConfig:
         """A validated copy with `update` applied (configs are frozen; this is how to vary one)."""

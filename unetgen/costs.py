@@ -83,12 +83,6 @@ def _block_parameters(config: UNetConfig, stage: Stage) -> int:
     return total
 
 
-def _coarse_channels(config: UNetConfig, level: int) -> int:
-    """Channels of the map that decoder `level` up-samples."""
-    lay = config.layout
-    return lay.decoder[level + 1].out_channels if level + 1 < config.depth else lay.encoder[-1].out_channels
-
-
 def count_parameters(config: UNetConfig) -> int:
     """The number of learnable parameters of the model `config` describes."""
     lay, total = config.layout, 0
@@ -103,7 +97,7 @@ def count_parameters(config: UNetConfig) -> int:
                 case _:
                     raise AssertionError(f"unhandled down {config.down!r}")
     for i, stage in enumerate(lay.decoder):
-        up, coarse, skip = lay.up_channels[i], _coarse_channels(config, i), lay.encoder[i].out_channels
+        up, coarse, skip = lay.up_channels[i], lay.coarse_channels[i], lay.encoder[i].out_channels
         match config.up:
             case TransposeUp():
                 total += _conv(coarse, up, lay.strides[i], True)
@@ -149,7 +143,7 @@ def count_macs(config: UNetConfig, input_shape: Sequence[int], *, training: bool
         if i < config.depth and isinstance(config.down, ConvDown):
             total += size[f"down{i}"] * stage.out_channels**2 * math.prod(lay.strides[i])
     for i, stage in enumerate(lay.decoder):
-        up, coarse, skip = lay.up_channels[i], _coarse_channels(config, i), lay.encoder[i].out_channels
+        up, coarse, skip = lay.up_channels[i], lay.coarse_channels[i], lay.encoder[i].out_channels
         # transposed conv: input positions x stride volume (= output positions) x cin x cout;
         # interpolation + 1x1 conv: output positions x cin x cout. Both equal:
         total += size[f"up{i}"] * coarse * up

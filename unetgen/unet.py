@@ -68,10 +68,9 @@ class UNet(nn.Module):
             make_down(c.down, dims, lay.encoder[i].out_channels, lay.strides[i]) for i in range(c.depth)
         )
         self.bottleneck = block(lay.encoder[c.depth], c.depth)
-        coarse = [s.out_channels for s in lay.decoder[1:]] + [lay.encoder[c.depth].out_channels]
         self.decoder = nn.ModuleList(
             DecoderLevel(
-                make_up(c.up, dims, coarse[i], lay.up_channels[i], lay.strides[i]),
+                make_up(c.up, dims, lay.coarse_channels[i], lay.up_channels[i], lay.strides[i]),
                 SkipMerge(
                     c.merge,
                     dims,
