@@ -114,7 +114,7 @@ def test_metadata_holds_format_version_and_config(saved: tuple[torch.nn.Module, 
 def test_swapped_weights_are_named(saved: tuple[torch.nn.Module, Path], tmp_path: Path) -> None:
     _, path = saved
     tensors = load_file(path)
-    a, b = "encoder.0.body.0.weight", "encoder.1.body.0.weight"
+    a, b = "encoder.0.block.body.0.weight", "encoder.1.block.body.0.weight"
     tensors[a], tensors[b] = tensors[b], tensors[a]
     bad = rewrite(path, tmp_path / "swapped.safetensors", tensors=tensors)
     with pytest.raises(CheckpointError, match="shape mismatch") as err:
@@ -140,7 +140,7 @@ def test_missing_and_unexpected_tensors(saved: tuple[torch.nn.Module, Path], tmp
 def test_other_config_in_metadata_does_not_fit_the_weights(saved, tmp_path: Path) -> None:
     _, path = saved
     other = TINY.model_copy(update={"base_channels": 3})
-    meta = {"format": "unetgen", "unetgen_version": "0", "config": other.model_dump_json()}
+    meta = {"format": "unetgen", "unetgen_version": "0", "state_format": "2", "config": other.model_dump_json()}
     with pytest.raises(CheckpointError, match="weights do not fit the stored config; shape mismatch: "):
         load_unet(rewrite(path, tmp_path / "other.safetensors", metadata=meta))
 
@@ -406,3 +406,19 @@ def test_summary_reads_a_checkpoint(saved, capsys, tmp_path: Path) -> None:
     bad.write_bytes(b"\x00" * 16)
     assert main(["summary", str(bad)]) == 2
     assert "not a complete safetensors file" in capsys.readouterr().err
+
+
+def test_old_module_layout_is_refused_clearly(saved, tmp_path: Path) -> None:
+    """A checkpoint written before one-module-per-level (no `state_format`) fails with a message
+    saying so, rather than a list of missing and unexpected keys or a silent partial load."""
+    _, path = saved
+    with safe_open(str(path), framework="pt") as f:
+        meta = {k: v for k, v in f.metadata().items() if k != "state_format"}
+    old = {k.replace(".block.", ".", 1) if k.startswith("encoder.") else k: v for k, v in load_file(path).items()}
+    old_path = tmp_path / "old.safetensors"
+    save_file(old, old_path, metadata=meta)
+    with pytest.raises(CheckpointError, match="module layout of unetgen 0.1.*re-save"):
+        load_unet(old_path)
+    with pytest.raises(CheckpointError, match="module layout"):
+        load_unet(old_path, strict=False)
+    assert checkpoint_config(old_path) == load_unet(path).config  # the config is still readable

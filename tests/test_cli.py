@@ -38,3 +38,15 @@ def test_errors_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
     bad.write_text("depth: 3\nchanels: 4\n")
     assert main(["sizes", str(bad)]) == 2
     assert "bad.yaml:2:1: chanels: unknown field 'chanels'; did you mean 'channels'?" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("config", ["ronneberger2015.yaml", "oktay2018.yaml", "nnunet-3d-anisotropic.yaml"])
+def test_summary_prints_one_row_per_level_in_execution_order(capsys: pytest.CaptureFixture[str], config: str) -> None:
+    """torchinfo's tree has one EncoderLevel/DecoderLevel row per level, no '(recursive)' rows."""
+    assert main(["summary", str(Path(PAPER).parent / config), "--depth", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "(recursive)" not in out
+    rows = [line.split("─")[1].split(":")[0] for line in out.splitlines() if "─" in line and ":" in line]
+    depth = {"ronneberger2015.yaml": 4, "oktay2018.yaml": 4, "nnunet-3d-anisotropic.yaml": 5}[config]
+    levels = [r for r in rows if r.endswith("Level")]
+    assert levels == ["EncoderLevel"] * (depth + 1) + ["DecoderLevel"] * depth

@@ -42,7 +42,7 @@ def test_batchnorm_variant() -> None:
 def test_dropout_at_end_of_contracting_path() -> None:
     model = build_unet({"depth": 2, "base_channels": 2}, device="meta")
     drops = [name for name, m in model.named_modules() if isinstance(m, nn.Dropout)]
-    assert drops == ["encoder.1.dropout", "bottleneck.dropout"]
+    assert drops == ["encoder.1.block.dropout", "bottleneck.block.dropout"]
     assert not [m for m in build_unet({"dropout": {"rate": 0}}, device="meta").modules() if isinstance(m, nn.Dropout)]
 
 

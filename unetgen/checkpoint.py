@@ -25,6 +25,10 @@ from .io import ConfigError, load_config
 from .unet import UNet, build_unet
 
 FORMAT = "unetgen"
+STATE_FORMAT = "2"
+"""The module layout of the stored weights. 2: one module per level (`encoder.{i}.down`,
+`encoder.{i}.block`, `decoder.{i}.aux`); unetgen 0.1 wrote `down.{i}`, `encoder.{i}.body` and
+`aux_heads.{i}` (no `state_format` entry)."""
 
 
 class CheckpointError(ValueError):
@@ -54,7 +58,12 @@ def save_unet(model: nn.Module, path: str | Path) -> Path:
     if p.suffix != ".safetensors":
         raise CheckpointError(f"{p}: a checkpoint path must end in .safetensors")
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in unet.state_dict().items()}
-    metadata = {"format": FORMAT, "unetgen_version": _version(), "config": _config_json(unet.config)}
+    metadata = {
+        "format": FORMAT,
+        "unetgen_version": _version(),
+        "state_format": STATE_FORMAT,
+        "config": _config_json(unet.config),
+    }
     tmp = p.with_name(f".{p.name}.{uuid.uuid4().hex}.tmp")  # same directory, so the rename is atomic
     try:
         save_file(tensors, tmp, metadata=metadata)
@@ -121,6 +130,18 @@ def _read_config(path: str | Path, metadata: dict[str, str] | None) -> UNetConfi
         raise CheckpointError(f"{path}: the stored config is not a valid UNetConfig:\n{err}") from None
 
 
+def _check_state_format(path: str | Path, metadata: dict[str, str]) -> None:
+    stored = metadata.get("state_format")
+    if stored != STATE_FORMAT:
+        written = f"state_format {stored!r}" if stored is not None else "the module layout of unetgen 0.1"
+        raise CheckpointError(
+            f"{path}: the weights use {written} but this unetgen reads state_format {STATE_FORMAT!r} "
+            "(one module per level); load it with the unetgen version that wrote it "
+            f"({metadata.get('unetgen_version', 'unknown')!r}) and re-save the state_dict, or rebuild "
+            "the model from checkpoint_config(path) and retrain"
+        )
+
+
 def checkpoint_config(path: str | Path) -> UNetConfig:
     """The config stored in a checkpoint (reads the header only, no weights)."""
     with _open(path) as f:
@@ -142,6 +163,7 @@ def load_unet(path: str | Path, *, device: torch.device | str | None = None, str
     stored dtype."""
     with _open(path) as f:
         config = _read_config(path, f.metadata())
+        _check_state_format(path, f.metadata())
         found = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
         model = build_unet(config, device=device)
         expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}

@@ -16,12 +16,26 @@ from .config import UNetConfig
 from .io import ConfigSource, load_config
 
 
-class DecoderLevel(nn.Module):
-    """One decoder level: up-sample the coarser map, merge it with the skip, convolve."""
+class EncoderLevel(nn.Module):
+    """One encoder level: down-sample the finer map (not at level 0), then convolve."""
 
-    def __init__(self, up: nn.Module, merge: SkipMerge, block: ConvBlock) -> None:
+    def __init__(self, down: nn.Module | None, block: ConvBlock) -> None:
         super().__init__()
-        self.up, self.merge, self.block = up, merge, block
+        self.down, self.block = down, block
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.down is not None:
+            x = self.down(x)  # (B, C_prev, *(S / stride))
+        return self.block(x)  # (B, C_level, *(S - shrink))
+
+
+class DecoderLevel(nn.Module):
+    """One decoder level: up-sample the coarser map, merge it with the skip, convolve; `aux` is
+    the level's deep-supervision head (applied by `UNet.forward` in training mode), if any."""
+
+    def __init__(self, up: nn.Module, merge: SkipMerge, block: ConvBlock, aux: nn.Module | None = None) -> None:
+        super().__init__()
+        self.up, self.merge, self.block, self.aux = up, merge, block, aux
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         x = self.up(x)  # (B, C_up, *(S * stride))
@@ -63,11 +77,13 @@ class UNet(nn.Module):
                 dropout=dropout(drop_at),
             )  # fmt: skip
 
-        self.encoder = nn.ModuleList(block(lay.encoder[i], i) for i in range(c.depth))
-        self.down = nn.ModuleList(
-            make_down(c.down, dims, lay.encoder[i].out_channels, lay.strides[i]) for i in range(c.depth)
-        )
-        self.bottleneck = block(lay.encoder[c.depth], c.depth)
+        def encoder_level(i: int) -> EncoderLevel:
+            down = make_down(c.down, dims, lay.encoder[i - 1].out_channels, lay.strides[i - 1]) if i > 0 else None
+            return EncoderLevel(down, block(lay.encoder[i], i))
+
+        # Modules in execution order, one per level, so that torchinfo prints one row per level.
+        self.encoder = nn.ModuleList(encoder_level(i) for i in range(c.depth))
+        self.bottleneck = encoder_level(c.depth)
         self.decoder = nn.ModuleList(
             DecoderLevel(
                 make_up(c.up, dims, lay.coarse_channels[i], lay.up_channels[i], lay.strides[i]),
@@ -81,13 +97,11 @@ class UNet(nn.Module):
                     inter=c.attention_channels[i] if c.attention_channels else 0,
                 ),
                 block(lay.decoder[i], -1),
+                layers.conv(dims, lay.decoder[i].out_channels, c.out_channels, 1) if i in c.deep_supervision else None,
             )
             for i in range(c.depth)
         )
         self.head = layers.conv(dims, lay.decoder[0].out_channels, c.out_channels, 1)
-        self.aux_heads = nn.ModuleDict(
-            {str(i): layers.conv(dims, lay.decoder[i].out_channels, c.out_channels, 1) for i in c.deep_supervision}
-        )
         if c.init == "paper":
             paper_init_(self)
 
@@ -112,26 +126,20 @@ class UNet(nn.Module):
             return checkpoint(fn, *args, use_reentrant=False)
         return fn(*args)
 
-    def _level(self, i: int, x: torch.Tensor) -> torch.Tensor:
-        """Encoder level i: down-sample the map of level i-1 (except at level 0), then convolve.
-        The bottleneck is level `depth`. One checkpoint segment, so pooling indices are not stored."""
-        if i > 0:
-            x = self.down[i - 1](x)  # (B, C_{i-1}, *(S_{i-1} / stride))
-        return self.encoder[i](x) if i < len(self.encoder) else self.bottleneck(x)  # (B, C_i, *(S - shrink))
-
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         if not (torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling()):
             self.check_input(x)
         skips = []
-        for i in range(len(self.encoder)):
-            x = self._run(self._level, i, x)  # (B, C_i, *S_i)
+        for level in self.encoder:  # one checkpoint segment per level holds its down-sampling: no pool indices stored
+            x = self._run(level, x)  # (B, C_i, *S_i)
             skips.append(x)
-        x = self._run(self._level, len(self.encoder), x)  # the bottleneck: (B, C_depth, ...)
+        x = self._run(self.bottleneck, x)  # (B, C_depth, *S_depth)
         aux: list[torch.Tensor] = []
         for i in reversed(range(len(self.decoder))):
-            x = self._run(self.decoder[i], x, skips.pop())  # (B, C_level_i, ...); skip i freed after use
-            if self.training and str(i) in self.aux_heads:
-                aux.append(self.aux_heads[str(i)](x))
+            level = self.decoder[i]
+            x = self._run(level, x, skips.pop())  # (B, C_level_i, ...); skip i freed after use
+            if self.training and level.aux is not None:
+                aux.append(level.aux(x))  # (B, out_channels, *S_level_i)
         x = self.head(x)  # (B, out_channels, *output_shape)
         return [x, *reversed(aux)] if aux else x
 
