@@ -417,7 +417,7 @@ def test_old_module_layout_is_refused_clearly(saved, tmp_path: Path) -> None:
     old = {k.replace(".block.", ".", 1) if k.startswith("encoder.") else k: v for k, v in load_file(path).items()}
     old_path = tmp_path / "old.safetensors"
     save_file(old, old_path, metadata=meta)
-    with pytest.raises(CheckpointError, match="module layout of unetgen 0.1.*re-save"):
+    with pytest.raises(CheckpointError, match=r"module layout of unetgen 0\.1.*re-save"):
         load_unet(old_path)
     with pytest.raises(CheckpointError, match="module layout"):
         load_unet(old_path, strict=False)
