@@ -74,6 +74,7 @@ def config_dicts(
         out["kernel_size"] = [draw(kernel | st.lists(axis_kernel, min_size=d, max_size=d)) for _ in range(depth + 1)]
     else:
         out["kernel_size"] = draw(kernel)
+    out["decoder_kernel"] = draw(st.sampled_from(["same_level", "level_below"]))
     if draw(st.booleans()):
         axis_stride = st.sampled_from([1, 2, 3])
         out["strides"] = [draw(st.just(2) | st.lists(axis_stride, min_size=d, max_size=d)) for _ in range(depth)]
