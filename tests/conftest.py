@@ -19,6 +19,7 @@ settings.register_profile("thorough", max_examples=500, deadline=None, suppress_
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 NORMS = ["none", "batch", {"type": "group", "num_groups": 1}, "layer"]  # instance: tested apart (1-pixel maps)
+UPS = ["transpose", {"type": "transpose", "bias": False}, "nearest", "linear"]
 BLOCKS = [
     "plain",
     "residual",
@@ -55,7 +56,7 @@ def config_dicts(
         "activation": draw(st.sampled_from(["relu", "leaky_relu", "elu", "gelu", "silu"])),
         "merge": merge,
         "down": draw(st.sampled_from(["max", "avg", "conv", "first_conv"])),
-        "up": draw(st.sampled_from(["transpose", "nearest", "linear"])),
+        "up": draw(st.sampled_from(UPS)),
         "block": draw(st.sampled_from(BLOCKS)),
         "dropout": {"rate": 0.0},
         "init": "torch",

@@ -249,6 +249,8 @@ class TransposeUp(_Model):
     """Transposed convolution with kernel = stride (the paper's 2x2 up-convolution)."""
 
     type: Literal["transpose"] = "transpose"
+    bias: bool = True
+    """Give the transposed conv a bias (MONAI DynUNet's trans_bias=False has none)."""
 
 
 class NearestUp(_Model):
