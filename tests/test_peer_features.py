@@ -205,3 +205,34 @@ def test_transpose_bias_off() -> None:
     assert all(isinstance(u, nn.ConvTranspose2d) and u.bias is None for u in ups)
     with_bias = UNetConfig(depth=2, base_channels=2)
     assert count_parameters(with_bias) - count_parameters(model.config) == sum(u.out_channels for u in ups)
+
+
+# ---------------------------------------------------------------------------------------------
+# up_channels: half, explicit
+
+
+def test_up_channels_half_and_list() -> None:
+    basic = [32, 32, 64, 128, 256]  # MONAI BasicUNet's default features; upcat_1 keeps (halves=False)
+    config = UNetConfig(depth=4, channels=basic, decoder_channels=[32, 32, 64, 128], up_channels=[32, 16, 32, 128])
+    assert config.layout.coarse_channels == (32, 64, 128, 256)
+    assert [s.in_channels for s in config.layout.decoder] == [64, 48, 96, 256]
+    half = UNetConfig(depth=4, channels=basic, up_channels="half")
+    assert half.layout.up_channels == (16, 32, 64, 128)
+    model = build_unet(config, device="meta")
+    assert [(u.in_channels, u.out_channels) for u in (lvl.up for lvl in model.decoder)] == [
+        (32, 32), (64, 16), (128, 32), (256, 128)
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"up_channels": [1, 2]}, "up_channels has 2 entries but needs 4"),
+        ({"up_channels": "halve"}, "up_channels"),
+        ({"depth": 1, "channels": [1, 1], "up_channels": "half"}, "halves the 1 channel that decoder level 0"),
+        ({"merge": "add", "up_channels": [64, 128, 256, 256]}, r"level 3 .* \(up_channels=\[64, 128, 256, 256\]\)"),
+    ],
+)
+def test_up_channels_refused(fields: dict, message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        UNetConfig.model_validate(fields)
