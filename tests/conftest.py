@@ -19,7 +19,14 @@ settings.register_profile("thorough", max_examples=500, deadline=None, suppress_
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 NORMS = ["none", "batch", {"type": "group", "num_groups": 1}, "layer"]  # instance: tested apart (1-pixel maps)
-UPS = ["transpose", {"type": "transpose", "bias": False}, "nearest", "linear"]
+UPS = [
+    "transpose",
+    {"type": "transpose", "bias": False},
+    "nearest",
+    {"type": "nearest", "conv": "when_channels_change"},
+    "linear",
+    {"type": "linear", "conv": "when_channels_change", "align_corners": True},
+]
 BLOCKS = [
     "plain",
     "residual",

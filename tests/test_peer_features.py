@@ -236,3 +236,29 @@ def test_up_channels_half_and_list() -> None:
 def test_up_channels_refused(fields: dict, message: str) -> None:
     with pytest.raises(ValidationError, match=message):
         UNetConfig.model_validate(fields)
+
+
+# ---------------------------------------------------------------------------------------------
+# up: interpolation without conv, align_corners, conv first
+
+
+def test_interpolation_conv_only_where_channels_change() -> None:
+    up = {"type": "linear", "conv": "when_channels_change", "align_corners": True}
+    model = build_unet({"depth": 2, "channels": [2, 4, 4], "up": up, "padding": "same"}, device="meta")
+    low, high = (level.up for level in model.decoder)
+    assert len(high) == 1 and len(low) == 2  # level 1: 4 -> 4 channels, no conv; level 0: 4 -> 2
+    assert low[0].align_corners and low[0].mode == "bilinear" and isinstance(low[1], nn.Conv2d)
+    assert "decoder.0.up.1.weight" in model.state_dict()  # the same keys as before the conv ran first
+
+
+@pytest.mark.parametrize("mode", ["nearest", "linear"])
+def test_interpolation_runs_the_conv_first_and_that_commutes(mode: str) -> None:
+    torch.manual_seed(0)
+    model = build_unet({"depth": 1, "channels": [2, 4], "up": mode, "padding": "same"}, dtype=torch.float64)
+    up = model.decoder[0].up
+    x = torch.randn(2, 4, 5, 7, dtype=torch.float64)
+    calls: list[tuple[int, ...]] = []
+    up[1].register_forward_hook(lambda m, i, y: calls.append(tuple(i[0].shape)))
+    y = up(x)
+    assert calls == [(2, 4, 5, 7)]  # the 1x1 conv saw the coarse map
+    torch.testing.assert_close(y, up[1](up[0](x)), rtol=1e-12, atol=1e-12)  # interpolate first: the same

@@ -253,16 +253,30 @@ class TransposeUp(_Model):
     """Give the transposed conv a bias (MONAI DynUNet's trans_bias=False has none)."""
 
 
+InterpolationConv = Literal["always", "when_channels_change"]
+
+
 class NearestUp(_Model):
-    """Nearest-neighbour interpolation by the stride, then a 1x1 conv to the new channels."""
+    """Nearest-neighbour interpolation by the stride and a 1x1 conv to the new channels (run on
+    the coarser map first: the two commute)."""
 
     type: Literal["nearest"] = "nearest"
+    conv: InterpolationConv = "always"
+    """When the 1x1 conv is there: `always`, or `when_channels_change` (MONAI's UpSample with
+    pre_conv="default": none where the channels stay)."""
 
 
 class LinearUp(_Model):
-    """(Bi/tri)linear interpolation by the stride (align_corners=False), then a 1x1 conv."""
+    """(Bi/tri)linear interpolation by the stride and a 1x1 conv to the new channels (run on the
+    coarser map first: the two commute)."""
 
     type: Literal["linear"] = "linear"
+    conv: InterpolationConv = "always"
+    """When the 1x1 conv is there: `always`, or `when_channels_change` (MONAI's UpSample with
+    pre_conv="default": none where the channels stay)."""
+    align_corners: bool = False
+    """Align the corner pixels of input and output (torch's `align_corners`; MONAI's BasicUNet
+    uses True)."""
 
 
 Up = Annotated[TransposeUp | NearestUp | LinearUp, Field(discriminator="type"), BareString()]
