@@ -184,7 +184,10 @@ def check_limits(value: Any, *, max_nodes: int = MAX_NODES, max_nesting: int = M
         elif isinstance(item, (list, tuple)):
             stack.extend((v, depth + 1) for v in item)
         elif isinstance(item, int) and item.bit_length() > 64:  # pydantic-core cannot even print these
-            raise ParseError(f"a number has about {len(hex(item)) * 1.2:.0f} digits; config values are far smaller")
+            raise ParseError(
+                f"a number has about {int(item.bit_length() * 0.30103) + 1} digits; integers here are limited "
+                "to 64 bits (a config's values are far smaller)"
+            )
 
 
 # ---------------------------------------------------------------------------------------------

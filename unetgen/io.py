@@ -194,20 +194,21 @@ def _select(document: Any, key: str, name: str) -> Any:
     and `hydra.utils.instantiate`."""
     node, path = document, []
     for part in key.split("."):
-        where = short_repr(".".join(path)) if path else "the top level"
+        where = short_path(".".join(path)) if path else "the top level"
         if not isinstance(node, Mapping):
             raise ConfigError(
                 f"{short_path(name)}: cannot look up {short_repr(part)}: {where} is a {type(node).__name__}, "
                 "not a mapping"
             )
         if part not in node:
-            found = short_repr(list(node)) if node else "none"
+            keys = [k if len(str(k)) <= 40 else short_repr(k) for k in list(node)[:8]]
+            found = ", ".join(map(str, keys)) + (f" and {len(node) - 8} more" if len(node) > 8 else "") or "none"
             raise ConfigError(f"{short_path(name)}: no key {short_repr(part)} at {where} (found: {found})")
         node, path = node[part], [*path, part]
     if isinstance(node, Mapping) and "_target_" in node:
         if node["_target_"] not in _BUILDERS:
             raise ConfigError(
-                f"{short_path(name)}: {short_repr(key)}._target_ is {short_repr(node['_target_'])}; "
+                f"{short_path(name)}: {short_path(key)}._target_ is {short_repr(node['_target_'])}; "
                 f"expected one of {list(_BUILDERS)}"
             )
         fields = {k: v for k, v in node.items() if k not in _HYDRA_KEYS}

@@ -7,7 +7,7 @@ import os
 import reprlib
 from typing import Any
 
-__all__ = ["MAX_ECHO", "int_text", "short_path", "short_repr"]
+__all__ = ["MAX_ECHO", "int_text", "short_path", "short_repr", "short_text"]
 
 MAX_ECHO = 80
 """Most characters of a value (or a path) echoed in a message."""
@@ -76,3 +76,8 @@ def short_path(path: Any) -> str:
     if len(text) <= 2 * MAX_ECHO:
         return text
     return f"{text[:MAX_ECHO]}…{text[-MAX_ECHO // 2 :]} ({len(text):,} characters)"
+
+
+def short_text(text: str, limit: int = 2 * MAX_ECHO) -> str:
+    """`text` (e.g. another library's error message) cut to about `limit` characters."""
+    return text if len(text) <= limit else f"{text[: limit - 20]}… ({len(text):,} characters)"
