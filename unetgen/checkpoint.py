@@ -90,12 +90,15 @@ def save_unet(model: nn.Module, path: str | Path, *, metadata: Mapping[str, Any]
     if metadata is not None:
         header["user_metadata"] = _metadata_json(metadata)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in unet.state_dict().items()}
-    tmp = p.with_name(f".{p.name}.{uuid.uuid4().hex}.tmp")  # same directory, so the rename is atomic
+    tmp = p.with_name(f".{p.name[:100]}.{uuid.uuid4().hex}.tmp")  # same directory, so the rename is atomic
     try:
         save_file(tensors, tmp, metadata=header)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, p)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise CheckpointError(f"{short_path(p)}: cannot write the checkpoint: {err.strerror or err}") from err
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -111,6 +114,11 @@ def _checked_save_path(path: Any) -> Path:
         raise CheckpointError(f"{short_path(p)}: the path contains a NUL byte, which no file name can hold")
     if p.suffix != ".safetensors":
         raise CheckpointError(f"{short_path(p)}: a checkpoint path must end in .safetensors")
+    if len(str(p)) > documents.MAX_PATH or len(os.fsencode(p.name)) > 255:
+        raise CheckpointError(
+            f"{short_path(p)}: the path is too long ({len(str(p)):,} characters; a file name has at most 255 "
+            f"bytes, a path {documents.MAX_PATH} characters)"
+        )
     return p
 
 

@@ -31,14 +31,24 @@ ConfigSource = UNetConfig | Mapping[str, Any] | str | Path
 SUFFIXES = {".json": "json", ".yaml": "yaml", ".yml": "yaml"}
 
 
+MAX_SHOWN = 50
+"""Most problems a `ConfigError`'s message lists (its `problems` holds them all)."""
+
+
 class ConfigError(ValueError):
     """A config that cannot be read or is not a valid `UNetConfig`. `problems` holds one `Problem`
     (file, line, column, field path, message) per problem; the message is one line per problem,
-    ``FILE:LINE:COLUMN: field.path: message``."""
+    ``FILE:LINE:COLUMN: field.path: message`` (the first `MAX_SHOWN`, then how many more)."""
 
     def __init__(self, problems: Sequence[Problem] | str) -> None:
         self.problems: tuple[Problem, ...] = () if isinstance(problems, str) else tuple(problems)
-        super().__init__(problems if isinstance(problems, str) else "\n".join(map(str, self.problems)))
+        if isinstance(problems, str):
+            super().__init__(problems)
+            return
+        lines = [str(p) for p in self.problems[:MAX_SHOWN]]
+        if len(self.problems) > MAX_SHOWN:
+            lines.append(f"... and {len(self.problems) - MAX_SHOWN} more problems (all in ConfigError.problems)")
+        super().__init__("\n".join(lines))
 
     def __reduce__(self) -> tuple[Any, ...]:
         return type(self), (self.problems or str(self),)

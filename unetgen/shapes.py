@@ -196,13 +196,13 @@ def _rules(config: UNetConfig) -> tuple[AxisRule, ...]:
     return tuple(axis_rule(config, a) for a in range(config.spatial_dims))
 
 
-def _invalid(config: UNetConfig, shape: Sequence[int], axis: int) -> InputShapeError:
-    rule, size = axis_rule(config, axis), shape[axis]
+def _invalid(config: UNetConfig, size: int, axis: int, shape: Sequence[int] | None = None) -> InputShapeError:
+    rule = axis_rule(config, axis)
     below = _nearest(rule, size, "down")
     above = _nearest(rule, size, "up")
-    where = f" on axis {axis}" if len(shape) > 1 else ""
+    where = f" on axis {axis}" if config.spatial_dims > 1 else ""
     near = ", ".join(int_text(s) for s in (below, above) if s is not None)
-    of = f" of spatial shape {_text(shape)}" if len(shape) > 1 else ""
+    of = f" of spatial shape {_text(shape)}" if shape is not None and len(shape) > 1 else ""
     return InputShapeError(
         f"input size {int_text(size)}{where}{of} is not valid for depth={config.depth}, "
         f"padding='{config.padding}'; nearest valid: {near} "
@@ -226,7 +226,7 @@ def output_shape(config: UNetConfig, input_shape: Any, *, axis: int | None = Non
         a, size = _axis(config, 0 if axis is None else axis), _size(input_shape, "input size")
         out = axis_rule(config, a).output(size)
         if out is None:
-            raise _invalid(config, (size,), a)
+            raise _invalid(config, size, a)
         return out
     if axis is not None:
         raise ValueError(f"axis={short_repr(axis)} goes with a single size; a shape has one size per axis")
@@ -235,7 +235,7 @@ def output_shape(config: UNetConfig, input_shape: Any, *, axis: int | None = Non
     for a, (rule, size) in enumerate(zip(_rules(config), shape, strict=True)):
         o = rule.output(size)
         if o is None:
-            raise _invalid(config, shape, a)
+            raise _invalid(config, size, a, shape)
         out.append(o)
     if isinstance(config.norm, InstanceNorm):
         _check_instance_norm(config, shape)
