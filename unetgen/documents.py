@@ -57,7 +57,6 @@ MAX_PATH = 4096
 """Longest path opened (PATH_MAX on Linux)."""
 
 KeyPath = tuple[str | int, ...]
-_TOO_DEEP = f"is nested deeper than {MAX_NESTING} levels"
 
 
 @dataclass(frozen=True)
@@ -167,10 +166,12 @@ def parse(text: str, kind: Literal["json", "yaml"]) -> Document:
     return _parse_json(text) if kind == "json" else _parse_yaml(text)
 
 
-def check_limits(value: Any, *, max_nodes: int = MAX_NODES, max_nesting: int = MAX_NESTING) -> None:
+def check_limits(value: Any, *, max_nodes: int | None = None, max_nesting: int | None = None) -> None:
     """Refuse a value (from Python, not a file) with more than `max_nodes` values, nesting deeper
-    than `max_nesting` (by default the limits files have; self-containing lists stop there too) or
-    an integer beyond 64 bits."""
+    than `max_nesting` (by default `MAX_NODES` and `MAX_NESTING`, the limits files have;
+    self-containing lists stop there too) or an integer beyond 64 bits."""
+    max_nodes = MAX_NODES if max_nodes is None else max_nodes
+    max_nesting = MAX_NESTING if max_nesting is None else max_nesting
     stack, count = [(value, 0)], 0
     while stack:
         item, depth = stack.pop()
@@ -208,7 +209,7 @@ def _parse_json(text: str) -> Document:
     except json.JSONDecodeError as err:
         raise ParseError(f"not valid JSON: {err.msg}", *_where(text)(err.pos)) from None
     except RecursionError:
-        raise ParseError(f"the document {_TOO_DEEP}") from None
+        raise ParseError(f"the document is nested deeper than {MAX_NESTING} levels") from None
     except _NotJSON as err:
         raise ParseError(f"not valid JSON: {err}") from None
     except ValueError:  # int() refuses literals of more than 4300 digits
@@ -264,7 +265,7 @@ def _json_positions(text: str) -> dict[KeyPath, tuple[int, int]]:
                 positions[path] = where(start)
         if punct in ("{", "["):
             if len(stack) >= MAX_NESTING:
-                raise ParseError(f"the document {_TOO_DEEP}", *where(start))
+                raise ParseError(f"the document is nested deeper than {MAX_NESTING} levels", *where(start))
             stack.append([path, punct == "{", 0, set(), True])
     return positions
 
@@ -291,7 +292,11 @@ class _Composer(yaml.SafeLoader):
         try:
             if self.nodes > MAX_NODES or self.depth > MAX_NESTING:
                 mark = self.peek_event().start_mark
-                what = f"has more than {MAX_NODES} values" if self.nodes > MAX_NODES else _TOO_DEEP
+                what = (
+                    f"has more than {MAX_NODES} values"
+                    if self.nodes > MAX_NODES
+                    else f"is nested deeper than {MAX_NESTING} levels"
+                )
                 raise ParseError(f"the document {what}", mark.line + 1, mark.column + 1)
             return super().compose_node(parent, index)
         finally:
@@ -342,7 +347,9 @@ class _Builder:
                 *_pos(node),
             )
         if depth >= MAX_NESTING:
-            raise ParseError(f"the document {_TOO_DEEP} (or an alias contains itself)", *_pos(node))
+            raise ParseError(
+                f"the document is nested deeper than {MAX_NESTING} levels (or an alias contains itself)", *_pos(node)
+            )
         _check_tag(node)
         if isinstance(node, yaml.ScalarNode):
             return self.scalar(node)
