@@ -168,6 +168,8 @@ def load_config(source: ConfigSource, *, key: str | None = None) -> UNetConfig:
     (a string without one of those suffixes). Raises `ConfigError` listing every problem.
 
     `key` picks a config embedded in a larger document, e.g. "model" or "experiment.model"."""
+    if key is not None and not isinstance(key, str):
+        raise ConfigError(f"key={short_repr(key)} must be a dotted string such as 'model' or 'experiment.model'")
     if isinstance(source, UNetConfig):
         return source
     if isinstance(source, str) and Path(source).suffix.lower() not in SUFFIXES:
