@@ -173,6 +173,7 @@ def test_user_metadata_round_trips_and_bad_metadata_is_refused(tmp_path: Path) -
         ({"m": float("nan")}, r"metadata\['m'\] is not JSON"),
         ({"m": np.float32(1.0)}, r"metadata\['m'\] is not JSON"),
         ({"m": object()}, r"metadata\['m'\] is not JSON"),
+        ({"m": {1: "a"}}, r"metadata\['m'\] is not JSON .*not a string"),
         ({"m": 10**30}, r"metadata\['m'\].*64 bits"),
         ({"m": [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]}, "nested deeper"),
         ({"m": list(range(200_000))}, "more than"),
@@ -209,12 +210,14 @@ def test_only_regular_files_are_opened(tmp_path: Path) -> None:
                 assert bounded(str(err)) and "Traceback" not in str(err)
         for p in [3, b"x.yaml", None, 2.5, ["a.yaml"]]:
             assert isinstance(finishes(lambda p=p: load_config(p)), ConfigError), p
+            assert isinstance(finishes(lambda p=p: read_document(p)), ConfigError), p
         for p in ckpt_paths:
             for fn in (load_unet, checkpoint_config, checkpoint_metadata):
                 err = finishes(lambda fn=fn, p=p: fn(p))
                 assert isinstance(err, CheckpointError), (p, err)
                 assert bounded(str(err))
-        for p in [tmp_path / "a\0b.safetensors", 3, tmp_path / ("z" * 5000 + ".safetensors")]:
+        unwritable = [tmp_path / "no" / "x.safetensors", tmp_path / "dir.safetensors", fifo_ckpt / "x.safetensors"]
+        for p in [tmp_path / "a\0b.safetensors", 3, tmp_path / ("z" * 5000 + ".safetensors"), *unwritable]:
             err = finishes(lambda p=p: save_unet(build_unet(TINY), p))
             assert isinstance(err, CheckpointError), (p, err)
         assert finishes(lambda: main(["validate", str(fifo_yaml)])) == 1

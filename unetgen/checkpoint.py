@@ -96,14 +96,22 @@ def save_unet(model: nn.Module, path: str | Path, *, metadata: Mapping[str, Any]
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, p)
-    except OSError as err:
-        tmp.unlink(missing_ok=True)
-        raise CheckpointError(f"{short_path(p)}: cannot write the checkpoint: {err.strerror or err}") from err
+    except Exception as err:  # OSError, or safetensors' own error for a failed write
+        _remove(tmp)
+        why = err.strerror if isinstance(err, OSError) and err.strerror else short_text(str(err))
+        raise CheckpointError(f"{short_path(p)}: cannot write the checkpoint: {why}") from err
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        _remove(tmp)
         raise
     _fsync_dir(p.parent)
     return p
+
+
+def _remove(path: Path) -> None:
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:
+        pass
 
 
 def _checked_save_path(path: Any) -> Path:
@@ -119,6 +127,8 @@ def _checked_save_path(path: Any) -> Path:
             f"{short_path(p)}: the path is too long ({len(str(p)):,} characters; a file name has at most 255 "
             f"bytes, a path {documents.MAX_PATH} characters)"
         )
+    if not p.parent.is_dir():
+        raise CheckpointError(f"{short_path(p)}: the folder {short_path(p.parent)} does not exist; create it first")
     return p
 
 
@@ -136,6 +146,7 @@ def _metadata_json(metadata: Any) -> str:
             )
         try:
             documents.check_limits(value, max_nodes=MAX_METADATA_VALUES)
+            _string_keys(value)
             json.dumps(value, allow_nan=False)
         except documents.ParseError as err:
             raise CheckpointError(f"metadata[{short_repr(key)}]: {err.message}") from None
@@ -160,6 +171,20 @@ def _metadata_json(metadata: Any) -> str:
     except UnicodeEncodeError:
         raise CheckpointError("metadata holds a lone surrogate character, which is not Unicode text") from None
     return text
+
+
+def _string_keys(value: Any) -> None:
+    """Refuse mappings with keys that are not strings anywhere in `value` (JSON would silently
+    turn ``{1: 2}`` into ``{"1": 2}``); `value` is already known to be small and shallow."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, Mapping):
+            if bad := [k for k in item if not isinstance(k, str)]:
+                raise TypeError(f"a key {short_repr(bad[0])} is not a string (JSON keys are strings)")
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
 
 
 def _config_json(config: UNetConfig) -> str:

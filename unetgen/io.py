@@ -59,6 +59,8 @@ def _file_problem(source: str, message: str, line: int | None = 1, column: int |
 
 
 def _read(path: str | os.PathLike[str]) -> documents.Document:
+    if not isinstance(path, (str, os.PathLike)):
+        raise ConfigError(f"a config path must be a str or os.PathLike, not {type(path).__name__}")
     name = os.fspath(path)
     if not isinstance(name, str):
         raise ConfigError(f"a config path must be text, not {type(name).__name__}")
