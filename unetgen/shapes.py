@@ -283,7 +283,8 @@ def valid_input_sizes(
 def valid_input_sizes(config: UNetConfig, max_size: Any, *, min_size: Any = 1, axis: int | None = None) -> Any:
     """Every valid input size in [min_size, max_size] along `axis` (default 0), ascending, as a
     `range` (a `Sequence[int]` of O(1) size whatever the bounds: index it, slice it, take its
-    `len`, test `in`); for a shape `max_size` (and an int or shape `min_size`), one range per axis."""
+    `len`, test `in`); for a shape `max_size` (and an int or shape `min_size`), one range per axis.
+    (Python's `len()` of a range stops at `sys.maxsize` elements; indexing works for any bounds.)"""
 
     def sizes(a: int, hi: int, lo: int) -> range:
         rule = axis_rule(config, a)
