@@ -129,6 +129,10 @@ def test_hostile_checkpoint_metadata_ends_in_checkpoint_error(checkpoint, tmp_pa
         {"user_metadata": '"a string"'},
         {"user_metadata": "u" * (2 << 20)},
     ]
+    huge_header = tmp_path / "huge-header.safetensors"
+    huge_header.write_bytes((1 << 40).to_bytes(8, "little") + b"{}")
+    with pytest.raises(CheckpointError, match="header claims 1,099,511,627,776 bytes"):
+        checkpoint_config(huge_header)
     for meta in cases:
         path = crafted(checkpoint, tmp_path, metadata=meta)
         with pytest.raises(CheckpointError) as info:

@@ -46,6 +46,8 @@ MAX_METADATA_BYTES = 1 << 20
 """Largest `metadata` (as JSON text) `save_unet` writes and the loaders read: 1 MiB."""
 MAX_METADATA_VALUES = 100_000
 """Most values (counting every list item and mapping value) in `metadata`."""
+MAX_HEADER_BYTES = 16 << 20
+"""Largest safetensors header read (tensor names and shapes, config, metadata): 16 MiB."""
 MAX_CONFIG_BYTES = documents.MAX_BYTES
 """Largest stored config (JSON text) read: the limit config files have."""
 _FLOAT_DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32, "F64": torch.float64}
@@ -221,8 +223,17 @@ def _open(path: Any) -> Any:
     except documents.ParseError as err:
         raise CheckpointError(f"{short_path(path)}: {err.message}") from None
     try:
+        head = os.read(fd, 8)
+        if len(head) == 8 and int.from_bytes(head, "little") > MAX_HEADER_BYTES:
+            raise CheckpointError(
+                f"{short_path(path)}: not a complete safetensors file (its header claims "
+                f"{int.from_bytes(head, 'little'):,} bytes; a checkpoint's header, with the tensor names, config and "
+                f"metadata, is at most {MAX_HEADER_BYTES:,})"
+            )
         proc = f"/proc/self/fd/{fd}"
         return safe_open(proc if os.path.exists(proc) else os.fspath(path), framework="pt", device="cpu")
+    except CheckpointError:
+        raise
     except Exception as err:  # safetensors raises its own SafetensorError for any malformed file
         raise CheckpointError(f"{short_path(path)}: not a complete safetensors file ({short_text(str(err))})") from None
     finally:
