@@ -31,8 +31,6 @@ from .reprs import int_text, short_repr
 __all__ = [
     "AxisRule",
     "InputShapeError",
-    "Shape",
-    "Size",
     "SkipCrop",
     "TraceRow",
     "aux_shapes",
@@ -54,10 +52,6 @@ class InputShapeError(ValueError):
     integer (a float, NaN, a string, a boolean) or a shape with the wrong number of axes."""
 
 
-Size = int
-"""One spatial size: an int (numpy integers and 0-d integer arrays are accepted too)."""
-Shape = Sequence[int]
-"""A spatial shape: one size per spatial axis."""
 _T = TypeVar("_T")
 
 
@@ -116,12 +110,6 @@ def _axis(config: UNetConfig, axis: Any) -> int:
     return a
 
 
-@overload
-def _per_axis(config: UNetConfig, value: int, axis: int | None, what: str, answer: Callable[[int, int], _T]) -> _T: ...
-@overload
-def _per_axis(
-    config: UNetConfig, value: Sequence[int], axis: int | None, what: str, answer: Callable[[int, int], _T]
-) -> tuple[_T, ...]: ...
 def _per_axis(config: UNetConfig, value: Any, axis: Any, what: str, answer: Callable[[int, int], _T]) -> Any:
     """`answer(axis, size)` for an int `value` (on `axis`, default 0), or a tuple of the answers
     per axis for a shape (then `axis` must be None)."""
