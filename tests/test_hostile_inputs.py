@@ -386,6 +386,7 @@ def test_validate_lists_every_problem_and_skips_dependent_rules(tmp_path: Path, 
 def test_dropout_shorthand() -> None:
     default = UNetConfig().dropout
     cases = [(0.2, 0.2), (0, 0.0), (0.0, 0.0), (None, 0.0), (False, 0.0), (True, default.rate)]
+    assert load_config({"dropout": np.float32(0.25)}).dropout.rate == 0.25  # numpy numbers, from Python
     for written, rate in cases:
         for cfg in (load_config({"dropout": written}), load_config(_json_file({"dropout": written}))):
             assert cfg.dropout.rate == rate and cfg.dropout.placement == default.placement

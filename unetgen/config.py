@@ -7,6 +7,7 @@ string (``norm: batch``), which means that option with its default parameters.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
@@ -295,8 +296,8 @@ def _dropout_shorthand(value: Any) -> Any:
         return {"rate": 0.0}
     if value is True:
         return {}
-    if isinstance(value, (int, float)):
-        return {"rate": value}
+    if isinstance(value, numbers.Real):  # numpy floats and integers too
+        return {"rate": value if isinstance(value, (int, float)) else float(value)}
     if isinstance(value, str):
         raise ValueError(
             "dropout is a rate (a number in [0, 1)), false or null for none, true for the paper's 0.5, "
