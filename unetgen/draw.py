@@ -43,13 +43,15 @@ from .config import (
     UNetConfig,
 )
 
-__all__ = ["MAX_CONVS_DRAWN", "MAX_WIDTH", "draw_unet", "text_width"]
+__all__ = ["CONVS_DRAWN", "MAX_WIDTH", "draw_unet", "text_width"]
 
-MAX_CONVS_DRAWN = 3
-"""Blocks with more convs are drawn as their first two maps and their last, the arrow into the
-last labelled with the number of convs it stands for."""
-MAX_WIDTH = 2600
-"""No diagram is wider (px): depth 8 with every option at its widest stays within it."""
+CONVS_DRAWN = (3, 2, 1)
+"""Conv maps drawn per block, tried in turn until the diagram fits in `MAX_WIDTH`: a block with
+more convs shows its first maps and its last, the arrow into the last labelled xN for the N
+convs it stands for."""
+MAX_WIDTH = 2400
+"""The widest diagram (px). A layout still wider with one map per block (absurd sizes) is scaled
+down to it: its viewBox keeps the natural size, its width attribute is MAX_WIDTH."""
 
 # Okabe-Ito colours (safe for the common colour-vision deficiencies), one per operation
 BLUE, VERMILLION, GREEN, PURPLE, ORANGE, YELLOW, SKY = (
@@ -82,7 +84,7 @@ def text_width(text: str, size: float) -> float:
             units += 0.34
         elif ch in "mwMW@%":
             units += 0.92
-        elif ch.isupper() or ch in "×→⊕◆":
+        elif ch.isupper() or ch in "\u00d7\u2192\u2295\u25c6":
             units += 0.74
         else:
             units += 0.63
@@ -91,6 +93,15 @@ def text_width(text: str, size: float) -> float:
 
 def _box_width(channels: int) -> float:
     return 6.0 + 2.0 * math.log2(channels)
+
+
+def _path(*runs: Sequence[tuple[float, float]]) -> str:
+    """SVG path data: one polyline per run."""
+    return " ".join(f"{'M' if i == 0 else 'L'}{_fmt(x)} {_fmt(y)}" for run in runs for i, (x, y) in enumerate(run))
+
+
+def _points(points: Sequence[tuple[float, float]]) -> str:
+    return " ".join(f"{_fmt(x)},{_fmt(y)}" for x, y in points)
 
 
 def _dims_text(values: Sequence[int]) -> str:
@@ -212,7 +223,7 @@ class _Scene:
             attrs["stroke-dasharray"] = "4 2"
         ET.SubElement(g, "path", attrs)
         half = head * 0.55
-        tip = f"{_fmt(x1)},{_fmt(y1)} {_fmt(bx - uy * half)},{_fmt(by + ux * half)} {_fmt(bx + uy * half)},{_fmt(by - ux * half)}"
+        tip = _points([(x1, y1), (bx - uy * half, by + ux * half), (bx + uy * half, by - ux * half)])
         ET.SubElement(g, "polygon", {"points": tip, "fill": colour})
 
 
@@ -335,7 +346,7 @@ def _legend(config: UNetConfig, compacted: bool, dropout_blocks: bool) -> list[t
         kind = "channel dropout" if config.dropout.spatial else "dropout"
         items.append(("dropout", f"{kind} {config.dropout.rate:g} after the block (dashed box)"))
     if compacted:
-        items.append(("note", f"xN: N convs in a row (blocks of more than {MAX_CONVS_DRAWN} convs)"))
+        items.append(("note", "xN: N convs in a row (the maps between are not drawn)"))
     items.append(("box:map", "feature map: channels above, size at the lower left"))
     return items
 
@@ -364,15 +375,15 @@ def _dropout_levels(config: UNetConfig) -> tuple[set[int], bool]:
 # layout
 
 
-def _conv_units(rows: dict[str, shapes.TraceRow], prefix: str, count: int) -> list[_Unit]:
+def _conv_units(rows: dict[str, shapes.TraceRow], prefix: str, count: int, cap: int) -> list[_Unit]:
     """The conv maps of a block; long blocks keep their first maps and their last."""
     keep = list(range(count))
-    if count > MAX_CONVS_DRAWN:
-        keep = [*range(MAX_CONVS_DRAWN - 1), count - 1]
+    if count > cap:
+        keep = [*range(cap - 1), count - 1]
     units = []
     for j in keep:
         r = rows[f"{prefix}.conv{j + 1}"]
-        note = f"x{count - MAX_CONVS_DRAWN + 1}" if count > MAX_CONVS_DRAWN and j == count - 1 else None
+        note = f"x{count - cap + 1}" if count > cap and j == count - 1 else None
         units.append(_Unit([_Box(_box_width(r.channels), 0, r.shape, r.channels, "map")], r.channels, arrow_note=note))
     return units
 
@@ -405,13 +416,25 @@ def draw_unet(config: UNetConfig, input_shape: Sequence[int] | int | None = None
     Sizes are those of `shapes.trace` at `input_shape` (one int is used for every axis); with
     None, the smallest valid input (`shapes.min_input_shape`), as the caption says. An invalid
     shape raises `InputShapeError` naming the nearest valid sizes."""
-    given = input_shape is not None
     if input_shape is None:
         shape = shapes.min_input_shape(config)
     elif isinstance(input_shape, int):
         shape = (input_shape,) * config.spatial_dims
     else:
         shape = tuple(input_shape)
+    for cap in CONVS_DRAWN:
+        root, width, height = _render(config, shape, input_shape is not None, cap)
+        if width <= MAX_WIDTH:
+            break
+    else:
+        root.set("width", _fmt(MAX_WIDTH))
+        root.set("height", _fmt(height * MAX_WIDTH / width))
+    ET.indent(root, space="")
+    return ET.tostring(root, encoding="unicode") + "\n"
+
+
+def _render(config: UNetConfig, shape: tuple[int, ...], given: bool, cap: int) -> tuple[ET.Element, float, float]:
+    """The diagram with at most `cap` conv maps per block, and its natural width and height."""
     rows = {r.name: r for r in shapes.trace(config, shape)}
     crops = shapes.skip_crops(config, shape)
     lay, depth = config.layout, config.depth
@@ -429,7 +452,7 @@ def draw_unet(config: UNetConfig, input_shape: Sequence[int] | int | None = None
             r = rows[f"down{i - 1}"]
             first = _Unit([_Box(_box_width(r.channels), 0, r.shape, None, "pool")], None)
         prefix = "bottleneck" if i == depth else f"enc{i}"
-        convs = _conv_units(rows, prefix, len(lay.encoder[i].channels))
+        convs = _conv_units(rows, prefix, len(lay.encoder[i].channels), cap)
         convs[-1].boxes[0].dashed = i in enc_drop
         enc.append([first, *convs])
     for i in range(depth):
@@ -439,7 +462,7 @@ def draw_unet(config: UNetConfig, input_shape: Sequence[int] | int | None = None
         upbox = _Box(_box_width(up.channels), 0, up.shape, None, "up", size_label=False)
         gap = 14.0 if isinstance(config.merge, Add) else 0.0
         units = [_Unit([copy, upbox], rows[f"merge{i}"].channels, inner_gap=gap)]
-        units += _conv_units(rows, f"dec{i}", len(lay.decoder[i].channels))
+        units += _conv_units(rows, f"dec{i}", len(lay.decoder[i].channels), cap)
         units[-1].boxes[0].dashed = dec_drop
         if i in config.deep_supervision:
             r = rows[f"aux{i}"]
@@ -558,8 +581,7 @@ def draw_unet(config: UNetConfig, input_shape: Sequence[int] | int | None = None
     title.text = caption
     ET.SubElement(root, "rect", {"width": "100%", "height": "100%", "fill": WHITE})
     root.append(body)
-    ET.indent(root, space="")
-    return ET.tostring(root, encoding="unicode") + "\n"
+    return root, width, height
 
 
 def _last_conv(units: list[_Unit], level: int, config: UNetConfig) -> _Box:
@@ -623,21 +645,26 @@ def _draw_row(scene: _Scene, units: list[_Unit], cy: float, residual: bool) -> N
         row_top = min(b.top for u in units for b in u.boxes) - LABEL_H - 1
         x0, x1 = units[0].right - 1, units[last].boxes[0].left + 1
         y0 = row_top - BRACKET_H + 2
-        d = f"M{_fmt(x0)} {_fmt(row_top)} L{_fmt(x0)} {_fmt(y0)} L{_fmt(x1)} {_fmt(y0)} L{_fmt(x1)} {_fmt(row_top)}"
-        ET.SubElement(scene.root, "path", {"class": "residual", "d": d, "fill": "none", "stroke": BLACK})
-        ET.SubElement(scene.root, "circle", {"cx": _fmt(x1), "cy": _fmt(y0), "r": "2.5", "fill": BLACK})
+        _bracket(scene.root, x0, x1, y0, row_top)
+
+
+def _bracket(parent: ET.Element, x0: float, x1: float, top: float, base: float) -> None:
+    """The residual path over a block: up from its input, across, down to its output (the dot: the sum)."""
+    d = _path([(x0, base), (x0, top), (x1, top), (x1, base)])
+    ET.SubElement(parent, "path", {"class": "residual", "d": d, "fill": "none", "stroke": BLACK})
+    ET.SubElement(parent, "circle", {"cx": _fmt(x1), "cy": _fmt(top), "r": "2.5", "fill": BLACK})
 
 
 def _gate(parent: ET.Element, cx: float, cy: float) -> None:
     r = 6.5
-    pts = f"{_fmt(cx)},{_fmt(cy - r)} {_fmt(cx + r)},{_fmt(cy)} {_fmt(cx)},{_fmt(cy + r)} {_fmt(cx - r)},{_fmt(cy)}"
+    pts = _points([(cx, cy - r), (cx + r, cy), (cx, cy + r), (cx - r, cy)])
     ET.SubElement(parent, "polygon", {"class": "gate", "points": pts, "fill": YELLOW, "stroke": BLACK})
 
 
 def _plus(parent: ET.Element, cx: float, cy: float) -> None:
     g = ET.SubElement(parent, "g", {"class": "plus", "stroke": BLACK, "fill": WHITE})
     ET.SubElement(g, "circle", {"cx": _fmt(cx), "cy": _fmt(cy), "r": "5.5"})
-    d = f"M{_fmt(cx - 3.5)} {_fmt(cy)} L{_fmt(cx + 3.5)} {_fmt(cy)} M{_fmt(cx)} {_fmt(cy - 3.5)} L{_fmt(cx)} {_fmt(cy + 3.5)}"
+    d = _path([(cx - 3.5, cy), (cx + 3.5, cy)], [(cx, cy - 3.5), (cx, cy + 3.5)])
     ET.SubElement(g, "path", {"d": d})
 
 
@@ -672,9 +699,7 @@ def _draw_legend(
                 **{"stroke-dasharray": "3 2", "stroke-width": "1.6"},
             )  # fmt: skip
         elif glyph == "residual":
-            d = f"M{_fmt(x + 4)} {_fmt(y + ROW_H - 4)} L{_fmt(x + 4)} {_fmt(y + 5)} L{_fmt(x + 32)} {_fmt(y + 5)} L{_fmt(x + 32)} {_fmt(y + ROW_H - 4)}"
-            ET.SubElement(parent, "path", {"class": "residual", "d": d, "fill": "none", "stroke": BLACK})
-            ET.SubElement(parent, "circle", {"cx": _fmt(x + 32), "cy": _fmt(y + 5), "r": "2.5", "fill": BLACK})
+            _bracket(parent, x + 4, x + 32, y + 5, y + ROW_H - 4)
         elif glyph == "gate":
             _gate(parent, x + 18, mid)
         elif glyph == "plus":
