@@ -197,8 +197,10 @@ class _Scene:
     boxes: list[_Box] = field(default_factory=list)
 
     def rect(self, x: float, y: float, w: float, h: float, **attrs: str) -> ET.Element:
+        """A rectangle whose rounded edges are those of any neighbour it touches."""
+        x0, y0, x1, y1 = (round(v, 1) for v in (x, y, x + w, y + h))
         return ET.SubElement(
-            self.root, "rect", {"x": _fmt(x), "y": _fmt(y), "width": _fmt(w), "height": _fmt(h), **attrs}
+            self.root, "rect", {"x": _fmt(x0), "y": _fmt(y0), "width": _fmt(x1 - x0), "height": _fmt(y1 - y0), **attrs}
         )
 
     def text(self, x: float, y: float, content: str, size: float, *, anchor: str = "start", **attrs: str) -> None:
@@ -572,7 +574,8 @@ def _render(config: UNetConfig, shape: tuple[int, ...], given: bool, cap: int) -
         MARGIN + text_width(note, NOTE_FONT + 1) + MARGIN,
     )
     legend_top = y - VGAP + 22
-    height = _draw_legend(body, scene, items, MARGIN, legend_top, width) + MARGIN
+    legend = _Scene(ET.SubElement(body, "g", {"class": "legend"}))
+    height = _draw_legend(legend, items, MARGIN, legend_top, width) + MARGIN
     width = max(width, scene_right(items) + 2 * MARGIN)
     root.set("width", _fmt(width))
     root.set("height", _fmt(height))
@@ -677,10 +680,9 @@ def scene_right(items: list[tuple[str, str]]) -> float:
     return GLYPH_W + 8 + max(text_width(t, LEGEND_FONT) for _, t in items)
 
 
-def _draw_legend(
-    parent: ET.Element, scene: _Scene, items: list[tuple[str, str]], left: float, top: float, width: float
-) -> float:
+def _draw_legend(scene: _Scene, items: list[tuple[str, str]], left: float, top: float, width: float) -> float:
     """The legend in as many columns as fit; returns its bottom."""
+    parent = scene.root
     col_w = scene_right(items) + 24
     cols = max(1, min(3, int((width - 2 * MARGIN + 24) // col_w)))
     per_col = -(-len(items) // cols)
