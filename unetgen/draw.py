@@ -508,7 +508,7 @@ def _render(config: UNetConfig, shape: tuple[int, ...], given: bool, cap: int) -
     need = 0.0
     for i in range(depth):
         want = 36.0 + (text_width(_crop_text(crops[i]), NOTE_FONT) if config.padding == "valid" else 0.0)
-        want += 22.0 if isinstance(config.merge, AttentionGate) else 0.0
+        want += 28.0 if isinstance(config.merge, AttentionGate) else 0.0
         need = max(need, want - (dec[i][0].left - enc[i][-1].right))
     if need > 0:
         last = enc[depth][-1]
@@ -545,7 +545,7 @@ def _render(config: UNetConfig, shape: tuple[int, ...], given: bool, cap: int) -
                 (s.right + c.left) / 2, centres[i] - 5, _crop_text(crops[i]), NOTE_FONT, anchor="middle", fill=GREY
             )
         if isinstance(config.merge, AttentionGate):
-            _gate(body, c.left - 13, centres[i])
+            _gate(body, c.left - 18, centres[i])
         if isinstance(config.merge, Add):
             _plus(body, (c.right + dec[i][0].boxes[1].left) / 2, centres[i])
 
