@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from . import shapes
 from .config import (
@@ -42,8 +42,9 @@ from .config import (
     TransposeUp,
     UNetConfig,
 )
+from .io import ConfigSource, load_config
 
-__all__ = ["CONVS_DRAWN", "MAX_WIDTH", "draw_unet", "text_width"]
+__all__ = ["CONVS_DRAWN", "MAX_WIDTH", "draw_unet"]
 
 CONVS_DRAWN = (3, 2, 1)
 """Conv maps drawn per block, tried in turn until the diagram fits in `MAX_WIDTH`: a block with
@@ -145,7 +146,7 @@ class _Box:
     def bottom(self) -> float:
         return self.cy + self.h / 2
 
-    def label_span(self, width: float) -> tuple[float, float]:
+    def label_span(self) -> tuple[float, float]:
         """Horizontal extent of the channel label (or of this box when it has none)."""
         if self.channels is None:
             return self.left, self.right
@@ -184,8 +185,7 @@ class _Unit:
         if self.label is None:
             return self.left, self.right
         if len(self.boxes) == 1:
-            b = self.boxes[0]
-            return b.label_span(0)
+            return self.boxes[0].label_span()
         w = text_width(str(self.label), CH_FONT)
         mid = (self.left + self.right) / 2
         return mid - w / 2, mid + w / 2
@@ -194,7 +194,6 @@ class _Unit:
 @dataclass
 class _Scene:
     root: ET.Element
-    boxes: list[_Box] = field(default_factory=list)
 
     def rect(self, x: float, y: float, w: float, h: float, **attrs: str) -> ET.Element:
         """A rectangle whose rounded edges are those of any neighbour it touches."""
@@ -412,12 +411,14 @@ def _place_row(units: list[_Unit], first_left: float, cy: float) -> None:
         u.place(x, cy)
 
 
-def draw_unet(config: UNetConfig, input_shape: Sequence[int] | int | None = None) -> str:
+def draw_unet(config: ConfigSource, input_shape: Sequence[int] | int | None = None) -> str:
     """The network as an SVG document in the style of the paper's Figure 1.
 
+    `config` is anything `load_config` accepts (a `UNetConfig`, a mapping, a file, a preset name).
     Sizes are those of `shapes.trace` at `input_shape` (one int is used for every axis); with
     None, the smallest valid input (`shapes.min_input_shape`), as the caption says. An invalid
     shape raises `InputShapeError` naming the nearest valid sizes."""
+    config = load_config(config)
     if input_shape is None:
         shape = shapes.min_input_shape(config)
     elif isinstance(input_shape, int):
@@ -503,7 +504,7 @@ def _render(config: UNetConfig, shape: tuple[int, ...], given: bool, cap: int) -
         above_last = enc[i - 1][-1].boxes[0]
         first = enc[i][0]
         _place_row(enc[i], above_last.cx - first.width / 2, centres[i])
-    _place_decoder(dec, enc, centres, depth, 0.0)
+    _place_decoder(dec, enc, centres, depth)
     # every copy arrow needs room for its crop label (and gate): widen the bottleneck if not
     need = 0.0
     for i in range(depth):
@@ -513,7 +514,7 @@ def _render(config: UNetConfig, shape: tuple[int, ...], given: bool, cap: int) -
     if need > 0:
         last = enc[depth][-1]
         last.place(last.left + need, centres[depth])
-        _place_decoder(dec, enc, centres, depth, 0.0)
+        _place_decoder(dec, enc, centres, depth)
 
     # -- draw ----------------------------------------------------------------------------------
     root = ET.Element("svg", {"xmlns": "http://www.w3.org/2000/svg", "version": "1.1"})
@@ -576,7 +577,7 @@ def _render(config: UNetConfig, shape: tuple[int, ...], given: bool, cap: int) -
     legend_top = y - VGAP + 22
     legend = _Scene(ET.SubElement(body, "g", {"class": "legend"}))
     height = _draw_legend(legend, items, MARGIN, legend_top, width) + MARGIN
-    width = max(width, scene_right(items) + 2 * MARGIN)
+    width = max(width, _legend_width(items) + 2 * MARGIN)
     root.set("width", _fmt(width))
     root.set("height", _fmt(height))
     root.set("viewBox", f"0 0 {_fmt(width)} {_fmt(height)}")
@@ -598,7 +599,7 @@ def _crop_text(crop: shapes.SkipCrop) -> str:
     return f"crop {off[0]}" if len(set(off)) == 1 else f"crop {_dims_text(off)}"
 
 
-def _place_decoder(dec: list[list[_Unit]], enc: list[list[_Unit]], centres: list[float], depth: int, _: float) -> None:
+def _place_decoder(dec: list[list[_Unit]], enc: list[list[_Unit]], centres: list[float], depth: int) -> None:
     """Decoder level i starts above the map its up-sampling arrow leaves from."""
     for i in reversed(range(depth)):
         pair = dec[i][0]
@@ -675,7 +676,7 @@ GLYPH_W = 40.0
 ROW_H = 20.0
 
 
-def scene_right(items: list[tuple[str, str]]) -> float:
+def _legend_width(items: list[tuple[str, str]]) -> float:
     """Width of the widest legend entry."""
     return GLYPH_W + 8 + max(text_width(t, LEGEND_FONT) for _, t in items)
 
@@ -683,7 +684,7 @@ def scene_right(items: list[tuple[str, str]]) -> float:
 def _draw_legend(scene: _Scene, items: list[tuple[str, str]], left: float, top: float, width: float) -> float:
     """The legend in as many columns as fit; returns its bottom."""
     parent = scene.root
-    col_w = scene_right(items) + 24
+    col_w = _legend_width(items) + 24
     cols = max(1, min(3, int((width - 2 * MARGIN + 24) // col_w)))
     per_col = -(-len(items) // cols)
     for n, (glyph, text) in enumerate(items):
