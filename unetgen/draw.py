@@ -443,78 +443,10 @@ def _render(config: UNetConfig, shape: tuple[int, ...], given: bool, cap: int) -
     lay, depth = config.layout, config.depth
     enc_drop, dec_drop = _dropout_levels(config)
     residual = isinstance(config.block, ResidualBlock)
-
-    # -- the boxes of every level, encoder and decoder ----------------------------------------
-    enc: list[list[_Unit]] = []
-    dec: list[list[_Unit]] = []
-    for i in range(depth + 1):
-        if i == 0:
-            r = rows["input"]
-            first = _Unit([_Box(_box_width(r.channels), 0, r.shape, r.channels, "input")], r.channels)
-        else:
-            r = rows[f"down{i - 1}"]
-            first = _Unit([_Box(_box_width(r.channels), 0, r.shape, None, "pool")], None)
-        prefix = "bottleneck" if i == depth else f"enc{i}"
-        convs = _conv_units(rows, prefix, len(lay.encoder[i].channels), cap)
-        convs[-1].boxes[0].dashed = i in enc_drop
-        enc.append([first, *convs])
-    for i in range(depth):
-        up = rows[f"up{i}"]
-        skip = lay.encoder[i].out_channels
-        copy = _Box(_box_width(skip), 0, crops[i].up_shape, None, "copy")
-        upbox = _Box(_box_width(up.channels), 0, up.shape, None, "up", size_label=False)
-        gap = 14.0 if isinstance(config.merge, Add) else 0.0
-        units = [_Unit([copy, upbox], rows[f"merge{i}"].channels, inner_gap=gap)]
-        units += _conv_units(rows, f"dec{i}", len(lay.decoder[i].channels), cap)
-        units[-1].boxes[0].dashed = dec_drop
-        if i in config.deep_supervision:
-            r = rows[f"aux{i}"]
-            units.append(_Unit([_Box(_box_width(r.channels), 0, r.shape, r.channels, "aux")], r.channels))
-        if i == 0:
-            r = rows["head"]
-            units.append(_Unit([_Box(_box_width(r.channels), 0, r.shape, r.channels, "head")], r.channels))
-        dec.append(units)
-    # the map each up-sampling arrow leaves from: its label moves right of the arrow
-    sources = [enc[depth][-1].boxes[0]] + [_last_conv(dec[i], i, config) for i in range(1, depth)]
-    for b in sources:
-        b.label_right = True
-
-    # -- heights (log of the geometric-mean size) and the rows' vertical positions -------------
+    enc, dec = _levels(config, rows, crops, cap)
     every = [b for level in enc + dec for u in level for b in u.boxes]
-    measure = {id(b): math.log(max(1, math.prod(b.shape))) / len(b.shape) for b in every}
-    lo, hi = min(measure.values()), max(measure.values())
-    for b in every:
-        t = (measure[id(b)] - lo) / (hi - lo) if hi > lo else 1.0
-        b.h = H_MIN + (H_MAX - H_MIN) * t
-    title_h = 2 * TITLE_FONT + 14
-    y = MARGIN + title_h
-    centres = []
-    for i in range(depth + 1):
-        level = [b for u in enc[i] + (dec[i] if i < depth else []) for b in u.boxes]
-        above = max(b.h for b in level) / 2 + LABEL_H + (BRACKET_H if residual else 0)
-        below = max(_size_extent(b) for b in level)
-        cy = y + above
-        centres.append(cy)
-        y = cy + below + VGAP
-
-    # -- horizontal: each level starts under the last map of the level above ------------------
-    left0 = MARGIN + 14
-    _place_row(enc[0], left0, centres[0])
-    for i in range(1, depth + 1):
-        above_last = enc[i - 1][-1].boxes[0]
-        first = enc[i][0]
-        _place_row(enc[i], above_last.cx - first.width / 2, centres[i])
-    _place_decoder(dec, enc, centres, depth)
-    # every copy arrow needs room for its crop label (and gate): widen the bottleneck if not
-    need = 0.0
-    for i in range(depth):
-        want = 36.0 + (text_width(_crop_text(crops[i]), NOTE_FONT) if config.padding == "valid" else 0.0)
-        want += 28.0 if isinstance(config.merge, AttentionGate) else 0.0
-        need = max(need, want - (dec[i][0].left - enc[i][-1].right))
-    if need > 0:
-        last = enc[depth][-1]
-        last.place(last.left + need, centres[depth])
-        _place_decoder(dec, enc, centres, depth)
+    centres, y = _rows(enc, dec, residual, top=MARGIN + 2 * TITLE_FONT + 14)
+    _columns(config, enc, dec, centres, crops)
 
     # -- draw ----------------------------------------------------------------------------------
     root = ET.Element("svg", {"xmlns": "http://www.w3.org/2000/svg", "version": "1.1"})
@@ -586,6 +518,88 @@ def _render(config: UNetConfig, shape: tuple[int, ...], given: bool, cap: int) -
     ET.SubElement(root, "rect", {"width": "100%", "height": "100%", "fill": WHITE})
     root.append(body)
     return root, width, height
+
+
+def _levels(
+    config: UNetConfig, rows: dict[str, shapes.TraceRow], crops: list[shapes.SkipCrop], cap: int
+) -> tuple[list[list[_Unit]], list[list[_Unit]]]:
+    """The boxes of every level, encoder (depth + 1 levels, the bottleneck last) and decoder."""
+    lay, depth = config.layout, config.depth
+    enc_drop, dec_drop = _dropout_levels(config)
+    enc: list[list[_Unit]] = []
+    dec: list[list[_Unit]] = []
+    for i in range(depth + 1):
+        if i == 0:
+            r = rows["input"]
+            first = _Unit([_Box(_box_width(r.channels), 0, r.shape, r.channels, "input")], r.channels)
+        else:  # the pooled map: the channels of the map above, so no label
+            r = rows[f"down{i - 1}"]
+            first = _Unit([_Box(_box_width(r.channels), 0, r.shape, None, "pool")], None)
+        prefix = "bottleneck" if i == depth else f"enc{i}"
+        convs = _conv_units(rows, prefix, len(lay.encoder[i].channels), cap)
+        convs[-1].boxes[0].dashed = i in enc_drop
+        enc.append([first, *convs])
+    for i in range(depth):
+        up = rows[f"up{i}"]
+        copy = _Box(_box_width(lay.encoder[i].out_channels), 0, crops[i].up_shape, None, "copy")
+        upbox = _Box(_box_width(up.channels), 0, up.shape, None, "up", size_label=False)
+        gap = 14.0 if isinstance(config.merge, Add) else 0.0  # room for the circled plus
+        units = [_Unit([copy, upbox], rows[f"merge{i}"].channels, inner_gap=gap)]
+        units += _conv_units(rows, f"dec{i}", len(lay.decoder[i].channels), cap)
+        units[-1].boxes[0].dashed = dec_drop
+        heads = [(f"aux{i}", "aux")] + ([("head", "head")] if i == 0 else [])
+        for name, role in heads:
+            if name in rows:  # aux{i}: deep supervision at level i
+                r = rows[name]
+                units.append(_Unit([_Box(_box_width(r.channels), 0, r.shape, r.channels, role)], r.channels))
+        dec.append(units)
+    # the maps the up-sampling arrows leave from: their labels move right of the arrow
+    for b in [enc[depth][-1].boxes[0]] + [_last_conv(dec[i], i, config) for i in range(1, depth)]:
+        b.label_right = True
+    return enc, dec
+
+
+def _rows(enc: list[list[_Unit]], dec: list[list[_Unit]], residual: bool, top: float) -> tuple[list[float], float]:
+    """Box heights (log of the geometric-mean size), each level's centre line, and the bottom."""
+    every = [b for level in enc + dec for u in level for b in u.boxes]
+    measure = {id(b): math.log(max(1, math.prod(b.shape))) / len(b.shape) for b in every}
+    lo, hi = min(measure.values()), max(measure.values())
+    for b in every:
+        t = (measure[id(b)] - lo) / (hi - lo) if hi > lo else 1.0
+        b.h = H_MIN + (H_MAX - H_MIN) * t
+    y, centres = top, []
+    for i in range(len(enc)):
+        level = [b for u in enc[i] + (dec[i] if i < len(dec) else []) for b in u.boxes]
+        above = max(b.h for b in level) / 2 + LABEL_H + (BRACKET_H if residual else 0)
+        below = max(_size_extent(b) for b in level)
+        centres.append(y + above)
+        y = y + above + below + VGAP
+    return centres, y
+
+
+def _columns(
+    config: UNetConfig,
+    enc: list[list[_Unit]],
+    dec: list[list[_Unit]],
+    centres: list[float],
+    crops: list[shapes.SkipCrop],
+) -> None:
+    """Each encoder level starts under the last map of the level above; each decoder level above
+    the map its up-sampling arrow leaves from; the copy arrows get room for their labels."""
+    depth = config.depth
+    _place_row(enc[0], MARGIN + 14, centres[0])
+    for i in range(1, depth + 1):
+        _place_row(enc[i], enc[i - 1][-1].boxes[0].cx - enc[i][0].width / 2, centres[i])
+    _place_decoder(dec, enc, centres, depth)
+    need = 0.0
+    for i in range(depth):
+        want = 36.0 + (text_width(_crop_text(crops[i]), NOTE_FONT) if config.padding == "valid" else 0.0)
+        want += 28.0 if isinstance(config.merge, AttentionGate) else 0.0
+        need = max(need, want - (dec[i][0].left - enc[i][-1].right))
+    if need > 0:  # widen the bottleneck's last step: the whole decoder moves right
+        last = enc[depth][-1]
+        last.place(last.left + need, centres[depth])
+        _place_decoder(dec, enc, centres, depth)
 
 
 def _last_conv(units: list[_Unit], level: int, config: UNetConfig) -> _Box:
