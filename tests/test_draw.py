@@ -18,7 +18,7 @@ import torch
 from conftest import configs
 from hypothesis import given, settings
 
-from unetgen import InputShapeError, UNetConfig, draw_unet, get_preset
+from unetgen import InputShapeError, UNetConfig, build_unet, draw_unet, get_preset, save_unet
 from unetgen.cli import main
 from unetgen.draw import MAX_WIDTH, _dropout_levels, _norm_text
 from unetgen.unet import UNet
@@ -294,6 +294,16 @@ def test_cli_draw_svg(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     err = capsys.readouterr().err.splitlines()
     assert [line.split(":")[0] for line in err[1:]] == ["error"] * 3
     assert "nearest valid: 556, 572" in err[1] and "use .svg, .png, .pdf" in err[2]
+
+
+def test_cli_draws_a_checkpoint_and_a_config_file(tmp_path: Path) -> None:
+    cfg = UNetConfig(spatial_dims=3, depth=2, base_channels=2, strides=[[1, 2, 2], 2], norm="instance")
+    save_unet(build_unet(cfg), tmp_path / "unet.safetensors")
+    assert main(["draw", str(tmp_path / "unet.safetensors"), "-o", str(tmp_path / "a.svg")]) == 0
+    assert (tmp_path / "a.svg").read_text(encoding="utf-8") == draw_unet(cfg)
+    config = ROOT / "examples" / "cicek2016.yaml"
+    assert main(["draw", str(config), "--input-size", "132x132x116", "-o", str(tmp_path / "b.svg")]) == 0
+    assert (tmp_path / "b.svg").read_text(encoding="utf-8") == (ROOT / "docs" / "cicek2016.svg").read_text()
 
 
 def test_cli_names_the_render_extra_when_missing(
