@@ -218,10 +218,16 @@ def check_layout(svg: str) -> None:
         assert 0 <= a[0] and a[2] <= width and 0 <= a[1] and a[3] <= height, a
         for b in maps[i + 1 :]:
             assert not overlap(a, b), (a, b)
+    spans = [text_box(t) for t in texts(root)]
     for start, tip in arrows(root):
         assert any(on_boundary(start, b) for b in maps), f"arrow starts off every box: {start}"
         assert any(on_boundary(tip, b) for b in maps), f"arrow ends off every box: {tip}"
-    spans = [text_box(t) for t in texts(root)]
+        assert start[0] == tip[0] or start[1] == tip[1], "arrows run across or up and down"
+        line = (min(start[0], tip[0]), min(start[1], tip[1]), max(start[0], tip[0]), max(start[1], tip[1]))
+        line = tuple(v + d for v, d in zip(line, (-0.5, -0.5, 0.5, 0.5), strict=True))  # the stroke
+        inner = tuple(v + d for v, d in zip(line, (1, 1, -1, -1), strict=True))  # between its ends
+        assert not [b for b in maps if overlap(inner, b, tol=0.3)], f"arrow {start} -> {tip} crosses a box"
+        assert not [t.text for t, span in zip(texts(root), spans, strict=True) if overlap(line, span, tol=0.3)]
     for i, s in enumerate(spans):
         assert 0 <= s[0] and s[2] <= width and 0 <= s[1] and s[3] <= height, (texts(root)[i].text, s, width)
         hits = [b for b in maps if overlap(s, b, tol=0.5)]
@@ -402,6 +408,8 @@ MEASURE = """<!doctype html><html><body style="margin:0">%s<pre id="out"></pre><
 const svg = document.querySelector("svg"), frame = svg.getBoundingClientRect();
 const rect = e => { const r = e.getBoundingClientRect(); return [r.left, r.top, r.right, r.bottom]; };
 const texts = [...svg.querySelectorAll("text")], maps = [...svg.querySelectorAll("rect.map")];
+const lines = [...svg.querySelectorAll("g.arrow path, path.residual, polygon.gate")];
+const wide = e => { const r = rect(e); return [r[0] - 1, r[1] - 1, r[2] + 1, r[3] + 1]; };  // the stroke
 const hit = (a, b) =>
   Math.min(a[2], b[2]) - Math.max(a[0], b[0]) > 0.5 && Math.min(a[3], b[3]) - Math.max(a[1], b[1]) > 0.5;
 const out = {texts: texts.length, outside: [], overlaps: []};
@@ -411,6 +419,7 @@ texts.forEach((t, i) => {
   if (off) out.outside.push(t.textContent);
   texts.slice(i + 1).forEach(u => { if (hit(a, rect(u))) out.overlaps.push([t.textContent, u.textContent]); });
   maps.forEach(m => { if (hit(a, rect(m))) out.overlaps.push([t.textContent, m.getAttribute("class")]); });
+  lines.forEach(l => { if (hit(a, wide(l))) out.overlaps.push([t.textContent, l.outerHTML]); });
 });
 document.getElementById("out").textContent = JSON.stringify(out);
 </script></body></html>"""
