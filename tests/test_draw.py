@@ -131,6 +131,9 @@ def test_default_size_is_the_smallest_valid_input_and_says_so() -> None:
     assert any("smallest valid input" in t.text for t in texts(root))
     with pytest.raises(InputShapeError, match="nearest valid: 556, 572"):
         draw_unet(UNetConfig(), 570)
+    for bad in ((572.0, 572.0), (True, 572), "572"):
+        with pytest.raises(InputShapeError, match="must be whole numbers"):
+            draw_unet(UNetConfig(), bad)
 
 
 def test_3d_anisotropic_sizes_and_strides() -> None:

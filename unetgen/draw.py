@@ -42,6 +42,7 @@ from .config import (
     TransposeUp,
     UNetConfig,
 )
+from .diagnostics import short_repr
 from .io import ConfigSource, load_config
 
 __all__ = ["CONVS_DRAWN", "MAX_WIDTH", "draw_unet"]
@@ -425,6 +426,8 @@ def draw_unet(config: ConfigSource, input_shape: Sequence[int] | int | None = No
         shape = (input_shape,) * config.spatial_dims
     else:
         shape = tuple(input_shape)
+    if not all(isinstance(s, int) and not isinstance(s, bool) for s in shape):
+        raise shapes.InputShapeError(f"input_shape={short_repr(input_shape)} must be whole numbers, e.g. (572, 572)")
     for cap in CONVS_DRAWN:
         root, width, height = _render(config, shape, input_shape is not None, cap)
         if width <= MAX_WIDTH:
