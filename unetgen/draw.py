@@ -217,10 +217,7 @@ class _Scene:
         ux, uy = (x1 - x0) / length, (y1 - y0) / length
         head = min(7.0, length * 0.6)
         bx, by = x1 - ux * head, y1 - uy * head  # base of the head: the line stops there
-        d = " ".join(
-            f"{'M' if i == 0 else 'L'}{_fmt(x)} {_fmt(y)}" for i, (x, y) in enumerate([*points[:-1], (bx, by)])
-        )
-        attrs = {"d": d, "fill": "none", "stroke": colour, "stroke-width": "2"}
+        attrs = {"d": _path([*points[:-1], (bx, by)]), "fill": "none", "stroke": colour, "stroke-width": "2"}
         if dashed:
             attrs["stroke-dasharray"] = "4 2"
         ET.SubElement(g, "path", attrs)
