@@ -59,6 +59,7 @@ __all__ = [
     "default_block_shape",
     "estimate_tile_memory",
     "output_dtype",
+    "output_layout",
     "plan_tiles",
     "predict_tiled",
 ]
@@ -703,6 +704,50 @@ class Job:
         return h.hexdigest()
 
 
+def _open_source(config: UNetConfig, image: Any, dtype: torch.dtype) -> tuple[TensorSource | ArraySource, bool, int]:
+    """The source of tiles, whether the image has a batch axis, and its number of images."""
+    if isinstance(image, torch.Tensor):
+        x = check_image(config, image)
+        return TensorSource(x), image.dim() == config.spatial_dims + 2, x.shape[0]
+    batched, channels, images, _ = _array_layout(config, image)
+    return ArraySource(image, batched, channels, dtype), batched, images
+
+
+def _spatial(config: UNetConfig, image: Any) -> tuple[int, ...]:
+    return tuple(image.shape[-config.spatial_dims :])
+
+
+def output_layout(
+    model: nn.Module,
+    image: Any,
+    *,
+    output_type: OutputType = "logits",
+    block_shape: int | Sequence[int] | None = None,
+    plan: TilePlan | None = None,
+    **options: Any,
+) -> tuple[tuple[int, ...], torch.dtype, tuple[int, ...]]:
+    """Shape, dtype and chunks (one chunk per block: see `predict_tiled`) of the prediction of
+    `image`, without reading it: what `unetgen.arrays.create_output` creates. `options` are
+    `plan_tiles`'s (`tile_size`, `batch_size`, `overlap`, `memory_budget`)."""
+    config = _config_of(model)
+    dtype = next(model.parameters()).dtype
+    _, batched, images = _open_source(config, image, dtype)
+    spatial = _spatial(config, image)
+    plan = plan if plan is not None else plan_tiles(config, spatial, **options, dtype=dtype)
+    channels = () if output_type == "labels" else (config.out_channels,)
+    block = _positive_ints(
+        "block_shape", default_block_shape(plan) if block_shape is None else block_shape, len(spatial), broadcast=True
+    )
+    lengths = []
+    for a in range(len(spatial)):
+        bounds = _axis_blocks(plan, a, block[a]).bounds
+        lengths.append(bounds[1] - bounds[0])
+    lead = (images,) if batched else ()
+    shape = lead + channels + spatial
+    chunks = (1,) * len(lead) + channels + tuple(lengths)
+    return shape, output_dtype(output_type, config.out_channels, dtype), chunks
+
+
 def prepare(
     model: nn.Module,
     image: Any,
@@ -727,15 +772,8 @@ def prepare(
     param = next(model.parameters())
     dtype, work = param.dtype, param.device
     final = output_dtype(output_type, config.out_channels, dtype)
-    if isinstance(image, torch.Tensor):
-        x = check_image(config, image)
-        source: TensorSource | ArraySource = TensorSource(x)
-        batched, images, spatial = image.dim() == dims + 2, x.shape[0], tuple(x.shape[2:])
-        image_dtype = str(image.dtype).removeprefix("torch.")
-    else:
-        batched, channels, images, spatial = _array_layout(config, image)
-        source = ArraySource(image, batched, channels, dtype)
-        image_dtype = str(np.dtype(image.dtype))
+    source, batched, images = _open_source(config, image, dtype)
+    spatial = _spatial(config, image)
     options = dict(tile_size=tile_size, batch_size=batch_size, overlap=overlap, memory_budget=memory_budget)
     plan = plan if plan is not None else plan_tiles(config, spatial, **options, dtype=dtype)
     if plan.image_shape != spatial:
@@ -743,8 +781,7 @@ def prepare(
     channels_out = () if output_type == "labels" else (config.out_channels,)
     shape = ((images,) if batched else ()) + channels_out + spatial
     if out is None:  # a tensor with the batch axis (predict_tiled drops it for a (C, *spatial) image)
-        target = x.device if isinstance(image, torch.Tensor) else torch.device("cpu")
-        target = torch.device(device) if device is not None else target
+        target = source.device if device is None else torch.device(device)
         out = torch.zeros((images, *shape[batched:]), dtype=final, device=target)
         in_place, batched_out = output_type == "logits", True
     else:
@@ -758,6 +795,9 @@ def prepare(
     block = _positive_ints("block_shape", block_shape, dims, broadcast=True)
     axes = tuple(_axis_tiles(plan, a, blend, source.device, work, dtype) for a in range(dims))
     blocks = tuple(_axis_blocks(plan, a, block[a]) for a in range(dims))
+    image_dtype = (
+        str(image.dtype).removeprefix("torch.") if isinstance(image, torch.Tensor) else str(np.dtype(image.dtype))
+    )
     out_dtype = str(out.dtype).removeprefix("torch.") if isinstance(out, torch.Tensor) else str(np.dtype(out.dtype))
     job = Job(plan, axes, blocks, images, batched, blend, output_type, tuple(out.shape), out_dtype, image_dtype)
     return job, source, Sink(out, batched_out, in_place)
