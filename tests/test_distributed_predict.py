@@ -100,3 +100,30 @@ def test_misaligned_chunks_are_refused(client, tmp_path) -> None:
     aligned = create_output(tmp_path / "ok.zarr", model, image, tile_size=40)
     unet_dask.predict_distributed(checkpoint, tmp_path / "image.npy", aligned, tile_size=40, client=client)
     assert np.array_equal(aligned[...], predict_tiled(model, torch.from_numpy(image), tile_size=40).numpy())
+
+
+def test_cli_with_a_scheduler_address(tmp_path, capsys) -> None:
+    from unetgen.cli import main
+
+    torch.manual_seed(0)
+    model = build_unet(UNetConfig(spatial_dims=2, depth=1, base_channels=1, out_channels=2)).eval()
+    checkpoint = save_unet(model, tmp_path / "model.safetensors")
+    pixels = np.random.default_rng(0).standard_normal((1, 90, 80), dtype=np.float32)
+    np.save(tmp_path / "image.npy", pixels)
+    with distributed.LocalCluster(
+        n_workers=1, threads_per_worker=1, processes=False, protocol="tcp://", dashboard_address=None
+    ) as cluster:
+        argv = [
+            "predict",
+            str(checkpoint),
+            "--input",
+            str(tmp_path / "image.npy"),
+            "--output",
+            str(tmp_path / "o.zarr"),
+        ]
+        assert main([*argv, "--tile-size", "48", "--scheduler", cluster.scheduler_address, "--no-progress"]) == 0
+        assert main([*argv, "--scheduler", cluster.scheduler_address, "--workers", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "blocks complete" in err and "error: give --scheduler or --workers, not both" in err
+    want = predict_tiled(model, torch.from_numpy(pixels), tile_size=48)
+    assert np.array_equal(zarr.open_array(tmp_path / "o.zarr")[...], want.numpy())
