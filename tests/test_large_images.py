@@ -327,3 +327,26 @@ def test_cli_predicts_a_zarr_image_and_resumes(tmp_path, capsys) -> None:
     assert main([*argv, "--restart"]) == 0
     assert main(["predict", str(ckpt), "--input", str(tmp_path / "in.zarr"), "--output", str(tmp_path / "o.npy")]) == 2
     assert "writes a .zarr array" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("dtype", [">f4", "<u2", "?", ">i8"])
+def test_array_likes_of_any_real_dtype_and_byte_order(dtype) -> None:
+    torch.manual_seed(0)
+    model = build_unet(UNetConfig(spatial_dims=2, depth=1, base_channels=1, out_channels=2)).eval()
+    pixels = (np.random.default_rng(0).random((1, 50, 40)) * 3).astype(dtype)
+    got = predict_tiled(model, pixels, tile_size=32, progress=False)
+    want = predict_tiled(model, torch.from_numpy(pixels.astype(np.float32)), tile_size=32, progress=False)
+    assert torch.equal(got, want)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_model_reads_and_writes_cpu_arrays(tmp_path) -> None:
+    torch.manual_seed(0)
+    for padding in ("valid", "same"):
+        model = build_unet(UNetConfig(spatial_dims=2, depth=2, base_channels=2, out_channels=2, padding=padding))
+        model = model.eval()
+        pixels = np.random.default_rng(0).standard_normal((1, 130, 110)).astype(np.float32)
+        want = predict_tiled(model, torch.from_numpy(pixels), tile_size=64, progress=False)
+        out = create_output(tmp_path / f"{padding}.zarr", model, pixels, tile_size=64, block_shape=50)
+        predict_tiled(model.cuda(), pixels, out=out, tile_size=64, block_shape=50, progress=False)
+        np.testing.assert_allclose(out[...], want.numpy(), rtol=0, atol=1e-4)

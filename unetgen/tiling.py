@@ -467,19 +467,21 @@ def predict_tiled(
     it is returned. Without it a tensor is allocated on `device` (default: the image's; CPU for
     array-likes). Tiles are computed on the model's device.
 
-    The output is written in blocks (`block_shape`: output pixels per axis; default the chunks
-    of a zarr `out`, else one tile with valid padding and the whole image with same padding).
-    With valid padding a block is rounded to whole output tiles; with same padding the tiles
-    overlapping a block's border are computed for both blocks (exact, at some extra cost). A block
-    is written once, when all its tiles are done, so memory holds one batch of tiles and the
-    blocks it touches, never the image.
+    The output is written in blocks (`block_shape`: output pixels per axis; default: the chunks
+    of a zarr `out`, else one output tile with valid padding, and with same padding the whole
+    image for a tensor result, `default_block_shape` otherwise). With valid padding a block is
+    rounded to whole output tiles; with same padding the tiles overlapping a block's border are
+    computed for each block they touch (the same result, at some extra cost). A block is written
+    once, when all its tiles are done, so memory holds one batch of tiles and the blocks it
+    touches, never the image (docs/large-images.md).
 
     Resuming: when `out` has a zarr-like `attrs` mapping (or `journal` names a JSON file), the
     completed blocks are recorded there under a fingerprint of the arguments (config, weights,
     plan, blocks, output type and dtype, image shape and dtype; not the image's content), at most
     every second and when the run stops. A run started again with the same arguments skips the
-    recorded blocks and completes with the identical result; a record with another fingerprint
-    is an error unless `resume=False`, which starts over.
+    recorded blocks and completes with the result of an uninterrupted run (bit for bit with
+    `batch_size=1`; batches may be grouped differently otherwise, a float round-off difference);
+    a record with another fingerprint is an error unless `resume=False`, which starts over.
 
     `callback(n, tile)` is called after each tile (and after the block it completes is written);
     an exception from it stops the run (the record keeps the blocks completed so far).
@@ -557,7 +559,8 @@ class ArraySource:
     def read(self, n: int, reads: Sequence[tuple[int, int, torch.Tensor | None]]) -> torch.Tensor:
         window = tuple(slice(start, start + length) for start, length, _ in reads)
         lead = ((n,) if self.batched else ()) + ((slice(None),) if self.channels else ())
-        x = torch.from_numpy(np.ascontiguousarray(self.array[(*lead, *window)]))
+        w = np.ascontiguousarray(self.array[(*lead, *window)])
+        x = torch.from_numpy(w if w.dtype.isnative else w.astype(w.dtype.newbyteorder("=")))
         x = (x if self.channels else x.unsqueeze(0)).to(self.dtype)
         if x.is_floating_point() and not torch.isfinite(x).all():
             where = ", ".join(f"{s.start}:{s.stop}" for s in window)
