@@ -126,7 +126,8 @@ def predict_distributed(
     started and closed. The other options are `predict_tiled`'s; the result equals
     `predict_tiled(model, image, out=out, ...)` with the same options.
 
-    Tasks of `blocks_per_task` blocks are retried twice if a worker dies. The client records the
+    Tasks of `blocks_per_task` blocks (rounded to whole groups of `batch_size` blocks, which
+    are batched together: see `unetgen.tiling.run`) are retried twice if a worker dies. The client records the
     completed blocks in `out`'s attributes; a run started again with the same arguments skips
     them (`resume`, as in `predict_tiled`). `callback(blocks)` is called on the client after each
     task; an exception from it (or Ctrl-C) cancels the remaining tasks and keeps the record.
@@ -152,8 +153,11 @@ def predict_distributed(
     job, _, _ = tiling.prepare(model, source, target, **plan_options, **options)
     _check_aligned(job, target)
     journal = tiling.Journal(target.attrs, job.fingerprint(model), job.num_blocks, resume=resume)
-    todo = [b for b in range(job.num_blocks) if b not in journal]
-    tasks = [todo[i : i + blocks_per_task] for i in range(0, len(todo), blocks_per_task)]
+    groups = range(job.group(job.num_blocks - 1) + 1)  # tasks take whole groups (see tiling.run)
+    groups = [g for g in groups if not all(b in journal for b in job.members(g))]
+    per_task = max(1, blocks_per_task // job.plan.batch_size)
+    tasks = [[b for g in groups[i : i + per_task] for b in job.members(g)] for i in range(0, len(groups), per_task)]
+    todo = [b for blocks in tasks for b in blocks]
     del model
     cluster = None
     if client is None:

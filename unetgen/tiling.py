@@ -681,6 +681,21 @@ class Job:
     def num_tiles(self, b: int) -> int:
         return math.prod(len(r) for r in self.block(b)[2])
 
+    def group(self, b: int) -> int:
+        """The group of block `b`: `batch_size` consecutive blocks, batched together (see `run`)."""
+        return b // self.plan.batch_size
+
+    def members(self, group: int) -> range:
+        size = self.plan.batch_size
+        return range(group * size, min((group + 1) * size, self.num_blocks))
+
+    def tiles(self, group: int) -> Iterator[tuple[int, int, tuple[slice, ...], tuple[int, ...]]]:
+        """(block, image, region, tile) for every tile of every block of `group`, in order."""
+        for b in self.members(group):
+            n, region, tiles = self.block(b)
+            for tile in itertools.product(*tiles):
+                yield b, n, region, tile
+
     def fingerprint(self, model: nn.Module) -> str:
         """sha256 of everything the result depends on, the image's content aside: config, weights,
         plan, blocks, options, image and output shapes and dtypes."""
@@ -871,18 +886,21 @@ def run(
 ) -> None:
     """Predict the blocks `todo` (default: all not in `journal`) of `job`: the one tile loop.
 
-    Tiles stream block after block through batches of `plan.batch_size`; each tile's output is
-    put (valid padding) or added with its blend weights (same padding) into its blocks' buffers;
-    a block is converted to the output type and written when its last tile is in, then recorded
-    in `journal`. In flight: one batch of tiles and the blocks it touches."""
+    Blocks go in groups of `batch_size` consecutive blocks (`Job.group`); the tiles of a group
+    stream block after block through batches of `batch_size` that never span groups, so a tile
+    is always computed in the same batch, whichever blocks were done before (resumed runs and
+    Dask tasks, which take whole groups, give the result of one uninterrupted run bit for bit).
+    Each tile's output is put (valid padding) or added with its blend weights (same padding)
+    into the buffers of the blocks it meets; a block is converted to the output type and
+    written when its last tile is in, then recorded in `journal`. A group with a block missing
+    is computed whole. In flight: one batch of tiles and the blocks it touches."""
     plan = job.plan
-    blocks = list(range(job.num_blocks) if todo is None else todo)
+    groups = sorted({job.group(b) for b in (range(job.num_blocks) if todo is None else todo)})
     if journal is not None:
-        blocks = [b for b in blocks if b not in journal]
+        groups = [g for g in groups if not all(b in journal for b in job.members(g))]
+    blocks = [b for g in groups for b in job.members(g)]
     param = next(model.parameters())
     dtype, work = param.dtype, param.device
-    stream = ((b, *job.block(b)) for b in blocks)
-    stream = ((b, n, region, tile) for b, n, region, tiles in stream for tile in itertools.product(*tiles))
     channels = _config_of(model).in_channels
     buffer = torch.empty((plan.batch_size, channels, *plan.tile_input), dtype=dtype, device=work)
     open_blocks: dict[int, list[Any]] = {}
@@ -892,7 +910,8 @@ def run(
     total = sum(job.num_tiles(b) for b in blocks) if not quiet else 0
     try:
         with torch.inference_mode(), tqdm(total=total, unit="tile", desc="predict", disable=quiet) as bar:
-            for chunk in _batches(stream, plan.batch_size):
+            batches = (chunk for g in groups for chunk in _batches(job.tiles(g), plan.batch_size))
+            for chunk in batches:
                 for j, (_, n, _, tile) in enumerate(chunk):
                     buffer[j].copy_(source.read(n, [job.axes[a].read[k] for a, k in enumerate(tile)]))
                 pred = model(buffer[: len(chunk)])
