@@ -352,3 +352,14 @@ def test_cuda_model_reads_and_writes_cpu_arrays(tmp_path) -> None:
         out = create_output(tmp_path / f"{padding}.zarr", model, pixels, tile_size=64, block_shape=50)
         predict_tiled(model.cuda(), pixels, out=out, tile_size=64, block_shape=50, progress=False)
         np.testing.assert_allclose(out[...], want.numpy(), rtol=0, atol=1e-4)
+
+
+def test_unwritable_journal_fails_before_any_compute(tmp_path) -> None:
+    model = build_unet(UNetConfig(spatial_dims=1, depth=1, base_channels=1, out_channels=1))
+    image, out = np.zeros((1, 100), np.float32), np.zeros((1, 100), np.float32)
+
+    def never(n, t):
+        raise AssertionError("computed a tile")
+
+    with pytest.raises(ValueError, match="cannot write the progress record"):
+        predict_tiled(model, image, out=out, journal=tmp_path / "missing" / "p.json", callback=never)

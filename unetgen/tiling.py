@@ -995,7 +995,10 @@ class Journal:
                 )
             self.done = bytearray(zlib.decompress(base64.b64decode(record["done"])))
         self.dirty, self.last = True, 0.0
-        self.flush()
+        try:
+            self.flush()  # before any compute: an unwritable record fails now
+        except OSError as err:
+            raise ValueError(f"{self._name()}: cannot write the progress record: {err}") from None
 
     def _name(self) -> str:
         return str(self.where) if isinstance(self.where, Path) else "the output's attributes"
