@@ -34,7 +34,7 @@ def client():
     torch.set_num_threads(threads)
 
 
-@settings(max_examples=8)
+@settings(max_examples=6)
 @given(st.one_of(local_configs(), same_configs()), st.data())
 def test_two_workers_equal_in_memory(client, tmp_path_factory, config: UNetConfig, data: st.DataObject) -> None:
     tmp = tmp_path_factory.mktemp("dask")

@@ -81,7 +81,7 @@ def _assert_same(got: np.ndarray, logits: torch.Tensor, output_type: str, channe
     assert not (differ & (margin > 1e-4)).any()
 
 
-@settings(max_examples=25)
+@settings(max_examples=15)
 @given(st.one_of(local_configs(), same_configs()), st.data())
 def test_out_of_core_equals_in_memory(tmp_path_factory, config: UNetConfig, data: st.DataObject) -> None:
     tmp = tmp_path_factory.mktemp("ooc")
@@ -151,7 +151,7 @@ def _stop_after(count: int):
     return callback, seen
 
 
-@settings(max_examples=8)
+@settings(max_examples=6)
 @given(st.sampled_from(["valid", "same"]), st.sampled_from(["logits", "labels"]), st.data())
 def test_resume_after_an_exception_gives_the_uninterrupted_result(tmp_path_factory, padding, output_type, data) -> None:
     tmp = tmp_path_factory.mktemp("resume")
