@@ -20,7 +20,7 @@ from test_tiling import local_configs, whole_image_forward
 
 from unetgen import UNetConfig, build_unet, predict_tiled, save_unet
 from unetgen.cli import main
-from unetgen.tiling import apply_output_type, plan_tiles
+from unetgen.tiling import plan_tiles
 
 zarr = pytest.importorskip("zarr")
 from unetgen.arrays import create_output, open_image  # noqa: E402  (needs zarr to be useful)
@@ -68,17 +68,19 @@ def _store(kind: str, array: np.ndarray, tmp: Path, name: str):
     raise AssertionError(kind)
 
 
-def _assert_same(got: np.ndarray, logits: torch.Tensor, output_type: str, channel_axis: int) -> None:
-    """`got` equals `output_type` of the in-memory logits, to float round-off; labels may differ
-    only where the two best logits are within round-off of each other."""
-    want = apply_output_type(logits.movedim(channel_axis, 0), output_type)
+def _assert_same(got, model, image: torch.Tensor, output_type: str, **options) -> None:
+    """`got` equals the in-memory `predict_tiled` of `image` as `output_type`, to float round-off;
+    labels may differ only where the two best probabilities tie to round-off."""
+    want = predict_tiled(model, image, output_type=output_type, **options, progress=False)
+    got = torch.from_numpy(np.asarray(got))
     if output_type != "labels":
-        torch.testing.assert_close(torch.from_numpy(np.asarray(got)), want.movedim(0, channel_axis), rtol=0, atol=1e-5)
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
         return
-    x = logits.movedim(channel_axis, 0)
-    margin = (x.topk(2, dim=0).values.diff(dim=0).abs()[0]) if x.shape[0] > 1 else x[0].abs()
-    differ = torch.from_numpy(np.asarray(got).astype(np.int64)) != want.long()
-    assert not (differ & (margin > 1e-4)).any()
+    p = predict_tiled(model, image, output_type="probabilities", **options, progress=False)
+    axis = p.dim() - model.config.spatial_dims - 1
+    margin = (p - 0.5).abs().select(axis, 0) if p.shape[axis] == 1 else p.topk(2, dim=axis).values.diff(dim=axis).abs()
+    margin = margin.squeeze(axis) if margin.dim() == p.dim() else margin
+    assert got.shape == want.shape and not ((got.long() != want.long()) & (margin > 1e-4)).any()
 
 
 @settings(max_examples=15)
@@ -98,7 +100,6 @@ def test_out_of_core_equals_in_memory(tmp_path_factory, config: UNetConfig, data
     batched = data.draw(st.booleans(), label="batched")
     image = torch.randn(2 if batched else 1, config.in_channels, *spatial)
     options = dict(tile_size=tile, batch_size=batch_size)
-    logits = predict_tiled(model, image, **options, progress=False)  # in memory, (N, C, *spatial)
     source = _store(kind, (image if batched else image[0]).numpy(), tmp, "image")
     if kind == "zarr":
         out = create_output(tmp / "out.zarr", model, source, output_type=output_type, block_shape=block, **options)
@@ -108,10 +109,11 @@ def test_out_of_core_equals_in_memory(tmp_path_factory, config: UNetConfig, data
         out = np.lib.format.open_memmap(tmp / "out.npy", mode="w+", dtype=dtype, shape=shape)
     got = predict_tiled(model, source, out=out, **options, output_type=output_type, block_shape=block, progress=False)
     assert got is out
-    want = logits if batched else logits[0]
-    _assert_same(out[...], want, output_type, channel_axis=1 if batched else 0)
-    if config.padding == "valid" and output_type == "logits":  # and the whole-image forward itself
+    _assert_same(out[...], model, image if batched else image[0], output_type, **options)
+    if config.padding == "valid" and output_type != "labels":  # and the whole-image forward itself
         forward = whole_image_forward(model, image)
+        if output_type == "probabilities":
+            forward = forward.sigmoid() if forward.shape[1] == 1 else forward.softmax(1)
         torch.testing.assert_close(
             torch.from_numpy(np.asarray(out[...])), forward if batched else forward[0], atol=1e-5, rtol=0
         )
@@ -222,8 +224,7 @@ def test_tiff_input(tmp_path) -> None:
     assert image.shape == (130, 150) and not isinstance(image, np.ndarray)
     out = create_output(tmp_path / "out.zarr", model, image, output_type="labels", tile_size=64)
     predict_tiled(model, image, out=out, output_type="labels", tile_size=64, progress=False)
-    logits = predict_tiled(model, torch.from_numpy(pixels.astype(np.float32))[None], tile_size=64, progress=False)
-    _assert_same(out[...], logits, "labels", channel_axis=0)
+    _assert_same(out[...], model, torch.from_numpy(pixels.astype(np.float32))[None], "labels", tile_size=64)
 
 
 @pytest.mark.parametrize(
@@ -322,8 +323,7 @@ def test_cli_predicts_a_zarr_image_and_resumes(tmp_path, capsys) -> None:
     argv = [*base, "--tile-size", "64", "--output-type", "labels", "--no-progress"]
     assert main(argv) == 0
     out = zarr.open_array(tmp_path / "out.zarr", mode="r")
-    logits = predict_tiled(model, torch.from_numpy(pixels), tile_size=64, progress=False)
-    _assert_same(out[...], logits, "labels", channel_axis=1)
+    _assert_same(out[...], model, torch.from_numpy(pixels), "labels", tile_size=64)
     assert main(argv) == 0  # everything recorded: nothing to do
     err = capsys.readouterr().err
     assert err.count("blocks complete") == 2 and "error" not in err

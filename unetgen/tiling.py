@@ -54,7 +54,6 @@ __all__ = [
     "DEFAULT_OVERLAP",
     "OutputType",
     "TilePlan",
-    "apply_output_type",
     "check_image",
     "default_block_shape",
     "estimate_tile_memory",
@@ -460,7 +459,8 @@ def predict_tiled(
 
     `output_type`: "logits" (the model's output, its dtype), "probabilities" (softmax over the
     channels; sigmoid for one channel) or "labels" (argmax over the channels; logit > 0 for one
-    channel; uint8, or uint16 beyond 256 classes), applied to each pixel's final (blended) logits.
+    channel; uint8, or uint16 beyond 256 classes; no channel axis). Same padding blends the
+    tiles' probabilities (labels: the argmax of the blended probabilities, > 0.5 for one channel).
 
     `out`: where to write the result, a writable array of the result's shape (a tensor, a NumPy
     array or memmap, a zarr array: `unetgen.arrays.create_output` makes one with aligned chunks);
@@ -522,17 +522,23 @@ def output_dtype(output_type: OutputType, out_channels: int, dtype: torch.dtype 
     raise ValueError(f"output_type={output_type!r} must be 'logits', 'probabilities' or 'labels'")
 
 
-def apply_output_type(logits: torch.Tensor, output_type: OutputType) -> torch.Tensor:
-    """(C, *spatial) logits as `output_type` (see `predict_tiled`); labels lose the channel axis."""
+def _probabilities(logits: torch.Tensor, channel_axis: int) -> torch.Tensor:
+    return logits.sigmoid() if logits.shape[channel_axis] == 1 else logits.softmax(channel_axis)
+
+
+def _finish(values: torch.Tensor, output_type: OutputType, blended: bool) -> torch.Tensor:
+    """A finished block (C, *block) as `output_type`. `values` are logits, or (`blended`: same
+    padding, output_type not logits) the blended per-tile probabilities. Labels lose the channel
+    axis: the argmax over the channels, or for one channel logit > 0 (probability > 0.5)."""
     match output_type:
         case "logits":
-            return logits
+            return values
         case "probabilities":
-            return logits.softmax(0) if logits.shape[0] > 1 else logits.sigmoid()
+            return values if blended else _probabilities(values, 0)
         case "labels":
-            labels = logits.argmax(0) if logits.shape[0] > 1 else logits[0] > 0
-            return labels.to(output_dtype("labels", logits.shape[0]))
-    raise ValueError(f"output_type={output_type!r} must be 'logits', 'probabilities' or 'labels'")
+            labels = values.argmax(0) if values.shape[0] > 1 else values[0] > (0.5 if blended else 0)
+            return labels.to(output_dtype("labels", values.shape[0]))
+    raise AssertionError(output_type)
 
 
 class TensorSource:
@@ -901,6 +907,7 @@ def run(
     blocks = [b for g in groups for b in job.members(g)]
     param = next(model.parameters())
     dtype, work = param.dtype, param.device
+    blended = plan.padding == "same" and job.output_type != "logits"
     channels = _config_of(model).in_channels
     buffer = torch.empty((plan.batch_size, channels, *plan.tile_input), dtype=dtype, device=work)
     open_blocks: dict[int, list[Any]] = {}
@@ -915,6 +922,8 @@ def run(
                 for j, (_, n, _, tile) in enumerate(chunk):
                     buffer[j].copy_(source.read(n, [job.axes[a].read[k] for a, k in enumerate(tile)]))
                 pred = model(buffer[: len(chunk)])
+                if blended:  # same padding blends probabilities (labels: their argmax)
+                    pred = _probabilities(pred, 1)
                 for j, (b, n, region, tile) in enumerate(chunk):
                     if b not in open_blocks:
                         view = sink.view(n, region)
@@ -927,7 +936,7 @@ def run(
                     state[1] -= 1
                     if state[1] == 0:
                         del open_blocks[b]
-                        sink.write(n, region, apply_output_type(state[0], job.output_type))
+                        sink.write(n, region, _finish(state[0], job.output_type, blended))
                         if journal is not None:
                             journal.mark(b)
                     if callback is not None:
