@@ -366,3 +366,51 @@ def test_unwritable_journal_fails_before_any_compute(tmp_path) -> None:
 
     with pytest.raises(ValueError, match="cannot write the progress record"):
         predict_tiled(model, image, out=out, journal=tmp_path / "missing" / "p.json", callback=never)
+
+
+KILL_SCRIPT = textwrap.dedent(
+    """
+    import os, signal, sys, numpy as np, torch, zarr
+    from unetgen import load_unet, predict_tiled, tiling
+
+    tiling.Journal.INTERVAL = 0  # record every block: the kill then leaves a record to resume from
+    torch.set_num_threads(1)
+    model = load_unet(sys.argv[1])
+    image, out, after = np.load(sys.argv[2]), zarr.open_array(sys.argv[3], mode="r+"), int(sys.argv[4])
+    seen = []
+
+    def kill(n, tile):
+        seen.append(tile)
+        if len(seen) == after:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    predict_tiled(model, image, out=out, tile_size=48, batch_size=2, callback=kill, progress=False)
+    """
+)
+
+
+@pytest.mark.skipif(not hasattr(os, "kill") or sys.platform == "win32", reason="needs SIGKILL")
+def test_resume_after_the_process_was_killed(tmp_path) -> None:
+    torch.manual_seed(0)
+    model = build_unet(UNetConfig(spatial_dims=2, depth=2, base_channels=2, out_channels=2, dropout={"rate": 0}))
+    checkpoint = save_unet(model, tmp_path / "model.safetensors")
+    image = np.random.default_rng(0).standard_normal((1, 150, 140)).astype(np.float32)
+    np.save(tmp_path / "image.npy", image)
+    options = dict(tile_size=48, batch_size=2)
+    out = create_output(tmp_path / "out.zarr", model, image, **options)
+    (tmp_path / "kill.py").write_text(KILL_SCRIPT)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")]),
+    }
+    argv = [sys.executable, str(tmp_path / "kill.py"), str(checkpoint), str(tmp_path / "image.npy")]
+    done = subprocess.run(
+        [*argv, str(tmp_path / "out.zarr"), "13"], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert done.returncode == -9, done.stderr[-2000:]  # killed: no finally, no flush
+    record = zarr.open_array(tmp_path / "out.zarr").attrs["unetgen_progress"]
+    assert 0 < record["completed"] < record["blocks"]
+    predict_tiled(model, image, out=out, **options, progress=False)  # resumes
+    whole = np.zeros(out.shape, np.float32)
+    predict_tiled(model, image, out=whole, **options, block_shape=out.chunks[-2:], progress=False)  # uninterrupted
+    assert np.array_equal(out[...], whole)

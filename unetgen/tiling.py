@@ -988,6 +988,8 @@ class Journal:
     (atomically: zarr stores and `os.replace`) at most every `interval` seconds and on `flush`."""
 
     KEY = "unetgen_progress"
+    INTERVAL = 1.0
+    """Default seconds between writes of the record (blocks completed since are redone after a kill)."""
 
     def __init__(
         self,
@@ -996,9 +998,10 @@ class Journal:
         total: int,
         *,
         resume: bool = True,
-        interval: float = 1.0,
+        interval: float | None = None,
     ) -> None:
-        self.where, self.fingerprint, self.total, self.interval = where, fingerprint, total, interval
+        self.where, self.fingerprint, self.total = where, fingerprint, total
+        self.interval = self.INTERVAL if interval is None else interval
         self.done = bytearray(-(-total // 8))
         record = self._load()
         if record is not None and resume:
