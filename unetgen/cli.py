@@ -213,9 +213,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _is_large(args: argparse.Namespace) -> bool:
-    large = (".zarr", ".tif", ".tiff")
-    paths = (str(args.input).lower().rstrip("/"), str(args.output).lower().rstrip("/"))
-    return args.scheduler is not None or args.workers is not None or any(p.endswith(large) for p in paths)
+    """A .zarr output or a Dask option: the out-of-core branch (any .npy/.zarr/.tif input)."""
+    zarr_output = str(args.output).lower().rstrip("/").endswith(".zarr")
+    return zarr_output or args.scheduler is not None or args.workers is not None
 
 
 def cmd_predict_large(args: argparse.Namespace) -> int:
