@@ -415,3 +415,15 @@ def test_resume_after_the_process_was_killed(tmp_path) -> None:
     whole = np.zeros(out.shape, np.float32)
     predict_tiled(model, image, out=whole, **options, block_shape=out.chunks[-2:], progress=False)  # uninterrupted
     assert np.array_equal(out[...], whole)
+
+
+def test_preallocated_tensor_out_and_bad_block_shapes() -> None:
+    torch.manual_seed(0)
+    model = build_unet(UNetConfig(spatial_dims=2, depth=1, base_channels=1, out_channels=3)).eval()
+    image = torch.randn(2, 1, 40, 30)
+    out = torch.full((2, 40, 30), 255, dtype=torch.uint8)
+    assert predict_tiled(model, image, out=out, output_type="labels", tile_size=24, progress=False) is out
+    assert torch.equal(out, predict_tiled(model, image, tile_size=24, progress=False).argmax(1).to(torch.uint8))
+    for bad in (0, (5, -1), (1, 2, 3)):
+        with pytest.raises(ValueError, match="block_shape"):
+            predict_tiled(model, image, block_shape=bad, progress=False)
