@@ -914,13 +914,13 @@ def run(
     param = next(model.parameters())
     dtype, work = param.dtype, param.device
     blended = plan.padding == "same" and job.output_type != "logits"
+    total = sum(job.num_tiles(b) for b in blocks)
     channels = _config_of(model).in_channels
-    buffer = torch.empty((plan.batch_size, channels, *plan.tile_input), dtype=dtype, device=work)
+    buffer = torch.empty((max(1, min(plan.batch_size, total)), channels, *plan.tile_input), dtype=dtype, device=work)
     open_blocks: dict[int, list[Any]] = {}
     was_training = model.training
     model.eval()
     quiet = not progress or not sys.stderr.isatty()
-    total = sum(job.num_tiles(b) for b in blocks) if not quiet else 0
     try:
         with torch.inference_mode(), tqdm(total=total, unit="tile", desc="predict", disable=quiet) as bar:
             batches = (chunk for g in groups for chunk in _batches(job.tiles(g), plan.batch_size))
