@@ -3,6 +3,7 @@
     python -m benchmarks.large_images rss                      # peak RSS vs image size (1024..8192)
     python -m benchmarks.large_images rss --sizes 8192 --out-channels 16 --limit-gib 2   # 4 GiB output, 2 GiB cap
     python -m benchmarks.large_images dask                     # paper network: in memory vs Dask 1, 2 workers
+    python -m benchmarks.large_images kill-worker              # a check: SIGKILL a Dask worker mid-run
 
 `rss`: for each size a fresh process predicts a size x size image into a zarr output on disk
 with a small valid-padding network (out-of-core: the image is computed tile window by tile
@@ -198,6 +199,40 @@ def run_dask(args: argparse.Namespace) -> None:
         print(f"| {name} | {seconds:.1f} | {size * size / seconds / 1e6:.3f} | {cpu:.1f} |")
 
 
+def run_kill_worker(args: argparse.Namespace) -> None:
+    """Kill one of 2 worker processes (SIGKILL) after the first task: the run must finish, equal."""
+    import signal
+
+    import torch
+    from distributed import Client, LocalCluster
+
+    from unetgen import UNetConfig, build_unet, predict_tiled, save_unet
+    from unetgen.distributed import predict_distributed
+
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    model = build_unet(UNetConfig(spatial_dims=2, depth=2, base_channels=4, out_channels=2)).eval()
+    with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
+        checkpoint = save_unet(model, Path(tmp) / "model.safetensors")
+        image = np.random.default_rng(0).standard_normal((1, 600, 600)).astype(np.float32)
+        np.save(Path(tmp) / "image.npy", image)
+        with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None) as cluster, Client(cluster) as c:
+            victim = min(c.run(os.getpid).values())
+            killed: list[int] = []
+
+            def kill(blocks: Any) -> None:
+                if not killed:
+                    os.kill(victim, signal.SIGKILL)
+                    killed.append(victim)
+
+            options = dict(client=c, tile_size=96, callback=kill, progress=False)
+            out = predict_distributed(checkpoint, Path(tmp) / "image.npy", Path(tmp) / "out.zarr", **options)
+            record = out.attrs["unetgen_progress"]
+        want = predict_tiled(model, torch.from_numpy(image), tile_size=96, progress=False)
+        diff = float(np.abs(out[...] - want.numpy()).max())
+    print(f"killed worker {victim}; {record['completed']}/{record['blocks']} blocks; max |dask - in memory| = {diff}")
+
+
 def main() -> None:
     if len(sys.argv) == 3 and sys.argv[1] == "_rss_case":
         print(json.dumps(rss_case(json.loads(sys.argv[2]))))
@@ -216,8 +251,10 @@ def main() -> None:
     p.add_argument("--size", type=int, default=1024)
     p.add_argument("--tile", type=int, default=572)
     p.add_argument("--dir", default=None)
+    p = sub.add_parser("kill-worker", help="a check: SIGKILL one of 2 Dask workers mid-run; the run completes")
+    p.add_argument("--dir", default=None)
     args = parser.parse_args()
-    run_rss(args) if args.what == "rss" else run_dask(args)
+    {"rss": run_rss, "dask": run_dask, "kill-worker": run_kill_worker}[args.what](args)
 
 
 if __name__ == "__main__":
