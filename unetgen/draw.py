@@ -485,10 +485,18 @@ def _render(config: UNetConfig, shape: tuple[int, ...], given: bool, cap: int) -
         dst = dec[i][0].boxes[1]
         scene.arrow([(src.cx, src.top), (dst.cx, dst.bottom)], "up")
         if varies:
+            note = _dims_text(strides[i])
             mid_d = (a.bottom + b.top) / 2 + NOTE_FONT / 2 - 1
-            scene.text(a.cx + 5, mid_d, _dims_text(strides[i]), NOTE_FONT, **{"class": "stride"})
             mid_u = (src.top + dst.bottom) / 2 + NOTE_FONT / 2 - 1
-            scene.text(src.cx - 5, mid_u, _dims_text(strides[i]), NOTE_FONT, anchor="end", **{"class": "stride"})
+            # the down note right of its arrow, the up note left of its; outwards where they would meet
+            inward = a.cx < src.cx and src.cx - a.cx < 2 * text_width(note, NOTE_FONT) + 14
+            side = -1 if inward else 1
+            scene.text(
+                a.cx + 5 * side, mid_d, note, NOTE_FONT, anchor="end" if inward else "start", **{"class": "stride"}
+            )
+            scene.text(
+                src.cx - 5 * side, mid_u, note, NOTE_FONT, anchor="start" if inward else "end", **{"class": "stride"}
+            )
         # the copy (and crop) arrow
         s, c = enc[i][-1].boxes[0], dec[i][0].boxes[0]
         scene.arrow([(s.right, centres[i]), (c.left, centres[i])], "copy")
