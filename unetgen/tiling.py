@@ -174,7 +174,11 @@ def estimate_tile_memory(
 
 
 def _bytes(n: int) -> str:
-    """A byte count for people: 382 MiB, 1.5 GiB, 4.2e+09 GiB."""
+    """A byte count for people: 512 bytes, 12 KiB, 382 MiB, 1.5 GiB, 4.2e+09 GiB."""
+    if n < 1 << 10:
+        return f"{n} bytes"
+    if n < 1 << 20:
+        return f"{n / 2**10:.0f} KiB"
     if n < 1 << 30:
         return f"{n / 2**20:.0f} MiB"
     if n.bit_length() > 1000:
