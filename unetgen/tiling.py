@@ -122,7 +122,8 @@ class TilePlan:
     overlap: float
     """Requested overlap between neighbouring tiles (same padding; 0 for valid padding)."""
     batch_size: int
-    """Tiles run through the network at once (at most; a plan of fewer tiles runs them all at once)."""
+    """Most tiles run through the network at once (the automatic plan lowers it to what fits its
+    memory budget); fewer when the images have fewer tiles."""
     memory_bytes: int
     """Estimated peak activation memory of one batch of min(batch_size, num_tiles) tiles (not
     counting the image and the result: `check_memory` adds those)."""
@@ -315,6 +316,8 @@ def _plan(
     tile_input = tuple(t for t, _ in axes)
     starts = tuple(s for _, s in axes)
     num_tiles = math.prod(len(s) for s in starts)
+    if budget is not None:  # automatic plan: batch_size is the most tiles per pass, as many as fit the budget
+        batch_size = min(batch_size, max(1, budget // estimate_tile_memory(config, tile_input, 1, dtype)))
     return TilePlan(
         image_shape=image_shape,
         padding=config.padding,
@@ -350,8 +353,9 @@ def _auto_plan(
     dtype: torch.dtype,
 ) -> TilePlan:
     """The plan with the fewest computed pixels whose memory estimate fits `budget` (the plan with
-    the least memory if none fits). Candidates: tiles of about L pixels per axis for about
-    `_CANDIDATES` lengths L geometrically spaced from the smallest valid tile to the largest
+    the least memory if none fits); each plan runs as many tiles per pass as fit the budget, at
+    most `batch_size`, so a huge `batch_size` never shrinks the tiles. Candidates: tiles of about
+    L pixels per axis for about `_CANDIDATES` lengths L geometrically spaced from the smallest valid tile to the largest
     cover, each axis between its joint minimum (`shapes.min_input_shape`) and the tile that
     covers it whole. O(axes * candidates), whatever the image size."""
     dims = config.spatial_dims
@@ -404,8 +408,10 @@ def plan_tiles(
     overlap by at least `overlap` (default `DEFAULT_OVERLAP`).
 
     `tile_size=None` chooses the tile with the fewest computed pixels whose estimated memory
-    (`estimate_tile_memory` for min(`batch_size`, tiles) tiles of `dtype`) fits `memory_budget`
-    (default `DEFAULT_MEMORY_BUDGET`, 1 GiB); if none fits, the plan needing the least memory.
+    (`estimate_tile_memory` for one tile of `dtype`) fits `memory_budget` (default
+    `DEFAULT_MEMORY_BUDGET`, 1 GiB; if none fits, the smallest tile), and runs as many tiles per
+    pass as fit the budget, at most `batch_size` (the plan's `batch_size`). With `tile_size`
+    given, `batch_size` is kept as given.
 
     Planning runs nothing, allocates nothing and costs O(spatial axes) whatever the image size.
     Every option is checked (ints: Python, NumPy or torch integers, not bools; `overlap`: a real
