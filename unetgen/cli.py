@@ -450,23 +450,26 @@ def _tensor(array: Any, path: str) -> Any:
         raise ValueError(f"--input {_show(path)} holds {array.dtype} values, which torch cannot read: {err}") from None
 
 
-def _load_model(args: argparse.Namespace) -> tuple[UNetConfig, Any]:
-    """The config and the model with its weights (None for a dry run without weights)."""
+def _check_weights_arg(args: argparse.Namespace) -> None:
+    """--weights is given exactly when CONFIG is a config file (a checkpoint holds its weights)."""
+    if Path(args.config).suffix.lower() == ".safetensors":
+        if args.weights is not None:
+            raise UsageError(f"{_show(args.config)} is a checkpoint with its own weights; drop --weights")
+    elif args.weights is None and not args.dry_run:
+        raise UsageError("--weights FILE is needed with a config file (or pass a .safetensors checkpoint as CONFIG)")
+
+
+def _load_model(args: argparse.Namespace, cfg: UNetConfig) -> Any:
+    """The model with its weights (None for a dry run without weights)."""
     import torch
 
     from .checkpoint import load_unet
     from .unet import build_unet
 
-    config_is_checkpoint = Path(args.config).suffix.lower() == ".safetensors"
-    if config_is_checkpoint and args.weights is not None:
-        raise UsageError(f"{_show(args.config)} is a checkpoint with its own weights; drop --weights")
-    cfg = _config(args.config)
-    if config_is_checkpoint:
-        return cfg, load_unet(args.config, device=args.device)
+    if Path(args.config).suffix.lower() == ".safetensors":
+        return load_unet(args.config, device=args.device)
     if args.weights is None:
-        if args.dry_run:
-            return cfg, None
-        raise UsageError("--weights FILE is needed with a config file (or pass a .safetensors checkpoint as CONFIG)")
+        return None
     _regular_file(args.weights, "--weights")
     if Path(args.weights).suffix.lower() == ".safetensors":
         model = load_unet(args.weights, device=args.device)
@@ -475,7 +478,7 @@ def _load_model(args: argparse.Namespace) -> tuple[UNetConfig, Any]:
                 f"the config stored in {_show(args.weights)} differs from {_show(args.config)}; "
                 "pass the checkpoint alone as CONFIG"
             )
-        return cfg, model
+        return model
     model = build_unet(cfg, device=args.device)
     try:
         with warnings.catch_warnings():  # torch warns about pickle protocols before refusing
@@ -491,7 +494,7 @@ def _load_model(args: argparse.Namespace) -> tuple[UNetConfig, Any]:
             f"--weights {_show(args.weights)}: not a state_dict of this config ({why}); save one with "
             "torch.save(model.state_dict(), path), or use a unetgen .safetensors checkpoint"
         ) from None
-    return cfg, model.eval()
+    return model.eval()
 
 
 def _save_npy(path: str, array: Any) -> None:
@@ -518,16 +521,18 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     from .tiling import DEFAULT_MEMORY_LIMIT, _bytes, check_image, check_memory, plan_tiles, predict_tiled
 
+    _check_weights_arg(args)
+    cfg = _config(args.config)
+    tile = None if args.tile_size is None else _spatial(cfg, args.tile_size, "--tile-size")
     _check_output(args.output)
     _regular_file(args.input, "--input")
     reader = _reader(args.input)
-    cfg, model = _load_model(args)
+    model = _load_model(args, cfg)
     image = _tensor(reader(args.input), args.input)
     if image.dim() == cfg.spatial_dims and cfg.in_channels == 1:
         image = image.unsqueeze(0)  # a single-channel image without its channel axis
     dtype = next(model.parameters()).dtype if model is not None else torch.float32
     x = check_image(cfg, image, dtype)
-    tile = None if args.tile_size is None else _spatial(cfg, args.tile_size, "--tile-size")
     options = dict(tile_size=tile, batch_size=args.batch_size, overlap=args.overlap)
     plan = plan_tiles(cfg, tuple(x.shape[2:]), **options, dtype=dtype)
     print(f"plan: {plan.summary()}", file=sys.stderr)
@@ -643,7 +648,7 @@ def _silence_stdout() -> None:
     try:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
-    except (OSError, ValueError):  # no file descriptor (captured output): nothing to silence
+    except (OSError, ValueError, AttributeError):  # no file descriptor (captured output): nothing to silence
         pass
 
 
