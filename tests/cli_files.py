@@ -41,6 +41,8 @@ def make_files(root: Path) -> dict[str, str]:
     torch.save({"nope": torch.zeros(1)}, path("wrong.pt"))
     save_unet(model, path("tiny.safetensors"))
     save_unet(build_unet(TINY3D), path("tiny3d.safetensors"))
+    for name, config in [("tiny3d.pt", TINY3D), ("rgb.pt", RGB), ("aniso.pt", ANISO)]:
+        torch.save(build_unet(config).state_dict(), path(name))
     path("corrupt.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}garbage")
     path("evil.pt").write_bytes(pickle.dumps(os.system))
     path("evil.npy").write_bytes(pickle.dumps(os.system))
@@ -87,6 +89,7 @@ def make_files(root: Path) -> dict[str, str]:
     for name in ("missing.yaml", "missing.npy", "missing.safetensors", "missing.pt", "out.npy", "out2.npy"):
         path(name)
     files["missing/out.npy"] = root / "missing" / "out.npy"
+    files["outdir/p.npy"] = root / "outdir" / "p.npy"
     files["noext"] = root / "noext"
     out = {k: str(v) for k, v in files.items()}
     out |= {"/dev/null": "/dev/null", "/dev/full": "/dev/full", "nul": str(root / "a\0b.npy"), "long": "x" * 5000}

@@ -4,6 +4,8 @@ quietly, Ctrl-C exits 130; `predict` checks everything before it predicts."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import re
 import resource
@@ -363,50 +365,47 @@ def test_everything_is_checked_before_the_model_runs(files: dict[str, str], monk
 # --- the process: pipes, disks, Ctrl-C, bugs --------------------------------------------------
 
 
-def _unetgen(*args: str, **kwargs) -> subprocess.CompletedProcess:
+def test_a_closed_pipe_ends_quietly() -> None:
+    """`unetgen sizes ... | head -1`: a real pipe, closed after one line, in a real process."""
     root = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "PYTHONPATH": str(root)}
-    env.pop("UNETGEN_DEBUG", None)
-    return subprocess.run([sys.executable, "-m", "unetgen", *args], cwd=root, env=env, timeout=120, **kwargs)
-
-
-def test_closed_pipes_and_full_disks_on_stdout() -> None:
-    """`unetgen sizes ... | head -1` ends quietly; `unetgen schema > /dev/full` is one error line."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "unetgen", "sizes", "ronneberger2015", "--max", "100000000"],
-        cwd=Path(__file__).resolve().parents[1],
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
+    env = {k: v for k, v in os.environ.items() if k != "UNETGEN_DEBUG"} | {"PYTHONPATH": str(root)}
+    argv = [sys.executable, "-m", "unetgen", "sizes", "ronneberger2015", "--max", "100000000"]
+    proc = subprocess.Popen(argv, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert proc.stdout is not None and proc.stderr is not None
     first = proc.stdout.readline()
     proc.stdout.close()  # what `head -1` does
     err = proc.stderr.read()
     assert proc.wait(timeout=120) in (0, 1)
     assert first.startswith(b"axis 0: valid input sizes are 188 + 16*k") and err == b""
-    if not os.path.exists("/dev/full"):
-        pytest.skip("no /dev/full")
-    with open("/dev/full", "w") as full:
-        done = _unetgen("schema", stdout=full, stderr=subprocess.PIPE, text=True)
-    assert done.returncode == 1 and done.stderr == "error: writing the output: No space left on device\n"
 
 
-def test_broken_pipe_in_process_is_quiet(monkeypatch) -> None:
-    class Closed:
-        def write(self, text: str) -> int:
-            raise BrokenPipeError(32, "Broken pipe")
+class _Failing(io.StringIO):
+    """A stdout whose writes fail like a closed pipe or a full disk (`> /dev/full`)."""
 
-        def flush(self) -> None:
-            raise BrokenPipeError(32, "Broken pipe")
+    def __init__(self, error: OSError) -> None:
+        super().__init__()
+        self.error = error
 
-    import contextlib
-    import io
+    def write(self, text: str) -> int:
+        raise self.error
 
-    err = io.StringIO()
-    with contextlib.redirect_stdout(Closed()), contextlib.redirect_stderr(err):
-        assert cli_module.main(["presets"]) == 1
-    assert err.getvalue() == ""
+    def flush(self) -> None:
+        raise self.error
+
+
+@pytest.mark.parametrize(
+    ("error", "code", "message"),
+    [
+        (BrokenPipeError(32, "Broken pipe"), 1, ""),
+        (OSError(28, "No space left on device"), 1, "error: writing the output: No space left on device\n"),
+    ],
+)
+def test_stdout_that_cannot_be_written(error: OSError, code: int, message: str) -> None:
+    for argv in (["presets"], ["schema"], ["sizes", "ronneberger2015"]):
+        err = io.StringIO()
+        with contextlib.redirect_stdout(_Failing(error)), contextlib.redirect_stderr(err):
+            assert cli_module.main(argv) == code
+        assert err.getvalue() == message
 
 
 def test_ctrl_c_exits_130_and_bugs_are_one_line(monkeypatch) -> None:
