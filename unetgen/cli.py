@@ -392,10 +392,12 @@ def _read_png(path: str) -> Any:
     from PIL import Image
 
     try:
-        with Image.open(path) as image:
-            if image.mode not in ("1", "L", "LA", "I", "I;16", "F", "RGB", "RGBA"):  # palette, CMYK, ...
-                image = image.convert("RGBA" if image.mode == "PA" or "transparency" in image.info else "RGB")
-            array = np.array(image)  # a writable copy
+        with warnings.catch_warnings():  # Pillow warns of big images; it refuses them at twice the size
+            warnings.simplefilter("ignore")
+            with Image.open(path) as image:
+                if image.mode not in ("1", "L", "LA", "I", "I;16", "F", "RGB", "RGBA"):  # palette, CMYK, ...
+                    image = image.convert("RGBA" if image.mode == "PA" or "transparency" in image.info else "RGB")
+                array = np.array(image)  # a writable copy
     except Exception as err:  # Pillow raises many types: UnidentifiedImageError, DecompressionBombError, ...
         raise ValueError(f"--input {_show(path)}: cannot read it as a PNG image: {err}") from None
     return np.moveaxis(array, -1, 0) if array.ndim == 3 else array  # (H, W, C) -> (C, H, W)

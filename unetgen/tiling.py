@@ -371,9 +371,9 @@ def _auto_plan(
             tile.append(min(covers[a], t))
         if tuple(tile) in plans:
             continue
-        plans[tuple(tile)] = _plan(config, image_shape, tuple(tile), overlap, batch_size, budget, dtype)
-        if estimate_tile_memory(config, tile, 1, dtype) > budget:
-            break  # larger tiles need more memory still
+        plans[tuple(tile)] = plan = _plan(config, image_shape, tuple(tile), overlap, batch_size, budget, dtype)
+        if estimate_tile_memory(config, tile, 1, dtype) > budget and plan.memory_bytes > budget:
+            break  # larger tiles need more memory still (a plan may use a smaller tile than asked)
     fitting = [p for p in plans.values() if p.memory_bytes <= budget]
     if not fitting:
         return min(plans.values(), key=lambda p: p.memory_bytes)
