@@ -481,11 +481,14 @@ def check_memory(
             result = pixels * config.out_channels * dtype.itemsize
     total = tiles + result
     if total > limit:
+        fix = "use a smaller tile_size or batch_size"
+        if result > tiles:
+            fix = "predict fewer images at once" + (", or output_type='labels'" if output_type != "labels" else "")
         raise ValueError(
             f"predicting needs about {_bytes(total)} (tiles: {_bytes(tiles)} for a batch of {batch} tiles of "
             f"{'x'.join(map(str, plan.tile_input))}; result: {_bytes(result)}), more than "
-            f"memory_limit={limit} bytes ({_bytes(limit)}); use a smaller tile_size or batch_size, or raise "
-            "memory_limit if the machine has the memory"
+            f"memory_limit={limit} bytes ({_bytes(limit)}); {fix}, or raise memory_limit if the machine has "
+            "the memory"
         )
     return total
 
