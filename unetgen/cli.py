@@ -234,8 +234,8 @@ def cmd_summary(args: argparse.Namespace) -> int:
     largest = max(r.channels * math.prod(r.shape) for r in shapes.trace(cfg, size)) * args.batch_size
     if largest >= 2**62:  # torch sizes are int64
         raise ValueError(
-            f"--input-size {'x'.join(map(str, size))} with --batch-size {args.batch_size} makes maps of "
-            f"{largest:.3g} elements, more than torch can index; give a smaller size"
+            f"input size {'x'.join(map(str, size))} with --batch-size {args.batch_size} makes maps of "
+            f"{largest:.3g} elements, more than torch can index; give a smaller --input-size or --batch-size"
         )
     with torch.device("meta"):
         model = UNet(cfg)
