@@ -81,15 +81,17 @@ def make_files(root: Path) -> dict[str, str]:
     os.mkfifo(path("fifo.npy"))
     os.mkfifo(path("fifo.safetensors"))
     os.mkfifo(path("fifo.pt"))
+    os.mkfifo(path("fifo.svg"))
     path("dir.yaml").mkdir()
     path("dir.npy").mkdir()
     path("outdir").mkdir()
     (root / "full.npy").symlink_to("/dev/full")
     files["full.npy"] = root / "full.npy"
-    for name in ("missing.yaml", "missing.npy", "missing.safetensors", "missing.pt", "out.npy", "out2.npy"):
+    for name in ("missing.yaml", "missing.npy", "missing.safetensors", "missing.pt", "out.npy", "out2.npy", "d.svg"):
         path(name)
     files["missing/out.npy"] = root / "missing" / "out.npy"
     files["outdir/p.npy"] = root / "outdir" / "p.npy"
+    files["missing/d.svg"] = root / "missing" / "d.svg"
     files["noext"] = root / "noext"
     out = {k: str(v) for k, v in files.items()}
     out |= {"/dev/null": "/dev/null", "/dev/full": "/dev/full", "nul": str(root / "a\0b.npy"), "long": "x" * 5000}

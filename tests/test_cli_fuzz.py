@@ -39,6 +39,7 @@ DEVICES = (["cpu", "cpu:0"], ["cuda", "cuda:7", "nonsense", "meta", "mps", "", "
 FRACTIONS = (["0", "0.25", "0.5"], ["0.99", "1", "1.5", "-0.1", "nan", "inf", "abc"])
 GIBS = (["16", "0.5"], ["0.000001", "0", "-1", "1e30", "inf", "abc"])
 BLENDS = (["gaussian", "constant"], ["linear", ""])
+DRAWINGS = (["d.svg"], ["fifo.svg", "missing/d.svg", "dir.npy", "/dev/full", "noext", "nul", "empty", "long"])
 OUTPUT_TYPES = (["logits", "probabilities", "labels"], ["argmax", "LABELS"])
 
 
@@ -49,6 +50,7 @@ _SLOTS: dict[str, list[tuple[str, Pool, bool]]] = {
                 ("--depth", INTS, False)],
     "sizes": [("", CONFIGS, True), ("--near", SIZES, False), ("--max", INTS, False)],
     "trace": [("", CONFIGS, True), ("--input-size", SIZES, False)],
+    "draw": [("", CONFIGS, True), ("--input-size", SIZES, False), ("-o", DRAWINGS, True)],
     "validate": [("", CONFIGS, True), ("", CONFIGS, False), ("", CONFIGS, False)],
     "predict": [("", CONFIGS, True), ("--input", INPUTS, True), ("--output", OUTPUTS, True),
                 ("--weights", WEIGHTS, True), ("--tile-size", SIZES, False), ("--batch-size", INTS, False),
@@ -71,7 +73,8 @@ def argvs(draw: st.DrawFn, files: dict[str, str]) -> list[str]:
     def one_in(n: int) -> bool:  # hypothesis favours 0 from st.integers: sample instead
         return draw(st.sampled_from([False] * (n - 1) + [True]))
 
-    commands = ["summary", "sizes", "trace", "validate", "schema", "presets", "predict", "predict", "predict", "bad"]
+    commands = ["summary", "sizes", "trace", "validate", "schema", "presets", "draw", "predict", "predict", "predict",
+                "bad"]  # fmt: skip
     command = draw(st.sampled_from(commands))
     slots = [slot for slot in _SLOTS.get(command, []) if slot[2] or one_in(3)]
     mistakes = draw(st.sampled_from([0, 1, 1, 1, 2]))

@@ -3,6 +3,7 @@
 from .checkpoint import CheckpointError, checkpoint_config, load_unet, save_unet
 from .config import UNetConfig
 from .costs import count_macs, count_parameters
+from .draw import draw_unet
 from .io import ConfigError, dump_config, load_config
 from .optimize import optimize_for_inference
 from .presets import PRESETS, get_preset
@@ -38,6 +39,7 @@ __all__ = [
     "checkpoint_config",
     "count_macs",
     "count_parameters",
+    "draw_unet",
     "dump_config",
     "get_preset",
     "halo",

@@ -348,25 +348,27 @@ def cmd_sizes(args: argparse.Namespace) -> int:
 # predict: everything is checked before any prediction runs
 
 
-def _check_output(path: str) -> None:
-    """The output can be written: not a directory or a device, in an existing, writable folder."""
+def _check_output(path: str, option: str = "--output") -> None:
+    """The output can be written: not a directory or a device (a FIFO would block), in an
+    existing, writable folder."""
     p = Path(path)
     if p.is_dir():
-        raise ValueError(f"--output {_show(path)} is a directory; give a file in it, e.g. {_show(str(p / 'pred.npy'))}")
+        example = _show(str(p / ("pred" + (Path(path).suffix or ".npy"))))
+        raise ValueError(f"{option} {_show(path)} is a directory; give a file in it, e.g. {example}")
     if os.path.lexists(p):
         try:
             mode = os.stat(p).st_mode
         except OSError as err:
-            raise ValueError(f"--output {_show(path)}: {err.strerror}") from None
+            raise ValueError(f"{option} {_show(path)}: {err.strerror}") from None
         if not stat.S_ISREG(mode):
-            raise ValueError(f"--output {_show(path)} exists and is not a regular file (a device, FIFO or socket)")
+            raise ValueError(f"{option} {_show(path)} exists and is not a regular file (a device, FIFO or socket)")
         if not os.access(p, os.W_OK):
-            raise ValueError(f"--output {_show(path)} exists and is not writable")
+            raise ValueError(f"{option} {_show(path)} exists and is not writable")
     parent = p.parent
     if not parent.is_dir():
-        raise ValueError(f"--output {_show(path)}: the folder {_show(str(parent))} does not exist; create it first")
+        raise ValueError(f"{option} {_show(path)}: the folder {_show(str(parent))} does not exist; create it first")
     if not os.access(parent, os.W_OK | os.X_OK):
-        raise ValueError(f"--output {_show(path)}: cannot write into the folder {_show(str(parent))}")
+        raise ValueError(f"{option} {_show(path)}: cannot write into the folder {_show(str(parent))}")
 
 
 def _read_npy(path: str) -> Any:
@@ -559,6 +561,39 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_draw(args: argparse.Namespace) -> int:
+    """The Figure-1-style diagram: .svg as is, .png and .pdf through cairosvg (the `render` extra)."""
+    from .draw import draw_unet
+
+    suffix = Path(args.output).suffix.lower()
+    if suffix not in (".svg", ".png", ".pdf"):
+        print(f"error: -o {args.output}: unknown format {suffix or '(none)'!r}; use .svg, .png, .pdf", file=sys.stderr)
+        return 2
+    cfg = _config(args.config)
+    _check_output(args.output, "-o")
+    svg = draw_unet(cfg, None if args.input_size is None else _spatial(cfg, args.input_size))
+    try:
+        if suffix == ".svg":
+            Path(args.output).write_text(svg, encoding="utf-8")
+        else:
+            try:
+                import cairosvg  # cairocffi raises OSError when the system cairo library is missing
+            except (ImportError, OSError) as err:
+                print(
+                    f"error: writing {suffix} needs the optional renderer: pip install 'unetgen[render]' "
+                    f"(cairosvg, with the system cairo library, e.g. apt-get install libcairo2); {err}",
+                    file=sys.stderr,
+                )
+                return 1
+            render = cairosvg.svg2png if suffix == ".png" else cairosvg.svg2pdf
+            render(bytestring=svg.encode("utf-8"), write_to=args.output, scale=2 if suffix == ".png" else 1)
+    except OSError as err:
+        print(f"error: cannot write {args.output}: {err}", file=sys.stderr)
+        return 1
+    print(f"wrote {args.output}", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="unetgen", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -608,6 +643,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", help="a .yaml/.json config file, a preset name or a .safetensors checkpoint")
     p.add_argument("--input-size", type=_sizes_arg, default=None, help="spatial size, e.g. 572 or 572x572")
     p.set_defaults(func=cmd_trace)
+
+    p = sub.add_parser("draw", help="the network as a diagram in the style of the paper's Figure 1 (.svg, .png, .pdf)")
+    p.add_argument("config", help="a .yaml/.json config file, a preset name or a .safetensors checkpoint")
+    p.add_argument("--input-size", type=_sizes_arg, default=None, help="e.g. 572 or 132x132x116 (default: smallest)")
+    p.add_argument(
+        "-o", "--output", type=_path, default="unet.svg", help="unet.svg, or .png/.pdf with the `render` extra"
+    )
+    p.set_defaults(func=cmd_draw)
     return parser
 
 
