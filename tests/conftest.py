@@ -47,7 +47,7 @@ def config_dicts(draw: st.DrawFn, *, dims: tuple[int, ...] = (1, 2, 3), max_dept
         "down": draw(st.sampled_from(["max", "avg", "conv"])),
         "up": draw(st.sampled_from(["transpose", "nearest", "linear"])),
         "block": draw(st.sampled_from(["plain", "residual", {"type": "residual", "preactivation": True}])),
-        "dropout": {"rate": 0.0},
+        "dropout": draw(st.sampled_from([{"rate": 0.0}, 0, 0.0, None, False])),  # no dropout, every spelling
         "init": "torch",
     }
     if draw(st.booleans()):

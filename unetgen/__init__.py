@@ -1,6 +1,6 @@
 """unetgen: U-Nets declared as data, with exact shape arithmetic."""
 
-from .checkpoint import CheckpointError, checkpoint_config, load_unet, save_unet
+from .checkpoint import CheckpointError, checkpoint_config, checkpoint_metadata, load_unet, save_unet
 from .config import UNetConfig
 from .costs import count_macs, count_parameters
 from .draw import draw_unet
@@ -37,6 +37,7 @@ __all__ = [
     "aux_shapes",
     "build_unet",
     "checkpoint_config",
+    "checkpoint_metadata",
     "count_macs",
     "count_parameters",
     "draw_unet",

@@ -26,8 +26,8 @@ from typing import Any
 from . import shapes
 from .checkpoint import CheckpointError, checkpoint_config
 from .config import UNetConfig
-from .diagnostics import short_repr
 from .io import SUFFIXES, ConfigError, load_config
+from .reprs import short_repr
 
 DEBUG_ENV = "UNETGEN_DEBUG"
 """Set to 1 to see the traceback of any error instead of its one-line message."""

@@ -40,7 +40,7 @@ from tqdm import tqdm
 
 from . import shapes
 from .config import UNetConfig
-from .diagnostics import short_repr
+from .reprs import short_repr
 
 __all__ = [
     "DEFAULT_MEMORY_BUDGET",
@@ -355,9 +355,10 @@ def _auto_plan(
     """The plan with the fewest computed pixels whose memory estimate fits `budget` (the plan with
     the least memory if none fits); each plan runs as many tiles per pass as fit the budget, at
     most `batch_size`, so a huge `batch_size` never shrinks the tiles. Candidates: tiles of about
-    L pixels per axis for about `_CANDIDATES` lengths L geometrically spaced from the smallest valid tile to the largest
-    cover, each axis between its joint minimum (`shapes.min_input_shape`) and the tile that
-    covers it whole. O(axes * candidates), whatever the image size."""
+    L pixels per axis for about `_CANDIDATES` lengths L geometrically spaced from the smallest
+    valid tile to the largest cover, each axis between its joint minimum
+    (`shapes.min_input_shape`) and the tile that covers it whole. O(axes * candidates), whatever
+    the image size."""
     dims = config.spatial_dims
     low = shapes.min_input_shape(config)
     covers = [max(low[a], _cover(config, a, s)) for a, s in enumerate(image_shape)]
