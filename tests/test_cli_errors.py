@@ -471,3 +471,27 @@ def test_sizes_and_summary_build_nothing_big(files: dict[str, str], monkeypatch)
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 200 * 1024  # KiB: no 19 GB input
     code, _, err = run(["summary", files["tiny.json"], "--input-size", str(10**12)])
     assert code == 1 and "more than torch can index" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("image", "config", "weights"), [("rgb.png", "rgb.json", "rgb.pt"), ("in.tif", "tiny.json", "w.pt")]
+)
+def test_images_are_read_as_their_readers_give_them(files: dict[str, str], tmp_path: Path, image: str, config: str,
+                                                    weights: str) -> None:  # fmt: skip
+    """The prediction of a PNG (Pillow) or TIFF (tifffile) equals predict_tiled on the array the
+    reader gives, colour samples moved first."""
+    import tifffile
+    from PIL import Image
+
+    from unetgen import load_config
+
+    out = tmp_path / "p.npy"
+    code, _, err = run(["predict", files[config], "--weights", files[weights], "--input", files[image],
+                        "--output", str(out), "--tile-size", "8"])  # fmt: skip
+    assert code == 0, err
+    array = np.array(Image.open(files[image])) if image.endswith(".png") else tifffile.imread(files[image])
+    x = torch.from_numpy(np.moveaxis(array, -1, 0) if array.ndim == 3 else array[None])
+    model = build_unet(load_config(files[config]))
+    model.load_state_dict(torch.load(files[weights], weights_only=True))
+    want = predict_tiled(model.eval(), x, tile_size=8, progress=False)
+    np.testing.assert_array_equal(np.load(out), want.numpy())
