@@ -9,6 +9,7 @@ import signal
 from collections.abc import Iterator
 
 import pytest
+import torch
 from cli_files import make_files, run
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
@@ -102,9 +103,12 @@ def argvs(draw: st.DrawFn, files: dict[str, str]) -> list[str]:
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny networks: one thread avoids thread start-up per op
     with pytest.MonkeyPatch.context() as mp:
         mp.delenv("UNETGEN_DEBUG", raising=False)
         yield make_files(tmp_path_factory.mktemp("fuzz"))
+    torch.set_num_threads(threads)
 
 
 def _alarm(signum, frame):
