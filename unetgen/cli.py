@@ -567,8 +567,7 @@ def cmd_draw(args: argparse.Namespace) -> int:
 
     suffix = Path(args.output).suffix.lower()
     if suffix not in (".svg", ".png", ".pdf"):
-        print(f"error: -o {args.output}: unknown format {suffix or '(none)'!r}; use .svg, .png, .pdf", file=sys.stderr)
-        return 2
+        raise UsageError(f"-o {_show(args.output)}: unknown format {_show(suffix or '(none)')}; use .svg, .png, .pdf")
     cfg = _config(args.config)
     _check_output(args.output, "-o")
     svg = draw_unet(cfg, None if args.input_size is None else _spatial(cfg, args.input_size))
@@ -588,9 +587,9 @@ def cmd_draw(args: argparse.Namespace) -> int:
             render = cairosvg.svg2png if suffix == ".png" else cairosvg.svg2pdf
             render(bytestring=svg.encode("utf-8"), write_to=args.output, scale=2 if suffix == ".png" else 1)
     except OSError as err:
-        print(f"error: cannot write {args.output}: {err}", file=sys.stderr)
+        print(f"error: cannot write {_show(args.output)}: {err.strerror or err}", file=sys.stderr)
         return 1
-    print(f"wrote {args.output}", file=sys.stderr)
+    print(f"wrote {_show(args.output)}", file=sys.stderr)
     return 0
 
 
