@@ -188,7 +188,7 @@ def test_the_packaged_3d_example_predicts_a_volume() -> None:
         (SAME, {"overlap": 1.0}, r"overlap=1.0 must be a number in \[0, 1\)"),
         (TINY, {"memory_budget": True}, r"memory_budget=True must be a positive int"),
         (TINY, {"memory_budget": 2.5e9}, r"memory_budget=2500000000.0 must be a positive int"),
-        (TINY, {"output_type": "argmax"}, r"output_type='argmax' must be one of logits, probabilities, labels"),
+        (TINY, {"output_type": "argmax"}, r"output_type='argmax' must be 'logits', 'probabilities' or 'labels'"),
         (TINY, {"blend": ["gaussian"]}, r"blend=\['gaussian'\] must be 'gaussian' or 'constant'"),
         (TINY, {"device": "nonsense"}, r"device='nonsense'"),
     ],
