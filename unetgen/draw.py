@@ -27,6 +27,7 @@ from .config import (
     BatchNorm,
     Concat,
     ConvDown,
+    FirstConvDown,
     GroupNorm,
     InstanceNorm,
     LayerNorm,
@@ -36,6 +37,7 @@ from .config import (
     NearestUp,
     NoNorm,
     PlainBlock,
+    PReLU,
     ReLU,
     ResidualBlock,
     SiLU,
@@ -82,8 +84,10 @@ def text_width(text: str, size: float) -> float:
     """A generous estimate of the advance width of `text` in a generic sans-serif font."""
     units = 0.0
     for ch in text:
-        if ch in "il.,:;'|!()[] ":
+        if ch in "il.,:;'|!":
             units += 0.34
+        elif ch in "()[] ":  # DejaVu Sans: parentheses 0.39 em, space 0.32 em
+            units += 0.42
         elif ch in "mwMW@%":
             units += 0.92
         elif ch.isupper() or ch in "\u00d7\u2192\u2295\u25c6":
@@ -277,6 +281,8 @@ def _activation_text(config: UNetConfig) -> str:
             return "GELU"
         case SiLU():
             return "SiLU"
+        case PReLU(num_parameters=count):
+            return "PReLU" if count == "one" else "PReLU (per channel)"
         case other:
             raise TypeError(f"draw_unet has no legend entry for activation {type(other).__name__}; add one")
 
@@ -293,11 +299,12 @@ def _legend(config: UNetConfig, compacted: bool, dropout_blocks: bool) -> list[t
     valid = config.padding == "valid"
     conv = f"conv {kernel}" + (" (no padding)" if valid else " (zero padding)")
     norm, act = _norm_text(config), _activation_text(config)
+    after = config.norm_position == "after_activation"
     match config.block:
         case PlainBlock(preactivation=False) | ResidualBlock(preactivation=False):
-            steps = [conv, norm, act]
+            steps = [conv, act, norm] if after else [conv, norm, act]
         case PlainBlock() | ResidualBlock():
-            steps = [norm, act, conv]
+            steps = [act, norm, conv] if after else [norm, act, conv]
         case other:
             raise TypeError(f"draw_unet has no legend entry for block {type(other).__name__}; add one")
     items = [("conv", ", ".join(s for s in steps if s))]
@@ -320,16 +327,22 @@ def _legend(config: UNetConfig, compacted: bool, dropout_blocks: bool) -> list[t
             items.append(("down", f"average pool{size} (kernel = stride{each})"))
         case ConvDown():
             items.append(("down", f"strided conv{size} (kernel = stride{each})"))
+        case FirstConvDown():
+            items.append(("down", f"stride{size} in the first conv of the level below{each}"))
         case other:
             raise TypeError(f"draw_unet has no legend entry for down {type(other).__name__}; add one")
     interp = {1: "linear", 2: "bilinear", 3: "trilinear"}[config.spatial_dims]
     match config.up:
-        case TransposeUp():
-            items.append(("up", f"up-conv{size} (transposed conv, kernel = stride{each})"))
-        case NearestUp():
-            items.append(("up", f"nearest up-sampling{factor}, conv 1x1"))
-        case LinearUp():
-            items.append(("up", f"{interp} up-sampling{factor}, conv 1x1"))
+        case TransposeUp(kernel_size=None, norm_act=norm_act):
+            then = f", {', '.join(s for s in (norm, act) if s)}" if norm_act else ""
+            items.append(("up", f"up-conv{size} (transposed conv, kernel = stride{each}){then}"))
+        case TransposeUp(kernel_size=k, norm_act=norm_act):
+            then = f", {', '.join(s for s in (norm, act) if s)}" if norm_act else ""
+            items.append(("up", f"up-conv{size} (transposed conv, kernel {k}{each}){then}"))
+        case NearestUp(conv=when) | LinearUp(conv=when):
+            name = "nearest" if isinstance(config.up, NearestUp) else interp
+            conv1 = "conv 1x1" if when == "always" else "conv 1x1 where the channels change"
+            items.append(("up", f"{name} up-sampling{factor}, {conv1}"))
         case other:
             raise TypeError(f"draw_unet has no legend entry for up {type(other).__name__}; add one")
     items.append(("head", "conv 1x1 (output)"))
@@ -417,6 +430,12 @@ def draw_unet(config: ConfigSource, input_shape: Sequence[int] | int | None = No
     None, the smallest valid input (`shapes.min_input_shape`), as the caption says. An invalid
     shape raises `InputShapeError` naming the nearest valid sizes."""
     config = load_config(config)
+    if isinstance(config.down, FirstConvDown) and len(config.layout.encoder[-1].channels) < 2:
+        raise ValueError(
+            "draw_unet needs two or more conv maps in the bottleneck with down='first_conv' (the down "
+            "arrow ends at the first, the up arrow leaves from the last, and no pooled map sits between); "
+            "draw it with 2 convs in the bottleneck (convs_per_block or blocks_per_level)"
+        )
     if input_shape is None:
         shape = shapes.min_input_shape(config)
     elif isinstance(input_shape, int):
@@ -529,16 +548,22 @@ def _levels(
     enc: list[list[_Unit]] = []
     dec: list[list[_Unit]] = []
     for i in range(depth + 1):
+        firsts = []
         if i == 0:
             r = rows["input"]
-            first = _Unit([_Box(_box_width(r.channels), 0, r.shape, r.channels, "input")], r.channels)
-        else:  # the pooled map: the channels of the map above, so no label
+            firsts.append(_Unit([_Box(_box_width(r.channels), 0, r.shape, r.channels, "input")], r.channels))
+            if "stem" in rows:  # `stem: true`: one conv before level 0's block
+                r = rows["stem"]
+                firsts.append(_Unit([_Box(_box_width(r.channels), 0, r.shape, r.channels, "map")], r.channels))
+        elif f"down{i - 1}" in rows:  # the pooled map: the channels of the map above, so no label
             r = rows[f"down{i - 1}"]
-            first = _Unit([_Box(_box_width(r.channels), 0, r.shape, None, "pool")], None)
+            firsts.append(_Unit([_Box(_box_width(r.channels), 0, r.shape, None, "pool")], None))
         prefix = "bottleneck" if i == depth else f"enc{i}"
         convs = _conv_units(rows, prefix, len(lay.encoder[i].channels), cap)
+        if not firsts:  # `down: first_conv`: the down arrow ends at the first (strided) conv map
+            convs[0].boxes[0].label_right = True  # its label moves right of the arrow
         convs[-1].boxes[0].dashed = i in enc_drop
-        enc.append([first, *convs])
+        enc.append([*firsts, *convs])
     for i in range(depth):
         up = rows[f"up{i}"]
         copy = _Box(_box_width(lay.encoder[i].out_channels), 0, crops[i].up_shape, None, "copy")
