@@ -31,6 +31,7 @@ import hashlib
 import itertools
 import json
 import math
+import numbers
 import operator
 import os
 import sys
@@ -39,7 +40,7 @@ import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, overload
 
 import numpy as np
 import torch
@@ -48,13 +49,17 @@ from tqdm import tqdm
 
 from . import shapes
 from .config import UNetConfig
+from .reprs import short_repr
 
 __all__ = [
     "DEFAULT_MEMORY_BUDGET",
+    "DEFAULT_MEMORY_LIMIT",
     "DEFAULT_OVERLAP",
+    "EvenStarts",
     "OutputType",
     "TilePlan",
     "check_image",
+    "check_memory",
     "default_block_shape",
     "estimate_tile_memory",
     "output_dtype",
@@ -65,6 +70,9 @@ __all__ = [
 
 DEFAULT_MEMORY_BUDGET = 1 << 30
 """Bytes of activations that one batch of tiles may use when the tile size is chosen automatically."""
+DEFAULT_MEMORY_LIMIT = 16 << 30
+"""Bytes `predict_tiled` may need (tiles in flight and the result it allocates, as estimated by
+`check_memory`) before it refuses to start; raise it with `memory_limit=`."""
 DEFAULT_OVERLAP = 0.25
 """Fraction of a tile shared with its neighbour, for same padding."""
 GAUSSIAN_SIGMA = 0.125
@@ -76,8 +84,37 @@ _CANDIDATES = 256  # tile sizes the automatic plan compares at most
 
 
 @dataclass(frozen=True)
+class EvenStarts(Sequence[int]):
+    """`count` tile starts spread evenly from 0 to `last` (same padding): start ``k`` is
+    ``k * last / (count - 1)`` rounded half up, computed on demand (O(1) memory for any count)."""
+
+    last: int
+    count: int
+
+    def __len__(self) -> int:
+        return self.count
+
+    @overload
+    def __getitem__(self, index: int) -> int: ...
+    @overload
+    def __getitem__(self, index: slice) -> tuple[int, ...]: ...
+    def __getitem__(self, index: int | slice) -> int | tuple[int, ...]:
+        if isinstance(index, slice):
+            return tuple(self[k] for k in range(*index.indices(self.count)))
+        k = operator.index(index)
+        k = k + self.count if k < 0 else k
+        if not 0 <= k < self.count:
+            raise IndexError(f"tile {index} of {self.count}")
+        return 0 if self.count == 1 else (2 * k * self.last + self.count - 1) // (2 * (self.count - 1))
+
+
+@dataclass(frozen=True)
 class TilePlan:
-    """How `predict_tiled` covers an image with tiles. Inspect it with `plan_tiles` before running."""
+    """How `predict_tiled` covers an image with tiles. Inspect it with `plan_tiles` before running.
+
+    A plan is O(spatial axes) in size whatever the image: `starts` are lazy sequences (a `range`
+    for valid padding, an `EvenStarts` for same padding), so planning a 10**9 x 10**9 image costs
+    what planning a small one does."""
 
     image_shape: tuple[int, ...]
     """Spatial shape of the image, and of the prediction."""
@@ -89,14 +126,17 @@ class TilePlan:
     """Spatial size of every output tile: `tile_input - 2*halo`."""
     halo: tuple[int, ...]
     """Context the network consumes on each side, per axis (0 for same padding)."""
-    starts: tuple[tuple[int, ...], ...]
-    """Per axis, where each tile's output begins in image coordinates; its input begins `halo` earlier."""
+    starts: tuple[Sequence[int], ...]
+    """Per axis, where each tile's output begins in image coordinates; its input begins `halo`
+    earlier. Each is a lazy sequence of ints (compare with ``tuple(plan.starts[axis])``)."""
     overlap: float
     """Requested overlap between neighbouring tiles (same padding; 0 for valid padding)."""
     batch_size: int
-    """Tiles run through the network at once."""
+    """Most tiles run through the network at once (the automatic plan lowers it to what fits its
+    memory budget); fewer when the images have fewer tiles."""
     memory_bytes: int
-    """Estimated peak activation memory of one batch of tiles (not counting the image and the result)."""
+    """Estimated peak activation memory of one batch of min(batch_size, num_tiles) tiles (not
+    counting the image and the result: `check_memory` adds those)."""
     memory_budget: int | None
     """The budget the tile size was chosen for; None when the tile size was given."""
 
@@ -125,7 +165,7 @@ class TilePlan:
             f"{fmt(self.image_shape)} image, {self.padding} padding: {fmt(self.tiles_per_axis)} = {self.num_tiles} "
             f"tiles of {fmt(self.tile_input)} -> {fmt(self.tile_output)} (halo {fmt(self.halo)}), "
             f"computed/output pixels {self.computed_ratio:.2f}, "
-            f"~{self.memory_bytes / 2**20:.0f} MiB per batch of {self.batch_size}"
+            f"~{_bytes(self.memory_bytes)} per batch of {min(self.batch_size, self.num_tiles)}"
         )
 
 
@@ -144,22 +184,82 @@ def estimate_tile_memory(
     return (sizes[0] + skips + step) * batch_size * dtype.itemsize
 
 
-def _positive_ints(name: str, value: int | Sequence[int], dims: int, *, broadcast: bool) -> tuple[int, ...]:
+def _bytes(n: int) -> str:
+    """A byte count for people: 512 bytes, 12 KiB, 382 MiB, 1.5 GiB, 4.2e+09 GiB."""
+    if n < 1 << 10:
+        return f"{n} bytes"
+    if n < 1 << 20:
+        return f"{n / 2**10:.0f} KiB"
+    if n < 1 << 30:
+        return f"{n / 2**20:.0f} MiB"
+    if n.bit_length() > 1000:
+        return f"about 2**{n.bit_length() - 1} bytes"
+    return f"{n / 2**30:.3g} GiB"
+
+
+# ---------------------------------------------------------------------------------------------
+# options: every one checked with a clear ValueError (NumPy and torch integer scalars are ints)
+
+
+def _as_index(value: Any) -> int:
+    """An int from an int or an integer scalar (NumPy, torch); TypeError for bools, floats, strings."""
+    if isinstance(value, bool) or "bool" in str(getattr(value, "dtype", "")):
+        raise TypeError("a bool is not a count")
+    return operator.index(value)
+
+
+def _positive_int(name: str, value: Any) -> int:
+    try:
+        v = _as_index(value)
+    except TypeError:
+        v = 0
+    if v < 1:
+        raise ValueError(f"{name}={short_repr(value)} must be a positive int")
+    return v
+
+
+def _positive_ints(name: str, value: Any, dims: int, *, broadcast: bool) -> tuple[int, ...]:
     """`value` as `dims` positive ints (an int is repeated when `broadcast`), or a clear error."""
     try:
-        values = (operator.index(value),) * dims if broadcast and not isinstance(value, Sequence) else tuple(value)
-        values = tuple(operator.index(v) for v in values)
+        try:
+            values = (_as_index(value),) * dims
+        except TypeError:
+            if isinstance(value, (str, bytes)) or len(value) != dims:
+                raise
+            values = tuple(_as_index(v) for v in value)
+        else:
+            if not broadcast:
+                values = ()
     except TypeError:
         values = ()
     if len(values) != dims or min(values) < 1:
         one = "a positive int or " if broadcast else ""
-        raise ValueError(f"{name}={value!r} must be {one}{dims} positive ints (one per spatial axis)")
+        raise ValueError(f"{name}={short_repr(value)} must be {one}{dims} positive ints (one per spatial axis)")
     return values
 
 
-def _valid_axis(config: UNetConfig, axis: int, size: int, tile: int) -> tuple[int, tuple[int, ...]]:
-    """Valid padding, one axis: the smallest valid input tile that covers `size` output pixels with
-    as many tiles as `tile` needs, and the output start of each tile (multiples of the period)."""
+def _fraction(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value < 1:
+        raise ValueError(
+            f"{name}={short_repr(value)} must be a number in [0, 1): the fraction of a tile shared with a neighbour"
+        )
+    return float(value)
+
+
+def _float_dtype(dtype: Any) -> torch.dtype:
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise ValueError(f"dtype={short_repr(dtype)} must be a floating-point torch.dtype, e.g. torch.float32")
+    return dtype
+
+
+# ---------------------------------------------------------------------------------------------
+# planning: O(spatial axes), never O(image)
+
+
+def _valid_axis(config: UNetConfig, axis: int, size: int, tile: int, low: int) -> tuple[int, range]:
+    """Valid padding, one axis: the smallest valid input tile (at least `low`, the joint minimum of
+    `shapes.min_input_shape`) that covers `size` output pixels with as many tiles as `tile`
+    needs, and the output start of each tile (multiples of the period)."""
     rule = shapes.axis_rule(config, axis)
     period = rule.period
 
@@ -171,24 +271,33 @@ def _valid_axis(config: UNetConfig, axis: int, size: int, tile: int) -> tuple[in
     def step(t: int) -> int:  # tiles must start on the pooling grid: a multiple of the period
         return out(t) - out(t) % period
 
+    def tiles(t: int) -> int:
+        return 1 if out(t) >= size else 1 + -(-(size - out(t)) // step(t))
+
+    tile = max(tile, low)
     count = 1
     if out(tile) < size:
         tile = max(tile, shapes.input_size_for_output(config, period, axis=axis))
-        count = 1 + -(-(size - out(tile)) // step(tile))
-    t = shapes.input_size_for_output(config, -(-size // count), axis=axis)
+        count = tiles(tile)
+    t = max(low, shapes.input_size_for_output(config, -(-size // count), axis=axis))
     while (count - 1) * step(t) + out(t) < size:
         t += period
-    return t, tuple(k * step(t) for k in range(count))
+    count = tiles(t)  # fewer when `low` made the tile larger than needed
+    return t, range(0, count * step(t), step(t)) if count > 1 else range(1)
 
 
-def _same_axis(config: UNetConfig, axis: int, size: int, tile: int, overlap: float) -> tuple[int, tuple[int, ...]]:
+def _same_axis(
+    config: UNetConfig, axis: int, size: int, tile: int, overlap: float, low: int
+) -> tuple[int, Sequence[int]]:
     """Same padding, one axis: tiles of `tile` evenly spread over the image, overlapping by at
-    least `overlap`; one tile of the smallest valid size covering the image if that is smaller."""
+    least `overlap`; one tile of the smallest valid size (at least `low`) covering the image if
+    that is smaller."""
+    tile = max(tile, low)
     if tile >= size:
-        return shapes.nearest_valid_input_size(config, size, direction="up", axis=axis), (0,)
+        return max(low, shapes.nearest_valid_input_size(config, size, direction="up", axis=axis)), range(1)
     stride = max(1, math.floor(tile * (1 - overlap)))
     count = 1 + -(-(size - tile) // stride)
-    return tile, tuple(round(k * (size - tile) / (count - 1)) for k in range(count))
+    return tile, EvenStarts(size - tile, count)
 
 
 def _cover(config: UNetConfig, axis: int, size: int) -> int:
@@ -207,25 +316,42 @@ def _plan(
     budget: int | None,
     dtype: torch.dtype,
 ) -> TilePlan:
+    low = shapes.min_input_shape(config)
     axes = []
     for axis, (size, t) in enumerate(zip(image_shape, tile, strict=True)):
         if config.padding == "valid":
-            axes.append(_valid_axis(config, axis, size, t))
+            axes.append(_valid_axis(config, axis, size, t, low[axis]))
         else:
-            axes.append(_same_axis(config, axis, size, t, overlap))
+            axes.append(_same_axis(config, axis, size, t, overlap, low[axis]))
     tile_input = tuple(t for t, _ in axes)
+    starts = tuple(s for _, s in axes)
+    num_tiles = math.prod(len(s) for s in starts)
+    if budget is not None:  # automatic plan: batch_size is the most tiles per pass, as many as fit the budget
+        batch_size = min(batch_size, max(1, budget // estimate_tile_memory(config, tile_input, 1, dtype)))
     return TilePlan(
         image_shape=image_shape,
         padding=config.padding,
         tile_input=tile_input,
         tile_output=shapes.output_shape(config, tile_input),
         halo=shapes.halo(config),
-        starts=tuple(s for _, s in axes),
+        starts=starts,
         overlap=overlap,
         batch_size=batch_size,
-        memory_bytes=estimate_tile_memory(config, tile_input, batch_size, dtype),
+        memory_bytes=estimate_tile_memory(config, tile_input, min(batch_size, num_tiles), dtype),
         memory_budget=budget,
     )
+
+
+def _lengths(lo: int, hi: int, count: int) -> list[int]:
+    """About `count` ints from `lo` to `hi` (both included), geometrically spaced; exact integer
+    arithmetic for any size."""
+    octaves = max(1, (hi // lo).bit_length())
+    per = max(1, count // octaves)  # steps per doubling
+    out = {lo, hi}
+    for j in range(octaves * per + 1):
+        q, r = divmod(j, per)
+        out.add(min(hi, ((lo << q) * round(2 ** (r / per) * 2**20)) >> 20))
+    return sorted(out)
 
 
 def _auto_plan(
@@ -236,36 +362,33 @@ def _auto_plan(
     budget: int,
     dtype: torch.dtype,
 ) -> TilePlan:
-    """The plan with the fewest computed pixels whose memory estimate fits `budget` (the smallest
-    tile if none fits). Candidates: tiles of about L pixels per axis for valid sizes L (at most
-    `_CANDIDATES`, geometrically spaced), each axis capped at the tile that covers it whole."""
+    """The plan with the fewest computed pixels whose memory estimate fits `budget` (the plan with
+    the least memory if none fits); each plan runs as many tiles per pass as fit the budget, at
+    most `batch_size`, so a huge `batch_size` never shrinks the tiles. Candidates: tiles of about
+    L pixels per axis for about `_CANDIDATES` lengths L geometrically spaced from the smallest
+    valid tile to the largest cover, each axis between its joint minimum
+    (`shapes.min_input_shape`) and the tile that covers it whole. O(axes * candidates), whatever
+    the image size."""
     dims = config.spatial_dims
-    covers = [_cover(config, a, s) for a, s in enumerate(image_shape)]
-    ranges = {shapes.valid_input_sizes(config, covers[a], axis=a) for a in range(dims)}  # O(1) each
-    lengths = sorted({v for r in ranges for v in _geometric(r)})
+    low = shapes.min_input_shape(config)
+    covers = [max(low[a], _cover(config, a, s)) for a, s in enumerate(image_shape)]
     plans: dict[tuple[int, ...], TilePlan] = {}
-    for length in sorted(set(lengths) | set(covers)):
+    for length in sorted(set(_lengths(min(low), max(covers), _CANDIDATES)) | set(covers)):
         tile = []
         for a in range(dims):
-            smallest = shapes.axis_rule(config, a).min_size
-            t = shapes.nearest_valid_input_size(config, length, direction="down", axis=a) if length >= smallest else 0
-            tile.append(min(covers[a], max(t, smallest)))
-        if tuple(tile) not in plans:
-            plans[tuple(tile)] = plan = _plan(config, image_shape, tuple(tile), overlap, batch_size, budget, dtype)
-            if estimate_tile_memory(config, tile, batch_size, dtype) > budget and plan.memory_bytes > budget:
-                break  # larger tiles need more memory still
+            t = low[a]
+            if length >= shapes.axis_rule(config, a).min_size:
+                t = max(t, shapes.nearest_valid_input_size(config, length, direction="down", axis=a))
+            tile.append(min(covers[a], t))
+        if tuple(tile) in plans:
+            continue
+        plans[tuple(tile)] = plan = _plan(config, image_shape, tuple(tile), overlap, batch_size, budget, dtype)
+        if estimate_tile_memory(config, tile, 1, dtype) > budget and plan.memory_bytes > budget:
+            break  # larger tiles need more memory still (a plan may use a smaller tile than asked)
     fitting = [p for p in plans.values() if p.memory_bytes <= budget]
     if not fitting:
         return min(plans.values(), key=lambda p: p.memory_bytes)
     return min(fitting, key=lambda p: (p.num_tiles * math.prod(p.tile_input), p.num_tiles))
-
-
-def _geometric(sizes: range) -> Sequence[int]:
-    """At most `_CANDIDATES` + 2 of `sizes`, geometrically spaced by index (all if fewer)."""
-    if len(sizes) <= _CANDIDATES:
-        return sizes
-    last = len(sizes) - 1
-    return [sizes[round(last ** (k / _CANDIDATES))] for k in range(_CANDIDATES + 1)] + [sizes[0]]
 
 
 def _config_of(model: UNetConfig | nn.Module) -> UNetConfig:
@@ -290,29 +413,35 @@ def plan_tiles(
     `tile_size` is the largest input tile (an int for every axis or one per axis), rounded to the
     nearest valid input size of `shapes`. With valid padding, each axis then uses the smallest
     valid tile that covers it with the same number of tiles (never more than `tile_size`, except
-    that a tile grows to cover an image smaller than it, and to output at least one pooling
-    period when several tiles are needed). With same padding, tiles of `tile_size` overlap by at
-    least `overlap` (default `DEFAULT_OVERLAP`).
+    that a tile grows to cover an image smaller than it, to output at least one pooling period
+    when several tiles are needed, and to the smallest input the whole network accepts,
+    `shapes.min_input_shape`, e.g. with instance norm). With same padding, tiles of `tile_size`
+    overlap by at least `overlap` (default `DEFAULT_OVERLAP`).
 
     `tile_size=None` chooses the tile with the fewest computed pixels whose estimated memory
-    (`estimate_tile_memory` for `batch_size` tiles of `dtype`) fits `memory_budget` (default
-    `DEFAULT_MEMORY_BUDGET`, 1 GiB); if none fits, the smallest valid tile.
+    (`estimate_tile_memory` for one tile of `dtype`) fits `memory_budget` (default
+    `DEFAULT_MEMORY_BUDGET`, 1 GiB; if none fits, the smallest tile), and runs as many tiles per
+    pass as fit the budget, at most `batch_size` (the plan's `batch_size`). With `tile_size`
+    given, `batch_size` is kept as given.
+
+    Planning runs nothing, allocates nothing and costs O(spatial axes) whatever the image size.
+    Every option is checked (ints: Python, NumPy or torch integers, not bools; `overlap`: a real
+    number in [0, 1)); a bad one is a `ValueError` naming it.
     """
     config = _config_of(model)
     dims = config.spatial_dims
     image_shape = _positive_ints("image_shape", image_shape, dims, broadcast=False)
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size={batch_size!r} must be a positive int")
+    batch_size = _positive_int("batch_size", batch_size)
+    dtype = _float_dtype(dtype)
     if config.padding == "valid":
-        if overlap not in (None, 0):
+        if overlap is not None and (isinstance(overlap, bool) or not isinstance(overlap, numbers.Real) or overlap):
             raise ValueError(
-                f"overlap={overlap} applies to padding='same' only; valid-padding tiles are exact without overlap"
+                f"overlap={short_repr(overlap)} applies to padding='same' only; "
+                "valid-padding tiles are exact without overlap"
             )
         overlap = 0.0
     else:
-        overlap = DEFAULT_OVERLAP if overlap is None else overlap
-        if not 0 <= overlap < 1:
-            raise ValueError(f"overlap={overlap} must be in [0, 1): the fraction of a tile shared with a neighbour")
+        overlap = DEFAULT_OVERLAP if overlap is None else _fraction("overlap", overlap)
     if tile_size is not None:
         if memory_budget is not None:
             raise ValueError("give tile_size or memory_budget, not both: the budget only chooses the tile size")
@@ -321,10 +450,49 @@ def plan_tiles(
             for a, t in enumerate(_positive_ints("tile_size", tile_size, dims, broadcast=True))
         )
         return _plan(config, image_shape, tile, overlap, batch_size, None, dtype)
-    budget = DEFAULT_MEMORY_BUDGET if memory_budget is None else memory_budget
-    if not isinstance(budget, int) or budget < 1:
-        raise ValueError(f"memory_budget={memory_budget!r} must be a positive number of bytes")
+    budget = DEFAULT_MEMORY_BUDGET if memory_budget is None else _positive_int("memory_budget", memory_budget)
     return _auto_plan(config, image_shape, overlap, batch_size, budget, dtype)
+
+
+def check_memory(
+    model: UNetConfig | nn.Module,
+    plan: TilePlan,
+    *,
+    images: int = 1,
+    output_type: OutputType = "logits",
+    dtype: torch.dtype = torch.float32,
+    memory_limit: int | None = None,
+    allocate_result: bool = True,
+) -> int:
+    """The estimated bytes `predict_tiled` needs for `images` images planned as `plan`: one batch
+    of min(batch_size, images * tiles) tiles in flight (`estimate_tile_memory`) plus the result it
+    allocates (`allocate_result`, i.e. no `out=` array; in `output_type`'s dtype). Raises
+    `ValueError` with the estimate when it exceeds `memory_limit` (default
+    `DEFAULT_MEMORY_LIMIT`, 16 GiB), before anything is allocated. Not counted: the image (it
+    already exists) and the output blocks in flight (those one batch of tiles touches)."""
+    config = _config_of(model)
+    limit = DEFAULT_MEMORY_LIMIT if memory_limit is None else _positive_int("memory_limit", memory_limit)
+    images = _positive_int("images", images)
+    dtype = _float_dtype(dtype)
+    batch = min(plan.batch_size, images * plan.num_tiles)
+    tiles = estimate_tile_memory(config, plan.tile_input, batch, dtype)
+    pixels = images * math.prod(plan.image_shape)
+    result = 0
+    if allocate_result:
+        channels = 1 if output_type == "labels" else config.out_channels
+        result = pixels * channels * output_dtype(output_type, config.out_channels, dtype).itemsize
+    total = tiles + result
+    if total > limit:
+        fix = "use a smaller tile_size or batch_size"
+        if result > tiles:
+            fix = "predict fewer images at once" + (", or output_type='labels'" if output_type != "labels" else "")
+        raise ValueError(
+            f"predicting needs about {_bytes(total)} (tiles: {_bytes(tiles)} for a batch of {batch} tiles of "
+            f"{'x'.join(map(str, plan.tile_input))}; result: {_bytes(result)}), more than "
+            f"memory_limit={limit} bytes ({_bytes(limit)}); {fix}, or raise memory_limit if the machine has "
+            "the memory"
+        )
+    return total
 
 
 # ---------------------------------------------------------------------------------------------
@@ -404,9 +572,13 @@ def _batches(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
         yield chunk
 
 
-def check_image(config: UNetConfig, image: torch.Tensor) -> torch.Tensor:
+def check_image(config: UNetConfig, image: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
     """(N, C, *spatial) view of a (C, *spatial) or (N, C, *spatial) image; a clear error if it has the
-    wrong number of dims or channels, is empty, or holds NaN or infinite values."""
+    wrong number of dims or channels, is empty or complex, or holds values that are NaN or
+    infinite once cast to `dtype` (the model's dtype; default: the image's own, floats only), so a
+    float64 value beyond float32's range is caught. Reads the image in bounded chunks."""
+    if not isinstance(image, torch.Tensor):
+        raise ValueError(f"image must be a torch.Tensor, got {type(image).__name__}")
     dims = config.spatial_dims
     if image.dim() not in (dims + 1, dims + 2):
         raise shapes.InputShapeError(
@@ -420,11 +592,17 @@ def check_image(config: UNetConfig, image: torch.Tensor) -> torch.Tensor:
         )
     if x.numel() == 0:
         raise ValueError(f"image of shape {tuple(image.shape)} is empty")
-    if x.is_floating_point():
+    if x.is_complex():
+        raise ValueError(
+            f"image of shape {tuple(image.shape)} is complex ({x.dtype}); pass its real part, magnitude "
+            "or phase (image.real, image.abs(), image.angle())"
+        )
+    if dtype is not None or x.is_floating_point():
         chunk = max(1, (1 << 24) // max(1, x[:, :, 0].numel()))  # bounded temporary memory
         for part in torch.split(x, chunk, dim=2):
-            if not torch.isfinite(part).all():
-                raise ValueError(f"image of shape {tuple(image.shape)} contains NaN or infinite values")
+            if not torch.isfinite(part.to(dtype or x.dtype)).all():
+                cast = f" once cast to the model's {dtype}" if dtype is not None and dtype != x.dtype else ""
+                raise ValueError(f"image of shape {tuple(image.shape)} contains NaN or infinite values{cast}")
     return x
 
 
@@ -445,6 +623,7 @@ def predict_tiled(
     resume: bool = True,
     journal: str | os.PathLike[str] | None = None,
     callback: Callable[[int, tuple[int, ...]], None] | None = None,
+    memory_limit: int | None = None,
 ) -> Any:
     """Predict an image of any size with a unetgen `UNet`, tile by tile (the overlap-tile strategy).
 
@@ -492,13 +671,24 @@ def predict_tiled(
     `callback(n, tile)` is called after each tile (and after the block it completes is written);
     an exception from it stops the run (the record keeps the blocks completed so far).
     `tile_size`, `batch_size`, `overlap` and `memory_budget` are as in `plan_tiles` (which shows
-    the plan without running). Runs under `torch.inference_mode()` in eval mode, then restores
-    the model's training mode. A tqdm progress bar counts the tiles when `progress` is on and
-    stderr is a terminal.
+    the plan without running). Before anything is allocated, `check_memory` estimates one batch
+    of tiles plus the result (when no `out` is given) and refuses (`ValueError`, with the
+    estimate) above `memory_limit` bytes (default `DEFAULT_MEMORY_LIMIT`, 16 GiB). Every option
+    is checked first (a `ValueError` naming it). Runs under `torch.inference_mode()` in eval
+    mode, then restores the model's training mode. A tqdm progress bar counts the tiles when
+    `progress` is on and stderr is a terminal.
     """
     options = dict(tile_size=tile_size, batch_size=batch_size, overlap=overlap, memory_budget=memory_budget)
     job, source, sink = prepare(
-        model, image, out, **options, blend=blend, output_type=output_type, block_shape=block_shape, device=device
+        model,
+        image,
+        out,
+        **options,
+        blend=blend,
+        output_type=output_type,
+        block_shape=block_shape,
+        device=device,
+        memory_limit=memory_limit,
     )
     record = None
     if journal is not None or _has_attrs(sink.target):
@@ -737,7 +927,7 @@ class Job:
 def _open_source(config: UNetConfig, image: Any, dtype: torch.dtype) -> tuple[TensorSource | ArraySource, bool, int]:
     """The source of tiles, whether the image has a batch axis, and its number of images."""
     if isinstance(image, torch.Tensor):
-        x = check_image(config, image)
+        x = check_image(config, image, dtype)
         return TensorSource(x), image.dim() == config.spatial_dims + 2, x.shape[0]
     batched, channels, images, _ = _array_layout(config, image)
     return ArraySource(image, batched, channels, dtype), batched, images
@@ -792,13 +982,21 @@ def prepare(
     block_shape: int | Sequence[int] | None = None,
     device: torch.device | str | None = None,
     plan: TilePlan | None = None,
+    memory_limit: int | None = None,
 ) -> tuple[Job, TensorSource | ArraySource, Sink]:
     """Check the arguments of `predict_tiled` and plan the work (the tiles, the blocks, where to
-    read and write) without running the model; `plan` skips planning (workers get the client's)."""
+    read and write) without running the model; `plan` skips planning (workers get the client's).
+    The memory estimate (`check_memory`) is checked before anything is allocated."""
     config = _config_of(model)
     dims = config.spatial_dims
     if blend not in ("gaussian", "constant"):
-        raise ValueError(f"blend={blend!r} must be 'gaussian' or 'constant'")
+        raise ValueError(f"blend={short_repr(blend)} must be 'gaussian' or 'constant'")
+    if output_type not in ("logits", "probabilities", "labels"):
+        raise ValueError(f"output_type={short_repr(output_type)} must be 'logits', 'probabilities' or 'labels'")
+    try:
+        target = None if device is None else torch.device(device)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise ValueError(f"device={short_repr(device)} is not a torch device: {err}") from None
     param = next(model.parameters())
     dtype, work = param.dtype, param.device
     final = output_dtype(output_type, config.out_channels, dtype)
@@ -808,10 +1006,19 @@ def prepare(
     plan = plan if plan is not None else plan_tiles(config, spatial, **options, dtype=dtype)
     if plan.image_shape != spatial:
         raise ValueError(f"the plan is for an image of {plan.image_shape}, the image is {spatial}")
+    check_memory(
+        config,
+        plan,
+        images=images,
+        output_type=output_type,
+        dtype=dtype,
+        memory_limit=memory_limit,
+        allocate_result=out is None,
+    )
     channels_out = () if output_type == "labels" else (config.out_channels,)
     shape = ((images,) if batched else ()) + channels_out + spatial
     if out is None:  # a tensor with the batch axis (predict_tiled drops it for a (C, *spatial) image)
-        target = source.device if device is None else torch.device(device)
+        target = source.device if target is None else target
         out = torch.zeros((images, *shape[batched:]), dtype=final, device=target)
         in_place, batched_out = output_type == "logits", True
     else:
