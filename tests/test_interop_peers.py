@@ -1,0 +1,282 @@
+"""unetgen.interop against the real peers, as installed packages (the `peers` extra): MONAI's
+`BasicUNet` and `DynUNet` over MONAI's own unit-test configurations, nnU-Net's `PlainConvUNet`
+and `ResidualEncoderUNet` over plans written from nnU-Net's documented defaults. Each converted
+model must have the peer's parameter count and compute the peer's outputs (and deep-supervision
+heads) in float64 to round-off. Skipped only where the extra is not installed."""
+
+from __future__ import annotations
+
+import itertools
+import pydoc
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+from unetgen import count_parameters
+from unetgen.interop import UnsupportedModelError, convert, from_nnunet_plans, to_nnunet_architecture
+
+TOL = 1e-10  # float64 round-off over a few dozen layers
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+
+
+def _params(m: nn.Module) -> int:
+    return sum(p.numel() for p in m.parameters())
+
+
+def _seeded(peer: nn.Module) -> nn.Module:
+    """Random weights and batch-norm statistics (peers init norms to 1/0, which hides mistakes)."""
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for m in peer.modules():
+            for name, t in [*m.named_parameters(recurse=False), *m.named_buffers(recurse=False)]:
+                if t.is_floating_point():
+                    r = torch.rand(t.shape, generator=g, dtype=t.dtype)
+                    t.copy_(0.5 + r if name in ("weight", "running_var") and t.dim() == 1 else r - 0.5)
+    return peer
+
+
+def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    assert a.shape == b.shape, (a.shape, b.shape)
+    return float((a - b).abs().max())
+
+
+def _check_eval(peer: nn.Module, shape: tuple[int, ...], **kw: Any) -> tuple[nn.Module, float]:
+    peer = _seeded(peer).double().eval()
+    ours = convert(peer, **kw)
+    assert not ours.training
+    assert next(ours.parameters()).dtype == torch.float64
+    x = torch.randn(shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        diff = _max_diff(peer(x), ours(x))
+    assert diff < TOL, diff
+    return ours, diff
+
+
+# ---------------------------------------------------------------------------------------------
+# MONAI BasicUNet: the cases of MONAI's tests/networks/nets/test_basic_unet.py, re-stated as
+# data; input sizes made multiples of 16 (MONAI replicate-pads odd skips, which unetgen refuses
+# as an invalid input rather than approximating)
+
+BASIC_UNET = [
+    *[({"spatial_dims": 1, "in_channels": 5, "out_channels": 8, **({"upsample": m} if m else {})}, (2, 5, 32))
+      for m in ("pixelshuffle", "nontrainable", "deconv", None)],
+    *[({"spatial_dims": 2, "in_channels": 2, "out_channels": 3, "features": (12, 12, 13, 14, 15, 16), "upsample": m},
+       (2, 2, 48, 32)) for m in ("pixelshuffle", "nontrainable", "deconv")],
+    ({"spatial_dims": 3, "in_channels": 1, "out_channels": 2, "features": (16, 20, 21, 22, 23, 11),
+      "upsample": "pixelshuffle"}, (1, 1, 32, 16, 16)),
+    ({"spatial_dims": 3, "in_channels": 2, "out_channels": 7, "features": (14, 15, 16, 17, 18, 11),
+      "upsample": "deconv"}, (1, 2, 32, 16, 16)),
+    ({"spatial_dims": 3, "in_channels": 4, "out_channels": 2, "features": (14, 15, 16, 17, 18, 10),
+      "upsample": "nontrainable"}, (1, 4, 16, 32, 16)),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("kwargs", "shape"), BASIC_UNET, ids=lambda v: str(v) if isinstance(v, tuple) else None)
+def test_monai_basic_unet(kwargs: dict[str, Any], shape: tuple[int, ...]) -> None:
+    nets = pytest.importorskip("monai.networks.nets")
+    peer = nets.BasicUNet(**kwargs)
+    if kwargs.get("upsample") == "pixelshuffle":
+        with pytest.raises(UnsupportedModelError, match="pixelshuffle"):
+            convert(peer)
+        return
+    ours, _ = _check_eval(peer, shape)
+    assert _params(ours) == _params(peer) == count_parameters(ours.config)
+
+
+def test_monai_basic_unet_norms_and_activations() -> None:
+    nets = pytest.importorskip("monai.networks.nets")
+    for norm, act in [("batch", "relu"), (("group", {"num_groups": 2}), "prelu"), (None, ("elu", {"alpha": 0.5}))]:
+        peer = nets.BasicUNet(spatial_dims=2, features=(4, 4, 6, 8, 10, 4), norm=norm, act=act, bias=norm is None)
+        ours, _ = _check_eval(peer, (2, 1, 32, 16))
+        assert _params(ours) == _params(peer)
+
+
+# ---------------------------------------------------------------------------------------------
+# MONAI DynUNet: the cases of MONAI's tests/networks/nets/test_dynunet.py (TEST_CASE_DYNUNET_2D,
+# TEST_CASE_DYNUNET_3D, TEST_CASE_DEEP_SUPERVISION), with smaller inputs
+
+
+def _dynunet_cases() -> list[tuple[str, dict[str, Any], tuple[int, ...]]]:
+    cases = []
+    for kernel, strides, cin, res in itertools.product(
+        [(3, 3, 3, 1), ((3, 1), 1, (3, 3), (1, 1))], [(1, 1, 1, 1), (2, 2, 2, 1)], [2, 3], [True, False]
+    ):
+        kw = {
+            "spatial_dims": 2, "in_channels": cin, "out_channels": 2, "kernel_size": kernel, "strides": strides,
+            "upsample_kernel_size": strides[1:], "norm_name": "batch",
+            "act_name": ("leakyrelu", {"inplace": True, "negative_slope": 0.2}), "deep_supervision": False,
+            "res_block": res, "dropout": None,
+        }  # fmt: skip
+        cases.append((f"2d-{kernel}-{strides}-{cin}-{res}", kw, (1, cin, 16, 16)))
+    for cout, res in itertools.product([2, 3], [True, False]):
+        kw = {
+            "spatial_dims": 3, "in_channels": 1, "out_channels": cout, "kernel_size": (3, (1, 1, 3), 3, 3),
+            "strides": ((1, 2, 1), 2, 2, 1), "upsample_kernel_size": (2, 2, 1), "filters": (64, 96, 128, 192),
+            "norm_name": ("INSTANCE", {"affine": True}), "deep_supervision": True, "res_block": res,
+            "dropout": ("alphadropout", {"p": 0.25}),
+        }  # fmt: skip
+        cases.append((f"3d-{cout}-{res}", kw, (1, 1, 8, 16, 8)))
+    for dims, res, num, strides in itertools.product(
+        [2, 3], [True, False], [1, 2], [(1, 2, 1, 2, 1), (2, 2, 2, 1), (2, 1, 1, 2, 2)]
+    ):
+        kw = {
+            "spatial_dims": dims, "in_channels": 1, "out_channels": 2, "kernel_size": [3] * len(strides),
+            "strides": strides, "upsample_kernel_size": strides[1:], "norm_name": ("group", {"num_groups": 16}),
+            "deep_supervision": True, "deep_supr_num": num, "res_block": res,
+        }  # fmt: skip
+        cases.append((f"ds-{dims}d-{res}-{num}-{strides}", kw, (1, 1, *[16] * dims)))
+    return cases
+
+
+DYNUNET = _dynunet_cases()
+
+
+@pytest.mark.parametrize(("kwargs", "shape"), [c[1:] for c in DYNUNET], ids=[c[0] for c in DYNUNET])
+def test_monai_dynunet(kwargs: dict[str, Any], shape: tuple[int, ...]) -> None:
+    nets = pytest.importorskip("monai.networks.nets")
+    peer = nets.DynUNet(**kwargs)
+    dropout = kwargs.get("dropout") is not None
+    if dropout:
+        with pytest.raises(UnsupportedModelError, match="dropout"):
+            convert(peer)
+    ours, _ = _check_eval(peer, shape, ignore_dropout=dropout)
+    assert _params(ours) == _params(peer) == count_parameters(ours.config)
+    if kwargs["deep_supervision"] and not dropout:  # heads: training mode (group norm: no running stats)
+        peer.train(), ours.train()
+        x = torch.randn(shape, dtype=torch.float64)
+        stacked = peer(x)
+        outs = ours(x)
+        assert len(outs) == 1 + kwargs.get("deep_supr_num", 1)
+        assert _max_diff(stacked[:, 0], outs[0]) < TOL
+        for head, aux in zip(peer.heads, outs[1:], strict=True):
+            assert _max_diff(head, aux) < TOL
+
+
+def test_monai_dynunet_prelu_is_refused() -> None:
+    nets = pytest.importorskip("monai.networks.nets")
+    peer = nets.DynUNet(2, 1, 2, [3, 3, 3], [1, 2, 2], [2, 2], act_name="prelu")
+    with pytest.raises(UnsupportedModelError, match="PReLU"):
+        convert(peer)
+
+
+# ---------------------------------------------------------------------------------------------
+# nnU-Net: plans written from nnU-Net's documented defaults (instance norm with affine, leaky
+# ReLU 0.01, conv bias, 3x3(x3) kernels, 2 convs per stage; ResEnc: 1,3,4,6,6,6 blocks and one
+# decoder conv per stage), with `base`/`top` channels shrunk for speed
+
+
+def _plans(cls: str, kernels: list[list[int]], strides: list[list[int]], base: int, top: int, **extra: Any) -> dict:
+    n = len(kernels)
+    dims = len(kernels[0])
+    kw: dict[str, Any] = {
+        "n_stages": n,
+        "features_per_stage": [min(base * 2**i, top) for i in range(n)],
+        "conv_op": f"torch.nn.modules.conv.Conv{dims}d",
+        "kernel_sizes": kernels,
+        "strides": strides,
+        "n_conv_per_stage_decoder": [2] * (n - 1),
+        "conv_bias": True,
+        "norm_op": f"torch.nn.modules.instancenorm.InstanceNorm{dims}d",
+        "norm_op_kwargs": {"eps": 1e-05, "affine": True},
+        "dropout_op": None,
+        "dropout_op_kwargs": None,
+        "nonlin": "torch.nn.LeakyReLU",
+        "nonlin_kwargs": {"inplace": True},
+    }
+    if cls == "PlainConvUNet":
+        kw["n_conv_per_stage"] = [2] * n
+    else:
+        kw["n_blocks_per_stage"] = [1, 3, 4, 6, 6, 6, 6, 6][:n]
+        kw["n_conv_per_stage_decoder"] = [1] * (n - 1)
+    kw |= extra
+    arch = {
+        "network_class_name": f"dynamic_network_architectures.architectures.unet.{cls}",
+        "arch_kwargs": kw,
+        "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"],
+    }
+    return {"configurations": {"c": {"patch_size": [0] * dims, "architecture": arch}}}
+
+
+ISO3 = ([[3, 3, 3]] * 6, [[1, 1, 1]] + [[2, 2, 2]] * 5)
+ANISO3 = ([[1, 3, 3], [1, 3, 3], [3, 3, 3], [3, 3, 3], [3, 3, 3], [3, 3, 3]],
+          [[1, 1, 1], [1, 2, 2], [1, 2, 2], [2, 2, 2], [2, 2, 2], [1, 2, 2]])  # fmt: skip
+TWO_D = ([[3, 3]] * 7, [[1, 1]] + [[2, 2]] * 6)
+RESENC_L = ([[1, 3, 3]] + [[3, 3, 3]] * 6, [[1, 1, 1], [1, 2, 2]] + [[2, 2, 2]] * 5)
+
+NNUNET = [
+    ("2d", "PlainConvUNet", *TWO_D, (2, 2, 128, 128), 512),
+    ("3d-isotropic", "PlainConvUNet", *ISO3, (1, 1, 64, 64, 64), 320),
+    ("3d-anisotropic", "PlainConvUNet", *ANISO3, (1, 1, 16, 64, 64), 320),
+    ("resenc-m", "ResidualEncoderUNet", *ISO3, (1, 1, 64, 64, 64), 320),
+    ("resenc-l", "ResidualEncoderUNet", *RESENC_L, (1, 1, 64, 128, 128), 320),
+]
+
+
+def _build_nnunet(plans: dict, cin: int, cout: int, deep_supervision: bool) -> nn.Module:
+    """The network as nnU-Net builds it from an architecture block (classes located by name)."""
+    arch = plans["configurations"]["c"]["architecture"]
+    kw = dict(arch["arch_kwargs"])
+    for key in arch["_kw_requires_import"]:
+        if kw[key] is not None:
+            kw[key] = pydoc.locate(kw[key])
+    cls = pydoc.locate(arch["network_class_name"])
+    return cls(input_channels=cin, num_classes=cout, deep_supervision=deep_supervision, **kw)
+
+
+@pytest.mark.parametrize(("name", "cls", "kernels", "strides", "shape", "top"), NNUNET, ids=[c[0] for c in NNUNET])
+def test_nnunet(name: str, cls: str, kernels: list, strides: list, shape: tuple[int, ...], top: int) -> None:
+    pytest.importorskip("dynamic_network_architectures.architectures.unet")
+    # the documented widths (32 .. top): parameter counts on the meta device, no memory
+    full = _plans(cls, kernels, strides, 32, top)
+    with torch.device("meta"):
+        peer_full = _build_nnunet(full, 1, 3, True)
+    config = from_nnunet_plans(full, "c", in_channels=1, out_channels=3)
+    assert count_parameters(config) == _params(peer_full)
+    # narrow widths: outputs and every deep-supervision head
+    plans = _plans(cls, kernels, strides, 2, 8)
+    cin = shape[1]
+    for ds in (True, False):
+        peer = _seeded(_build_nnunet(plans, cin, 3, ds)).double()
+        ours = convert(peer.train())
+        assert ours.config == from_nnunet_plans(plans, "c", in_channels=cin, out_channels=3, deep_supervision=ds)
+        unused = 0 if ds else sum(_params(h) for h in peer.decoder.seg_layers[:-1])  # nnU-Net keeps them
+        assert _params(ours) == _params(peer) - unused
+        x = torch.randn(shape, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+        with torch.no_grad():
+            theirs, mine = peer(x), ours(x)  # training mode: instance norm needs no running stats
+        theirs, mine = (theirs, mine) if ds else ([theirs], [mine])
+        assert len(theirs) == len(mine)
+        for a, b in zip(theirs, mine, strict=True):
+            assert _max_diff(a, b) < TOL
+    # the way back builds the same network in nnU-Net
+    assert to_nnunet_architecture(ours.config)["arch_kwargs"] == {
+        **plans["configurations"]["c"]["architecture"]["arch_kwargs"],
+        "conv_op": f"torch.nn.modules.conv.Conv{len(kernels[0])}d",
+        "nonlin_kwargs": {"inplace": True, "negative_slope": 0.01},
+    }
+
+
+def test_nnunet_batch_norm_relu_eval() -> None:
+    """Batch norm running statistics are carried over (eval mode)."""
+    unet = pytest.importorskip("dynamic_network_architectures.architectures.unet")
+    peer = unet.PlainConvUNet(
+        2, 4, [3, 4, 5, 6], nn.Conv2d, 3, [1, 2, 2, 2], 2, 3, 2, conv_bias=False, norm_op=nn.BatchNorm2d,
+        norm_op_kwargs={"eps": 1e-3, "momentum": 0.05}, nonlin=nn.ReLU, nonlin_kwargs={"inplace": True},
+    )  # fmt: skip
+    _check_eval(peer, (2, 2, 32, 24))
+
+
+def test_nnunet_refusals() -> None:
+    unet = pytest.importorskip("dynamic_network_architectures.architectures.unet")
+    peer = unet.PlainConvUNet(
+        1, 3, [2, 4, 8], nn.Conv2d, 3, [1, 2, 2], 2, 2, 2, norm_op=nn.InstanceNorm2d, nonlin=nn.ReLU,
+        dropout_op=nn.Dropout2d, dropout_op_kwargs={"p": 0.2},
+    )  # fmt: skip
+    with pytest.raises(UnsupportedModelError, match="dropout"):
+        convert(peer)
+    with pytest.raises(UnsupportedModelError, match="convert\\(\\) does not know"):
+        convert(nn.Sequential(nn.Conv2d(1, 1, 3)))
