@@ -22,15 +22,24 @@ def simulate(config: UNetConfig, size: int, axis: int = 0) -> int | None:
     lay = config.layout
     ks, ss = kernels(config, axis), strides(config, axis)
     shrink = config.padding == "valid"
+    first_conv = config.down.type == "first_conv"  # the first conv of each level strides (same padding)
+    stem = config.stem_stride if isinstance(config.stem_stride, int) else config.stem_stride[axis]
+    if size % stem:  # the output would not be size / stem
+        return None
     skips = []
     x = size
     for level in range(config.depth + 1):
-        for _ in lay.encoder[level].channels:
+        for j, _ in enumerate(lay.encoder[level].channels):
+            if first_conv and j == 0:
+                s = stem if level == 0 else ss[level - 1]
+                x = -(-x // s)  # a strided conv padded by k // 2: ceil(x / s) outputs
             x -= ks[level] - 1 if shrink else 0
             if x < 1:
                 return None
         if level < config.depth:
             skips.append(x)
+            if first_conv:
+                continue
             if x % ss[level]:
                 return None
             x //= ss[level]

@@ -22,9 +22,12 @@ NORMS = ["none", "batch", {"type": "group", "num_groups": 1}, "layer"]  # instan
 
 
 @st.composite
-def config_dicts(draw: st.DrawFn, *, dims: tuple[int, ...] = (1, 2, 3), max_depth: int = 5) -> dict[str, Any]:
+def config_dicts(
+    draw: st.DrawFn, *, dims: tuple[int, ...] = (1, 2, 3), max_depth: int = 5, full_resolution: bool = False
+) -> dict[str, Any]:
     """A tiny-channel config dict drawn from the whole option space: per-stage lists, per-axis
-    (anisotropic) kernels and strides, every block, merge, down and up type, deep supervision."""
+    (anisotropic) kernels and strides, every block, merge, down and up type, deep supervision.
+    `full_resolution`: the output at the input's resolution (no `stem_stride`), as tiling needs."""
     d = draw(st.sampled_from(dims))
     depth = draw(st.integers(1, max_depth))
     merge = draw(st.sampled_from(["concat", "add", "attention"]))
@@ -44,7 +47,7 @@ def config_dicts(draw: st.DrawFn, *, dims: tuple[int, ...] = (1, 2, 3), max_dept
         "norm": norm,
         "activation": draw(st.sampled_from(["relu", "leaky_relu", "elu", "gelu", "silu"])),
         "merge": merge,
-        "down": draw(st.sampled_from(["max", "avg", "conv"])),
+        "down": draw(st.sampled_from(["max", "avg", "conv", "first_conv"])),
         "up": draw(st.sampled_from(["transpose", "nearest", "linear"])),
         "block": draw(st.sampled_from(["plain", "residual", {"type": "residual", "preactivation": True}])),
         "dropout": {"rate": 0.0},
@@ -67,6 +70,11 @@ def config_dicts(draw: st.DrawFn, *, dims: tuple[int, ...] = (1, 2, 3), max_dept
     if draw(st.booleans()):
         axis_stride = st.sampled_from([1, 2, 3])
         out["strides"] = [draw(st.just(2) | st.lists(axis_stride, min_size=d, max_size=d)) for _ in range(depth)]
+    if out["down"] == "first_conv":
+        out["padding"] = "same"
+        if not full_resolution and draw(st.booleans()):
+            per_axis = st.lists(st.sampled_from([1, 2]), min_size=d, max_size=d)
+            out["stem_stride"] = draw(st.sampled_from([2, 3]) | per_axis)
     if depth > 1:
         out["deep_supervision"] = draw(st.lists(st.integers(1, depth - 1), unique=True, max_size=2))
     return out

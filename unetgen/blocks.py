@@ -19,6 +19,7 @@ from .config import (
     Concat,
     ConvDown,
     Down,
+    FirstConvDown,
     LinearUp,
     MaxPool,
     Merge,
@@ -60,26 +61,30 @@ class ConvBlock(nn.Module):
         residual = isinstance(block, ResidualBlock)
         layers_: list[nn.Module] = []
         cin = stage.in_channels
+        stride = stage.first_stride
+        strided = any(s != 1 for s in stride)
         for j, cout in enumerate(stage.channels):
             last = j == len(stage.channels) - 1
+            conv = layers.conv(dims, cin, cout, stage.kernel, stride=stride if j == 0 else 1, same=same, bias=bias)
             if pre:
                 n = layers.norm(norm, dims, cin)
                 # no norm: the activation would overwrite its input, which may be a skip or identity
                 layers_ += [m for m in (n, layers.activation(act, inplace=n is not None)) if m is not None]
-                layers_.append(layers.conv(dims, cin, cout, stage.kernel, same=same, bias=bias))
+                layers_.append(conv)
             else:
-                layers_.append(layers.conv(dims, cin, cout, stage.kernel, same=same, bias=bias))
+                layers_.append(conv)
                 if (n := layers.norm(norm, dims, cout)) is not None:
                     layers_.append(n)
                 if not (residual and last):  # the residual block activates after the sum
                     layers_.append(layers.activation(act))
             cin = cout
         self.body = nn.Sequential(*layers_)
-        self.residual = residual
+        self.residual, self.strided = residual, strided
         if residual:
             proj: list[nn.Module] = []
-            if stage.in_channels != stage.out_channels:
-                proj.append(layers.conv(dims, stage.in_channels, stage.out_channels, 1, bias=bias or pre))
+            if stage.in_channels != stage.out_channels or strided:
+                cin, cout = stage.in_channels, stage.out_channels
+                proj.append(layers.conv(dims, cin, cout, 1, stride=stride, bias=bias or pre))
                 if not pre and (n := layers.norm(norm, dims, stage.out_channels)) is not None:
                     proj.append(n)
             self.shortcut = nn.Sequential(*proj)
@@ -89,7 +94,10 @@ class ConvBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.body(x)  # (B, C_out, *(S - sum(k - 1)))
         if self.residual:
-            y = y + self.shortcut(center_crop(x, y.shape[2:]))  # valid padding: the identity cropped centrally
+            if self.strided:  # same padding (config rule): the strided shortcut gives y's shape
+                y = y + self.shortcut(x)
+            else:  # valid padding: the identity cropped centrally
+                y = y + self.shortcut(center_crop(x, y.shape[2:]))
             if self.post_act is not None:
                 y = self.post_act(y)
         if self.dropout is not None:
@@ -97,9 +105,12 @@ class ConvBlock(nn.Module):
         return y
 
 
-def make_down(option: Down, dims: SpatialDims, channels: int, stride: tuple[int, ...]) -> nn.Module:
-    """Down-sampling by `stride` with kernel = stride; the channels stay."""
+def make_down(option: Down, dims: SpatialDims, channels: int, stride: tuple[int, ...]) -> nn.Module | None:
+    """Down-sampling by `stride` with kernel = stride; the channels stay. None for `first_conv`,
+    whose stride is in the next block's first conv."""
     match option:
+        case FirstConvDown():
+            return None
         case MaxPool():
             return layers.MAX_POOL[dims](stride, stride)
         case AvgPool():

@@ -228,7 +228,15 @@ class ConvDown(_Model):
     type: Literal["conv"] = "conv"
 
 
-Down = Annotated[MaxPool | AvgPool | ConvDown, Field(discriminator="type"), BareString()]
+class FirstConvDown(_Model):
+    """No separate down-sampling layer: the first conv of each lower level's block carries the
+    stride (with that level's kernel and `same` padding), as in nnU-Net and MONAI's DynUNet.
+    Needs `padding: same`."""
+
+    type: Literal["first_conv"] = "first_conv"
+
+
+Down = Annotated[MaxPool | AvgPool | ConvDown | FirstConvDown, Field(discriminator="type"), BareString()]
 
 
 class TransposeUp(_Model):
@@ -276,11 +284,18 @@ class Dropout(_Model):
 @dataclass(frozen=True)
 class Stage:
     """One block of convolutions: its input channels, the output channels of each conv and the
-    kernel size of its convs per spatial axis."""
+    kernel size of its convs per spatial axis; `stride` is the stride of its first conv (all
+    ones unless `down: first_conv`)."""
 
     in_channels: int
     channels: tuple[int, ...]
     kernel: tuple[int, ...]
+    stride: tuple[int, ...] | None = None
+
+    @property
+    def first_stride(self) -> tuple[int, ...]:
+        """The stride of the first conv, per axis."""
+        return self.stride if self.stride is not None else (1,) * len(self.kernel)
 
     @property
     def out_channels(self) -> int:
@@ -299,6 +314,7 @@ class Layout:
     coarse_channels: tuple[int, ...]
     up_channels: tuple[int, ...]
     decoder: tuple[Stage, ...]
+    stem_stride: tuple[int, ...] = ()
 
 
 PerStage = int | tuple[int | tuple[int, ...], ...]
@@ -343,6 +359,10 @@ class UNetConfig(_Model):
     """Down-sampling factor of each step: one int, or one entry per step (depth), each an int
     or one value per axis, e.g. [[1, 2, 2], [2, 2, 2], ...]. Pool, strided-conv and up-sampling
     kernels equal the stride."""
+    stem_stride: int | tuple[int, ...] = 1
+    """Stride of the first conv of level 0 (MONAI DynUNet's strides[0]): one int or one per
+    axis; the output is then at 1/stem_stride of the input's resolution. Only with
+    `down: first_conv` (and so `padding: same`)."""
     padding: Padding = "valid"
     """`valid`: unpadded convs, each k x k conv shrinks the map by k-1 (the paper); `same`:
     zero padding keeps the size."""
@@ -357,7 +377,8 @@ class UNetConfig(_Model):
     merge: Merge = Concat()
     """How a decoder level combines its skip with the up-sampled map."""
     down: Down = MaxPool()
-    """Down-sampling: max pooling (the paper), average pooling or a strided conv."""
+    """Down-sampling: max pooling (the paper), average pooling, a strided conv, or `first_conv`:
+    the stride in the first conv of each lower level (nnU-Net, DynUNet)."""
     up: Up = TransposeUp()
     """Up-sampling: a transposed conv (the paper's up-convolution) or interpolation + 1x1 conv."""
     up_channels: Literal["skip", "keep"] = "skip"
@@ -414,6 +435,8 @@ class UNetConfig(_Model):
                     )
         _per_axis("kernel_size", self.kernel_size, d + 1, n, 1, MAX_KERNEL, odd=True)
         _per_axis("strides", self.strides, d, n, 1, MAX_STRIDE, odd=False)
+        _check_stem_stride(self)
+        _check_first_conv(self)
         for level in self.deep_supervision:
             if level >= d:
                 raise ValueError(f"deep_supervision level {level} does not exist for depth={d}; use levels 1..{d - 1}")
@@ -475,9 +498,12 @@ class UNetConfig(_Model):
         strides = _expand_axes(self.strides, d, n)
         encoder: list[Stage] = []
         cin = self.in_channels
+        first_conv = isinstance(self.down, FirstConvDown)
+        stem_stride = self.stem_stride if isinstance(self.stem_stride, tuple) else (self.stem_stride,) * n
         for i in range(d + 1):
             chans = _expand_convs(widths[i], enc_convs[i])
-            encoder.append(Stage(cin, chans, kernels[i]))
+            stride = (stem_stride if i == 0 else strides[i - 1]) if first_conv else None
+            encoder.append(Stage(cin, chans, kernels[i], stride))
             cin = chans[-1]
         dec_widths = self.decoder_channels or tuple(encoder[i].out_channels for i in range(d))
         coarse, ups, decoder = [0] * d, [0] * d, []
@@ -489,7 +515,7 @@ class UNetConfig(_Model):
             chans = _expand_convs(dec_widths[i], dec_convs[i])
             decoder.insert(0, Stage(ups[i] + skip, chans, kernels[i]))
             below = chans[-1]
-        return Layout(tuple(encoder), strides, tuple(coarse), tuple(ups), tuple(decoder))
+        return Layout(tuple(encoder), strides, tuple(coarse), tuple(ups), tuple(decoder), stem_stride)
 
     def model_copy(self, *, update: dict[str, Any] | None = None, deep: bool = False) -> UNetConfig:
         """A validated copy with `update` applied (configs are frozen; this is how to vary one)."""
@@ -506,6 +532,33 @@ class UNetConfig(_Model):
     def conv_bias(self) -> bool:
         """Whether convs followed by a norm have a bias: `bias`, or on exactly when norm is none."""
         return self.bias if self.bias is not None else isinstance(self.norm, NoNorm)
+
+
+# ---------------------------------------------------------------------------------------------
+# cross-field rules, one per function
+
+
+def _check_stem_stride(config: UNetConfig) -> None:
+    value, n = config.stem_stride, config.spatial_dims
+    axes = value if isinstance(value, tuple) else (value,)
+    if isinstance(value, tuple) and len(value) != n:
+        raise ValueError(f"stem_stride={list(value)} has {len(value)} values but spatial_dims={n}")
+    if not all(1 <= s <= MAX_STRIDE for s in axes):
+        raise ValueError(f"stem_stride={_fmt(value)} must be between 1 and {MAX_STRIDE}")
+    if any(s != 1 for s in axes) and not isinstance(config.down, FirstConvDown):
+        raise ValueError(
+            f"stem_stride={_fmt(value)} strides the first conv of level 0, which needs "
+            f"down='first_conv' (got down='{config.down.type}'); set down: first_conv or stem_stride: 1"
+        )
+
+
+def _check_first_conv(config: UNetConfig) -> None:
+    if isinstance(config.down, FirstConvDown) and config.padding != "same":
+        raise ValueError(
+            "down='first_conv' needs padding='same': without padding a strided conv with kernel k and "
+            "stride s shifts the coarser grid by (k - s) / 2 pixels, so no skip crop could be centred; "
+            "use padding: same (as nnU-Net and DynUNet do) or, for valid padding, down: max, avg or conv"
+        )
 
 
 # ---------------------------------------------------------------------------------------------

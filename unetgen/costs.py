@@ -30,6 +30,7 @@ from .config import (
     BatchNorm,
     Concat,
     ConvDown,
+    FirstConvDown,
     GroupNorm,
     InstanceNorm,
     LayerNorm,
@@ -71,13 +72,18 @@ def _norm(option: Norm, channels: int) -> int:
     raise AssertionError(f"unhandled norm {option!r}")
 
 
+def _projects(stage: Stage) -> bool:
+    """Whether a residual block's shortcut has a 1x1 conv: channels or size change."""
+    return stage.in_channels != stage.out_channels or any(s != 1 for s in stage.first_stride)
+
+
 def _block_parameters(config: UNetConfig, stage: Stage) -> int:
     pre, bias, norm = config.block.preactivation, config.conv_bias, config.norm
     total, cin = 0, stage.in_channels
     for cout in stage.channels:
         total += _conv(cin, cout, stage.kernel, bias) + _norm(norm, cin if pre else cout)
         cin = cout
-    if isinstance(config.block, ResidualBlock) and stage.in_channels != stage.out_channels:
+    if isinstance(config.block, ResidualBlock) and _projects(stage):
         total += _conv(stage.in_channels, stage.out_channels, (1,), bias or pre)
         total += 0 if pre else _norm(norm, stage.out_channels)
     return total
@@ -92,7 +98,7 @@ def count_parameters(config: UNetConfig) -> int:
             match config.down:
                 case ConvDown():
                     total += _conv(stage.out_channels, stage.out_channels, lay.strides[i], True)
-                case MaxPool() | AvgPool():
+                case MaxPool() | AvgPool() | FirstConvDown():
                     pass
                 case _:
                     raise AssertionError(f"unhandled down {config.down!r}")
@@ -133,8 +139,9 @@ def count_macs(config: UNetConfig, input_shape: Sequence[int], *, training: bool
         for j, cout in enumerate(stage.channels):
             macs += size[f"{prefix}.conv{j + 1}"] * cin * cout * math.prod(stage.kernel)
             cin = cout
-        if isinstance(config.block, ResidualBlock) and stage.in_channels != stage.out_channels:
-            # the 1x1 projection runs on the identity cropped to the block's output
+        if isinstance(config.block, ResidualBlock) and _projects(stage):
+            # the 1x1 projection runs on the identity cropped to the block's output (or, strided,
+            # on the whole identity, which with same padding gives the block's output size)
             macs += size[f"{prefix}.conv{len(stage.channels)}"] * stage.in_channels * stage.out_channels
         return macs
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Literal
 
-from .config import InstanceNorm, UNetConfig
+from .config import FirstConvDown, InstanceNorm, Stage, UNetConfig
 
 __all__ = [
     "AxisRule",
@@ -46,7 +46,9 @@ class InputShapeError(ValueError):
 @dataclass(frozen=True)
 class AxisRule:
     """The size rule of one spatial axis: valid inputs are ``offset + period*b`` for ``b >= b_min``,
-    and such an input gives the output ``period*b + out_offset``."""
+    and such an input gives the output ``out_period*b + out_offset``, where ``out_period`` is
+    ``period / stem`` (``stem`` = `stem_stride` on this axis, 1 unless the output is at a
+    reduced resolution)."""
 
     period: int
     offset: int
@@ -57,6 +59,12 @@ class AxisRule:
     dec_shrink: tuple[int, ...]
     conv_shrink_enc: tuple[tuple[int, ...], ...]
     conv_shrink_dec: tuple[tuple[int, ...], ...]
+    stem: int = 1
+
+    @property
+    def out_period(self) -> int:
+        """Output growth per step of ``b``: ``period / stem``."""
+        return self.period // self.stem
 
     @property
     def min_size(self) -> int:
@@ -65,13 +73,20 @@ class AxisRule:
 
     @property
     def halo(self) -> int:
-        """Context lost on each side: (input - output) / 2, the same for every valid input."""
+        """Context lost on each side: (input - output) / 2, the same for every valid input.
+        Raises ValueError when `stem_stride` puts the output at a lower resolution (no halo)."""
+        if self.stem != 1:
+            raise ValueError(
+                f"stem_stride={self.stem} puts the output at 1/{self.stem} of the input's resolution, so "
+                "input and output pixels do not correspond one to one (no halo, no overlap-tile "
+                "prediction); use stem_stride: 1"
+            )
         return (self.offset - self.out_offset) // 2
 
     def output(self, size: int) -> int | None:
         """The output size for `size`, or None when `size` is not a valid input size."""
         b, rest = divmod(size - self.offset, self.period)
-        return self.period * b + self.out_offset if rest == 0 and b >= self.b_min else None
+        return self.out_period * b + self.out_offset if rest == 0 and b >= self.b_min else None
 
 
 @lru_cache(maxsize=256)
@@ -94,13 +109,16 @@ def axis_rule(config: UNetConfig, axis: int = 0) -> AxisRule:
     for i in reversed(range(depth)):
         offset = enc_shrink[i] + strides[i] * offset
         period *= strides[i]
+    stem = layout.stem_stride[axis] if layout.stem_stride else 1
+    assert stem == 1 or not valid, "a stem stride needs same padding (config rule)"
+    period *= stem  # same padding: input = stem * (level 0's map)
     # every later map is alpha*b + beta >= 1: the bottleneck's output, then each decoder level's.
     alpha, beta = 1, -enc_shrink[depth]
     b_min = max(1, 1 - beta)
     for i in reversed(range(depth)):
         alpha, beta = alpha * strides[i], beta * strides[i] - dec_shrink[i]
         b_min = max(b_min, -((beta - 1) // alpha))  # ceil((1 - beta) / alpha)
-    return AxisRule(period, offset, b_min, beta, enc_shrink, strides, dec_shrink, enc, dec)
+    return AxisRule(period, offset, b_min, beta, enc_shrink, strides, dec_shrink, enc, dec, stem)
 
 
 def _rules(config: UNetConfig) -> tuple[AxisRule, ...]:
@@ -214,7 +232,7 @@ def min_input_shape(config: UNetConfig) -> tuple[int, ...]:
 def input_size_for_output(config: UNetConfig, output_size: int, *, axis: int = 0) -> int:
     """The smallest valid input size along `axis` whose output is at least `output_size`."""
     rule = axis_rule(config, axis)
-    b = max(rule.b_min, -(-(output_size - rule.out_offset) // rule.period))
+    b = max(rule.b_min, -(-(output_size - rule.out_offset) // rule.out_period))
     return rule.offset + rule.period * b
 
 
@@ -253,19 +271,23 @@ def _walk(
     rows = [TraceRow("input", config.in_channels, tuple(size))]
     skips: list[tuple[int, ...]] = []
 
-    def convs(prefix: str, stage_index: int, channels: tuple[int, ...], shrink_of) -> None:
-        for j, c in enumerate(channels):
+    def convs(prefix: str, stage_index: int, stage: Stage, shrink_of) -> None:
+        for j, c in enumerate(stage.channels):
             for a, r in enumerate(rules):
+                if j == 0:  # down: first_conv (same padding): the first conv strides
+                    size[a] //= stage.first_stride[a]
                 size[a] -= shrink_of(r)[stage_index][j]
             rows.append(TraceRow(f"{prefix}.conv{j + 1}", c, tuple(size)))
 
+    separate_down = not isinstance(config.down, FirstConvDown)
     for i, stage in enumerate(layout.encoder):
         name = "bottleneck" if i == config.depth else f"enc{i}"
-        convs(name, i, stage.channels, lambda r: r.conv_shrink_enc)
+        convs(name, i, stage, lambda r: r.conv_shrink_enc)
         if i < config.depth:
             skips.append(tuple(size))
-            size = [s // r.strides[i] for s, r in zip(size, rules, strict=True)]
-            rows.append(TraceRow(f"down{i}", stage.out_channels, tuple(size)))
+            if separate_down:
+                size = [s // r.strides[i] for s, r in zip(size, rules, strict=True)]
+                rows.append(TraceRow(f"down{i}", stage.out_channels, tuple(size)))
     crops: list[SkipCrop] = []
     for i in reversed(range(config.depth)):
         size = [s * r.strides[i] for s, r in zip(size, rules, strict=True)]
@@ -274,7 +296,7 @@ def _walk(
         crops.append(SkipCrop(i, skip, tuple(size), tuple((s - u) // 2 for s, u in zip(skip, size, strict=True))))
         merged = layout.decoder[i].in_channels
         rows.append(TraceRow(f"merge{i}", merged, tuple(size)))
-        convs(f"dec{i}", i, layout.decoder[i].channels, lambda r: r.conv_shrink_dec)
+        convs(f"dec{i}", i, layout.decoder[i], lambda r: r.conv_shrink_dec)
         if i in config.deep_supervision:
             rows.append(TraceRow(f"aux{i}", config.out_channels, tuple(size)))
     rows.append(TraceRow("head", config.out_channels, tuple(size)))
