@@ -252,7 +252,59 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", help="a .yaml/.json config file or a preset name")
     p.add_argument("--input-size", type=_sizes_arg, default=None, help="spatial size, e.g. 572 or 572x572")
     p.set_defaults(func=cmd_trace)
+
+    _add_import_parser(sub)
     return parser
+
+
+# -- unetgen import (issue 11): kept self-contained ---------------------------------------------
+
+
+def _add_import_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("import", help="write a unetgen config for a network of another library (nnU-Net plans)")
+    p.add_argument("source", choices=("nnunet",), help="the library: nnunet (an nnUNetPlans.json file)")
+    p.add_argument("plans", help="the nnU-Net plans file, e.g. nnUNetPlans.json")
+    p.add_argument("--configuration", required=True, help="e.g. 2d, 3d_fullres, 3d_lowres")
+    p.add_argument("--in-channels", type=int, required=True, help="input channels (the dataset's channels)")
+    p.add_argument("--out-channels", type=int, required=True, help="outputs (labels or regions)")
+    p.add_argument("--no-deep-supervision", action="store_true", help="the network nnU-Net predicts with")
+    p.add_argument("-o", "--output", required=True, help="the .yaml file to write")
+    p.add_argument(
+        "--schema",
+        default="schemas/unet-config.schema.json",
+        help="the JSON Schema for the editor marker: a path (written relative to the output) or a URL",
+    )
+    p.set_defaults(func=cmd_import)
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    import os
+
+    from .interop import nnunet_yaml
+
+    out = Path(args.output)
+    if out.suffix.lower() not in (".yaml", ".yml"):
+        print(f"error: --output {args.output!r} must end in .yaml or .yml", file=sys.stderr)
+        return 2
+    schema = args.schema
+    if "://" not in schema:
+        schema = Path(os.path.relpath(Path(schema).resolve(), out.resolve().parent)).as_posix()
+    try:
+        text = nnunet_yaml(
+            args.plans,
+            args.configuration,
+            in_channels=args.in_channels,
+            out_channels=args.out_channels,
+            deep_supervision=not args.no_deep_supervision,
+            schema=schema,
+        )
+    except ValueError as err:  # UnsupportedModelError, a malformed plans file, a bad channel count
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    out.write_text(text, encoding="utf-8")
+    load_config(out)  # what was written validates
+    print(f"wrote {out}", file=sys.stderr)
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -332,7 +332,7 @@ class _NNSpec:
             "bias": self.bias,
             "activation": self.activation,
             "down": {"type": "first_conv"},
-            "up": {"type": "transpose", "bias": self.bias},
+            "up": _transpose_up(self.bias),
             "decoder_convs_per_block": self.decoder_convs,
             "dropout": {"rate": 0.0},
             "deep_supervision": list(range(1, depth)) if self.deep_supervision else [],
@@ -354,6 +354,11 @@ class _NNSpec:
             out["norm_position"] = "after_activation"
         out |= _up_first_merge()
         return out
+
+
+def _transpose_up(bias: bool) -> dict[str, Any]:
+    """A transposed-conv up-sampling with or without bias (the schema's default is with)."""
+    return {"type": "transpose"} if bias else {"type": "transpose", "bias": False}
 
 
 def _up_first_merge() -> dict[str, Any]:
@@ -919,7 +924,7 @@ def _from_dynunet(net: nn.Module, ignore_dropout: bool) -> tuple[dict[str, Any],
         "bias": False,
         "activation": _activation_from_module(act_mod, "DynUNet"),
         "down": {"type": "first_conv"},
-        "up": {"type": "transpose", "bias": bool(net.trans_bias)},
+        "up": _transpose_up(bool(net.trans_bias)),
         "decoder_kernel": "level_below",
         "dropout": {"rate": 0.0},
         "deep_supervision": list(range(1, net.deep_supr_num + 1)) if net.deep_supervision else [],
@@ -1042,14 +1047,17 @@ def _check_inputs(
     names_t: dict[nn.Module, str],
 ) -> None:
     src_in = _record_inputs(source, src_layers, x)
-    k = 0
-    for _ in range(len(tgt_layers) + 1):  # each pass fixes at least one layer
+    rotated: dict[int, int] = {}  # layer index -> channel rotation of its input, weight permuted
+    start = 0
+    for _ in range(len(tgt_layers) + 1):  # each pass permutes one more layer, or ends
         tgt_in = _record_inputs(target, tgt_layers, x)
-        for k in range(k, len(tgt_layers)):
+        for k in range(start, len(tgt_layers)):
             a, b = src_in[k], tgt_in[k]
+            if k in rotated:
+                a = torch.roll(a, -rotated[k], dims=1)
             if a.shape == b.shape and _close(a, b):
                 continue
-            shift = _rotation(a, b)
+            shift = None if k in rotated else _rotation(a, b)
             t = tgt_layers[k]
             if shift is None or not isinstance(t, _ConvNd) or t.transposed:
                 raise UnsupportedModelError(
@@ -1059,6 +1067,7 @@ def _check_inputs(
                 )
             with torch.no_grad():
                 t.weight.copy_(torch.roll(src_layers[k].weight, -shift, dims=1))
+            rotated[k], start = shift, k
             break
         else:
             return
@@ -1079,3 +1088,51 @@ def _rotation(a: torch.Tensor, b: torch.Tensor) -> int | None:
         if _close(torch.roll(a, -k, dims=1), b):
             return k
     return None
+
+
+# =============================================================================================
+# the `unetgen import nnunet` command's YAML
+
+
+def nnunet_yaml(
+    plans_path: str | Path,
+    configuration: str,
+    *,
+    in_channels: int,
+    out_channels: int,
+    deep_supervision: bool = True,
+    schema: str | None = None,
+) -> str:
+    """A commented YAML config for `configuration` of the plans file at `plans_path` (see
+    `from_nnunet_plans`), starting with the ``yaml-language-server`` schema marker pointing at
+    `schema` (a path relative to where the YAML will be written, or a URL) when given."""
+    import yaml
+
+    from . import shapes
+
+    plans = _read_plans(plans_path)
+    config = from_nnunet_plans(
+        plans, configuration, in_channels=in_channels, out_channels=out_channels, deep_supervision=deep_supervision
+    )
+    conf = _resolve_configuration(plans["configurations"], configuration)
+    cls = _architecture(conf, configuration)[0]
+    lines = [f"# yaml-language-server: $schema={schema}"] if schema else []
+    lines += [
+        f"# nnU-Net {cls}, configuration {configuration!r} of {Path(plans_path).name}"
+        + (f" (dataset {name})" if isinstance(name := plans.get("dataset_name"), str) else ""),
+        "# imported by `unetgen import nnunet`: the same network as nnU-Net builds (unetgen.interop).",
+    ]
+    patch = conf.get("patch_size")
+    if isinstance(patch, list) and len(patch) == config.spatial_dims and all(isinstance(p, int) for p in patch):
+        size = tuple(patch)
+        if shapes.is_valid_input_shape(config, size):
+            lines.append(
+                f"# nnU-Net's patch size {list(size)} is valid: output {list(shapes.output_shape(config, size))}."
+            )
+        else:
+            near = [shapes.nearest_valid_input_size(config, s, axis=a) for a, s in enumerate(size)]
+            lines.append(f"# nnU-Net's patch size {list(size)} is not a valid input; nearest valid: {near}.")
+    if config.deep_supervision:
+        lines.append("# deep_supervision: heads on every decoder level but the deepest, as nnU-Net trains.")
+    body = yaml.safe_dump(config.model_dump(mode="json", exclude_unset=True), sort_keys=False, default_flow_style=None)
+    return "\n".join(lines) + "\n" + body
