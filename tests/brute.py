@@ -17,6 +17,10 @@ def strides(config: UNetConfig, axis: int) -> list[int]:
     return [e[axis] if isinstance(e, tuple) else e for e in entries]
 
 
+def per_level(value: int | tuple[int, ...], level: int) -> int:
+    return value if isinstance(value, int) else value[level]
+
+
 def simulate(config: UNetConfig, size: int, axis: int = 0) -> int | None:
     """The output size along `axis`, or None if some map would vanish or a pool would drop pixels."""
     lay = config.layout
@@ -28,8 +32,12 @@ def simulate(config: UNetConfig, size: int, axis: int = 0) -> int | None:
         return None
     skips = []
     x = size
+    if config.stem:  # one conv with level 0's kernel before level 0
+        x -= ks[0] - 1 if shrink else 0
+        if x < 1:
+            return None
     for level in range(config.depth + 1):
-        for j, _ in enumerate(lay.encoder[level].channels):
+        for j in range(per_level(config.blocks_per_level, level) * per_level(config.convs_per_block, level)):
             if first_conv and j == 0:
                 s = stem if level == 0 else ss[level - 1]
                 x = -(-x // s)  # a strided conv padded by k // 2: ceil(x / s) outputs

@@ -19,6 +19,13 @@ settings.register_profile("thorough", max_examples=500, deadline=None, suppress_
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 NORMS = ["none", "batch", {"type": "group", "num_groups": 1}, "layer"]  # instance: tested apart (1-pixel maps)
+BLOCKS = [
+    "plain",
+    "residual",
+    {"type": "residual", "preactivation": True},
+    {"type": "residual", "shortcut": "resnet_d"},
+    {"type": "residual", "shortcut": "resnet_d", "preactivation": True},
+]
 
 
 @st.composite
@@ -49,7 +56,7 @@ def config_dicts(
         "merge": merge,
         "down": draw(st.sampled_from(["max", "avg", "conv", "first_conv"])),
         "up": draw(st.sampled_from(["transpose", "nearest", "linear"])),
-        "block": draw(st.sampled_from(["plain", "residual", {"type": "residual", "preactivation": True}])),
+        "block": draw(st.sampled_from(BLOCKS)),
         "dropout": {"rate": 0.0},
         "init": "torch",
     }
@@ -70,6 +77,12 @@ def config_dicts(
     if draw(st.booleans()):
         axis_stride = st.sampled_from([1, 2, 3])
         out["strides"] = [draw(st.just(2) | st.lists(axis_stride, min_size=d, max_size=d)) for _ in range(depth)]
+    if draw(st.booleans()):  # nnU-Net ResEnc: several units per level, a stem, a plain decoder
+        out["blocks_per_level"] = draw(
+            st.integers(1, 2) | st.lists(st.integers(1, 2), min_size=depth + 1, max_size=depth + 1)
+        )
+        out["stem"] = draw(st.booleans())
+        out["decoder_block"] = draw(st.sampled_from([None, *BLOCKS]))
     if out["down"] == "first_conv":
         out["padding"] = "same"
         if not full_resolution and draw(st.booleans()):

@@ -79,3 +79,103 @@ def test_stem_stride_output_resolution_and_no_halo() -> None:
 def test_refused_with_the_reason(fields: dict, message: str) -> None:
     with pytest.raises(ValidationError, match=message):
         UNetConfig.model_validate(fields)
+
+
+# ---------------------------------------------------------------------------------------------
+# residual stages: blocks_per_level, shortcut, stem, decoder_block
+
+RESENC = {
+    **FIRST,
+    "base_channels": 4,
+    "blocks_per_level": [1, 3, 2],
+    "block": {"type": "residual", "shortcut": "resnet_d"},
+    "decoder_block": "plain",
+    "decoder_convs_per_block": 1,
+    "stem": True,
+    "norm": "instance",
+    "bias": True,
+}
+
+
+def test_residual_encoder_layers() -> None:
+    model = build_unet(RESENC, device="meta")
+    stem = model.encoder[0].stem
+    assert [type(m).__name__ for m in stem] == ["Conv2d", "InstanceNorm2d", "ReLU"]
+    assert (stem[0].in_channels, stem[0].out_channels, stem[0].kernel_size) == (1, 4, (3, 3))
+    level1 = model.encoder[1].block
+    assert isinstance(level1, nn.Sequential) and len(level1) == 3
+    first, *rest = level1
+    assert [type(m).__name__ for m in first.shortcut] == ["AvgPool2d", "Conv2d", "InstanceNorm2d"]
+    pool, conv = first.shortcut[0], first.shortcut[1]
+    assert pool.ceil_mode and pool.kernel_size == pool.stride == (2, 2)
+    assert (conv.in_channels, conv.out_channels, conv.stride, conv.bias) == (4, 8, (1, 1), None)
+    assert first.body[0].stride == (2, 2) and all(u.body[0].stride == (1, 1) for u in rest)
+    assert all(len(u.shortcut) == 0 for u in rest)  # identity
+    assert [len(level.block.body) for level in model.decoder] == [3, 3]  # plain: conv, norm, act
+    assert not any(level.block.residual for level in model.decoder)
+    assert len(model.encoder[0].block.shortcut) == 0  # level 0: no stride, 4 -> 4 channels: identity
+
+
+def test_resnet_d_unit_computes_pool_conv_norm_shortcut() -> None:
+    torch.manual_seed(0)
+    config = {**RESENC, "norm": "batch", "blocks_per_level": 1, "stem": False, "in_channels": 4}
+    model = build_unet(config, dtype=torch.float64).eval()
+    unit = model.encoder[1].block
+    for m in unit.modules():  # non-trivial norm statistics
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-1, 1), m.running_var.uniform_(0.5, 2), m.weight.data.uniform_(0.5, 2)
+    x = torch.randn(2, 4, 6, 10, dtype=torch.float64)
+    conv1, bn1, _, conv2, bn2 = unit.body
+    body = bn2(conv2(torch.relu(bn1(conv1(x)))))
+    _, short_conv, short_bn = unit.shortcut
+    identity = short_bn(torch.nn.functional.conv2d(torch.nn.functional.avg_pool2d(x, 2), short_conv.weight))
+    torch.testing.assert_close(unit(x), torch.relu(body + identity))
+    assert conv1.stride == (2, 2) and conv1.padding == (1, 1)
+
+
+def test_projection_shortcut_strides_even_when_channels_stay() -> None:
+    model = build_unet({**FIRST, "channel_multiplier": 1, "block": "residual", "norm": "batch"}, device="meta")
+    shortcut = model.encoder[1].block.shortcut
+    assert [type(m).__name__ for m in shortcut] == ["Conv2d", "BatchNorm2d"]
+    assert shortcut[0].stride == (2, 2) and shortcut[0].kernel_size == (1, 1)
+    assert len(model.encoder[0].block.shortcut) == 2  # level 0: 1 -> 2 channels, no stride
+    assert model.encoder[0].block.shortcut[0].stride == (1, 1)
+
+
+def test_real_nnunet_stage_counts_fit_the_limits() -> None:
+    config = UNetConfig(
+        spatial_dims=3, depth=6, channels=[32, 64, 128, 256, 320, 320, 320], blocks_per_level=[1, 3, 4, 6, 6, 6, 6],
+        block={"type": "residual", "shortcut": "resnet_d"}, decoder_block="plain", stem=True, down="first_conv",
+        padding="same", norm="instance", decoder_convs_per_block=1,
+    )  # fmt: skip
+    assert [s.units for s in config.layout.encoder] == [1, 3, 4, 6, 6, 6, 6]
+    assert count_parameters(config) == sum(p.numel() for p in build_unet(config, device="meta").parameters())
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"blocks_per_level": [1, 2]}, r"blocks_per_level has 2 entries but needs 5"),
+        ({"blocks_per_level": 17}, "blocks_per_level"),
+        ({"convs_per_block": 17}, "convs_per_block"),
+        ({"block": {"type": "residual", "shortcut": "pool"}}, "shortcut"),
+        (  # the pre-activation encoder normalises the 1-channel input; the decoder block does not matter
+            {
+                "norm": {"type": "group", "num_groups": 2},
+                "block": {"type": "plain", "preactivation": True},
+                "decoder_block": "plain",
+            },
+            r"norm.num_groups=2 does not divide the channel count\(s\) \[1\]",
+        ),
+    ],
+)
+def test_stage_options_refused_with_the_field(fields: dict, message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        UNetConfig.model_validate(fields)
+
+
+def test_decoder_block_alone_can_be_preactivated() -> None:
+    config = UNetConfig(norm={"type": "group", "num_groups": 2}, decoder_block={"type": "plain", "preactivation": True})
+    model = build_unet(config, device="meta")
+    assert isinstance(model.decoder[0].block.body[0], nn.GroupNorm)  # norm first
+    assert isinstance(model.encoder[0].block.body[0], nn.Conv2d)

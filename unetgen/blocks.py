@@ -81,12 +81,20 @@ class ConvBlock(nn.Module):
         self.body = nn.Sequential(*layers_)
         self.residual, self.strided = residual, strided
         if residual:
+            assert isinstance(block, ResidualBlock)
             proj: list[nn.Module] = []
-            if stage.in_channels != stage.out_channels or strided:
-                cin, cout = stage.in_channels, stage.out_channels
-                proj.append(layers.conv(dims, cin, cout, 1, stride=stride, bias=bias or pre))
-                if not pre and (n := layers.norm(norm, dims, stage.out_channels)) is not None:
-                    proj.append(n)
+            cin, cout = stage.in_channels, stage.out_channels
+            match block.shortcut:
+                case "projection" if cin != cout or strided:
+                    proj.append(layers.conv(dims, cin, cout, 1, stride=stride, bias=bias or pre))
+                case "resnet_d":
+                    if strided:
+                        proj.append(layers.AVG_POOL[dims](stride, stride, ceil_mode=True))
+                    if cin != cout:
+                        proj.append(layers.conv(dims, cin, cout, 1, bias=False))
+            projected = bool(proj) and isinstance(proj[-1], nn.modules.conv._ConvNd)
+            if projected and not pre and (n := layers.norm(norm, dims, cout)) is not None:
+                proj.append(n)
             self.shortcut = nn.Sequential(*proj)
             self.post_act = None if pre else layers.activation(act)
         self.dropout = dropout
@@ -103,6 +111,17 @@ class ConvBlock(nn.Module):
         if self.dropout is not None:
             y = self.dropout(y)
         return y
+
+
+def conv_norm_act(
+    dims: SpatialDims, stage: Stage, *, same: bool, norm: Norm, act: Activation, bias: bool
+) -> nn.Sequential:
+    """One conv of `stage` (its kernel and first stride), then norm and activation: the stem."""
+    conv = layers.conv(
+        dims, stage.in_channels, stage.out_channels, stage.kernel, stride=stage.first_stride, same=same, bias=bias
+    )
+    n = layers.norm(norm, dims, stage.out_channels)
+    return nn.Sequential(*[m for m in (conv, n, layers.activation(act)) if m is not None])
 
 
 def make_down(option: Down, dims: SpatialDims, channels: int, stride: tuple[int, ...]) -> nn.Module | None:

@@ -39,7 +39,8 @@ MAX_CHANNELS = 16384
 MAX_DEPTH = 8
 MAX_KERNEL = 15
 MAX_STRIDE = 8
-MAX_CONVS = 8
+MAX_CONVS = 16
+MAX_BLOCKS = 16
 
 
 class _Model(BaseModel):
@@ -167,12 +168,17 @@ class PlainBlock(_Model):
 
 
 class ResidualBlock(_Model):
-    """A residual block (He et al. 2016): the convs plus an identity path, projected by a 1x1
-    conv where the channels change and centre-cropped where valid padding shrinks the map."""
+    """A residual block (He et al. 2016): the convs plus an identity path, projected where the
+    channels or the size change and centre-cropped where valid padding shrinks the map."""
 
     type: Literal["residual"] = "residual"
     preactivation: bool = False
     """Pre-activation residual unit (norm, activation, conv; no activation after the sum)."""
+    shortcut: Literal["projection", "resnet_d"] = "projection"
+    """The identity path where channels or size change: `projection` = a 1x1 conv (strided like
+    the block) + norm (He et al. 2016; MONAI's UnetResBlock); `resnet_d` = average pooling
+    (kernel = stride, ceil mode) where the block strides, then a 1x1 conv without bias + norm
+    where the channels change (He et al. 2019, "ResNet-D"; nnU-Net's BasicBlockD)."""
 
 
 Block = Annotated[PlainBlock | ResidualBlock, Field(discriminator="type"), BareString()]
@@ -291,11 +297,24 @@ class Stage:
     channels: tuple[int, ...]
     kernel: tuple[int, ...]
     stride: tuple[int, ...] | None = None
+    units: int = 1
+    """Blocks (units) the convs form, each with an equal share of `channels` (`blocks_per_level`);
+    only the first unit changes channels and strides."""
 
     @property
     def first_stride(self) -> tuple[int, ...]:
         """The stride of the first conv, per axis."""
         return self.stride if self.stride is not None else (1,) * len(self.kernel)
+
+    def split_units(self) -> tuple[Stage, ...]:
+        """One single-unit stage per unit, in order."""
+        m = len(self.channels) // self.units
+        out, cin = [], self.in_channels
+        for u in range(self.units):
+            chans = self.channels[u * m : (u + 1) * m]
+            out.append(Stage(cin, chans, self.kernel, self.stride if u == 0 else None))
+            cin = chans[-1]
+        return tuple(out)
 
     @property
     def out_channels(self) -> int:
@@ -307,7 +326,8 @@ class Layout:
     """The config resolved to explicit per-stage values: `encoder` has depth+1 stages (the last is
     the bottleneck); `strides[i]` goes from level i to level i+1; `coarse_channels[i]` (the map
     decoder level i up-samples), `up_channels[i]` and `decoder[i]` belong to level i (0 = full
-    resolution)."""
+    resolution); `stem_stride` is the stride of level 0's first conv (per axis) and `stem` the
+    conv before level 0 (None without `stem: true`)."""
 
     encoder: tuple[Stage, ...]
     strides: tuple[tuple[int, ...], ...]
@@ -315,12 +335,14 @@ class Layout:
     up_channels: tuple[int, ...]
     decoder: tuple[Stage, ...]
     stem_stride: tuple[int, ...] = ()
+    stem: Stage | None = None
 
 
 PerStage = int | tuple[int | tuple[int, ...], ...]
 Width = Annotated[int, Field(ge=1, le=MAX_CHANNELS)]
 ChannelSpec = tuple[Width | Annotated[tuple[Width, ...], Field(min_length=1)], ...]
 ConvCount = Annotated[int, Field(ge=1, le=MAX_CONVS)]
+BlockCount = Annotated[int, Field(ge=1, le=MAX_BLOCKS)]
 
 
 class UNetConfig(_Model):
@@ -351,6 +373,13 @@ class UNetConfig(_Model):
     decoder_convs_per_block: ConvCount | tuple[ConvCount, ...] | None = None
     """Convolutions per decoder block: one int or one per level (level 0 first); default: as
     the encoder block of the same level."""
+    blocks_per_level: BlockCount | tuple[BlockCount, ...] = 1
+    """Blocks (units) per encoder level, each of `convs_per_block` convs: one int, or one per
+    level including the bottleneck (nnU-Net ResEnc's n_blocks_per_stage, e.g. [1, 3, 4, 6, 6, 6]).
+    Only the first unit of a level changes the channels and strides."""
+    stem: bool = False
+    """One conv (level 0's kernel, in_channels -> level 0's channels) + norm + activation before
+    level 0's blocks (nnU-Net ResEnc's stem)."""
     kernel_size: int | tuple[int | tuple[int, ...], ...] = 3
     """Conv kernel size (odd): one int, or one entry per level (depth+1), each an int or a list
     with one value per spatial axis, e.g. [[1, 3, 3], [3, 3, 3], ...] for anisotropic volumes.
@@ -374,6 +403,9 @@ class UNetConfig(_Model):
     """Non-linearity after each conv (after its norm)."""
     block: Block = PlainBlock()
     """Block type: plain (the paper) or residual."""
+    decoder_block: Block | None = None
+    """Block type of the decoder levels; default: as `block` (nnU-Net ResEnc: residual encoder,
+    plain decoder)."""
     merge: Merge = Concat()
     """How a decoder level combines its skip with the up-sampled map."""
     down: Down = MaxPool()
@@ -423,6 +455,8 @@ class UNetConfig(_Model):
             _expect_len("convs_per_block", self.convs_per_block, d + 1, "one per level, the bottleneck last")
         if isinstance(self.decoder_convs_per_block, tuple):
             _expect_len("decoder_convs_per_block", self.decoder_convs_per_block, d, "one per decoder level")
+        if isinstance(self.blocks_per_level, tuple):
+            _expect_len("blocks_per_level", self.blocks_per_level, d + 1, "one per level, the bottleneck last")
         for name, value, count in (
             ("channels", self.channels, self._encoder_convs()),
             ("decoder_channels", self.decoder_channels, self._decoder_convs()),
@@ -447,7 +481,9 @@ class UNetConfig(_Model):
             g = self.norm.num_groups
             normed = {c for s in layout.encoder + layout.decoder for c in s.channels}
             if self.block.preactivation:
-                normed |= {s.in_channels for s in layout.encoder + layout.decoder}
+                normed |= {s.in_channels for s in layout.encoder}
+            if self.decoder_block_type.preactivation:
+                normed |= {s.in_channels for s in layout.decoder}
             if isinstance(self.merge, AttentionGate):
                 normed |= set(self.attention_channels)
             if bad := sorted(c for c in normed if c % g):
@@ -498,12 +534,18 @@ class UNetConfig(_Model):
         strides = _expand_axes(self.strides, d, n)
         encoder: list[Stage] = []
         cin = self.in_channels
+        stem = None
+        if self.stem:
+            stem = Stage(cin, (_last(widths[0]),), kernels[0])
+            cin = stem.out_channels
+        units = self.blocks_per_level
+        units = units if isinstance(units, tuple) else (units,) * (d + 1)
         first_conv = isinstance(self.down, FirstConvDown)
         stem_stride = self.stem_stride if isinstance(self.stem_stride, tuple) else (self.stem_stride,) * n
         for i in range(d + 1):
             chans = _expand_convs(widths[i], enc_convs[i])
             stride = (stem_stride if i == 0 else strides[i - 1]) if first_conv else None
-            encoder.append(Stage(cin, chans, kernels[i], stride))
+            encoder.append(Stage(cin, chans * units[i], kernels[i], stride, units[i]))
             cin = chans[-1]
         dec_widths = self.decoder_channels or tuple(encoder[i].out_channels for i in range(d))
         coarse, ups, decoder = [0] * d, [0] * d, []
@@ -515,7 +557,7 @@ class UNetConfig(_Model):
             chans = _expand_convs(dec_widths[i], dec_convs[i])
             decoder.insert(0, Stage(ups[i] + skip, chans, kernels[i]))
             below = chans[-1]
-        return Layout(tuple(encoder), strides, tuple(coarse), tuple(ups), tuple(decoder), stem_stride)
+        return Layout(tuple(encoder), strides, tuple(coarse), tuple(ups), tuple(decoder), stem_stride, stem)
 
     def model_copy(self, *, update: dict[str, Any] | None = None, deep: bool = False) -> UNetConfig:
         """A validated copy with `update` applied (configs are frozen; this is how to vary one)."""
@@ -527,6 +569,11 @@ class UNetConfig(_Model):
         if not isinstance(self.merge, AttentionGate):
             return ()
         return tuple(self.merge.inter_channels or max(1, s.out_channels // 2) for s in self.layout.encoder[:-1])
+
+    @property
+    def decoder_block_type(self) -> PlainBlock | ResidualBlock:
+        """The decoder's block option: `decoder_block`, or `block` when that is None."""
+        return self.decoder_block if self.decoder_block is not None else self.block
 
     @property
     def conv_bias(self) -> bool:

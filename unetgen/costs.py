@@ -28,6 +28,7 @@ from .config import (
     AttentionGate,
     AvgPool,
     BatchNorm,
+    Block,
     Concat,
     ConvDown,
     FirstConvDown,
@@ -72,28 +73,40 @@ def _norm(option: Norm, channels: int) -> int:
     raise AssertionError(f"unhandled norm {option!r}")
 
 
-def _projects(stage: Stage) -> bool:
-    """Whether a residual block's shortcut has a 1x1 conv: channels or size change."""
-    return stage.in_channels != stage.out_channels or any(s != 1 for s in stage.first_stride)
+def _shortcut_conv(block: Block, stage: Stage) -> bool:
+    """Whether a block's identity path has a 1x1 conv (where channels or size change)."""
+    if not isinstance(block, ResidualBlock):
+        return False
+    match block.shortcut:
+        case "projection":
+            return stage.in_channels != stage.out_channels or any(s != 1 for s in stage.first_stride)
+        case "resnet_d":
+            return stage.in_channels != stage.out_channels
+    raise AssertionError(f"unhandled shortcut {block.shortcut!r}")
 
 
-def _block_parameters(config: UNetConfig, stage: Stage) -> int:
-    pre, bias, norm = config.block.preactivation, config.conv_bias, config.norm
-    total, cin = 0, stage.in_channels
-    for cout in stage.channels:
-        total += _conv(cin, cout, stage.kernel, bias) + _norm(norm, cin if pre else cout)
-        cin = cout
-    if isinstance(config.block, ResidualBlock) and _projects(stage):
-        total += _conv(stage.in_channels, stage.out_channels, (1,), bias or pre)
-        total += 0 if pre else _norm(norm, stage.out_channels)
+def _block_parameters(config: UNetConfig, stage: Stage, block: Block) -> int:
+    bias, norm, total = config.conv_bias, config.norm, 0
+    for unit in stage.split_units():
+        pre, cin = block.preactivation, unit.in_channels
+        for cout in unit.channels:
+            total += _conv(cin, cout, unit.kernel, bias) + _norm(norm, cin if pre else cout)
+            cin = cout
+        if _shortcut_conv(block, unit):
+            resnet_d = isinstance(block, ResidualBlock) and block.shortcut == "resnet_d"
+            total += _conv(unit.in_channels, unit.out_channels, (1,), (bias or pre) and not resnet_d)
+            total += 0 if pre else _norm(norm, unit.out_channels)
     return total
 
 
 def count_parameters(config: UNetConfig) -> int:
     """The number of learnable parameters of the model `config` describes."""
     lay, total = config.layout, 0
+    if lay.stem is not None:
+        total += _conv(lay.stem.in_channels, lay.stem.out_channels, lay.stem.kernel, config.conv_bias)
+        total += _norm(config.norm, lay.stem.out_channels)
     for i, stage in enumerate(lay.encoder):
-        total += _block_parameters(config, stage)
+        total += _block_parameters(config, stage, config.block)
         if i < config.depth:
             match config.down:
                 case ConvDown():
@@ -120,7 +133,7 @@ def count_parameters(config: UNetConfig) -> int:
                 pass
             case _:
                 raise AssertionError(f"unhandled merge {config.merge!r}")
-        total += _block_parameters(config, stage)
+        total += _block_parameters(config, stage, config.decoder_block_type)
     heads = [0, *config.deep_supervision]
     return total + sum(_conv(lay.decoder[i].out_channels, config.out_channels, (1,), True) for i in heads)
 
@@ -134,19 +147,24 @@ def count_macs(config: UNetConfig, input_shape: Sequence[int], *, training: bool
     size = {row.name: math.prod(row.shape) for row in shapes.trace(config, input_shape)}
     total = 0
 
-    def block(prefix: str, stage: Stage) -> int:
-        macs, cin = 0, stage.in_channels
-        for j, cout in enumerate(stage.channels):
-            macs += size[f"{prefix}.conv{j + 1}"] * cin * cout * math.prod(stage.kernel)
-            cin = cout
-        if isinstance(config.block, ResidualBlock) and _projects(stage):
-            # the 1x1 projection runs on the identity cropped to the block's output (or, strided,
-            # on the whole identity, which with same padding gives the block's output size)
-            macs += size[f"{prefix}.conv{len(stage.channels)}"] * stage.in_channels * stage.out_channels
+    def block(prefix: str, stage: Stage, option: Block) -> int:
+        macs, j = 0, 0
+        for unit in stage.split_units():
+            cin = unit.in_channels
+            for cout in unit.channels:
+                j += 1
+                macs += size[f"{prefix}.conv{j}"] * cin * cout * math.prod(unit.kernel)
+                cin = cout
+            if _shortcut_conv(option, unit):
+                # the 1x1 conv runs on the identity cropped to the unit's output (or, strided, on
+                # the whole identity, which with same padding gives the unit's output size)
+                macs += size[f"{prefix}.conv{j}"] * unit.in_channels * unit.out_channels
         return macs
 
+    if lay.stem is not None:
+        total += size["stem"] * lay.stem.in_channels * lay.stem.out_channels * math.prod(lay.stem.kernel)
     for i, stage in enumerate(lay.encoder):
-        total += block("bottleneck" if i == config.depth else f"enc{i}", stage)
+        total += block("bottleneck" if i == config.depth else f"enc{i}", stage, config.block)
         if i < config.depth and isinstance(config.down, ConvDown):
             total += size[f"down{i}"] * stage.out_channels**2 * math.prod(lay.strides[i])
     for i, stage in enumerate(lay.decoder):
@@ -157,7 +175,7 @@ def count_macs(config: UNetConfig, input_shape: Sequence[int], *, training: bool
         if isinstance(config.merge, AttentionGate):
             inter = config.attention_channels[i]
             total += size[f"up{i}"] * (skip * inter + up * inter + inter)  # W_x on the cropped skip, W_g, psi
-        total += block(f"dec{i}", stage)
+        total += block(f"dec{i}", stage, config.decoder_block_type)
     total += size["head"] * lay.decoder[0].out_channels * config.out_channels
     if training:
         for i in config.deep_supervision:

@@ -60,6 +60,7 @@ class AxisRule:
     conv_shrink_enc: tuple[tuple[int, ...], ...]
     conv_shrink_dec: tuple[tuple[int, ...], ...]
     stem: int = 1
+    stem_shrink: int = 0
 
     @property
     def out_period(self) -> int:
@@ -112,13 +113,15 @@ def axis_rule(config: UNetConfig, axis: int = 0) -> AxisRule:
     stem = layout.stem_stride[axis] if layout.stem_stride else 1
     assert stem == 1 or not valid, "a stem stride needs same padding (config rule)"
     period *= stem  # same padding: input = stem * (level 0's map)
+    stem_shrink = layout.stem.kernel[axis] - 1 if valid and layout.stem is not None else 0
+    offset += stem_shrink  # the stem conv (`stem: true`) comes before level 0
     # every later map is alpha*b + beta >= 1: the bottleneck's output, then each decoder level's.
     alpha, beta = 1, -enc_shrink[depth]
     b_min = max(1, 1 - beta)
     for i in reversed(range(depth)):
         alpha, beta = alpha * strides[i], beta * strides[i] - dec_shrink[i]
         b_min = max(b_min, -((beta - 1) // alpha))  # ceil((1 - beta) / alpha)
-    return AxisRule(period, offset, b_min, beta, enc_shrink, strides, dec_shrink, enc, dec, stem)
+    return AxisRule(period, offset, b_min, beta, enc_shrink, strides, dec_shrink, enc, dec, stem, stem_shrink)
 
 
 def _rules(config: UNetConfig) -> tuple[AxisRule, ...]:
@@ -279,6 +282,9 @@ def _walk(
                 size[a] -= shrink_of(r)[stage_index][j]
             rows.append(TraceRow(f"{prefix}.conv{j + 1}", c, tuple(size)))
 
+    if layout.stem is not None:
+        size = [s - r.stem_shrink for s, r in zip(size, rules, strict=True)]
+        rows.append(TraceRow("stem", layout.stem.out_channels, tuple(size)))
     separate_down = not isinstance(config.down, FirstConvDown)
     for i, stage in enumerate(layout.encoder):
         name = "bottleneck" if i == config.depth else f"enc{i}"
