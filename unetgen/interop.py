@@ -413,7 +413,9 @@ def to_nnunet_architecture(config: UNetConfig | Mapping[str, Any]) -> dict[str, 
         raise refuse("merge", "it concatenates")
     if any(u != s.out_channels for u, s in zip(lay.up_channels, lay.encoder, strict=False)):
         raise refuse("up_channels", "its transposed convs output the skip's channels")
-    if any(len(set(s.channels)) != 1 for s in lay.encoder):
+    if any(len(set(s.channels)) != 1 for s in lay.encoder) or (
+        lay.stem and lay.stem.out_channels != lay.encoder[0].out_channels
+    ):
         raise refuse("channels", "one width per stage")
     if any(
         dec.channels != (enc.out_channels,) * len(dec.channels)
@@ -479,12 +481,12 @@ def to_nnunet_architecture(config: UNetConfig | Mapping[str, Any]) -> dict[str, 
 
 
 def _encoder_convs(c: UNetConfig) -> tuple[int, ...]:
-    return tuple(len(s.channels) for s in c.layout.encoder)
+    """Convs per unit of each encoder level."""
+    return tuple(len(s.channels) // s.units for s in c.layout.encoder)
 
 
 def _blocks_per_level(c: UNetConfig) -> list[int]:
-    b = getattr(c, "blocks_per_level", 1)
-    return list(b) if isinstance(b, (tuple, list)) else [int(b)] * (c.depth + 1)
+    return [s.units for s in c.layout.encoder]
 
 
 def _nnunet_norm(norm: Mapping[str, Any], dims: int) -> tuple[str | None, dict[str, Any] | None]:
