@@ -55,8 +55,9 @@ def simulate(config: UNetConfig, size: int, axis: int = 0) -> int | None:
         x *= ss[level]
         if skips[level] < x or (skips[level] - x) % 2:
             return None
+        k = ks[level + 1] if config.decoder_kernel == "level_below" else ks[level]
         for _ in lay.decoder[level].channels:
-            x -= ks[level] - 1 if shrink else 0
+            x -= k - 1 if shrink else 0
             if x < 1:
                 return None
     return x

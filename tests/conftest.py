@@ -19,6 +19,7 @@ settings.register_profile("thorough", max_examples=500, deadline=None, suppress_
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 NORMS = ["none", "batch", {"type": "group", "num_groups": 1}, "layer"]  # instance: tested apart (1-pixel maps)
+UPS = ["transpose", {"type": "transpose", "bias": False}, "nearest", "linear"]
 BLOCKS = [
     "plain",
     "residual",
@@ -55,7 +56,7 @@ def config_dicts(
         "activation": draw(st.sampled_from(["relu", "leaky_relu", "elu", "gelu", "silu"])),
         "merge": merge,
         "down": draw(st.sampled_from(["max", "avg", "conv", "first_conv"])),
-        "up": draw(st.sampled_from(["transpose", "nearest", "linear"])),
+        "up": draw(st.sampled_from(UPS)),
         "block": draw(st.sampled_from(BLOCKS)),
         "dropout": {"rate": 0.0},
         "init": "torch",
@@ -74,6 +75,7 @@ def config_dicts(
         out["kernel_size"] = [draw(kernel | st.lists(axis_kernel, min_size=d, max_size=d)) for _ in range(depth + 1)]
     else:
         out["kernel_size"] = draw(kernel)
+    out["decoder_kernel"] = draw(st.sampled_from(["same_level", "level_below"]))
     if draw(st.booleans()):
         axis_stride = st.sampled_from([1, 2, 3])
         out["strides"] = [draw(st.just(2) | st.lists(axis_stride, min_size=d, max_size=d)) for _ in range(depth)]

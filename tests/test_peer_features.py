@@ -179,3 +179,29 @@ def test_decoder_block_alone_can_be_preactivated() -> None:
     model = build_unet(config, device="meta")
     assert isinstance(model.decoder[0].block.body[0], nn.GroupNorm)  # norm first
     assert isinstance(model.encoder[0].block.body[0], nn.Conv2d)
+
+
+# ---------------------------------------------------------------------------------------------
+# decoder_kernel
+
+
+def test_decoder_kernel_level_below() -> None:
+    fields = {"depth": 2, "base_channels": 2, "kernel_size": [3, 5, [1, 3]], "padding": "valid"}
+    below = build_unet({**fields, "decoder_kernel": "level_below"}, device="meta")
+    assert [level.block.body[0].kernel_size for level in below.decoder] == [(5, 5), (1, 3)]
+    same = build_unet(fields, device="meta")
+    assert [level.block.body[0].kernel_size for level in same.decoder] == [(3, 3), (5, 5)]
+    rule = shapes.axis_rule(below.config, 0)  # the decoder's valid convs shrink by the level-below kernel
+    assert rule.dec_shrink == (8, 0) and shapes.axis_rule(same.config, 0).dec_shrink == (4, 8)
+
+
+# ---------------------------------------------------------------------------------------------
+# up: transpose without bias
+
+
+def test_transpose_bias_off() -> None:
+    model = build_unet({"depth": 2, "base_channels": 2, "up": {"type": "transpose", "bias": False}}, device="meta")
+    ups = [level.up for level in model.decoder]
+    assert all(isinstance(u, nn.ConvTranspose2d) and u.bias is None for u in ups)
+    with_bias = UNetConfig(depth=2, base_channels=2)
+    assert count_parameters(with_bias) - count_parameters(model.config) == sum(u.out_channels for u in ups)

@@ -142,8 +142,8 @@ def make_down(option: Down, dims: SpatialDims, channels: int, stride: tuple[int,
 def make_up(option: Up, dims: SpatialDims, cin: int, cout: int, stride: tuple[int, ...]) -> nn.Module:
     """Up-sampling by `stride` from `cin` to `cout` channels."""
     match option:
-        case TransposeUp():
-            return layers.CONV_TRANSPOSE[dims](cin, cout, stride, stride=stride)
+        case TransposeUp(bias=bias):
+            return layers.CONV_TRANSPOSE[dims](cin, cout, stride, stride=stride, bias=bias)
         case NearestUp():
             return nn.Sequential(nn.Upsample(scale_factor=stride, mode="nearest"), layers.conv(dims, cin, cout, 1))
         case LinearUp():

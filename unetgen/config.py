@@ -249,6 +249,8 @@ class TransposeUp(_Model):
     """Transposed convolution with kernel = stride (the paper's 2x2 up-convolution)."""
 
     type: Literal["transpose"] = "transpose"
+    bias: bool = True
+    """Give the transposed conv a bias (MONAI DynUNet's trans_bias=False has none)."""
 
 
 class NearestUp(_Model):
@@ -383,7 +385,10 @@ class UNetConfig(_Model):
     kernel_size: int | tuple[int | tuple[int, ...], ...] = 3
     """Conv kernel size (odd): one int, or one entry per level (depth+1), each an int or a list
     with one value per spatial axis, e.g. [[1, 3, 3], [3, 3, 3], ...] for anisotropic volumes.
-    Decoder level i uses the kernel of encoder level i."""
+    Decoder level i uses the kernel of encoder level i (see `decoder_kernel`)."""
+    decoder_kernel: Literal["same_level", "level_below"] = "same_level"
+    """The kernel of decoder level i: `same_level` = kernel_size[i] (the paper, nnU-Net);
+    `level_below` = kernel_size[i + 1], the level it up-samples from (MONAI's DynUNet)."""
     strides: int | tuple[int | tuple[int, ...], ...] = 2
     """Down-sampling factor of each step: one int, or one entry per step (depth), each an int
     or one value per axis, e.g. [[1, 2, 2], [2, 2, 2], ...]. Pool, strided-conv and up-sampling
@@ -555,7 +560,8 @@ class UNetConfig(_Model):
             ups[i] = encoder[i].out_channels if self.up_channels == "skip" else below
             skip = 0 if isinstance(self.merge, Add) else encoder[i].out_channels
             chans = _expand_convs(dec_widths[i], dec_convs[i])
-            decoder.insert(0, Stage(ups[i] + skip, chans, kernels[i]))
+            kernel = kernels[i + 1] if self.decoder_kernel == "level_below" else kernels[i]
+            decoder.insert(0, Stage(ups[i] + skip, chans, kernel))
             below = chans[-1]
         return Layout(tuple(encoder), strides, tuple(coarse), tuple(ups), tuple(decoder), stem_stride, stem)
 

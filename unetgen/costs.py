@@ -118,8 +118,8 @@ def count_parameters(config: UNetConfig) -> int:
     for i, stage in enumerate(lay.decoder):
         up, coarse, skip = lay.up_channels[i], lay.coarse_channels[i], lay.encoder[i].out_channels
         match config.up:
-            case TransposeUp():
-                total += _conv(coarse, up, lay.strides[i], True)
+            case TransposeUp(bias=bias):
+                total += _conv(coarse, up, lay.strides[i], bias)
             case NearestUp() | LinearUp():
                 total += _conv(coarse, up, (1,), True)
             case _:
