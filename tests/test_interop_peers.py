@@ -7,6 +7,7 @@ heads) in float64 to round-off. Skipped only where the extra is not installed.""
 from __future__ import annotations
 
 import itertools
+import math
 import pydoc
 from typing import Any
 
@@ -38,14 +39,23 @@ def _params(m: nn.Module) -> int:
 
 
 def _seeded(peer: nn.Module) -> nn.Module:
-    """Random weights and batch-norm statistics (peers init norms to 1/0, which hides mistakes)."""
+    """Random weights (variance 1/fan-in, so that outputs stay near 1 and absolute differences
+    mean something) and random norm parameters and statistics (peers init those to 1 and 0,
+    which would hide a mis-paired norm)."""
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for m in peer.modules():
             for name, t in [*m.named_parameters(recurse=False), *m.named_buffers(recurse=False)]:
-                if t.is_floating_point():
-                    r = torch.rand(t.shape, generator=g, dtype=t.dtype)
-                    t.copy_(0.5 + r if name in ("weight", "running_var") and t.dim() == 1 else r - 0.5)
+                if not t.is_floating_point():
+                    continue
+                r = torch.rand(t.shape, generator=g, dtype=t.dtype) - 0.5
+                if t.dim() > 1:  # conv weights: (out, in, *k) or transposed (in, out, *k)
+                    fan_in = t[0].numel() if not getattr(m, "transposed", False) else t[:, 0].numel()
+                    t.copy_(r * (12 / fan_in) ** 0.5)
+                elif name in ("weight", "running_var"):
+                    t.copy_(1 + r)
+                else:
+                    t.copy_(r)
     return peer
 
 
@@ -107,7 +117,8 @@ def test_monai_basic_unet_norms_and_activations() -> None:
 
 # ---------------------------------------------------------------------------------------------
 # MONAI DynUNet: the cases of MONAI's tests/networks/nets/test_dynunet.py (TEST_CASE_DYNUNET_2D,
-# TEST_CASE_DYNUNET_3D, TEST_CASE_DEEP_SUPERVISION), with smaller inputs
+# TEST_CASE_DYNUNET_3D, TEST_CASE_DEEP_SUPERVISION), with smaller inputs and, for the deep
+# supervision cases, narrower filters
 
 
 def _dynunet_cases() -> list[tuple[str, dict[str, Any], tuple[int, ...]]]:
@@ -137,8 +148,10 @@ def _dynunet_cases() -> list[tuple[str, dict[str, Any], tuple[int, ...]]]:
             "spatial_dims": dims, "in_channels": 1, "out_channels": 2, "kernel_size": [3] * len(strides),
             "strides": strides, "upsample_kernel_size": strides[1:], "norm_name": ("group", {"num_groups": 16}),
             "deep_supervision": True, "deep_supr_num": num, "res_block": res,
+            "filters": (16, 16, 32, 32, 48)[: len(strides)],  # narrower than the default 32 .. 320
         }  # fmt: skip
-        cases.append((f"ds-{dims}d-{res}-{num}-{strides}", kw, (1, 1, *[16] * dims)))
+        size = 2 * math.prod(strides)  # the smallest input: 2 pixels per axis at the bottleneck
+        cases.append((f"ds-{dims}d-{res}-{num}-{strides}", kw, (1, 1, *[size] * dims)))
     return cases
 
 
