@@ -61,7 +61,7 @@ def _seeded(peer: nn.Module) -> nn.Module:
 
 def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     assert a.shape == b.shape, (a.shape, b.shape)
-    return float((a - b).abs().max())
+    return float((a - b).detach().abs().max())
 
 
 def _check_eval(peer: nn.Module, shape: tuple[int, ...], **kw: Any) -> tuple[nn.Module, float]:
