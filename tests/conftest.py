@@ -19,7 +19,14 @@ settings.register_profile("thorough", max_examples=500, deadline=None, suppress_
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 NORMS = ["none", "batch", {"type": "group", "num_groups": 1}, "layer"]  # instance: tested apart (1-pixel maps)
-UPS = ["transpose", {"type": "transpose", "bias": False}, "nearest", "linear"]
+UPS = [
+    "transpose",
+    {"type": "transpose", "bias": False},
+    "nearest",
+    {"type": "nearest", "conv": "when_channels_change"},
+    "linear",
+    {"type": "linear", "conv": "when_channels_change", "align_corners": True},
+]
 BLOCKS = [
     "plain",
     "residual",
@@ -44,7 +51,9 @@ def config_dicts(
     norm = draw(st.sampled_from(NORMS))
     # torch's group norm needs > 1 value per group: wider channels where maps can be 1 pixel
     grouped = norm not in ("none", "batch")
-    width = st.sampled_from([4, 6]) if grouped else st.integers(1, 3)
+    ups = st.sampled_from(["skip", "keep", "half"]) | st.lists(st.integers(1, 3), min_size=depth, max_size=depth)
+    up_channels = "skip" if merge == "add" else draw(ups)
+    width = st.sampled_from([4, 6]) if grouped else st.integers(2 if up_channels == "half" else 1, 3)
     out: dict[str, Any] = {
         "spatial_dims": d,
         "in_channels": draw(st.integers(2 if grouped else 1, 2)),
@@ -65,8 +74,8 @@ def config_dicts(
         out |= {"base_channels": draw(width), "channel_multiplier": 1}
     else:  # explicit channels, some per conv
         out["channels"] = [draw(width | st.lists(width, min_size=n, max_size=n)) for n in per_level]
-    if merge != "add" and draw(st.booleans()):
-        out["up_channels"] = "keep"
+    if up_channels != "skip":
+        out["up_channels"] = up_channels
     if draw(st.booleans()):
         out["decoder_convs_per_block"] = draw(st.integers(1, 3))
     kernel = st.sampled_from([3, 5])

@@ -205,3 +205,60 @@ def test_transpose_bias_off() -> None:
     assert all(isinstance(u, nn.ConvTranspose2d) and u.bias is None for u in ups)
     with_bias = UNetConfig(depth=2, base_channels=2)
     assert count_parameters(with_bias) - count_parameters(model.config) == sum(u.out_channels for u in ups)
+
+
+# ---------------------------------------------------------------------------------------------
+# up_channels: half, explicit
+
+
+def test_up_channels_half_and_list() -> None:
+    basic = [32, 32, 64, 128, 256]  # MONAI BasicUNet's default features; upcat_1 keeps (halves=False)
+    config = UNetConfig(depth=4, channels=basic, decoder_channels=[32, 32, 64, 128], up_channels=[32, 16, 32, 128])
+    assert config.layout.coarse_channels == (32, 64, 128, 256)
+    assert [s.in_channels for s in config.layout.decoder] == [64, 48, 96, 256]
+    half = UNetConfig(depth=4, channels=basic, up_channels="half")
+    assert half.layout.up_channels == (16, 32, 64, 128)
+    model = build_unet(config, device="meta")
+    assert [(u.in_channels, u.out_channels) for u in (lvl.up for lvl in model.decoder)] == [
+        (32, 32), (64, 16), (128, 32), (256, 128)
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"up_channels": [1, 2]}, "up_channels has 2 entries but needs 4"),
+        ({"up_channels": "halve"}, "up_channels"),
+        ({"depth": 1, "channels": [1, 1], "up_channels": "half"}, "halves the 1 channel that decoder level 0"),
+        ({"merge": "add", "up_channels": [64, 128, 256, 256]}, r"level 3 .* \(up_channels=\[64, 128, 256, 256\]\)"),
+    ],
+)
+def test_up_channels_refused(fields: dict, message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        UNetConfig.model_validate(fields)
+
+
+# ---------------------------------------------------------------------------------------------
+# up: interpolation without conv, align_corners, conv first
+
+
+def test_interpolation_conv_only_where_channels_change() -> None:
+    up = {"type": "linear", "conv": "when_channels_change", "align_corners": True}
+    model = build_unet({"depth": 2, "channels": [2, 4, 4], "up": up, "padding": "same"}, device="meta")
+    low, high = (level.up for level in model.decoder)
+    assert len(high) == 1 and len(low) == 2  # level 1: 4 -> 4 channels, no conv; level 0: 4 -> 2
+    assert low[0].align_corners and low[0].mode == "bilinear" and isinstance(low[1], nn.Conv2d)
+    assert "decoder.0.up.1.weight" in model.state_dict()  # the same keys as before the conv ran first
+
+
+@pytest.mark.parametrize("mode", ["nearest", "linear"])
+def test_interpolation_runs_the_conv_first_and_that_commutes(mode: str) -> None:
+    torch.manual_seed(0)
+    model = build_unet({"depth": 1, "channels": [2, 4], "up": mode, "padding": "same"}, dtype=torch.float64)
+    up = model.decoder[0].up
+    x = torch.randn(2, 4, 5, 7, dtype=torch.float64)
+    calls: list[tuple[int, ...]] = []
+    up[1].register_forward_hook(lambda m, i, y: calls.append(tuple(i[0].shape)))
+    y = up(x)
+    assert calls == [(2, 4, 5, 7)]  # the 1x1 conv saw the coarse map
+    torch.testing.assert_close(y, up[1](up[0](x)), rtol=1e-12, atol=1e-12)  # interpolate first: the same

@@ -144,14 +144,29 @@ def make_up(option: Up, dims: SpatialDims, cin: int, cout: int, stride: tuple[in
     match option:
         case TransposeUp(bias=bias):
             return layers.CONV_TRANSPOSE[dims](cin, cout, stride, stride=stride, bias=bias)
-        case NearestUp():
-            return nn.Sequential(nn.Upsample(scale_factor=stride, mode="nearest"), layers.conv(dims, cin, cout, 1))
-        case LinearUp():
-            mode = layers.INTERPOLATION[dims]
-            return nn.Sequential(
-                nn.Upsample(scale_factor=stride, mode=mode, align_corners=False), layers.conv(dims, cin, cout, 1)
-            )
+        case NearestUp(conv=when) | LinearUp(conv=when):
+            if isinstance(option, LinearUp):
+                mode, corners = layers.INTERPOLATION[dims], option.align_corners
+                upsample = nn.Upsample(scale_factor=stride, mode=mode, align_corners=corners)
+            else:
+                upsample = nn.Upsample(scale_factor=stride, mode="nearest")
+            wanted = when == "always" or cin != cout
+            return InterpolateUp(upsample, layers.conv(dims, cin, cout, 1) if wanted else None)
     raise AssertionError(f"unhandled up {option!r}")
+
+
+class InterpolateUp(nn.Sequential):
+    """Interpolation and an optional 1x1 conv, held as (upsample, conv) but run conv first: a
+    1x1 conv commutes with nearest and (bi/tri)linear interpolation (whose weights sum to 1), and
+    on the coarser map it costs 1/stride**dims as much (MONAI's UpSample runs it first too)."""
+
+    def __init__(self, upsample: nn.Upsample, conv: nn.Module | None) -> None:
+        super().__init__(upsample, *([conv] if conv is not None else []))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if len(self) > 1:
+            x = self[1](x)  # (B, C_up, *S)
+        return self[0](x)  # (B, C_up, *(S * stride))
 
 
 class Gate(nn.Module):

@@ -253,16 +253,30 @@ class TransposeUp(_Model):
     """Give the transposed conv a bias (MONAI DynUNet's trans_bias=False has none)."""
 
 
+InterpolationConv = Literal["always", "when_channels_change"]
+
+
 class NearestUp(_Model):
-    """Nearest-neighbour interpolation by the stride, then a 1x1 conv to the new channels."""
+    """Nearest-neighbour interpolation by the stride and a 1x1 conv to the new channels (run on
+    the coarser map first: the two commute)."""
 
     type: Literal["nearest"] = "nearest"
+    conv: InterpolationConv = "always"
+    """When the 1x1 conv is there: `always`, or `when_channels_change` (MONAI's UpSample with
+    pre_conv="default": none where the channels stay)."""
 
 
 class LinearUp(_Model):
-    """(Bi/tri)linear interpolation by the stride (align_corners=False), then a 1x1 conv."""
+    """(Bi/tri)linear interpolation by the stride and a 1x1 conv to the new channels (run on the
+    coarser map first: the two commute)."""
 
     type: Literal["linear"] = "linear"
+    conv: InterpolationConv = "always"
+    """When the 1x1 conv is there: `always`, or `when_channels_change` (MONAI's UpSample with
+    pre_conv="default": none where the channels stay)."""
+    align_corners: bool = False
+    """Align the corner pixels of input and output (torch's `align_corners`; MONAI's BasicUNet
+    uses True)."""
 
 
 Up = Annotated[TransposeUp | NearestUp | LinearUp, Field(discriminator="type"), BareString()]
@@ -418,9 +432,11 @@ class UNetConfig(_Model):
     the stride in the first conv of each lower level (nnU-Net, DynUNet)."""
     up: Up = TransposeUp()
     """Up-sampling: a transposed conv (the paper's up-convolution) or interpolation + 1x1 conv."""
-    up_channels: Literal["skip", "keep"] = "skip"
+    up_channels: Literal["skip", "keep", "half"] | tuple[Width, ...] = "skip"
     """Channels after up-sampling: `skip` = those of the skip it is merged with (the paper halves
-    1024 to 512), `keep` = unchanged (the 3D U-Net of Cicek et al. 2016)."""
+    1024 to 512), `keep` = unchanged (the 3D U-Net of Cicek et al. 2016), `half` = half the
+    coarser map's (rounded down; MONAI's BasicUNet), or one int per decoder level (level 0
+    first)."""
     dropout: Dropout = Dropout()
     """Dropout rate and placement; the paper puts it at the end of the contracting path."""
     deep_supervision: tuple[Annotated[int, Field(ge=1, le=MAX_DEPTH - 1)], ...] = ()
@@ -460,6 +476,8 @@ class UNetConfig(_Model):
             _expect_len("convs_per_block", self.convs_per_block, d + 1, "one per level, the bottleneck last")
         if isinstance(self.decoder_convs_per_block, tuple):
             _expect_len("decoder_convs_per_block", self.decoder_convs_per_block, d, "one per decoder level")
+        if isinstance(self.up_channels, tuple):
+            _expect_len("up_channels", self.up_channels, d, "one per decoder level, level 0 first")
         if isinstance(self.blocks_per_level, tuple):
             _expect_len("blocks_per_level", self.blocks_per_level, d + 1, "one per level, the bottleneck last")
         for name, value, count in (
@@ -482,6 +500,7 @@ class UNetConfig(_Model):
         if len(set(self.deep_supervision)) != len(self.deep_supervision):
             raise ValueError(f"deep_supervision={list(self.deep_supervision)} repeats a level")
         layout = self.layout
+        _check_half_up_channels(self)
         if isinstance(self.norm, GroupNorm):
             g = self.norm.num_groups
             normed = {c for s in layout.encoder + layout.decoder for c in s.channels}
@@ -501,7 +520,7 @@ class UNetConfig(_Model):
                 if up != skip.out_channels:
                     raise ValueError(
                         f"merge='add' needs equal channels, but at level {i} the up-sampled map has "
-                        f"{up} (up_channels='{self.up_channels}') and the skip {skip.out_channels}; "
+                        f"{up} (up_channels={_listify(self.up_channels)!r}) and the skip {skip.out_channels}; "
                         "use merge='concat' or up_channels='skip'"
                     )
         return self
@@ -557,7 +576,15 @@ class UNetConfig(_Model):
         below = encoder[d].out_channels  # the map coming up from the level below
         for i in reversed(range(d)):
             coarse[i] = below
-            ups[i] = encoder[i].out_channels if self.up_channels == "skip" else below
+            match self.up_channels:
+                case "skip":
+                    ups[i] = encoder[i].out_channels
+                case "keep":
+                    ups[i] = below
+                case "half":
+                    ups[i] = below // 2
+                case tuple(given):
+                    ups[i] = given[i]
             skip = 0 if isinstance(self.merge, Add) else encoder[i].out_channels
             chans = _expand_convs(dec_widths[i], dec_convs[i])
             kernel = kernels[i + 1] if self.decoder_kernel == "level_below" else kernels[i]
@@ -602,6 +629,15 @@ def _check_stem_stride(config: UNetConfig) -> None:
         raise ValueError(
             f"stem_stride={_fmt(value)} strides the first conv of level 0, which needs "
             f"down='first_conv' (got down='{config.down.type}'); set down: first_conv or stem_stride: 1"
+        )
+
+
+def _check_half_up_channels(config: UNetConfig) -> None:
+    if config.up_channels == "half" and 0 in config.layout.up_channels:
+        i = config.layout.up_channels.index(0)
+        raise ValueError(
+            f"up_channels='half' halves the 1 channel that decoder level {i} up-samples to 0; "
+            "give the coarser levels more channels or up_channels as a list of ints"
         )
 
 

@@ -5,7 +5,8 @@
 `count_macs` counts the multiply-adds of every convolution and transposed convolution, the way
 `torch.utils.flop_counter.FlopCounterMode` does (its FLOPs / 2): output positions x kernel
 volume x input channels x output channels per conv (input positions for a transposed conv, which
-for kernel = stride is the same total as output positions x 1). Bias additions, norms,
+for kernel = stride is the same total as output positions x 1; an interpolation's 1x1 conv runs on
+the coarser map, before the interpolation). Bias additions, norms,
 activations, pooling, interpolation, crops, concatenations and the attention gate's elementwise
 products are not counted (they are cheap, and FlopCounterMode ignores them too).
 
@@ -120,8 +121,8 @@ def count_parameters(config: UNetConfig) -> int:
         match config.up:
             case TransposeUp(bias=bias):
                 total += _conv(coarse, up, lay.strides[i], bias)
-            case NearestUp() | LinearUp():
-                total += _conv(coarse, up, (1,), True)
+            case NearestUp(conv=when) | LinearUp(conv=when):
+                total += _conv(coarse, up, (1,), True) if when == "always" or coarse != up else 0
             case _:
                 raise AssertionError(f"unhandled up {config.up!r}")
         match config.merge:
@@ -167,11 +168,19 @@ def count_macs(config: UNetConfig, input_shape: Sequence[int], *, training: bool
         total += block("bottleneck" if i == config.depth else f"enc{i}", stage, config.block)
         if i < config.depth and isinstance(config.down, ConvDown):
             total += size[f"down{i}"] * stage.out_channels**2 * math.prod(lay.strides[i])
+    coarse_row = {config.depth - 1: f"bottleneck.conv{len(lay.encoder[-1].channels)}"}
+    coarse_row |= {i: f"dec{i + 1}.conv{len(lay.decoder[i + 1].channels)}" for i in range(config.depth - 1)}
     for i, stage in enumerate(lay.decoder):
         up, coarse, skip = lay.up_channels[i], lay.coarse_channels[i], lay.encoder[i].out_channels
-        # transposed conv: input positions x stride volume (= output positions) x cin x cout;
-        # interpolation + 1x1 conv: output positions x cin x cout. Both equal:
-        total += size[f"up{i}"] * coarse * up
+        match config.up:
+            case TransposeUp():  # input positions x stride volume (= output positions) x cin x cout
+                total += size[f"up{i}"] * coarse * up
+            case NearestUp(conv=when) | LinearUp(conv=when) if when == "always" or coarse != up:
+                total += size[coarse_row[i]] * coarse * up  # the 1x1 conv runs on the coarser map
+            case NearestUp() | LinearUp():
+                pass
+            case _:
+                raise AssertionError(f"unhandled up {config.up!r}")
         if isinstance(config.merge, AttentionGate):
             inter = config.attention_channels[i]
             total += size[f"up{i}"] * (skip * inter + up * inter + inter)  # W_x on the cropped skip, W_g, psi
