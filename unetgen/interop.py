@@ -753,8 +753,7 @@ def _activation_from_module(m: nn.Module | None, where: str) -> dict[str, Any]:
     elif isinstance(m, nn.GELU):
         kw["approximate"] = m.approximate
     elif isinstance(m, nn.PReLU):
-        kw["num_parameters"] = m.num_parameters
-        kw["init"] = float(m.weight.detach().flatten()[0])
+        kw["num_parameters"] = m.num_parameters  # its weights are copied: the init does not matter
     elif not isinstance(m, (nn.ReLU, nn.SiLU)):
         raise UnsupportedModelError(f"{where}: activation {type(m).__name__} is not supported")
     return _activation_option(type(m).__name__, kw, where)
