@@ -96,6 +96,12 @@ CANDIDATES: dict[str, Candidate] = {
             "unused 1x1 deep-supervision heads."
         ),
     ),
+    "nnunet-AA": Candidate(
+        HERE,
+        "nnunet_plain_conv_unet",
+        requires=("dynamic_network_architectures.architectures.unet",),
+        note="a second, identical `nnunet` candidate in its own process: the A/A noise of PlainConvUNet itself",
+    ),
     "unetgen-nnunet": Candidate(
         HERE,
         "unetgen_from_nnunet",

@@ -107,12 +107,20 @@ def test_monai_basic_unet(kwargs: dict[str, Any], shape: tuple[int, ...]) -> Non
     assert _params(ours) == _params(peer) == count_parameters(ours.config)
 
 
-def test_monai_basic_unet_norms_and_activations() -> None:
+@pytest.mark.parametrize(
+    ("norm", "act"),
+    [
+        ("batch", "relu"),
+        (("group", {"num_groups": 2}), "leakyrelu"),
+        (None, ("elu", {"alpha": 0.5})),
+        ("instance", "prelu"),
+    ],
+)
+def test_monai_basic_unet_norms_and_activations(norm: Any, act: Any) -> None:
     nets = pytest.importorskip("monai.networks.nets")
-    for norm, act in [("batch", "relu"), (("group", {"num_groups": 2}), "prelu"), (None, ("elu", {"alpha": 0.5}))]:
-        peer = nets.BasicUNet(spatial_dims=2, features=(4, 4, 6, 8, 10, 4), norm=norm, act=act, bias=norm is None)
-        ours, _ = _check_eval(peer, (2, 1, 32, 16))
-        assert _params(ours) == _params(peer)
+    peer = nets.BasicUNet(spatial_dims=2, features=(4, 4, 6, 8, 10, 4), norm=norm, act=act, bias=norm is None)
+    ours, _ = _check_eval(peer, (2, 1, 32, 16))
+    assert _params(ours) == _params(peer)
 
 
 # ---------------------------------------------------------------------------------------------
