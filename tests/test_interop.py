@@ -11,6 +11,8 @@ from typing import Any
 import pytest
 import torch
 import yaml
+from hypothesis import given
+from hypothesis import strategies as st
 from torch import nn
 
 from unetgen import build_unet, load_config, output_shape
@@ -281,3 +283,30 @@ def test_cli_import_nnunet(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     assert err.startswith("error: ") and "no configuration '2d'" in err and "Traceback" not in err
     assert main([*args, "--out-channels", "0", "-o", str(out)]) == 1
     assert "out_channels" in capsys.readouterr().err
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats() | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@given(key=st.sampled_from([*NEW_3D["architecture"]["arch_kwargs"], "extra"]), value=JSON)
+def test_hostile_arch_kwargs_raise_value_error(key: str, value: Any) -> None:
+    conf = copy.deepcopy(NEW_3D)
+    conf["architecture"]["arch_kwargs"][key] = value
+    try:
+        config = from_nnunet_plans(_plans(c=conf), "c", in_channels=1, out_channels=2)
+    except ValueError:
+        return
+    assert config.spatial_dims == 3
+
+
+@given(key=st.sampled_from(list(OLD_3D)), value=JSON)
+def test_hostile_old_format_raises_value_error(key: str, value: Any) -> None:
+    conf = {**OLD_3D, key: value}
+    try:
+        from_nnunet_plans(_plans(c=conf), "c", in_channels=1, out_channels=2)
+    except ValueError:
+        pass

@@ -291,6 +291,9 @@ def test_nnunet(
         assert len(theirs) == len(mine)
         for a, b in zip(theirs, mine, strict=True):
             assert _max_diff(a, b) < TOL
+        # the way back: nnU-Net's own class, built from to_nnunet_architecture, converts to the same config
+        back = {"configurations": {"c": {"architecture": to_nnunet_architecture(ours.config)}}}
+        assert convert(_build_nnunet(back, cin, 3, ds)).config == ours.config
 
 
 def test_nnunet_batch_norm_relu_eval() -> None:
@@ -313,3 +316,10 @@ def test_nnunet_refusals() -> None:
         convert(peer)
     with pytest.raises(UnsupportedModelError, match="convert\\(\\) does not know"):
         convert(nn.Sequential(nn.Conv2d(1, 1, 3)))
+
+
+def test_monai_unet_is_refused_with_the_reason() -> None:
+    nets = pytest.importorskip("monai.networks.nets")
+    peer = nets.UNet(2, 1, 2, channels=(4, 8, 16), strides=(2, 2))
+    with pytest.raises(UnsupportedModelError, match="merges at the coarse resolution"):
+        convert(peer)

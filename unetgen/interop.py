@@ -86,7 +86,11 @@ def from_nnunet_plans(
         raise ValueError("not an nnU-Net plans file: no 'configurations' mapping at the top level")
     conf = _resolve_configuration(data["configurations"], configuration)
     name, kwargs = _architecture(conf, configuration)
-    return _nnunet_config(name, kwargs, in_channels, out_channels, deep_supervision, f"configuration {configuration!r}")
+    where = f"configuration {configuration!r}"
+    try:
+        return _nnunet_config(name, kwargs, in_channels, out_channels, deep_supervision, where)
+    except (TypeError, AttributeError, OverflowError) as err:  # a value of the wrong kind somewhere
+        raise ValueError(f"{where}: malformed arch_kwargs: {short_repr(str(err))}") from None
 
 
 def _read_plans(path: str | Path) -> Any:
@@ -180,6 +184,13 @@ def _architecture(conf: Mapping[str, Any], where: str) -> tuple[str, dict[str, A
     return cls, kwargs
 
 
+_ARCH_KWARGS = {
+    "n_stages", "features_per_stage", "conv_op", "kernel_sizes", "strides", "n_conv_per_stage_decoder", "conv_bias",
+    "norm_op", "norm_op_kwargs", "dropout_op", "dropout_op_kwargs", "nonlin", "nonlin_kwargs",
+}  # fmt: skip
+_RESENC_KWARGS = {"n_blocks_per_stage", "block", "bottleneck_channels", "stem_channels"}
+
+
 def _tail(name: Any) -> str | None:
     """'torch.nn.modules.conv.Conv3d' -> 'Conv3d' (None stays None)."""
     return None if name is None else str(name).rpartition(".")[2]
@@ -195,11 +206,16 @@ def _nnunet_config(
             raise ValueError(f"{where}: arch_kwargs has no {key!r}")
         return default
 
+    known = _ARCH_KWARGS | (_RESENC_KWARGS if cls == "ResidualEncoderUNet" else {"n_conv_per_stage", "nonlin_first"})
+    if unknown := sorted(map(str, set(kw) - known)):
+        raise UnsupportedModelError(f"{where}: arch_kwargs {short_repr(unknown)} are not supported by unetgen.interop")
     conv = _tail(get("conv_op"))
     dims = {"Conv1d": 1, "Conv2d": 2, "Conv3d": 3}.get(conv or "")
     if dims is None:
         raise UnsupportedModelError(f"{where}: conv_op {short_repr(get('conv_op'))} is not Conv1d, Conv2d or Conv3d")
-    n = int(get("n_stages"))
+    n = get("n_stages")
+    if not isinstance(n, int) or not 2 <= n <= cfgmod.MAX_DEPTH + 1:
+        raise UnsupportedModelError(f"{where}: n_stages={short_repr(n)}; unetgen builds 2 to {cfgmod.MAX_DEPTH + 1}")
     per_stage = _per_stage(get("features_per_stage"), n, "features_per_stage", where)
     kernels = [_axes(k, dims) for k in _per_stage(get("kernel_sizes"), n, "kernel_sizes", where)]
     strides = [_axes(s, dims) for s in _per_stage(get("strides"), n, "strides", where)]
@@ -548,6 +564,12 @@ def convert(module: nn.Module, *, ignore_dropout: bool = False) -> UNet:
         "DynUNet": _from_dynunet,
     }
     origin = type(module).__module__
+    if origin.startswith("monai") and name in ("UNet", "Unet", "AttentionUnet"):
+        raise UnsupportedModelError(
+            f"{origin}.{name} is a different topology: it merges at the coarse resolution before each "
+            "up-sampling (no conv between merge and transposed conv), has no full-resolution conv and "
+            "up-samples with kernel-3 transposed convs + norm + activation; see docs/interop.md"
+        )
     if name not in converters or not origin.startswith(("dynamic_network_architectures", "monai")):
         known = "dynamic_network_architectures PlainConvUNet/ResidualEncoderUNet, monai BasicUNet/DynUNet"
         raise UnsupportedModelError(
