@@ -19,6 +19,7 @@ settings.register_profile("thorough", max_examples=500, deadline=None, suppress_
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 NORMS = ["none", "batch", {"type": "group", "num_groups": 1}, "layer"]  # instance: tested apart (1-pixel maps)
+PRELU_CHANNELS = {"type": "prelu", "num_parameters": "channels", "init": 0.1}
 UPS = [
     "transpose",
     {"type": "transpose", "bias": False},
@@ -62,7 +63,8 @@ def config_dicts(
         "convs_per_block": convs,
         "padding": draw(st.sampled_from(["valid", "same"])),
         "norm": norm,
-        "activation": draw(st.sampled_from(["relu", "leaky_relu", "elu", "gelu", "silu"])),
+        "activation": draw(st.sampled_from(["relu", "leaky_relu", "elu", "gelu", "silu", "prelu", PRELU_CHANNELS])),
+        "norm_position": draw(st.sampled_from(["before_activation", "after_activation"])),
         "merge": merge,
         "down": draw(st.sampled_from(["max", "avg", "conv", "first_conv"])),
         "up": draw(st.sampled_from(UPS)),

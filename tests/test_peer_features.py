@@ -262,3 +262,54 @@ def test_interpolation_runs_the_conv_first_and_that_commutes(mode: str) -> None:
     y = up(x)
     assert calls == [(2, 4, 5, 7)]  # the 1x1 conv saw the coarse map
     torch.testing.assert_close(y, up[1](up[0](x)), rtol=1e-12, atol=1e-12)  # interpolate first: the same
+
+
+# ---------------------------------------------------------------------------------------------
+# norm_position, PReLU
+
+
+def test_norm_after_activation_order() -> None:
+    fields = {"depth": 1, "base_channels": 2, "norm": "batch", "norm_position": "after_activation"}
+    plain = build_unet(fields, device="meta")
+    assert [type(m).__name__ for m in plain.encoder[0].block.body] == ["Conv2d", "ReLU", "BatchNorm2d"] * 2
+    pre = build_unet({**fields, "block": {"type": "residual", "preactivation": True}}, device="meta")
+    body = pre.encoder[0].block.body
+    assert [type(m).__name__ for m in body][:3] == ["ReLU", "BatchNorm2d", "Conv2d"]
+    assert not body[0].inplace  # it runs on the block's input (the identity): never in place
+    res = build_unet({**fields, "block": "residual", "stem": True}, device="meta")
+    assert [type(m).__name__ for m in res.encoder[0].block.body] == [
+        "Conv2d",
+        "ReLU",
+        "BatchNorm2d",
+        "Conv2d",
+        "BatchNorm2d",
+    ]
+    assert [type(m).__name__ for m in res.encoder[0].stem] == ["Conv2d", "ReLU", "BatchNorm2d"]
+
+
+def test_norm_after_activation_function() -> None:
+    torch.manual_seed(0)
+    fields = {"depth": 1, "base_channels": 2, "norm": "batch", "padding": "same", "init": "torch"}
+    model = build_unet({**fields, "norm_position": "after_activation"}, dtype=torch.float64).eval()
+    conv, _, bn = list(model.encoder[0].block.body)[:3]
+    bn.running_mean.uniform_(1, 2)  # a norm after the ReLU can make outputs negative
+    x = torch.randn(1, 1, 8, 8, dtype=torch.float64)
+    want = (torch.relu(conv(x)) - bn.running_mean[None, :, None, None]) / torch.sqrt(bn.running_var + bn.eps)[
+        None, :, None, None
+    ]
+    torch.testing.assert_close(model.encoder[0].block.body[:3](x), want)
+    assert (want < 0).any()
+
+
+@pytest.mark.parametrize(("count", "per_layer"), [("one", 1), ("channels", None)])
+def test_prelu(count: str, per_layer: int | None) -> None:
+    act = {"type": "prelu", "num_parameters": count, "init": 0.1}
+    config = UNetConfig(depth=2, base_channels=3, activation=act, block="residual", merge="attention", stem=True)
+    model = build_unet(config, device="meta")
+    prelus = [m for m in model.modules() if isinstance(m, nn.PReLU)]
+    assert prelus and all(p.weight.numel() == (per_layer or p.weight.numel()) for p in prelus)
+    if per_layer is None:
+        assert {p.weight.numel() for p in prelus} == {3, 6, 12, 1}  # channels of each map (gates: inter = 1)
+    assert count_parameters(config) == sum(p.numel() for p in model.parameters())
+    cpu = build_unet(config.model_copy(update={"depth": 1}))
+    assert all(torch.all(m.weight == 0.1) for m in cpu.modules() if isinstance(m, nn.PReLU))

@@ -55,6 +55,7 @@ class ConvBlock(nn.Module):
         bias: bool,
         block: Block,
         dropout: nn.Module | None = None,
+        norm_after: bool = False,
     ) -> None:
         super().__init__()
         pre = block.preactivation
@@ -68,15 +69,15 @@ class ConvBlock(nn.Module):
             conv = layers.conv(dims, cin, cout, stage.kernel, stride=stride if j == 0 else 1, same=same, bias=bias)
             if pre:
                 n = layers.norm(norm, dims, cin)
-                # no norm: the activation would overwrite its input, which may be a skip or identity
-                layers_ += [m for m in (n, layers.activation(act, inplace=n is not None)) if m is not None]
-                layers_.append(conv)
+                # activation first (no norm, or norm_after): in place it would overwrite the block's
+                # input, which may be a skip or the identity
+                a = layers.activation(act, inplace=n is not None and not norm_after, channels=cin)
+                layers_ += [*layers.norm_act(n, a, after=norm_after), conv]
+            elif residual and last:  # the residual block activates after the sum
+                layers_ += [m for m in (conv, layers.norm(norm, dims, cout)) if m is not None]
             else:
-                layers_.append(conv)
-                if (n := layers.norm(norm, dims, cout)) is not None:
-                    layers_.append(n)
-                if not (residual and last):  # the residual block activates after the sum
-                    layers_.append(layers.activation(act))
+                n, a = layers.norm(norm, dims, cout), layers.activation(act, channels=cout)
+                layers_ += [conv, *layers.norm_act(n, a, after=norm_after)]
             cin = cout
         self.body = nn.Sequential(*layers_)
         self.residual, self.strided = residual, strided
@@ -96,7 +97,7 @@ class ConvBlock(nn.Module):
             if projected and not pre and (n := layers.norm(norm, dims, cout)) is not None:
                 proj.append(n)
             self.shortcut = nn.Sequential(*proj)
-            self.post_act = None if pre else layers.activation(act)
+            self.post_act = None if pre else layers.activation(act, channels=stage.out_channels)
         self.dropout = dropout
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -114,14 +115,14 @@ class ConvBlock(nn.Module):
 
 
 def conv_norm_act(
-    dims: SpatialDims, stage: Stage, *, same: bool, norm: Norm, act: Activation, bias: bool
+    dims: SpatialDims, stage: Stage, *, same: bool, norm: Norm, act: Activation, bias: bool, norm_after: bool = False
 ) -> nn.Sequential:
-    """One conv of `stage` (its kernel and first stride), then norm and activation: the stem."""
-    conv = layers.conv(
-        dims, stage.in_channels, stage.out_channels, stage.kernel, stride=stage.first_stride, same=same, bias=bias
-    )
-    n = layers.norm(norm, dims, stage.out_channels)
-    return nn.Sequential(*[m for m in (conv, n, layers.activation(act)) if m is not None])
+    """One conv of `stage` (its kernel and first stride), then norm and activation (in the
+    opposite order with `norm_after`): the stem."""
+    cin, cout = stage.in_channels, stage.out_channels
+    conv = layers.conv(dims, cin, cout, stage.kernel, stride=stage.first_stride, same=same, bias=bias)
+    n, a = layers.norm(norm, dims, cout), layers.activation(act, channels=cout)
+    return nn.Sequential(conv, *layers.norm_act(n, a, after=norm_after))
 
 
 def make_down(option: Down, dims: SpatialDims, channels: int, stride: tuple[int, ...]) -> nn.Module | None:
@@ -181,7 +182,7 @@ class Gate(nn.Module):
             return nn.Sequential(*[m for m in (layers.conv(dims, cin, cout, 1), n) if m is not None])
 
         self.w_x, self.w_g = project(skip, inter), project(gate, inter)
-        self.act = layers.activation(act)
+        self.act = layers.activation(act, channels=inter)
         self.psi = nn.Sequential(layers.conv(dims, inter, 1, 1), nn.Sigmoid())  # (B, 1, *S) gate in [0, 1]
 
     def forward(self, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:

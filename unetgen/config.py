@@ -152,7 +152,17 @@ class SiLU(_Model):
     type: Literal["silu"] = "silu"
 
 
-Activation = Annotated[ReLU | LeakyReLU | ELU | GELU | SiLU, Field(discriminator="type"), BareString()]
+class PReLU(_Model):
+    """Parametric ReLU (He et al. 2015): a learned slope for negative inputs."""
+
+    type: Literal["prelu"] = "prelu"
+    num_parameters: Literal["one", "channels"] = "one"
+    """One slope per layer (`one`, torch's default) or one per channel (`channels`)."""
+    init: float = Field(0.25, ge=-1, le=1)
+    """Initial slope."""
+
+
+Activation = Annotated[ReLU | LeakyReLU | ELU | GELU | SiLU | PReLU, Field(discriminator="type"), BareString()]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -419,7 +429,11 @@ class UNetConfig(_Model):
     bias: bool | None = None
     """Conv bias; default on without norm and off with it."""
     activation: Activation = ReLU()
-    """Non-linearity after each conv (after its norm)."""
+    """Non-linearity after each conv (after its norm, see `norm_position`)."""
+    norm_position: Literal["before_activation", "after_activation"] = "before_activation"
+    """Where the norm sits: conv, norm, activation (`before_activation`, the usual order) or
+    conv, activation, norm (`after_activation`, e.g. jvanvugt's pytorch-unet with batch_norm);
+    pre-activation blocks then run activation, norm, conv."""
     block: Block = PlainBlock()
     """Block type: plain (the paper) or residual."""
     decoder_block: Block | None = None

@@ -25,6 +25,9 @@ from collections.abc import Sequence
 
 from . import shapes
 from .config import (
+    ELU,
+    GELU,
+    Activation,
     Add,
     AttentionGate,
     AvgPool,
@@ -36,12 +39,16 @@ from .config import (
     GroupNorm,
     InstanceNorm,
     LayerNorm,
+    LeakyReLU,
     LinearUp,
     MaxPool,
     NearestUp,
     NoNorm,
     Norm,
+    PReLU,
+    ReLU,
     ResidualBlock,
+    SiLU,
     Stage,
     TransposeUp,
     UNetConfig,
@@ -86,13 +93,30 @@ def _shortcut_conv(block: Block, stage: Stage) -> bool:
     raise AssertionError(f"unhandled shortcut {block.shortcut!r}")
 
 
+def _act(option: Activation, channels: int) -> int:
+    """Learnable parameters of an activation layer on `channels` channels."""
+    match option:
+        case PReLU(num_parameters=count):
+            return channels if count == "channels" else 1
+        case ReLU() | LeakyReLU() | ELU() | GELU() | SiLU():
+            return 0
+    raise AssertionError(f"unhandled activation {option!r}")
+
+
 def _block_parameters(config: UNetConfig, stage: Stage, block: Block) -> int:
-    bias, norm, total = config.conv_bias, config.norm, 0
+    bias, norm, act, total = config.conv_bias, config.norm, config.activation, 0
+    residual = isinstance(block, ResidualBlock)
     for unit in stage.split_units():
         pre, cin = block.preactivation, unit.in_channels
-        for cout in unit.channels:
+        for j, cout in enumerate(unit.channels):
             total += _conv(cin, cout, unit.kernel, bias) + _norm(norm, cin if pre else cout)
+            if pre:
+                total += _act(act, cin)
+            elif not (residual and j == len(unit.channels) - 1):  # residual: activated after the sum
+                total += _act(act, cout)
             cin = cout
+        if residual and not pre:
+            total += _act(act, unit.out_channels)
         if _shortcut_conv(block, unit):
             resnet_d = isinstance(block, ResidualBlock) and block.shortcut == "resnet_d"
             total += _conv(unit.in_channels, unit.out_channels, (1,), (bias or pre) and not resnet_d)
@@ -105,7 +129,7 @@ def count_parameters(config: UNetConfig) -> int:
     lay, total = config.layout, 0
     if lay.stem is not None:
         total += _conv(lay.stem.in_channels, lay.stem.out_channels, lay.stem.kernel, config.conv_bias)
-        total += _norm(config.norm, lay.stem.out_channels)
+        total += _norm(config.norm, lay.stem.out_channels) + _act(config.activation, lay.stem.out_channels)
     for i, stage in enumerate(lay.encoder):
         total += _block_parameters(config, stage, config.block)
         if i < config.depth:
@@ -129,7 +153,7 @@ def count_parameters(config: UNetConfig) -> int:
             case AttentionGate():
                 inter = config.attention_channels[i]
                 total += _conv(skip, inter, (1,), True) + _conv(up, inter, (1,), True) + _conv(inter, 1, (1,), True)
-                total += 2 * _norm(config.norm, inter)  # psi (inter -> 1) has no norm
+                total += 2 * _norm(config.norm, inter) + _act(config.activation, inter)  # psi (inter -> 1): no norm
             case Concat() | Add():
                 pass
             case _:

@@ -60,7 +60,7 @@ class UNet(nn.Module):
         super().__init__()
         self.config = config
         c, lay, dims = config, config.layout, config.spatial_dims
-        same = c.padding == "same"
+        same, norm_after = c.padding == "same", c.norm_position == "after_activation"
 
         def dropout(stage: int) -> nn.Module | None:
             d, where = c.dropout, c.dropout.placement
@@ -79,7 +79,7 @@ class UNet(nn.Module):
             units = [
                 ConvBlock(
                     dims, unit, same=same, norm=c.norm, act=c.activation, bias=c.conv_bias, block=option,
-                    dropout=dropout(drop_at) if u == stage.units - 1 else None,
+                    dropout=dropout(drop_at) if u == stage.units - 1 else None, norm_after=norm_after,
                 )
                 for u, unit in enumerate(stage.split_units())
             ]  # fmt: skip
@@ -89,7 +89,9 @@ class UNet(nn.Module):
             down = make_down(c.down, dims, lay.encoder[i - 1].out_channels, lay.strides[i - 1]) if i > 0 else None
             stem = None
             if i == 0 and lay.stem is not None:
-                stem = conv_norm_act(dims, lay.stem, same=same, norm=c.norm, act=c.activation, bias=c.conv_bias)
+                stem = conv_norm_act(
+                    dims, lay.stem, same=same, norm=c.norm, act=c.activation, bias=c.conv_bias, norm_after=norm_after
+                )
             return EncoderLevel(down, block(lay.encoder[i], i), stem)
 
         # Modules in execution order, one per level, so that torchinfo prints one row per level.
