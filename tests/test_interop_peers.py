@@ -296,14 +296,20 @@ def test_nnunet(
         assert convert(_build_nnunet(back, cin, 3, ds)).config == ours.config
 
 
-def test_nnunet_batch_norm_relu_eval() -> None:
-    """Batch norm running statistics are carried over (eval mode)."""
+@pytest.mark.parametrize("nonlin_first", [False, True])
+def test_nnunet_batch_norm_relu_eval(nonlin_first: bool) -> None:
+    """Batch norm running statistics are carried over (eval mode); nonlin_first = norm after the activation."""
     unet = pytest.importorskip("dynamic_network_architectures.architectures.unet")
     peer = unet.PlainConvUNet(
         2, 4, [3, 4, 5, 6], nn.Conv2d, 3, [1, 2, 2, 2], 2, 3, 2, conv_bias=False, norm_op=nn.BatchNorm2d,
         norm_op_kwargs={"eps": 1e-3, "momentum": 0.05}, nonlin=nn.ReLU, nonlin_kwargs={"inplace": True},
+        nonlin_first=nonlin_first,
     )  # fmt: skip
-    _check_eval(peer, (2, 2, 32, 24))
+    ours, _ = _check_eval(peer, (2, 2, 32, 24))
+    assert ours.config.norm_position == ("after_activation" if nonlin_first else "before_activation")
+    assert _params(ours) == _params(peer) - sum(_params(h) for h in peer.decoder.seg_layers[:-1])
+    arch = to_nnunet_architecture(ours.config)["arch_kwargs"]
+    assert arch.get("nonlin_first", False) == nonlin_first
 
 
 def test_nnunet_refusals() -> None:
