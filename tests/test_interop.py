@@ -179,6 +179,7 @@ def test_to_nnunet_architecture_round_trip() -> None:
         ({"deep_supervision": [2]}, "deep_supervision"),
         ({"dropout": {"rate": 0.3}}, "dropout"),
         ({"norm": "layer"}, "norm"),
+        ({"norm": {"type": "group", "num_groups": 2}}, "instance or batch"),
     ],
 )
 def test_to_nnunet_architecture_refuses(change: dict[str, Any], match: str) -> None:

@@ -329,3 +329,15 @@ def test_monai_unet_is_refused_with_the_reason() -> None:
     peer = nets.UNet(2, 1, 2, channels=(4, 8, 16), strides=(2, 2))
     with pytest.raises(UnsupportedModelError, match="merges at the coarse resolution"):
         convert(peer)
+
+
+def test_nnunet_strided_first_stage_round_trip() -> None:
+    """strides[0] != 1 (output at reduced resolution): stem_stride, both ways."""
+    unet = pytest.importorskip("dynamic_network_architectures.architectures.unet")
+    peer = unet.PlainConvUNet(
+        1, 3, [2, 4, 8], nn.Conv2d, [[3, 3], [3, 3], [1, 3]], [[1, 2], [2, 2], [2, 2]], 2, 2, 1,
+        conv_bias=True, norm_op=nn.InstanceNorm2d, norm_op_kwargs={"affine": True}, nonlin=nn.ReLU,
+    )  # fmt: skip
+    ours, _ = _check_eval(peer, (1, 1, 16, 32))
+    arch = to_nnunet_architecture(ours.config)["arch_kwargs"]
+    assert arch["strides"] == [[1, 2], [2, 2], [2, 2]] and arch["kernel_sizes"] == [[3, 3], [3, 3], [1, 3]]

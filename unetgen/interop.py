@@ -286,12 +286,8 @@ def _norm_option(name: str | None, kwargs: Mapping[str, Any], dims: int, where: 
             out["affine"] = False
         if not kw.pop("track_running_stats", True):
             raise UnsupportedModelError(f"{where}: {name} with track_running_stats=False")
-    elif name == "GroupNorm":
-        out = {"type": "group", "num_groups": int(kw.pop("num_groups")), "eps": float(kw.pop("eps", 1e-5))}
-        if not kw.pop("affine", True):
-            raise UnsupportedModelError(f"{where}: GroupNorm with affine=False")
-    else:
-        raise UnsupportedModelError(f"{where}: norm {short_repr(name)} is not supported (batch, instance, group)")
+    else:  # nnU-Net calls norm_op(channels, **norm_op_kwargs), which GroupNorm's signature does not fit
+        raise UnsupportedModelError(f"{where}: norm_op {short_repr(name)} is not supported (batch, instance)")
     kw.pop("device", None), kw.pop("dtype", None)
     if kw:
         raise UnsupportedModelError(f"{where}: {name} options {short_repr(kw)} are not supported")
@@ -421,7 +417,7 @@ def to_nnunet_architecture(config: UNetConfig | Mapping[str, Any]) -> dict[str, 
     if data["down"]["type"] != "first_conv":
         raise refuse("down", "it down-samples with the first conv of a stage: use down: first_conv")
     up = data["up"]
-    if up["type"] != "transpose" or up.get("bias", c.conv_bias) != c.conv_bias or up.get("kernel_size") not in (None,):
+    if up["type"] != "transpose" or up.get("bias", True) != c.conv_bias or up.get("kernel_size") is not None:
         raise refuse("up", f"it up-samples with a transposed conv, kernel = stride, bias = conv bias ({c.conv_bias})")
     if up.get("norm_act"):
         raise refuse("up", "no norm or activation after its transposed conv")
@@ -444,8 +440,6 @@ def to_nnunet_architecture(config: UNetConfig | Mapping[str, Any]) -> dict[str, 
         raise refuse("dropout", "unetgen drops out after blocks, nnU-Net after convs")
     if c.deep_supervision and list(c.deep_supervision) != list(range(1, d)):
         raise refuse("deep_supervision", "nnU-Net supervises every decoder level or none")
-    if data.get("stem_stride") not in (None, 1, [1] * dims):
-        raise refuse("stem_stride", "its first stage has stride 1 in the plans nnU-Net writes")  # expressible, but rare
     block, dec_block = data["block"], data.get("decoder_block") or data["block"]
     if block.get("preactivation"):
         raise refuse("block", "no pre-activation units")
@@ -470,7 +464,7 @@ def to_nnunet_architecture(config: UNetConfig | Mapping[str, Any]) -> dict[str, 
         "features_per_stage": [s.out_channels for s in lay.encoder],
         "conv_op": f"torch.nn.modules.conv.Conv{dims}d",
         "kernel_sizes": [list(s.kernel) for s in lay.encoder],
-        "strides": [[1] * dims] + [list(s) for s in lay.strides],
+        "strides": [list(lay.stem_stride) or [1] * dims] + [list(s) for s in lay.strides],
     }
     if residual:
         kwargs["n_blocks_per_stage"] = _blocks_per_level(c)
@@ -516,10 +510,8 @@ def _nnunet_norm(norm: Mapping[str, Any], dims: int) -> tuple[str | None, dict[s
             if norm.get("affine") is False:
                 kw["affine"] = False
             return f"torch.nn.modules.batchnorm.BatchNorm{dims}d", kw
-        case "group":
-            return "torch.nn.modules.normalization.GroupNorm", {"num_groups": norm["num_groups"], "eps": norm["eps"]}
     raise UnsupportedModelError(
-        f"norm={short_repr(norm)}: no nnU-Net norm_op for it (layer norm: use group with 1 group)"
+        f"norm={short_repr(norm)}: nnU-Net builds norm_op(channels, **norm_op_kwargs): instance or batch norm only"
     )
 
 
@@ -647,6 +639,8 @@ def _from_nnunet_module(net: nn.Module, ignore_dropout: bool) -> tuple[dict[str,
             f"{name}.decoder is a {type(dec).__name__}; only the plain UNetDecoder is supported"
         )
     residual = name == "ResidualEncoderUNet"
+    if enc.nonlin is nn.PReLU:
+        raise UnsupportedModelError(f"{name}: PReLU non-linearities are not carried over from nnU-Net modules yet")
     dims = {nn.Conv1d: 1, nn.Conv2d: 2, nn.Conv3d: 3}.get(enc.conv_op)
     if dims is None:
         raise UnsupportedModelError(f"{name}.encoder.conv_op {enc.conv_op!r} is not a plain Conv1d/2d/3d")
