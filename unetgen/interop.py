@@ -910,7 +910,8 @@ def _from_dynunet(net: nn.Module, ignore_dropout: bool) -> tuple[dict[str, Any],
             "DynUNet: its PReLU is one module shared by both convs of a block (and the residual sum); "
             "unetgen gives every activation its own parameters"
         )
-    if net.dropout is not None and not ignore_dropout:
+    active = [m for m in net.modules() if isinstance(m, (nn.modules.dropout._DropoutNd, nn.AlphaDropout)) and m.p > 0]
+    if active and not ignore_dropout:
         raise UnsupportedModelError(
             f"DynUNet dropout={short_repr(net.dropout)}: dropout after every conv; unetgen drops out after "
             "blocks (convert(..., ignore_dropout=True) drops it: eval outputs stay exact)"
