@@ -46,7 +46,7 @@ def config_dicts(
     `full_resolution`: the output at the input's resolution (no `stem_stride`), as tiling needs."""
     d = draw(st.sampled_from(dims))
     depth = draw(st.integers(1, max_depth))
-    merge = draw(st.sampled_from(["concat", "add", "attention"]))
+    merge = draw(st.sampled_from(["concat", {"type": "concat", "order": "up_first"}, "add", "attention"]))
     convs = draw(st.integers(1, 3) | st.lists(st.integers(1, 3), min_size=depth + 1, max_size=depth + 1))
     per_level = convs if isinstance(convs, list) else [convs] * (depth + 1)
     norm = draw(st.sampled_from(NORMS))

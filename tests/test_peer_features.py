@@ -313,3 +313,25 @@ def test_prelu(count: str, per_layer: int | None) -> None:
     assert count_parameters(config) == sum(p.numel() for p in model.parameters())
     cpu = build_unet(config.model_copy(update={"depth": 1}))
     assert all(torch.all(m.weight == 0.1) for m in cpu.modules() if isinstance(m, nn.PReLU))
+
+
+# ---------------------------------------------------------------------------------------------
+# merge: concat order
+
+
+def test_concat_up_first_equals_skip_first_with_permuted_weights() -> None:
+    fields = {"depth": 2, "channels": [2, 3, 4], "padding": "same", "init": "torch"}
+    torch.manual_seed(0)
+    skip_first = build_unet(fields, dtype=torch.float64).eval()
+    up_first = build_unet({**fields, "merge": {"type": "concat", "order": "up_first"}}, dtype=torch.float64).eval()
+    state = skip_first.state_dict()
+    for i in range(len(skip_first.decoder)):
+        key = f"decoder.{i}.block.body.0.weight"  # (C_out, C_skip + C_up, k, k)
+        skip = skip_first.config.layout.encoder[i].out_channels
+        state[key] = torch.cat([state[key][:, skip:], state[key][:, :skip]], dim=1)
+    up_first.load_state_dict(state)
+    x = torch.randn(1, 1, 8, 12, dtype=torch.float64)
+    torch.testing.assert_close(up_first(x), skip_first(x), rtol=1e-12, atol=1e-12)
+    want = skip_first(x)
+    skip_first.load_state_dict(state)  # the permuted weights in the skip-first order: another function
+    assert not torch.allclose(skip_first(x), want)

@@ -207,6 +207,8 @@ class SkipMerge(nn.Module):
         match self.option:
             case Add():
                 return skip + up
+            case Concat(order="up_first"):
+                return torch.cat([up, skip], dim=1)  # (B, C_up + C_skip, *S)
             case Concat():
                 return torch.cat([skip, up], dim=1)  # (B, C_skip + C_up, *S)
             case AttentionGate():

@@ -202,6 +202,10 @@ class Concat(_Model):
     """Concatenate the centre-cropped skip and the up-sampled map along channels (the paper)."""
 
     type: Literal["concat"] = "concat"
+    order: Literal["skip_first", "up_first"] = "skip_first"
+    """Channel order of the concatenation: skip then up-sampled map (the paper, MONAI's
+    BasicUNet), or the up-sampled map first (nnU-Net, MONAI's DynUNet); it orders the next
+    conv's input channels, so weights copied from a peer need no permutation."""
 
 
 class Add(_Model):
