@@ -13,6 +13,8 @@ from typing import Any
 
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 from torch import nn
 
 from unetgen import count_parameters
@@ -341,3 +343,73 @@ def test_nnunet_strided_first_stage_round_trip() -> None:
     ours, _ = _check_eval(peer, (1, 1, 16, 32))
     arch = to_nnunet_architecture(ours.config)["arch_kwargs"]
     assert arch["strides"] == [[1, 2], [2, 2], [2, 2]] and arch["kernel_sizes"] == [[3, 3], [3, 3], [1, 3]]
+
+
+# ---------------------------------------------------------------------------------------------
+# every config nnU-Net can build: config -> to_nnunet_architecture -> nnU-Net's own class ->
+# convert -> the same config and the same function
+
+
+@st.composite
+def _nnunet_configs(draw: st.DrawFn) -> dict[str, Any]:
+    dims = draw(st.sampled_from([2, 3]))
+    depth = draw(st.integers(1, 3))
+    axes = st.lists(st.sampled_from([1, 3]), min_size=dims, max_size=dims)
+    steps = st.lists(st.sampled_from([1, 2]), min_size=dims, max_size=dims)
+    residual = draw(st.booleans())
+    norm = draw(st.sampled_from(["none", "batch", {"type": "instance", "affine": True}]))
+    bias = draw(st.booleans())
+    config: dict[str, Any] = {
+        "spatial_dims": dims,
+        "in_channels": draw(st.integers(1, 2)),
+        "out_channels": draw(st.integers(1, 3)),
+        "depth": depth,
+        "channels": draw(st.lists(st.integers(1, 4), min_size=depth + 1, max_size=depth + 1)),
+        "kernel_size": [draw(axes) for _ in range(depth + 1)],
+        "strides": [draw(steps) for _ in range(depth)],
+        "stem_stride": draw(steps),
+        "padding": "same",
+        "down": "first_conv",
+        "up": {"type": "transpose", "bias": bias},
+        "merge": {"type": "concat", "order": "up_first"},
+        "bias": bias,
+        "norm": norm,
+        "activation": draw(st.sampled_from(["relu", {"type": "leaky_relu", "negative_slope": 0.2}, "elu", "gelu"])),
+        "decoder_convs_per_block": draw(st.lists(st.integers(1, 2), min_size=depth, max_size=depth)),
+        "deep_supervision": list(range(1, depth)) if draw(st.booleans()) else [],
+        "dropout": {"rate": 0.0},
+        "init": "torch",
+    }
+    if config["stem_stride"] == [1] * dims:
+        del config["stem_stride"]  # the default, spelled 1
+    if residual:
+        blocks = draw(st.lists(st.integers(1, 2), min_size=depth + 1, max_size=depth + 1))
+        config |= {"stem": True, "blocks_per_level": blocks, "convs_per_block": 2, "decoder_block": "plain"}
+        config["block"] = {"type": "residual", "shortcut": "resnet_d"}
+    else:
+        config["convs_per_block"] = draw(st.lists(st.integers(1, 2), min_size=depth + 1, max_size=depth + 1))
+        if norm != "none" and draw(st.booleans()):
+            config["norm_position"] = "after_activation"
+    return config
+
+
+@given(data=_nnunet_configs())
+def test_every_nnunet_config_round_trips_through_nnunet(data: dict[str, Any]) -> None:
+    pytest.importorskip("dynamic_network_architectures.architectures.unet")
+    from unetgen import UNetConfig, shapes
+
+    config = UNetConfig.model_validate(data)
+    plans = {"configurations": {"c": {"architecture": to_nnunet_architecture(config)}}}
+    ds = bool(config.deep_supervision)
+    peer = _seeded(_build_nnunet(plans, config.in_channels, config.out_channels, ds)).double().train()
+    ours = convert(peer)
+    assert ours.config == config
+    cin, cout = config.in_channels, config.out_channels
+    assert from_nnunet_plans(plans, "c", in_channels=cin, out_channels=cout, deep_supervision=ds) == config
+    shape = tuple(2 * s for s in shapes.min_input_shape(config))  # batch norm: more than one value
+    x = torch.randn(2, config.in_channels, *shape, dtype=torch.float64)
+    with torch.no_grad():
+        theirs, mine = peer(x), ours(x)
+    theirs, mine = (theirs, mine) if ds else ([theirs], [mine])
+    for a, b in zip(theirs, mine, strict=True):
+        assert _max_diff(a, b) < TOL

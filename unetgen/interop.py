@@ -247,7 +247,7 @@ def _nnunet_config(
         kernels=kernels,
         strides=strides,
         units=[int(u) for u in units],
-        decoder_convs=[int(c) for c in decoder],
+        decoder_convs=[int(c) for c in reversed(decoder)],  # nnU-Net lists the deepest decoder stage first
         bias=bool(get("conv_bias", False)),
         norm=norm,
         activation=act,
@@ -471,7 +471,7 @@ def to_nnunet_architecture(config: UNetConfig | Mapping[str, Any]) -> dict[str, 
     else:
         kwargs["n_conv_per_stage"] = list(_encoder_convs(c))
     kwargs |= {
-        "n_conv_per_stage_decoder": [len(s.channels) for s in lay.decoder],
+        "n_conv_per_stage_decoder": [len(s.channels) for s in reversed(lay.decoder)],  # the deepest first
         "conv_bias": c.conv_bias,
         "norm_op": norm_op,
         "norm_op_kwargs": norm_kwargs,
