@@ -374,7 +374,9 @@ def _nnunet_configs(draw: st.DrawFn) -> dict[str, Any]:
         "merge": {"type": "concat", "order": "up_first"},
         "bias": bias,
         "norm": norm,
-        "activation": draw(st.sampled_from(["relu", {"type": "leaky_relu", "negative_slope": 0.2}, "elu", "gelu"])),
+        "activation": draw(
+            st.sampled_from(["relu", {"type": "leaky_relu", "negative_slope": 0.2}, "elu", "gelu", "prelu"])
+        ),
         "decoder_convs_per_block": draw(st.lists(st.integers(1, 2), min_size=depth, max_size=depth)),
         "deep_supervision": list(range(1, depth)) if draw(st.booleans()) else [],
         "dropout": {"rate": 0.0},

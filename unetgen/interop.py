@@ -234,6 +234,8 @@ def _nnunet_config(
         )
     norm = _norm_option(_tail(get("norm_op", None)), get("norm_op_kwargs", None) or {}, dims, where)
     act = _activation_option(_tail(get("nonlin", None)), get("nonlin_kwargs", None) or {}, where)
+    if act.get("num_parameters") == "channels":
+        raise UnsupportedModelError(f"{where}: PReLU with num_parameters != 1 for every conv, whatever its width")
     if get("dropout_op", None) is not None and float((get("dropout_op_kwargs", None) or {}).get("p", 0.5)) > 0:
         raise UnsupportedModelError(
             f"{where}: dropout_op {short_repr(get('dropout_op'))}: nnU-Net drops out after every conv, "
@@ -527,10 +529,12 @@ def _nnunet_nonlin(act: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
             return "torch.nn.GELU", {}
         case "silu":
             return "torch.nn.SiLU", {"inplace": True}
+        case "prelu" if act["num_parameters"] == "one":
+            return "torch.nn.PReLU", {"num_parameters": 1, "init": act["init"]}
         case "prelu":
             raise UnsupportedModelError(
-                "activation=prelu: nnU-Net's BasicBlockD and decoder share no PReLU parameters the way unetgen "
-                "places them; use a fixed activation"
+                "activation.num_parameters='channels': nnU-Net builds every PReLU with the same "
+                "nonlin_kwargs, so one slope per channel fits only when all widths are equal; use 'one'"
             )
     raise UnsupportedModelError(f"activation={short_repr(act)}: no nnU-Net nonlin for it")
 
@@ -639,8 +643,6 @@ def _from_nnunet_module(net: nn.Module, ignore_dropout: bool) -> tuple[dict[str,
             f"{name}.decoder is a {type(dec).__name__}; only the plain UNetDecoder is supported"
         )
     residual = name == "ResidualEncoderUNet"
-    if enc.nonlin is nn.PReLU:
-        raise UnsupportedModelError(f"{name}: PReLU non-linearities are not carried over from nnU-Net modules yet")
     dims = {nn.Conv1d: 1, nn.Conv2d: 2, nn.Conv3d: 3}.get(enc.conv_op)
     if dims is None:
         raise UnsupportedModelError(f"{name}.encoder.conv_op {enc.conv_op!r} is not a plain Conv1d/2d/3d")
@@ -652,7 +654,7 @@ def _from_nnunet_module(net: nn.Module, ignore_dropout: bool) -> tuple[dict[str,
         stem_conv = enc.stem.convs[0].conv
         if stem_conv.out_channels != enc.output_channels[0] or len(enc.stem.convs) != 1:
             raise UnsupportedModelError(f"{name}.encoder.stem: stem_channels != features_per_stage[0]")
-        layers += _cdnr_layers(enc.stem.convs[0])
+        layers += _cdnr_layers(enc.stem.convs[0], ignore_dropout, f"{name}.encoder.stem")
     for s, stage in enumerate(enc.stages):
         where = f"{name}.encoder.stages[{s}]"
         mods = list(stage) if isinstance(stage, nn.Sequential) and not hasattr(stage, "blocks") else [stage]
@@ -668,11 +670,12 @@ def _from_nnunet_module(net: nn.Module, ignore_dropout: bool) -> tuple[dict[str,
                     raise UnsupportedModelError(f"{bwhere}: {type(blk).__name__}: only BasicBlockD units are supported")
                 if blk.apply_stochastic_depth or blk.apply_se:
                     raise UnsupportedModelError(f"{bwhere}: stochastic depth / squeeze-excitation are not supported")
-                layers += _cdnr_layers(blk.conv1, ignore_dropout, bwhere) + _cdnr_layers(
-                    blk.conv2, ignore_dropout, bwhere
-                )
+                layers += _cdnr_layers(blk.conv1, ignore_dropout, bwhere)
+                layers += _cdnr_layers(blk.conv2, ignore_dropout, bwhere)
                 if isinstance(blk.skip, nn.Sequential):
                     layers += [m for m in blk.skip.modules() if isinstance(m, _PAIRED)]
+                if isinstance(blk.nonlin2, nn.PReLU):  # unetgen's unit activates after the sum, last
+                    layers.append(blk.nonlin2)
         else:
             units.append(len(body.convs))
             for cdnr in body.convs:
@@ -711,15 +714,15 @@ def _from_nnunet_module(net: nn.Module, ignore_dropout: bool) -> tuple[dict[str,
     return data, layers, permuted
 
 
-def _cdnr_layers(cdnr: nn.Module, ignore_dropout: bool = False, where: str = "") -> list[nn.Module]:
-    """conv and norm of nnU-Net's ConvDropoutNormReLU."""
+def _cdnr_layers(cdnr: nn.Module, ignore_dropout: bool, where: str) -> list[nn.Module]:
+    """conv, norm and (a PReLU) non-linearity of nnU-Net's ConvDropoutNormReLU, in execution order."""
     drop = getattr(cdnr, "dropout", None)
     if drop is not None and drop.p > 0 and not ignore_dropout:
         raise UnsupportedModelError(
             f"{where}: dropout p={drop.p} after the conv; unetgen drops out after blocks (convert(..., "
             "ignore_dropout=True) drops it: eval outputs stay exact)"
         )
-    return [m for m in (cdnr.conv, getattr(cdnr, "norm", None)) if m is not None]
+    return [m for m in cdnr.all_modules if isinstance(m, _PAIRED)]
 
 
 def _nonlin_first(net: nn.Module) -> bool:
