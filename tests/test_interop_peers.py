@@ -415,3 +415,78 @@ def test_every_nnunet_config_round_trips_through_nnunet(data: dict[str, Any]) ->
     theirs, mine = (theirs, mine) if ds else ([theirs], [mine])
     for a, b in zip(theirs, mine, strict=True):
         assert _max_diff(a, b) < TOL
+
+
+# ---------------------------------------------------------------------------------------------
+# random MONAI models: converted exactly, or refused with the documented reason, never approximated
+
+
+def _compare(peer: nn.Module, ours: nn.Module, x: torch.Tensor) -> None:
+    with torch.no_grad():
+        assert _max_diff(peer.eval()(x), ours.eval()(x)) < TOL
+
+
+@given(
+    dims=st.integers(1, 3),
+    features=st.lists(st.integers(2, 6), min_size=6, max_size=6),  # 1 // 2 == 0: MONAI's net breaks
+    upsample=st.sampled_from(["deconv", "nontrainable", "pixelshuffle"]),
+    norm=st.sampled_from(["batch", ("instance", {"affine": True}), ("group", {"num_groups": 1}), None]),
+    act=st.sampled_from(["relu", ("leakyrelu", {"negative_slope": 0.3}), "prelu", "elu"]),
+    bias=st.booleans(),
+)
+def test_random_basic_unets(dims: int, features: list[int], upsample: str, norm: Any, act: Any, bias: bool) -> None:
+    nets = pytest.importorskip("monai.networks.nets")
+    peer = _seeded(
+        nets.BasicUNet(spatial_dims=dims, in_channels=2, out_channels=3, features=features, act=act, norm=norm,
+                       bias=bias, upsample=upsample)
+    ).double()  # fmt: skip
+    if upsample == "pixelshuffle":
+        with pytest.raises(UnsupportedModelError, match="pixelshuffle"):
+            convert(peer)
+        return
+    ours = convert(peer)
+    assert _params(ours) == _params(peer)
+    _compare(peer, ours, torch.randn(2, 2, 32, *[16] * (dims - 1), dtype=torch.float64))
+
+
+@st.composite
+def _dynunet_kwargs(draw: st.DrawFn) -> dict[str, Any]:
+    dims = draw(st.integers(2, 3))
+    n = draw(st.integers(3, 5))
+    per_axis = lambda values: (
+        st.sampled_from(values)
+        | st.lists(  # noqa: E731
+            st.sampled_from(values), min_size=dims, max_size=dims
+        ).map(tuple)
+    )
+    strides = [draw(per_axis([1, 2])) for _ in range(n)]
+    kw = {
+        "spatial_dims": dims, "in_channels": draw(st.integers(1, 2)), "out_channels": draw(st.integers(1, 3)),
+        "kernel_size": [draw(per_axis([1, 3])) for _ in range(n)], "strides": strides,
+        "upsample_kernel_size": strides[1:], "filters": draw(st.lists(st.integers(1, 5), min_size=n, max_size=n)),
+        "norm_name": draw(st.sampled_from(["batch", ("instance", {"affine": True}), "instance"])),
+        "act_name": draw(st.sampled_from(["relu", ("leakyrelu", {"negative_slope": 0.1}), "elu"])),
+        "res_block": draw(st.booleans()), "trans_bias": draw(st.booleans()),
+    }  # fmt: skip
+    if draw(st.booleans()):
+        kw |= {"deep_supervision": True, "deep_supr_num": draw(st.integers(1, n - 2))}
+    return kw
+
+
+@given(kw=_dynunet_kwargs())
+def test_random_dynunets(kw: dict[str, Any]) -> None:
+    nets = pytest.importorskip("monai.networks.nets")
+    from unetgen import shapes
+
+    peer = _seeded(nets.DynUNet(**kw)).double()
+    ours = convert(peer)
+    assert _params(ours) == _params(peer)
+    x = torch.randn(2, kw["in_channels"], *[2 * s for s in shapes.min_input_shape(ours.config)], dtype=torch.float64)
+    _compare(peer, ours, x)
+    if kw.get("deep_supervision"):
+        peer.train(), ours.train()
+        with torch.no_grad():
+            stacked, outs = peer(x), ours(x)
+        assert _max_diff(stacked[:, 0], outs[0]) < TOL
+        for head, aux in zip(peer.heads, outs[1:], strict=True):
+            assert _max_diff(head, aux) < TOL
