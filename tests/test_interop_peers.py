@@ -453,12 +453,10 @@ def test_random_basic_unets(dims: int, features: list[int], upsample: str, norm:
 def _dynunet_kwargs(draw: st.DrawFn) -> dict[str, Any]:
     dims = draw(st.integers(2, 3))
     n = draw(st.integers(3, 5))
-    per_axis = lambda values: (
-        st.sampled_from(values)
-        | st.lists(  # noqa: E731
-            st.sampled_from(values), min_size=dims, max_size=dims
-        ).map(tuple)
-    )
+
+    def per_axis(values: list[int]) -> st.SearchStrategy[Any]:
+        return st.sampled_from(values) | st.lists(st.sampled_from(values), min_size=dims, max_size=dims).map(tuple)
+
     strides = [draw(per_axis([1, 2])) for _ in range(n)]
     kw = {
         "spatial_dims": dims, "in_channels": draw(st.integers(1, 2)), "out_channels": draw(st.integers(1, 3)),
