@@ -23,6 +23,7 @@ PRELU_CHANNELS = {"type": "prelu", "num_parameters": "channels", "init": 0.1}
 UPS = [
     "transpose",
     {"type": "transpose", "bias": False},
+    {"type": "transpose", "kernel_size": 3, "norm_act": True},
     "nearest",
     {"type": "nearest", "conv": "when_channels_change"},
     "linear",

@@ -335,3 +335,44 @@ def test_concat_up_first_equals_skip_first_with_permuted_weights() -> None:
     want = skip_first(x)
     skip_first.load_state_dict(state)  # the permuted weights in the skip-first order: another function
     assert not torch.allclose(skip_first(x), want)
+
+
+# ---------------------------------------------------------------------------------------------
+# up: transposed conv with its own kernel, norm and activation (MONAI UNet, AttentionUnet)
+
+
+def test_transpose_kernel_3_with_norm_act() -> None:
+    up = {"type": "transpose", "kernel_size": 3, "norm_act": True}
+    fields = {"depth": 2, "base_channels": 2, "padding": "same", "norm": "instance", "strides": [[2, 1], 3]}
+    model = build_unet({**fields, "up": up, "activation": "prelu", "norm_position": "after_activation"})
+    low, high = (level.up for level in model.decoder)
+    assert [type(m).__name__ for m in low] == ["ConvTranspose2d", "PReLU", "InstanceNorm2d"]
+    conv = low[0]
+    assert (conv.kernel_size, conv.stride, conv.padding, conv.output_padding) == ((3, 3), (2, 1), (1, 1), (1, 0))
+    assert (high[0].padding, high[0].output_padding) == ((1, 1), (2, 2))
+    assert tuple(high(torch.randn(2, 8, 5, 7)).shape) == (2, 4, 15, 21)  # exactly the stride
+    assert tuple(low(torch.randn(2, 4, 5, 7)).shape) == (2, 2, 10, 7)
+    assert count_parameters(model.config) == sum(p.numel() for p in model.parameters())
+    plain = build_unet({**fields, "up": "transpose"}, device="meta")
+    assert isinstance(plain.decoder[0].up, nn.ConvTranspose2d)  # unchanged keys by default
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"up": {"type": "transpose", "kernel_size": 4}}, "up.kernel_size=4 must be odd"),
+        (
+            {
+                "norm": {"type": "group", "num_groups": 2},
+                "channels": [2, 4, 6],
+                "depth": 2,
+                "up_channels": [3, 4],
+                "up": {"type": "transpose", "norm_act": True},
+            },
+            r"norm.num_groups=2 does not divide the channel count\(s\) \[3\]",
+        ),
+    ],
+)
+def test_transpose_options_refused(fields: dict, message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        UNetConfig.model_validate(fields)

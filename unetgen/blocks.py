@@ -24,7 +24,9 @@ from .config import (
     MaxPool,
     Merge,
     NearestUp,
+    NoNorm,
     Norm,
+    ReLU,
     ResidualBlock,
     SpatialDims,
     Stage,
@@ -140,11 +142,37 @@ def make_down(option: Down, dims: SpatialDims, channels: int, stride: tuple[int,
     raise AssertionError(f"unhandled down {option!r}")
 
 
-def make_up(option: Up, dims: SpatialDims, cin: int, cout: int, stride: tuple[int, ...]) -> nn.Module:
-    """Up-sampling by `stride` from `cin` to `cout` channels."""
+_NO_NORM, _RELU = NoNorm(), ReLU()
+
+
+def make_up(
+    option: Up,
+    dims: SpatialDims,
+    cin: int,
+    cout: int,
+    stride: tuple[int, ...],
+    *,
+    norm: Norm = _NO_NORM,
+    act: Activation = _RELU,
+    norm_after: bool = False,
+) -> nn.Module:
+    """Up-sampling by `stride` from `cin` to `cout` channels; `norm`, `act` and `norm_after`
+    serve a transposed conv with `norm_act`."""
     match option:
-        case TransposeUp(bias=bias):
+        case TransposeUp(bias=bias, kernel_size=None, norm_act=False):
             return layers.CONV_TRANSPOSE[dims](cin, cout, stride, stride=stride, bias=bias)
+        case TransposeUp(bias=bias, kernel_size=k, norm_act=norm_act):
+            if k is None:  # kernel = stride: no padding
+                conv = layers.CONV_TRANSPOSE[dims](cin, cout, stride, stride=stride, bias=bias)
+            else:  # padded by k // 2, output padding stride - 1: out = in * stride (MONAI's rule)
+                extra = tuple(s - 1 for s in stride)
+                conv = layers.CONV_TRANSPOSE[dims](
+                    cin, cout, k, stride=stride, padding=k // 2, output_padding=extra, bias=bias
+                )
+            if not norm_act:
+                return conv
+            n, a = layers.norm(norm, dims, cout), layers.activation(act, channels=cout)
+            return nn.Sequential(conv, *layers.norm_act(n, a, after=norm_after))
         case NearestUp(conv=when) | LinearUp(conv=when):
             if isinstance(option, LinearUp):
                 mode, corners = layers.INTERPOLATION[dims], option.align_corners

@@ -265,6 +265,20 @@ class TransposeUp(_Model):
     type: Literal["transpose"] = "transpose"
     bias: bool = True
     """Give the transposed conv a bias (MONAI DynUNet's trans_bias=False has none)."""
+    kernel_size: int | None = Field(None, ge=1, le=MAX_KERNEL)
+    """Kernel size (odd), padded by kernel_size // 2 with output padding stride - 1 so that the
+    map still grows by exactly the stride (MONAI's UNet and AttentionUnet: 3); default: the
+    stride."""
+    norm_act: bool = False
+    """Follow the transposed conv by the config's norm and activation (MONAI's UNet and
+    AttentionUnet)."""
+
+    @model_validator(mode="after")
+    def _odd(self) -> TransposeUp:
+        if self.kernel_size is not None and self.kernel_size % 2 == 0:
+            k = self.kernel_size
+            raise ValueError(f"up.kernel_size={k} must be odd so that the map grows by exactly the stride; use {k + 1}")
+        return self
 
 
 InterpolationConv = Literal["always", "when_channels_change"]
@@ -528,6 +542,8 @@ class UNetConfig(_Model):
                 normed |= {s.in_channels for s in layout.decoder}
             if isinstance(self.merge, AttentionGate):
                 normed |= set(self.attention_channels)
+            if isinstance(self.up, TransposeUp) and self.up.norm_act:
+                normed |= set(layout.up_channels)
             if bad := sorted(c for c in normed if c % g):
                 raise ValueError(
                     f"norm.num_groups={g} does not divide the channel count(s) {bad}; choose "

@@ -143,8 +143,10 @@ def count_parameters(config: UNetConfig) -> int:
     for i, stage in enumerate(lay.decoder):
         up, coarse, skip = lay.up_channels[i], lay.coarse_channels[i], lay.encoder[i].out_channels
         match config.up:
-            case TransposeUp(bias=bias):
-                total += _conv(coarse, up, lay.strides[i], bias)
+            case TransposeUp(bias=bias, kernel_size=k, norm_act=norm_act):
+                total += _conv(coarse, up, lay.strides[i] if k is None else (k,) * config.spatial_dims, bias)
+                if norm_act:
+                    total += _norm(config.norm, up) + _act(config.activation, up)
             case NearestUp(conv=when) | LinearUp(conv=when):
                 total += _conv(coarse, up, (1,), True) if when == "always" or coarse != up else 0
             case _:
@@ -197,8 +199,10 @@ def count_macs(config: UNetConfig, input_shape: Sequence[int], *, training: bool
     for i, stage in enumerate(lay.decoder):
         up, coarse, skip = lay.up_channels[i], lay.coarse_channels[i], lay.encoder[i].out_channels
         match config.up:
-            case TransposeUp():  # input positions x stride volume (= output positions) x cin x cout
+            case TransposeUp(kernel_size=None):  # input positions x stride volume (= output positions) x cin x cout
                 total += size[f"up{i}"] * coarse * up
+            case TransposeUp(kernel_size=k):  # input positions x kernel volume x cin x cout
+                total += size[coarse_row[i]] * k**config.spatial_dims * coarse * up
             case NearestUp(conv=when) | LinearUp(conv=when) if when == "always" or coarse != up:
                 total += size[coarse_row[i]] * coarse * up  # the 1x1 conv runs on the coarser map
             case NearestUp() | LinearUp():

@@ -85,6 +85,10 @@ class UNet(nn.Module):
             ]  # fmt: skip
             return units[0] if len(units) == 1 else nn.Sequential(*units)
 
+        def up(i: int) -> nn.Module:
+            coarse, channels, stride = lay.coarse_channels[i], lay.up_channels[i], lay.strides[i]
+            return make_up(c.up, dims, coarse, channels, stride, norm=c.norm, act=c.activation, norm_after=norm_after)
+
         def encoder_level(i: int) -> EncoderLevel:
             down = make_down(c.down, dims, lay.encoder[i - 1].out_channels, lay.strides[i - 1]) if i > 0 else None
             stem = None
@@ -99,7 +103,7 @@ class UNet(nn.Module):
         self.bottleneck = encoder_level(c.depth)
         self.decoder = nn.ModuleList(
             DecoderLevel(
-                make_up(c.up, dims, lay.coarse_channels[i], lay.up_channels[i], lay.strides[i]),
+                up(i),
                 SkipMerge(
                     c.merge,
                     dims,
