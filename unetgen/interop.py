@@ -580,7 +580,11 @@ def convert(module: nn.Module, *, ignore_dropout: bool = False) -> UNet:
     target = target.to_empty(device=ref.device if ref is not None else "cpu")
     if ref is not None:
         target = target.to(ref.dtype)
-    _copy_paired(peer_layers, _paired_layers(target), permuted, name)
+    paired = _paired_layers(target)
+    covered = {id(t) for m in paired for t in [*m.parameters(recurse=False), *m.buffers(recurse=False)]}
+    if left := [n for n, t in [*target.named_parameters(), *target.named_buffers()] if id(t) not in covered]:
+        raise UnsupportedModelError(f"{name}: unetgen tensors {short_repr(left)} have no counterpart in the peer")
+    _copy_paired(peer_layers, paired, permuted, name)
     target.train(module.training)
     return target
 
