@@ -376,3 +376,14 @@ def test_transpose_kernel_3_with_norm_act() -> None:
 def test_transpose_options_refused(fields: dict, message: str) -> None:
     with pytest.raises(ValidationError, match=message):
         UNetConfig.model_validate(fields)
+
+
+def test_cli_sizes_says_why_there_is_no_halo(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+    from unetgen.cli import main
+
+    path = tmp_path / "stem.yaml"
+    path.write_text("depth: 2\nbase_channels: 2\ndown: first_conv\npadding: same\nstem_stride: [2, 1]\n")
+    assert main(["sizes", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "axis 0: valid input sizes are 8 + 8*k; halo none (output at 1/2 resolution) per side" in out
+    assert "axis 1: valid input sizes are 4 + 4*k; halo 0 per side" in out

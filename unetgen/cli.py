@@ -65,7 +65,9 @@ def cmd_summary(args: argparse.Namespace) -> int:
     print("\nshape trace:")
     _print_trace(cfg, size)
     print(f"\nvalid input sizes nearby (below | given | above):\n{_near(cfg, size)}")
-    print(f"output shape: {shapes.output_shape(cfg, size)}; halo per side: {shapes.halo(cfg)}")
+    rules = [shapes.axis_rule(cfg, a) for a in range(cfg.spatial_dims)]
+    halo = shapes.halo(cfg) if all(r.stem == 1 for r in rules) else ", ".join(map(_halo_text, rules))
+    print(f"output shape: {shapes.output_shape(cfg, size)}; halo per side: {halo}")
     return 0
 
 
@@ -127,11 +129,16 @@ def cmd_trace(args: argparse.Namespace) -> int:
     return 0
 
 
+def _halo_text(rule: shapes.AxisRule) -> str:
+    """The halo of one axis, or why there is none (`stem_stride`: output at a lower resolution)."""
+    return str(rule.halo) if rule.stem == 1 else f"none (output at 1/{rule.stem} resolution)"
+
+
 def cmd_sizes(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     for axis in range(cfg.spatial_dims):
         rule = shapes.axis_rule(cfg, axis)
-        head = f"axis {axis}: valid input sizes are {rule.min_size} + {rule.period}*k; halo {rule.halo} per side"
+        head = f"axis {axis}: valid input sizes are {rule.min_size} + {rule.period}*k; halo {_halo_text(rule)} per side"
         print(head)
         if args.near is not None:
             lo = (
