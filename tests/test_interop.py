@@ -283,7 +283,7 @@ def test_cli_import_nnunet(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "no configuration '2d'" in err and "Traceback" not in err
     assert main([*args, "--out-channels", "0", "-o", str(out)]) == 1
-    assert "out_channels" in capsys.readouterr().err
+    assert "out_channels=0 must be an integer from 1" in capsys.readouterr().err
 
 
 JSON = st.recursive(

@@ -81,6 +81,9 @@ def from_nnunet_plans(
     `deep_supervision` as nnU-Net trains (a 1x1 head on every decoder level but the deepest);
     pass False for the network nnU-Net predicts with. Raises `UnsupportedModelError` for network
     classes or options unetgen cannot build, `ValueError` for a malformed plans file."""
+    for name, value in (("in_channels", in_channels), ("out_channels", out_channels)):
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= cfgmod.MAX_CHANNELS:
+            raise ValueError(f"{name}={short_repr(value)} must be an integer from 1 to {cfgmod.MAX_CHANNELS}")
     data = _read_plans(plans) if isinstance(plans, (str, Path)) else plans
     if not isinstance(data, Mapping) or not isinstance(data.get("configurations"), Mapping):
         raise ValueError("not an nnU-Net plans file: no 'configurations' mapping at the top level")
