@@ -311,3 +311,24 @@ def test_hostile_old_format_raises_value_error(key: str, value: Any) -> None:
         from_nnunet_plans(_plans(c=conf), "c", in_channels=1, out_channels=2)
     except ValueError:
         pass
+
+
+def test_cli_import_schema_url_and_output_suffix(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    plans = tmp_path / "nnUNetPlans.json"
+    plans.write_text(json.dumps(_plans(**{"3d_fullres": NEW_3D})))
+    base = [
+        "import",
+        "nnunet",
+        str(plans),
+        "--configuration",
+        "3d_fullres",
+        "--in-channels",
+        "1",
+        "--out-channels",
+        "2",
+    ]
+    out = tmp_path / "m.yml"
+    assert main([*base, "-o", str(out), "--schema", "https://example.org/unet.schema.json"]) == 0
+    assert out.read_text().splitlines()[0] == "# yaml-language-server: $schema=https://example.org/unet.schema.json"
+    assert main([*base, "-o", str(tmp_path / "m.json")]) == 2
+    assert "must end in .yaml or .yml" in capsys.readouterr().err
