@@ -488,3 +488,24 @@ def test_random_dynunets(kw: dict[str, Any]) -> None:
         assert _max_diff(stacked[:, 0], outs[0]) < TOL
         for head, aux in zip(peer.heads, outs[1:], strict=True):
             assert _max_diff(head, aux) < TOL
+
+
+def test_nnunet_residual_unet() -> None:
+    """ResidualUNet: residual encoder and residual decoder (one BasicBlockD per decoder stage)."""
+    unet = pytest.importorskip("dynamic_network_architectures.architectures.unet")
+
+    def build(decoder_units: int) -> nn.Module:
+        return unet.ResidualUNet(
+            1, 4, [2, 4, 6, 8], nn.Conv3d, 3, [1, 2, 2, 2], [1, 2, 2, 2], 3, decoder_units, conv_bias=True,
+            norm_op=nn.InstanceNorm3d, norm_op_kwargs={"affine": True}, nonlin=nn.LeakyReLU, deep_supervision=True,
+        )  # fmt: skip
+
+    peer = _seeded(build(1)).double().train()
+    ours = convert(peer)
+    assert ours.config.decoder_block_type.type == "residual" and _params(ours) == _params(peer)
+    x = torch.randn(1, 1, 16, 16, 16, dtype=torch.float64)
+    with torch.no_grad():
+        for a, b in zip(peer(x), ours(x), strict=True):
+            assert _max_diff(a, b) < TOL
+    with pytest.raises(UnsupportedModelError, match="2 residual units"):
+        convert(build(2))

@@ -4,10 +4,10 @@
   of the network nnU-Net builds from a plans file (both plans formats, `inherits_from`, deep
   supervision as nnU-Net trains it).
 - `to_nnunet_architecture(config)`: the way back, the plans ``architecture`` block.
-- `convert(module)`: an instantiated peer (nnU-Net's `PlainConvUNet` and `ResidualEncoderUNet`,
-  MONAI's `BasicUNet` and `DynUNet`) as a unetgen `UNet` with the peer's weights and buffers:
-  the same function to float round-off, or `UnsupportedModelError` naming the layer and the
-  missing feature. Never an approximation.
+- `convert(module)`: an instantiated peer (nnU-Net's `PlainConvUNet`, `ResidualEncoderUNet` and
+  `ResidualUNet`, MONAI's `BasicUNet` and `DynUNet`) as a unetgen `UNet` with the peer's weights
+  and buffers: the same function to float round-off, or `UnsupportedModelError` naming the layer
+  and the missing feature. Never an approximation.
 - `copy_weights(source, target, example_input)`: the generic fallback for hand-written U-Nets:
   pairs the parametric layers in forward-execution order and checks each pair numerically.
 
@@ -53,6 +53,7 @@ _NNUNET_MODULES = (  # where plans files name the classes (residual_unet: plans 
     "dynamic_network_architectures.architectures.residual_unet",
 )
 _PAIRED = (_ConvNd, _BatchNorm, _InstanceNorm, nn.GroupNorm, nn.PReLU)
+UP_FIRST = {"type": "concat", "order": "up_first"}  # nnU-Net and DynUNet concatenate (up, skip)
 
 
 class UnsupportedModelError(ValueError):
@@ -258,6 +259,7 @@ def _nnunet_config(
         activation=act,
         nonlin_first=bool(get("nonlin_first", False)),
         residual=residual,
+        residual_decoder=False,
         deep_supervision=deep_supervision,
     )
     return _validated(spec.config_dict(), where)
@@ -363,27 +365,19 @@ class _NNSpec:
                 "convs_per_block": 2,
                 "blocks_per_level": self.units,
                 "block": {"type": "residual", "shortcut": "resnet_d"},
-                "decoder_block": "plain",
+                "decoder_block": {"type": "residual", "shortcut": "resnet_d"} if self.residual_decoder else "plain",
             }
         else:
             out["convs_per_block"] = self.units
         if self.nonlin_first:
             out["norm_position"] = "after_activation"
-        out |= _up_first_merge()
+        out["merge"] = UP_FIRST
         return out
 
 
 def _transpose_up(bias: bool) -> dict[str, Any]:
     """A transposed-conv up-sampling with or without bias (the schema's default is with)."""
     return {"type": "transpose"} if bias else {"type": "transpose", "bias": False}
-
-
-def _up_first_merge() -> dict[str, Any]:
-    """`merge` for peers that concatenate (up, skip), where the schema can say so (else the
-    weights of the first decoder conv are permuted instead)."""
-    if "order" in cfgmod.Concat.model_fields:
-        return {"merge": {"type": "concat", "order": "up_first"}}
-    return {}
 
 
 def _validated(data: dict[str, Any], where: str) -> UNetConfig:
@@ -550,15 +544,17 @@ def convert(module: nn.Module, *, ignore_dropout: bool = False) -> UNet:
     """A unetgen `UNet` computing the same function as the peer `module`, with its weights and
     buffers copied (batch-norm running statistics too), in the peer's dtype and device.
 
-    Supported: nnU-Net's (dynamic_network_architectures) `PlainConvUNet` and `ResidualEncoderUNet`,
-    MONAI's `BasicUNet` and `DynUNet`. Anything unetgen cannot express exactly raises
-    `UnsupportedModelError` naming the layer and the missing feature. Dropout is refused unless
+    Supported: nnU-Net's (dynamic_network_architectures) `PlainConvUNet`, `ResidualEncoderUNet` and
+    `ResidualUNet` (one residual unit per decoder stage), MONAI's `BasicUNet` and `DynUNet`.
+    Anything unetgen cannot express exactly raises `UnsupportedModelError` naming the layer and
+    the missing feature. Dropout is refused unless
     `ignore_dropout=True`, which drops it: eval-mode outputs are then still exact, training differs.
     The result is in the peer's train/eval mode."""
     name = type(module).__name__
-    converters: dict[str, Callable[[nn.Module, bool], tuple[dict[str, Any], list[nn.Module], dict[int, int]]]] = {
+    converters: dict[str, Callable[[nn.Module, bool], tuple[dict[str, Any], list[nn.Module]]]] = {
         "PlainConvUNet": _from_nnunet_module,
         "ResidualEncoderUNet": _from_nnunet_module,
+        "ResidualUNet": _from_nnunet_module,
         "BasicUNet": _from_basic_unet,
         "DynUNet": _from_dynunet,
     }
@@ -570,12 +566,12 @@ def convert(module: nn.Module, *, ignore_dropout: bool = False) -> UNet:
             "up-samples with kernel-3 transposed convs + norm + activation; see docs/interop.md"
         )
     if name not in converters or not origin.startswith(("dynamic_network_architectures", "monai")):
-        known = "dynamic_network_architectures PlainConvUNet/ResidualEncoderUNet, monai BasicUNet/DynUNet"
+        known = "dynamic_network_architectures PlainConvUNet/ResidualEncoderUNet/ResidualUNet, monai BasicUNet/DynUNet"
         raise UnsupportedModelError(
             f"convert() does not know {origin}.{name}; it converts {known}. For another U-Net, build the "
             "matching config and use copy_weights(source, target, example_input)"
         )
-    data, peer_layers, permuted = converters[name](module, ignore_dropout)
+    data, peer_layers = converters[name](module, ignore_dropout)
     config = _validated(data, f"{name}")
     ref = next(iter(module.parameters()), None)
     with torch.device("meta"):
@@ -587,7 +583,7 @@ def convert(module: nn.Module, *, ignore_dropout: bool = False) -> UNet:
     covered = {id(t) for m in paired for t in [*m.parameters(recurse=False), *m.buffers(recurse=False)]}
     if left := [n for n, t in [*target.named_parameters(), *target.named_buffers()] if id(t) not in covered]:
         raise UnsupportedModelError(f"{name}: unetgen tensors {short_repr(left)} have no counterpart in the peer")
-    _copy_paired(peer_layers, paired, permuted, name)
+    _copy_paired(peer_layers, paired, name)
     target.train(module.training)
     return target
 
@@ -615,10 +611,8 @@ def _signature(m: nn.Module) -> tuple[Any, ...]:
     raise AssertionError(type(m))
 
 
-def _copy_paired(source: list[nn.Module], target: list[nn.Module], permuted: Mapping[int, int], peer: str) -> None:
-    """Copy `source[i]` into `target[i]`; `permuted` maps the index of each first decoder conv of
-    a peer that concatenates (up, skip) to its up channels: their weights' input channels are
-    reordered to unetgen's (skip, up)."""
+def _copy_paired(source: list[nn.Module], target: list[nn.Module], peer: str) -> None:
+    """Check that `source[i]` and `target[i]` agree in everything but their values, then copy."""
     if len(source) != len(target):
         raise UnsupportedModelError(
             f"{peer}: {len(source)} parametric layers but the unetgen model has {len(target)}; "
@@ -630,26 +624,23 @@ def _copy_paired(source: list[nn.Module], target: list[nn.Module], permuted: Map
                 f"{peer}: layer {i} ({type(s).__name__}) does not match unetgen's: {_signature(s)} vs {_signature(t)}"
             )
     with torch.no_grad():
-        for i, (s, t) in enumerate(zip(source, target, strict=True)):
+        for s, t in zip(source, target, strict=True):
+            mine = t.state_dict()
             for key, value in s.state_dict().items():
-                mine = t.state_dict()[key]
-                if i in permuted and key == "weight":
-                    value = torch.cat([value[:, permuted[i] :], value[:, : permuted[i]]], dim=1)
-                mine.copy_(value)
+                mine[key].copy_(value)
 
 
 # ---------------------------------------------------------------------------------------------
 # nnU-Net modules
 
 
-def _from_nnunet_module(net: nn.Module, ignore_dropout: bool) -> tuple[dict[str, Any], list[nn.Module], dict[int, int]]:
+def _from_nnunet_module(net: nn.Module, ignore_dropout: bool) -> tuple[dict[str, Any], list[nn.Module]]:
     name = type(net).__name__
     enc, dec = net.encoder, net.decoder
-    if type(dec).__name__ != "UNetDecoder":
-        raise UnsupportedModelError(
-            f"{name}.decoder is a {type(dec).__name__}; only the plain UNetDecoder is supported"
-        )
-    residual = name == "ResidualEncoderUNet"
+    res_decoder = type(dec).__name__ == "UNetResDecoder"
+    if type(dec).__name__ not in ("UNetDecoder", "UNetResDecoder"):
+        raise UnsupportedModelError(f"{name}.decoder is a {type(dec).__name__}; UNetDecoder or UNetResDecoder only")
+    residual = name in ("ResidualEncoderUNet", "ResidualUNet")
     dims = {nn.Conv1d: 1, nn.Conv2d: 2, nn.Conv3d: 3}.get(enc.conv_op)
     if dims is None:
         raise UnsupportedModelError(f"{name}.encoder.conv_op {enc.conv_op!r} is not a plain Conv1d/2d/3d")
@@ -672,29 +663,26 @@ def _from_nnunet_module(net: nn.Module, ignore_dropout: bool) -> tuple[dict[str,
             blocks = list(body.blocks)
             units.append(len(blocks))
             for b, blk in enumerate(blocks):
-                bwhere = f"{where}.blocks[{b}]"
-                if type(blk).__name__ != "BasicBlockD":
-                    raise UnsupportedModelError(f"{bwhere}: {type(blk).__name__}: only BasicBlockD units are supported")
-                if blk.apply_stochastic_depth or blk.apply_se:
-                    raise UnsupportedModelError(f"{bwhere}: stochastic depth / squeeze-excitation are not supported")
-                layers += _cdnr_layers(blk.conv1, ignore_dropout, bwhere)
-                layers += _cdnr_layers(blk.conv2, ignore_dropout, bwhere)
-                if isinstance(blk.skip, nn.Sequential):
-                    layers += [m for m in blk.skip.modules() if isinstance(m, _PAIRED)]
-                if isinstance(blk.nonlin2, nn.PReLU):  # unetgen's unit activates after the sum, last
-                    layers.append(blk.nonlin2)
+                layers += _basic_block_layers(blk, ignore_dropout, f"{where}.blocks[{b}]")
         else:
             units.append(len(body.convs))
             for cdnr in body.convs:
                 layers += _cdnr_layers(cdnr, ignore_dropout, where)
     d = len(enc.stages) - 1
-    permuted: dict[int, int] = {}
     for i in range(d):  # decoder level i = decoder stage d-1-i
         s = d - 1 - i
         layers.append(dec.transpconvs[s])
-        permuted[len(layers)] = dec.transpconvs[s].out_channels
-        for cdnr in dec.stages[s].convs:
-            layers += _cdnr_layers(cdnr, ignore_dropout, f"{name}.decoder.stages[{s}]")
+        where = f"{name}.decoder.stages[{s}]"
+        if res_decoder:
+            if len(dec.stages[s].blocks) != 1:
+                raise UnsupportedModelError(
+                    f"{where}: {len(dec.stages[s].blocks)} residual units; a unetgen decoder level is one block "
+                    "(n_conv_per_stage_decoder=1 gives one BasicBlockD of 2 convs)"
+                )
+            layers += _basic_block_layers(dec.stages[s].blocks[0], ignore_dropout, where)
+        else:
+            for cdnr in dec.stages[s].convs:
+                layers += _cdnr_layers(cdnr, ignore_dropout, where)
         if dec.deep_supervision and i > 0:
             layers.append(dec.seg_layers[s])
     layers.append(dec.seg_layers[-1])
@@ -707,18 +695,30 @@ def _from_nnunet_module(net: nn.Module, ignore_dropout: bool) -> tuple[dict[str,
         kernels=[_axes(k, dims) for k in enc.kernel_sizes],
         strides=[_axes(s, dims) for s in enc.strides],
         units=units,
-        decoder_convs=[len(dec.stages[d - 1 - i].convs) for i in range(d)],
+        decoder_convs=[2 if res_decoder else len(dec.stages[d - 1 - i].convs) for i in range(d)],
         bias=bool(enc.conv_bias),
         norm=_norm_from_module(norm_layer, f"{name}.encoder"),
         activation=_nonlin_from_class(enc.nonlin, enc.nonlin_kwargs or {}, f"{name}.encoder"),
         nonlin_first=_nonlin_first(net),
         residual=residual,
+        residual_decoder=res_decoder,
         deep_supervision=bool(dec.deep_supervision),
     )
-    data = spec.config_dict()
-    if "merge" in data:  # the schema concatenates (up, skip) itself: no weight permutation
-        permuted: dict[int, int] = {}
-    return data, layers, permuted
+    return spec.config_dict(), layers
+
+
+def _basic_block_layers(blk: nn.Module, ignore_dropout: bool, where: str) -> list[nn.Module]:
+    """The parametric layers of nnU-Net's BasicBlockD in unetgen's order: body, shortcut, activation."""
+    if type(blk).__name__ != "BasicBlockD":
+        raise UnsupportedModelError(f"{where}: {type(blk).__name__}: only BasicBlockD units are supported")
+    if blk.apply_stochastic_depth or blk.apply_se:
+        raise UnsupportedModelError(f"{where}: stochastic depth / squeeze-excitation are not supported")
+    out = _cdnr_layers(blk.conv1, ignore_dropout, where) + _cdnr_layers(blk.conv2, ignore_dropout, where)
+    if isinstance(blk.skip, nn.Sequential):
+        out += [m for m in blk.skip.modules() if isinstance(m, _PAIRED)]
+    if isinstance(blk.nonlin2, nn.PReLU):  # unetgen's unit activates after the sum, last
+        out.append(blk.nonlin2)
+    return out
 
 
 def _cdnr_layers(cdnr: nn.Module, ignore_dropout: bool, where: str) -> list[nn.Module]:
@@ -806,7 +806,7 @@ def _adn(conv_block: nn.Module, where: str, ignore_dropout: bool) -> tuple[nn.Mo
     return norm, act
 
 
-def _from_basic_unet(net: nn.Module, ignore_dropout: bool) -> tuple[dict[str, Any], list[nn.Module], dict[int, int]]:
+def _from_basic_unet(net: nn.Module, ignore_dropout: bool) -> tuple[dict[str, Any], list[nn.Module]]:
     levels = [net.conv_0, net.down_1.convs, net.down_2.convs, net.down_3.convs, net.down_4.convs]
     ups = [net.upcat_1, net.upcat_2, net.upcat_3, net.upcat_4]  # decoder level 0 first
     first = net.conv_0.conv_0
@@ -886,7 +886,7 @@ def _from_basic_unet(net: nn.Module, ignore_dropout: bool) -> tuple[dict[str, An
         elif interp != "nearest":
             raise UnsupportedModelError(f"BasicUNet: interpolation mode {interp!r}")
         data["up"] = up
-    return data, layers, {}
+    return data, layers
 
 
 def _monai_conv_layers(conv: nn.Module, where: str, ignore_dropout: bool, act_ref: nn.Module | None) -> list[nn.Module]:
@@ -901,7 +901,7 @@ def _monai_conv_layers(conv: nn.Module, where: str, ignore_dropout: bool, act_re
     return out
 
 
-def _from_dynunet(net: nn.Module, ignore_dropout: bool) -> tuple[dict[str, Any], list[nn.Module], dict[int, int]]:
+def _from_dynunet(net: nn.Module, ignore_dropout: bool) -> tuple[dict[str, Any], list[nn.Module]]:
     dims = net.spatial_dims
     strides = [_axes(s, dims) for s in net.strides]
     kernels = [_axes(k, dims) for k in net.kernel_size]
@@ -929,11 +929,9 @@ def _from_dynunet(net: nn.Module, ignore_dropout: bool) -> tuple[dict[str, Any],
     layers: list[nn.Module] = []
     for i, blk in enumerate(encoder):
         layers += _dyn_block_layers(blk, f"DynUNet level {i}")
-    permuted = {}
     for i in range(d):
         up = net.upsamples[d - 1 - i]
         layers.append(up.transp_conv.conv)
-        permuted[len(layers)] = up.transp_conv.conv.out_channels
         layers += _dyn_block_layers(up.conv_block, f"DynUNet decoder level {i}")
         if net.deep_supervision and 1 <= i <= net.deep_supr_num:
             layers.append(net.deep_supervision_heads[i - 1].conv.conv)
@@ -963,10 +961,8 @@ def _from_dynunet(net: nn.Module, ignore_dropout: bool) -> tuple[dict[str, Any],
     if residual:
         data["block"] = {"type": "residual", "shortcut": "projection"}
         data["decoder_block"] = "plain"
-    data |= _up_first_merge()
-    if "merge" in data:
-        permuted = {}
-    return data, layers, permuted
+    data["merge"] = UP_FIRST
+    return data, layers
 
 
 def _dyn_block_layers(blk: nn.Module, where: str) -> list[nn.Module]:
