@@ -70,7 +70,7 @@ def config_dicts(
         "down": draw(st.sampled_from(["max", "avg", "conv", "first_conv"])),
         "up": draw(st.sampled_from(UPS)),
         "block": draw(st.sampled_from(BLOCKS)),
-        "dropout": {"rate": 0.0},
+        "dropout": draw(st.sampled_from([{"rate": 0.0}, 0, 0.0, None, False])),  # no dropout, every spelling
         "init": "torch",
     }
     if draw(st.booleans()):

@@ -49,7 +49,7 @@ def test_paper_sizes() -> None:
     assert nearest_valid_input_size(PAPER, 570, direction="up") == 572
     assert nearest_valid_input_size(PAPER, 570) == 572
     assert input_size_for_output(PAPER, 388) == 572
-    assert valid_input_sizes(PAPER, 600)[-3:] == [556, 572, 588]
+    assert list(valid_input_sizes(PAPER, 600)[-3:]) == [556, 572, 588]
     with pytest.raises(InputShapeError, match=r"input size 570 .* depth=4, padding='valid'; nearest valid: 556, 572"):
         output_shape(PAPER, (570, 572))
 
@@ -62,9 +62,9 @@ def test_helpers_agree_with_brute_force(config: UNetConfig, data: st.DataObject)
     top = rule.min_size + 4 * rule.period + 2
     brute = {s: simulate(config, s, axis) for s in range(1, top + 1)}
     valid = [s for s, o in brute.items() if o is not None]
-    assert valid_input_sizes(config, top, axis=axis) == valid
+    assert list(valid_input_sizes(config, top, axis=axis)) == valid
     lo = data.draw(st.integers(1, top))
-    assert valid_input_sizes(config, top, min_size=lo, axis=axis) == [s for s in valid if s >= lo]
+    assert list(valid_input_sizes(config, top, min_size=lo, axis=axis)) == [s for s in valid if s >= lo]
     for s in valid:
         shape = [shapes.axis_rule(config, a).min_size for a in range(config.spatial_dims)]
         shape[axis] = s

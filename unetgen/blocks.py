@@ -44,7 +44,9 @@ def center_crop(x: torch.Tensor, shape: tuple[int, ...] | torch.Size) -> torch.T
 
 class ConvBlock(nn.Module):
     """`len(stage.channels)` convolutions with norm and activation, plain or residual, followed by
-    optional dropout. With valid padding each k-wide conv shrinks the map by k - 1 per axis."""
+    optional dropout. With valid padding each k-wide conv shrinks the map by k - 1 per axis; the
+    first conv has the stage's stride (`down: first_conv`, same padding only). A residual
+    block's identity path is `shortcut` (empty: the identity), then `post_act` after the sum."""
 
     def __init__(
         self,
@@ -159,8 +161,6 @@ def make_up(
     """Up-sampling by `stride` from `cin` to `cout` channels; `norm`, `act` and `norm_after`
     serve a transposed conv with `norm_act`."""
     match option:
-        case TransposeUp(bias=bias, kernel_size=None, norm_act=False):
-            return layers.CONV_TRANSPOSE[dims](cin, cout, stride, stride=stride, bias=bias)
         case TransposeUp(bias=bias, kernel_size=k, norm_act=norm_act):
             if k is None:  # kernel = stride: no padding
                 conv = layers.CONV_TRANSPOSE[dims](cin, cout, stride, stride=stride, bias=bias)

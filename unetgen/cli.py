@@ -214,6 +214,38 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_draw(args: argparse.Namespace) -> int:
+    """The Figure-1-style diagram: .svg as is, .png and .pdf through cairosvg (the `render` extra)."""
+    from .draw import draw_unet
+
+    suffix = Path(args.output).suffix.lower()
+    if suffix not in (".svg", ".png", ".pdf"):
+        print(f"error: -o {args.output}: unknown format {suffix or '(none)'!r}; use .svg, .png, .pdf", file=sys.stderr)
+        return 2
+    cfg = checkpoint_config(args.config) if str(args.config).endswith(".safetensors") else load_config(args.config)
+    svg = draw_unet(cfg, None if args.input_size is None else _spatial(cfg, args.input_size))
+    try:
+        if suffix == ".svg":
+            Path(args.output).write_text(svg, encoding="utf-8")
+        else:
+            try:
+                import cairosvg  # cairocffi raises OSError when the system cairo library is missing
+            except (ImportError, OSError) as err:
+                print(
+                    f"error: writing {suffix} needs the optional renderer: pip install 'unetgen[render]' "
+                    f"(cairosvg, with the system cairo library, e.g. apt-get install libcairo2); {err}",
+                    file=sys.stderr,
+                )
+                return 1
+            render = cairosvg.svg2png if suffix == ".png" else cairosvg.svg2pdf
+            render(bytestring=svg.encode("utf-8"), write_to=args.output, scale=2 if suffix == ".png" else 1)
+    except OSError as err:
+        print(f"error: cannot write {args.output}: {err}", file=sys.stderr)
+        return 1
+    print(f"wrote {args.output}", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="unetgen", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -259,6 +291,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", help="a .yaml/.json config file or a preset name")
     p.add_argument("--input-size", type=_sizes_arg, default=None, help="spatial size, e.g. 572 or 572x572")
     p.set_defaults(func=cmd_trace)
+
+    p = sub.add_parser("draw", help="the network as a diagram in the style of the paper's Figure 1 (.svg, .png, .pdf)")
+    p.add_argument("config", help="a .yaml/.json config file, a preset name or a .safetensors checkpoint")
+    p.add_argument("--input-size", type=_sizes_arg, default=None, help="e.g. 572 or 132x132x116 (default: smallest)")
+    p.add_argument("-o", "--output", default="unet.svg", help="unet.svg, or .png/.pdf with the `render` extra")
+    p.set_defaults(func=cmd_draw)
 
     _add_import_parser(sub)
     return parser

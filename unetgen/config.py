@@ -7,6 +7,8 @@ string (``norm: batch``), which means that option with its default parameters.
 
 from __future__ import annotations
 
+import numbers
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Annotated, Any, Literal
@@ -18,11 +20,12 @@ from pydantic import (
     GetCoreSchemaHandler,
     GetJsonSchemaHandler,
     SerializerFunctionWrapHandler,
+    ValidationError,
     model_serializer,
     model_validator,
 )
 from pydantic.functional_validators import BeforeValidator
-from pydantic_core import core_schema
+from pydantic_core import InitErrorDetails, PydanticCustomError, core_schema
 
 
 def _not_bool(value: Any) -> Any:
@@ -327,6 +330,40 @@ class Dropout(_Model):
     """Drop whole channels (`Dropout2d`/`Dropout3d`) instead of single elements."""
 
 
+class DropoutShorthand:
+    """Annotated marker: `dropout` may be written as a number (the rate, paper placement), as
+    ``0``, ``false`` or ``null`` (no dropout) or as ``true`` (the paper's dropout: `Dropout()`,
+    rate 0.5 at the end of the contracting path); the JSON Schema says so."""
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> core_schema.CoreSchema:
+        return core_schema.no_info_before_validator_function(_dropout_shorthand, handler(source))
+
+    def __get_pydantic_json_schema__(self, schema: core_schema.CoreSchema, handler: GetJsonSchemaHandler) -> Any:
+        return {
+            "anyOf": [
+                {"type": "number", "minimum": 0, "exclusiveMaximum": 1, "description": "the rate"},
+                {"type": "boolean", "description": "true: the paper's dropout (rate 0.5); false: none"},
+                {"type": "null", "description": "no dropout"},
+                handler(schema),
+            ]
+        }
+
+
+def _dropout_shorthand(value: Any) -> Any:
+    if value is None or value is False:
+        return {"rate": 0.0}
+    if value is True:
+        return {}
+    if isinstance(value, numbers.Real):  # numpy floats and integers too
+        return {"rate": value if isinstance(value, (int, float)) else float(value)}
+    if isinstance(value, str):
+        raise ValueError(
+            "dropout is a rate (a number in [0, 1)), false or null for none, true for the paper's 0.5, "
+            "or a mapping {rate, placement, spatial}; a string is none of these"
+        )
+    return value
+
+
 # ---------------------------------------------------------------------------------------------
 # the resolved, per-stage view
 
@@ -469,8 +506,10 @@ class UNetConfig(_Model):
     1024 to 512), `keep` = unchanged (the 3D U-Net of Cicek et al. 2016), `half` = half the
     coarser map's (rounded down; MONAI's BasicUNet), or one int per decoder level (level 0
     first)."""
-    dropout: Dropout = Dropout()
-    """Dropout rate and placement; the paper puts it at the end of the contracting path."""
+    dropout: Annotated[Dropout, DropoutShorthand()] = Dropout()
+    """Dropout rate and placement; the paper puts it at the end of the contracting path. A number
+    is the rate (`dropout: 0.2`), `0`, `false` or `null` mean no dropout, `true` the paper's
+    (rate 0.5 at the end of the contracting path, the default)."""
     deep_supervision: tuple[Annotated[int, Field(ge=1, le=MAX_DEPTH - 1)], ...] = ()
     """Decoder levels (1..depth-1, 0 is the main output) that get a 1x1 auxiliary head; in
     training mode `forward` then returns [main, aux(level) for each level in ascending order]."""
@@ -484,79 +523,24 @@ class UNetConfig(_Model):
 
     @model_validator(mode="after")
     def _check(self) -> UNetConfig:
-        d, n = self.depth, self.spatial_dims
-        fields = self.model_fields_set
-        if self.channels is not None:
-            _expect_len("channels", self.channels, d + 1, "one per level, the bottleneck last")
-            if {"base_channels", "channel_multiplier"} & fields:
-                implied = tuple(self.base_channels * self.channel_multiplier**i for i in range(d + 1))
-                if tuple(_last(c) for c in self.channels) != implied:
-                    raise ValueError(
-                        f"channels={_fmt(self.channels)} contradicts base_channels={self.base_channels} "
-                        f"and channel_multiplier={self.channel_multiplier} (which give {list(implied)}); "
-                        "set either channels or base_channels/channel_multiplier"
-                    )
-        elif self.base_channels * self.channel_multiplier**d > MAX_CHANNELS:
-            raise ValueError(
-                f"base_channels={self.base_channels} * channel_multiplier={self.channel_multiplier}"
-                f"**depth={d} = {self.base_channels * self.channel_multiplier**d} exceeds the limit "
-                f"of {MAX_CHANNELS} channels; lower base_channels, channel_multiplier or depth"
+        """Run every rule of `_RULES` and report all their problems at once; a rule whose
+        prerequisite rules failed is skipped (it would only repeat their problem)."""
+        failed: set[Rule] = set()
+        problems: list[str] = []
+        for rule, needs in _RULES:
+            if failed.intersection(needs):
+                failed.add(rule)
+                continue
+            try:
+                rule(self)
+            except ValueError as err:
+                failed.add(rule)
+                problems.append(str(err))
+        if problems:
+            raise ValidationError.from_exception_data(
+                type(self).__name__,
+                [_cross_field_error(m) for m in problems],
             )
-        if self.decoder_channels is not None:
-            _expect_len("decoder_channels", self.decoder_channels, d, "one per decoder level, level 0 first")
-        if isinstance(self.convs_per_block, tuple):
-            _expect_len("convs_per_block", self.convs_per_block, d + 1, "one per level, the bottleneck last")
-        if isinstance(self.decoder_convs_per_block, tuple):
-            _expect_len("decoder_convs_per_block", self.decoder_convs_per_block, d, "one per decoder level")
-        if isinstance(self.up_channels, tuple):
-            _expect_len("up_channels", self.up_channels, d, "one per decoder level, level 0 first")
-        if isinstance(self.blocks_per_level, tuple):
-            _expect_len("blocks_per_level", self.blocks_per_level, d + 1, "one per level, the bottleneck last")
-        for name, value, count in (
-            ("channels", self.channels, self._encoder_convs()),
-            ("decoder_channels", self.decoder_channels, self._decoder_convs()),
-        ):
-            for i, entry in enumerate(value or ()):
-                if isinstance(entry, tuple) and len(entry) != count[i]:
-                    raise ValueError(
-                        f"{name}[{i}]={list(entry)} has {len(entry)} values but level {i} has "
-                        f"{count[i]} convs; give one value per conv or a single int"
-                    )
-        _per_axis("kernel_size", self.kernel_size, d + 1, n, 1, MAX_KERNEL, odd=True)
-        _per_axis("strides", self.strides, d, n, 1, MAX_STRIDE, odd=False)
-        _check_stem_stride(self)
-        _check_first_conv(self)
-        for level in self.deep_supervision:
-            if level >= d:
-                raise ValueError(f"deep_supervision level {level} does not exist for depth={d}; use levels 1..{d - 1}")
-        if len(set(self.deep_supervision)) != len(self.deep_supervision):
-            raise ValueError(f"deep_supervision={list(self.deep_supervision)} repeats a level")
-        layout = self.layout
-        _check_half_up_channels(self)
-        if isinstance(self.norm, GroupNorm):
-            g = self.norm.num_groups
-            normed = {c for s in layout.encoder + layout.decoder for c in s.channels}
-            if self.block.preactivation:
-                normed |= {s.in_channels for s in layout.encoder}
-            if self.decoder_block_type.preactivation:
-                normed |= {s.in_channels for s in layout.decoder}
-            if isinstance(self.merge, AttentionGate):
-                normed |= set(self.attention_channels)
-            if isinstance(self.up, TransposeUp) and self.up.norm_act:
-                normed |= set(layout.up_channels)
-            if bad := sorted(c for c in normed if c % g):
-                raise ValueError(
-                    f"norm.num_groups={g} does not divide the channel count(s) {bad}; choose "
-                    f"num_groups dividing every channel count (e.g. {_common_divisor(normed)})"
-                )
-        if isinstance(self.merge, Add):
-            for i, (up, skip) in enumerate(zip(layout.up_channels, layout.encoder, strict=False)):
-                if up != skip.out_channels:
-                    raise ValueError(
-                        f"merge='add' needs equal channels, but at level {i} the up-sampled map has "
-                        f"{up} (up_channels={_listify(self.up_channels)!r}) and the skip {skip.out_channels}; "
-                        "use merge='concat' or up_channels='skip'"
-                    )
         return self
 
     @model_serializer(mode="wrap")
@@ -649,7 +633,117 @@ class UNetConfig(_Model):
 
 
 # ---------------------------------------------------------------------------------------------
-# cross-field rules, one per function
+# cross-field rules: small and independent, each raising ValueError with one problem; `_RULES`
+# lists them with the rules they need to have passed (the per-stage layout needs every length
+# and per-axis rule), so one run reports every independent problem
+
+
+def _check_channels_length(c: UNetConfig) -> None:
+    if c.channels is not None:
+        _expect_len("channels", c.channels, c.depth + 1, "one per level, the bottleneck last")
+
+
+def _check_channels_agree(c: UNetConfig) -> None:
+    if c.channels is None or not {"base_channels", "channel_multiplier"} & c.model_fields_set:
+        return
+    implied = tuple(c.base_channels * c.channel_multiplier**i for i in range(c.depth + 1))
+    if tuple(_last(e) for e in c.channels) != implied:
+        raise ValueError(
+            f"channels={_fmt(c.channels)} contradicts base_channels={c.base_channels} "
+            f"and channel_multiplier={c.channel_multiplier} (which give {list(implied)}); "
+            "set either channels or base_channels/channel_multiplier"
+        )
+
+
+def _check_channel_limit(c: UNetConfig) -> None:
+    if c.channels is None and c.base_channels * c.channel_multiplier**c.depth > MAX_CHANNELS:
+        raise ValueError(
+            f"base_channels={c.base_channels} * channel_multiplier={c.channel_multiplier}"
+            f"**depth={c.depth} = {c.base_channels * c.channel_multiplier**c.depth} exceeds the limit "
+            f"of {MAX_CHANNELS} channels; lower base_channels, channel_multiplier or depth"
+        )
+
+
+def _check_decoder_channels_length(c: UNetConfig) -> None:
+    if c.decoder_channels is not None:
+        _expect_len("decoder_channels", c.decoder_channels, c.depth, "one per decoder level, level 0 first")
+
+
+def _check_convs_length(c: UNetConfig) -> None:
+    if isinstance(c.convs_per_block, tuple):
+        _expect_len("convs_per_block", c.convs_per_block, c.depth + 1, "one per level, the bottleneck last")
+
+
+def _check_decoder_convs_length(c: UNetConfig) -> None:
+    if isinstance(c.decoder_convs_per_block, tuple):
+        _expect_len("decoder_convs_per_block", c.decoder_convs_per_block, c.depth, "one per decoder level")
+
+
+def _check_widths_per_conv(c: UNetConfig) -> None:
+    for name, value, count in (
+        ("channels", c.channels, c._encoder_convs()),
+        ("decoder_channels", c.decoder_channels, c._decoder_convs()),
+    ):
+        for i, entry in enumerate(value or ()):
+            if isinstance(entry, tuple) and len(entry) != count[i]:
+                raise ValueError(
+                    f"{name}[{i}]={_fmt(entry)} has {len(entry)} values but level {i} has "
+                    f"{count[i]} convs; give one value per conv or a single int"
+                )
+
+
+def _check_kernel_size(c: UNetConfig) -> None:
+    _per_axis("kernel_size", c.kernel_size, c.depth + 1, c.spatial_dims, 1, MAX_KERNEL, odd=True)
+
+
+def _check_strides(c: UNetConfig) -> None:
+    _per_axis("strides", c.strides, c.depth, c.spatial_dims, 1, MAX_STRIDE, odd=False)
+
+
+def _check_deep_supervision_levels(c: UNetConfig) -> None:
+    for level in c.deep_supervision:
+        if level >= c.depth:
+            raise ValueError(
+                f"deep_supervision level {level} does not exist for depth={c.depth}; use levels 1..{c.depth - 1}"
+            )
+
+
+def _check_deep_supervision_repeats(c: UNetConfig) -> None:
+    if len(set(c.deep_supervision)) != len(c.deep_supervision):
+        raise ValueError(f"deep_supervision={_fmt(c.deep_supervision)} repeats a level")
+
+
+def _check_group_norm(c: UNetConfig) -> None:
+    if not isinstance(c.norm, GroupNorm):
+        return
+    g, layout = c.norm.num_groups, c.layout
+    normed = {ch for s in layout.encoder + layout.decoder for ch in s.channels}
+    if c.block.preactivation:
+        normed |= {s.in_channels for s in layout.encoder}
+    if c.decoder_block_type.preactivation:
+        normed |= {s.in_channels for s in layout.decoder}
+    if isinstance(c.merge, AttentionGate):
+        normed |= set(c.attention_channels)
+    if isinstance(c.up, TransposeUp) and c.up.norm_act:
+        normed |= set(layout.up_channels)
+    if bad := sorted(ch for ch in normed if ch % g):
+        raise ValueError(
+            f"norm.num_groups={g} does not divide the channel count(s) {_fmt(tuple(bad))}; choose "
+            f"num_groups dividing every channel count (e.g. {_common_divisor(normed)})"
+        )
+
+
+def _check_add_merge(c: UNetConfig) -> None:
+    if not isinstance(c.merge, Add):
+        return
+    layout = c.layout
+    for i, (up, skip) in enumerate(zip(layout.up_channels, layout.encoder, strict=False)):
+        if up != skip.out_channels:
+            raise ValueError(
+                f"merge='add' needs equal channels, but at level {i} the up-sampled map has "
+                f"{up} (up_channels={_listify(c.up_channels)!r}) and the skip {skip.out_channels}; "
+                "use merge='concat' or up_channels='skip'"
+            )
 
 
 def _check_stem_stride(config: UNetConfig) -> None:
@@ -684,6 +778,55 @@ def _check_first_conv(config: UNetConfig) -> None:
         )
 
 
+def _check_up_channels_length(c: UNetConfig) -> None:
+    if isinstance(c.up_channels, tuple):
+        _expect_len("up_channels", c.up_channels, c.depth, "one per decoder level, level 0 first")
+
+
+def _check_blocks_length(c: UNetConfig) -> None:
+    if isinstance(c.blocks_per_level, tuple):
+        _expect_len("blocks_per_level", c.blocks_per_level, c.depth + 1, "one per level, the bottleneck last")
+
+
+def _cross_field_error(message: str) -> InitErrorDetails:
+    return InitErrorDetails(
+        type=PydanticCustomError("value_error", "{message}", {"message": message}), loc=(), input=None
+    )
+
+
+Rule = Callable[[UNetConfig], None]
+_LENGTHS: tuple[Rule, ...] = (
+    _check_channels_length,
+    _check_decoder_channels_length,
+    _check_convs_length,
+    _check_decoder_convs_length,
+    _check_up_channels_length,
+    _check_blocks_length,
+)
+_LAYOUT: tuple[Rule, ...] = (*_LENGTHS, _check_widths_per_conv, _check_kernel_size, _check_strides, _check_stem_stride)
+_RULES: tuple[tuple[Rule, tuple[Rule, ...]], ...] = (
+    (_check_channels_length, ()),
+    (_check_channels_agree, (_check_channels_length,)),
+    (_check_channel_limit, ()),
+    (_check_decoder_channels_length, ()),
+    (_check_convs_length, ()),
+    (_check_decoder_convs_length, ()),
+    (_check_up_channels_length, ()),
+    (_check_blocks_length, ()),
+    (_check_widths_per_conv, _LENGTHS),
+    (_check_kernel_size, ()),
+    (_check_strides, ()),
+    (_check_stem_stride, ()),
+    (_check_first_conv, ()),
+    (_check_deep_supervision_levels, ()),
+    (_check_deep_supervision_repeats, ()),
+    (_check_group_norm, _LAYOUT),
+    (_check_add_merge, _LAYOUT),
+    (_check_half_up_channels, _LAYOUT),
+)
+"""Every cross-field rule with the rules it needs to have passed, in reporting order."""
+
+
 # ---------------------------------------------------------------------------------------------
 # helpers
 
@@ -693,7 +836,12 @@ def _last(entry: int | tuple[int, ...]) -> int:
 
 
 def _fmt(value: Any) -> str:
-    return str(_listify(value))
+    """`value` as a list for a message, at most about 100 characters."""
+    text = str(_listify(value))
+    if len(text) <= 100:
+        return text
+    count = f" ({len(value)} entries)" if isinstance(value, tuple) else ""
+    return f"{text[:80]}…{text[-12:]}{count}"
 
 
 def _listify(value: Any) -> Any:

@@ -227,10 +227,8 @@ def _auto_plan(
     `_CANDIDATES`, geometrically spaced), each axis capped at the tile that covers it whole."""
     dims = config.spatial_dims
     covers = [_cover(config, a, s) for a, s in enumerate(image_shape)]
-    lengths = sorted({v for a in range(dims) for v in shapes.valid_input_sizes(config, covers[a], axis=a)})
-    if len(lengths) > _CANDIDATES:
-        last = len(lengths) - 1
-        lengths = [lengths[round(last ** (k / _CANDIDATES))] for k in range(_CANDIDATES + 1)] + lengths[:1]
+    ranges = {shapes.valid_input_sizes(config, covers[a], axis=a) for a in range(dims)}  # O(1) each
+    lengths = sorted({v for r in ranges for v in _geometric(r)})
     plans: dict[tuple[int, ...], TilePlan] = {}
     for length in sorted(set(lengths) | set(covers)):
         tile = []
@@ -246,6 +244,14 @@ def _auto_plan(
     if not fitting:
         return min(plans.values(), key=lambda p: p.memory_bytes)
     return min(fitting, key=lambda p: (p.num_tiles * math.prod(p.tile_input), p.num_tiles))
+
+
+def _geometric(sizes: range) -> Sequence[int]:
+    """At most `_CANDIDATES` + 2 of `sizes`, geometrically spaced by index (all if fewer)."""
+    if len(sizes) <= _CANDIDATES:
+        return sizes
+    last = len(sizes) - 1
+    return [sizes[round(last ** (k / _CANDIDATES))] for k in range(_CANDIDATES + 1)] + [sizes[0]]
 
 
 def _config_of(model: UNetConfig | nn.Module) -> UNetConfig:
