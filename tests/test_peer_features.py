@@ -59,7 +59,7 @@ def test_stem_stride_output_resolution_and_no_halo() -> None:
     rule = shapes.axis_rule(config, 0)
     assert (rule.period, rule.out_period, rule.stem) == (8, 4, 2)
     assert output_shape(config, (32, 20)) == (16, 20)
-    assert shapes.valid_input_sizes(config, 40) == [8, 16, 24, 32, 40]
+    assert list(shapes.valid_input_sizes(config, 40)) == [8, 16, 24, 32, 40]
     assert shapes.input_size_for_output(config, 9) == 24
     with pytest.raises(ValueError, match="stem_stride=2 puts the output at 1/2"):
         shapes.halo(config)

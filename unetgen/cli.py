@@ -157,6 +157,8 @@ def cmd_sizes(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    if _is_large(args):  # zarr/TIFF images, Dask: out-of-core, resumable (docs/large-images.md)
+        return cmd_predict_large(args)
     try:
         import numpy as np
     except ImportError:
@@ -212,6 +214,105 @@ def cmd_predict(args: argparse.Namespace) -> int:
     dtype = str(result.dtype).removeprefix("torch.")
     print(f"wrote {args.output}: shape {tuple(result.shape)}, {dtype}", file=sys.stderr)
     return 0
+
+
+# --- out-of-core and distributed prediction (issue 14): a separate branch of `predict` -------
+
+
+def _is_large(args: argparse.Namespace) -> bool:
+    """A .zarr output or a Dask option: the out-of-core branch (any .npy/.zarr/.tif input)."""
+    zarr_output = str(args.output).lower().rstrip("/").endswith(".zarr")
+    return zarr_output or args.scheduler is not None or args.workers is not None
+
+
+def cmd_predict_large(args: argparse.Namespace) -> int:
+    """`predict` from a .zarr/.tif/.npy image into a .zarr output, block by block, resumable;
+    on a Dask cluster with --scheduler or --workers."""
+    from . import tiling
+    from .arrays import create_output, open_image
+
+    def fail(message: str, code: int = 1) -> int:
+        print(f"error: {message}", file=sys.stderr)
+        return code
+
+    if not str(args.config).endswith(".safetensors") or args.weights is not None:
+        return fail("out-of-core prediction takes a .safetensors checkpoint (unetgen.save_unet) as CHECKPOINT", 2)
+    if not str(args.output).rstrip("/").endswith(".zarr"):
+        return fail(f"--output {args.output}: out-of-core prediction writes a .zarr array (e.g. out.zarr)", 2)
+    if args.scheduler is not None and args.workers is not None:
+        return fail("give --scheduler or --workers, not both", 2)
+    if args.workers is not None and args.workers < 1:
+        return fail(f"--workers {args.workers} must be a positive number of worker processes", 2)
+    tile = args.tile_size[0] if args.tile_size is not None and len(args.tile_size) == 1 else args.tile_size
+    block = args.block_size[0] if args.block_size is not None and len(args.block_size) == 1 else args.block_size
+    output_type = getattr(args, "output_type", None) or "logits"
+    plan_options = dict(tile_size=tile, batch_size=args.batch_size, overlap=args.overlap)
+    options = dict(**plan_options, blend=args.blend, output_type=output_type, block_shape=block)
+    try:
+        from .checkpoint import load_unet
+
+        model = load_unet(args.config, device=args.device or "cpu")
+        image = open_image(args.input)
+        spatial = tuple(image.shape[-model.config.spatial_dims :])
+        plan = tiling.plan_tiles(model, spatial, **plan_options, dtype=next(model.parameters()).dtype)
+        print(f"plan: {plan.summary()}", file=sys.stderr)
+        if args.dry_run:
+            return 0
+        if args.scheduler is None and args.workers is None:
+            out = create_output(
+                args.output,
+                model,
+                image,
+                output_type=output_type,
+                block_shape=block,
+                overwrite=args.restart,
+                **plan_options,
+            )
+            tiling.predict_tiled(
+                model, image, out=out, **options, resume=not args.restart, progress=not args.no_progress
+            )
+        else:
+            from .distributed import predict_distributed
+
+            client = None
+            if args.scheduler is not None:
+                from distributed import Client
+
+                client = Client(args.scheduler, timeout="30s")
+                print(f"dask dashboard: {client.dashboard_link}", file=sys.stderr)
+            del model  # the workers load their own
+            out = predict_distributed(
+                args.config,
+                args.input,
+                args.output,
+                client=client,
+                workers=args.workers,
+                **options,
+                device=args.device or "cpu",
+                resume=not args.restart,
+                progress=not args.no_progress,
+            )
+            if client is not None:
+                client.close()
+    except (ValueError, ImportError, OSError, TimeoutError) as err:
+        return fail(str(err))
+    record = out.attrs.get(tiling.Journal.KEY, {})
+    print(
+        f"wrote {args.output}: shape {tuple(out.shape)}, {out.dtype}, chunks {tuple(out.chunks)}; "
+        f"{record.get('completed', '?')}/{record.get('blocks', '?')} blocks complete",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _add_large_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("images larger than memory (.zarr/.tif input, .zarr output; docs/large-images.md)")
+    g.add_argument("--scheduler", default=None, help="address of a Dask scheduler, e.g. tcp://host:8786")
+    g.add_argument("--workers", type=int, default=None, help="start a local Dask cluster of N worker processes")
+    g.add_argument("--block-size", type=_sizes_arg, default=None, help="output pixels per block/chunk, e.g. 2048")
+    g.add_argument("--restart", action="store_true", help="discard the progress recorded in --output; start over")
+    if "--output-type" not in p._option_string_actions:  # issue 10b adds the same option for .npy outputs
+        g.add_argument("--output-type", choices=("logits", "probabilities", "labels"), default="logits")
 
 
 def cmd_draw(args: argparse.Namespace) -> int:
@@ -275,6 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="e.g. cpu or cuda (default cpu)")
     p.add_argument("--dry-run", action="store_true", help="print the tile plan and stop")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_large_options(p)
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("validate", help="check config files; one FILE:LINE:COLUMN: field: message line per problem")

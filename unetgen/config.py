@@ -444,13 +444,15 @@ class UNetConfig(_Model):
     channels: ChannelSpec | None = None
     """Explicit channels per level (depth+1 entries, the last is the bottleneck). An entry is an
     int (every conv of the block) or a list with one value per conv (the 3D U-Net doubles the
-    channels inside each block: [[32, 64], [64, 128], ...]). Overrides base_channels and
-    channel_multiplier, which must then be left at their defaults or agree."""
+    channels inside each block: [[32, 64], [64, 128], ...]; with `blocks_per_level`, per unit).
+    Overrides base_channels and channel_multiplier, which must then be left at their defaults or
+    agree."""
     decoder_channels: ChannelSpec | None = None
     """Channels of each decoder level's convs (depth entries, level 0 first); default: the
     output channels of the encoder level at the same resolution."""
     convs_per_block: ConvCount | tuple[ConvCount, ...] = 2
-    """Convolutions per encoder block: one int, or one per level including the bottleneck."""
+    """Convolutions per encoder block (per unit with `blocks_per_level`): one int, or one per
+    level including the bottleneck."""
     decoder_convs_per_block: ConvCount | tuple[ConvCount, ...] | None = None
     """Convolutions per decoder block: one int or one per level (level 0 first); default: as
     the encoder block of the same level."""

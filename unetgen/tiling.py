@@ -25,14 +25,23 @@ the reflection repeats (the image is unfolded periodically with period ``2*(n-1)
 
 from __future__ import annotations
 
+import base64
+import bisect
+import hashlib
 import itertools
+import json
 import math
 import operator
+import os
 import sys
-from collections.abc import Iterable, Iterator, Sequence
+import time
+import zlib
+from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
@@ -43,9 +52,13 @@ from .config import UNetConfig
 __all__ = [
     "DEFAULT_MEMORY_BUDGET",
     "DEFAULT_OVERLAP",
+    "OutputType",
     "TilePlan",
     "check_image",
+    "default_block_shape",
     "estimate_tile_memory",
+    "output_dtype",
+    "output_layout",
     "plan_tiles",
     "predict_tiled",
 ]
@@ -58,6 +71,7 @@ GAUSSIAN_SIGMA = 0.125
 """Standard deviation of the Gaussian blend window, as a fraction of the tile size."""
 
 Blend = Literal["gaussian", "constant"]
+OutputType = Literal["logits", "probabilities", "labels"]
 _CANDIDATES = 256  # tile sizes the automatic plan compares at most
 
 
@@ -416,7 +430,7 @@ def check_image(config: UNetConfig, image: torch.Tensor) -> torch.Tensor:
 
 def predict_tiled(
     model: nn.Module,
-    image: torch.Tensor,
+    image: Any,
     *,
     tile_size: int | Sequence[int] | None = None,
     batch_size: int = 1,
@@ -425,13 +439,21 @@ def predict_tiled(
     progress: bool = True,
     device: torch.device | str | None = None,
     memory_budget: int | None = None,
-) -> torch.Tensor:
+    output_type: OutputType = "logits",
+    out: Any = None,
+    block_shape: int | Sequence[int] | None = None,
+    resume: bool = True,
+    journal: str | os.PathLike[str] | None = None,
+    callback: Callable[[int, tuple[int, ...]], None] | None = None,
+) -> Any:
     """Predict an image of any size with a unetgen `UNet`, tile by tile (the overlap-tile strategy).
 
-    `image` is (C, *spatial) or (N, C, *spatial), of any spatial size; the result is
-    (out_channels, *spatial) or (N, out_channels, *spatial): the image's own spatial size, in the
-    model's dtype, on `device` (default: the image's). Tiles are computed on the model's device,
-    so a large image can stay in CPU memory while a GPU model predicts it.
+    `image` is (C, *spatial) or (N, C, *spatial), of any spatial size: a tensor, or any array-like
+    that supports slicing (NumPy, a memory-mapped `.npy`, a `zarr` array, a TIFF opened through
+    tifffile's zarr store: see `unetgen.arrays.open_image`); an array-like with in_channels=1 may
+    also be (*spatial). Array-likes are read one tile window at a time and checked for NaN and
+    infinite values as they are read. The result is (out_channels, *spatial) or
+    (N, out_channels, *spatial) (labels: without the channel axis): the image's own spatial size.
 
     Valid padding: output tiles tile the image without overlap, each fed with the output tile
     plus the halo on every side, context outside the image mirrored (reflection without
@@ -441,52 +463,601 @@ def predict_tiled(
     "constant") weights that sum to one at every pixel; an image smaller than a tile is mirrored
     up to the next valid size.
 
+    `output_type`: "logits" (the model's output, its dtype), "probabilities" (softmax over the
+    channels; sigmoid for one channel) or "labels" (argmax over the channels; logit > 0 for one
+    channel; uint8, or uint16 beyond 256 classes; no channel axis). Same padding blends the
+    tiles' probabilities (labels: the argmax of the blended probabilities, > 0.5 for one channel).
+
+    `out`: where to write the result, a writable array of the result's shape (a tensor, a NumPy
+    array or memmap, a zarr array: `unetgen.arrays.create_output` makes one with aligned chunks);
+    it is returned. Without it a tensor is allocated on `device` (default: the image's; CPU for
+    array-likes). Tiles are computed on the model's device.
+
+    The output is written in blocks (`block_shape`: output pixels per axis; default: the chunks
+    of a zarr `out`, else one output tile with valid padding, and with same padding the whole
+    image for a tensor result, `default_block_shape` otherwise). With valid padding a block is
+    rounded to whole output tiles; with same padding the tiles overlapping a block's border are
+    computed for each block they touch (the same result, at some extra cost). A block is written
+    once, when all its tiles are done, so memory holds one batch of tiles and the blocks it
+    touches, never the image (docs/large-images.md).
+
+    Resuming: when `out` has a zarr-like `attrs` mapping (or `journal` names a JSON file), the
+    completed blocks are recorded there under a fingerprint of the arguments (config, weights,
+    plan, blocks, output type and dtype, image shape and dtype; not the image's content), at most
+    every second and when the run stops. A run started again with the same arguments skips the
+    recorded blocks and completes with the result of an uninterrupted run (bit for bit with
+    `batch_size=1`; batches may be grouped differently otherwise, a float round-off difference);
+    a record with another fingerprint is an error unless `resume=False`, which starts over.
+
+    `callback(n, tile)` is called after each tile (and after the block it completes is written);
+    an exception from it stops the run (the record keeps the blocks completed so far).
     `tile_size`, `batch_size`, `overlap` and `memory_budget` are as in `plan_tiles` (which shows
-    the plan without running). Memory: one batch of `batch_size` tiles is in flight at a time,
-    the result is written in place into one preallocated tensor, and the image is never padded
-    or copied beyond the current tile. Runs under `torch.inference_mode()` in eval mode, then
-    restores the model's training mode. A tqdm progress bar counts the tiles when `progress` is
-    on and stderr is a terminal.
+    the plan without running). Runs under `torch.inference_mode()` in eval mode, then restores
+    the model's training mode. A tqdm progress bar counts the tiles when `progress` is on and
+    stderr is a terminal.
     """
+    options = dict(tile_size=tile_size, batch_size=batch_size, overlap=overlap, memory_budget=memory_budget)
+    job, source, sink = prepare(
+        model, image, out, **options, blend=blend, output_type=output_type, block_shape=block_shape, device=device
+    )
+    record = None
+    if journal is not None or _has_attrs(sink.target):
+        where = Path(journal) if journal is not None else sink.target.attrs
+        record = Journal(where, job.fingerprint(model), job.num_blocks, resume=resume)
+    run(model, job, source, sink, journal=record, callback=callback, progress=progress)
+    return sink.target if out is not None or job.batched else sink.target[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# reading tiles, writing blocks
+
+
+def _has_attrs(target: Any) -> bool:
+    return isinstance(getattr(target, "attrs", None), MutableMapping)
+
+
+def output_dtype(output_type: OutputType, out_channels: int, dtype: torch.dtype = torch.float32) -> torch.dtype:
+    """The dtype of a prediction of `output_type`: the model's dtype, or uint8/uint16 labels."""
+    match output_type:
+        case "logits" | "probabilities":
+            return dtype
+        case "labels":
+            if out_channels > 1 << 16:
+                raise ValueError(f"output_type='labels' holds at most 65536 classes, the model has {out_channels}")
+            return torch.uint8 if out_channels <= 256 else torch.uint16
+    raise ValueError(f"output_type={output_type!r} must be 'logits', 'probabilities' or 'labels'")
+
+
+def _probabilities(logits: torch.Tensor, channel_axis: int) -> torch.Tensor:
+    return logits.sigmoid() if logits.shape[channel_axis] == 1 else logits.softmax(channel_axis)
+
+
+def _finish(values: torch.Tensor, output_type: OutputType, blended: bool) -> torch.Tensor:
+    """A finished block (C, *block) as `output_type`. `values` are logits, or (`blended`: same
+    padding, output_type not logits) the blended per-tile probabilities. Labels lose the channel
+    axis: the argmax over the channels, or for one channel logit > 0 (probability > 0.5)."""
+    match output_type:
+        case "logits":
+            return values
+        case "probabilities":
+            return values if blended else _probabilities(values, 0)
+        case "labels":
+            labels = values.argmax(0) if values.shape[0] > 1 else values[0] > (0.5 if blended else 0)
+            return labels.to(output_dtype("labels", values.shape[0]))
+    raise AssertionError(output_type)
+
+
+class TensorSource:
+    """Tiles of an (N, C, *spatial) tensor: views, an index only along axes with mirrored context."""
+
+    def __init__(self, x: torch.Tensor) -> None:
+        self.x = x
+        self.device = x.device
+
+    def read(self, n: int, reads: Sequence[tuple[int, int, torch.Tensor | None]]) -> torch.Tensor:
+        return _gather(self.x[n], reads)
+
+
+class ArraySource:
+    """Tiles of an array-like that supports slicing: each tile reads one window (the part of the
+    tile inside the image) and builds the mirrored context from it, checking it for NaN/inf
+    after the cast to the model's dtype."""
+
+    device = torch.device("cpu")
+
+    def __init__(self, array: Any, batched: bool, channels: bool, dtype: torch.dtype) -> None:
+        self.array, self.batched, self.channels, self.dtype = array, batched, channels, dtype
+
+    def read(self, n: int, reads: Sequence[tuple[int, int, torch.Tensor | None]]) -> torch.Tensor:
+        window = tuple(slice(start, start + length) for start, length, _ in reads)
+        lead = ((n,) if self.batched else ()) + ((slice(None),) if self.channels else ())
+        w = np.ascontiguousarray(self.array[(*lead, *window)])
+        x = torch.from_numpy(w if w.dtype.isnative else w.astype(w.dtype.newbyteorder("=")))
+        x = (x if self.channels else x.unsqueeze(0)).to(self.dtype)
+        if x.is_floating_point() and not torch.isfinite(x).all():
+            where = ", ".join(f"{s.start}:{s.stop}" for s in window)
+            raise ValueError(f"image window [{where}] contains NaN or infinite values (after the cast to {self.dtype})")
+        for axis, (_, _, index) in enumerate(reads, start=1):
+            if index is not None:
+                x = x.index_select(axis, index)
+        return x
+
+
+class Sink:
+    """Writes finished blocks into `target` ((N, ...) for batched images): a tensor (blocks of
+    logits are accumulated in place) or an array-like that supports slice assignment."""
+
+    def __init__(self, target: Any, batched: bool, in_place: bool) -> None:
+        self.target, self.batched, self.in_place = target, batched, in_place
+        self.device = target.device if isinstance(target, torch.Tensor) else torch.device("cpu")
+
+    def _index(self, n: int, region: Sequence[slice]) -> tuple[Any, ...]:
+        return ((n,) if self.batched else ()) + (Ellipsis, *region)
+
+    def view(self, n: int, region: Sequence[slice]) -> torch.Tensor | None:
+        """The block of the result itself, to accumulate into (tensor targets of logits)."""
+        return self.target[self._index(n, region)] if self.in_place else None
+
+    def write(self, n: int, region: Sequence[slice], value: torch.Tensor) -> None:
+        if self.in_place:
+            return
+        if isinstance(self.target, torch.Tensor):
+            self.target[self._index(n, region)] = value.to(self.device)
+        else:
+            value = value.float() if value.dtype == torch.bfloat16 else value
+            self.target[self._index(n, region)] = value.cpu().numpy()
+
+
+@dataclass(frozen=True)
+class _AxisBlocks:
+    """One axis of the block layout: block j covers output [bounds[j], bounds[j+1]) and needs
+    the tiles `tiles[j]` (with valid padding exactly its own tiles, with same padding every tile
+    whose output meets it)."""
+
+    bounds: tuple[int, ...]
+    tiles: tuple[range, ...]
+
+
+def _axis_blocks(plan: TilePlan, axis: int, length: int) -> _AxisBlocks:
+    size, starts, t_out = plan.image_shape[axis], plan.starts[axis], plan.tile_output[axis]
+    count = len(starts)
+    if plan.padding == "valid":  # whole tiles: a block ends where a tile's output ends
+        group = max(1, length // (starts[1] - starts[0])) if count > 1 else 1
+        firsts = range(0, count, group)
+        bounds = (*(starts[k] for k in firsts), size)
+        return _AxisBlocks(bounds, tuple(range(k, min(k + group, count)) for k in firsts))
+    bounds = (*range(0, size, length), size)
+    tiles = tuple(  # tile k writes [starts[k], starts[k] + t_out): it meets [lo, hi) if it starts in (lo - t_out, hi)
+        range(bisect.bisect_right(starts, lo - t_out), bisect.bisect_left(starts, hi))
+        for lo, hi in itertools.pairwise(bounds)
+    )
+    return _AxisBlocks(bounds, tiles)
+
+
+def default_block_shape(plan: TilePlan, max_pixels: int = 1 << 24) -> tuple[int, ...]:
+    """Output pixels per block when neither `block_shape` nor zarr chunks say: one output tile
+    with valid padding (no extra work); with same padding 8 tile strides per axis (the tiles on a
+    block's border are computed for both blocks), halving the longest axis (not below a tile)
+    while the block has more than `max_pixels`."""
+    if plan.padding == "valid":
+        return tuple(s[1] - s[0] if len(s) > 1 else n for s, n in zip(plan.starts, plan.image_shape, strict=True))
+    shape = [
+        min(size, 8 * (s[1] - s[0] if len(s) > 1 else t))
+        for size, t, s in zip(plan.image_shape, plan.tile_output, plan.starts, strict=True)
+    ]
+    while math.prod(shape) > max_pixels:
+        floor = [min(t, n) for t, n in zip(plan.tile_output, plan.image_shape, strict=True)]
+        shrinkable = [a for a, v in enumerate(shape) if v // 2 >= floor[a]]
+        if not shrinkable:
+            break
+        a = max(shrinkable, key=shape.__getitem__)
+        shape[a] //= 2
+    return tuple(shape)
+
+
+@dataclass(frozen=True)
+class Job:
+    """A plan with its block layout and options: what `run` executes, block by block. Blocks are
+    numbered image by image, then in C order over the per-axis blocks."""
+
+    plan: TilePlan
+    axes: tuple[_AxisTiles, ...]
+    blocks: tuple[_AxisBlocks, ...]
+    images: int
+    batched: bool
+    blend: Blend
+    output_type: OutputType
+    out_shape: tuple[int, ...]
+    out_dtype: str
+    image_dtype: str
+
+    @property
+    def blocks_per_axis(self) -> tuple[int, ...]:
+        return tuple(len(b.tiles) for b in self.blocks)
+
+    @property
+    def num_blocks(self) -> int:
+        return self.images * math.prod(self.blocks_per_axis)
+
+    def block(self, b: int) -> tuple[int, tuple[slice, ...], tuple[range, ...]]:
+        """Block `b`: its image, its output region and its tiles per axis."""
+        n, rest = divmod(b, math.prod(self.blocks_per_axis))
+        index = []
+        for count in reversed(self.blocks_per_axis):
+            rest, k = divmod(rest, count)
+            index.append(k)
+        index.reverse()
+        region = tuple(slice(ax.bounds[k], ax.bounds[k + 1]) for ax, k in zip(self.blocks, index, strict=True))
+        return n, region, tuple(ax.tiles[k] for ax, k in zip(self.blocks, index, strict=True))
+
+    def num_tiles(self, b: int) -> int:
+        return math.prod(len(r) for r in self.block(b)[2])
+
+    def group(self, b: int) -> int:
+        """The group of block `b`: `batch_size` consecutive blocks, batched together (see `run`)."""
+        return b // self.plan.batch_size
+
+    def members(self, group: int) -> range:
+        size = self.plan.batch_size
+        return range(group * size, min((group + 1) * size, self.num_blocks))
+
+    def tiles(self, group: int) -> Iterator[tuple[int, int, tuple[slice, ...], tuple[int, ...]]]:
+        """(block, image, region, tile) for every tile of every block of `group`, in order."""
+        for b in self.members(group):
+            n, region, tiles = self.block(b)
+            for tile in itertools.product(*tiles):
+                yield b, n, region, tile
+
+    def fingerprint(self, model: nn.Module) -> str:
+        """sha256 of everything the result depends on, the image's content aside: config, weights,
+        plan, blocks, options, image and output shapes and dtypes."""
+        plan = self.plan
+        h = hashlib.sha256()
+        facts = dict(
+            config=_config_of(model).model_dump(mode="json"),
+            image_shape=plan.image_shape,
+            tile_input=plan.tile_input,
+            starts=[list(s) for s in plan.starts],
+            batch_size=plan.batch_size,
+            bounds=[list(b.bounds) for b in self.blocks],
+            images=self.images,
+            blend=self.blend if plan.padding == "same" else None,
+            output_type=self.output_type,
+            out_shape=self.out_shape,
+            out_dtype=self.out_dtype,
+            image_dtype=self.image_dtype,
+        )
+        h.update(json.dumps(facts, sort_keys=True).encode())
+        for name, tensor in sorted(model.state_dict().items()):
+            h.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+            h.update(tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        return h.hexdigest()
+
+
+def _open_source(config: UNetConfig, image: Any, dtype: torch.dtype) -> tuple[TensorSource | ArraySource, bool, int]:
+    """The source of tiles, whether the image has a batch axis, and its number of images."""
+    if isinstance(image, torch.Tensor):
+        x = check_image(config, image)
+        return TensorSource(x), image.dim() == config.spatial_dims + 2, x.shape[0]
+    batched, channels, images, _ = _array_layout(config, image)
+    return ArraySource(image, batched, channels, dtype), batched, images
+
+
+def _spatial(config: UNetConfig, image: Any) -> tuple[int, ...]:
+    return tuple(image.shape[-config.spatial_dims :])
+
+
+def output_layout(
+    model: nn.Module,
+    image: Any,
+    *,
+    output_type: OutputType = "logits",
+    block_shape: int | Sequence[int] | None = None,
+    plan: TilePlan | None = None,
+    **options: Any,
+) -> tuple[tuple[int, ...], torch.dtype, tuple[int, ...]]:
+    """Shape, dtype and chunks (one chunk per block: see `predict_tiled`) of the prediction of
+    `image`, without reading it: what `unetgen.arrays.create_output` creates. `options` are
+    `plan_tiles`'s (`tile_size`, `batch_size`, `overlap`, `memory_budget`)."""
     config = _config_of(model)
+    dtype = next(model.parameters()).dtype
+    _, batched, images = _open_source(config, image, dtype)
+    spatial = _spatial(config, image)
+    plan = plan if plan is not None else plan_tiles(config, spatial, **options, dtype=dtype)
+    channels = () if output_type == "labels" else (config.out_channels,)
+    block = _positive_ints(
+        "block_shape", default_block_shape(plan) if block_shape is None else block_shape, len(spatial), broadcast=True
+    )
+    lengths = []
+    for a in range(len(spatial)):
+        bounds = _axis_blocks(plan, a, block[a]).bounds
+        lengths.append(bounds[1] - bounds[0])
+    lead = (images,) if batched else ()
+    shape = lead + channels + spatial
+    chunks = (1,) * len(lead) + channels + tuple(lengths)
+    return shape, output_dtype(output_type, config.out_channels, dtype), chunks
+
+
+def prepare(
+    model: nn.Module,
+    image: Any,
+    out: Any = None,
+    *,
+    tile_size: int | Sequence[int] | None = None,
+    batch_size: int = 1,
+    overlap: float | None = None,
+    memory_budget: int | None = None,
+    blend: Blend = "gaussian",
+    output_type: OutputType = "logits",
+    block_shape: int | Sequence[int] | None = None,
+    device: torch.device | str | None = None,
+    plan: TilePlan | None = None,
+) -> tuple[Job, TensorSource | ArraySource, Sink]:
+    """Check the arguments of `predict_tiled` and plan the work (the tiles, the blocks, where to
+    read and write) without running the model; `plan` skips planning (workers get the client's)."""
+    config = _config_of(model)
+    dims = config.spatial_dims
     if blend not in ("gaussian", "constant"):
         raise ValueError(f"blend={blend!r} must be 'gaussian' or 'constant'")
-    image = torch.as_tensor(image)
-    x = check_image(config, image)
     param = next(model.parameters())
     dtype, work = param.dtype, param.device
-    target = torch.device(device) if device is not None else x.device
+    final = output_dtype(output_type, config.out_channels, dtype)
+    source, batched, images = _open_source(config, image, dtype)
+    spatial = _spatial(config, image)
     options = dict(tile_size=tile_size, batch_size=batch_size, overlap=overlap, memory_budget=memory_budget)
-    plan = plan_tiles(config, tuple(x.shape[2:]), **options, dtype=dtype)
-    axes = [_axis_tiles(plan, a, blend, x.device, work, dtype) for a in range(config.spatial_dims)]
-    jobs = list(itertools.product(range(x.shape[0]), itertools.product(*(range(len(s)) for s in plan.starts))))
-    result = torch.zeros((x.shape[0], config.out_channels, *plan.image_shape), dtype=dtype, device=target)
-    buffer = torch.empty((min(batch_size, len(jobs)), x.shape[1], *plan.tile_input), dtype=dtype, device=work)
+    plan = plan if plan is not None else plan_tiles(config, spatial, **options, dtype=dtype)
+    if plan.image_shape != spatial:
+        raise ValueError(f"the plan is for an image of {plan.image_shape}, the image is {spatial}")
+    channels_out = () if output_type == "labels" else (config.out_channels,)
+    shape = ((images,) if batched else ()) + channels_out + spatial
+    if out is None:  # a tensor with the batch axis (predict_tiled drops it for a (C, *spatial) image)
+        target = source.device if device is None else torch.device(device)
+        out = torch.zeros((images, *shape[batched:]), dtype=final, device=target)
+        in_place, batched_out = output_type == "logits", True
+    else:
+        _check_out(out, shape, output_type, config.out_channels)
+        in_place, batched_out = False, batched
+    if block_shape is None:
+        chunks = getattr(out, "chunks", None)
+        block_shape = tuple(chunks[-dims:]) if _is_int_tuple(chunks) else default_block_shape(plan)
+        if in_place and plan.padding == "same":
+            block_shape = spatial  # blend in place: nothing computed twice
+    block = _positive_ints("block_shape", block_shape, dims, broadcast=True)
+    axes = tuple(_axis_tiles(plan, a, blend, source.device, work, dtype) for a in range(dims))
+    blocks = tuple(_axis_blocks(plan, a, block[a]) for a in range(dims))
+    image_dtype = (
+        str(image.dtype).removeprefix("torch.") if isinstance(image, torch.Tensor) else str(np.dtype(image.dtype))
+    )
+    out_dtype = str(out.dtype).removeprefix("torch.") if isinstance(out, torch.Tensor) else str(np.dtype(out.dtype))
+    job = Job(plan, axes, blocks, images, batched, blend, output_type, tuple(out.shape), out_dtype, image_dtype)
+    return job, source, Sink(out, batched_out, in_place)
+
+
+def _is_int_tuple(value: Any) -> bool:
+    return isinstance(value, tuple) and all(isinstance(v, int) for v in value)
+
+
+def _array_layout(config: UNetConfig, image: Any) -> tuple[bool, bool, int, tuple[int, ...]]:
+    """(batched, has a channel axis, images, spatial shape) of an array-like image, or a clear error."""
+    dims = config.spatial_dims
+    shape = getattr(image, "shape", None)
+    if not _is_int_tuple(tuple(shape) if shape is not None else None) or not hasattr(image, "__getitem__"):
+        raise TypeError(f"image must be a tensor or an array-like with shape, dtype and slicing, got {type(image)}")
+    shape = tuple(shape)
+    kind = np.dtype(image.dtype).kind
+    if kind not in "biuf":
+        raise ValueError(f"image of dtype {image.dtype} cannot be predicted: give real numbers (bool, int or float)")
+    if len(shape) == dims + 2:
+        batched, channels, images, c = True, True, shape[0], shape[1]
+    elif len(shape) == dims + 1:
+        batched, channels, images, c = False, True, 1, shape[0]
+    elif len(shape) == dims and config.in_channels == 1:
+        batched, channels, images, c = False, False, 1, 1
+    else:
+        raise shapes.InputShapeError(
+            f"image of shape {shape} has {len(shape)} dims but spatial_dims={dims} needs (C, *spatial) with "
+            f"{dims + 1} dims or (N, C, *spatial) with {dims + 2}"
+            + (" or (*spatial)" if config.in_channels == 1 else "")
+        )
+    if c != config.in_channels:
+        raise ValueError(f"image of shape {shape} has {c} channels but in_channels={config.in_channels}")
+    if math.prod(shape) == 0:
+        raise ValueError(f"image of shape {shape} is empty")
+    return batched, channels, images, shape[-dims:]
+
+
+def _check_out(out: Any, shape: tuple[int, ...], output_type: OutputType, out_channels: int) -> None:
+    got = tuple(getattr(out, "shape", ()))
+    if got != shape or not hasattr(out, "__setitem__"):
+        raise ValueError(
+            f"out of shape {got} cannot hold the {output_type} of this image: it must be a writable array of "
+            f"shape {shape} (unetgen.arrays.create_output makes one)"
+        )
+    if isinstance(out, torch.Tensor):
+        kind = "f" if out.is_floating_point() else "b" if out.dtype == torch.bool else "i"
+        top = torch.iinfo(out.dtype).max if kind == "i" else None
+    else:
+        kind, top = np.dtype(out.dtype).kind, None
+        top = np.iinfo(out.dtype).max if kind in "iu" else None
+    if output_type != "labels" and kind != "f":
+        raise ValueError(f"out of dtype {out.dtype} cannot hold {output_type}: use a float dtype")
+    if output_type == "labels" and (top is None or top < max(out_channels - 1, 1)):
+        raise ValueError(f"out of dtype {out.dtype} cannot hold labels of {out_channels} classes: use uint8 or uint16")
+
+
+def run(
+    model: nn.Module,
+    job: Job,
+    source: TensorSource | ArraySource,
+    sink: Sink,
+    *,
+    todo: Iterable[int] | None = None,
+    journal: Journal | None = None,
+    callback: Callable[[int, tuple[int, ...]], None] | None = None,
+    progress: bool = True,
+) -> None:
+    """Predict the blocks `todo` (default: all not in `journal`) of `job`: the one tile loop.
+
+    Blocks go in groups of `batch_size` consecutive blocks (`Job.group`); the tiles of a group
+    stream block after block through batches of `batch_size` that never span groups, so a tile
+    is always computed in the same batch, whichever blocks were done before (resumed runs and
+    Dask tasks, which take whole groups, give the result of one uninterrupted run bit for bit).
+    Each tile's output is put (valid padding) or added with its blend weights (same padding)
+    into the buffers of the blocks it meets; a block is converted to the output type and
+    written when its last tile is in, then recorded in `journal`. A group with a block missing
+    is computed whole. In flight: one batch of tiles and the blocks it touches."""
+    plan = job.plan
+    groups = sorted({job.group(b) for b in (range(job.num_blocks) if todo is None else todo)})
+    if journal is not None:
+        groups = [g for g in groups if not all(b in journal for b in job.members(g))]
+    blocks = [b for g in groups for b in job.members(g)]
+    param = next(model.parameters())
+    dtype, work = param.dtype, param.device
+    blended = plan.padding == "same" and job.output_type != "logits"
+    total = sum(job.num_tiles(b) for b in blocks)
+    channels = _config_of(model).in_channels
+    buffer = torch.empty((max(1, min(plan.batch_size, total)), channels, *plan.tile_input), dtype=dtype, device=work)
+    open_blocks: dict[int, list[Any]] = {}
     was_training = model.training
     model.eval()
+    quiet = not progress or not sys.stderr.isatty()
     try:
-        quiet = not progress or not sys.stderr.isatty()
-        with torch.inference_mode(), tqdm(total=len(jobs), unit="tile", desc="predict", disable=quiet) as bar:
-            for chunk in _batches(jobs, batch_size):
-                for j, (n, tile) in enumerate(chunk):
-                    buffer[j].copy_(_gather(x[n], [axes[a].read[k] for a, k in enumerate(tile)]))
+        with torch.inference_mode(), tqdm(total=total, unit="tile", desc="predict", disable=quiet) as bar:
+            batches = (chunk for g in groups for chunk in _batches(job.tiles(g), plan.batch_size))
+            for chunk in batches:
+                for j, (_, n, _, tile) in enumerate(chunk):
+                    buffer[j].copy_(source.read(n, [job.axes[a].read[k] for a, k in enumerate(tile)]))
                 pred = model(buffer[: len(chunk)])
-                for j, (n, tile) in enumerate(chunk):
-                    _write(result[n], pred[j], axes, tile)
+                if blended:  # same padding blends probabilities (labels: their argmax)
+                    pred = _probabilities(pred, 1)
+                for j, (b, n, region, tile) in enumerate(chunk):
+                    if b not in open_blocks:
+                        view = sink.view(n, region)
+                        if view is None:
+                            size = tuple(r.stop - r.start for r in region)
+                            view = torch.zeros((pred.shape[1], *size), dtype=dtype, device=sink.device)
+                        open_blocks[b] = [view, job.num_tiles(b)]
+                    state = open_blocks[b]
+                    _put(state[0], pred[j], job.axes, tile, region, plan.starts)
+                    state[1] -= 1
+                    if state[1] == 0:
+                        del open_blocks[b]
+                        sink.write(n, region, _finish(state[0], job.output_type, blended))
+                        if journal is not None:
+                            journal.mark(b)
+                    if callback is not None:
+                        callback(n, tile)
                 bar.update(len(chunk))
     finally:
         model.train(was_training)
-    return result if image.dim() == config.spatial_dims + 2 else result[0]
+        if journal is not None:
+            journal.flush()
 
 
-def _write(result: torch.Tensor, pred: torch.Tensor, axes: Sequence[_AxisTiles], tile: Sequence[int]) -> None:
-    """Write one tile's prediction (out_channels, *tile_output) into `result` (out_channels, *spatial)."""
-    target = (slice(None), *(axes[a].write[k] for a, k in enumerate(tile)))
-    part = pred[(slice(None), *(axes[a].crop[k] for a, k in enumerate(tile)))]
-    if axes[0].weight[0] is None:
-        result[target] = part
+def _put(
+    block: torch.Tensor,
+    pred: torch.Tensor,
+    axes: Sequence[_AxisTiles],
+    tile: Sequence[int],
+    region: Sequence[slice],
+    starts: Sequence[Sequence[int]],
+) -> None:
+    """Put one tile's prediction (out_channels, *tile_output) into a block (out_channels, *block)
+    covering `region` of the image: the part where the tile's output region meets the block."""
+    src, dst, weights = [slice(None)], [slice(None)], []
+    for a, k in enumerate(tile):
+        start, write = starts[a][k], axes[a].write[k]
+        lo, hi = max(write.start, region[a].start), min(write.stop, region[a].stop)
+        src.append(slice(lo - start, hi - start))
+        dst.append(slice(lo - region[a].start, hi - region[a].start))
+        weight = axes[a].weight[k]
+        weights.append(None if weight is None else weight[lo - start : hi - start])
+    part = pred[tuple(src)]
+    if weights[0] is None:
+        block[tuple(dst)] = part
         return
     dims = len(axes)
-    for a, k in enumerate(tile):
-        part = part * axes[a].weight[k].view(-1, *([1] * (dims - 1 - a)))
-    result[target] += part.to(result.device)
+    for a, w in enumerate(weights):
+        part = part * w.view(-1, *([1] * (dims - 1 - a)))
+    block[tuple(dst)] += part.to(block.device)
+
+
+class Journal:
+    """Which blocks of an output are complete, under a fingerprint of the prediction's arguments:
+    a JSON record in a zarr-like `attrs` mapping (key `unetgen_progress`) or a JSON file, written
+    (atomically: zarr stores and `os.replace`) at most every `interval` seconds and on `flush`."""
+
+    KEY = "unetgen_progress"
+    INTERVAL = 1.0
+    """Default seconds between writes of the record (blocks completed since are redone after a kill)."""
+
+    def __init__(
+        self,
+        where: MutableMapping[str, Any] | Path,
+        fingerprint: str,
+        total: int,
+        *,
+        resume: bool = True,
+        interval: float | None = None,
+    ) -> None:
+        self.where, self.fingerprint, self.total = where, fingerprint, total
+        self.interval = self.INTERVAL if interval is None else interval
+        self.done = bytearray(-(-total // 8))
+        record = self._load()
+        if record is not None and resume:
+            if record.get("fingerprint") != fingerprint or record.get("blocks") != total:
+                raise ValueError(
+                    f"{self._name()} holds a prediction made with other arguments (another model, plan, "
+                    "output type or image shape): pass resume=False (CLI: --restart) to overwrite it, "
+                    "or write to another output"
+                )
+            self.done = bytearray(zlib.decompress(base64.b64decode(record["done"])))
+        self.dirty, self.last = True, 0.0
+        try:
+            self.flush()  # before any compute: an unwritable record fails now
+        except OSError as err:
+            raise ValueError(f"{self._name()}: cannot write the progress record: {err}") from None
+
+    def _name(self) -> str:
+        return str(self.where) if isinstance(self.where, Path) else "the output's attributes"
+
+    def _load(self) -> dict[str, Any] | None:
+        if isinstance(self.where, Path):
+            try:
+                return json.loads(self.where.read_text())
+            except FileNotFoundError:
+                return None
+            except (OSError, ValueError) as err:
+                raise ValueError(f"{self.where}: not a unetgen progress record: {err}") from None
+        record = self.where.get(self.KEY)
+        return dict(record) if isinstance(record, Mapping) else None
+
+    def __contains__(self, b: int) -> bool:
+        return bool(self.done[b >> 3] & (1 << (b & 7)))
+
+    @property
+    def completed(self) -> int:
+        return sum(bin(v).count("1") for v in self.done)
+
+    def mark(self, b: int) -> None:
+        self.done[b >> 3] |= 1 << (b & 7)
+        self.dirty = True
+        if time.monotonic() - self.last >= self.interval:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.dirty:
+            return
+        record = {
+            "fingerprint": self.fingerprint,
+            "blocks": self.total,
+            "completed": self.completed,
+            "done": base64.b64encode(zlib.compress(bytes(self.done))).decode(),
+        }
+        if isinstance(self.where, Path):
+            tmp = self.where.with_name(f".{self.where.name}.tmp")
+            tmp.write_text(json.dumps(record))
+            os.replace(tmp, self.where)
+        else:
+            self.where[self.KEY] = record
+        self.dirty, self.last = False, time.monotonic()
