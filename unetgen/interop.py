@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -327,11 +328,27 @@ def _activation_option(name: str | None, kwargs: Mapping[str, Any], where: str) 
     return out
 
 
+@dataclass(frozen=True)
 class _NNSpec:
-    """An nnU-Net network (PlainConvUNet or ResidualEncoderUNet), normalised."""
+    """An nnU-Net network (PlainConvUNet, ResidualEncoderUNet, ResidualUNet), normalised: one
+    entry per stage (kernels, strides per axis; `units` = convs or residual blocks), decoder
+    convs level 0 first."""
 
-    def __init__(self, **fields: Any) -> None:
-        self.__dict__.update(fields)
+    dims: int
+    in_channels: int
+    out_channels: int
+    features: list[int]
+    kernels: list[list[int]]
+    strides: list[list[int]]
+    units: list[int]
+    decoder_convs: list[int]
+    bias: bool
+    norm: dict[str, Any]
+    activation: dict[str, Any]
+    nonlin_first: bool
+    residual: bool
+    residual_decoder: bool
+    deep_supervision: bool
 
     def config_dict(self) -> dict[str, Any]:
         n = len(self.features)
