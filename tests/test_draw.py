@@ -85,9 +85,10 @@ def arrows(root: ET.Element) -> list[tuple[tuple[float, float], tuple[float, flo
 
 
 def text_box(t: ET.Element, em: float = 0.5) -> tuple[float, float, float, float]:
-    """A lower estimate of a text's extent: `em` per character, 0.7 of the size above the baseline."""
+    """A lower estimate of a text's extent: `em` per character (0.27 for the narrowest glyphs, such
+    as i, l, spaces and parentheses), 0.7 of the size above the baseline."""
     x, y, size = float(t.get("x")), float(t.get("y")), float(t.get("font-size"))
-    length = em * size * len(t.text)
+    length = size * sum(0.27 if ch in "il.,:;'|!()[] " else em for ch in t.text)
     start = {"start": 0.0, "middle": -length / 2, "end": -length}[t.get("text-anchor", "start")]
     if t.get("transform", "").startswith("rotate(-90"):  # reads upwards, glyphs to the left
         return x - 0.7 * size, y - start - length, x, y - start

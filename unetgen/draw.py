@@ -84,8 +84,10 @@ def text_width(text: str, size: float) -> float:
     """A generous estimate of the advance width of `text` in a generic sans-serif font."""
     units = 0.0
     for ch in text:
-        if ch in "il.,:;'|!()[] ":
+        if ch in "il.,:;'|!":
             units += 0.34
+        elif ch in "()[] ":  # DejaVu Sans: parentheses 0.39 em, space 0.32 em
+            units += 0.42
         elif ch in "mwMW@%":
             units += 0.92
         elif ch.isupper() or ch in "\u00d7\u2192\u2295\u25c6":
