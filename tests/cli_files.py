@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import pickle
 from pathlib import Path
@@ -22,6 +23,37 @@ RGB = TINY.model_copy(update={"in_channels": 3, "padding": "same"})
 ANISO = UNetConfig(spatial_dims=3, depth=2, base_channels=2, strides=[[1, 2, 2], [2, 2, 2]], kernel_size=3)
 
 
+PLANS = {  # an nnU-Net v2.3+ plans file with one small 2D configuration
+    "dataset_name": "Dataset999_Fuzz",
+    "plans_name": "nnUNetPlans",
+    "configurations": {
+        "2d": {
+            "patch_size": [32, 32],
+            "architecture": {
+                "network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
+                "arch_kwargs": {
+                    "n_stages": 3,
+                    "features_per_stage": [2, 4, 8],
+                    "conv_op": "torch.nn.modules.conv.Conv2d",
+                    "kernel_sizes": [[3, 3], [3, 3], [3, 3]],
+                    "strides": [[1, 1], [2, 2], [2, 2]],
+                    "n_conv_per_stage": [2, 2, 2],
+                    "n_conv_per_stage_decoder": [2, 2],
+                    "conv_bias": True,
+                    "norm_op": "torch.nn.modules.instancenorm.InstanceNorm2d",
+                    "norm_op_kwargs": {"eps": 1e-05, "affine": True},
+                    "dropout_op": None,
+                    "dropout_op_kwargs": None,
+                    "nonlin": "torch.nn.LeakyReLU",
+                    "nonlin_kwargs": {"inplace": True},
+                },
+                "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"],
+            },
+        }
+    },
+}
+
+
 def make_files(root: Path) -> dict[str, str]:
     """Write every file once; returns name -> path (absolute), including paths that do not exist."""
     files: dict[str, Path] = {}
@@ -33,6 +65,8 @@ def make_files(root: Path) -> dict[str, str]:
     for name, config in [("tiny.json", TINY), ("tiny3d.json", TINY3D), ("rgb.json", RGB), ("aniso.json", ANISO)]:
         path(name).write_text(config.model_dump_json())
     path("typo.yaml").write_text("depth: 3\nchanels: 4\n")
+    path("plans.json").write_text(json.dumps(PLANS))
+    path("plans_v2.json").write_text(json.dumps({"configurations": {"2d": {"UNet_class_name": "Unknown"}}}))
     path("empty.yaml").write_text("")
     path("octal.yaml").write_text("base_channels: 064\n")
     torch.manual_seed(0)
@@ -87,11 +121,23 @@ def make_files(root: Path) -> dict[str, str]:
     path("outdir").mkdir()
     (root / "full.npy").symlink_to("/dev/full")
     files["full.npy"] = root / "full.npy"
-    for name in ("missing.yaml", "missing.npy", "missing.safetensors", "missing.pt", "out.npy", "out2.npy", "d.svg"):
+    for name in (
+        "missing.yaml",
+        "missing.npy",
+        "missing.safetensors",
+        "missing.pt",
+        "out.npy",
+        "out2.npy",
+        "d.svg",
+        "m.yaml",
+        "m.json",
+    ):
         path(name)
     files["missing/out.npy"] = root / "missing" / "out.npy"
     files["outdir/p.npy"] = root / "outdir" / "p.npy"
     files["missing/d.svg"] = root / "missing" / "d.svg"
+    files["missing/m.yaml"] = root / "missing" / "m.yaml"
+    files["outdir/m.yml"] = root / "outdir" / "m.yml"
     files["noext"] = root / "noext"
     out = {k: str(v) for k, v in files.items()}
     out |= {"/dev/null": "/dev/null", "/dev/full": "/dev/full", "nul": str(root / "a\0b.npy"), "long": "x" * 5000}

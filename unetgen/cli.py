@@ -761,7 +761,58 @@ def build_parser() -> argparse.ArgumentParser:
         "-o", "--output", type=_path, default="unet.svg", help="unet.svg, or .png/.pdf with the `render` extra"
     )
     p.set_defaults(func=cmd_draw)
+
+    _add_import_parser(sub)
     return parser
+
+
+# -- unetgen import (issue 11) ------------------------------------------------------------------
+
+
+def _add_import_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("import", help="write a unetgen config for a network of another library (nnU-Net plans)")
+    p.add_argument("source", choices=("nnunet",), help="the library: nnunet (an nnUNetPlans.json file)")
+    p.add_argument("plans", type=_path, help="the nnU-Net plans file, e.g. nnUNetPlans.json")
+    p.add_argument("--configuration", required=True, help="e.g. 2d, 3d_fullres, 3d_lowres")
+    p.add_argument("--in-channels", type=_positive_int, required=True, help="input channels (the dataset's channels)")
+    p.add_argument("--out-channels", type=_positive_int, required=True, help="outputs (labels or regions)")
+    p.add_argument("--no-deep-supervision", action="store_true", help="the network nnU-Net predicts with")
+    p.add_argument("-o", "--output", type=_yaml_path, required=True, help="the .yaml file to write")
+    p.add_argument(
+        "--schema",
+        default="schemas/unet-config.schema.json",
+        help="the JSON Schema for the editor marker: a path (written relative to the output) or a URL",
+    )
+    p.set_defaults(func=cmd_import)
+
+
+def _yaml_path(text: str) -> str:
+    _path(text)
+    if Path(text).suffix.lower() not in (".yaml", ".yml"):
+        raise argparse.ArgumentTypeError(f"{_show(text)} must end in .yaml or .yml, e.g. {_show(text)}.yaml")
+    return text
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from .interop import nnunet_yaml
+
+    _check_output(args.output)
+    out = Path(args.output)
+    schema = args.schema
+    if "://" not in schema:
+        schema = Path(os.path.relpath(Path(schema).resolve(), out.resolve().parent)).as_posix()
+    text = nnunet_yaml(  # UnsupportedModelError, a malformed plans file, bad channels: ValueErrors, one line each
+        args.plans,
+        args.configuration,
+        in_channels=args.in_channels,
+        out_channels=args.out_channels,
+        deep_supervision=not args.no_deep_supervision,
+        schema=schema,
+    )
+    out.write_text(text, encoding="utf-8")
+    load_config(out)  # what was written validates
+    print(f"wrote {out}", file=sys.stderr)
+    return 0
 
 
 # ---------------------------------------------------------------------------------------------
