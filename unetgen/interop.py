@@ -1037,34 +1037,9 @@ def _shape_signature(m: nn.Module) -> tuple[Any, ...]:
     return (_signature(m)[0], *(tuple(p.shape) for p in m.state_dict().values()))
 
 
-def _execution_order(model: nn.Module, x: torch.Tensor) -> list[nn.Module]:
-    order: list[nn.Module] = []
-    seen: set[int] = set()
-
-    def hook(m: nn.Module, *_: Any) -> None:
-        if id(m) not in seen:
-            seen.add(id(m))
-            order.append(m)
-
-    handles = [m.register_forward_pre_hook(hook) for m in model.modules() if isinstance(m, _PAIRED)]
-    was_training = model.training
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(x)
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
-    return order
-
-
-def _record_inputs(model: nn.Module, layers: list[nn.Module], x: torch.Tensor) -> list[torch.Tensor]:
-    inputs: dict[int, torch.Tensor] = {}
-
-    def hook(m: nn.Module, args: tuple[Any, ...]) -> None:
-        inputs.setdefault(id(m), args[0].detach().clone())
-
+def _run_hooked(model: nn.Module, layers: Iterable[nn.Module], hook: Callable[..., None], x: torch.Tensor) -> None:
+    """One eval-mode forward of `x` with `hook` as a forward pre-hook on `layers`; the model's
+    mode is restored and the hooks removed afterwards."""
     handles = [m.register_forward_pre_hook(hook) for m in layers]
     was_training = model.training
     try:
@@ -1075,6 +1050,28 @@ def _record_inputs(model: nn.Module, layers: list[nn.Module], x: torch.Tensor) -
         for h in handles:
             h.remove()
         model.train(was_training)
+
+
+def _execution_order(model: nn.Module, x: torch.Tensor) -> list[nn.Module]:
+    order: list[nn.Module] = []
+    seen: set[int] = set()
+
+    def hook(m: nn.Module, *_: Any) -> None:
+        if id(m) not in seen:
+            seen.add(id(m))
+            order.append(m)
+
+    _run_hooked(model, (m for m in model.modules() if isinstance(m, _PAIRED)), hook, x)
+    return order
+
+
+def _record_inputs(model: nn.Module, layers: list[nn.Module], x: torch.Tensor) -> list[torch.Tensor]:
+    inputs: dict[int, torch.Tensor] = {}
+
+    def hook(m: nn.Module, args: tuple[Any, ...]) -> None:
+        inputs.setdefault(id(m), args[0].detach().clone())
+
+    _run_hooked(model, layers, hook, x)
     return [inputs[id(m)] for m in layers]
 
 
