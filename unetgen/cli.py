@@ -207,6 +207,26 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plan(args: argparse.Namespace) -> int:
+    """The largest training patch (and batch) whose step fits the memory: one line, or one `error:` line."""
+    from .memory import plan_training
+
+    try:
+        cfg = load_config(args.config)
+        try:
+            image = _sizes_arg(args.image)
+        except ValueError:
+            raise ValueError(f"--image {args.image[:40]!r} must be sizes like 512x512 or 80x512x512") from None
+        if len(image) == 1:
+            image = image * cfg.spatial_dims
+        plan = plan_training(cfg, args.memory, image_shape=image, batch_size=args.batch, optimizer=args.optimizer)
+    except (ValueError, ConfigError) as err:  # ConfigError and InputShapeError are ValueErrors
+        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
+        return 1
+    print(plan.summary())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="unetgen", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -252,6 +272,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", help="a .yaml/.json config file or a preset name")
     p.add_argument("--input-size", type=_sizes_arg, default=None, help="spatial size, e.g. 572 or 572x572")
     p.set_defaults(func=cmd_trace)
+
+    p = sub.add_parser("plan", help="the largest training patch (and batch) that fits a memory budget")
+    p.add_argument("config", help="a .yaml/.json config file or a preset name")
+    p.add_argument("--memory", required=True, help="the budget, e.g. 8GiB, 512MiB, 16GB")
+    p.add_argument("--image", required=True, help="spatial image size, e.g. 80x512x512 (one number: every axis)")
+    p.add_argument("--batch", type=int, default=None, help="fixed batch size (default: 2, more if the image fits)")
+    p.add_argument("--optimizer", choices=("adam", "adamw", "momentum", "sgd"), default="adam")
+    p.set_defaults(func=cmd_plan)
     return parser
 
 

@@ -223,7 +223,8 @@ class PatchSampler:
         for i, (img, tgt, w) in enumerate(zip(images, targets, weights, strict=True)):
             img = np.asarray(img.cpu() if isinstance(img, torch.Tensor) else img, dtype=np.float32)
             img = img[None] if img.ndim == dims else img
-            tgt = _label_image(tgt, f"targets[{i}]")
+            tgt = np.asarray(tgt.cpu() if isinstance(tgt, torch.Tensor) else tgt)
+            tgt = _label_image(tgt.astype(np.uint8) if tgt.dtype == bool else tgt, f"targets[{i}]")
             if img.ndim != dims + 1 or img.shape[0] != config.in_channels or img.shape[1:] != tgt.shape:
                 raise ValueError(
                     f"images[{i}] of shape {img.shape} does not fit targets[{i}] of shape {tgt.shape}: need "
