@@ -43,12 +43,23 @@ CASES: dict[str, tuple[dict[str, Any], tuple[int, ...], int]] = {
     ),
     "3d": ({"spatial_dims": 3, "depth": 3, "base_channels": 8}, (116, 116, 116), 1),
     "3d-ckpt": ({"spatial_dims": 3, "depth": 3, "base_channels": 8, "checkpointing": True}, (116, 116, 116), 1),
-    "3d-same-instance": ({"spatial_dims": 3, "depth": 3, "base_channels": 8, "padding": "same", "norm": "instance"}, (96, 96, 96), 1),  # fmt: skip
+    "3d-same-instance": (
+        {"spatial_dims": 3, "depth": 3, "base_channels": 8, "padding": "same", "norm": "instance"},
+        (96, 96, 96),
+        1,
+    ),
     "3d-deep-supervision": (
-        {"spatial_dims": 3, "depth": 3, "base_channels": 8, "padding": "same", "norm": "batch", "deep_supervision": [1, 2]},
+        {
+            "spatial_dims": 3,
+            "depth": 3,
+            "base_channels": 8,
+            "padding": "same",
+            "norm": "batch",
+            "deep_supervision": [1, 2],
+        },
         (96, 96, 96),
         2,
-    ),  # fmt: skip
+    ),
 }
 
 
@@ -128,7 +139,9 @@ def main(argv: list[str] | None = None) -> int:
         env["MALLOC_MMAP_THRESHOLD_"] = "65536"
     malloc = "glibc default" if args.glibc_default else "MALLOC_MMAP_THRESHOLD_=65536"
     print(f"# estimate_training_memory vs measured peak ({args.device}, {args.steps} steps, Adam, {malloc})")
-    print(f"# torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, {platform.processor()}")
+    print(
+        f"# torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, {platform.processor()}"
+    )
     print()
     print("| case | input | batch | parameters MiB | estimate MiB | measured MiB | estimate / measured |")
     print("|---|---|---|---:|---:|---:|---:|")

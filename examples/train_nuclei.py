@@ -11,7 +11,8 @@ pixel-weighted cross-entropy with `border_weight_map` (w0=10, sigma=5, balanced 
 and the plain cross-entropy. Reported: foreground pixel IoU on the held-out quarter, and of the
 ground-truth pairs of touching nuclei, the fraction that come out as separate connected
 components: in the held-out quarter (only 3 pairs) and in the whole image (24 pairs, 21 of them
-in the training region, so that column measures how well each loss fits the borders). `--plot panel.png` draws image, truth, weight map and both predictions (matplotlib).
+in the training region, so that column measures how well each loss fits the borders).
+`--plot panel.png` draws image, truth, weight map and both predictions (matplotlib).
 """
 
 from __future__ import annotations
@@ -96,12 +97,13 @@ def main() -> None:
     image = (raw - raw.mean()) / raw.std()
     split = labels.shape[1] * 3 // 4
     train_image, train_labels = image[:, :split], labels[:, :split]
-    test_image, test_labels = image[:, split:], labels[:, split:]
+    test_labels = labels[:, split:]
     weights = border_weight_map(train_labels, w0=10.0, sigma=5.0)
     model = build_unet(CONFIG)
     patch = shapes.nearest_valid_input_size(model.config, args.patch)
-    print(f"config {CONFIG}: {sum(p.numel() for p in model.parameters()):,} parameters, patch {patch} -> "
-          f"{shapes.output_shape(model.config, (patch, patch))[0]}, batch {args.batch}, {args.steps} steps")  # fmt: skip
+    out = shapes.output_shape(model.config, (patch, patch))[0]
+    params = sum(p.numel() for p in model.parameters())
+    print(f"config {CONFIG}: {params:,} parameters, patch {patch} -> {out}, batch {args.batch}, {args.steps} steps")
     results = {}
     for name, w in (("with weight map", weights), ("without", None)):
         start = time.perf_counter()

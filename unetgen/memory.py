@@ -111,7 +111,7 @@ class _Walk:
         self.saved: list[SavedTensor] = []
         self.sizes: dict[int, int] = {}  # key -> numel
         self.channels: dict[int, int] = {}  # key -> channels
-        self.segment = 0
+        self.segment = self.opened = 0  # the current checkpoint segment, how many have begun
         self.segments: list[int] = []  # segment of each saved tensor (0: outside any)
         self.time = 0  # forward order of tensors and saves
         self.born: dict[int, int] = {}  # key -> time created
@@ -127,6 +127,15 @@ class _Walk:
         self.time += 1
         self.born[key] = self.time
         return key
+
+    def checkpoint(self, name: str, *inputs: int) -> None:
+        """A new segment (one level of the network); with checkpointing, autograd keeps its inputs."""
+        if self.config.checkpointing:
+            self.segment = 0
+            for x in inputs:
+                self.save(f"{name}.checkpoint", x)
+        self.opened += 1
+        self.segment = self.opened
 
     def like(self, x: int) -> int:
         """A new tensor of the size of `x`."""
@@ -183,7 +192,6 @@ class _Walk:
     def act(self, layer: str, x: int, *, inplace: bool = True) -> int:
         """The activation as `layers.activation` builds it (in place where torch supports it)."""
         option: Activation = self.config.activation
-        size = self.sizes[x]
         fresh = self.like(x)
         if x in self.constant:  # no autograd node, nothing saved
             y = x if inplace and not isinstance(option, GELU) else fresh
@@ -227,7 +235,7 @@ def _dropout_at(config: UNetConfig, stage: int) -> bool:
     return d.rate > 0 and wanted
 
 
-def _block(w: _Walk, prefix: str, stage: Stage, x: int, in_shape: tuple[int, ...], drop: bool) -> int:
+def _block(w: _Walk, prefix: str, stage: Stage, x: int, drop: bool) -> int:
     c = w.config
     pre, residual, has_norm = c.block.preactivation, isinstance(c.block, ResidualBlock), not isinstance(c.norm, NoNorm)
     h, cin = x, stage.in_channels
@@ -264,9 +272,11 @@ def saved_activations(
     dtype: torch.dtype = torch.float32,
     loss: bool = False,
 ) -> list[SavedTensor]:
-    """Every tensor autograd saves in one training-mode forward pass (without checkpointing) of a
-    batch of `batch_size` inputs of spatial `input_shape`, in execution order, parameters and
-    buffers left out; with `loss`, also those of a cross-entropy loss on every head."""
+    """Every tensor autograd saves in one training-mode forward pass of a batch of `batch_size`
+    inputs of spatial `input_shape`, in execution order, parameters and buffers left out; with
+    `loss`, also those of a cross-entropy loss on every head. With checkpointing, the inputs of
+    every segment (layers named ``*.checkpoint``) come first in each segment; the segments' own
+    entries are then recomputed in the backward pass rather than kept."""
     return _walk(config, input_shape, batch_size, dtype, loss)[0].saved
 
 
@@ -281,8 +291,8 @@ def _walk(
     held = [x]  # segment boundaries: the input, each segment's output
     skips: list[int] = []
     for i, stage in enumerate(lay.encoder):
-        w.segment += 1
         prefix = "bottleneck" if i == c.depth else f"enc{i}"
+        w.checkpoint(prefix, x)
         if i > 0:
             shape, ch = w.rows[f"down{i - 1}"].shape, lay.encoder[i - 1].out_channels
             layer = f"down{i - 1}"
@@ -298,14 +308,14 @@ def _walk(
                     x = w.conv(layer, x, ch, shape)
                 case _:
                     raise AssertionError(f"unhandled down {c.down!r}")
-        x = _block(w, prefix, stage, x, (), _dropout_at(c, i))
+        x = _block(w, prefix, stage, x, _dropout_at(c, i))
         held.append(x)
         if i < c.depth:
             skips.append(x)
     outputs = []
     for i in reversed(range(c.depth)):
-        w.segment += 1
         skip, up_shape, up_ch = skips[i], w.rows[f"up{i}"].shape, lay.up_channels[i]
+        w.checkpoint(f"dec{i}", x, skip)
         match c.up:
             case TransposeUp():
                 up = w.conv(f"up{i}", x, up_ch, up_shape)
@@ -313,7 +323,6 @@ def _walk(
                 up = w.conv(f"up{i}.conv", w.new(lay.coarse_channels[i], up_shape), up_ch, up_shape)
             case _:
                 raise AssertionError(f"unhandled up {c.up!r}")
-        skip_ch = lay.encoder[i].out_channels
         w.time += 1
         w.skips.append((w.sizes[skip], w.born[skip], w.time))  # its gradient waits from here back to its birth
         match c.merge:
@@ -331,20 +340,20 @@ def _walk(
                 w.save(f"{gate}.mul", skip)  # the cropped skip, a view
             case _:
                 raise AssertionError(f"unhandled merge {c.merge!r}")
-        merged = w.new(lay.decoder[i].in_channels, up_shape) if not isinstance(c.merge, Add) else w.new(skip_ch, up_shape)
-        x = _block(w, f"dec{i}", lay.decoder[i], merged, up_shape, _dropout_at(c, -1))
+        merged = w.new(lay.decoder[i].in_channels, up_shape)  # concatenated, summed or gated
+        x = _block(w, f"dec{i}", lay.decoder[i], merged, _dropout_at(c, -1))
         held.append(x)
         if i in c.deep_supervision:
-            w.segment = 0
+            w.segment = 0  # heads run outside the segments
             outputs.append((f"aux{i}", w.conv(f"aux{i}", x, c.out_channels, w.rows[f"aux{i}"].shape)))
-            w.segment = len(held)
     w.segment = 0
     outputs.append(("head", w.conv("head", x, c.out_channels, w.rows["head"].shape)))
     held += [k for _, k in outputs]
     if loss:
         for name, k in outputs:
             log_probs = w.like(k)
-            w.save(f"loss.{name}", log_probs)
+            w.save(f"loss.{name}.log_softmax", log_probs)
+            w.save(f"loss.{name}.nll", log_probs)
             w.side(f"loss.{name}.target", w.sizes[k] // c.out_channels, 8)
     return w, held
 
@@ -404,7 +413,7 @@ def estimate_training_memory(
     activations = sum(size.values())
     out_grads = sum(w.sizes[k] * item for k in outputs)
     peak = activations + out_grads  # the backward starts: the outputs' gradients
-    for time, seg, n_io, n_copies in w.convs:
+    for time, _, n_io, n_copies in w.convs:
         # the forward pass at this conv: everything kept so far, and the conv's blocked copies
         peak = max(peak, sum(b for k, b in size.items() if kept[k] <= time) + n_io * item + n_copies * item)
     for time, seg, n_io, n_copies in w.convs:  # the backward reaches this conv
@@ -511,7 +520,8 @@ def plan_training(
 
     smallest = shapes.min_input_shape(config)
     full = tuple(
-        max(m, shapes.input_size_for_output(config, s, axis=a)) for a, (s, m) in enumerate(zip(image, smallest, strict=True))
+        max(m, shapes.input_size_for_output(config, s, axis=a))
+        for a, (s, m) in enumerate(zip(image, smallest, strict=True))
     )
 
     def largest(batch: int) -> tuple[tuple[int, ...], TrainingMemory] | None:

@@ -388,10 +388,7 @@ def deep_supervision_targets(target: Array, config: UNetConfig, input_shape: Seq
             )
         index = (
             ...,
-            *(
-                slice((t - p) // 2 + s // 2, (t - p) // 2 + p, s)
-                for t, p, s in zip(spatial, span, step, strict=True)
-            ),
+            *(slice((t - p) // 2 + s // 2, (t - p) // 2 + p, s) for t, p, s in zip(spatial, span, step, strict=True)),
         )
         out.append(target[index])
     return out
