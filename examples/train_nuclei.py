@@ -89,8 +89,12 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--plot", default=None, help="write a PNG panel here (needs matplotlib)")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads (default: torch's; use 1 on a busy machine)"
+    )
     args = parser.parse_args()
-    torch.set_num_threads(max(1, min(torch.get_num_threads(), 2)))
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     data = np.load(DATA)
     raw, labels = data["image"].astype(np.float32), data["labels"].astype(np.int64)
