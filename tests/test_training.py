@@ -25,6 +25,7 @@ from unetgen.training import (
     deep_supervision_targets,
     elastic_deform,
     head_weights,
+    separate_touching,
     soft_dice_loss,
     weighted_cross_entropy,
 )
@@ -120,6 +121,17 @@ def test_touching_pairs_weighted_up_far_background_at_class_weight() -> None:
     assert gap > 2 * w[15, 5]  # the gap outweighs the background beside a single object
     assert w[40, 75] == wc[40, 75]  # far from any pair: exactly w_c
     assert (w[labels > 0] == wc[labels > 0]).all()  # objects: w_c only
+
+
+def test_separate_touching_opens_a_gap_only_where_objects_touch() -> None:
+    labels = np.zeros((6, 9), int)
+    labels[1:5, 1:4], labels[1:5, 4:7] = 1, 2  # touching along a column
+    labels[1:3, 8] = 3  # alone
+    out = separate_touching(labels)
+    assert (out[1:5, 3:5] == 0).all()  # both contact columns opened
+    assert (out[1:5, 1:3] == 1).all() and (out[1:5, 5:7] == 2).all() and (out[1:3, 8] == 3).all()
+    w = border_weight_map(out, class_weights=None)
+    np.testing.assert_allclose(w[2, 3], 1 + border(1, 2), rtol=1e-6)  # the gap: d1 = 1, d2 = 2
 
 
 @pytest.mark.parametrize(

@@ -32,6 +32,7 @@ __all__ = [
     "deep_supervision_targets",
     "elastic_deform",
     "head_weights",
+    "separate_touching",
     "soft_dice_loss",
     "weighted_cross_entropy",
 ]
@@ -87,6 +88,20 @@ def class_weight_map(labels: Any, class_weights: ClassWeights = "balanced") -> n
                 "{0: background weight, 1: foreground weight}"
             )
     return np.where(fg, np.float32(w_fg), np.float32(w_bg))
+
+
+def separate_touching(labels: Any) -> np.ndarray:
+    """`labels` with a background gap between touching objects, the paper's "small separation
+    borders that we introduce between touching cells": every object pixel with a pixel of another
+    object among its 3^d neighbours becomes background (0). Train on ``separate_touching(labels) > 0``
+    with the weight map of the separated labels, so that the network learns the gaps."""
+    a = _label_image(labels)
+    ids, dense = np.unique(a, return_inverse=True)  # small ids: the filters go through float64
+    dense = dense.reshape(a.shape).astype(np.int64) + (0 if ids[0] == 0 else 1)
+    footprint = np.ones((3,) * a.ndim, bool)
+    highest = ndimage.maximum_filter(dense, footprint=footprint, mode="nearest")
+    lowest = ndimage.minimum_filter(np.where(dense > 0, dense, len(ids) + 1), footprint=footprint, mode="nearest")
+    return np.where((a > 0) & ((highest != dense) | (lowest != dense)), 0, a)
 
 
 def border_weight_map(
