@@ -84,7 +84,9 @@ Optimizer = Literal["sgd", "momentum", "adam", "adamw"]
 BLOCK = 8
 """On CPU, oneDNN convolutions work on copies of their input and output in a channel-blocked
 layout (nChw8c), the channels padded to a multiple of `BLOCK`: a conv holds such copies in the
-forward pass, and its backward holds the input and output gradients plus copies of both."""
+forward pass, and its backward holds the input and output gradients plus copies of both. A 3D
+conv with a single input channel runs as im2col + GEMM instead: a buffer of kernel volume x
+output positions (measured: 160 MiB for 1 -> 8 channels at 116^3, 3x3x3)."""
 
 
 @dataclass(frozen=True)
@@ -156,10 +158,12 @@ class _Walk:
         self.born[key] = self.time
         self.save(layer, key, numel, itemsize)
 
-    def conv(self, layer: str, x: int, channels: int, shape: Sequence[int]) -> int:
+    def conv(self, layer: str, x: int, channels: int, shape: Sequence[int], kernel: Sequence[int] = ()) -> int:
         self.save(layer, x)
         y = self.new(channels, shape)
         copies = sum(self.sizes[k] // self.channels[k] * -(-self.channels[k] // BLOCK) * BLOCK for k in (x, y))
+        if len(shape) == 3 and self.channels[x] == 1:  # oneDNN: im2col + GEMM, a column per kernel tap
+            copies += self.batch * math.prod(kernel) * math.prod(shape)
         self.convs.append((self.time, self.segment, self.sizes[x] + self.sizes[y], copies))
         return y
 
@@ -245,9 +249,9 @@ def _block(w: _Walk, prefix: str, stage: Stage, x: int, drop: bool) -> int:
             if has_norm:
                 h = w.norm(f"{name}.norm", h, cin)
             h = w.act(f"{name}.act", h, inplace=has_norm)
-            h = w.conv(name, h, cout, shape)
+            h = w.conv(name, h, cout, shape, stage.kernel)
         else:
-            h = w.conv(name, h, cout, shape)
+            h = w.conv(name, h, cout, shape, stage.kernel)
             h = w.norm(f"{name}.norm", h, cout)
             if not (residual and j == len(stage.channels) - 1):
                 h = w.act(f"{name}.act", h)
