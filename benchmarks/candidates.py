@@ -96,6 +96,21 @@ CANDIDATES: dict[str, Candidate] = {
             "unused 1x1 deep-supervision heads."
         ),
     ),
+    "nnunet-AA": Candidate(
+        HERE,
+        "nnunet_plain_conv_unet",
+        requires=("dynamic_network_architectures.architectures.unet",),
+        note="a second, identical `nnunet` candidate in its own process: the A/A noise of PlainConvUNet itself",
+    ),
+    "unetgen-nnunet": Candidate(
+        HERE,
+        "unetgen_from_nnunet",
+        requires=("unetgen", "dynamic_network_architectures.architectures.unet"),
+        note=(
+            "the `nnunet` candidate's PlainConvUNet converted by unetgen.interop.convert (same config, same "
+            "weights, same function): the same zero-padding wrapper, so the two differ only in who builds the net"
+        ),
+    ),
 }
 
 
@@ -179,3 +194,11 @@ def nnunet_plain_conv_unet(w: Workload) -> nn.Module:
         nonlin_kwargs={"inplace": True},
     )
     return PadToMultiple(net, 2**w.depth)
+
+
+def unetgen_from_nnunet(w: Workload) -> nn.Module:
+    from unetgen.interop import convert
+
+    padded = nnunet_plain_conv_unet(w)
+    assert isinstance(padded, PadToMultiple)
+    return PadToMultiple(convert(padded.net), padded.multiple)

@@ -17,20 +17,37 @@ def strides(config: UNetConfig, axis: int) -> list[int]:
     return [e[axis] if isinstance(e, tuple) else e for e in entries]
 
 
+def per_level(value: int | tuple[int, ...], level: int) -> int:
+    return value if isinstance(value, int) else value[level]
+
+
 def simulate(config: UNetConfig, size: int, axis: int = 0) -> int | None:
     """The output size along `axis`, or None if some map would vanish or a pool would drop pixels."""
     lay = config.layout
     ks, ss = kernels(config, axis), strides(config, axis)
     shrink = config.padding == "valid"
+    first_conv = config.down.type == "first_conv"  # the first conv of each level strides (same padding)
+    stem = config.stem_stride if isinstance(config.stem_stride, int) else config.stem_stride[axis]
+    if size % stem:  # the output would not be size / stem
+        return None
     skips = []
     x = size
+    if config.stem:  # one conv with level 0's kernel before level 0
+        x -= ks[0] - 1 if shrink else 0
+        if x < 1:
+            return None
     for level in range(config.depth + 1):
-        for _ in lay.encoder[level].channels:
+        for j in range(per_level(config.blocks_per_level, level) * per_level(config.convs_per_block, level)):
+            if first_conv and j == 0:
+                s = stem if level == 0 else ss[level - 1]
+                x = -(-x // s)  # a strided conv padded by k // 2: ceil(x / s) outputs
             x -= ks[level] - 1 if shrink else 0
             if x < 1:
                 return None
         if level < config.depth:
             skips.append(x)
+            if first_conv:
+                continue
             if x % ss[level]:
                 return None
             x //= ss[level]
@@ -38,8 +55,9 @@ def simulate(config: UNetConfig, size: int, axis: int = 0) -> int | None:
         x *= ss[level]
         if skips[level] < x or (skips[level] - x) % 2:
             return None
+        k = ks[level + 1] if config.decoder_kernel == "level_below" else ks[level]
         for _ in lay.decoder[level].channels:
-            x -= ks[level] - 1 if shrink else 0
+            x -= k - 1 if shrink else 0
             if x < 1:
                 return None
     return x

@@ -19,21 +19,43 @@ settings.register_profile("thorough", max_examples=500, deadline=None, suppress_
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 NORMS = ["none", "batch", {"type": "group", "num_groups": 1}, "layer"]  # instance: tested apart (1-pixel maps)
+PRELU_CHANNELS = {"type": "prelu", "num_parameters": "channels", "init": 0.1}
+UPS = [
+    "transpose",
+    {"type": "transpose", "bias": False},
+    {"type": "transpose", "kernel_size": 3, "norm_act": True},
+    "nearest",
+    {"type": "nearest", "conv": "when_channels_change"},
+    "linear",
+    {"type": "linear", "conv": "when_channels_change", "align_corners": True},
+]
+BLOCKS = [
+    "plain",
+    "residual",
+    {"type": "residual", "preactivation": True},
+    {"type": "residual", "shortcut": "resnet_d"},
+    {"type": "residual", "shortcut": "resnet_d", "preactivation": True},
+]
 
 
 @st.composite
-def config_dicts(draw: st.DrawFn, *, dims: tuple[int, ...] = (1, 2, 3), max_depth: int = 5) -> dict[str, Any]:
+def config_dicts(
+    draw: st.DrawFn, *, dims: tuple[int, ...] = (1, 2, 3), max_depth: int = 5, full_resolution: bool = False
+) -> dict[str, Any]:
     """A tiny-channel config dict drawn from the whole option space: per-stage lists, per-axis
-    (anisotropic) kernels and strides, every block, merge, down and up type, deep supervision."""
+    (anisotropic) kernels and strides, every block, merge, down and up type, deep supervision.
+    `full_resolution`: the output at the input's resolution (no `stem_stride`), as tiling needs."""
     d = draw(st.sampled_from(dims))
     depth = draw(st.integers(1, max_depth))
-    merge = draw(st.sampled_from(["concat", "add", "attention"]))
+    merge = draw(st.sampled_from(["concat", {"type": "concat", "order": "up_first"}, "add", "attention"]))
     convs = draw(st.integers(1, 3) | st.lists(st.integers(1, 3), min_size=depth + 1, max_size=depth + 1))
     per_level = convs if isinstance(convs, list) else [convs] * (depth + 1)
     norm = draw(st.sampled_from(NORMS))
     # torch's group norm needs > 1 value per group: wider channels where maps can be 1 pixel
     grouped = norm not in ("none", "batch")
-    width = st.sampled_from([4, 6]) if grouped else st.integers(1, 3)
+    ups = st.sampled_from(["skip", "keep", "half"]) | st.lists(st.integers(1, 3), min_size=depth, max_size=depth)
+    up_channels = "skip" if merge == "add" else draw(ups)
+    width = st.sampled_from([4, 6]) if grouped else st.integers(2 if up_channels == "half" else 1, 3)
     out: dict[str, Any] = {
         "spatial_dims": d,
         "in_channels": draw(st.integers(2 if grouped else 1, 2)),
@@ -42,20 +64,21 @@ def config_dicts(draw: st.DrawFn, *, dims: tuple[int, ...] = (1, 2, 3), max_dept
         "convs_per_block": convs,
         "padding": draw(st.sampled_from(["valid", "same"])),
         "norm": norm,
-        "activation": draw(st.sampled_from(["relu", "leaky_relu", "elu", "gelu", "silu"])),
+        "activation": draw(st.sampled_from(["relu", "leaky_relu", "elu", "gelu", "silu", "prelu", PRELU_CHANNELS])),
+        "norm_position": draw(st.sampled_from(["before_activation", "after_activation"])),
         "merge": merge,
-        "down": draw(st.sampled_from(["max", "avg", "conv"])),
-        "up": draw(st.sampled_from(["transpose", "nearest", "linear"])),
-        "block": draw(st.sampled_from(["plain", "residual", {"type": "residual", "preactivation": True}])),
-        "dropout": {"rate": 0.0},
+        "down": draw(st.sampled_from(["max", "avg", "conv", "first_conv"])),
+        "up": draw(st.sampled_from(UPS)),
+        "block": draw(st.sampled_from(BLOCKS)),
+        "dropout": draw(st.sampled_from([{"rate": 0.0}, 0, 0.0, None, False])),  # no dropout, every spelling
         "init": "torch",
     }
     if draw(st.booleans()):
         out |= {"base_channels": draw(width), "channel_multiplier": 1}
     else:  # explicit channels, some per conv
         out["channels"] = [draw(width | st.lists(width, min_size=n, max_size=n)) for n in per_level]
-    if merge != "add" and draw(st.booleans()):
-        out["up_channels"] = "keep"
+    if up_channels != "skip":
+        out["up_channels"] = up_channels
     if draw(st.booleans()):
         out["decoder_convs_per_block"] = draw(st.integers(1, 3))
     kernel = st.sampled_from([3, 5])
@@ -64,9 +87,21 @@ def config_dicts(draw: st.DrawFn, *, dims: tuple[int, ...] = (1, 2, 3), max_dept
         out["kernel_size"] = [draw(kernel | st.lists(axis_kernel, min_size=d, max_size=d)) for _ in range(depth + 1)]
     else:
         out["kernel_size"] = draw(kernel)
+    out["decoder_kernel"] = draw(st.sampled_from(["same_level", "level_below"]))
     if draw(st.booleans()):
         axis_stride = st.sampled_from([1, 2, 3])
         out["strides"] = [draw(st.just(2) | st.lists(axis_stride, min_size=d, max_size=d)) for _ in range(depth)]
+    if draw(st.booleans()):  # nnU-Net ResEnc: several units per level, a stem, a plain decoder
+        out["blocks_per_level"] = draw(
+            st.integers(1, 2) | st.lists(st.integers(1, 2), min_size=depth + 1, max_size=depth + 1)
+        )
+        out["stem"] = draw(st.booleans())
+        out["decoder_block"] = draw(st.sampled_from([None, *BLOCKS]))
+    if out["down"] == "first_conv":
+        out["padding"] = "same"
+        if not full_resolution and draw(st.booleans()):
+            per_axis = st.lists(st.sampled_from([1, 2]), min_size=d, max_size=d)
+            out["stem_stride"] = draw(st.sampled_from([2, 3]) | per_axis)
     if depth > 1:
         out["deep_supervision"] = draw(st.lists(st.integers(1, depth - 1), unique=True, max_size=2))
     return out

@@ -404,7 +404,7 @@ def test_summary_reads_a_checkpoint(saved, capsys, tmp_path: Path) -> None:
     assert f"config: {path}" in out and "output shape:" in out and "aux1" in out
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"\x00" * 16)
-    assert main(["summary", str(bad)]) == 2
+    assert main(["summary", str(bad)]) == 1  # a failure, not a usage error
     assert "not a complete safetensors file" in capsys.readouterr().err
 
 

@@ -33,10 +33,10 @@ def test_sizes(capsys: pytest.CaptureFixture[str]) -> None:
     assert "132->44" in out and "116->28" in out
 
 
-def test_errors_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_errors_exit_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("depth: 3\nchanels: 4\n")
-    assert main(["sizes", str(bad)]) == 2
+    assert main(["sizes", str(bad)]) == 1
     assert "bad.yaml:2:1: chanels: unknown field 'chanels'; did you mean 'channels'?" in capsys.readouterr().err
 
 

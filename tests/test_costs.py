@@ -21,14 +21,15 @@ def wide_configs(draw: st.DrawFn, *, instance_norm: bool = True) -> UNetConfig:
     d = draw(config_dicts(max_depth=3))
     depth, dims = d["depth"], d["spatial_dims"]
     d["merge"] = draw(st.sampled_from([d["merge"], {"type": "attention", "inter_channels": 2}, "attention"]))
-    d["up_channels"] = draw(st.sampled_from(["skip", "keep"]))
+    d["up_channels"] = draw(st.sampled_from([d.get("up_channels", "skip"), "skip", "keep"]))
     if d["merge"] == "add":
         d["up_channels"] = "skip"
     if instance_norm:
         d["norm"] = draw(st.sampled_from([d["norm"], {"type": "instance", "affine": False}, "instance"]))
     d["bias"] = draw(st.sampled_from([None, True, False]))
     if draw(st.booleans()):
-        d["channels"] = [draw(st.lists(st.integers(1, 3), min_size=1, max_size=1)) * 2 for _ in range(depth + 1)]
+        width = st.integers(2 if d["up_channels"] == "half" else 1, 3)
+        d["channels"] = [draw(st.lists(width, min_size=1, max_size=1)) * 2 for _ in range(depth + 1)]
         d["convs_per_block"] = 2
         d.pop("base_channels", None), d.pop("channel_multiplier", None)
     d["decoder_convs_per_block"] = draw(st.lists(st.integers(1, 2), min_size=depth, max_size=depth))

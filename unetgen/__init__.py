@@ -1,8 +1,9 @@
 """unetgen: U-Nets declared as data, with exact shape arithmetic."""
 
-from .checkpoint import CheckpointError, checkpoint_config, load_unet, save_unet
+from .checkpoint import CheckpointError, checkpoint_config, checkpoint_metadata, load_unet, save_unet
 from .config import UNetConfig
 from .costs import count_macs, count_parameters
+from .draw import draw_unet
 from .io import ConfigError, dump_config, load_config
 from .optimize import optimize_for_inference
 from .presets import PRESETS, get_preset
@@ -36,8 +37,10 @@ __all__ = [
     "aux_shapes",
     "build_unet",
     "checkpoint_config",
+    "checkpoint_metadata",
     "count_macs",
     "count_parameters",
+    "draw_unet",
     "dump_config",
     "get_preset",
     "halo",

@@ -19,11 +19,14 @@ from .config import (
     Concat,
     ConvDown,
     Down,
+    FirstConvDown,
     LinearUp,
     MaxPool,
     Merge,
     NearestUp,
+    NoNorm,
     Norm,
+    ReLU,
     ResidualBlock,
     SpatialDims,
     Stage,
@@ -41,7 +44,9 @@ def center_crop(x: torch.Tensor, shape: tuple[int, ...] | torch.Size) -> torch.T
 
 class ConvBlock(nn.Module):
     """`len(stage.channels)` convolutions with norm and activation, plain or residual, followed by
-    optional dropout. With valid padding each k-wide conv shrinks the map by k - 1 per axis."""
+    optional dropout. With valid padding each k-wide conv shrinks the map by k - 1 per axis; the
+    first conv has the stage's stride (`down: first_conv`, same padding only). A residual
+    block's identity path is `shortcut` (empty: the identity), then `post_act` after the sum."""
 
     def __init__(
         self,
@@ -54,42 +59,58 @@ class ConvBlock(nn.Module):
         bias: bool,
         block: Block,
         dropout: nn.Module | None = None,
+        norm_after: bool = False,
     ) -> None:
         super().__init__()
         pre = block.preactivation
         residual = isinstance(block, ResidualBlock)
         layers_: list[nn.Module] = []
         cin = stage.in_channels
+        stride = stage.first_stride
+        strided = any(s != 1 for s in stride)
         for j, cout in enumerate(stage.channels):
             last = j == len(stage.channels) - 1
+            conv = layers.conv(dims, cin, cout, stage.kernel, stride=stride if j == 0 else 1, same=same, bias=bias)
             if pre:
                 n = layers.norm(norm, dims, cin)
-                # no norm: the activation would overwrite its input, which may be a skip or identity
-                layers_ += [m for m in (n, layers.activation(act, inplace=n is not None)) if m is not None]
-                layers_.append(layers.conv(dims, cin, cout, stage.kernel, same=same, bias=bias))
+                # activation first (no norm, or norm_after): in place it would overwrite the block's
+                # input, which may be a skip or the identity
+                a = layers.activation(act, inplace=n is not None and not norm_after, channels=cin)
+                layers_ += [*layers.norm_act(n, a, after=norm_after), conv]
+            elif residual and last:  # the residual block activates after the sum
+                layers_ += [m for m in (conv, layers.norm(norm, dims, cout)) if m is not None]
             else:
-                layers_.append(layers.conv(dims, cin, cout, stage.kernel, same=same, bias=bias))
-                if (n := layers.norm(norm, dims, cout)) is not None:
-                    layers_.append(n)
-                if not (residual and last):  # the residual block activates after the sum
-                    layers_.append(layers.activation(act))
+                n, a = layers.norm(norm, dims, cout), layers.activation(act, channels=cout)
+                layers_ += [conv, *layers.norm_act(n, a, after=norm_after)]
             cin = cout
         self.body = nn.Sequential(*layers_)
-        self.residual = residual
+        self.residual, self.strided = residual, strided
         if residual:
+            assert isinstance(block, ResidualBlock)
             proj: list[nn.Module] = []
-            if stage.in_channels != stage.out_channels:
-                proj.append(layers.conv(dims, stage.in_channels, stage.out_channels, 1, bias=bias or pre))
-                if not pre and (n := layers.norm(norm, dims, stage.out_channels)) is not None:
-                    proj.append(n)
+            cin, cout = stage.in_channels, stage.out_channels
+            match block.shortcut:
+                case "projection" if cin != cout or strided:
+                    proj.append(layers.conv(dims, cin, cout, 1, stride=stride, bias=bias or pre))
+                case "resnet_d":
+                    if strided:
+                        proj.append(layers.AVG_POOL[dims](stride, stride, ceil_mode=True))
+                    if cin != cout:
+                        proj.append(layers.conv(dims, cin, cout, 1, bias=False))
+            projected = bool(proj) and isinstance(proj[-1], nn.modules.conv._ConvNd)
+            if projected and not pre and (n := layers.norm(norm, dims, cout)) is not None:
+                proj.append(n)
             self.shortcut = nn.Sequential(*proj)
-            self.post_act = None if pre else layers.activation(act)
+            self.post_act = None if pre else layers.activation(act, channels=stage.out_channels)
         self.dropout = dropout
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.body(x)  # (B, C_out, *(S - sum(k - 1)))
         if self.residual:
-            y = y + self.shortcut(center_crop(x, y.shape[2:]))  # valid padding: the identity cropped centrally
+            if self.strided:  # same padding (config rule): the strided shortcut gives y's shape
+                y = y + self.shortcut(x)
+            else:  # valid padding: the identity cropped centrally
+                y = y + self.shortcut(center_crop(x, y.shape[2:]))
             if self.post_act is not None:
                 y = self.post_act(y)
         if self.dropout is not None:
@@ -97,9 +118,23 @@ class ConvBlock(nn.Module):
         return y
 
 
-def make_down(option: Down, dims: SpatialDims, channels: int, stride: tuple[int, ...]) -> nn.Module:
-    """Down-sampling by `stride` with kernel = stride; the channels stay."""
+def conv_norm_act(
+    dims: SpatialDims, stage: Stage, *, same: bool, norm: Norm, act: Activation, bias: bool, norm_after: bool = False
+) -> nn.Sequential:
+    """One conv of `stage` (its kernel and first stride), then norm and activation (in the
+    opposite order with `norm_after`): the stem."""
+    cin, cout = stage.in_channels, stage.out_channels
+    conv = layers.conv(dims, cin, cout, stage.kernel, stride=stage.first_stride, same=same, bias=bias)
+    n, a = layers.norm(norm, dims, cout), layers.activation(act, channels=cout)
+    return nn.Sequential(conv, *layers.norm_act(n, a, after=norm_after))
+
+
+def make_down(option: Down, dims: SpatialDims, channels: int, stride: tuple[int, ...]) -> nn.Module | None:
+    """Down-sampling by `stride` with kernel = stride; the channels stay. None for `first_conv`,
+    whose stride is in the next block's first conv."""
     match option:
+        case FirstConvDown():
+            return None
         case MaxPool():
             return layers.MAX_POOL[dims](stride, stride)
         case AvgPool():
@@ -109,19 +144,58 @@ def make_down(option: Down, dims: SpatialDims, channels: int, stride: tuple[int,
     raise AssertionError(f"unhandled down {option!r}")
 
 
-def make_up(option: Up, dims: SpatialDims, cin: int, cout: int, stride: tuple[int, ...]) -> nn.Module:
-    """Up-sampling by `stride` from `cin` to `cout` channels."""
+_NO_NORM, _RELU = NoNorm(), ReLU()
+
+
+def make_up(
+    option: Up,
+    dims: SpatialDims,
+    cin: int,
+    cout: int,
+    stride: tuple[int, ...],
+    *,
+    norm: Norm = _NO_NORM,
+    act: Activation = _RELU,
+    norm_after: bool = False,
+) -> nn.Module:
+    """Up-sampling by `stride` from `cin` to `cout` channels; `norm`, `act` and `norm_after`
+    serve a transposed conv with `norm_act`."""
     match option:
-        case TransposeUp():
-            return layers.CONV_TRANSPOSE[dims](cin, cout, stride, stride=stride)
-        case NearestUp():
-            return nn.Sequential(nn.Upsample(scale_factor=stride, mode="nearest"), layers.conv(dims, cin, cout, 1))
-        case LinearUp():
-            mode = layers.INTERPOLATION[dims]
-            return nn.Sequential(
-                nn.Upsample(scale_factor=stride, mode=mode, align_corners=False), layers.conv(dims, cin, cout, 1)
-            )
+        case TransposeUp(bias=bias, kernel_size=k, norm_act=norm_act):
+            if k is None:  # kernel = stride: no padding
+                conv = layers.CONV_TRANSPOSE[dims](cin, cout, stride, stride=stride, bias=bias)
+            else:  # padded by k // 2, output padding stride - 1: out = in * stride (MONAI's rule)
+                extra = tuple(s - 1 for s in stride)
+                conv = layers.CONV_TRANSPOSE[dims](
+                    cin, cout, k, stride=stride, padding=k // 2, output_padding=extra, bias=bias
+                )
+            if not norm_act:
+                return conv
+            n, a = layers.norm(norm, dims, cout), layers.activation(act, channels=cout)
+            return nn.Sequential(conv, *layers.norm_act(n, a, after=norm_after))
+        case NearestUp(conv=when) | LinearUp(conv=when):
+            if isinstance(option, LinearUp):
+                mode, corners = layers.INTERPOLATION[dims], option.align_corners
+                upsample = nn.Upsample(scale_factor=stride, mode=mode, align_corners=corners)
+            else:
+                upsample = nn.Upsample(scale_factor=stride, mode="nearest")
+            wanted = when == "always" or cin != cout
+            return InterpolateUp(upsample, layers.conv(dims, cin, cout, 1) if wanted else None)
     raise AssertionError(f"unhandled up {option!r}")
+
+
+class InterpolateUp(nn.Sequential):
+    """Interpolation and an optional 1x1 conv, held as (upsample, conv) but run conv first: a
+    1x1 conv commutes with nearest and (bi/tri)linear interpolation (whose weights sum to 1), and
+    on the coarser map it costs 1/stride**dims as much (MONAI's UpSample runs it first too)."""
+
+    def __init__(self, upsample: nn.Upsample, conv: nn.Module | None) -> None:
+        super().__init__(upsample, *([conv] if conv is not None else []))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if len(self) > 1:
+            x = self[1](x)  # (B, C_up, *S)
+        return self[0](x)  # (B, C_up, *(S * stride))
 
 
 class Gate(nn.Module):
@@ -136,7 +210,7 @@ class Gate(nn.Module):
             return nn.Sequential(*[m for m in (layers.conv(dims, cin, cout, 1), n) if m is not None])
 
         self.w_x, self.w_g = project(skip, inter), project(gate, inter)
-        self.act = layers.activation(act)
+        self.act = layers.activation(act, channels=inter)
         self.psi = nn.Sequential(layers.conv(dims, inter, 1, 1), nn.Sigmoid())  # (B, 1, *S) gate in [0, 1]
 
     def forward(self, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
@@ -161,6 +235,8 @@ class SkipMerge(nn.Module):
         match self.option:
             case Add():
                 return skip + up
+            case Concat(order="up_first"):
+                return torch.cat([up, skip], dim=1)  # (B, C_up + C_skip, *S)
             case Concat():
                 return torch.cat([skip, up], dim=1)  # (B, C_skip + C_up, *S)
             case AttentionGate():

@@ -1,9 +1,15 @@
 """Checkpoints: one `.safetensors` file with the weights, the config and the unetgen version.
 
 safetensors stores raw tensors behind a JSON header, so loading never unpickles and cannot
-run code. The metadata holds `format` ("unetgen"), `unetgen_version` and `config` (the
-config as JSON); `load_unet` rebuilds the model from that config and checks that the stored
-tensors are exactly the ones the model has before copying any of them.
+run code. The metadata holds `format` ("unetgen"), `unetgen_version`, `state_format`, `config`
+(the whole config as a JSON object) and, when given, `user_metadata` (the caller's JSON object:
+normalisation statistics, epoch, class names...). `load_unet` rebuilds the model from that config
+and checks that the stored tensors are exactly the ones the model has, names, shapes and dtypes,
+before copying any of them.
+
+A checkpoint is untrusted input: only a regular file is opened (never a FIFO or device), the
+stored config must be a JSON object within the limits config files have (never a path or a
+preset name, so no other file is ever read), and every message echoes bounded values only.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import json
 import os
 import uuid
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +27,10 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from . import documents
 from .config import UNetConfig
-from .io import ConfigError, load_config
+from .io import ConfigError, validate_document
+from .reprs import short_path, short_repr, short_text
 from .unet import UNet, build_unet
 
 FORMAT = "unetgen"
@@ -29,6 +38,19 @@ STATE_FORMAT = "2"
 """The module layout of the stored weights. 2: one module per level (`encoder.{i}.down`,
 `encoder.{i}.block`, `decoder.{i}.aux`); unetgen 0.1 wrote `down.{i}`, `encoder.{i}.body` and
 `aux_heads.{i}` (no `state_format` entry)."""
+
+
+RESERVED_METADATA = frozenset({"format", "unetgen_version", "state_format", "config", "user_metadata"})
+"""Metadata entries unetgen writes itself; `save_unet(metadata=...)` refuses them as keys."""
+MAX_METADATA_BYTES = 1 << 20
+"""Largest `metadata` (as JSON text) `save_unet` writes and the loaders read: 1 MiB."""
+MAX_METADATA_VALUES = 100_000
+"""Most values (counting every list item and mapping value) in `metadata`."""
+MAX_HEADER_BYTES = 16 << 20
+"""Largest safetensors header read (tensor names and shapes, config, metadata): 16 MiB."""
+MAX_CONFIG_BYTES = documents.MAX_BYTES
+"""Largest stored config (JSON text) read: the limit config files have."""
+_FLOAT_DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32, "F64": torch.float64}
 
 
 class CheckpointError(ValueError):
@@ -48,33 +70,123 @@ def _unwrap(model: nn.Module) -> UNet:
     return inner
 
 
-def save_unet(model: nn.Module, path: str | Path) -> Path:
+def save_unet(model: nn.Module, path: str | Path, *, metadata: Mapping[str, Any] | None = None) -> Path:
     """Write `model`'s weights and config to `path` (.safetensors) atomically and return the path.
+
+    `metadata` is yours to keep with the weights (normalisation statistics, epoch, class
+    names...): a mapping with string keys (not one of `RESERVED_METADATA`) and JSON values
+    (dicts with string keys, lists or tuples, strings, finite floats, ints up to 64 bits,
+    booleans, None), at most `MAX_METADATA_BYTES` as JSON and `MAX_METADATA_VALUES` values.
+    `checkpoint_metadata(path)` and `load_unet(path).metadata` give it back (tuples as lists).
 
     The file is written next to `path` under a temporary name, flushed to disk and renamed over
     `path`, so a crash mid-save leaves any previous checkpoint at `path` intact."""
     unet = _unwrap(model)
-    p = Path(path)
-    if p.suffix != ".safetensors":
-        raise CheckpointError(f"{p}: a checkpoint path must end in .safetensors")
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in unet.state_dict().items()}
-    metadata = {
+    p = _checked_save_path(path)
+    header = {
         "format": FORMAT,
         "unetgen_version": _version(),
         "state_format": STATE_FORMAT,
         "config": _config_json(unet.config),
     }
-    tmp = p.with_name(f".{p.name}.{uuid.uuid4().hex}.tmp")  # same directory, so the rename is atomic
+    if metadata is not None:
+        header["user_metadata"] = _metadata_json(metadata)
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in unet.state_dict().items()}
+    tmp = p.with_name(f".{p.name[:100]}.{uuid.uuid4().hex}.tmp")  # same directory, so the rename is atomic
     try:
-        save_file(tensors, tmp, metadata=metadata)
+        save_file(tensors, tmp, metadata=header)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, p)
+    except Exception as err:  # OSError, or safetensors' own error for a failed write
+        _remove(tmp)
+        why = err.strerror if isinstance(err, OSError) and err.strerror else short_text(str(err))
+        raise CheckpointError(f"{short_path(p)}: cannot write the checkpoint: {why}") from err
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        _remove(tmp)
         raise
     _fsync_dir(p.parent)
     return p
+
+
+def _remove(path: Path) -> None:
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:
+        pass
+
+
+def _checked_save_path(path: Any) -> Path:
+    if isinstance(path, bytes) or not isinstance(path, (str, os.PathLike)):
+        raise CheckpointError(f"a checkpoint path must be a str or os.PathLike, not {type(path).__name__}")
+    p = Path(path)
+    if "\0" in str(p):
+        raise CheckpointError(f"{short_path(p)}: the path contains a NUL byte, which no file name can hold")
+    if p.suffix != ".safetensors":
+        raise CheckpointError(f"{short_path(p)}: a checkpoint path must end in .safetensors")
+    if len(str(p)) > documents.MAX_PATH or len(os.fsencode(p.name)) > 255:
+        raise CheckpointError(
+            f"{short_path(p)}: the path is too long ({len(str(p)):,} characters; a file name has at most 255 "
+            f"bytes, a path {documents.MAX_PATH} characters)"
+        )
+    if not p.parent.is_dir():
+        raise CheckpointError(f"{short_path(p)}: the folder {short_path(p.parent)} does not exist; create it first")
+    return p
+
+
+def _metadata_json(metadata: Any) -> str:
+    """`metadata` as JSON text, or `CheckpointError` naming the offending key."""
+    if not isinstance(metadata, Mapping):
+        raise CheckpointError(f"metadata must be a mapping of names to JSON values, not {type(metadata).__name__}")
+    for key, value in metadata.items():
+        if not isinstance(key, str):
+            raise CheckpointError(f"metadata keys must be strings, got {short_repr(key)} ({type(key).__name__})")
+        if key in RESERVED_METADATA:
+            raise CheckpointError(
+                f"metadata key {key!r} is reserved (unetgen writes {', '.join(sorted(RESERVED_METADATA))} "
+                "itself); rename it, e.g. 'my_" + key + "'"
+            )
+        try:
+            documents.check_limits(value, max_nodes=MAX_METADATA_VALUES)
+            _string_keys(value)
+            json.dumps(value, allow_nan=False)
+        except documents.ParseError as err:
+            raise CheckpointError(f"metadata[{short_repr(key)}]: {err.message}") from None
+        except (TypeError, ValueError, RecursionError) as err:
+            what = short_text(str(err))
+            raise CheckpointError(
+                f"metadata[{short_repr(key)}] is not JSON ({what}); store plain values, e.g. float(x), "
+                "x.tolist(), str(path); NaN and infinity are not JSON"
+            ) from None
+    try:
+        documents.check_limits(dict(metadata), max_nodes=MAX_METADATA_VALUES)
+    except documents.ParseError as err:
+        raise CheckpointError(f"metadata: {err.message}") from None
+    text = json.dumps(dict(metadata), allow_nan=False, ensure_ascii=False)
+    if len(text.encode("utf-8", "surrogatepass")) > MAX_METADATA_BYTES:
+        raise CheckpointError(
+            f"metadata is {len(text):,} characters as JSON; the limit is {MAX_METADATA_BYTES:,} bytes "
+            "(store large arrays in a file of their own)"
+        )
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise CheckpointError("metadata holds a lone surrogate character, which is not Unicode text") from None
+    return text
+
+
+def _string_keys(value: Any) -> None:
+    """Refuse mappings with keys that are not strings anywhere in `value` (JSON would silently
+    turn ``{1: 2}`` into ``{"1": 2}``); `value` is already known to be small and shallow."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, Mapping):
+            if bad := [k for k in item if not isinstance(k, str)]:
+                raise TypeError(f"a key {short_repr(bad[0])} is not a string (JSON keys are strings)")
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
 
 
 def _config_json(config: UNetConfig) -> str:
@@ -102,42 +214,123 @@ def _version() -> str:
     return __version__
 
 
-def _open(path: str | Path) -> Any:
+def _open(path: Any) -> Any:
+    """A safetensors reader of the regular file at `path`. The path is checked (stat) and opened
+    non-blocking, the descriptor checked again (fstat), and on Linux safetensors reads that very
+    descriptor (through /proc/self/fd), so nothing swapped in between can block or be read."""
     try:
-        return safe_open(str(path), framework="pt", device="cpu")
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: no such file") from None
+        fd = documents.open_regular(path)
+    except documents.ParseError as err:
+        raise CheckpointError(f"{short_path(path)}: {err.message}") from None
+    try:
+        head = os.read(fd, 8)
+        if len(head) == 8 and int.from_bytes(head, "little") > MAX_HEADER_BYTES:
+            raise CheckpointError(
+                f"{short_path(path)}: not a complete safetensors file (its header claims "
+                f"{int.from_bytes(head, 'little'):,} bytes; a checkpoint's header, with the tensor names, config and "
+                f"metadata, is at most {MAX_HEADER_BYTES:,})"
+            )
+        proc = f"/proc/self/fd/{fd}"
+        return safe_open(proc if os.path.exists(proc) else os.fspath(path), framework="pt", device="cpu")
+    except CheckpointError:
+        raise
     except Exception as err:  # safetensors raises its own SafetensorError for any malformed file
-        raise CheckpointError(f"{path}: not a complete safetensors file ({err})") from None
+        raise CheckpointError(f"{short_path(path)}: not a complete safetensors file ({short_text(str(err))})") from None
+    finally:
+        os.close(fd)
 
 
-def _read_config(path: str | Path, metadata: dict[str, str] | None) -> UNetConfig:
+def _check_format(path: Any, metadata: dict[str, str] | None) -> dict[str, str]:
     meta = metadata or {}
     if meta.get("format") != FORMAT:
         raise CheckpointError(
-            f"{path}: not a unetgen checkpoint (metadata format={meta.get('format')!r}, expected {FORMAT!r}; "
-            "write checkpoints with unetgen.save_unet)"
+            f"{short_path(path)}: not a unetgen checkpoint (metadata format={short_repr(meta.get('format'))}, "
+            f"expected {FORMAT!r}; write checkpoints with unetgen.save_unet)"
         )
-    if "config" not in meta:
-        raise CheckpointError(f"{path}: the metadata has no 'config' entry")
+    return meta
+
+
+def _read_config(path: Any, metadata: dict[str, str] | None) -> UNetConfig:
+    """The stored config: a JSON object, parsed and validated as a document with the limits
+    config files have. A string (a path or a preset name) or any other JSON value is refused:
+    a checkpoint never makes unetgen read another file."""
+    meta, shown = _check_format(path, metadata), short_path(path)
+    text = meta.get("config")
+    if text is None:
+        raise CheckpointError(f"{shown}: the metadata has no 'config' entry")
+    if len(text) > MAX_CONFIG_BYTES:
+        raise CheckpointError(
+            f"{shown}: the metadata 'config' is {len(text):,} characters; a config is a few kilobytes "
+            f"(limit {MAX_CONFIG_BYTES:,})"
+        )
     try:
-        data = json.loads(meta["config"])
-    except json.JSONDecodeError as err:
-        raise CheckpointError(f"{path}: the metadata 'config' is not valid JSON: {err}") from None
+        doc = documents.parse(text, "json")
+    except documents.ParseError as err:
+        where = f" (line {err.line}, column {err.column})" if (err.line, err.column) != (1, 1) else ""
+        raise CheckpointError(f"{shown}: the metadata 'config' is not valid JSON: {err.message}{where}") from None
+    if not isinstance(doc.value, dict):
+        kind = {str: "string", list: "list", bool: "boolean", int: "number", float: "number"}.get(
+            type(doc.value), "null"
+        )
+        raise CheckpointError(
+            f"{shown}: the metadata 'config' is a JSON {kind}, not an object; a checkpoint stores its whole "
+            "config (save_unet writes every field), never a path or a preset name, so it is refused"
+        )
     try:
-        return load_config(data)
+        return validate_document(doc.value, f"{shown}: config", doc.positions)
     except ConfigError as err:
-        raise CheckpointError(f"{path}: the stored config is not a valid UNetConfig:\n{err}") from None
+        raise CheckpointError(f"{shown}: the stored config is not a valid UNetConfig:\n{err}") from None
+
+
+def _read_user_metadata(path: Any, metadata: dict[str, str] | None) -> dict[str, Any]:
+    meta, shown = _check_format(path, metadata), short_path(path)
+    text = meta.get("user_metadata")
+    if text is None:
+        return {}
+    if len(text) > MAX_METADATA_BYTES:
+        raise CheckpointError(
+            f"{shown}: the metadata 'user_metadata' is {len(text):,} characters; the limit is {MAX_METADATA_BYTES:,}"
+        )
+    try:
+        value = json.loads(text, parse_constant=_no_constant, object_pairs_hook=_no_duplicates)
+        documents.check_limits(value, max_nodes=MAX_METADATA_VALUES)
+    except documents.ParseError as err:
+        raise CheckpointError(f"{shown}: the metadata 'user_metadata': {err.message}") from None
+    except RecursionError:
+        raise CheckpointError(
+            f"{shown}: the metadata 'user_metadata' is nested deeper than {documents.MAX_NESTING} levels"
+        ) from None
+    except ValueError as err:  # not JSON, a duplicate key, NaN, or an int of thousands of digits
+        if "integer string conversion" in str(err):
+            what = "holds a number of thousands of digits"
+            raise CheckpointError(f"{shown}: the metadata 'user_metadata' {what}") from None
+        raise CheckpointError(
+            f"{shown}: the metadata 'user_metadata' is not valid JSON ({short_text(str(err))})"
+        ) from None
+    if not isinstance(value, dict):
+        raise CheckpointError(f"{shown}: the metadata 'user_metadata' is a {type(value).__name__}, not a JSON object")
+    return value
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        raise ValueError("a key appears twice")
+    return out
 
 
 def _check_state_format(path: str | Path, metadata: dict[str, str]) -> None:
     stored = metadata.get("state_format")
     if stored != STATE_FORMAT:
-        written = f"state_format {stored!r}" if stored is not None else "the module layout of unetgen 0.1"
+        written = f"state_format {short_repr(stored)}" if stored is not None else "the module layout of unetgen 0.1"
         raise CheckpointError(
-            f"{path}: the weights use {written} but this unetgen reads state_format {STATE_FORMAT!r} "
+            f"{short_path(path)}: the weights use {written} but this unetgen reads state_format {STATE_FORMAT!r} "
             "(one module per level); load it with the unetgen version that wrote it "
-            f"({metadata.get('unetgen_version', 'unknown')!r}) and re-save the state_dict, or rebuild "
+            f"({short_repr(metadata.get('unetgen_version', 'unknown'))}) and re-save the state_dict, or rebuild "
             "the model from checkpoint_config(path) and retrain"
         )
 
@@ -148,9 +341,50 @@ def checkpoint_config(path: str | Path) -> UNetConfig:
         return _read_config(path, f.metadata())
 
 
+def checkpoint_metadata(path: str | Path) -> dict[str, Any]:
+    """The `metadata` given to `save_unet` (``{}`` if none), read from the header only."""
+    with _open(path) as f:
+        return _read_user_metadata(path, f.metadata())
+
+
+def _name(key: str) -> str:
+    return key if len(key) <= 80 else short_repr(key)
+
+
 def _listing(names: list[str], limit: int = 6) -> str:
-    shown = ", ".join(names[:limit])
+    shown = ", ".join(map(_name, names[:limit]))
     return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def _check_dtypes(path: Any, stored: dict[str, str], expected: dict[str, torch.dtype]) -> None:
+    """Floating-point tensors must be stored as one of F16, BF16, F32, F64, all alike; every other
+    tensor (batch norm's step counter) with exactly the model's dtype."""
+    shown, floats = short_path(path), {}
+    for key in sorted(stored.keys() & expected.keys()):
+        dtype, want = stored[key], expected[key]
+        if want.is_floating_point:
+            if dtype not in _FLOAT_DTYPES:
+                raise CheckpointError(
+                    f"{shown}: tensor {_name(key)} is stored as {short_repr(dtype)}; weights must be floating "
+                    f"point ({', '.join(_FLOAT_DTYPES)}), all of one dtype"
+                )
+            floats.setdefault(dtype, key)
+        elif _FLOAT_DTYPES.get(dtype) is not None or dtype != _safetensors_name(want):
+            raise CheckpointError(
+                f"{shown}: tensor {_name(key)} is stored as {short_repr(dtype)}; it must be "
+                f"{_safetensors_name(want)} ({want})"
+            )
+    if len(floats) > 1:
+        mixed = ", ".join(f"{d} ({_name(k)})" for d, k in floats.items())
+        raise CheckpointError(
+            f"{shown}: the weights mix floating-point dtypes: {mixed}; a checkpoint holds one dtype "
+            "(save the model after model.to(dtype))"
+        )
+
+
+def _safetensors_name(dtype: torch.dtype) -> str:
+    names = {torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8"}
+    return names.get(dtype, "BOOL" if dtype == torch.bool else str(dtype))
 
 
 def load_unet(path: str | Path, *, device: torch.device | str | None = None, strict: bool = True) -> UNet:
@@ -160,11 +394,19 @@ def load_unet(path: str | Path, *, device: torch.device | str | None = None, str
     otherwise `CheckpointError` names the missing, unexpected and mis-shaped tensors. With
     `strict=False` missing and unexpected tensors only warn (missing ones keep their fresh
     initialisation); a shape mismatch always raises. The floating-point parameters take the
-    stored dtype."""
+    stored dtype, which must be one of float16, bfloat16, float32, float64 for every weight
+    (integer, bool, complex, float8 or mixed dtypes raise `CheckpointError` naming a tensor).
+
+    The model's `metadata` attribute holds the `metadata` given to `save_unet` (``{}`` if none),
+    as `checkpoint_metadata(path)` returns it."""
+    shown = short_path(path)
     with _open(path) as f:
-        config = _read_config(path, f.metadata())
-        _check_state_format(path, f.metadata())
+        header = f.metadata()
+        config = _read_config(path, header)
+        _check_state_format(path, header)
+        user_metadata = _read_user_metadata(path, header)
         found = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+        dtypes = {k: f.get_slice(k).get_dtype() for k in f.keys()}
         model = build_unet(config, device=device)
         expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
         missing = sorted(expected.keys() - found.keys())
@@ -180,19 +422,21 @@ def load_unet(path: str | Path, *, device: torch.device | str | None = None, str
             if names and (strict or what == "shape mismatch")
         ]
         if problems:
-            raise CheckpointError(f"{path}: the weights do not fit the stored config; " + "; ".join(problems))
+            raise CheckpointError(f"{shown}: the weights do not fit the stored config; " + "; ".join(problems))
+        _check_dtypes(path, dtypes, {k: v.dtype for k, v in model.state_dict().items()})
         if missing or unexpected:
             warnings.warn(
-                f"{path}: loading non-strictly; missing: {_listing(missing) or 'none'}; "
+                f"{shown}: loading non-strictly; missing: {_listing(missing) or 'none'}; "
                 f"unexpected: {_listing(unexpected) or 'none'}",
                 stacklevel=2,
             )
         try:
             state = {k: f.get_tensor(k) for k in found if k in expected}
         except Exception as err:
-            raise CheckpointError(f"{path}: cannot read the weights ({err})") from None
+            raise CheckpointError(f"{shown}: cannot read the weights ({short_text(str(err))})") from None
     floats = [v.dtype for v in state.values() if v.is_floating_point()]
     if floats:
         model.to(dtype=floats[0])
     model.load_state_dict(state, strict=False)
+    model.metadata = user_metadata
     return model.eval()

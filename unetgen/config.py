@@ -7,6 +7,8 @@ string (``norm: batch``), which means that option with its default parameters.
 
 from __future__ import annotations
 
+import numbers
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Annotated, Any, Literal
@@ -18,11 +20,12 @@ from pydantic import (
     GetCoreSchemaHandler,
     GetJsonSchemaHandler,
     SerializerFunctionWrapHandler,
+    ValidationError,
     model_serializer,
     model_validator,
 )
 from pydantic.functional_validators import BeforeValidator
-from pydantic_core import core_schema
+from pydantic_core import InitErrorDetails, PydanticCustomError, core_schema
 
 
 def _not_bool(value: Any) -> Any:
@@ -39,7 +42,8 @@ MAX_CHANNELS = 16384
 MAX_DEPTH = 8
 MAX_KERNEL = 15
 MAX_STRIDE = 8
-MAX_CONVS = 8
+MAX_CONVS = 16
+MAX_BLOCKS = 16
 
 
 class _Model(BaseModel):
@@ -151,7 +155,17 @@ class SiLU(_Model):
     type: Literal["silu"] = "silu"
 
 
-Activation = Annotated[ReLU | LeakyReLU | ELU | GELU | SiLU, Field(discriminator="type"), BareString()]
+class PReLU(_Model):
+    """Parametric ReLU (He et al. 2015): a learned slope for negative inputs."""
+
+    type: Literal["prelu"] = "prelu"
+    num_parameters: Literal["one", "channels"] = "one"
+    """One slope per layer (`one`, torch's default) or one per channel (`channels`)."""
+    init: float = Field(0.25, ge=-1, le=1)
+    """Initial slope."""
+
+
+Activation = Annotated[ReLU | LeakyReLU | ELU | GELU | SiLU | PReLU, Field(discriminator="type"), BareString()]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -167,12 +181,17 @@ class PlainBlock(_Model):
 
 
 class ResidualBlock(_Model):
-    """A residual block (He et al. 2016): the convs plus an identity path, projected by a 1x1
-    conv where the channels change and centre-cropped where valid padding shrinks the map."""
+    """A residual block (He et al. 2016): the convs plus an identity path, projected where the
+    channels or the size change and centre-cropped where valid padding shrinks the map."""
 
     type: Literal["residual"] = "residual"
     preactivation: bool = False
     """Pre-activation residual unit (norm, activation, conv; no activation after the sum)."""
+    shortcut: Literal["projection", "resnet_d"] = "projection"
+    """The identity path where channels or size change: `projection` = a 1x1 conv (strided like
+    the block) + norm (He et al. 2016; MONAI's UnetResBlock); `resnet_d` = average pooling
+    (kernel = stride, ceil mode) where the block strides, then a 1x1 conv without bias + norm
+    where the channels change (He et al. 2019, "ResNet-D"; nnU-Net's BasicBlockD)."""
 
 
 Block = Annotated[PlainBlock | ResidualBlock, Field(discriminator="type"), BareString()]
@@ -186,6 +205,10 @@ class Concat(_Model):
     """Concatenate the centre-cropped skip and the up-sampled map along channels (the paper)."""
 
     type: Literal["concat"] = "concat"
+    order: Literal["skip_first", "up_first"] = "skip_first"
+    """Channel order of the concatenation: skip then up-sampled map (the paper, MONAI's
+    BasicUNet), or the up-sampled map first (nnU-Net, MONAI's DynUNet); it orders the next
+    conv's input channels, so weights copied from a peer need no permutation."""
 
 
 class Add(_Model):
@@ -228,25 +251,63 @@ class ConvDown(_Model):
     type: Literal["conv"] = "conv"
 
 
-Down = Annotated[MaxPool | AvgPool | ConvDown, Field(discriminator="type"), BareString()]
+class FirstConvDown(_Model):
+    """No separate down-sampling layer: the first conv of each lower level's block carries the
+    stride (with that level's kernel and `same` padding), as in nnU-Net and MONAI's DynUNet.
+    Needs `padding: same`."""
+
+    type: Literal["first_conv"] = "first_conv"
+
+
+Down = Annotated[MaxPool | AvgPool | ConvDown | FirstConvDown, Field(discriminator="type"), BareString()]
 
 
 class TransposeUp(_Model):
     """Transposed convolution with kernel = stride (the paper's 2x2 up-convolution)."""
 
     type: Literal["transpose"] = "transpose"
+    bias: bool = True
+    """Give the transposed conv a bias (MONAI DynUNet's trans_bias=False has none)."""
+    kernel_size: int | None = Field(None, ge=1, le=MAX_KERNEL)
+    """Kernel size (odd), padded by kernel_size // 2 with output padding stride - 1 so that the
+    map still grows by exactly the stride (MONAI's UNet and AttentionUnet: 3); default: the
+    stride."""
+    norm_act: bool = False
+    """Follow the transposed conv by the config's norm and activation (MONAI's UNet and
+    AttentionUnet)."""
+
+    @model_validator(mode="after")
+    def _odd(self) -> TransposeUp:
+        if self.kernel_size is not None and self.kernel_size % 2 == 0:
+            k = self.kernel_size
+            raise ValueError(f"up.kernel_size={k} must be odd so that the map grows by exactly the stride; use {k + 1}")
+        return self
+
+
+InterpolationConv = Literal["always", "when_channels_change"]
 
 
 class NearestUp(_Model):
-    """Nearest-neighbour interpolation by the stride, then a 1x1 conv to the new channels."""
+    """Nearest-neighbour interpolation by the stride and a 1x1 conv to the new channels (run on
+    the coarser map first: the two commute)."""
 
     type: Literal["nearest"] = "nearest"
+    conv: InterpolationConv = "always"
+    """When the 1x1 conv is there: `always`, or `when_channels_change` (MONAI's UpSample with
+    pre_conv="default": none where the channels stay)."""
 
 
 class LinearUp(_Model):
-    """(Bi/tri)linear interpolation by the stride (align_corners=False), then a 1x1 conv."""
+    """(Bi/tri)linear interpolation by the stride and a 1x1 conv to the new channels (run on the
+    coarser map first: the two commute)."""
 
     type: Literal["linear"] = "linear"
+    conv: InterpolationConv = "always"
+    """When the 1x1 conv is there: `always`, or `when_channels_change` (MONAI's UpSample with
+    pre_conv="default": none where the channels stay)."""
+    align_corners: bool = False
+    """Align the corner pixels of input and output (torch's `align_corners`; MONAI's BasicUNet
+    uses True)."""
 
 
 Up = Annotated[TransposeUp | NearestUp | LinearUp, Field(discriminator="type"), BareString()]
@@ -269,6 +330,40 @@ class Dropout(_Model):
     """Drop whole channels (`Dropout2d`/`Dropout3d`) instead of single elements."""
 
 
+class DropoutShorthand:
+    """Annotated marker: `dropout` may be written as a number (the rate, paper placement), as
+    ``0``, ``false`` or ``null`` (no dropout) or as ``true`` (the paper's dropout: `Dropout()`,
+    rate 0.5 at the end of the contracting path); the JSON Schema says so."""
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> core_schema.CoreSchema:
+        return core_schema.no_info_before_validator_function(_dropout_shorthand, handler(source))
+
+    def __get_pydantic_json_schema__(self, schema: core_schema.CoreSchema, handler: GetJsonSchemaHandler) -> Any:
+        return {
+            "anyOf": [
+                {"type": "number", "minimum": 0, "exclusiveMaximum": 1, "description": "the rate"},
+                {"type": "boolean", "description": "true: the paper's dropout (rate 0.5); false: none"},
+                {"type": "null", "description": "no dropout"},
+                handler(schema),
+            ]
+        }
+
+
+def _dropout_shorthand(value: Any) -> Any:
+    if value is None or value is False:
+        return {"rate": 0.0}
+    if value is True:
+        return {}
+    if isinstance(value, numbers.Real):  # numpy floats and integers too
+        return {"rate": value if isinstance(value, (int, float)) else float(value)}
+    if isinstance(value, str):
+        raise ValueError(
+            "dropout is a rate (a number in [0, 1)), false or null for none, true for the paper's 0.5, "
+            "or a mapping {rate, placement, spatial}; a string is none of these"
+        )
+    return value
+
+
 # ---------------------------------------------------------------------------------------------
 # the resolved, per-stage view
 
@@ -276,11 +371,31 @@ class Dropout(_Model):
 @dataclass(frozen=True)
 class Stage:
     """One block of convolutions: its input channels, the output channels of each conv and the
-    kernel size of its convs per spatial axis."""
+    kernel size of its convs per spatial axis; `stride` is the stride of its first conv (all
+    ones unless `down: first_conv`)."""
 
     in_channels: int
     channels: tuple[int, ...]
     kernel: tuple[int, ...]
+    stride: tuple[int, ...] | None = None
+    units: int = 1
+    """Blocks (units) the convs form, each with an equal share of `channels` (`blocks_per_level`);
+    only the first unit changes channels and strides."""
+
+    @property
+    def first_stride(self) -> tuple[int, ...]:
+        """The stride of the first conv, per axis."""
+        return self.stride if self.stride is not None else (1,) * len(self.kernel)
+
+    def split_units(self) -> tuple[Stage, ...]:
+        """One single-unit stage per unit, in order."""
+        m = len(self.channels) // self.units
+        out, cin = [], self.in_channels
+        for u in range(self.units):
+            chans = self.channels[u * m : (u + 1) * m]
+            out.append(Stage(cin, chans, self.kernel, self.stride if u == 0 else None))
+            cin = chans[-1]
+        return tuple(out)
 
     @property
     def out_channels(self) -> int:
@@ -292,19 +407,23 @@ class Layout:
     """The config resolved to explicit per-stage values: `encoder` has depth+1 stages (the last is
     the bottleneck); `strides[i]` goes from level i to level i+1; `coarse_channels[i]` (the map
     decoder level i up-samples), `up_channels[i]` and `decoder[i]` belong to level i (0 = full
-    resolution)."""
+    resolution); `stem_stride` is the stride of level 0's first conv (per axis) and `stem` the
+    conv before level 0 (None without `stem: true`)."""
 
     encoder: tuple[Stage, ...]
     strides: tuple[tuple[int, ...], ...]
     coarse_channels: tuple[int, ...]
     up_channels: tuple[int, ...]
     decoder: tuple[Stage, ...]
+    stem_stride: tuple[int, ...] = ()
+    stem: Stage | None = None
 
 
 PerStage = int | tuple[int | tuple[int, ...], ...]
 Width = Annotated[int, Field(ge=1, le=MAX_CHANNELS)]
 ChannelSpec = tuple[Width | Annotated[tuple[Width, ...], Field(min_length=1)], ...]
 ConvCount = Annotated[int, Field(ge=1, le=MAX_CONVS)]
+BlockCount = Annotated[int, Field(ge=1, le=MAX_BLOCKS)]
 
 
 class UNetConfig(_Model):
@@ -325,24 +444,40 @@ class UNetConfig(_Model):
     channels: ChannelSpec | None = None
     """Explicit channels per level (depth+1 entries, the last is the bottleneck). An entry is an
     int (every conv of the block) or a list with one value per conv (the 3D U-Net doubles the
-    channels inside each block: [[32, 64], [64, 128], ...]). Overrides base_channels and
-    channel_multiplier, which must then be left at their defaults or agree."""
+    channels inside each block: [[32, 64], [64, 128], ...]; with `blocks_per_level`, per unit).
+    Overrides base_channels and channel_multiplier, which must then be left at their defaults or
+    agree."""
     decoder_channels: ChannelSpec | None = None
     """Channels of each decoder level's convs (depth entries, level 0 first); default: the
     output channels of the encoder level at the same resolution."""
     convs_per_block: ConvCount | tuple[ConvCount, ...] = 2
-    """Convolutions per encoder block: one int, or one per level including the bottleneck."""
+    """Convolutions per encoder block (per unit with `blocks_per_level`): one int, or one per
+    level including the bottleneck."""
     decoder_convs_per_block: ConvCount | tuple[ConvCount, ...] | None = None
     """Convolutions per decoder block: one int or one per level (level 0 first); default: as
     the encoder block of the same level."""
+    blocks_per_level: BlockCount | tuple[BlockCount, ...] = 1
+    """Blocks (units) per encoder level, each of `convs_per_block` convs: one int, or one per
+    level including the bottleneck (nnU-Net ResEnc's n_blocks_per_stage, e.g. [1, 3, 4, 6, 6, 6]).
+    Only the first unit of a level changes the channels and strides."""
+    stem: bool = False
+    """One conv (level 0's kernel, in_channels -> level 0's channels) + norm + activation before
+    level 0's blocks (nnU-Net ResEnc's stem)."""
     kernel_size: int | tuple[int | tuple[int, ...], ...] = 3
     """Conv kernel size (odd): one int, or one entry per level (depth+1), each an int or a list
     with one value per spatial axis, e.g. [[1, 3, 3], [3, 3, 3], ...] for anisotropic volumes.
-    Decoder level i uses the kernel of encoder level i."""
+    Decoder level i uses the kernel of encoder level i (see `decoder_kernel`)."""
+    decoder_kernel: Literal["same_level", "level_below"] = "same_level"
+    """The kernel of decoder level i: `same_level` = kernel_size[i] (the paper, nnU-Net);
+    `level_below` = kernel_size[i + 1], the level it up-samples from (MONAI's DynUNet)."""
     strides: int | tuple[int | tuple[int, ...], ...] = 2
     """Down-sampling factor of each step: one int, or one entry per step (depth), each an int
     or one value per axis, e.g. [[1, 2, 2], [2, 2, 2], ...]. Pool, strided-conv and up-sampling
     kernels equal the stride."""
+    stem_stride: int | tuple[int, ...] = 1
+    """Stride of the first conv of level 0 (MONAI DynUNet's strides[0]): one int or one per
+    axis; the output is then at 1/stem_stride of the input's resolution. Only with
+    `down: first_conv` (and so `padding: same`)."""
     padding: Padding = "valid"
     """`valid`: unpadded convs, each k x k conv shrinks the map by k-1 (the paper); `same`:
     zero padding keeps the size."""
@@ -351,20 +486,32 @@ class UNetConfig(_Model):
     bias: bool | None = None
     """Conv bias; default on without norm and off with it."""
     activation: Activation = ReLU()
-    """Non-linearity after each conv (after its norm)."""
+    """Non-linearity after each conv (after its norm, see `norm_position`)."""
+    norm_position: Literal["before_activation", "after_activation"] = "before_activation"
+    """Where the norm sits: conv, norm, activation (`before_activation`, the usual order) or
+    conv, activation, norm (`after_activation`, e.g. jvanvugt's pytorch-unet with batch_norm);
+    pre-activation blocks then run activation, norm, conv."""
     block: Block = PlainBlock()
     """Block type: plain (the paper) or residual."""
+    decoder_block: Block | None = None
+    """Block type of the decoder levels; default: as `block` (nnU-Net ResEnc: residual encoder,
+    plain decoder)."""
     merge: Merge = Concat()
     """How a decoder level combines its skip with the up-sampled map."""
     down: Down = MaxPool()
-    """Down-sampling: max pooling (the paper), average pooling or a strided conv."""
+    """Down-sampling: max pooling (the paper), average pooling, a strided conv, or `first_conv`:
+    the stride in the first conv of each lower level (nnU-Net, DynUNet)."""
     up: Up = TransposeUp()
     """Up-sampling: a transposed conv (the paper's up-convolution) or interpolation + 1x1 conv."""
-    up_channels: Literal["skip", "keep"] = "skip"
+    up_channels: Literal["skip", "keep", "half"] | tuple[Width, ...] = "skip"
     """Channels after up-sampling: `skip` = those of the skip it is merged with (the paper halves
-    1024 to 512), `keep` = unchanged (the 3D U-Net of Cicek et al. 2016)."""
-    dropout: Dropout = Dropout()
-    """Dropout rate and placement; the paper puts it at the end of the contracting path."""
+    1024 to 512), `keep` = unchanged (the 3D U-Net of Cicek et al. 2016), `half` = half the
+    coarser map's (rounded down; MONAI's BasicUNet), or one int per decoder level (level 0
+    first)."""
+    dropout: Annotated[Dropout, DropoutShorthand()] = Dropout()
+    """Dropout rate and placement; the paper puts it at the end of the contracting path. A number
+    is the rate (`dropout: 0.2`), `0`, `false` or `null` mean no dropout, `true` the paper's
+    (rate 0.5 at the end of the contracting path, the default)."""
     deep_supervision: tuple[Annotated[int, Field(ge=1, le=MAX_DEPTH - 1)], ...] = ()
     """Decoder levels (1..depth-1, 0 is the main output) that get a 1x1 auxiliary head; in
     training mode `forward` then returns [main, aux(level) for each level in ascending order]."""
@@ -378,68 +525,24 @@ class UNetConfig(_Model):
 
     @model_validator(mode="after")
     def _check(self) -> UNetConfig:
-        d, n = self.depth, self.spatial_dims
-        fields = self.model_fields_set
-        if self.channels is not None:
-            _expect_len("channels", self.channels, d + 1, "one per level, the bottleneck last")
-            if {"base_channels", "channel_multiplier"} & fields:
-                implied = tuple(self.base_channels * self.channel_multiplier**i for i in range(d + 1))
-                if tuple(_last(c) for c in self.channels) != implied:
-                    raise ValueError(
-                        f"channels={_fmt(self.channels)} contradicts base_channels={self.base_channels} "
-                        f"and channel_multiplier={self.channel_multiplier} (which give {list(implied)}); "
-                        "set either channels or base_channels/channel_multiplier"
-                    )
-        elif self.base_channels * self.channel_multiplier**d > MAX_CHANNELS:
-            raise ValueError(
-                f"base_channels={self.base_channels} * channel_multiplier={self.channel_multiplier}"
-                f"**depth={d} = {self.base_channels * self.channel_multiplier**d} exceeds the limit "
-                f"of {MAX_CHANNELS} channels; lower base_channels, channel_multiplier or depth"
+        """Run every rule of `_RULES` and report all their problems at once; a rule whose
+        prerequisite rules failed is skipped (it would only repeat their problem)."""
+        failed: set[Rule] = set()
+        problems: list[str] = []
+        for rule, needs in _RULES:
+            if failed.intersection(needs):
+                failed.add(rule)
+                continue
+            try:
+                rule(self)
+            except ValueError as err:
+                failed.add(rule)
+                problems.append(str(err))
+        if problems:
+            raise ValidationError.from_exception_data(
+                type(self).__name__,
+                [_cross_field_error(m) for m in problems],
             )
-        if self.decoder_channels is not None:
-            _expect_len("decoder_channels", self.decoder_channels, d, "one per decoder level, level 0 first")
-        if isinstance(self.convs_per_block, tuple):
-            _expect_len("convs_per_block", self.convs_per_block, d + 1, "one per level, the bottleneck last")
-        if isinstance(self.decoder_convs_per_block, tuple):
-            _expect_len("decoder_convs_per_block", self.decoder_convs_per_block, d, "one per decoder level")
-        for name, value, count in (
-            ("channels", self.channels, self._encoder_convs()),
-            ("decoder_channels", self.decoder_channels, self._decoder_convs()),
-        ):
-            for i, entry in enumerate(value or ()):
-                if isinstance(entry, tuple) and len(entry) != count[i]:
-                    raise ValueError(
-                        f"{name}[{i}]={list(entry)} has {len(entry)} values but level {i} has "
-                        f"{count[i]} convs; give one value per conv or a single int"
-                    )
-        _per_axis("kernel_size", self.kernel_size, d + 1, n, 1, MAX_KERNEL, odd=True)
-        _per_axis("strides", self.strides, d, n, 1, MAX_STRIDE, odd=False)
-        for level in self.deep_supervision:
-            if level >= d:
-                raise ValueError(f"deep_supervision level {level} does not exist for depth={d}; use levels 1..{d - 1}")
-        if len(set(self.deep_supervision)) != len(self.deep_supervision):
-            raise ValueError(f"deep_supervision={list(self.deep_supervision)} repeats a level")
-        layout = self.layout
-        if isinstance(self.norm, GroupNorm):
-            g = self.norm.num_groups
-            normed = {c for s in layout.encoder + layout.decoder for c in s.channels}
-            if self.block.preactivation:
-                normed |= {s.in_channels for s in layout.encoder + layout.decoder}
-            if isinstance(self.merge, AttentionGate):
-                normed |= set(self.attention_channels)
-            if bad := sorted(c for c in normed if c % g):
-                raise ValueError(
-                    f"norm.num_groups={g} does not divide the channel count(s) {bad}; choose "
-                    f"num_groups dividing every channel count (e.g. {_common_divisor(normed)})"
-                )
-        if isinstance(self.merge, Add):
-            for i, (up, skip) in enumerate(zip(layout.up_channels, layout.encoder, strict=False)):
-                if up != skip.out_channels:
-                    raise ValueError(
-                        f"merge='add' needs equal channels, but at level {i} the up-sampled map has "
-                        f"{up} (up_channels='{self.up_channels}') and the skip {skip.out_channels}; "
-                        "use merge='concat' or up_channels='skip'"
-                    )
         return self
 
     @model_serializer(mode="wrap")
@@ -475,21 +578,39 @@ class UNetConfig(_Model):
         strides = _expand_axes(self.strides, d, n)
         encoder: list[Stage] = []
         cin = self.in_channels
+        stem = None
+        if self.stem:
+            stem = Stage(cin, (_last(widths[0]),), kernels[0])
+            cin = stem.out_channels
+        units = self.blocks_per_level
+        units = units if isinstance(units, tuple) else (units,) * (d + 1)
+        first_conv = isinstance(self.down, FirstConvDown)
+        stem_stride = self.stem_stride if isinstance(self.stem_stride, tuple) else (self.stem_stride,) * n
         for i in range(d + 1):
             chans = _expand_convs(widths[i], enc_convs[i])
-            encoder.append(Stage(cin, chans, kernels[i]))
+            stride = (stem_stride if i == 0 else strides[i - 1]) if first_conv else None
+            encoder.append(Stage(cin, chans * units[i], kernels[i], stride, units[i]))
             cin = chans[-1]
         dec_widths = self.decoder_channels or tuple(encoder[i].out_channels for i in range(d))
         coarse, ups, decoder = [0] * d, [0] * d, []
         below = encoder[d].out_channels  # the map coming up from the level below
         for i in reversed(range(d)):
             coarse[i] = below
-            ups[i] = encoder[i].out_channels if self.up_channels == "skip" else below
+            match self.up_channels:
+                case "skip":
+                    ups[i] = encoder[i].out_channels
+                case "keep":
+                    ups[i] = below
+                case "half":
+                    ups[i] = below // 2
+                case tuple(given):
+                    ups[i] = given[i]
             skip = 0 if isinstance(self.merge, Add) else encoder[i].out_channels
             chans = _expand_convs(dec_widths[i], dec_convs[i])
-            decoder.insert(0, Stage(ups[i] + skip, chans, kernels[i]))
+            kernel = kernels[i + 1] if self.decoder_kernel == "level_below" else kernels[i]
+            decoder.insert(0, Stage(ups[i] + skip, chans, kernel))
             below = chans[-1]
-        return Layout(tuple(encoder), strides, tuple(coarse), tuple(ups), tuple(decoder))
+        return Layout(tuple(encoder), strides, tuple(coarse), tuple(ups), tuple(decoder), stem_stride, stem)
 
     def model_copy(self, *, update: dict[str, Any] | None = None, deep: bool = False) -> UNetConfig:
         """A validated copy with `update` applied (configs are frozen; this is how to vary one)."""
@@ -503,9 +624,209 @@ class UNetConfig(_Model):
         return tuple(self.merge.inter_channels or max(1, s.out_channels // 2) for s in self.layout.encoder[:-1])
 
     @property
+    def decoder_block_type(self) -> PlainBlock | ResidualBlock:
+        """The decoder's block option: `decoder_block`, or `block` when that is None."""
+        return self.decoder_block if self.decoder_block is not None else self.block
+
+    @property
     def conv_bias(self) -> bool:
         """Whether convs followed by a norm have a bias: `bias`, or on exactly when norm is none."""
         return self.bias if self.bias is not None else isinstance(self.norm, NoNorm)
+
+
+# ---------------------------------------------------------------------------------------------
+# cross-field rules: small and independent, each raising ValueError with one problem; `_RULES`
+# lists them with the rules they need to have passed (the per-stage layout needs every length
+# and per-axis rule), so one run reports every independent problem
+
+
+def _check_channels_length(c: UNetConfig) -> None:
+    if c.channels is not None:
+        _expect_len("channels", c.channels, c.depth + 1, "one per level, the bottleneck last")
+
+
+def _check_channels_agree(c: UNetConfig) -> None:
+    if c.channels is None or not {"base_channels", "channel_multiplier"} & c.model_fields_set:
+        return
+    implied = tuple(c.base_channels * c.channel_multiplier**i for i in range(c.depth + 1))
+    if tuple(_last(e) for e in c.channels) != implied:
+        raise ValueError(
+            f"channels={_fmt(c.channels)} contradicts base_channels={c.base_channels} "
+            f"and channel_multiplier={c.channel_multiplier} (which give {list(implied)}); "
+            "set either channels or base_channels/channel_multiplier"
+        )
+
+
+def _check_channel_limit(c: UNetConfig) -> None:
+    if c.channels is None and c.base_channels * c.channel_multiplier**c.depth > MAX_CHANNELS:
+        raise ValueError(
+            f"base_channels={c.base_channels} * channel_multiplier={c.channel_multiplier}"
+            f"**depth={c.depth} = {c.base_channels * c.channel_multiplier**c.depth} exceeds the limit "
+            f"of {MAX_CHANNELS} channels; lower base_channels, channel_multiplier or depth"
+        )
+
+
+def _check_decoder_channels_length(c: UNetConfig) -> None:
+    if c.decoder_channels is not None:
+        _expect_len("decoder_channels", c.decoder_channels, c.depth, "one per decoder level, level 0 first")
+
+
+def _check_convs_length(c: UNetConfig) -> None:
+    if isinstance(c.convs_per_block, tuple):
+        _expect_len("convs_per_block", c.convs_per_block, c.depth + 1, "one per level, the bottleneck last")
+
+
+def _check_decoder_convs_length(c: UNetConfig) -> None:
+    if isinstance(c.decoder_convs_per_block, tuple):
+        _expect_len("decoder_convs_per_block", c.decoder_convs_per_block, c.depth, "one per decoder level")
+
+
+def _check_widths_per_conv(c: UNetConfig) -> None:
+    for name, value, count in (
+        ("channels", c.channels, c._encoder_convs()),
+        ("decoder_channels", c.decoder_channels, c._decoder_convs()),
+    ):
+        for i, entry in enumerate(value or ()):
+            if isinstance(entry, tuple) and len(entry) != count[i]:
+                raise ValueError(
+                    f"{name}[{i}]={_fmt(entry)} has {len(entry)} values but level {i} has "
+                    f"{count[i]} convs; give one value per conv or a single int"
+                )
+
+
+def _check_kernel_size(c: UNetConfig) -> None:
+    _per_axis("kernel_size", c.kernel_size, c.depth + 1, c.spatial_dims, 1, MAX_KERNEL, odd=True)
+
+
+def _check_strides(c: UNetConfig) -> None:
+    _per_axis("strides", c.strides, c.depth, c.spatial_dims, 1, MAX_STRIDE, odd=False)
+
+
+def _check_deep_supervision_levels(c: UNetConfig) -> None:
+    for level in c.deep_supervision:
+        if level >= c.depth:
+            raise ValueError(
+                f"deep_supervision level {level} does not exist for depth={c.depth}; use levels 1..{c.depth - 1}"
+            )
+
+
+def _check_deep_supervision_repeats(c: UNetConfig) -> None:
+    if len(set(c.deep_supervision)) != len(c.deep_supervision):
+        raise ValueError(f"deep_supervision={_fmt(c.deep_supervision)} repeats a level")
+
+
+def _check_group_norm(c: UNetConfig) -> None:
+    if not isinstance(c.norm, GroupNorm):
+        return
+    g, layout = c.norm.num_groups, c.layout
+    normed = {ch for s in layout.encoder + layout.decoder for ch in s.channels}
+    if c.block.preactivation:
+        normed |= {s.in_channels for s in layout.encoder}
+    if c.decoder_block_type.preactivation:
+        normed |= {s.in_channels for s in layout.decoder}
+    if isinstance(c.merge, AttentionGate):
+        normed |= set(c.attention_channels)
+    if isinstance(c.up, TransposeUp) and c.up.norm_act:
+        normed |= set(layout.up_channels)
+    if bad := sorted(ch for ch in normed if ch % g):
+        raise ValueError(
+            f"norm.num_groups={g} does not divide the channel count(s) {_fmt(tuple(bad))}; choose "
+            f"num_groups dividing every channel count (e.g. {_common_divisor(normed)})"
+        )
+
+
+def _check_add_merge(c: UNetConfig) -> None:
+    if not isinstance(c.merge, Add):
+        return
+    layout = c.layout
+    for i, (up, skip) in enumerate(zip(layout.up_channels, layout.encoder, strict=False)):
+        if up != skip.out_channels:
+            raise ValueError(
+                f"merge='add' needs equal channels, but at level {i} the up-sampled map has "
+                f"{up} (up_channels={_listify(c.up_channels)!r}) and the skip {skip.out_channels}; "
+                "use merge='concat' or up_channels='skip'"
+            )
+
+
+def _check_stem_stride(config: UNetConfig) -> None:
+    value, n = config.stem_stride, config.spatial_dims
+    axes = value if isinstance(value, tuple) else (value,)
+    if isinstance(value, tuple) and len(value) != n:
+        raise ValueError(f"stem_stride={list(value)} has {len(value)} values but spatial_dims={n}")
+    if not all(1 <= s <= MAX_STRIDE for s in axes):
+        raise ValueError(f"stem_stride={_fmt(value)} must be between 1 and {MAX_STRIDE}")
+    if any(s != 1 for s in axes) and not isinstance(config.down, FirstConvDown):
+        raise ValueError(
+            f"stem_stride={_fmt(value)} strides the first conv of level 0, which needs "
+            f"down='first_conv' (got down='{config.down.type}'); set down: first_conv or stem_stride: 1"
+        )
+
+
+def _check_half_up_channels(config: UNetConfig) -> None:
+    if config.up_channels == "half" and 0 in config.layout.up_channels:
+        i = config.layout.up_channels.index(0)
+        raise ValueError(
+            f"up_channels='half' halves the 1 channel that decoder level {i} up-samples to 0; "
+            "give the coarser levels more channels or up_channels as a list of ints"
+        )
+
+
+def _check_first_conv(config: UNetConfig) -> None:
+    if isinstance(config.down, FirstConvDown) and config.padding != "same":
+        raise ValueError(
+            "down='first_conv' needs padding='same': without padding a strided conv with kernel k and "
+            "stride s shifts the coarser grid by (k - s) / 2 pixels, so no skip crop could be centred; "
+            "use padding: same (as nnU-Net and DynUNet do) or, for valid padding, down: max, avg or conv"
+        )
+
+
+def _check_up_channels_length(c: UNetConfig) -> None:
+    if isinstance(c.up_channels, tuple):
+        _expect_len("up_channels", c.up_channels, c.depth, "one per decoder level, level 0 first")
+
+
+def _check_blocks_length(c: UNetConfig) -> None:
+    if isinstance(c.blocks_per_level, tuple):
+        _expect_len("blocks_per_level", c.blocks_per_level, c.depth + 1, "one per level, the bottleneck last")
+
+
+def _cross_field_error(message: str) -> InitErrorDetails:
+    return InitErrorDetails(
+        type=PydanticCustomError("value_error", "{message}", {"message": message}), loc=(), input=None
+    )
+
+
+Rule = Callable[[UNetConfig], None]
+_LENGTHS: tuple[Rule, ...] = (
+    _check_channels_length,
+    _check_decoder_channels_length,
+    _check_convs_length,
+    _check_decoder_convs_length,
+    _check_up_channels_length,
+    _check_blocks_length,
+)
+_LAYOUT: tuple[Rule, ...] = (*_LENGTHS, _check_widths_per_conv, _check_kernel_size, _check_strides, _check_stem_stride)
+_RULES: tuple[tuple[Rule, tuple[Rule, ...]], ...] = (
+    (_check_channels_length, ()),
+    (_check_channels_agree, (_check_channels_length,)),
+    (_check_channel_limit, ()),
+    (_check_decoder_channels_length, ()),
+    (_check_convs_length, ()),
+    (_check_decoder_convs_length, ()),
+    (_check_up_channels_length, ()),
+    (_check_blocks_length, ()),
+    (_check_widths_per_conv, _LENGTHS),
+    (_check_kernel_size, ()),
+    (_check_strides, ()),
+    (_check_stem_stride, ()),
+    (_check_first_conv, ()),
+    (_check_deep_supervision_levels, ()),
+    (_check_deep_supervision_repeats, ()),
+    (_check_group_norm, _LAYOUT),
+    (_check_add_merge, _LAYOUT),
+    (_check_half_up_channels, _LAYOUT),
+)
+"""Every cross-field rule with the rules it needs to have passed, in reporting order."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -517,7 +838,12 @@ def _last(entry: int | tuple[int, ...]) -> int:
 
 
 def _fmt(value: Any) -> str:
-    return str(_listify(value))
+    """`value` as a list for a message, at most about 100 characters."""
+    text = str(_listify(value))
+    if len(text) <= 100:
+        return text
+    count = f" ({len(value)} entries)" if isinstance(value, tuple) else ""
+    return f"{text[:80]}…{text[-12:]}{count}"
 
 
 def _listify(value: Any) -> Any:

@@ -5,7 +5,8 @@
 `count_macs` counts the multiply-adds of every convolution and transposed convolution, the way
 `torch.utils.flop_counter.FlopCounterMode` does (its FLOPs / 2): output positions x kernel
 volume x input channels x output channels per conv (input positions for a transposed conv, which
-for kernel = stride is the same total as output positions x 1). Bias additions, norms,
+for kernel = stride is the same total as output positions x 1; an interpolation's 1x1 conv runs on
+the coarser map, before the interpolation). Bias additions, norms,
 activations, pooling, interpolation, crops, concatenations and the attention gate's elementwise
 products are not counted (they are cheap, and FlopCounterMode ignores them too).
 
@@ -24,21 +25,30 @@ from collections.abc import Sequence
 
 from . import shapes
 from .config import (
+    ELU,
+    GELU,
+    Activation,
     Add,
     AttentionGate,
     AvgPool,
     BatchNorm,
+    Block,
     Concat,
     ConvDown,
+    FirstConvDown,
     GroupNorm,
     InstanceNorm,
     LayerNorm,
+    LeakyReLU,
     LinearUp,
     MaxPool,
     NearestUp,
     NoNorm,
     Norm,
+    PReLU,
+    ReLU,
     ResidualBlock,
+    SiLU,
     Stage,
     TransposeUp,
     UNetConfig,
@@ -71,50 +81,86 @@ def _norm(option: Norm, channels: int) -> int:
     raise AssertionError(f"unhandled norm {option!r}")
 
 
-def _block_parameters(config: UNetConfig, stage: Stage) -> int:
-    pre, bias, norm = config.block.preactivation, config.conv_bias, config.norm
-    total, cin = 0, stage.in_channels
-    for cout in stage.channels:
-        total += _conv(cin, cout, stage.kernel, bias) + _norm(norm, cin if pre else cout)
-        cin = cout
-    if isinstance(config.block, ResidualBlock) and stage.in_channels != stage.out_channels:
-        total += _conv(stage.in_channels, stage.out_channels, (1,), bias or pre)
-        total += 0 if pre else _norm(norm, stage.out_channels)
+def _shortcut_conv(block: Block, stage: Stage) -> bool:
+    """Whether a block's identity path has a 1x1 conv (where channels or size change)."""
+    if not isinstance(block, ResidualBlock):
+        return False
+    match block.shortcut:
+        case "projection":
+            return stage.in_channels != stage.out_channels or any(s != 1 for s in stage.first_stride)
+        case "resnet_d":
+            return stage.in_channels != stage.out_channels
+    raise AssertionError(f"unhandled shortcut {block.shortcut!r}")
+
+
+def _act(option: Activation, channels: int) -> int:
+    """Learnable parameters of an activation layer on `channels` channels."""
+    match option:
+        case PReLU(num_parameters=count):
+            return channels if count == "channels" else 1
+        case ReLU() | LeakyReLU() | ELU() | GELU() | SiLU():
+            return 0
+    raise AssertionError(f"unhandled activation {option!r}")
+
+
+def _block_parameters(config: UNetConfig, stage: Stage, block: Block) -> int:
+    bias, norm, act, total = config.conv_bias, config.norm, config.activation, 0
+    residual = isinstance(block, ResidualBlock)
+    for unit in stage.split_units():
+        pre, cin = block.preactivation, unit.in_channels
+        for j, cout in enumerate(unit.channels):
+            total += _conv(cin, cout, unit.kernel, bias) + _norm(norm, cin if pre else cout)
+            if pre:
+                total += _act(act, cin)
+            elif not (residual and j == len(unit.channels) - 1):  # residual: activated after the sum
+                total += _act(act, cout)
+            cin = cout
+        if residual and not pre:
+            total += _act(act, unit.out_channels)
+        if _shortcut_conv(block, unit):
+            resnet_d = isinstance(block, ResidualBlock) and block.shortcut == "resnet_d"
+            total += _conv(unit.in_channels, unit.out_channels, (1,), (bias or pre) and not resnet_d)
+            total += 0 if pre else _norm(norm, unit.out_channels)
     return total
 
 
 def count_parameters(config: UNetConfig) -> int:
     """The number of learnable parameters of the model `config` describes."""
     lay, total = config.layout, 0
+    if lay.stem is not None:
+        total += _conv(lay.stem.in_channels, lay.stem.out_channels, lay.stem.kernel, config.conv_bias)
+        total += _norm(config.norm, lay.stem.out_channels) + _act(config.activation, lay.stem.out_channels)
     for i, stage in enumerate(lay.encoder):
-        total += _block_parameters(config, stage)
+        total += _block_parameters(config, stage, config.block)
         if i < config.depth:
             match config.down:
                 case ConvDown():
                     total += _conv(stage.out_channels, stage.out_channels, lay.strides[i], True)
-                case MaxPool() | AvgPool():
+                case MaxPool() | AvgPool() | FirstConvDown():
                     pass
                 case _:
                     raise AssertionError(f"unhandled down {config.down!r}")
     for i, stage in enumerate(lay.decoder):
         up, coarse, skip = lay.up_channels[i], lay.coarse_channels[i], lay.encoder[i].out_channels
         match config.up:
-            case TransposeUp():
-                total += _conv(coarse, up, lay.strides[i], True)
-            case NearestUp() | LinearUp():
-                total += _conv(coarse, up, (1,), True)
+            case TransposeUp(bias=bias, kernel_size=k, norm_act=norm_act):
+                total += _conv(coarse, up, lay.strides[i] if k is None else (k,) * config.spatial_dims, bias)
+                if norm_act:
+                    total += _norm(config.norm, up) + _act(config.activation, up)
+            case NearestUp(conv=when) | LinearUp(conv=when):
+                total += _conv(coarse, up, (1,), True) if when == "always" or coarse != up else 0
             case _:
                 raise AssertionError(f"unhandled up {config.up!r}")
         match config.merge:
             case AttentionGate():
                 inter = config.attention_channels[i]
                 total += _conv(skip, inter, (1,), True) + _conv(up, inter, (1,), True) + _conv(inter, 1, (1,), True)
-                total += 2 * _norm(config.norm, inter)  # psi (inter -> 1) has no norm
+                total += 2 * _norm(config.norm, inter) + _act(config.activation, inter)  # psi (inter -> 1): no norm
             case Concat() | Add():
                 pass
             case _:
                 raise AssertionError(f"unhandled merge {config.merge!r}")
-        total += _block_parameters(config, stage)
+        total += _block_parameters(config, stage, config.decoder_block_type)
     heads = [0, *config.deep_supervision]
     return total + sum(_conv(lay.decoder[i].out_channels, config.out_channels, (1,), True) for i in heads)
 
@@ -128,29 +174,45 @@ def count_macs(config: UNetConfig, input_shape: Sequence[int], *, training: bool
     size = {row.name: math.prod(row.shape) for row in shapes.trace(config, input_shape)}
     total = 0
 
-    def block(prefix: str, stage: Stage) -> int:
-        macs, cin = 0, stage.in_channels
-        for j, cout in enumerate(stage.channels):
-            macs += size[f"{prefix}.conv{j + 1}"] * cin * cout * math.prod(stage.kernel)
-            cin = cout
-        if isinstance(config.block, ResidualBlock) and stage.in_channels != stage.out_channels:
-            # the 1x1 projection runs on the identity cropped to the block's output
-            macs += size[f"{prefix}.conv{len(stage.channels)}"] * stage.in_channels * stage.out_channels
+    def block(prefix: str, stage: Stage, option: Block) -> int:
+        macs, j = 0, 0
+        for unit in stage.split_units():
+            cin = unit.in_channels
+            for cout in unit.channels:
+                j += 1
+                macs += size[f"{prefix}.conv{j}"] * cin * cout * math.prod(unit.kernel)
+                cin = cout
+            if _shortcut_conv(option, unit):
+                # the 1x1 conv runs on the identity cropped to the unit's output (or, strided, on
+                # the whole identity, which with same padding gives the unit's output size)
+                macs += size[f"{prefix}.conv{j}"] * unit.in_channels * unit.out_channels
         return macs
 
+    if lay.stem is not None:
+        total += size["stem"] * lay.stem.in_channels * lay.stem.out_channels * math.prod(lay.stem.kernel)
     for i, stage in enumerate(lay.encoder):
-        total += block("bottleneck" if i == config.depth else f"enc{i}", stage)
+        total += block("bottleneck" if i == config.depth else f"enc{i}", stage, config.block)
         if i < config.depth and isinstance(config.down, ConvDown):
             total += size[f"down{i}"] * stage.out_channels**2 * math.prod(lay.strides[i])
+    coarse_row = {config.depth - 1: f"bottleneck.conv{len(lay.encoder[-1].channels)}"}
+    coarse_row |= {i: f"dec{i + 1}.conv{len(lay.decoder[i + 1].channels)}" for i in range(config.depth - 1)}
     for i, stage in enumerate(lay.decoder):
         up, coarse, skip = lay.up_channels[i], lay.coarse_channels[i], lay.encoder[i].out_channels
-        # transposed conv: input positions x stride volume (= output positions) x cin x cout;
-        # interpolation + 1x1 conv: output positions x cin x cout. Both equal:
-        total += size[f"up{i}"] * coarse * up
+        match config.up:
+            case TransposeUp(kernel_size=None):  # input positions x stride volume (= output positions) x cin x cout
+                total += size[f"up{i}"] * coarse * up
+            case TransposeUp(kernel_size=k):  # input positions x kernel volume x cin x cout
+                total += size[coarse_row[i]] * k**config.spatial_dims * coarse * up
+            case NearestUp(conv=when) | LinearUp(conv=when) if when == "always" or coarse != up:
+                total += size[coarse_row[i]] * coarse * up  # the 1x1 conv runs on the coarser map
+            case NearestUp() | LinearUp():
+                pass
+            case _:
+                raise AssertionError(f"unhandled up {config.up!r}")
         if isinstance(config.merge, AttentionGate):
             inter = config.attention_channels[i]
             total += size[f"up{i}"] * (skip * inter + up * inter + inter)  # W_x on the cropped skip, W_g, psi
-        total += block(f"dec{i}", stage)
+        total += block(f"dec{i}", stage, config.decoder_block_type)
     total += size["head"] * lay.decoder[0].out_channels * config.out_channels
     if training:
         for i in config.deep_supervision:

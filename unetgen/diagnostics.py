@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import difflib
 import re
-import reprlib
 import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from pydantic import BaseModel, ValidationError
 
 from .config import UNetConfig
 from .documents import KeyPath
+from .reprs import short_path, short_repr
 
 __all__ = ["Problem", "format_path", "problems_from", "short_repr"]
 
@@ -37,8 +37,10 @@ class Problem:
     message: str
 
     def __str__(self) -> str:
-        where = self.source if self.line is None else f"{self.source}:{self.line}:{self.column}"
-        return f"{where}: {self.field}: {self.message}"
+        source = short_path(self.source)
+        where = source if self.line is None else f"{source}:{self.line}:{self.column}"
+        field = self.field if len(self.field) <= 200 else f"{self.field[:150]}…{self.field[-40:]}"
+        return f"{where}: {field}: {self.message}"
 
 
 def format_path(path: KeyPath) -> str:
@@ -47,7 +49,7 @@ def format_path(path: KeyPath) -> str:
     out = ""
     for part in path:
         if isinstance(part, int) or not re.fullmatch(r"[\w$-]+", part):
-            out += f"[{part!r}]"
+            out += f"[{short_repr(part)}]"
         else:
             out += f".{part}" if out else part
     return out or "(config)"
@@ -171,22 +173,6 @@ def _join(messages: list[str], value: Any) -> str:
     return text + (f", got {short_repr(value)}" if got else "")
 
 
-class _Repr(reprlib.Repr):
-    def repr_int(self, x: int, level: int) -> str:
-        if x.bit_length() > 1000:  # repr() refuses ints of more than 4300 digits
-            return f"<an integer of {int(x.bit_length() * 0.30103)} digits>"
-        return super().repr_int(x, level)
-
-
-_REPR = _Repr()
-_REPR.maxlevel, _REPR.maxlist, _REPR.maxdict, _REPR.maxstring, _REPR.maxlong = 3, 6, 4, 40, 30
-
-
-def short_repr(value: Any) -> str:
-    """A bounded repr: deep or huge inputs must not make the message (or repr) blow up."""
-    return _REPR.repr(value)
-
-
 # ---------------------------------------------------------------------------------------------
 # messages
 
@@ -199,14 +185,15 @@ def _describe(e: Mapping[str, Any], path: KeyPath) -> str:
         allowed = _allowed_keys(loc[:-1])
         hint = _did_you_mean(key, allowed)
         if hint:
-            return f"unknown field {key!r}; {hint}"
+            return f"unknown field {short_repr(key)}; {hint}"
         if len(loc) == 1:
-            return f"unknown field {key!r}; `unetgen schema` lists the fields"
-        return f"unknown field {key!r}; the fields here are {', '.join(allowed)}"
+            return f"unknown field {short_repr(key)}; `unetgen schema` lists the fields"
+        return f"unknown field {short_repr(key)}; the fields here are {', '.join(allowed)}"
     if kind == "union_tag_invalid":
         tags = _quoted(ctx.get("expected_tags", ""))
         hint = _did_you_mean(str(ctx.get("tag")), tags)
-        return f"unknown {name} type {ctx.get('tag')!r}; {hint + ' ' if hint else ''}(one of: {', '.join(tags)})"
+        tag = short_repr(ctx.get("tag"))
+        return f"unknown {name} type {tag}; {hint + ' ' if hint else ''}(one of: {', '.join(tags)})"
     if kind == "union_tag_not_found":
         tags = _option_tags(loc)
         return f"{name} needs a 'type' key naming one of: {', '.join(tags)}"
@@ -215,13 +202,15 @@ def _describe(e: Mapping[str, Any], path: KeyPath) -> str:
         return f"{name} should be one of {names} or a mapping with a 'type' key, got {short_repr(value)}"
     if kind == "literal_error" and isinstance(value, str):
         hint = _did_you_mean(value, _quoted(ctx.get("expected", "")))
-        return f"{e['msg']}, got {value!r}{'; ' + hint if hint else ''}"
+        return f"{e['msg']}, got {short_repr(value)}{'; ' + hint if hint else ''}"
     if kind == "value_error":
         return str(e["msg"]).removeprefix("Value error, ")
     return f"{e['msg']}{_GOT}"
 
 
 def _did_you_mean(word: str, choices: list[str]) -> str:
+    if len(word) > 100:  # no field or option name is that long
+        return ""
     close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
     return f"did you mean {close[0]!r}?" if close else ""
 

@@ -4,26 +4,35 @@ Both parsers return only dicts with string keys, lists, strings, ints, floats, b
 plus a map from each key path to its 1-based (line, column) in the text. They refuse, with a
 `ParseError` that has a position, what a config never needs and an attacker might send:
 
-- files above `MAX_BYTES`, and text that is not UTF-8;
+- anything but a regular file (a FIFO, device or directory is refused before it is read, so
+  nothing blocks), files above `MAX_BYTES`, and text that is not UTF-8;
 - duplicate keys (JSON and YAML), NaN and Infinity in JSON (they are not JSON);
 - YAML tags other than the plain core types (so no ``!!python/object/apply``, ``!!binary``,
   ``!!set``), merge keys (``<<``) and non-scalar keys;
 - more than `MAX_NODES` values, counting every expansion of a YAML alias (so an alias bomb,
   "billion laughs", stops after a few thousand values), and nesting deeper than `MAX_NESTING`
-  (so recursive aliases and ``[[[[...]]]]`` stop early).
+  (so recursive aliases and ``[[[[...]]]]`` stop early);
+- YAML 1.1 readings that YAML 1.2 and JSON do not share, as plain (unquoted) scalars: ``064``
+  (octal 52), ``1:30`` (base 60: 90), ``yes``/``no``/``on``/``off``/``y``/``n`` (booleans) and
+  ``1e3`` (a string); the message says what YAML 1.1 reads and what to write instead.
+
+Line and column count ``\r\n``, ``\r`` and ``\n`` as line ends, in the text as written.
 """
 
 from __future__ import annotations
 
 import bisect
 import json
+import os
 import re
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+
+from .reprs import short_repr
 
 __all__ = [
     "MAX_BYTES",
@@ -33,6 +42,7 @@ __all__ = [
     "KeyPath",
     "ParseError",
     "check_limits",
+    "open_regular",
     "parse",
     "read_text",
 ]
@@ -43,9 +53,10 @@ MAX_NODES = 5_000
 """Most values in one document, counting each use of a YAML alias as a copy."""
 MAX_NESTING = 32
 """Deepest nesting of mappings and lists (a config needs 4)."""
+MAX_PATH = 4096
+"""Longest path opened (PATH_MAX on Linux)."""
 
 KeyPath = tuple[str | int, ...]
-_TOO_DEEP = f"is nested deeper than {MAX_NESTING} levels"
 
 
 @dataclass(frozen=True)
@@ -65,11 +76,61 @@ class ParseError(Exception):
         self.message, self.line, self.column = message, line, column
 
 
-def read_text(path: str | Path) -> str:
-    """The UTF-8 text of a file of at most `MAX_BYTES` bytes (a leading BOM is dropped)."""
-    p = Path(path)
+def open_regular(path: str | os.PathLike[str]) -> int:
+    """A read-only descriptor of the regular file at `path`, or `ParseError`. A FIFO, device,
+    socket or directory is refused before it is opened (stat), the file is opened non-blocking
+    (so a FIFO swapped in meanwhile cannot block) and its descriptor checked again (fstat)."""
+    if isinstance(path, bytes) or not isinstance(path, (str, os.PathLike)):
+        raise ParseError(f"a path must be a str or os.PathLike, not {type(path).__name__}")
     try:
-        with p.open("rb") as f:
+        name = os.fspath(path)
+    except TypeError as err:
+        raise ParseError(f"not a usable path: {err}") from None
+    if not isinstance(name, str):
+        raise ParseError(f"a path must be text, not {type(name).__name__}")
+    if "\0" in name:
+        raise ParseError("the path contains a NUL byte, which no file name can hold")
+    if len(name) > MAX_PATH:
+        raise ParseError(f"the path is {len(name):,} characters long; paths are at most {MAX_PATH}")
+    try:
+        _refuse_special(os.stat(name).st_mode)
+        fd = os.open(name, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
+    except FileNotFoundError:
+        raise ParseError("cannot read the file: no such file") from None
+    except (OSError, ValueError) as err:
+        raise ParseError(f"cannot read the file: {getattr(err, 'strerror', None) or err}") from None
+    try:
+        _refuse_special(os.fstat(fd).st_mode)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _refuse_special(mode: int) -> None:
+    if stat.S_ISREG(mode):
+        return
+    kind = next(
+        (what for test, what in _KINDS if test(mode)),
+        "not a regular file",
+    )
+    raise ParseError(f"the path is {kind}, not a regular file")
+
+
+_KINDS = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def read_text(path: str | os.PathLike[str]) -> str:
+    """The UTF-8 text of a regular file of at most `MAX_BYTES` bytes (a leading BOM is dropped)."""
+    fd = open_regular(path)
+    try:
+        with os.fdopen(fd, "rb") as f:
             data = f.read(MAX_BYTES + 1)
     except OSError as err:
         raise ParseError(f"cannot read the file: {err.strerror or err}") from None
@@ -78,8 +139,22 @@ def read_text(path: str | Path) -> str:
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as err:
-        line = data[: err.start].count(b"\n") + 1
+        line = len(_LINE_END.findall(data[: err.start].decode("utf-8", "replace"))) + 1
         raise ParseError(f"the file is not UTF-8 text (byte {err.start}: {data[err.start]:#04x})", line) from None
+
+
+_LINE_END = re.compile(r"\r\n|\r|\n")
+
+
+def _where(text: str) -> Any:
+    """offset -> 1-based (line, column) in `text`, with \\r\\n, \\r and \\n as line ends."""
+    line_starts = [0] + [m.end() for m in _LINE_END.finditer(text)]
+
+    def where(offset: int) -> tuple[int, int]:
+        line = bisect.bisect_right(line_starts, offset)
+        return line, offset - line_starts[line - 1] + 1
+
+    return where
 
 
 def parse(text: str, kind: Literal["json", "yaml"]) -> Document:
@@ -91,24 +166,29 @@ def parse(text: str, kind: Literal["json", "yaml"]) -> Document:
     return _parse_json(text) if kind == "json" else _parse_yaml(text)
 
 
-def check_limits(value: Any) -> None:
-    """Refuse a value (from Python, not a file) with more than `MAX_NODES` values, nesting deeper
-    than `MAX_NESTING` (the limits files have; self-containing lists stop there too) or an integer
-    beyond 64 bits."""
+def check_limits(value: Any, *, max_nodes: int | None = None, max_nesting: int | None = None) -> None:
+    """Refuse a value (from Python, not a file) with more than `max_nodes` values, nesting deeper
+    than `max_nesting` (by default `MAX_NODES` and `MAX_NESTING`, the limits files have;
+    self-containing lists stop there too) or an integer beyond 64 bits."""
+    max_nodes = MAX_NODES if max_nodes is None else max_nodes
+    max_nesting = MAX_NESTING if max_nesting is None else max_nesting
     stack, count = [(value, 0)], 0
     while stack:
         item, depth = stack.pop()
         count += 1
-        if count > MAX_NODES:
-            raise ParseError(f"the document has more than {MAX_NODES} values")
-        if depth > MAX_NESTING:
-            raise ParseError(f"the document {_TOO_DEEP}")
+        if count > max_nodes:
+            raise ParseError(f"the document has more than {max_nodes} values")
+        if depth > max_nesting:
+            raise ParseError(f"the document is nested deeper than {max_nesting} levels")
         if isinstance(item, Mapping):
             stack.extend((v, depth + 1) for v in item.values())
         elif isinstance(item, (list, tuple)):
             stack.extend((v, depth + 1) for v in item)
         elif isinstance(item, int) and item.bit_length() > 64:  # pydantic-core cannot even print these
-            raise ParseError(f"a number has about {len(hex(item)) * 1.2:.0f} digits; config values are far smaller")
+            raise ParseError(
+                f"a number has about {int(item.bit_length() * 0.30103) + 1} digits; integers here are limited "
+                "to 64 bits (a config's values are far smaller)"
+            )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -127,9 +207,9 @@ def _parse_json(text: str) -> Document:
     try:
         value = json.loads(text, parse_constant=_no_constant)
     except json.JSONDecodeError as err:
-        raise ParseError(f"not valid JSON: {err.msg}", err.lineno, err.colno) from None
+        raise ParseError(f"not valid JSON: {err.msg}", *_where(text)(err.pos)) from None
     except RecursionError:
-        raise ParseError(f"the document {_TOO_DEEP}") from None
+        raise ParseError(f"the document is nested deeper than {MAX_NESTING} levels") from None
     except _NotJSON as err:
         raise ParseError(f"not valid JSON: {err}") from None
     except ValueError:  # int() refuses literals of more than 4300 digits
@@ -143,12 +223,7 @@ _JSON_TOKEN = re.compile(r'\s*(?:("(?:[^"\\]|\\.)*")|([{}\[\]:,])|([^\s{}\[\]:,"
 def _json_positions(text: str) -> dict[KeyPath, tuple[int, int]]:
     """Positions of the keys and list items of `text`, already known to be valid JSON; refuses
     duplicate keys, too many values and too deep nesting."""
-    line_starts = [0] + [m.end() for m in re.finditer("\n", text)]
-
-    def where(offset: int) -> tuple[int, int]:
-        line = bisect.bisect_right(line_starts, offset)
-        return line, offset - line_starts[line - 1] + 1
-
+    where = _where(text)
     positions: dict[KeyPath, tuple[int, int]] = {}
     # one frame per open container: [path, is_object, index or current key, keys seen, expecting a key]
     stack: list[list[Any]] = []
@@ -173,7 +248,7 @@ def _json_positions(text: str) -> dict[KeyPath, tuple[int, int]]:
             key = json.loads(string)
             if key in frame[3]:
                 line, col = positions[(*frame[0], key)]
-                raise ParseError(f"duplicate key {key!r} (first at line {line}, column {col})", *where(start))
+                raise ParseError(f"duplicate key {short_repr(key)} (first at line {line}, column {col})", *where(start))
             frame[3].add(key)
             frame[2] = key
             positions[(*frame[0], key)] = where(start)
@@ -190,7 +265,7 @@ def _json_positions(text: str) -> dict[KeyPath, tuple[int, int]]:
                 positions[path] = where(start)
         if punct in ("{", "["):
             if len(stack) >= MAX_NESTING:
-                raise ParseError(f"the document {_TOO_DEEP}", *where(start))
+                raise ParseError(f"the document is nested deeper than {MAX_NESTING} levels", *where(start))
             stack.append([path, punct == "{", 0, set(), True])
     return positions
 
@@ -217,7 +292,11 @@ class _Composer(yaml.SafeLoader):
         try:
             if self.nodes > MAX_NODES or self.depth > MAX_NESTING:
                 mark = self.peek_event().start_mark
-                what = f"has more than {MAX_NODES} values" if self.nodes > MAX_NODES else _TOO_DEEP
+                what = (
+                    f"has more than {MAX_NODES} values"
+                    if self.nodes > MAX_NODES
+                    else f"is nested deeper than {MAX_NESTING} levels"
+                )
                 raise ParseError(f"the document {what}", mark.line + 1, mark.column + 1)
             return super().compose_node(parent, index)
         finally:
@@ -238,8 +317,7 @@ def _parse_yaml(text: str) -> Document:
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
         raise ParseError(f"not valid YAML: {err.problem or err.context}", line, col) from None
     except yaml.reader.ReaderError as err:  # a control character
-        line = text.count("\n", 0, err.position) + 1
-        col = err.position - (text.rfind("\n", 0, err.position) + 1) + 1
+        line, col = _where(text)(err.position)
         char = f"U+{err.character:04X}" if isinstance(err.character, int) else repr(err.character)
         raise ParseError(f"not valid YAML: the character {char} is not allowed", line, col) from None
     except yaml.YAMLError as err:
@@ -269,7 +347,9 @@ class _Builder:
                 *_pos(node),
             )
         if depth >= MAX_NESTING:
-            raise ParseError(f"the document {_TOO_DEEP} (or an alias contains itself)", *_pos(node))
+            raise ParseError(
+                f"the document is nested deeper than {MAX_NESTING} levels (or an alias contains itself)", *_pos(node)
+            )
         _check_tag(node)
         if isinstance(node, yaml.ScalarNode):
             return self.scalar(node)
@@ -289,12 +369,16 @@ class _Builder:
             key = key_node.value
             if key in result:
                 line, col = self.positions[(*path, key)]
-                raise ParseError(f"duplicate key {key!r} (first at line {line}, column {col})", *_pos(key_node))
+                raise ParseError(
+                    f"duplicate key {short_repr(key)} (first at line {line}, column {col})", *_pos(key_node)
+                )
             self.positions[(*path, key)] = _pos(key_node)
             result[key] = self.build(value_node, (*path, key), depth + 1)
         return result
 
     def scalar(self, node: yaml.ScalarNode) -> Any:
+        if node.style is None:  # plain: YAML 1.1 and 1.2 may read it differently
+            _check_yaml11(node)
         if node.tag in _AS_STRING:
             return node.value
         try:
@@ -316,3 +400,49 @@ def _check_tag(node: yaml.Node) -> None:
             "booleans and null",
             *_pos(node),
         )
+
+
+_BOOL_WORDS = {"yes": True, "no": False, "on": True, "off": False, "y": True, "n": False}
+_OCTAL = re.compile(r"([-+]?)0([0-7_]+)")
+_SEXAGESIMAL = re.compile(r"[-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+(?:\.[0-9_]*)?")
+_EXPONENT = re.compile(r"([-+]?(?:[0-9][0-9_]*)?(?:\.[0-9_]*)?)[eE]([-+]?)([0-9]+)")
+_OCTAL_12 = re.compile(r"([-+]?)0o([0-7]+)")
+
+
+def _check_yaml11(node: yaml.ScalarNode) -> None:
+    """Refuse plain scalars that PyYAML (YAML 1.1) reads otherwise than YAML 1.2 and JSON do."""
+    text, tag = node.value, node.tag.replace(_CORE, "")
+    if len(text) > 40:
+        return
+    word = text.lower()
+    quote = f"or quote it ('{text}') for the string"
+    if word in _BOOL_WORDS and text in (word, word.capitalize(), word.upper()):
+        meant = "true" if _BOOL_WORDS[word] else "false"
+        reads = "YAML 1.1" if tag == "bool" else "the YAML 1.1 spec (PyYAML reads a string)"
+        message = f"`{text}` is the boolean {meant} in {reads} but a string in YAML 1.2; write {meant}, {quote}"
+    elif tag == "int" and (m := _OCTAL.fullmatch(text)):
+        sign, digits = m[1].replace("+", ""), m[2].replace("_", "")
+        message = (
+            f"`{text}` is the octal number {sign}{int(digits, 8)} in YAML 1.1 but {sign}{int(digits)} in "
+            f"YAML 1.2; write {sign}{int(digits)} (no leading zero), {quote}"
+        )
+    elif tag in ("int", "float") and _SEXAGESIMAL.fullmatch(text):
+        number = (yaml.SafeLoader.construct_yaml_int if tag == "int" else yaml.SafeLoader.construct_yaml_float)(
+            yaml.SafeLoader(""), node
+        )
+        message = f"`{text}` is the base-60 number {number} in YAML 1.1; write {number}, {quote}"
+    elif tag == "int" and ("_" in text or word.lstrip("+-").startswith("0b")):
+        number = yaml.SafeLoader.construct_yaml_int(yaml.SafeLoader(""), node)
+        message = f"`{text}` is the number {number} in YAML 1.1 but a string in YAML 1.2; write {number}"
+    elif tag == "str" and (m := _OCTAL_12.fullmatch(word)):
+        number = int(m[1] + m[2], 8)
+        message = f"`{text}` is a string in YAML 1.1 but the octal number {number} in YAML 1.2; write {number}"
+    elif tag == "str" and (m := _EXPONENT.fullmatch(word)) and any(c.isdigit() for c in m[1]):
+        mantissa = m[1] if "." in m[1] else f"{m[1]}.0"
+        message = (
+            f"`{text}` is a string in YAML 1.1 (its floats need a dot and a signed exponent); "
+            f"write {mantissa}e{m[2] or '+'}{m[3]}"
+        )
+    else:
+        return
+    raise ParseError(message, *_pos(node))

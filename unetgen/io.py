@@ -11,6 +11,7 @@ validated as Python (lax: tuples or lists, option instances or dicts).
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,8 +21,9 @@ from pydantic import ValidationError
 
 from . import documents
 from .config import UNetConfig
-from .diagnostics import Problem, problems_from, short_repr
+from .diagnostics import Problem, format_path, problems_from, short_repr
 from .presets import PRESETS
+from .reprs import short_path
 
 __all__ = ["ConfigError", "ConfigSource", "Problem", "dump_config", "load_config", "read_document", "validate_document"]
 
@@ -29,14 +31,24 @@ ConfigSource = UNetConfig | Mapping[str, Any] | str | Path
 SUFFIXES = {".json": "json", ".yaml": "yaml", ".yml": "yaml"}
 
 
+MAX_SHOWN = 50
+"""Most problems a `ConfigError`'s message lists (its `problems` holds them all)."""
+
+
 class ConfigError(ValueError):
     """A config that cannot be read or is not a valid `UNetConfig`. `problems` holds one `Problem`
     (file, line, column, field path, message) per problem; the message is one line per problem,
-    ``FILE:LINE:COLUMN: field.path: message``."""
+    ``FILE:LINE:COLUMN: field.path: message`` (the first `MAX_SHOWN`, then how many more)."""
 
     def __init__(self, problems: Sequence[Problem] | str) -> None:
         self.problems: tuple[Problem, ...] = () if isinstance(problems, str) else tuple(problems)
-        super().__init__(problems if isinstance(problems, str) else "\n".join(map(str, self.problems)))
+        if isinstance(problems, str):
+            super().__init__(problems)
+            return
+        lines = [str(p) for p in self.problems[:MAX_SHOWN]]
+        if len(self.problems) > MAX_SHOWN:
+            lines.append(f"... and {len(self.problems) - MAX_SHOWN} more problems (all in ConfigError.problems)")
+        super().__init__("\n".join(lines))
 
     def __reduce__(self) -> tuple[Any, ...]:
         return type(self), (self.problems or str(self),)
@@ -46,15 +58,20 @@ def _file_problem(source: str, message: str, line: int | None = 1, column: int |
     return ConfigError([Problem(source, line, column, "(file)", message)])
 
 
-def _read(path: str | Path) -> documents.Document:
-    p = Path(path)
-    kind = SUFFIXES.get(p.suffix.lower())
+def _read(path: str | os.PathLike[str]) -> documents.Document:
+    if not isinstance(path, (str, os.PathLike)):
+        raise ConfigError(f"a config path must be a str or os.PathLike, not {type(path).__name__}")
+    name = os.fspath(path)
+    if not isinstance(name, str):
+        raise ConfigError(f"a config path must be text, not {type(name).__name__}")
+    kind = SUFFIXES.get(Path(name.replace("\0", "")).suffix.lower())
     if kind is None:
-        raise _file_problem(str(p), f"unknown config file type {p.suffix!r}; use .json, .yaml or .yml")
+        suffix = short_repr(Path(name.replace("\0", "")).suffix)
+        raise _file_problem(name, f"unknown config file type {suffix}; use .json, .yaml or .yml")
     try:
-        return documents.parse(documents.read_text(p), kind)  # type: ignore[arg-type]
+        return documents.parse(documents.read_text(name), kind)  # type: ignore[arg-type]
     except documents.ParseError as err:
-        raise _file_problem(str(p), err.message, err.line, err.column) from None
+        raise _file_problem(name, err.message, err.line, err.column) from None
 
 
 def read_document(path: str | Path) -> Any:
@@ -85,6 +102,14 @@ def validate_document(
         message = f"must be a string (the schema's URL or path), got {short_repr(schema)}"
         raise ConfigError([Problem(source, *pos, "$schema", message)])
     if strict:
+        if (found := _lone_surrogate(data)) is not None:
+            path, index, char = found
+            pos = _position(positions, path, where)
+            message = (
+                f"the text holds a lone surrogate U+{ord(char):04X} (character {index + 1} of the string), "
+                "which is not Unicode; remove it or write the character it was meant to pair with"
+            )
+            raise ConfigError([Problem(source, *pos, format_path(path), message)])
         try:
             json.dumps(data, allow_nan=True)
         except (TypeError, ValueError, RecursionError) as err:  # not JSON, or an int of thousands of digits
@@ -108,18 +133,54 @@ def validate_document(
         raise ConfigError(problems_from(err, data, source, positions, revalidate)) from None
 
 
+def _lone_surrogate(document: Any) -> tuple[tuple[str | int, ...], int, str] | None:
+    """(path, index, character) of the first lone surrogate in a key or string of `document`
+    (JSON's ``"\\ud800"`` escapes decode to one; it cannot be encoded as UTF-8)."""
+    stack: list[tuple[tuple[str | int, ...], Any]] = [((), document)]
+    while stack:
+        path, item = stack.pop()
+        texts = [(path, item)] if isinstance(item, str) else []
+        if isinstance(item, Mapping):
+            texts += [((*path, k), k) for k in item if isinstance(k, str)]
+            stack.extend(((*path, k), v) for k, v in item.items())
+        elif isinstance(item, list):
+            stack.extend(((*path, i), v) for i, v in enumerate(item))
+        for where, text in texts:
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as err:
+                return where, err.start, text[err.start]
+    return None
+
+
+def _position(
+    positions: Mapping[tuple[str | int, ...], tuple[int, int]] | None,
+    path: tuple[str | int, ...],
+    default: tuple[int | None, int | None],
+) -> tuple[int | None, int | None]:
+    """The position of `path`, or of its nearest enclosing key, in the original text."""
+    for end in range(len(path), -1, -1):
+        if positions is not None and path[:end] in positions:
+            return positions[path[:end]]
+    return default
+
+
 def load_config(source: ConfigSource, *, key: str | None = None) -> UNetConfig:
     """A validated `UNetConfig` from a config, a mapping, a .json/.yaml/.yml path or a preset name
     (a string without one of those suffixes). Raises `ConfigError` listing every problem.
 
     `key` picks a config embedded in a larger document, e.g. "model" or "experiment.model"."""
+    if key is not None and not isinstance(key, str):
+        raise ConfigError(f"key={short_repr(key)} must be a dotted string such as 'model' or 'experiment.model'")
     if isinstance(source, UNetConfig):
         return source
     if isinstance(source, str) and Path(source).suffix.lower() not in SUFFIXES:
         if source in PRESETS and key is None:
             return PRESETS[source].build_config()
-        raise _file_problem(source, f"not a config file (.json, .yaml, .yml) nor a preset ({', '.join(PRESETS)})")
-    if isinstance(source, (str, Path)):
+        raise _file_problem(
+            source, f"not a config file (.json, .yaml, .yml) nor a preset ({', '.join(PRESETS)})", None, None
+        )
+    if isinstance(source, (str, os.PathLike)):
         doc = _read(source)
         if key is None:
             return validate_document(doc.value, str(source), doc.positions)
@@ -130,7 +191,10 @@ def load_config(source: ConfigSource, *, key: str | None = None) -> UNetConfig:
         if key is not None:
             return validate_document(_select(source, key, "<dict>"), f"<dict>: {key}", strict=False)
         return validate_document(source, "<dict>", strict=False)
-    raise ConfigError(f"cannot load a config from {type(source).__name__}; pass a UNetConfig, a mapping or a path")
+    raise ConfigError(
+        f"cannot load a config from {type(source).__name__}; pass a UNetConfig, a mapping, a str or os.PathLike "
+        "path, or a preset name"
+    )
 
 
 _HYDRA_KEYS = ("_target_", "_convert_", "_recursive_", "_partial_", "seed", "device", "dtype")  # + build_unet's own
@@ -144,15 +208,23 @@ def _select(document: Any, key: str, name: str) -> Any:
     and `hydra.utils.instantiate`."""
     node, path = document, []
     for part in key.split("."):
-        where = ".".join(path) or "the top level"
+        where = short_path(".".join(path)) if path else "the top level"
         if not isinstance(node, Mapping):
-            raise ConfigError(f"{name}: cannot look up {part!r}: {where} is a {type(node).__name__}, not a mapping")
+            raise ConfigError(
+                f"{short_path(name)}: cannot look up {short_repr(part)}: {where} is a {type(node).__name__}, "
+                "not a mapping"
+            )
         if part not in node:
-            raise ConfigError(f"{name}: no key {part!r} at {where} (found: {', '.join(map(str, node)) or 'none'})")
+            keys = [k if len(str(k)) <= 40 else short_repr(k) for k in list(node)[:8]]
+            found = ", ".join(map(str, keys)) + (f" and {len(node) - 8} more" if len(node) > 8 else "") or "none"
+            raise ConfigError(f"{short_path(name)}: no key {short_repr(part)} at {where} (found: {found})")
         node, path = node[part], [*path, part]
     if isinstance(node, Mapping) and "_target_" in node:
         if node["_target_"] not in _BUILDERS:
-            raise ConfigError(f"{name}: {key}._target_ is {node['_target_']!r}; expected one of {list(_BUILDERS)}")
+            raise ConfigError(
+                f"{short_path(name)}: {short_path(key)}._target_ is {short_repr(node['_target_'])}; "
+                f"expected one of {list(_BUILDERS)}"
+            )
         fields = {k: v for k, v in node.items() if k not in _HYDRA_KEYS}
         base = fields.pop("config", {})
         node = {**base, **fields} if isinstance(base, Mapping) else fields | {"config": base}

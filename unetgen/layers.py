@@ -16,6 +16,7 @@ from .config import (
     LeakyReLU,
     NoNorm,
     Norm,
+    PReLU,
     ReLU,
     SiLU,
     SpatialDims,
@@ -55,6 +56,11 @@ def conv(
     return CONV[dims](cin, cout, k, stride=stride, padding=padding, bias=bias)
 
 
+def norm_act(norm: nn.Module | None, act: nn.Module, *, after: bool) -> list[nn.Module]:
+    """The norm (if any) and the activation in order: the norm first unless `after`."""
+    return [m for m in ((act, norm) if after else (norm, act)) if m is not None]
+
+
 def norm(option: Norm, dims: SpatialDims, channels: int) -> nn.Module | None:
     """The normalisation layer of `option`, or None for no norm."""
     match option:
@@ -71,9 +77,12 @@ def norm(option: Norm, dims: SpatialDims, channels: int) -> nn.Module | None:
     raise AssertionError(f"unhandled norm {option!r}")
 
 
-def activation(option: Activation, *, inplace: bool = True) -> nn.Module:
-    """The non-linearity of `option`; in-place where torch supports it and the caller allows."""
+def activation(option: Activation, *, inplace: bool = True, channels: int = 1) -> nn.Module:
+    """The non-linearity of `option` on maps of `channels` channels; in-place where torch
+    supports it and the caller allows."""
     match option:
+        case PReLU(num_parameters=count, init=init):
+            return nn.PReLU(channels if count == "channels" else 1, init=init)
         case ReLU():
             return nn.ReLU(inplace=inplace)
         case LeakyReLU(negative_slope=slope):

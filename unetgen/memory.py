@@ -46,8 +46,10 @@ from .config import (
     AttentionGate,
     AvgPool,
     BatchNorm,
+    Block,
     Concat,
     ConvDown,
+    FirstConvDown,
     GroupNorm,
     InstanceNorm,
     LayerNorm,
@@ -56,6 +58,7 @@ from .config import (
     MaxPool,
     NearestUp,
     NoNorm,
+    PReLU,
     ReLU,
     ResidualBlock,
     SiLU,
@@ -73,6 +76,7 @@ __all__ = [
     "parse_bytes",
     "plan_training",
     "saved_activations",
+    "unsupported",
 ]
 
 OPTIMIZER_STATE = {"sgd": 0, "momentum": 1, "adam": 2, "adamw": 2}
@@ -226,6 +230,40 @@ class _Walk:
         return self.like(x)
 
 
+def _coarse(w: _Walk, x: int) -> tuple[int, ...]:
+    """The spatial size of `x` as one flat axis (enough for counting elements)."""
+    return (w.sizes[x] // (w.batch * w.channels[x]),)
+
+
+def unsupported(config: UNetConfig) -> list[str]:
+    """The options of `config` that `saved_activations` does not model yet (empty: all modelled)."""
+    c, out = config, []
+    if c.stem:
+        out.append("stem")
+    if any(s.units > 1 for s in c.layout.encoder + c.layout.decoder):
+        out.append("blocks_per_level > 1")
+    if isinstance(c.down, FirstConvDown):
+        out.append("down: first_conv")
+    if c.norm_position != "before_activation":
+        out.append(f"norm_position: {c.norm_position}")
+    if isinstance(c.activation, PReLU):
+        out.append("activation: prelu")
+    if isinstance(c.up, TransposeUp) and c.up.norm_act:
+        out.append("up.norm_act")
+    for name, block in (("block", c.block), ("decoder_block", c.decoder_block_type)):
+        if isinstance(block, ResidualBlock) and block.shortcut != "projection":
+            out.append(f"{name}.shortcut: {block.shortcut}")
+    return out
+
+
+def _check(config: UNetConfig) -> None:
+    if missing := unsupported(config):
+        raise ValueError(
+            f"the memory model does not cover {', '.join(missing)} yet; estimate without them "
+            "(they change the saved tensors by a few layers) or measure with benchmarks/training_memory.py"
+        )
+
+
 def _dropout_at(config: UNetConfig, stage: int) -> bool:
     """Whether the block of `stage` (encoder 0..depth, decoder -1) has dropout, as `UNet` decides."""
     d = config.dropout
@@ -239,9 +277,10 @@ def _dropout_at(config: UNetConfig, stage: int) -> bool:
     return d.rate > 0 and wanted
 
 
-def _block(w: _Walk, prefix: str, stage: Stage, x: int, drop: bool) -> int:
+def _block(w: _Walk, prefix: str, stage: Stage, x: int, drop: bool, block: Block | None = None) -> int:
     c = w.config
-    pre, residual, has_norm = c.block.preactivation, isinstance(c.block, ResidualBlock), not isinstance(c.norm, NoNorm)
+    block = c.block if block is None else block
+    pre, residual, has_norm = block.preactivation, isinstance(block, ResidualBlock), not isinstance(c.norm, NoNorm)
     h, cin = x, stage.in_channels
     for j, cout in enumerate(stage.channels):
         name, shape = f"{prefix}.conv{j + 1}", w.rows[f"{prefix}.conv{j + 1}"].shape
@@ -288,6 +327,7 @@ def _walk(
     config: UNetConfig, input_shape: Sequence[int], batch: int, dtype: torch.dtype, loss: bool
 ) -> tuple[_Walk, list[int]]:
     """The walk, and the keys of the tensors each checkpoint segment receives or returns."""
+    _check(config)
     c, lay = config, config.layout
     w = _Walk(config, input_shape, batch, dtype.itemsize)
     x = w.new(c.in_channels, tuple(input_shape))
@@ -323,8 +363,10 @@ def _walk(
         match c.up:
             case TransposeUp():
                 up = w.conv(f"up{i}", x, up_ch, up_shape)
-            case NearestUp() | LinearUp():
-                up = w.conv(f"up{i}.conv", w.new(lay.coarse_channels[i], up_shape), up_ch, up_shape)
+            case NearestUp(conv=when) | LinearUp(conv=when):  # the 1x1 conv runs first, on the coarse map
+                if when == "always" or lay.coarse_channels[i] != up_ch:
+                    x = w.conv(f"up{i}.conv", x, up_ch, _coarse(w, x))
+                up = w.new(up_ch, up_shape)  # interpolation keeps nothing
             case _:
                 raise AssertionError(f"unhandled up {c.up!r}")
         w.time += 1
@@ -345,7 +387,7 @@ def _walk(
             case _:
                 raise AssertionError(f"unhandled merge {c.merge!r}")
         merged = w.new(lay.decoder[i].in_channels, up_shape)  # concatenated, summed or gated
-        x = _block(w, f"dec{i}", lay.decoder[i], merged, _dropout_at(c, -1))
+        x = _block(w, f"dec{i}", lay.decoder[i], merged, _dropout_at(c, -1), c.decoder_block_type)
         held.append(x)
         if i in c.deep_supervision:
             w.segment = 0  # heads run outside the segments
@@ -533,7 +575,7 @@ def plan_training(
         while True:
             mem = cost(patch, batch)
             if mem.parameters + mem.total <= budget:
-                return patch, mem
+                return _grow(patch, mem, batch)
             out = shapes.output_shape(config, patch)
             order = sorted(range(dims), key=lambda a: -out[a])
             for a in order:  # shrink the largest axis that can still shrink
@@ -545,6 +587,24 @@ def plan_training(
                         break
             else:
                 return None
+
+    def _grow(patch: tuple[int, ...], mem: TrainingMemory, batch: int) -> tuple[tuple[int, ...], TrainingMemory]:
+        """Grow axes (the smallest output first) by one valid step while the step still fits."""
+        grown = True
+        while grown:
+            grown = False
+            out = shapes.output_shape(config, patch)
+            for a in sorted(range(dims), key=lambda a: out[a]):
+                if patch[a] >= full[a]:
+                    continue
+                up = shapes.nearest_valid_input_size(config, patch[a] + 1, direction="up", axis=a)
+                candidate = tuple(up if b == a else p for b, p in enumerate(patch))
+                if shapes.is_valid_input_shape(config, candidate):
+                    m = cost(candidate, batch)
+                    if m.parameters + m.total <= budget:
+                        patch, mem, grown = candidate, m, True
+                        break
+        return patch, mem
 
     batch = batch_size or 2
     found = largest(batch)

@@ -168,6 +168,7 @@ def crop_target(target: Array, config: UNetConfig, input_shape: Sequence[int]) -
     network predicts (the output lies `shapes.halo` pixels inside the input on every side). A
     target of any other size is cropped around its centre; it must cover the output."""
     out = shapes.output_shape(config, tuple(input_shape))
+    shapes.halo(config)  # refuses networks whose output pixels do not map one to one to input pixels
     dims = config.spatial_dims
     spatial = tuple(target.shape[-dims:]) if target.ndim >= dims else ()
     if len(spatial) != dims or any(s < o or (s - o) % 2 for s, o in zip(spatial, out, strict=True)):

@@ -11,21 +11,25 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from . import costs, layers, shapes
-from .blocks import ConvBlock, SkipMerge, make_down, make_up, paper_init_
+from .blocks import ConvBlock, SkipMerge, conv_norm_act, make_down, make_up, paper_init_
 from .config import UNetConfig
 from .io import ConfigSource, load_config
 
 
 class EncoderLevel(nn.Module):
-    """One encoder level: down-sample the finer map (not at level 0), then convolve."""
+    """One encoder level: down-sample the finer map (not at level 0, nor with `down: first_conv`,
+    whose block strides), the stem conv (level 0 with `stem: true`), then the block: a
+    `ConvBlock`, or a `Sequential` of them with `blocks_per_level` > 1."""
 
-    def __init__(self, down: nn.Module | None, block: ConvBlock) -> None:
+    def __init__(self, down: nn.Module | None, block: nn.Module, stem: nn.Module | None = None) -> None:
         super().__init__()
-        self.down, self.block = down, block
+        self.down, self.stem, self.block = down, stem, block
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.down is not None:
             x = self.down(x)  # (B, C_prev, *(S / stride))
+        if self.stem is not None:
+            x = self.stem(x)  # (B, C_0, *(S - shrink))
         return self.block(x)  # (B, C_level, *(S - shrink))
 
 
@@ -56,7 +60,7 @@ class UNet(nn.Module):
         super().__init__()
         self.config = config
         c, lay, dims = config, config.layout, config.spatial_dims
-        same = c.padding == "same"
+        same, norm_after = c.padding == "same", c.norm_position == "after_activation"
 
         def dropout(stage: int) -> nn.Module | None:
             d, where = c.dropout, c.dropout.placement
@@ -71,22 +75,35 @@ class UNet(nn.Module):
                 return None
             return layers.CHANNEL_DROPOUT[dims](d.rate) if d.spatial else nn.Dropout(d.rate)
 
-        def block(stage, drop_at: int) -> ConvBlock:
-            return ConvBlock(
-                dims, stage, same=same, norm=c.norm, act=c.activation, bias=c.conv_bias, block=c.block,
-                dropout=dropout(drop_at),
-            )  # fmt: skip
+        def block(stage, drop_at: int, option=c.block) -> nn.Module:
+            units = [
+                ConvBlock(
+                    dims, unit, same=same, norm=c.norm, act=c.activation, bias=c.conv_bias, block=option,
+                    dropout=dropout(drop_at) if u == stage.units - 1 else None, norm_after=norm_after,
+                )
+                for u, unit in enumerate(stage.split_units())
+            ]  # fmt: skip
+            return units[0] if len(units) == 1 else nn.Sequential(*units)
+
+        def up(i: int) -> nn.Module:
+            coarse, channels, stride = lay.coarse_channels[i], lay.up_channels[i], lay.strides[i]
+            return make_up(c.up, dims, coarse, channels, stride, norm=c.norm, act=c.activation, norm_after=norm_after)
 
         def encoder_level(i: int) -> EncoderLevel:
             down = make_down(c.down, dims, lay.encoder[i - 1].out_channels, lay.strides[i - 1]) if i > 0 else None
-            return EncoderLevel(down, block(lay.encoder[i], i))
+            stem = None
+            if i == 0 and lay.stem is not None:
+                stem = conv_norm_act(
+                    dims, lay.stem, same=same, norm=c.norm, act=c.activation, bias=c.conv_bias, norm_after=norm_after
+                )
+            return EncoderLevel(down, block(lay.encoder[i], i), stem)
 
         # Modules in execution order, one per level, so that torchinfo prints one row per level.
         self.encoder = nn.ModuleList(encoder_level(i) for i in range(c.depth))
         self.bottleneck = encoder_level(c.depth)
         self.decoder = nn.ModuleList(
             DecoderLevel(
-                make_up(c.up, dims, lay.coarse_channels[i], lay.up_channels[i], lay.strides[i]),
+                up(i),
                 SkipMerge(
                     c.merge,
                     dims,
@@ -96,7 +113,7 @@ class UNet(nn.Module):
                     c.activation,
                     inter=c.attention_channels[i] if c.attention_channels else 0,
                 ),
-                block(lay.decoder[i], -1),
+                block(lay.decoder[i], -1, c.decoder_block_type),
                 layers.conv(dims, lay.decoder[i].out_channels, c.out_channels, 1) if i in c.deep_supervision else None,
             )
             for i in range(c.depth)

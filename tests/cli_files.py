@@ -1,0 +1,157 @@
+"""Files for the command-line tests: tiny configs, checkpoints, weights and images, and the
+hostile or careless ones a user passes by mistake (a FIFO, a directory, a pickle, a PNG named
+.npy, an array of Python objects, a header that lies about its shape...)."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import pickle
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from unetgen import UNetConfig, build_unet, save_unet
+from unetgen.cli import main
+
+TINY = UNetConfig(depth=1, base_channels=2, channel_multiplier=1, in_channels=1, out_channels=3, init="torch")
+TINY3D = TINY.model_copy(update={"spatial_dims": 3, "padding": "same", "norm": "instance"})
+RGB = TINY.model_copy(update={"in_channels": 3, "padding": "same"})
+ANISO = UNetConfig(spatial_dims=3, depth=2, base_channels=2, strides=[[1, 2, 2], [2, 2, 2]], kernel_size=3)
+
+
+PLANS = {  # an nnU-Net v2.3+ plans file with one small 2D configuration
+    "dataset_name": "Dataset999_Fuzz",
+    "plans_name": "nnUNetPlans",
+    "configurations": {
+        "2d": {
+            "patch_size": [32, 32],
+            "architecture": {
+                "network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
+                "arch_kwargs": {
+                    "n_stages": 3,
+                    "features_per_stage": [2, 4, 8],
+                    "conv_op": "torch.nn.modules.conv.Conv2d",
+                    "kernel_sizes": [[3, 3], [3, 3], [3, 3]],
+                    "strides": [[1, 1], [2, 2], [2, 2]],
+                    "n_conv_per_stage": [2, 2, 2],
+                    "n_conv_per_stage_decoder": [2, 2],
+                    "conv_bias": True,
+                    "norm_op": "torch.nn.modules.instancenorm.InstanceNorm2d",
+                    "norm_op_kwargs": {"eps": 1e-05, "affine": True},
+                    "dropout_op": None,
+                    "dropout_op_kwargs": None,
+                    "nonlin": "torch.nn.LeakyReLU",
+                    "nonlin_kwargs": {"inplace": True},
+                },
+                "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"],
+            },
+        }
+    },
+}
+
+
+def make_files(root: Path) -> dict[str, str]:
+    """Write every file once; returns name -> path (absolute), including paths that do not exist."""
+    files: dict[str, Path] = {}
+
+    def path(name: str) -> Path:
+        files[name] = root / name
+        return files[name]
+
+    for name, config in [("tiny.json", TINY), ("tiny3d.json", TINY3D), ("rgb.json", RGB), ("aniso.json", ANISO)]:
+        path(name).write_text(config.model_dump_json())
+    path("typo.yaml").write_text("depth: 3\nchanels: 4\n")
+    path("plans.json").write_text(json.dumps(PLANS))
+    path("plans_v2.json").write_text(json.dumps({"configurations": {"2d": {"UNet_class_name": "Unknown"}}}))
+    path("empty.yaml").write_text("")
+    path("octal.yaml").write_text("base_channels: 064\n")
+    torch.manual_seed(0)
+    model = build_unet(TINY).eval()
+    torch.save(model.state_dict(), path("w.pt"))
+    torch.save({"nope": torch.zeros(1)}, path("wrong.pt"))
+    save_unet(model, path("tiny.safetensors"))
+    save_unet(build_unet(TINY3D), path("tiny3d.safetensors"))
+    for name, config in [("tiny3d.pt", TINY3D), ("rgb.pt", RGB), ("aniso.pt", ANISO)]:
+        torch.save(build_unet(config).state_dict(), path(name))
+    path("corrupt.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}garbage")
+    path("evil.pt").write_bytes(pickle.dumps(os.system))
+    path("evil.npy").write_bytes(pickle.dumps(os.system))
+    rng = np.random.default_rng(0)
+    np.save(path("in.npy"), rng.standard_normal((12, 13)).astype(np.float32))
+    np.save(path("in3.npy"), rng.standard_normal((3, 12, 13)).astype(np.float32))
+    np.save(path("batch.npy"), rng.standard_normal((2, 1, 12, 13)).astype(np.float32))
+    np.save(path("vol.npy"), rng.standard_normal((9, 10, 11)).astype(np.float32))
+    np.save(path("be.npy"), rng.standard_normal((12, 13)).astype(">f8"))
+    np.save(path("u16.npy"), rng.integers(0, 65535, (12, 13)).astype(np.uint16))
+    np.save(path("obj.npy"), np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    np.save(path("str.npy"), np.array([["a", "b"]]))
+    np.save(path("cplx.npy"), np.zeros((12, 13), np.complex64))
+    np.save(path("nan.npy"), np.full((12, 13), np.nan, np.float32))
+    np.save(path("huge.npy"), np.full((12, 13), 1e300))
+    np.save(path("empty.npy"), np.zeros((0, 13), np.float32))
+    np.save(path("scalar.npy"), np.float32(3))
+    with open(path("lying.npy"), "wb") as f:  # claims 4 TB of data
+        np.lib.format.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False, "shape": (10**6, 10**6)})
+    path("truncated.npy").write_bytes(files["in.npy"].read_bytes()[:-40])
+    from PIL import Image
+
+    Image.fromarray(rng.integers(0, 255, (12, 13), dtype=np.uint8)).save(path("in.png"))
+    Image.fromarray(rng.integers(0, 255, (12, 13, 3), dtype=np.uint8)).save(path("rgb.png"))
+    Image.fromarray(rng.integers(0, 255, (12, 13), dtype=np.uint8)).convert("P").save(path("palette.png"))
+    path("png.npy").write_bytes(files["in.png"].read_bytes())
+    path("text.png").write_text("not an image")
+    import tifffile
+
+    tifffile.imwrite(path("in.tif"), rng.standard_normal((12, 13)).astype(np.float32))
+    tifffile.imwrite(path("rgb.tiff"), rng.integers(0, 255, (12, 13, 3), dtype=np.uint8), photometric="rgb")
+    tifffile.imwrite(path("vol.tif"), rng.standard_normal((9, 10, 11)).astype(np.float32))
+    path("text.txt").write_text("hello")
+    path("image.bmp").write_bytes(b"BM" + bytes(60))
+    os.mkfifo(path("fifo.yaml"))
+    os.mkfifo(path("fifo.npy"))
+    os.mkfifo(path("fifo.safetensors"))
+    os.mkfifo(path("fifo.pt"))
+    os.mkfifo(path("fifo.svg"))
+    path("dir.yaml").mkdir()
+    path("dir.npy").mkdir()
+    path("outdir").mkdir()
+    (root / "full.npy").symlink_to("/dev/full")
+    files["full.npy"] = root / "full.npy"
+    for name in (
+        "missing.yaml",
+        "missing.npy",
+        "missing.safetensors",
+        "missing.pt",
+        "out.npy",
+        "out2.npy",
+        "d.svg",
+        "m.yaml",
+        "m.json",
+    ):
+        path(name)
+    files["missing/out.npy"] = root / "missing" / "out.npy"
+    files["outdir/p.npy"] = root / "outdir" / "p.npy"
+    files["missing/d.svg"] = root / "missing" / "d.svg"
+    files["missing/m.yaml"] = root / "missing" / "m.yaml"
+    files["outdir/m.yml"] = root / "outdir" / "m.yml"
+    files["noext"] = root / "noext"
+    out = {k: str(v) for k, v in files.items()}
+    out |= {"/dev/null": "/dev/null", "/dev/full": "/dev/full", "nul": str(root / "a\0b.npy"), "long": "x" * 5000}
+    out |= {"empty": "", "dash": "-", "preset": "ronneberger2015", "nopreset": "no-such-preset"}
+    return out
+
+
+def run(argv: list[str]) -> tuple[int, str, str]:
+    """`main(argv)` with stdout and stderr captured: (exit status, stdout, stderr). Anything
+    but a return or a SystemExit propagates (and fails the calling test)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(argv)
+        except SystemExit as exit:
+            code = 0 if exit.code is None else exit.code
+    return code, out.getvalue(), err.getvalue()

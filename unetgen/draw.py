@@ -1,0 +1,760 @@
+"""A diagram of a U-Net in the style of Figure 1 of Ronneberger et al. 2015, as SVG text.
+
+One box per feature map: its height grows with the spatial size (log scale), its width with the
+channel count (log scale); the channels stand above the box, the spatial size at its lower left.
+The contracting path runs down the left, the expansive path up the right, and grey copy (and
+crop) arrows join them. Every number comes from `shapes.trace` and `shapes.skip_crops`; the
+legend lists only the operations the config uses, derived from its option types with `match`.
+
+Pure standard library: the SVG is built with `xml.etree.ElementTree` (which escapes all text),
+uses generic font families only and references nothing outside itself.
+"""
+
+from __future__ import annotations
+
+import math
+import xml.etree.ElementTree as ET
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from . import shapes
+from .config import (
+    ELU,
+    GELU,
+    Add,
+    AttentionGate,
+    AvgPool,
+    BatchNorm,
+    Concat,
+    ConvDown,
+    FirstConvDown,
+    GroupNorm,
+    InstanceNorm,
+    LayerNorm,
+    LeakyReLU,
+    LinearUp,
+    MaxPool,
+    NearestUp,
+    NoNorm,
+    PlainBlock,
+    PReLU,
+    ReLU,
+    ResidualBlock,
+    SiLU,
+    TransposeUp,
+    UNetConfig,
+)
+from .diagnostics import short_repr
+from .io import ConfigSource, load_config
+
+__all__ = ["CONVS_DRAWN", "MAX_WIDTH", "draw_unet"]
+
+CONVS_DRAWN = (3, 2, 1)
+"""Conv maps drawn per block, tried in turn until the diagram fits in `MAX_WIDTH`: a block with
+more convs shows its first maps and its last, the arrow into the last labelled xN for the N
+convs it stands for."""
+MAX_WIDTH = 2400
+"""The widest diagram (px). A layout still wider with one map per block (absurd sizes) is scaled
+down to it: its viewBox keeps the natural size, its width attribute is MAX_WIDTH."""
+
+# Okabe-Ito colours (safe for the common colour-vision deficiencies), one per operation
+BLUE, VERMILLION, GREEN, PURPLE, ORANGE, YELLOW, SKY = (
+    "#0072B2",
+    "#D55E00",
+    "#009E73",
+    "#CC79A7",
+    "#E69F00",
+    "#F0E442",
+    "#56B4E9",
+)
+GREY, BLACK, WHITE = "#8C8C8C", "#000000", "#FFFFFF"
+COLOURS = {"conv": BLUE, "down": VERMILLION, "up": GREEN, "copy": GREY, "head": PURPLE, "aux": ORANGE}
+
+FONT = "sans-serif"
+CH_FONT, SIZE_FONT, NOTE_FONT, LEGEND_FONT, TITLE_FONT = 11, 10, 9, 12, 13
+H_MIN, H_MAX = 14.0, 150.0  # box heights of the smallest and largest map
+GAP = 30.0  # between the boxes of a row: the arrow and the next box's size label
+VGAP = 34.0  # between rows: the down- and up-sampling arrows
+LABEL_H = 15.0  # channel labels above the boxes
+BRACKET_H = 10.0  # residual brackets above the labels
+MARGIN = 16.0
+
+
+def text_width(text: str, size: float) -> float:
+    """A generous estimate of the advance width of `text` in a generic sans-serif font."""
+    units = 0.0
+    for ch in text:
+        if ch in "il.,:;'|!":
+            units += 0.34
+        elif ch in "()[] ":  # DejaVu Sans: parentheses 0.39 em, space 0.32 em
+            units += 0.42
+        elif ch in "mwMW@%":
+            units += 0.92
+        elif ch.isupper() or ch in "\u00d7\u2192\u2295\u25c6":
+            units += 0.74
+        else:
+            units += 0.63
+    return units * size
+
+
+def _box_width(channels: int) -> float:
+    return 6.0 + 2.0 * math.log2(channels)
+
+
+def _path(*runs: Sequence[tuple[float, float]]) -> str:
+    """SVG path data: one polyline per run."""
+    return " ".join(f"{'M' if i == 0 else 'L'}{_fmt(x)} {_fmt(y)}" for run in runs for i, (x, y) in enumerate(run))
+
+
+def _points(points: Sequence[tuple[float, float]]) -> str:
+    return " ".join(f"{_fmt(x)},{_fmt(y)}" for x, y in points)
+
+
+def _dims_text(values: Sequence[int]) -> str:
+    return "x".join(map(str, values))
+
+
+def _fmt(v: float) -> str:
+    return f"{round(v, 1):g}"
+
+
+# ---------------------------------------------------------------------------------------------
+# the scene: boxes, arrows and texts in absolute coordinates
+
+
+@dataclass
+class _Box:
+    w: float
+    h: float
+    shape: tuple[int, ...]
+    channels: int | None  # label above the box (None: no label)
+    role: str  # input, map, pool, copy, up, head, aux
+    size_label: bool = True
+    dashed: bool = False
+    label_right: bool = False  # the label moves right of an arrow leaving the box's top
+    cx: float = 0.0
+    cy: float = 0.0
+
+    @property
+    def left(self) -> float:
+        return self.cx - self.w / 2
+
+    @property
+    def right(self) -> float:
+        return self.cx + self.w / 2
+
+    @property
+    def top(self) -> float:
+        return self.cy - self.h / 2
+
+    @property
+    def bottom(self) -> float:
+        return self.cy + self.h / 2
+
+    def label_span(self) -> tuple[float, float]:
+        """Horizontal extent of the channel label (or of this box when it has none)."""
+        if self.channels is None:
+            return self.left, self.right
+        w = text_width(str(self.channels), CH_FONT)
+        return (self.cx + 4, self.cx + 4 + w) if self.label_right else (self.cx - w / 2, self.cx + w / 2)
+
+
+@dataclass
+class _Unit:
+    """Boxes drawn side by side as one (the pair of a cropped copy and an up-sampled map)."""
+
+    boxes: list[_Box]
+    label: int | None
+    inner_gap: float = 0.0
+    arrow_note: str | None = None  # on the arrow into this unit (compacted convs)
+
+    @property
+    def width(self) -> float:
+        return sum(b.w for b in self.boxes) + self.inner_gap * (len(self.boxes) - 1)
+
+    def place(self, left: float, cy: float) -> None:
+        x = left
+        for b in self.boxes:
+            b.cx, b.cy = x + b.w / 2, cy
+            x += b.w + self.inner_gap
+
+    @property
+    def left(self) -> float:
+        return self.boxes[0].left
+
+    @property
+    def right(self) -> float:
+        return self.boxes[-1].right
+
+    def label_span(self) -> tuple[float, float]:
+        if self.label is None:
+            return self.left, self.right
+        if len(self.boxes) == 1:
+            return self.boxes[0].label_span()
+        w = text_width(str(self.label), CH_FONT)
+        mid = (self.left + self.right) / 2
+        return mid - w / 2, mid + w / 2
+
+
+@dataclass
+class _Scene:
+    root: ET.Element
+
+    def rect(self, x: float, y: float, w: float, h: float, **attrs: str) -> ET.Element:
+        """A rectangle whose rounded edges are those of any neighbour it touches."""
+        x0, y0, x1, y1 = (round(v, 1) for v in (x, y, x + w, y + h))
+        return ET.SubElement(
+            self.root, "rect", {"x": _fmt(x0), "y": _fmt(y0), "width": _fmt(x1 - x0), "height": _fmt(y1 - y0), **attrs}
+        )
+
+    def text(self, x: float, y: float, content: str, size: float, *, anchor: str = "start", **attrs: str) -> None:
+        el = ET.SubElement(self.root, "text", {"x": _fmt(x), "y": _fmt(y), "font-size": _fmt(size), **attrs})
+        if anchor != "start":
+            el.set("text-anchor", anchor)
+        el.text = content
+
+    def arrow(self, points: list[tuple[float, float]], kind: str, *, dashed: bool = False) -> None:
+        colour = COLOURS[kind]
+        g = ET.SubElement(self.root, "g", {"class": f"arrow {kind}"})
+        (x0, y0), (x1, y1) = points[-2], points[-1]
+        length = math.hypot(x1 - x0, y1 - y0) or 1.0
+        ux, uy = (x1 - x0) / length, (y1 - y0) / length
+        head = min(7.0, length * 0.6)
+        bx, by = x1 - ux * head, y1 - uy * head  # base of the head: the line stops there
+        attrs = {"d": _path([*points[:-1], (bx, by)]), "fill": "none", "stroke": colour, "stroke-width": "2"}
+        if dashed:
+            attrs["stroke-dasharray"] = "4 2"
+        ET.SubElement(g, "path", attrs)
+        half = head * 0.55
+        tip = _points([(x1, y1), (bx - uy * half, by + ux * half), (bx + uy * half, by - ux * half)])
+        ET.SubElement(g, "polygon", {"points": tip, "fill": colour})
+
+
+FILLS = {"input": WHITE, "map": SKY, "pool": SKY, "copy": WHITE, "up": SKY, "head": PURPLE, "aux": ORANGE}
+
+
+# ---------------------------------------------------------------------------------------------
+# the legend: what the config uses, one `match` per option type
+
+
+def _per_level(values: Sequence[tuple[int, ...]], what: str) -> tuple[str, bool]:
+    """One text for per-level values: '3x3' when uniform, else grouped by consecutive levels.
+    The bool says whether they vary."""
+    texts = [_dims_text(v) for v in values]
+    if len(set(texts)) == 1:
+        return texts[0], False
+    groups: list[tuple[str, int, int]] = []
+    for i, t in enumerate(texts):
+        if groups and groups[-1][0] == t:
+            groups[-1] = (t, groups[-1][1], i)
+        else:
+            groups.append((t, i, i))
+    parts = [f"{t} ({what} {a})" if a == b else f"{t} ({what}s {a}-{b})" for t, a, b in groups]
+    return ", ".join(parts), True
+
+
+def _norm_text(config: UNetConfig) -> str | None:
+    match config.norm:
+        case NoNorm():
+            return None
+        case BatchNorm():
+            return "batch norm"
+        case InstanceNorm():
+            return "instance norm"
+        case GroupNorm(num_groups=g):
+            return f"group norm ({g} groups)"
+        case LayerNorm():
+            return "layer norm"
+        case other:
+            raise TypeError(f"draw_unet has no legend entry for norm {type(other).__name__}; add one")
+
+
+def _activation_text(config: UNetConfig) -> str:
+    match config.activation:
+        case ReLU():
+            return "ReLU"
+        case LeakyReLU(negative_slope=s):
+            return f"leaky ReLU ({s:g})"
+        case ELU(alpha=a):
+            return "ELU" if a == 1 else f"ELU ({a:g})"
+        case GELU():
+            return "GELU"
+        case SiLU():
+            return "SiLU"
+        case PReLU(num_parameters=count):
+            return "PReLU" if count == "one" else "PReLU (per channel)"
+        case other:
+            raise TypeError(f"draw_unet has no legend entry for activation {type(other).__name__}; add one")
+
+
+def _legend(config: UNetConfig, compacted: bool, dropout_blocks: bool) -> list[tuple[str, str]]:
+    """(glyph, text) pairs; glyph is an arrow kind, 'box:<role>', 'residual', 'dropout', 'gate' or 'plus'."""
+    lay = config.layout
+    kernel, _ = _per_level([s.kernel for s in lay.encoder], "level")
+    stride, varies = _per_level(lay.strides, "step")
+    # uniform strides: 'max pool 2x2'; per-step strides: written at each arrow
+    size = "" if varies else f" {stride}"
+    factor = " (factor at each arrow)" if varies else f" by {lay.strides[0][0]}"
+    each = ", stride at each arrow" if varies else ""
+    valid = config.padding == "valid"
+    conv = f"conv {kernel}" + (" (no padding)" if valid else " (zero padding)")
+    norm, act = _norm_text(config), _activation_text(config)
+    after = config.norm_position == "after_activation"
+    match config.block:
+        case PlainBlock(preactivation=False) | ResidualBlock(preactivation=False):
+            steps = [conv, act, norm] if after else [conv, norm, act]
+        case PlainBlock() | ResidualBlock():
+            steps = [act, norm, conv] if after else [norm, act, conv]
+        case other:
+            raise TypeError(f"draw_unet has no legend entry for block {type(other).__name__}; add one")
+    items = [("conv", ", ".join(s for s in steps if s))]
+    copy = "copy and crop" if valid else "copy"
+    match config.merge:
+        case Concat():
+            items.append(("copy", f"{copy}, concatenate (white box: the copy)"))
+        case Add():
+            items.append(("copy", f"{copy}, add to the up-sampled map"))
+            items.append(("plus", "sum of the copy (white) and the up-sampled map"))
+        case AttentionGate():
+            items.append(("copy", f"{copy}, concatenate (white box: the gated copy)"))
+            items.append(("gate", "attention gate on the copy, gated by the up-sampled map"))
+        case other:
+            raise TypeError(f"draw_unet has no legend entry for merge {type(other).__name__}; add one")
+    match config.down:
+        case MaxPool():
+            items.append(("down", f"max pool{size} (kernel = stride{each})"))
+        case AvgPool():
+            items.append(("down", f"average pool{size} (kernel = stride{each})"))
+        case ConvDown():
+            items.append(("down", f"strided conv{size} (kernel = stride{each})"))
+        case FirstConvDown():
+            items.append(("down", f"stride{size} in the first conv of the level below{each}"))
+        case other:
+            raise TypeError(f"draw_unet has no legend entry for down {type(other).__name__}; add one")
+    interp = {1: "linear", 2: "bilinear", 3: "trilinear"}[config.spatial_dims]
+    match config.up:
+        case TransposeUp(kernel_size=None, norm_act=norm_act):
+            then = f", {', '.join(s for s in (norm, act) if s)}" if norm_act else ""
+            items.append(("up", f"up-conv{size} (transposed conv, kernel = stride{each}){then}"))
+        case TransposeUp(kernel_size=k, norm_act=norm_act):
+            then = f", {', '.join(s for s in (norm, act) if s)}" if norm_act else ""
+            items.append(("up", f"up-conv{size} (transposed conv, kernel {k}{each}){then}"))
+        case NearestUp(conv=when) | LinearUp(conv=when):
+            name = "nearest" if isinstance(config.up, NearestUp) else interp
+            conv1 = "conv 1x1" if when == "always" else "conv 1x1 where the channels change"
+            items.append(("up", f"{name} up-sampling{factor}, {conv1}"))
+        case other:
+            raise TypeError(f"draw_unet has no legend entry for up {type(other).__name__}; add one")
+    items.append(("head", "conv 1x1 (output)"))
+    if config.deep_supervision:
+        items.append(("aux", "conv 1x1 auxiliary output (deep supervision, training only)"))
+    match config.block:
+        case ResidualBlock(preactivation=pre):
+            kind = "pre-activation residual" if pre else "residual"
+            items.append(("residual", f"{kind} block: input added to output (1x1 conv if channels change)"))
+        case PlainBlock():
+            pass
+    if dropout_blocks:
+        kind = "channel dropout" if config.dropout.spatial else "dropout"
+        items.append(("dropout", f"{kind} {config.dropout.rate:g} after the block (dashed box)"))
+    if compacted:
+        items.append(("note", "xN: N convs in a row (the maps between are not drawn)"))
+    items.append(("box:map", "feature map: channels above, size at the lower left"))
+    return items
+
+
+def _dropout_levels(config: UNetConfig) -> tuple[set[int], bool]:
+    """Encoder levels (depth = the bottleneck) whose block ends in dropout, and whether the decoder's do."""
+    d = config.dropout
+    if d.rate == 0:
+        return set(), False
+    depth = config.depth
+    match d.placement:
+        case "contracting_end":
+            return {depth - 1, depth}, False
+        case "bottleneck":
+            return {depth}, False
+        case "encoder":
+            return set(range(depth + 1)), False
+        case "decoder":
+            return set(), True
+        case "all":
+            return set(range(depth + 1)), True
+    raise AssertionError(f"unhandled dropout placement {d.placement!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# layout
+
+
+def _conv_units(rows: dict[str, shapes.TraceRow], prefix: str, count: int, cap: int) -> list[_Unit]:
+    """The conv maps of a block; long blocks keep their first maps and their last."""
+    keep = list(range(count))
+    if count > cap:
+        keep = [*range(cap - 1), count - 1]
+    units = []
+    for j in keep:
+        r = rows[f"{prefix}.conv{j + 1}"]
+        note = f"x{count - cap + 1}" if count > cap and j == count - 1 else None
+        units.append(_Unit([_Box(_box_width(r.channels), 0, r.shape, r.channels, "map")], r.channels, arrow_note=note))
+    return units
+
+
+def _size_extent(box: _Box) -> float:
+    """How far below the row centre the box and its rotated size label reach."""
+    if not box.size_label:
+        return box.h / 2
+    return max(box.h / 2, 6 + text_width(_dims_text(box.shape), SIZE_FONT))
+
+
+def _place_row(units: list[_Unit], first_left: float, cy: float) -> None:
+    x = first_left
+    for i, u in enumerate(units):
+        if i:
+            prev = units[i - 1]
+            u.place(0, cy)  # measure this unit's label relative to its own left edge
+            lo, _ = u.label_span()
+            _, hi = prev.label_span()
+            gap = max(GAP, hi + 8 - (prev.right + lo))
+            if u.arrow_note:
+                gap = max(gap, text_width(u.arrow_note, NOTE_FONT) + 18)
+            x = prev.right + gap
+        u.place(x, cy)
+
+
+def draw_unet(config: ConfigSource, input_shape: Sequence[int] | int | None = None) -> str:
+    """The network as an SVG document in the style of the paper's Figure 1.
+
+    `config` is anything `load_config` accepts (a `UNetConfig`, a mapping, a file, a preset name).
+    Sizes are those of `shapes.trace` at `input_shape` (one int is used for every axis); with
+    None, the smallest valid input (`shapes.min_input_shape`), as the caption says. An invalid
+    shape raises `InputShapeError` naming the nearest valid sizes."""
+    config = load_config(config)
+    if isinstance(config.down, FirstConvDown) and len(config.layout.encoder[-1].channels) < 2:
+        raise ValueError(
+            "draw_unet needs two or more conv maps in the bottleneck with down='first_conv' (the down "
+            "arrow ends at the first, the up arrow leaves from the last, and no pooled map sits between); "
+            "draw it with 2 convs in the bottleneck (convs_per_block or blocks_per_level)"
+        )
+    if input_shape is None:
+        shape = shapes.min_input_shape(config)
+    elif isinstance(input_shape, int):
+        shape = (input_shape,) * config.spatial_dims
+    else:
+        shape = tuple(input_shape)
+    if not all(isinstance(s, int) and not isinstance(s, bool) for s in shape):
+        raise shapes.InputShapeError(f"input_shape={short_repr(input_shape)} must be whole numbers, e.g. (572, 572)")
+    for cap in CONVS_DRAWN:
+        root, width, height = _render(config, shape, input_shape is not None, cap)
+        if width <= MAX_WIDTH:
+            break
+    else:
+        root.set("width", _fmt(MAX_WIDTH))
+        root.set("height", _fmt(height * MAX_WIDTH / width))
+    ET.indent(root, space="")
+    return ET.tostring(root, encoding="unicode") + "\n"
+
+
+def _render(config: UNetConfig, shape: tuple[int, ...], given: bool, cap: int) -> tuple[ET.Element, float, float]:
+    """The diagram with at most `cap` conv maps per block, and its natural width and height."""
+    rows = {r.name: r for r in shapes.trace(config, shape)}
+    crops = shapes.skip_crops(config, shape)
+    lay, depth = config.layout, config.depth
+    enc_drop, dec_drop = _dropout_levels(config)
+    residual = isinstance(config.block, ResidualBlock)
+    enc, dec = _levels(config, rows, crops, cap)
+    every = [b for level in enc + dec for u in level for b in u.boxes]
+    centres, y = _rows(enc, dec, residual, top=MARGIN + 2 * TITLE_FONT + 14)
+    _columns(config, enc, dec, centres, crops)
+
+    # -- draw ----------------------------------------------------------------------------------
+    root = ET.Element("svg", {"xmlns": "http://www.w3.org/2000/svg", "version": "1.1"})
+    scene = _Scene(root)
+    body = ET.Element("g", {"font-family": FONT, "fill": BLACK})
+    scene.root = body
+    for i in range(depth + 1):
+        _draw_row(scene, enc[i], centres[i], residual)
+        if i < depth:
+            _draw_row(scene, dec[i], centres[i], residual)
+    strides = lay.strides
+    varies = _per_level(strides, "step")[1]
+    for i in range(depth):
+        a, b = enc[i][-1].boxes[0], enc[i + 1][0].boxes[0]
+        scene.arrow([(a.cx, a.bottom), (b.cx, b.top)], "down")
+        src = enc[depth][-1].boxes[0] if i == depth - 1 else _last_conv(dec[i + 1], i + 1, config)
+        dst = dec[i][0].boxes[1]
+        scene.arrow([(src.cx, src.top), (dst.cx, dst.bottom)], "up")
+        if varies:
+            note = _dims_text(strides[i])
+            mid_d = (a.bottom + b.top) / 2 + NOTE_FONT / 2 - 1
+            mid_u = (src.top + dst.bottom) / 2 + NOTE_FONT / 2 - 1
+            # the down note right of its arrow, the up note left of its; outwards where they would meet
+            inward = a.cx < src.cx and src.cx - a.cx < 2 * text_width(note, NOTE_FONT) + 14
+            side = -1 if inward else 1
+            scene.text(
+                a.cx + 5 * side, mid_d, note, NOTE_FONT, anchor="end" if inward else "start", **{"class": "stride"}
+            )
+            scene.text(
+                src.cx - 5 * side, mid_u, note, NOTE_FONT, anchor="start" if inward else "end", **{"class": "stride"}
+            )
+        # the copy (and crop) arrow
+        s, c = enc[i][-1].boxes[0], dec[i][0].boxes[0]
+        scene.arrow([(s.right, centres[i]), (c.left, centres[i])], "copy")
+        if config.padding == "valid":
+            scene.text(
+                (s.right + c.left) / 2, centres[i] - 5, _crop_text(crops[i]), NOTE_FONT, anchor="middle", fill=GREY
+            )
+        if isinstance(config.merge, AttentionGate):
+            _gate(body, c.left - 18, centres[i])
+        if isinstance(config.merge, Add):
+            _plus(body, (c.right + dec[i][0].boxes[1].left) / 2, centres[i])
+
+    # -- caption, legend and canvas ----------------------------------------------------------------
+    drawn_right = max(
+        max(u.label_span()[1] for level in enc + dec for u in level),
+        max(b.right for b in every),
+    )
+    dims = config.spatial_dims
+    caption = (
+        f"U-Net, {dims}D, depth {depth}: input {config.in_channels}x{_dims_text(shape)}"
+        f" → output {config.out_channels}x{_dims_text(rows['head'].shape)}"
+    )
+    scene.text(MARGIN, MARGIN + TITLE_FONT, caption, TITLE_FONT, **{"font-weight": "bold"})
+    note = (
+        f"sizes for input {_dims_text(shape)}"
+        if given
+        else f"sizes for the smallest valid input, {_dims_text(shape)} (pass another input size to redraw)"
+    )
+    scene.text(MARGIN, MARGIN + 2 * TITLE_FONT + 4, note, NOTE_FONT + 1, fill="#444444")
+    compacted = any(u.arrow_note for level in enc + dec for u in level)
+    items = _legend(config, compacted, bool(enc_drop) or dec_drop)
+    width = max(
+        drawn_right + MARGIN,
+        MARGIN + text_width(caption, TITLE_FONT) + MARGIN,
+        MARGIN + text_width(note, NOTE_FONT + 1) + MARGIN,
+    )
+    legend_top = y - VGAP + 22
+    legend = _Scene(ET.SubElement(body, "g", {"class": "legend"}))
+    height = _draw_legend(legend, items, MARGIN, legend_top, width) + MARGIN
+    width = max(width, _legend_width(items) + 2 * MARGIN)
+    root.set("width", _fmt(width))
+    root.set("height", _fmt(height))
+    root.set("viewBox", f"0 0 {_fmt(width)} {_fmt(height)}")
+    title = ET.SubElement(root, "title")
+    title.text = caption
+    ET.SubElement(root, "rect", {"width": "100%", "height": "100%", "fill": WHITE})
+    root.append(body)
+    return root, width, height
+
+
+def _levels(
+    config: UNetConfig, rows: dict[str, shapes.TraceRow], crops: list[shapes.SkipCrop], cap: int
+) -> tuple[list[list[_Unit]], list[list[_Unit]]]:
+    """The boxes of every level, encoder (depth + 1 levels, the bottleneck last) and decoder."""
+    lay, depth = config.layout, config.depth
+    enc_drop, dec_drop = _dropout_levels(config)
+    enc: list[list[_Unit]] = []
+    dec: list[list[_Unit]] = []
+    for i in range(depth + 1):
+        firsts = []
+        if i == 0:
+            r = rows["input"]
+            firsts.append(_Unit([_Box(_box_width(r.channels), 0, r.shape, r.channels, "input")], r.channels))
+            if "stem" in rows:  # `stem: true`: one conv before level 0's block
+                r = rows["stem"]
+                firsts.append(_Unit([_Box(_box_width(r.channels), 0, r.shape, r.channels, "map")], r.channels))
+        elif f"down{i - 1}" in rows:  # the pooled map: the channels of the map above, so no label
+            r = rows[f"down{i - 1}"]
+            firsts.append(_Unit([_Box(_box_width(r.channels), 0, r.shape, None, "pool")], None))
+        prefix = "bottleneck" if i == depth else f"enc{i}"
+        convs = _conv_units(rows, prefix, len(lay.encoder[i].channels), cap)
+        if not firsts:  # `down: first_conv`: the down arrow ends at the first (strided) conv map
+            convs[0].boxes[0].label_right = True  # its label moves right of the arrow
+        convs[-1].boxes[0].dashed = i in enc_drop
+        enc.append([*firsts, *convs])
+    for i in range(depth):
+        up = rows[f"up{i}"]
+        copy = _Box(_box_width(lay.encoder[i].out_channels), 0, crops[i].up_shape, None, "copy")
+        upbox = _Box(_box_width(up.channels), 0, up.shape, None, "up", size_label=False)
+        gap = 14.0 if isinstance(config.merge, Add) else 0.0  # room for the circled plus
+        units = [_Unit([copy, upbox], rows[f"merge{i}"].channels, inner_gap=gap)]
+        units += _conv_units(rows, f"dec{i}", len(lay.decoder[i].channels), cap)
+        units[-1].boxes[0].dashed = dec_drop
+        heads = [(f"aux{i}", "aux")] + ([("head", "head")] if i == 0 else [])
+        for name, role in heads:
+            if name in rows:  # aux{i}: deep supervision at level i
+                r = rows[name]
+                units.append(_Unit([_Box(_box_width(r.channels), 0, r.shape, r.channels, role)], r.channels))
+        dec.append(units)
+    # the maps the up-sampling arrows leave from: their labels move right of the arrow
+    for b in [enc[depth][-1].boxes[0]] + [_last_conv(dec[i], i, config) for i in range(1, depth)]:
+        b.label_right = True
+    return enc, dec
+
+
+def _rows(enc: list[list[_Unit]], dec: list[list[_Unit]], residual: bool, top: float) -> tuple[list[float], float]:
+    """Box heights (log of the geometric-mean size), each level's centre line, and the bottom."""
+    every = [b for level in enc + dec for u in level for b in u.boxes]
+    measure = {id(b): math.log(max(1, math.prod(b.shape))) / len(b.shape) for b in every}
+    lo, hi = min(measure.values()), max(measure.values())
+    for b in every:
+        t = (measure[id(b)] - lo) / (hi - lo) if hi > lo else 1.0
+        b.h = H_MIN + (H_MAX - H_MIN) * t
+    y, centres = top, []
+    for i in range(len(enc)):
+        level = [b for u in enc[i] + (dec[i] if i < len(dec) else []) for b in u.boxes]
+        above = max(b.h for b in level) / 2 + LABEL_H + (BRACKET_H if residual else 0)
+        below = max(_size_extent(b) for b in level)
+        centres.append(y + above)
+        y = y + above + below + VGAP
+    return centres, y
+
+
+def _columns(
+    config: UNetConfig,
+    enc: list[list[_Unit]],
+    dec: list[list[_Unit]],
+    centres: list[float],
+    crops: list[shapes.SkipCrop],
+) -> None:
+    """Each encoder level starts under the last map of the level above; each decoder level above
+    the map its up-sampling arrow leaves from; the copy arrows get room for their labels."""
+    depth = config.depth
+    _place_row(enc[0], MARGIN + 14, centres[0])
+    for i in range(1, depth + 1):
+        _place_row(enc[i], enc[i - 1][-1].boxes[0].cx - enc[i][0].width / 2, centres[i])
+    _place_decoder(dec, enc, centres, depth)
+    need = 0.0
+    for i in range(depth):
+        want = 36.0 + (text_width(_crop_text(crops[i]), NOTE_FONT) if config.padding == "valid" else 0.0)
+        want += 28.0 if isinstance(config.merge, AttentionGate) else 0.0
+        need = max(need, want - (dec[i][0].left - enc[i][-1].right))
+    if need > 0:  # widen the bottleneck's last step: the whole decoder moves right
+        last = enc[depth][-1]
+        last.place(last.left + need, centres[depth])
+        _place_decoder(dec, enc, centres, depth)
+
+
+def _last_conv(units: list[_Unit], level: int, config: UNetConfig) -> _Box:
+    """The decoder level's last conv map (before its auxiliary and output heads)."""
+    extra = (level in config.deep_supervision) + (level == 0)
+    return units[-1 - extra].boxes[0]
+
+
+def _crop_text(crop: shapes.SkipCrop) -> str:
+    off = crop.offset
+    return f"crop {off[0]}" if len(set(off)) == 1 else f"crop {_dims_text(off)}"
+
+
+def _place_decoder(dec: list[list[_Unit]], enc: list[list[_Unit]], centres: list[float], depth: int) -> None:
+    """Decoder level i starts above the map its up-sampling arrow leaves from."""
+    for i in reversed(range(depth)):
+        pair = dec[i][0]
+        up = pair.boxes[1]
+        if i == depth - 1:
+            src = enc[depth][-1].boxes[0]
+        else:
+            below = dec[i + 1]
+            src = below[_index_of_last_conv(below)].boxes[0]
+        left = src.cx - up.w / 2 - pair.inner_gap - pair.boxes[0].w
+        _place_row(dec[i], left, centres[i])
+
+
+def _index_of_last_conv(units: list[_Unit]) -> int:
+    return max(k for k, u in enumerate(units) if u.boxes[0].role == "map")
+
+
+def _draw_row(scene: _Scene, units: list[_Unit], cy: float, residual: bool) -> None:
+    for k, u in enumerate(units):
+        for b in u.boxes:
+            attrs = {"class": f"map {b.role}", "fill": FILLS[b.role], "stroke": BLACK, "stroke-width": "1"}
+            if b.dashed:
+                attrs["stroke-dasharray"] = "3 2"
+                attrs["stroke-width"] = "1.6"
+            scene.rect(b.left, b.top, b.w, b.h, **attrs)
+            if b.size_label:
+                text = _dims_text(b.shape)
+                base = max(b.bottom, cy + 6 + text_width(text, SIZE_FONT))
+                x = b.left - 3
+                scene.text(x, base, text, SIZE_FONT, transform=f"rotate(-90 {_fmt(x)} {_fmt(base)})")
+        if u.label is not None:
+            top = min(b.top for b in u.boxes) - 4
+            if len(u.boxes) == 1 and u.boxes[0].label_right:
+                scene.text(u.boxes[0].cx + 4, top, str(u.label), CH_FONT)
+            else:
+                scene.text((u.left + u.right) / 2, top, str(u.label), CH_FONT, anchor="middle")
+        if k:
+            prev = units[k - 1].boxes[-1]
+            b = u.boxes[0]
+            kind = {"head": "head", "aux": "aux"}.get(b.role, "conv")
+            scene.arrow([(prev.right, cy), (b.left, cy)], kind, dashed=kind == "aux")
+            if u.arrow_note:
+                scene.text((prev.right + b.left) / 2 - 2, cy - 5, u.arrow_note, NOTE_FONT, anchor="middle", fill=BLUE)
+    if residual:
+        # the block: from its input map (the first unit) to its last conv map
+        last = max(k for k, u in enumerate(units) if u.boxes[0].role == "map")
+        row_top = min(b.top for u in units for b in u.boxes) - LABEL_H - 1
+        x0, x1 = units[0].right - 1, units[last].boxes[0].left + 1
+        y0 = row_top - BRACKET_H + 2
+        _bracket(scene.root, x0, x1, y0, row_top)
+
+
+def _bracket(parent: ET.Element, x0: float, x1: float, top: float, base: float) -> None:
+    """The residual path over a block: up from its input, across, down to its output (the dot: the sum)."""
+    d = _path([(x0, base), (x0, top), (x1, top), (x1, base)])
+    ET.SubElement(parent, "path", {"class": "residual", "d": d, "fill": "none", "stroke": BLACK})
+    ET.SubElement(parent, "circle", {"cx": _fmt(x1), "cy": _fmt(top), "r": "2.5", "fill": BLACK})
+
+
+def _gate(parent: ET.Element, cx: float, cy: float) -> None:
+    r = 6.5
+    pts = _points([(cx, cy - r), (cx + r, cy), (cx, cy + r), (cx - r, cy)])
+    ET.SubElement(parent, "polygon", {"class": "gate", "points": pts, "fill": YELLOW, "stroke": BLACK})
+
+
+def _plus(parent: ET.Element, cx: float, cy: float) -> None:
+    g = ET.SubElement(parent, "g", {"class": "plus", "stroke": BLACK, "fill": WHITE})
+    ET.SubElement(g, "circle", {"cx": _fmt(cx), "cy": _fmt(cy), "r": "5.5"})
+    d = _path([(cx - 3.5, cy), (cx + 3.5, cy)], [(cx, cy - 3.5), (cx, cy + 3.5)])
+    ET.SubElement(g, "path", {"d": d})
+
+
+GLYPH_W = 40.0
+ROW_H = 20.0
+
+
+def _legend_width(items: list[tuple[str, str]]) -> float:
+    """Width of the widest legend entry."""
+    return GLYPH_W + 8 + max(text_width(t, LEGEND_FONT) for _, t in items)
+
+
+def _draw_legend(scene: _Scene, items: list[tuple[str, str]], left: float, top: float, width: float) -> float:
+    """The legend in as many columns as fit; returns its bottom."""
+    parent = scene.root
+    col_w = _legend_width(items) + 24
+    cols = max(1, min(3, int((width - 2 * MARGIN + 24) // col_w)))
+    per_col = -(-len(items) // cols)
+    for n, (glyph, text) in enumerate(items):
+        col, row = divmod(n, per_col)
+        x, y = left + col * col_w, top + row * ROW_H
+        mid = y + ROW_H / 2
+        if glyph in COLOURS:
+            scene.arrow([(x, mid), (x + GLYPH_W - 4, mid)], glyph, dashed=glyph == "aux")
+        elif glyph == "box:map":
+            scene.rect(x + 4, y + 2, 10, ROW_H - 4, fill=SKY, stroke=BLACK, **{"class": "legend-box"})
+            scene.rect(x + 20, y + 2, 10, ROW_H - 4, fill=WHITE, stroke=BLACK, **{"class": "legend-box"})
+        elif glyph == "dropout":
+            scene.rect(
+                x + 10, y + 2, 14, ROW_H - 4, fill=SKY, stroke=BLACK, **{"class": "legend-box"},
+                **{"stroke-dasharray": "3 2", "stroke-width": "1.6"},
+            )  # fmt: skip
+        elif glyph == "residual":
+            _bracket(parent, x + 4, x + 32, y + 5, y + ROW_H - 4)
+        elif glyph == "gate":
+            _gate(parent, x + 18, mid)
+        elif glyph == "plus":
+            _plus(parent, x + 18, mid)
+        elif glyph == "note":
+            scene.text(x + 18, mid + NOTE_FONT / 2 - 1, "xN", NOTE_FONT, anchor="middle", fill=BLUE)
+        scene.text(x + GLYPH_W + 8, mid + LEGEND_FONT / 2 - 2, text, LEGEND_FONT)
+    return top + per_col * ROW_H
