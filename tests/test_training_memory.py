@@ -1,0 +1,222 @@
+"""unetgen.memory: the analytic saved-tensor count against the real model on the meta device,
+the step estimate's parts, plan_training and `unetgen plan`. (Peaks measured in fresh processes:
+benchmarks/training_memory.py, not a test.)"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import config_dicts, valid_shapes
+from hypothesis import given
+from hypothesis import strategies as st
+
+from unetgen import UNetConfig, build_unet, cli, shapes
+from unetgen.memory import (
+    _walk,
+    estimate_training_memory,
+    parse_bytes,
+    plan_training,
+    saved_activations,
+    unsupported,
+)
+from unetgen.training import deep_supervision_targets
+
+
+def measure(config: UNetConfig, shape: tuple[int, ...], batch: int, *, loss: bool = False) -> tuple[int, int]:
+    """(number of tensors saved, bytes of their distinct storages) of one real training-mode forward
+    pass on the meta device, parameters and buffers left out; with `loss`, cross-entropy on every head."""
+    model = build_unet(config, device="meta").train()
+    exclude = {p.untyped_storage()._cdata for p in [*model.parameters(), *model.buffers()]}
+    packed: list[torch.Tensor] = []
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        packed.append(t)
+        return t
+
+    x = torch.empty(batch, config.in_channels, *shape, device="meta")
+    target = torch.zeros(batch, *shape, dtype=torch.long, device="meta")
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = model(x)
+        if loss:
+            outs = out if isinstance(out, list) else [out]
+            for o, t in zip(outs, deep_supervision_targets(target, config, shape), strict=True):
+                F.cross_entropy(o, t.contiguous())
+    acts = [t for t in packed if t.untyped_storage()._cdata not in exclude and t.dim() > 0]
+    return len(acts), sum({t.untyped_storage()._cdata: t.untyped_storage().nbytes() for t in acts}.values())
+
+
+def estimate(config: UNetConfig, shape: tuple[int, ...], batch: int, *, loss: bool = False) -> tuple[int, int]:
+    saved = saved_activations(config, shape, batch, loss=loss)
+    return len(saved), sum({t.key: t.nbytes for t in saved}.values())
+
+
+UNMODELLED = {  # options `unsupported` lists: reset to their defaults (the model refuses them)
+    "stem": False,
+    "stem_stride": None,
+    "blocks_per_level": 1,
+    "norm_position": "before_activation",
+}
+
+
+def modelled(raw: dict) -> UNetConfig:
+    raw = {k: v for k, v in raw.items() if k not in UNMODELLED}
+    if raw.get("down") == "first_conv":
+        raw["down"] = "max"
+    if isinstance(raw.get("activation"), dict) or raw.get("activation") == "prelu":
+        raw["activation"] = "leaky_relu"
+    if isinstance(raw.get("up"), dict) and raw["up"].get("norm_act"):
+        raw["up"] = {**raw["up"], "norm_act": False}
+    for key in ("block", "decoder_block"):
+        if isinstance(raw.get(key), dict) and raw[key].get("shortcut") == "resnet_d":
+            raw[key] = {**raw[key], "shortcut": "projection"}
+    config = UNetConfig.model_validate(raw)
+    assert not unsupported(config), unsupported(config)
+    return config
+
+
+def test_unmodelled_options_are_refused() -> None:
+    for update in ({"stem": True}, {"norm_position": "after_activation"}, {"activation": "prelu"}):
+        config = UNetConfig(depth=2, base_channels=2).model_copy(update=update)
+        with pytest.raises(ValueError, match="does not cover"):
+            estimate_training_memory(config, shapes.min_input_shape(config), 1)
+
+
+@given(config_dicts(), st.data())
+def test_saved_tensors_equal_the_real_models(raw: dict, data: st.DataObject) -> None:
+    """Every modelled option of the schema: the same number of saved tensors and the same bytes."""
+    config = modelled(raw)
+    shape = data.draw(valid_shapes(config, max_steps=1))
+    batch = data.draw(st.integers(2, 3))
+    loss = data.draw(st.booleans())
+    assert estimate(config, shape, batch, loss=loss) == measure(config, shape, batch, loss=loss)
+
+
+@given(config_dicts(max_depth=3), st.data())
+def test_saved_tensors_with_instance_norm_and_dropout(raw: dict, data: st.DataObject) -> None:
+    if data.draw(st.booleans()):
+        raw["norm"] = {"type": "instance", "affine": data.draw(st.booleans())}
+    placements = ["contracting_end", "bottleneck", "encoder", "decoder", "all"]
+    placement, spatial = data.draw(st.sampled_from(placements)), data.draw(st.booleans())
+    raw["dropout"] = {"rate": 0.5, "placement": placement, "spatial": spatial}
+    config = modelled(raw)
+    shape = shapes.min_input_shape(config)
+    assert estimate(config, shape, 2) == measure(config, shape, 2)
+
+
+def test_a_missed_layer_is_caught(monkeypatch) -> None:
+    """The comparison has teeth: forgetting what max pooling saves changes both numbers."""
+    config = UNetConfig(depth=2, base_channels=2)
+    shape = shapes.min_input_shape(config)
+    truth = measure(config, shape, 2)
+    from unetgen import memory
+
+    monkeypatch.setattr(memory._Walk, "side", lambda self, *a, **k: None)
+    assert estimate(config, shape, 2) != truth
+
+
+def test_checkpointing_saves_only_outside_the_segments() -> None:
+    """With checkpointing autograd keeps only the inputs of every level's segment and what runs
+    outside the segments (the heads); the segments' own tensors are recomputed."""
+    config = UNetConfig(depth=3, base_channels=2, checkpointing=True, deep_supervision=[1])
+    shape = shapes.min_input_shape(config)
+    w, _ = _walk(config, shape, 2, torch.float32, False)
+    outside = [t for t, seg in zip(w.saved, w.segments, strict=True) if seg == 0]
+    assert [t.layer for t in outside if not t.layer.endswith(".checkpoint")] == ["aux1", "head"]
+    assert len(outside) == 2 + 4 + 3 * 2  # the heads, 4 encoder segments with one input, 3 decoder with two
+    assert measure(config, shape, 2) == (len(outside), sum({t.key: t.nbytes for t in outside}.values()))
+
+
+def test_estimate_parts() -> None:
+    config = UNetConfig(base_channels=8)
+    shape = (572, 572)
+    adam = estimate_training_memory(config, shape, 1)
+    params = sum(p.numel() for p in build_unet(config, device="meta").parameters()) * 4
+    assert adam.parameters == adam.gradients == params and adam.optimizer_state == 2 * params
+    assert estimate_training_memory(config, shape, 1, optimizer="sgd").optimizer_state == 0
+    assert adam.activations >= sum({t.key: t.nbytes for t in saved_activations(config, shape, 1)}.values())
+    assert adam.transient > 0
+    two = estimate_training_memory(config, shape, 2)
+    assert two.activations > 1.9 * adam.activations
+    ckpt = estimate_training_memory(config.model_copy(update={"checkpointing": True}), shape, 1)
+    assert ckpt.total < 0.8 * adam.total
+    half = estimate_training_memory(config, shape, 1, dtype=torch.bfloat16)
+    assert half.activations < 0.75 * adam.activations  # pooling indices stay int64
+    with pytest.raises(ValueError, match="optimizer"):
+        estimate_training_memory(config, shape, 1, optimizer="lbfgs")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="batch_size"):
+        estimate_training_memory(config, shape, 0)
+    with pytest.raises(shapes.InputShapeError, match="nearest valid"):
+        estimate_training_memory(config, (570, 570), 1)
+
+
+@pytest.mark.parametrize(
+    "text, value",
+    [("8GiB", 8 * 2**30), ("512 MiB", 512 * 2**20), ("1.5G", 1_500_000_000), ("1000", 1000), (4096, 4096)],
+)
+def test_parse_bytes(text, value) -> None:
+    assert parse_bytes(text) == value
+
+
+@pytest.mark.parametrize("text", ["8Gx", "", "-1GiB", "0", "GiB", "1e9", "x" * 10_000])
+def test_parse_bytes_refuses(text) -> None:
+    with pytest.raises(ValueError, match="memory"):
+        parse_bytes(text)
+
+
+@given(st.sampled_from([2, 3]), st.integers(200, 4000), st.sampled_from([None, 1, 2]))
+def test_plan_is_the_largest_that_fits(dims: int, mib: int, batch) -> None:
+    config = UNetConfig(spatial_dims=dims, depth=3, base_channels=4)
+    image = (300, 256) if dims == 2 else (40, 128, 128)
+    budget = mib * 2**20
+    try:
+        plan = plan_training(config, budget, image_shape=image, batch_size=batch)
+    except ValueError as err:
+        assert "not even the smallest" in str(err)
+        smallest = estimate_training_memory(config, shapes.min_input_shape(config), batch or 1)
+        assert smallest.parameters + smallest.total > budget
+        return
+    assert plan.total_bytes <= budget
+    assert shapes.is_valid_input_shape(config, plan.patch_input)
+    assert plan.patch_output == shapes.output_shape(config, plan.patch_input)
+    if batch is not None:
+        assert plan.batch_size == batch
+    # no axis can grow by one valid step (up to covering the image) and still fit
+    for a in range(dims):
+        if plan.patch_output[a] >= image[a]:
+            continue
+        bigger = list(plan.patch_input)
+        bigger[a] = shapes.nearest_valid_input_size(config, bigger[a] + 1, direction="up", axis=a)
+        m = estimate_training_memory(config, tuple(bigger), plan.batch_size)
+        assert m.parameters + m.total > budget
+
+
+def test_plan_raises_the_batch_when_the_whole_image_fits() -> None:
+    config = UNetConfig(depth=2, base_channels=4)
+    plan = plan_training(config, "4GiB", image_shape=(64, 64))
+    assert plan.patch_output[0] >= 64 and plan.batch_size > 2
+    assert "batch" in plan.summary() and "GiB" in plan.summary()
+
+
+def test_cli_plan(capsys) -> None:
+    assert cli.main(["plan", "ronneberger2015", "--memory", "8GiB", "--image", "512x512", "--batch", "1"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("patch ") and "batch 1" in out
+    assert cli.main(["plan", "cicek2016", "--memory", "8GiB", "--image", "80x512x512"]) == 0
+    assert "x" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        (["--memory", "8Gx", "--image", "512"], "not a size"),
+        (["--memory", "1MiB", "--image", "512"], "not even the smallest"),
+        (["--memory", "8GiB", "--image", "512x5a"], "--image 512x5a is not a size"),
+        (["--memory", "8GiB", "--image", "512x512x512"], "image_shape"),
+        (["--memory", "8GiB", "--image", "512", "--batch", "0"], "batch_size"),
+    ],
+)
+def test_cli_plan_errors_are_one_line(capsys, args: list[str], match: str) -> None:
+    assert cli.main(["plan", "ronneberger2015", *args]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and match in err
