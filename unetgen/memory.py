@@ -58,6 +58,7 @@ from .config import (
     MaxPool,
     NearestUp,
     NoNorm,
+    PixelShuffleUp,
     PReLU,
     ReLU,
     ResidualBlock,
@@ -250,6 +251,8 @@ def unsupported(config: UNetConfig) -> list[str]:
         out.append("activation: prelu")
     if isinstance(c.up, TransposeUp) and c.up.norm_act:
         out.append("up.norm_act")
+    if isinstance(c.up, PixelShuffleUp):
+        out.append("up: pixelshuffle")
     for name, block in (("block", c.block), ("decoder_block", c.decoder_block_type)):
         if isinstance(block, ResidualBlock) and block.shortcut != "projection":
             out.append(f"{name}.shortcut: {block.shortcut}")
