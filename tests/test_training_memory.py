@@ -65,6 +65,8 @@ def modelled(raw: dict) -> UNetConfig:
         raw["down"] = "max"
     if isinstance(raw.get("activation"), dict) or raw.get("activation") == "prelu":
         raw["activation"] = "leaky_relu"
+    if raw.get("up") == "pixelshuffle" or (isinstance(raw.get("up"), dict) and raw["up"]["type"] == "pixelshuffle"):
+        raw["up"] = "nearest"
     if isinstance(raw.get("up"), dict) and raw["up"].get("norm_act"):
         raw["up"] = {**raw["up"], "norm_act": False}
     for key in ("block", "decoder_block"):
@@ -80,6 +82,9 @@ def test_unmodelled_options_are_refused() -> None:
         config = UNetConfig(depth=2, base_channels=2).model_copy(update=update)
         with pytest.raises(ValueError, match="does not cover"):
             estimate_training_memory(config, shapes.min_input_shape(config), 1)
+    shuffled = UNetConfig.model_validate({"depth": 2, "base_channels": 2, "up": "pixelshuffle"})
+    with pytest.raises(ValueError, match="does not cover up: pixelshuffle"):
+        estimate_training_memory(shuffled, shapes.min_input_shape(shuffled), 1)
 
 
 @given(config_dicts(), st.data())
