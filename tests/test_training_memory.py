@@ -21,9 +21,9 @@ from unetgen.memory import (
 )
 
 
-def measure(config: UNetConfig, shape: tuple[int, ...], batch: int, *, loss: bool = False) -> tuple[int, int]:
-    """(number of tensors saved, bytes of their distinct storages) of one real training-mode forward
-    pass on the meta device, parameters and buffers left out; with `loss`, cross-entropy on every head."""
+def saved(config: UNetConfig, shape: tuple[int, ...], batch: int, *, loss: bool = False) -> list[torch.Tensor]:
+    """The tensors one real training-mode forward pass saves on the meta device, in order,
+    parameters and buffers left out; with `loss`, cross-entropy on every head."""
     model = build_unet(config, device="meta").train()
     exclude = {p.untyped_storage()._cdata for p in [*model.parameters(), *model.buffers()]}
     packed: list[torch.Tensor] = []
@@ -38,7 +38,12 @@ def measure(config: UNetConfig, shape: tuple[int, ...], batch: int, *, loss: boo
         if loss:  # a target per head, of its shape (crop_target has no halo with stem_stride)
             for o in out if isinstance(out, list) else [out]:
                 F.cross_entropy(o, torch.zeros(batch, *o.shape[2:], dtype=torch.long, device="meta"))
-    acts = [t for t in packed if t.untyped_storage()._cdata not in exclude and t.dim() > 0]
+    return [t for t in packed if t.untyped_storage()._cdata not in exclude and t.dim() > 0]
+
+
+def measure(config: UNetConfig, shape: tuple[int, ...], batch: int, *, loss: bool = False) -> tuple[int, int]:
+    """(number of tensors saved, bytes of their distinct storages) of `saved`."""
+    acts = saved(config, shape, batch, loss=loss)
     return len(acts), sum({t.untyped_storage()._cdata: t.untyped_storage().nbytes() for t in acts}.values())
 
 
@@ -111,7 +116,13 @@ def test_each_option_is_estimated_exactly(name: str) -> None:
     for loss in (False, True):
         truth = measure(config, shape, 2, loss=loss)
         assert estimate(config, shape, 2, loss=loss) == truth
-        assert measure(without, shape, 2, loss=loss) != truth  # the option is exercised
+        sizes = [t.numel() for t in saved(config, shape, 2, loss=loss)]  # no crops here: the walk's order too
+        assert [t.numel for t in saved_activations(config, shape, 2, loss=loss)] == sizes
+        # the option is exercised: the real model saves other tensors without it
+        assert (truth, sizes) != (
+            measure(without, shape, 2, loss=loss),
+            [t.numel() for t in saved(without, shape, 2, loss=loss)],
+        )
     if "down" not in needs | option:  # and with valid padding (crops; units and the stem shrink the map)
         valid = UNetConfig.model_validate({**base, **needs, **option, "padding": "valid"})
         shape = shapes.min_input_shape(valid)
