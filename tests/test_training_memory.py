@@ -75,7 +75,7 @@ RESNET_D = {"block": {"type": "residual", "shortcut": "resnet_d"}}
 OPTIONS = {  # (the config it needs, the option): each option the walk follows beyond the plain U-Net
     "first_conv": ({}, FIRST_CONV),
     "stem_stride": (FIRST_CONV, {"stem_stride": [2, 1]}),
-    "first_conv, strided projection": (RESIDUAL, FIRST_CONV),
+    "first_conv, strided projection": ({**RESIDUAL, "channel_multiplier": 1}, FIRST_CONV),
     "blocks_per_level": (RESIDUAL, {"blocks_per_level": [2, 1, 3]}),
     "stem": ({}, {"stem": True}),
     "stem + stem_stride": (FIRST_CONV, {"stem": True, "stem_stride": 2}),
