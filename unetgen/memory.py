@@ -3,10 +3,12 @@
 `saved_activations` lists the tensors autograd keeps from the forward pass for the backward
 pass, layer by layer, from the architecture and `shapes.trace` (no model, no memory):
 
-- a convolution (and a transposed one) keeps its input; a max pool its input and its int64
-  indices; an average pool its input; interpolation, crops, concatenations and sums keep nothing;
+- a convolution (and a transposed one, a strided one, the stem) keeps its input; a max pool its
+  input and its int64 indices; an average pool (also the `resnet_d` shortcut's) its input;
+  interpolation, crops, concatenations and sums keep nothing;
 - ReLU keeps its output (in place: the tensor it overwrote); leaky ReLU and ELU their output in
-  place, else their input; GELU its input; SiLU its input, in place a copy of it;
+  place, else their input; GELU its input; SiLU its input, in place a copy of it; PReLU (never in
+  place) its input;
 - batch norm keeps its input and two per-channel statistics; instance norm its input and two
   (three with affine) per sample-and-channel vectors; group and layer norm their input and two
   (N, groups) statistics; dropout its random mask (on CPU a mask of the input's dtype; on CUDA
@@ -14,6 +16,9 @@ pass, layer by layer, from the architecture and `shapes.trace` (no model, no mem
 - the attention gate: its two 1x1 convs' inputs (the cropped skip, a view, and the up-sampled map),
   its activation, the sigmoid's output, and the product's two factors;
 - the loss: cross-entropy keeps its log-softmax and the int64 target.
+
+Blocks run unit by unit (`blocks_per_level`), norm and activation in the config's order
+(`norm_position`), and a transposed conv with `norm_act` is followed by both.
 
 A tensor kept by several layers (the output of an in-place ReLU is also the next conv's input;
 a skip is kept by the pooling and, cropped, by the decoder) is counted once.
