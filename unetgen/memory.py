@@ -81,7 +81,6 @@ __all__ = [
     "parse_bytes",
     "plan_training",
     "saved_activations",
-    "unsupported",
 ]
 
 OPTIMIZER_STATE = {"sgd": 0, "momentum": 1, "adam": 2, "adamw": 2}
@@ -243,19 +242,6 @@ def _coarse(w: _Walk, x: int) -> tuple[int, ...]:
     return (w.sizes[x] // (w.batch * w.channels[x]),)
 
 
-def unsupported(config: UNetConfig) -> list[str]:
-    """The options of `config` that `saved_activations` does not model yet (empty: all modelled)."""
-    return []
-
-
-def _check(config: UNetConfig) -> None:
-    if missing := unsupported(config):
-        raise ValueError(
-            f"the memory model does not cover {', '.join(missing)} yet; estimate without them "
-            "(they change the saved tensors by a few layers) or measure with benchmarks/training_memory.py"
-        )
-
-
 def _dropout_at(config: UNetConfig, stage: int) -> bool:
     """Whether the block of `stage` (encoder 0..depth, decoder -1) has dropout, as `UNet` decides."""
     d = config.dropout
@@ -353,7 +339,6 @@ def _walk(
     config: UNetConfig, input_shape: Sequence[int], batch: int, dtype: torch.dtype, loss: bool
 ) -> tuple[_Walk, list[int]]:
     """The walk, and the keys of the tensors each checkpoint segment receives or returns."""
-    _check(config)
     c, lay = config, config.layout
     w = _Walk(config, input_shape, batch, dtype.itemsize)
     x = w.new(c.in_channels, tuple(input_shape))
