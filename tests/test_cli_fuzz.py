@@ -58,6 +58,9 @@ _SLOTS: dict[str, list[tuple[str, Pool, bool]]] = {
     "import": [("", (["nnunet"], ["monai", ""]), True), ("", PLANS, True),
                ("--configuration", (["2d"], ["3d_fullres", "", "x" * 5000]), True), ("--in-channels", INTS, True),
                ("--out-channels", INTS, True), ("-o", YAMLS, True), ("--no-deep-supervision", ([""], [""]), False)],
+    "plan": [("", CONFIGS, True), ("--memory", (["64MiB", "1GiB", "100000000"], ["0", "-1GiB", "8XB", "", "1e400"]),
+             True), ("--image", SIZES, True), ("--batch", INTS, False),
+             ("--optimizer", (["adam", "sgd"], ["lbfgs", ""]), False)],
     "validate": [("", CONFIGS, True), ("", CONFIGS, False), ("", CONFIGS, False)],
     "predict": [("", CONFIGS, True), ("--input", INPUTS, True), ("--output", OUTPUTS, True),
                 ("--weights", WEIGHTS, True), ("--tile-size", SIZES, False), ("--batch-size", INTS, False),
@@ -81,8 +84,8 @@ def argvs(draw: st.DrawFn, files: dict[str, str]) -> list[str]:
     def one_in(n: int) -> bool:  # hypothesis favours 0 from st.integers: sample instead
         return draw(st.sampled_from([False] * (n - 1) + [True]))
 
-    commands = ["summary", "sizes", "trace", "validate", "schema", "presets", "draw", "import", "predict", "predict",
-                "predict", "bad"]  # fmt: skip
+    commands = ["summary", "sizes", "trace", "validate", "schema", "presets", "draw", "import", "plan",
+                "predict", "predict", "predict", "bad"]  # fmt: skip
     command = draw(st.sampled_from(commands))
     slots = [slot for slot in _SLOTS.get(command, []) if slot[2] or one_in(3)]
     mistakes = draw(st.sampled_from([0, 1, 1, 1, 2]))

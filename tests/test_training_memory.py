@@ -266,16 +266,21 @@ def test_cli_plan(capsys) -> None:
 
 
 @pytest.mark.parametrize(
-    "args, match",
+    "args, code, match",
     [
-        (["--memory", "8Gx", "--image", "512"], "not a size"),
-        (["--memory", "1MiB", "--image", "512"], "not even the smallest"),
-        (["--memory", "8GiB", "--image", "512x5a"], "--image 512x5a is not a size"),
-        (["--memory", "8GiB", "--image", "512x512x512"], "image_shape"),
-        (["--memory", "8GiB", "--image", "512", "--batch", "0"], "batch_size"),
+        (["--memory", "8Gx", "--image", "512"], 1, "not a size"),
+        (["--memory", "1MiB", "--image", "512"], 1, "not even the smallest"),
+        (["--memory", "8GiB", "--image", "512x5a"], 2, "--image: 512x5a is not a size"),
+        (["--memory", "8GiB", "--image", "512x512x512"], 2, "--image 512x512x512 has 3 axes"),
+        (["--memory", "8GiB", "--image", "512", "--batch", "0"], 2, "--batch: 0 must be a positive integer"),
     ],
 )
-def test_cli_plan_errors_are_one_line(capsys, args: list[str], match: str) -> None:
-    assert cli.main(["plan", "ronneberger2015", *args]) == 1
+def test_cli_plan_errors_are_one_line(capsys, args: list[str], code: int, match: str) -> None:
+    """A failure is one `error:` line and exit 1; a malformed option value is a usage error, exit 2."""
+    try:
+        got = cli.main(["plan", "ronneberger2015", *args])
+    except SystemExit as usage:  # argparse
+        got = usage.code
+    assert got == code
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and err.count("\n") == 1 and match in err
+    assert err.splitlines()[-1].startswith(("error: ", "unetgen plan: error: ")) and match in err

@@ -707,18 +707,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
     """The largest training patch (and batch) whose step fits the memory: one line, or one `error:` line."""
     from .memory import plan_training
 
-    try:
-        cfg = load_config(args.config)
-        try:
-            image = _sizes_arg(args.image)
-        except (ValueError, argparse.ArgumentTypeError) as err:
-            raise ValueError(f"--image {err}") from None
-        if len(image) == 1:
-            image = image * cfg.spatial_dims
-        plan = plan_training(cfg, args.memory, image_shape=image, batch_size=args.batch, optimizer=args.optimizer)
-    except (ValueError, ConfigError) as err:  # ConfigError and InputShapeError are ValueErrors
-        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
-        return 1
+    cfg = _config(args.config)
+    image = _spatial(cfg, args.image, "--image")
+    plan = plan_training(cfg, args.memory, image_shape=image, batch_size=args.batch, optimizer=args.optimizer)
     print(plan.summary())
     return 0
 
@@ -785,10 +776,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_import_parser(sub)
 
     p = sub.add_parser("plan", help="the largest training patch (and batch) that fits a memory budget")
-    p.add_argument("config", help="a .yaml/.json config file or a preset name")
+    p.add_argument("config", help="a .yaml/.json config file, a preset name or a .safetensors checkpoint")
     p.add_argument("--memory", required=True, help="the budget, e.g. 8GiB, 512MiB, 16GB")
-    p.add_argument("--image", required=True, help="spatial image size, e.g. 80x512x512 (one number: every axis)")
-    p.add_argument("--batch", type=int, default=None, help="fixed batch size (default: 2, more if the image fits)")
+    p.add_argument(
+        "--image", type=_sizes_arg, required=True, help="spatial image size, e.g. 80x512x512 (one number: every axis)"
+    )
+    p.add_argument(
+        "--batch", type=_positive_int, default=None, help="fixed batch size (default: 2, more if the image fits)"
+    )
     p.add_argument("--optimizer", choices=("adam", "adamw", "momentum", "sgd"), default="adam")
     p.set_defaults(func=cmd_plan)
     return parser
