@@ -284,3 +284,13 @@ def test_cli_plan_errors_are_one_line(capsys, args: list[str], code: int, match:
     assert got == code
     err = capsys.readouterr().err
     assert err.splitlines()[-1].startswith(("error: ", "unetgen plan: error: ")) and match in err
+
+
+def test_plan_with_a_stem_stride_covers_the_image_not_twice_it() -> None:
+    """With `stem_stride` the output is at 1/stride resolution: the whole-image patch is the image."""
+    cfg = UNetConfig(
+        spatial_dims=3, depth=2, base_channels=2, padding="same", norm="instance", down="first_conv",
+        stem_stride=[1, 2, 2], strides=[[1, 2, 2], [2, 2, 2]], dropout=0, init="torch",
+    )  # fmt: skip
+    plan = plan_training(cfg, "64GiB", image_shape=(16, 64, 64), batch_size=1)
+    assert plan.patch_input == (16, 64, 64) and plan.patch_output == (16, 32, 32)

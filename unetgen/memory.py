@@ -582,8 +582,10 @@ def plan_training(
         return estimate_training_memory(config, patch, batch, optimizer=optimizer, dtype=dtype)
 
     smallest = shapes.min_input_shape(config)
+    # the patch whose output covers the image; with a stem stride the output is at 1/stem of the
+    # image's resolution, so it covers the image at ceil(size / stem) output pixels
     full = tuple(
-        max(m, shapes.input_size_for_output(config, s, axis=a))
+        max(m, shapes.input_size_for_output(config, -(-s // shapes.axis_rule(config, a).stem), axis=a))
         for a, (s, m) in enumerate(zip(image, smallest, strict=True))
     )
 
