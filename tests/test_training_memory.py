@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import config_dicts, valid_shapes
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from unetgen import UNetConfig, build_unet, cli, shapes
@@ -18,14 +18,12 @@ from unetgen.memory import (
     parse_bytes,
     plan_training,
     saved_activations,
-    unsupported,
 )
-from unetgen.training import deep_supervision_targets
 
 
-def measure(config: UNetConfig, shape: tuple[int, ...], batch: int, *, loss: bool = False) -> tuple[int, int]:
-    """(number of tensors saved, bytes of their distinct storages) of one real training-mode forward
-    pass on the meta device, parameters and buffers left out; with `loss`, cross-entropy on every head."""
+def saved(config: UNetConfig, shape: tuple[int, ...], batch: int, *, loss: bool = False) -> list[torch.Tensor]:
+    """The tensors one real training-mode forward pass saves on the meta device, in order,
+    parameters and buffers left out; with `loss`, cross-entropy on every head."""
     model = build_unet(config, device="meta").train()
     exclude = {p.untyped_storage()._cdata for p in [*model.parameters(), *model.buffers()]}
     packed: list[torch.Tensor] = []
@@ -35,14 +33,17 @@ def measure(config: UNetConfig, shape: tuple[int, ...], batch: int, *, loss: boo
         return t
 
     x = torch.empty(batch, config.in_channels, *shape, device="meta")
-    target = torch.zeros(batch, *shape, dtype=torch.long, device="meta")
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         out = model(x)
-        if loss:
-            outs = out if isinstance(out, list) else [out]
-            for o, t in zip(outs, deep_supervision_targets(target, config, shape), strict=True):
-                F.cross_entropy(o, t.contiguous())
-    acts = [t for t in packed if t.untyped_storage()._cdata not in exclude and t.dim() > 0]
+        if loss:  # a target per head, of its shape (crop_target has no halo with stem_stride)
+            for o in out if isinstance(out, list) else [out]:
+                F.cross_entropy(o, torch.zeros(batch, *o.shape[2:], dtype=torch.long, device="meta"))
+    return [t for t in packed if t.untyped_storage()._cdata not in exclude and t.dim() > 0]
+
+
+def measure(config: UNetConfig, shape: tuple[int, ...], batch: int, *, loss: bool = False) -> tuple[int, int]:
+    """(number of tensors saved, bytes of their distinct storages) of `saved`."""
+    acts = saved(config, shape, batch, loss=loss)
     return len(acts), sum({t.untyped_storage()._cdata: t.untyped_storage().nbytes() for t in acts}.values())
 
 
@@ -51,46 +52,101 @@ def estimate(config: UNetConfig, shape: tuple[int, ...], batch: int, *, loss: bo
     return len(saved), sum({t.key: t.nbytes for t in saved}.values())
 
 
-UNMODELLED = {  # options `unsupported` lists: reset to their defaults (the model refuses them)
-    "stem": False,
-    "stem_stride": None,
-    "blocks_per_level": 1,
-    "norm_position": "before_activation",
+NNUNET_RESENC = {  # nnU-Net ResEnc M in miniature: stem, strided first convs, several resnet_d units
+    "spatial_dims": 3,
+    "in_channels": 1,
+    "depth": 3,
+    "channels": [4, 8, 8, 8],
+    "padding": "same",
+    "down": "first_conv",
+    "strides": [[1, 2, 2], 2, 2],
+    "blocks_per_level": [1, 2, 3, 2],
+    "stem": True,
+    "block": {"type": "residual", "shortcut": "resnet_d"},
+    "decoder_block": "plain",
+    "norm": {"type": "instance", "affine": True},
+    "activation": "leaky_relu",
+    "deep_supervision": [1, 2],
+}
+
+FIRST_CONV, RESIDUAL = {"down": "first_conv"}, {"block": "residual"}
+PRE = {"block": {"type": "residual", "preactivation": True}}
+RESNET_D = {"block": {"type": "residual", "shortcut": "resnet_d"}}
+OPTIONS = {  # (the config it needs, the option): each option the walk follows beyond the plain U-Net
+    "first_conv": ({}, FIRST_CONV),
+    "stem_stride": (FIRST_CONV, {"stem_stride": [2, 1]}),
+    "first_conv, strided projection": ({**RESIDUAL, "channel_multiplier": 1}, FIRST_CONV),
+    "blocks_per_level": (RESIDUAL, {"blocks_per_level": [2, 1, 3]}),
+    "stem": ({}, {"stem": True}),
+    "stem + stem_stride": (FIRST_CONV, {"stem": True, "stem_stride": 2}),
+    "resnet_d": (FIRST_CONV, RESNET_D),
+    "resnet_d, pooling only": ({**FIRST_CONV, "channel_multiplier": 1}, RESNET_D),
+    "resnet_d pre-activation": (
+        {**FIRST_CONV, "stem_stride": 2},
+        {"block": {"type": "residual", "shortcut": "resnet_d", "preactivation": True}},
+    ),
+    "norm_position": ({}, {"norm_position": "after_activation"}),
+    "norm_position, pre-activation": (PRE, {"norm_position": "after_activation"}),
+    "norm_position, layer norm, gelu": (
+        {"norm": "layer", "activation": "gelu", **RESIDUAL},
+        {"norm_position": "after_activation"},
+    ),
+    "prelu": ({}, {"activation": "prelu"}),
+    "prelu per channel, attention": (
+        {"merge": "attention", **PRE},
+        {"activation": {"type": "prelu", "num_parameters": "channels"}},
+    ),
+    "up norm_act": ({}, {"up": {"type": "transpose", "kernel_size": 3, "norm_act": True}}),
+    "up pixelshuffle": ({}, {"up": "pixelshuffle"}),
+    "up pixelshuffle, anisotropic": ({"strides": [[2, 1], 3]}, {"up": {"type": "pixelshuffle", "kernel_size": 1}}),
+    "up norm_act after activation": (
+        {"norm_position": "after_activation", "activation": "silu"},
+        {"up": {"type": "transpose", "norm_act": True}},
+    ),
 }
 
 
-def modelled(raw: dict) -> UNetConfig:
-    raw = {k: v for k, v in raw.items() if k not in UNMODELLED}
-    if raw.get("down") == "first_conv":
-        raw["down"] = "max"
-    if isinstance(raw.get("activation"), dict) or raw.get("activation") == "prelu":
-        raw["activation"] = "leaky_relu"
-    if raw.get("up") == "pixelshuffle" or (isinstance(raw.get("up"), dict) and raw["up"]["type"] == "pixelshuffle"):
-        raw["up"] = "nearest"
-    if isinstance(raw.get("up"), dict) and raw["up"].get("norm_act"):
-        raw["up"] = {**raw["up"], "norm_act": False}
-    for key in ("block", "decoder_block"):
-        if isinstance(raw.get(key), dict) and raw[key].get("shortcut") == "resnet_d":
-            raw[key] = {**raw[key], "shortcut": "projection"}
-    config = UNetConfig.model_validate(raw)
-    assert not unsupported(config), unsupported(config)
-    return config
+@pytest.mark.parametrize("name", OPTIONS)
+def test_each_option_is_estimated_exactly(name: str) -> None:
+    """Each option changes what the real model saves, and the walk follows it: same count, same bytes."""
+    needs, option = OPTIONS[name]
+    base = {"spatial_dims": 2, "in_channels": 1, "depth": 2, "base_channels": 2, "norm": "batch", "padding": "same"}
+    config = UNetConfig.model_validate({**base, **needs, **option})
+    without = UNetConfig.model_validate({**base, **needs})
+    shape = (24, 24)  # valid for every case (same padding, strides 2 and 3 at most twice)
+    assert shapes.is_valid_input_shape(config, shape) and shapes.is_valid_input_shape(without, shape)
+    for loss in (False, True):
+        truth = measure(config, shape, 2, loss=loss)
+        assert estimate(config, shape, 2, loss=loss) == truth
+        sizes = [t.numel() for t in saved(config, shape, 2, loss=loss)]  # no crops here: the walk's order too
+        assert [t.numel for t in saved_activations(config, shape, 2, loss=loss)] == sizes
+        # the option is exercised: the real model saves other tensors without it
+        assert (truth, sizes) != (
+            measure(without, shape, 2, loss=loss),
+            [t.numel() for t in saved(without, shape, 2, loss=loss)],
+        )
+    if "down" not in needs | option:  # and with valid padding (crops; units and the stem shrink the map)
+        valid = UNetConfig.model_validate({**base, **needs, **option, "padding": "valid"})
+        shape = shapes.min_input_shape(valid)
+        assert estimate(valid, shape, 2, loss=True) == measure(valid, shape, 2, loss=True)
 
 
-def test_unmodelled_options_are_refused() -> None:
-    for update in ({"stem": True}, {"norm_position": "after_activation"}, {"activation": "prelu"}):
-        config = UNetConfig(depth=2, base_channels=2).model_copy(update=update)
-        with pytest.raises(ValueError, match="does not cover"):
-            estimate_training_memory(config, shapes.min_input_shape(config), 1)
-    shuffled = UNetConfig.model_validate({"depth": 2, "base_channels": 2, "up": "pixelshuffle"})
-    with pytest.raises(ValueError, match="does not cover up: pixelshuffle"):
-        estimate_training_memory(shuffled, shapes.min_input_shape(shuffled), 1)
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_nnunet_resenc_is_estimated_exactly(checkpointing: bool) -> None:
+    """With checkpointing, autograd keeps only what lies outside the segments (their inputs, the heads, the loss)."""
+    config = UNetConfig.model_validate({**NNUNET_RESENC, "checkpointing": checkpointing})
+    shape = shapes.min_input_shape(config)
+    w, _ = _walk(config, shape, 2, torch.float32, True)
+    kept = [t for t, seg in zip(w.saved, w.segments, strict=True) if seg == 0 or not checkpointing]
+    assert (len(kept), sum({t.key: t.nbytes for t in kept}.values())) == measure(config, shape, 2, loss=True)
+    assert len(kept) < len(w.saved) if checkpointing else kept == w.saved
 
 
+@settings(max_examples=80)
 @given(config_dicts(), st.data())
 def test_saved_tensors_equal_the_real_models(raw: dict, data: st.DataObject) -> None:
-    """Every modelled option of the schema: the same number of saved tensors and the same bytes."""
-    config = modelled(raw)
+    """Every option of the schema: the same number of saved tensors and the same bytes."""
+    config = UNetConfig.model_validate(raw)
     shape = data.draw(valid_shapes(config, max_steps=1))
     batch = data.draw(st.integers(2, 3))
     loss = data.draw(st.booleans())
@@ -104,7 +160,7 @@ def test_saved_tensors_with_instance_norm_and_dropout(raw: dict, data: st.DataOb
     placements = ["contracting_end", "bottleneck", "encoder", "decoder", "all"]
     placement, spatial = data.draw(st.sampled_from(placements)), data.draw(st.booleans())
     raw["dropout"] = {"rate": 0.5, "placement": placement, "spatial": spatial}
-    config = modelled(raw)
+    config = UNetConfig.model_validate(raw)
     shape = shapes.min_input_shape(config)
     assert estimate(config, shape, 2) == measure(config, shape, 2)
 
@@ -230,3 +286,13 @@ def test_cli_plan_errors_are_one_line(capsys, args: list[str], code: int, match:
     assert got == code
     err = capsys.readouterr().err
     assert err.splitlines()[-1].startswith(("error: ", "unetgen plan: error: ")) and match in err
+
+
+def test_plan_with_a_stem_stride_covers_the_image_not_twice_it() -> None:
+    """With `stem_stride` the output is at 1/stride resolution: the whole-image patch is the image."""
+    cfg = UNetConfig(
+        spatial_dims=3, depth=2, base_channels=2, padding="same", norm="instance", down="first_conv",
+        stem_stride=[1, 2, 2], strides=[[1, 2, 2], [2, 2, 2]], dropout=0, init="torch",
+    )  # fmt: skip
+    plan = plan_training(cfg, "64GiB", image_shape=(16, 64, 64), batch_size=1)
+    assert plan.patch_input == (16, 64, 64) and plan.patch_output == (16, 32, 32)

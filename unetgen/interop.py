@@ -32,6 +32,7 @@ from torch.nn.modules.instancenorm import _InstanceNorm
 from . import config as cfgmod
 from .config import UNetConfig
 from .diagnostics import short_repr
+from .reprs import short_text
 from .unet import UNet
 
 __all__ = [
@@ -95,7 +96,7 @@ def from_nnunet_plans(
     try:
         return _nnunet_config(name, kwargs, in_channels, out_channels, deep_supervision, where)
     except (TypeError, AttributeError, OverflowError) as err:  # a value of the wrong kind somewhere
-        raise ValueError(f"{where}: malformed arch_kwargs: {short_repr(str(err))}") from None
+        raise ValueError(f"{where}: malformed arch_kwargs ({short_text(str(err))})") from None
 
 
 def _read_plans(path: str | Path) -> Any:
@@ -114,7 +115,7 @@ def _read_plans(path: str | Path) -> Any:
     try:
         return json.loads(raw.decode("utf-8-sig"), parse_constant=refuse)
     except (UnicodeDecodeError, ValueError, RecursionError) as err:
-        raise ValueError(f"{p}: not a JSON plans file: {short_repr(str(err))}") from None
+        raise ValueError(f"{p}: not a JSON plans file ({short_text(str(err))})") from None
 
 
 def _resolve_configuration(configurations: Mapping[str, Any], name: str) -> dict[str, Any]:

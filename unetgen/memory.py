@@ -3,10 +3,12 @@
 `saved_activations` lists the tensors autograd keeps from the forward pass for the backward
 pass, layer by layer, from the architecture and `shapes.trace` (no model, no memory):
 
-- a convolution (and a transposed one) keeps its input; a max pool its input and its int64
-  indices; an average pool its input; interpolation, crops, concatenations and sums keep nothing;
+- a convolution (and a transposed one, a strided one, the stem) keeps its input; a max pool its
+  input and its int64 indices; an average pool (also the `resnet_d` shortcut's) its input;
+  interpolation, crops, concatenations and sums keep nothing;
 - ReLU keeps its output (in place: the tensor it overwrote); leaky ReLU and ELU their output in
-  place, else their input; GELU its input; SiLU its input, in place a copy of it;
+  place, else their input; GELU its input; SiLU its input, in place a copy of it; PReLU (never in
+  place) its input;
 - batch norm keeps its input and two per-channel statistics; instance norm its input and two
   (three with affine) per sample-and-channel vectors; group and layer norm their input and two
   (N, groups) statistics; dropout its random mask (on CPU a mask of the input's dtype; on CUDA
@@ -14,6 +16,9 @@ pass, layer by layer, from the architecture and `shapes.trace` (no model, no mem
 - the attention gate: its two 1x1 convs' inputs (the cropped skip, a view, and the up-sampled map),
   its activation, the sigmoid's output, and the product's two factors;
 - the loss: cross-entropy keeps its log-softmax and the int64 target.
+
+Blocks run unit by unit (`blocks_per_level`), norm and activation in the config's order
+(`norm_position`), and a transposed conv with `norm_act` is followed by both.
 
 A tensor kept by several layers (the output of an in-place ReLU is also the next conv's input;
 a skip is kept by the pooling and, cropped, by the decoder) is counted once.
@@ -77,7 +82,6 @@ __all__ = [
     "parse_bytes",
     "plan_training",
     "saved_activations",
-    "unsupported",
 ]
 
 OPTIMIZER_STATE = {"sgd": 0, "momentum": 1, "adam": 2, "adamw": 2}
@@ -202,6 +206,9 @@ class _Walk:
         """The activation as `layers.activation` builds it (in place where torch supports it)."""
         option: Activation = self.config.activation
         fresh = self.like(x)
+        if isinstance(option, PReLU):  # never in place; its weight requires grad, so it keeps its input
+            self.save(layer, x)
+            return fresh
         if x in self.constant:  # no autograd node, nothing saved
             y = x if inplace and not isinstance(option, GELU) else fresh
             self.constant.add(y)
@@ -236,37 +243,6 @@ def _coarse(w: _Walk, x: int) -> tuple[int, ...]:
     return (w.sizes[x] // (w.batch * w.channels[x]),)
 
 
-def unsupported(config: UNetConfig) -> list[str]:
-    """The options of `config` that `saved_activations` does not model yet (empty: all modelled)."""
-    c, out = config, []
-    if c.stem:
-        out.append("stem")
-    if any(s.units > 1 for s in c.layout.encoder + c.layout.decoder):
-        out.append("blocks_per_level > 1")
-    if isinstance(c.down, FirstConvDown):
-        out.append("down: first_conv")
-    if c.norm_position != "before_activation":
-        out.append(f"norm_position: {c.norm_position}")
-    if isinstance(c.activation, PReLU):
-        out.append("activation: prelu")
-    if isinstance(c.up, TransposeUp) and c.up.norm_act:
-        out.append("up.norm_act")
-    if isinstance(c.up, PixelShuffleUp):
-        out.append("up: pixelshuffle")
-    for name, block in (("block", c.block), ("decoder_block", c.decoder_block_type)):
-        if isinstance(block, ResidualBlock) and block.shortcut != "projection":
-            out.append(f"{name}.shortcut: {block.shortcut}")
-    return out
-
-
-def _check(config: UNetConfig) -> None:
-    if missing := unsupported(config):
-        raise ValueError(
-            f"the memory model does not cover {', '.join(missing)} yet; estimate without them "
-            "(they change the saved tensors by a few layers) or measure with benchmarks/training_memory.py"
-        )
-
-
 def _dropout_at(config: UNetConfig, stage: int) -> bool:
     """Whether the block of `stage` (encoder 0..depth, decoder -1) has dropout, as `UNet` decides."""
     d = config.dropout
@@ -280,34 +256,68 @@ def _dropout_at(config: UNetConfig, stage: int) -> bool:
     return d.rate > 0 and wanted
 
 
-def _block(w: _Walk, prefix: str, stage: Stage, x: int, drop: bool, block: Block | None = None) -> int:
+def _norm_act(w: _Walk, name: str, x: int, channels: int, *, inplace: bool = True) -> int:
+    """Norm and activation in the config's order (`layers.norm_act`)."""
+    if w.config.norm_position == "after_activation":
+        return w.norm(f"{name}.norm", w.act(f"{name}.act", x, inplace=inplace), channels)
+    return w.act(f"{name}.act", w.norm(f"{name}.norm", x, channels), inplace=inplace)
+
+
+def _pool(w: _Walk, layer: str, x: int, shape: Sequence[int]) -> int:
+    """Average pooling keeps its input, unless nothing requires grad."""
+    y = w.new(w.channels[x], shape)
+    if x in w.constant:
+        w.constant.add(y)
+    else:
+        w.save(layer, x)
+    return y
+
+
+def _unit(w: _Walk, prefix: str, stage: Stage, first: int, x: int, block: Block) -> int:
+    """One `ConvBlock` whose convs are the trace's rows `prefix.conv{first + 1}`..."""
     c = w.config
-    block = c.block if block is None else block
-    pre, residual, has_norm = block.preactivation, isinstance(block, ResidualBlock), not isinstance(c.norm, NoNorm)
-    h, cin = x, stage.in_channels
-    for j, cout in enumerate(stage.channels):
-        name, shape = f"{prefix}.conv{j + 1}", w.rows[f"{prefix}.conv{j + 1}"].shape
+    pre, residual = block.preactivation, isinstance(block, ResidualBlock)
+    # a pre-activation runs in place only after a norm (the block's input may be a skip)
+    inplace = not isinstance(c.norm, NoNorm) and c.norm_position == "before_activation"
+    h, cin, last = x, stage.in_channels, len(stage.channels) - 1
+    names = [f"{prefix}.conv{first + j + 1}" for j in range(len(stage.channels))]
+    for j, (name, cout) in enumerate(zip(names, stage.channels, strict=True)):
+        shape = w.rows[name].shape
         if pre:
-            if has_norm:
-                h = w.norm(f"{name}.norm", h, cin)
-            h = w.act(f"{name}.act", h, inplace=has_norm)
+            h = _norm_act(w, name, h, cin, inplace=inplace)
             h = w.conv(name, h, cout, shape, stage.kernel)
+        elif residual and j == last:  # activated after the sum
+            h = w.norm(f"{name}.norm", w.conv(name, h, cout, shape, stage.kernel), cout)
         else:
-            h = w.conv(name, h, cout, shape, stage.kernel)
-            h = w.norm(f"{name}.norm", h, cout)
-            if not (residual and j == len(stage.channels) - 1):
-                h = w.act(f"{name}.act", h)
+            h = _norm_act(w, name, w.conv(name, h, cout, shape, stage.kernel), cout)
         cin = cout
-    if residual:
-        shape = w.rows[f"{prefix}.conv{len(stage.channels)}"].shape
-        if stage.in_channels != stage.out_channels:
-            s = w.conv(f"{prefix}.shortcut", x, stage.out_channels, shape)  # keeps the cropped view of x
-            if not pre:
-                w.norm(f"{prefix}.shortcut.norm", s, stage.out_channels)
-        h = w.new(stage.out_channels, shape)  # the sum
-        if not pre:
-            h = w.act(f"{prefix}.post_act", h)
-    return w.dropout(f"{prefix}.dropout", h, stage.out_channels, drop)
+    if not residual:
+        return h
+    assert isinstance(block, ResidualBlock)
+    shape, cin, cout = w.rows[names[-1]].shape, stage.in_channels, stage.out_channels
+    strided = any(s != 1 for s in stage.first_stride)
+    s: int | None = None  # the shortcut's conv output, if it has one
+    match block.shortcut:
+        case "projection" if cin != cout or strided:
+            s = w.conv(f"{prefix}.shortcut", x, cout, shape)  # strided, or on the cropped view of x
+        case "resnet_d":
+            pooled = _pool(w, f"{prefix}.shortcut.pool", x, shape) if strided else x
+            if cin != cout:
+                s = w.conv(f"{prefix}.shortcut", pooled, cout, shape)
+    if s is not None and not pre:
+        w.norm(f"{prefix}.shortcut.norm", s, cout)
+    h = w.new(cout, shape)  # the sum
+    return h if pre else w.act(f"{prefix}.post_act", h)
+
+
+def _block(w: _Walk, prefix: str, stage: Stage, x: int, drop: bool, block: Block | None = None) -> int:
+    """The level's block: one `ConvBlock` per unit (`blocks_per_level`), dropout after the last."""
+    block = w.config.block if block is None else block
+    first = 0
+    for unit in stage.split_units():
+        x = _unit(w, prefix, unit, first, x, block)
+        first += len(unit.channels)
+    return w.dropout(f"{prefix}.dropout", x, stage.out_channels, drop)
 
 
 def saved_activations(
@@ -330,7 +340,6 @@ def _walk(
     config: UNetConfig, input_shape: Sequence[int], batch: int, dtype: torch.dtype, loss: bool
 ) -> tuple[_Walk, list[int]]:
     """The walk, and the keys of the tensors each checkpoint segment receives or returns."""
-    _check(config)
     c, lay = config, config.layout
     w = _Walk(config, input_shape, batch, dtype.itemsize)
     x = w.new(c.in_channels, tuple(input_shape))
@@ -340,9 +349,9 @@ def _walk(
     for i, stage in enumerate(lay.encoder):
         prefix = "bottleneck" if i == c.depth else f"enc{i}"
         w.checkpoint(prefix, x)
-        if i > 0:
-            shape, ch = w.rows[f"down{i - 1}"].shape, lay.encoder[i - 1].out_channels
-            layer = f"down{i - 1}"
+        if i > 0 and not isinstance(c.down, FirstConvDown):  # first_conv: the block's first conv strides
+            layer, ch = f"down{i - 1}", lay.encoder[i - 1].out_channels
+            shape = w.rows[layer].shape
             match c.down:
                 case MaxPool():
                     w.save(layer, x)
@@ -355,6 +364,10 @@ def _walk(
                     x = w.conv(layer, x, ch, shape)
                 case _:
                     raise AssertionError(f"unhandled down {c.down!r}")
+        if i == 0 and lay.stem is not None:  # conv, norm, activation before level 0's block
+            stem = lay.stem
+            x = w.conv("stem", x, stem.out_channels, w.rows["stem"].shape, stem.kernel)
+            x = _norm_act(w, "stem", x, stem.out_channels)
         x = _block(w, prefix, stage, x, _dropout_at(c, i))
         held.append(x)
         if i < c.depth:
@@ -364,12 +377,23 @@ def _walk(
         skip, up_shape, up_ch = skips[i], w.rows[f"up{i}"].shape, lay.up_channels[i]
         w.checkpoint(f"dec{i}", x, skip)
         match c.up:
-            case TransposeUp():
+            case TransposeUp(norm_act=norm_act):
                 up = w.conv(f"up{i}", x, up_ch, up_shape)
+                if norm_act:
+                    up = _norm_act(w, f"up{i}", up, up_ch)
             case NearestUp(conv=when) | LinearUp(conv=when):  # the 1x1 conv runs first, on the coarse map
                 if when == "always" or lay.coarse_channels[i] != up_ch:
                     x = w.conv(f"up{i}.conv", x, up_ch, _coarse(w, x))
                 up = w.new(up_ch, up_shape)  # interpolation keeps nothing
+            case PixelShuffleUp(kernel_size=k, pad_pool=pad_pool):
+                kernel = (k,) * c.spatial_dims
+                y = w.conv(f"up{i}.conv", x, up_ch * math.prod(lay.strides[i]), _coarse(w, x), kernel)
+                up = w.new(up_ch, up_shape)  # the shuffle's reshape copies its permuted view; keeps nothing
+                if pad_pool:  # the zero pad keeps nothing; the average pool keeps its (padded) input
+                    padded = w.new(up_ch, [n + s - 1 for n, s in zip(up_shape, lay.strides[i], strict=True)])
+                    w.save(f"up{i}.pool", padded)
+                    up = w.new(up_ch, up_shape)
+                del y
             case _:
                 raise AssertionError(f"unhandled up {c.up!r}")
         w.time += 1
@@ -568,8 +592,10 @@ def plan_training(
         return estimate_training_memory(config, patch, batch, optimizer=optimizer, dtype=dtype)
 
     smallest = shapes.min_input_shape(config)
+    # the patch whose output covers the image; with a stem stride the output is at 1/stem of the
+    # image's resolution, so it covers the image at ceil(size / stem) output pixels
     full = tuple(
-        max(m, shapes.input_size_for_output(config, s, axis=a))
+        max(m, shapes.input_size_for_output(config, -(-s // shapes.axis_rule(config, a).stem), axis=a))
         for a, (s, m) in enumerate(zip(image, smallest, strict=True))
     )
 
