@@ -28,6 +28,8 @@ UPS = [
     {"type": "nearest", "conv": "when_channels_change"},
     "linear",
     {"type": "linear", "conv": "when_channels_change", "align_corners": True},
+    "pixelshuffle",
+    {"type": "pixelshuffle", "kernel_size": 1, "pad_pool": False},
 ]
 BLOCKS = [
     "plain",

@@ -121,7 +121,8 @@ def test_json_positions_and_tags(tmp_path: Path) -> None:
     assert problems(tmp_path, "c.json", text) == [
         f"3:12: norm.type: unknown norm type 'grop'; did you mean 'group'? {NORM_TAGS}",
         "4:3: merge: merge needs a 'type' key naming one of: concat, add, attention",
-        "5:3: up: up should be one of 'transpose', 'nearest', 'linear' or a mapping with a 'type' key, got 7",
+        "5:3: up: up should be one of 'transpose', 'nearest', 'linear', 'pixelshuffle' "
+        "or a mapping with a 'type' key, got 7",
         "6:15: dropout.rat: unknown field 'rat'; did you mean 'rate'?",
     ]
 

@@ -101,10 +101,6 @@ BASIC_UNET = [
 def test_monai_basic_unet(kwargs: dict[str, Any], shape: tuple[int, ...]) -> None:
     nets = pytest.importorskip("monai.networks.nets")
     peer = nets.BasicUNet(**kwargs)
-    if kwargs.get("upsample") == "pixelshuffle":
-        with pytest.raises(UnsupportedModelError, match="pixelshuffle"):
-            convert(peer)
-        return
     ours, _ = _check_eval(peer, shape)
     assert _params(ours) == _params(peer) == count_parameters(ours.config)
 
@@ -440,10 +436,6 @@ def test_random_basic_unets(dims: int, features: list[int], upsample: str, norm:
         nets.BasicUNet(spatial_dims=dims, in_channels=2, out_channels=3, features=features, act=act, norm=norm,
                        bias=bias, upsample=upsample)
     ).double()  # fmt: skip
-    if upsample == "pixelshuffle":
-        with pytest.raises(UnsupportedModelError, match="pixelshuffle"):
-            convert(peer)
-        return
     ours = convert(peer)
     assert _params(ours) == _params(peer)
     _compare(peer, ours, torch.randn(2, 2, 32, *[16] * (dims - 1), dtype=torch.float64))

@@ -4,12 +4,15 @@ checkpoints of these options are covered by the property tests (tests/conftest.p
 
 from __future__ import annotations
 
+import itertools
+import math
+
 import pytest
 import torch
 from pydantic import ValidationError
 from torch import nn
 
-from unetgen import UNetConfig, build_unet, output_shape, shapes
+from unetgen import UNetConfig, build_unet, layers, output_shape, shapes
 from unetgen.costs import count_parameters
 
 FIRST = {"down": "first_conv", "padding": "same", "depth": 2, "base_channels": 2, "init": "torch"}
@@ -387,3 +390,48 @@ def test_cli_sizes_says_why_there_is_no_halo(tmp_path, capsys: pytest.CaptureFix
     out = capsys.readouterr().out
     assert "axis 0: valid input sizes are 8 + 8*k; halo none (output at 1/2 resolution) per side" in out
     assert "axis 1: valid input sizes are 4 + 4*k; halo 0 per side" in out
+
+
+# ---------------------------------------------------------------------------------------------
+# up: pixelshuffle (MONAI BasicUNet's SubpixelUpsample)
+
+
+@pytest.mark.parametrize("factors", [(2,), (3,), (2, 2), (2, 3), (1, 2), (2, 1, 3)])
+def test_pixel_shuffle_moves_each_channel_to_its_offset(factors: tuple[int, ...]) -> None:
+    """Channel c * prod(f) + j lands at offset j (row-major over the factors) of each output cell,
+    element by element; in 2D with equal factors this is torch's pixel_shuffle."""
+    n, c = len(factors), 2
+    size = (3, 2, 2)[:n]
+    x = torch.randn(1, c * math.prod(factors), *size)
+    y = layers.pixel_shuffle(x, factors)
+    assert y.shape == (1, c, *(s * f for s, f in zip(size, factors, strict=True)))
+    for ch in range(c):
+        for j, offset in enumerate(itertools.product(*(range(f) for f in factors))):
+            for cell in itertools.product(*(range(s) for s in size)):
+                at = tuple(p * f + o for p, f, o in zip(cell, factors, offset, strict=True))
+                assert y[(0, ch, *at)] == x[(0, ch * math.prod(factors) + j, *cell)]
+    if n == 2 and factors[0] == factors[1]:
+        assert torch.equal(y, nn.functional.pixel_shuffle(x, factors[0]))
+
+
+def test_pixelshuffle_up_layers_and_pad_pool() -> None:
+    fields = {"depth": 2, "base_channels": 2, "padding": "same", "strides": [[2, 1], 3], "init": "torch"}
+    model = build_unet({**fields, "up": {"type": "pixelshuffle", "kernel_size": 5}})
+    low, high = (level.up for level in model.decoder)
+    assert [type(m).__name__ for m in low] == ["Conv2d", "PixelShuffle", "ConstantPad2d", "AvgPool2d"]
+    assert (low[0].in_channels, low[0].out_channels, low[0].kernel_size, low[0].padding) == (4, 2 * 2, (5, 5), (2, 2))
+    assert high[0].out_channels == 4 * 9 and low[2].padding == (0, 0, 1, 0)  # (last axis..., first axis): leading
+    assert tuple(high(torch.randn(2, 8, 5, 7)).shape) == (2, 4, 15, 21)  # exactly the stride
+    assert tuple(low(torch.randn(2, 4, 5, 7)).shape) == (2, 2, 10, 7)
+    x = torch.randn(1, 4, 3, 4)
+    shuffled = layers.pixel_shuffle(low[0](x), (2, 1))
+    mean = (shuffled + torch.cat([torch.zeros_like(shuffled[:, :, :1]), shuffled[:, :, :-1]], dim=2)) / 2
+    torch.testing.assert_close(low(x), mean)  # zero before the first row, mean of each pair along the strided axis
+    assert count_parameters(model.config) == sum(p.numel() for p in model.parameters())
+    bare = build_unet({**fields, "up": {"type": "pixelshuffle", "pad_pool": False}}, device="meta")
+    assert [type(m).__name__ for m in bare.decoder[0].up] == ["Conv2d", "PixelShuffle"]
+
+
+def test_pixelshuffle_even_kernel_refused() -> None:
+    with pytest.raises(ValidationError, match=r"up\.kernel_size=2 must be odd so that the conv keeps the size; use 3"):
+        UNetConfig.model_validate({"up": {"type": "pixelshuffle", "kernel_size": 2}})

@@ -134,7 +134,9 @@ def test_crops_centred_flip_equivariance(config: UNetConfig, data: st.DataObject
     Not for `down: first_conv`: a strided conv samples from the left edge (nnU-Net's and
     DynUNet's choice), so flipping moves its sampling grid (what holds instead is checked by
     `test_first_conv_samples_from_the_left_edge`); nor for a transposed conv with its own
-    `kernel_size`, whose output padding is on the right (MONAI's choice)."""
+    `kernel_size`, whose output padding is on the right (MONAI's choice). For `pixelshuffle` only
+    the crops are checked: each output cell's offsets take different channels of the conv, and
+    the pad-and-pool pads the leading side, so flipping is not a symmetry."""
     assume(config.down.type != "first_conv")
     assume(config.up.type != "transpose" or config.up.kernel_size is None)
     shape = data.draw(valid_shapes(config, max_steps=2))
@@ -163,7 +165,7 @@ def test_crops_centred_flip_equivariance(config: UNetConfig, data: st.DataObject
         y = model(x)
         assert offsets == [c.offset for c in reversed(skip_crops(config, shape))]
         mp.undo()
-        for axis in range(2, 2 + config.spatial_dims):
+        for axis in range(2, 2 + config.spatial_dims) if config.up.type != "pixelshuffle" else ():
             if y.shape[axis] > 1:
                 event("flip check on a non-trivial axis")
             torch.testing.assert_close(model(x.flip(axis)), y.flip(axis), rtol=1e-9, atol=1e-9)

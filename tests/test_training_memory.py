@@ -97,6 +97,8 @@ OPTIONS = {  # (the config it needs, the option): each option the walk follows b
         {"activation": {"type": "prelu", "num_parameters": "channels"}},
     ),
     "up norm_act": ({}, {"up": {"type": "transpose", "kernel_size": 3, "norm_act": True}}),
+    "up pixelshuffle": ({}, {"up": "pixelshuffle"}),
+    "up pixelshuffle, anisotropic": ({"strides": [[2, 1], 3]}, {"up": {"type": "pixelshuffle", "kernel_size": 1}}),
     "up norm_act after activation": (
         {"norm_position": "after_activation", "activation": "silu"},
         {"up": {"type": "transpose", "norm_act": True}},

@@ -26,6 +26,7 @@ from .config import (
     NearestUp,
     NoNorm,
     Norm,
+    PixelShuffleUp,
     ReLU,
     ResidualBlock,
     SpatialDims,
@@ -181,6 +182,13 @@ def make_up(
                 upsample = nn.Upsample(scale_factor=stride, mode="nearest")
             wanted = when == "always" or cin != cout
             return InterpolateUp(upsample, layers.conv(dims, cin, cout, 1) if wanted else None)
+        case PixelShuffleUp(kernel_size=k, pad_pool=pad_pool):
+            conv = layers.conv(dims, cin, cout * math.prod(stride), k, same=True)
+            parts: list[nn.Module] = [conv, layers.PixelShuffle(stride)]  # (B, C_out, *(S * stride))
+            if pad_pool:  # zeros before each axis (padding lists the last axis first), then a mean
+                lead = tuple(p for s in reversed(stride) for p in (s - 1, 0))
+                parts += [layers.CONSTANT_PAD[dims](lead, 0.0), layers.AVG_POOL[dims](stride, 1)]
+            return nn.Sequential(*parts)
     raise AssertionError(f"unhandled up {option!r}")
 
 

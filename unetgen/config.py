@@ -310,7 +310,28 @@ class LinearUp(_Model):
     uses True)."""
 
 
-Up = Annotated[TransposeUp | NearestUp | LinearUp, Field(discriminator="type"), BareString()]
+class PixelShuffleUp(_Model):
+    """Sub-pixel convolution (Shi et al. 2016; MONAI's BasicUNet `upsample="pixelshuffle"`): a
+    conv to `C_out * prod(stride)` channels, an N-d pixel shuffle by the stride, then (`pad_pool`)
+    zero padding of stride - 1 on the leading side of each axis and average pooling with kernel =
+    stride, stride 1 (Aitken et al. 2017), which keeps the size."""
+
+    type: Literal["pixelshuffle"] = "pixelshuffle"
+    kernel_size: int = Field(3, ge=1, le=MAX_KERNEL)
+    """Kernel size (odd, "same" padding) of the conv before the shuffle (MONAI: 3)."""
+    pad_pool: bool = True
+    """Pad by stride - 1 (zeros, leading side) and average-pool with kernel = stride, stride 1
+    after the shuffle (MONAI's `apply_pad_pool`, True in BasicUNet)."""
+
+    @model_validator(mode="after")
+    def _odd(self) -> PixelShuffleUp:
+        if self.kernel_size % 2 == 0:
+            k = self.kernel_size
+            raise ValueError(f"up.kernel_size={k} must be odd so that the conv keeps the size; use {k + 1}")
+        return self
+
+
+Up = Annotated[TransposeUp | NearestUp | LinearUp | PixelShuffleUp, Field(discriminator="type"), BareString()]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -502,7 +523,8 @@ class UNetConfig(_Model):
     """Down-sampling: max pooling (the paper), average pooling, a strided conv, or `first_conv`:
     the stride in the first conv of each lower level (nnU-Net, DynUNet)."""
     up: Up = TransposeUp()
-    """Up-sampling: a transposed conv (the paper's up-convolution) or interpolation + 1x1 conv."""
+    """Up-sampling: a transposed conv (the paper's up-convolution), interpolation + 1x1 conv, or
+    a sub-pixel conv (pixel shuffle)."""
     up_channels: Literal["skip", "keep", "half"] | tuple[Width, ...] = "skip"
     """Channels after up-sampling: `skip` = those of the skip it is merged with (the paper halves
     1024 to 512), `keep` = unchanged (the 3D U-Net of Cicek et al. 2016), `half` = half the

@@ -45,6 +45,7 @@ from .config import (
     NearestUp,
     NoNorm,
     Norm,
+    PixelShuffleUp,
     PReLU,
     ReLU,
     ResidualBlock,
@@ -149,6 +150,8 @@ def count_parameters(config: UNetConfig) -> int:
                     total += _norm(config.norm, up) + _act(config.activation, up)
             case NearestUp(conv=when) | LinearUp(conv=when):
                 total += _conv(coarse, up, (1,), True) if when == "always" or coarse != up else 0
+            case PixelShuffleUp(kernel_size=k):  # the conv to up * prod(stride) channels; shuffle, pad, pool: none
+                total += _conv(coarse, up * math.prod(lay.strides[i]), (k,) * config.spatial_dims, True)
             case _:
                 raise AssertionError(f"unhandled up {config.up!r}")
         match config.merge:
@@ -207,6 +210,8 @@ def count_macs(config: UNetConfig, input_shape: Sequence[int], *, training: bool
                 total += size[coarse_row[i]] * coarse * up  # the 1x1 conv runs on the coarser map
             case NearestUp() | LinearUp():
                 pass
+            case PixelShuffleUp(kernel_size=k):  # the "same" conv runs on the coarser map
+                total += size[coarse_row[i]] * k**config.spatial_dims * coarse * up * math.prod(lay.strides[i])
             case _:
                 raise AssertionError(f"unhandled up {config.up!r}")
         if isinstance(config.merge, AttentionGate):

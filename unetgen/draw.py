@@ -36,6 +36,7 @@ from .config import (
     MaxPool,
     NearestUp,
     NoNorm,
+    PixelShuffleUp,
     PlainBlock,
     PReLU,
     ReLU,
@@ -343,6 +344,9 @@ def _legend(config: UNetConfig, compacted: bool, dropout_blocks: bool) -> list[t
             name = "nearest" if isinstance(config.up, NearestUp) else interp
             conv1 = "conv 1x1" if when == "always" else "conv 1x1 where the channels change"
             items.append(("up", f"{name} up-sampling{factor}, {conv1}"))
+        case PixelShuffleUp(kernel_size=k, pad_pool=pad_pool):
+            then = ", zero pad + average pool (kernel = stride)" if pad_pool else ""
+            items.append(("up", f"sub-pixel conv (kernel {k}), pixel shuffle{factor}{then}"))
         case other:
             raise TypeError(f"draw_unet has no legend entry for up {type(other).__name__}; add one")
     items.append(("head", "conv 1x1 (output)"))

@@ -844,6 +844,7 @@ def _from_basic_unet(net: nn.Module, ignore_dropout: bool) -> tuple[dict[str, An
     mode: str | None = None
     align: bool | None = None
     interp: str | None = None
+    shuffle: dict[str, Any] = {}
     for i, up in enumerate(ups):
         where = f"BasicUNet.upcat_{i + 1}"
         children = dict(up.upsample.named_children())
@@ -868,11 +869,23 @@ def _from_basic_unet(net: nn.Module, ignore_dropout: bool) -> tuple[dict[str, An
                 up_channels.append(coarse[i])
             interp, align = u.mode, u.align_corners
             this = "nontrainable"
+        elif "pixelshuffle" in children:
+            sub = children["pixelshuffle"]
+            conv, scale = sub.conv_block, sub.scale_factor
+            if not isinstance(conv, _ConvNd) or conv.stride != (1,) * dims or conv.bias is None:
+                raise UnsupportedModelError(f"{where}.upsample.pixelshuffle: only the default conv block (with bias)")
+            k = conv.kernel_size[0]
+            if conv.kernel_size != (k,) * dims or k % 2 == 0 or conv.padding != (k // 2,) * dims:
+                raise UnsupportedModelError(f"{where}.upsample.pixelshuffle: conv {conv} is not an odd 'same' conv")
+            if scale != 2 or conv.out_channels % scale**dims:
+                raise UnsupportedModelError(f"{where}.upsample.pixelshuffle: scale_factor={scale}; only 2")
+            pad_pool = not isinstance(sub.pad_pool, nn.Identity)
+            layers.append(conv)  # output channels c * 2**dims + j: unetgen's shuffle reads them the same way
+            up_channels.append(conv.out_channels // scale**dims)
+            shuffle = {"type": "pixelshuffle", "kernel_size": k, "pad_pool": pad_pool}
+            this = f"pixelshuffle {k} {pad_pool}"
         else:
-            raise UnsupportedModelError(
-                f"{where}.upsample: mode {'pixelshuffle' if 'pixelshuffle' in children else children} "
-                "(sub-pixel convolution + pad-and-average) is not a unetgen up-sampling"
-            )
+            raise UnsupportedModelError(f"{where}.upsample: {sorted(children)} is not a unetgen up-sampling")
         if mode not in (None, this):
             raise UnsupportedModelError(f"{where}: mixed up-sampling modes")
         mode = this
@@ -896,6 +909,8 @@ def _from_basic_unet(net: nn.Module, ignore_dropout: bool) -> tuple[dict[str, An
     }
     if mode == "deconv":
         data["up"] = {"type": "transpose", "bias": True}
+    elif mode is not None and mode.startswith("pixelshuffle"):
+        data["up"] = shuffle
     else:
         kind = "nearest" if interp == "nearest" else "linear"
         up: dict[str, Any] = {"type": kind, "conv": "when_channels_change"}

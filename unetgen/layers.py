@@ -3,6 +3,9 @@ that turn config options into modules."""
 
 from __future__ import annotations
 
+import math
+
+import torch
 from torch import nn
 
 from .config import (
@@ -29,6 +32,7 @@ CONV_TRANSPOSE: dict[SpatialDims, type[nn.Module]] = {
     3: nn.ConvTranspose3d,
 }
 MAX_POOL: dict[SpatialDims, type[nn.Module]] = {1: nn.MaxPool1d, 2: nn.MaxPool2d, 3: nn.MaxPool3d}
+CONSTANT_PAD: dict[SpatialDims, type[nn.Module]] = {1: nn.ConstantPad1d, 2: nn.ConstantPad2d, 3: nn.ConstantPad3d}
 AVG_POOL: dict[SpatialDims, type[nn.Module]] = {1: nn.AvgPool1d, 2: nn.AvgPool2d, 3: nn.AvgPool3d}
 BATCH_NORM: dict[SpatialDims, type[nn.Module]] = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
 INSTANCE_NORM: dict[SpatialDims, type[nn.Module]] = {
@@ -94,3 +98,29 @@ def activation(option: Activation, *, inplace: bool = True, channels: int = 1) -
         case SiLU():
             return nn.SiLU(inplace=inplace)
     raise AssertionError(f"unhandled activation {option!r}")
+
+
+def pixel_shuffle(x: torch.Tensor, factors: tuple[int, ...]) -> torch.Tensor:
+    """N-d pixel shuffle: (B, C * prod(factors), *S) -> (B, C, *(S * factors)). Channel c * prod(f)
+    + j (j the row-major index over the factors) goes to offset j within each output cell: the
+    layout of torch's 2-d `PixelShuffle` and MONAI's `pixelshuffle`, per axis."""
+    b, ch, *size = x.shape
+    n = len(size)
+    c = ch // math.prod(factors)
+    x = x.reshape(b, c, *factors, *size)  # (B, C, f_1..f_n, S_1..S_n)
+    order = [0, 1] + [a for i in range(n) for a in (2 + n + i, 2 + i)]  # (B, C, S_1, f_1, ..., S_n, f_n)
+    return x.permute(order).reshape(b, c, *(s * f for s, f in zip(size, factors, strict=True)))
+
+
+class PixelShuffle(nn.Module):
+    """`pixel_shuffle` as a module (torch.nn.PixelShuffle is 2-d and isotropic only)."""
+
+    def __init__(self, factors: tuple[int, ...]) -> None:
+        super().__init__()
+        self.factors = tuple(factors)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return pixel_shuffle(x, self.factors)
+
+    def extra_repr(self) -> str:
+        return f"factors={self.factors}"

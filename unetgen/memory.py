@@ -63,6 +63,7 @@ from .config import (
     MaxPool,
     NearestUp,
     NoNorm,
+    PixelShuffleUp,
     PReLU,
     ReLU,
     ResidualBlock,
@@ -384,6 +385,15 @@ def _walk(
                 if when == "always" or lay.coarse_channels[i] != up_ch:
                     x = w.conv(f"up{i}.conv", x, up_ch, _coarse(w, x))
                 up = w.new(up_ch, up_shape)  # interpolation keeps nothing
+            case PixelShuffleUp(kernel_size=k, pad_pool=pad_pool):
+                kernel = (k,) * c.spatial_dims
+                y = w.conv(f"up{i}.conv", x, up_ch * math.prod(lay.strides[i]), _coarse(w, x), kernel)
+                up = w.new(up_ch, up_shape)  # the shuffle's reshape copies its permuted view; keeps nothing
+                if pad_pool:  # the zero pad keeps nothing; the average pool keeps its (padded) input
+                    padded = w.new(up_ch, [n + s - 1 for n, s in zip(up_shape, lay.strides[i], strict=True)])
+                    w.save(f"up{i}.pool", padded)
+                    up = w.new(up_ch, up_shape)
+                del y
             case _:
                 raise AssertionError(f"unhandled up {c.up!r}")
         w.time += 1
