@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Iterator
 from typing import Any
 
+import pytest
+import torch
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
@@ -125,3 +128,13 @@ def valid_shapes(draw: st.DrawFn, config: UNetConfig, max_steps: int = 3) -> tup
 
 def numel(shape: tuple[int, ...]) -> int:
     return math.prod(shape)
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """Tiles of tiny networks are many small ops: one thread avoids thread start-up per op.
+    Modules opt in with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

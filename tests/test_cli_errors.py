@@ -31,13 +31,7 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     return make_files(tmp_path_factory.mktemp("cli"))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiles of tiny networks are many small ops: one thread avoids thread start-up per op."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(autouse=True)

@@ -25,13 +25,7 @@ from unetgen.tiling import plan_tiles
 zarr = pytest.importorskip("zarr")
 from unetgen.arrays import create_output, open_image  # noqa: E402  (needs zarr to be useful)
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @st.composite

@@ -18,14 +18,7 @@ from hypothesis import strategies as st
 from unetgen import InputShapeError, UNet, UNetConfig, build_unet, plan_tiles, predict_tiled, save_unet, shapes
 from unetgen.cli import main
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiles of tiny networks are many small ops: one thread avoids thread start-up per op."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def mirror_pad(x: torch.Tensor, pads: list[tuple[int, int]]) -> torch.Tensor:

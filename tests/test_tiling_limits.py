@@ -23,13 +23,7 @@ TINY = UNetConfig(depth=2, base_channels=2, channel_multiplier=1, in_channels=2,
 SAME = TINY.model_copy(update={"padding": "same"})
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiles of tiny networks are many small ops: one thread avoids thread start-up per op."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _peak_bytes(fn) -> int:
