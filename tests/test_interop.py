@@ -24,14 +24,7 @@ from unetgen.interop import (
     to_nnunet_architecture,
 )
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny maps: threads only add overhead (10x on a loaded 2-core machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny maps: threads only add overhead
 
 
 # nnU-Net v2.0-2.2 format (the network keys in the configuration) ...

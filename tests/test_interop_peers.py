@@ -23,13 +23,7 @@ from unetgen.interop import UnsupportedModelError, convert, from_nnunet_plans, t
 TOL = 1e-10  # float64 round-off over a few dozen layers
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny float64 maps: threads only add overhead (10x on a loaded 2-core machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny maps: threads only add overhead
 
 
 # ---------------------------------------------------------------------------------------------

@@ -81,21 +81,23 @@ def _sizes_arg(text: str) -> tuple[int, ...]:
     return sizes
 
 
-def _fraction(text: str) -> float:
+def _float(text: str) -> float:
+    """`text` as a float, NaN (refused by every range check) when it is not a number."""
     try:
-        value = float(text)
+        return float(text)
     except ValueError:
-        value = math.nan
+        return math.nan
+
+
+def _fraction(text: str) -> float:
+    value = _float(text)
     if not 0 <= value < 1:
         raise argparse.ArgumentTypeError(f"{_show(text)} must be a number in [0, 1), e.g. 0.25")
     return value
 
 
 def _gib(text: str) -> int:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
+    value = _float(text)
     if not 0 < value < 2**40:
         raise argparse.ArgumentTypeError(f"{_show(text)} must be a positive number of GiB, e.g. 16 or 0.5")
     return int(value * 2**30)
