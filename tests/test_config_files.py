@@ -14,9 +14,9 @@ from jsonschema import Draft202012Validator
 
 from unetgen import ConfigError, UNetConfig, load_config
 from unetgen.cli import main
-from unetgen.documents import MAX_BYTES, MAX_NODES
-from unetgen.presets import PRESETS
-from unetgen.schema import SCHEMA_PATH, schema_text
+from unetgen.config.documents import MAX_BYTES, MAX_NODES
+from unetgen.config.presets import PRESETS
+from unetgen.config.schema import SCHEMA_PATH, schema_text
 
 ROOT = Path(__file__).resolve().parents[1]
 NORM_TAGS = "(one of: none, batch, instance, group, layer)"
@@ -62,7 +62,7 @@ def test_examples_point_at_the_schema_and_validate() -> None:
         else:
             assert text.splitlines()[0] == MARKER, f"{path} must start with {MARKER!r}"
         assert main(["validate", str(path)]) == 0
-        from unetgen.io import read_document
+        from unetgen.config.io import read_document
 
         validator.validate(read_document(path))
 

@@ -20,8 +20,8 @@ from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 
 from unetgen import ConfigError, UNetConfig, load_config
-from unetgen.io import validate_document
-from unetgen.schema import SCHEMA_PATH
+from unetgen.config.io import validate_document
+from unetgen.config.schema import SCHEMA_PATH
 
 ROOT = Path(__file__).resolve().parents[1]
 FUZZ = settings(max_examples=5 * settings().max_examples)  # cheap examples: 5x the profile's count

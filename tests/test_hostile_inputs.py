@@ -42,8 +42,8 @@ from unetgen import (
     valid_input_sizes,
 )
 from unetgen.cli import main
-from unetgen.io import read_document
-from unetgen.schema import schema_text
+from unetgen.config.io import read_document
+from unetgen.config.schema import schema_text
 
 TINY = UNetConfig(depth=1, base_channels=2, norm="batch")
 PAPER = UNetConfig()

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from unetgen import PRESETS, build_unet, dump_config, get_preset, load_config, shapes
-from unetgen.presets import register
+from unetgen.config.presets import register
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 

@@ -1,12 +1,12 @@
 """unetgen: U-Nets declared as data, with exact shape arithmetic."""
 
 from .checkpoint import CheckpointError, checkpoint_config, checkpoint_metadata, load_unet, save_unet
-from .config import UNetConfig
+from .config.io import ConfigError, dump_config, load_config
+from .config.presets import PRESETS, get_preset
+from .config.unet_config import UNetConfig
 from .costs import count_macs, count_parameters
 from .draw import draw_unet
-from .io import ConfigError, dump_config, load_config
 from .optimize import optimize_for_inference
-from .presets import PRESETS, get_preset
 from .shapes import (
     InputShapeError,
     aux_shapes,

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from . import layers
-from .config import (
+from .config.options import (
     Activation,
     Add,
     AttentionGate,
@@ -30,10 +30,10 @@ from .config import (
     ReLU,
     ResidualBlock,
     SpatialDims,
-    Stage,
     TransposeUp,
     Up,
 )
+from .config.unet_config import Stage
 
 
 def center_crop(x: torch.Tensor, shape: tuple[int, ...] | torch.Size) -> torch.Tensor:

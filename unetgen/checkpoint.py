@@ -27,9 +27,9 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from . import documents
-from .config import UNetConfig
-from .io import ConfigError, validate_document
+from .config import documents
+from .config.io import ConfigError, validate_document
+from .config.unet_config import UNetConfig
 from .reprs import short_path, short_repr, short_text
 from .unet import UNet, build_unet
 

@@ -25,8 +25,8 @@ from typing import Any
 
 from . import shapes
 from .checkpoint import CheckpointError, checkpoint_config
-from .config import UNetConfig
-from .io import SUFFIXES, ConfigError, load_config
+from .config.io import SUFFIXES, ConfigError, load_config
+from .config.unet_config import UNetConfig
 from .reprs import short_repr
 
 DEBUG_ENV = "UNETGEN_DEBUG"
@@ -299,14 +299,14 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
-    from .schema import schema_text
+    from .config.schema import schema_text
 
     sys.stdout.write(schema_text())
     return 0
 
 
 def cmd_presets(args: argparse.Namespace) -> int:
-    from .presets import PRESETS
+    from .config.presets import PRESETS
 
     width = max(map(len, PRESETS))
     for name, preset in PRESETS.items():

@@ -24,7 +24,7 @@ import math
 from collections.abc import Sequence
 
 from . import shapes
-from .config import (
+from .config.options import (
     ELU,
     GELU,
     Activation,
@@ -50,10 +50,9 @@ from .config import (
     ReLU,
     ResidualBlock,
     SiLU,
-    Stage,
     TransposeUp,
-    UNetConfig,
 )
+from .config.unet_config import Stage, UNetConfig
 
 __all__ = ["DEFAULT_MAX_PARAMETERS", "ParameterBudgetError", "check_parameter_budget", "count_macs", "count_parameters"]
 

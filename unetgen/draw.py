@@ -18,7 +18,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from . import shapes
-from .config import (
+from .config.diagnostics import short_repr
+from .config.io import ConfigSource, load_config
+from .config.options import (
     ELU,
     GELU,
     Add,
@@ -43,10 +45,8 @@ from .config import (
     ResidualBlock,
     SiLU,
     TransposeUp,
-    UNetConfig,
 )
-from .diagnostics import short_repr
-from .io import ConfigSource, load_config
+from .config.unet_config import UNetConfig
 
 __all__ = ["CONVS_DRAWN", "MAX_WIDTH", "draw_unet"]
 

@@ -29,9 +29,9 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
 from torch.nn.modules.instancenorm import _InstanceNorm
 
-from . import config as cfgmod
-from .config import UNetConfig
-from .diagnostics import short_repr
+from .config import options as cfgmod
+from .config.diagnostics import short_repr
+from .config.unet_config import UNetConfig
 from .reprs import short_text
 from .unet import UNet
 

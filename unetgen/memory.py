@@ -43,7 +43,7 @@ from typing import Literal
 import torch
 
 from . import costs, shapes
-from .config import (
+from .config.options import (
     ELU,
     GELU,
     Activation,
@@ -68,10 +68,9 @@ from .config import (
     ReLU,
     ResidualBlock,
     SiLU,
-    Stage,
     TransposeUp,
-    UNetConfig,
 )
+from .config.unet_config import Stage, UNetConfig
 
 __all__ = [
     "OPTIMIZER_STATE",

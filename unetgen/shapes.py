@@ -25,7 +25,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Literal, TypeVar, overload
 
-from .config import FirstConvDown, InstanceNorm, Stage, UNetConfig
+from .config.options import FirstConvDown, InstanceNorm
+from .config.unet_config import Stage, UNetConfig
 from .reprs import int_text, short_repr
 
 __all__ = [

@@ -48,7 +48,7 @@ from torch import nn
 from tqdm import tqdm
 
 from . import shapes
-from .config import UNetConfig
+from .config.unet_config import UNetConfig
 from .reprs import short_repr
 
 __all__ = [

@@ -20,8 +20,8 @@ import torch.nn.functional as F
 from scipy import ndimage
 
 from . import shapes
-from .config import UNetConfig
-from .diagnostics import short_repr
+from .config.diagnostics import short_repr
+from .config.unet_config import UNetConfig
 
 __all__ = [
     "PatchSampler",

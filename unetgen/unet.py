@@ -12,8 +12,8 @@ from torch.utils.checkpoint import checkpoint
 
 from . import costs, layers, shapes
 from .blocks import ConvBlock, SkipMerge, conv_norm_act, make_down, make_up, paper_init_
-from .config import UNetConfig
-from .io import ConfigSource, load_config
+from .config.io import ConfigSource, load_config
+from .config.unet_config import UNetConfig
 
 
 class EncoderLevel(nn.Module):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from .config import UNetConfig
+from .unet_config import UNetConfig
 
 __all__ = ["SCHEMA_DIALECT", "SCHEMA_ID", "SCHEMA_PATH", "config_json_schema", "schema_text"]
 

@@ -14,9 +14,9 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from .config import UNetConfig
+from ..reprs import short_path, short_repr
 from .documents import KeyPath
-from .reprs import short_path, short_repr
+from .unet_config import UNetConfig
 
 __all__ = ["Problem", "format_path", "problems_from", "short_repr"]
 

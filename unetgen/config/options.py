@@ -1,0 +1,378 @@
+"""The option types of `UNetConfig` and the limits of its numbers.
+
+Options with parameters are discriminated unions keyed by ``type``; every option may also be
+written as a bare string (``norm: batch``), which means that option with its default parameters.
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    GetCoreSchemaHandler,
+    GetJsonSchemaHandler,
+    model_validator,
+)
+from pydantic.functional_validators import BeforeValidator
+from pydantic_core import core_schema
+
+
+def _not_bool(value: Any) -> Any:
+    # Literal[1, 2, 3] compares by equality, so True would pass as 1 (even in strict mode)
+    if isinstance(value, bool):
+        raise ValueError(f"spatial_dims must be 1, 2 or 3, not the boolean {str(value).lower()}")
+    return value
+
+
+SpatialDims = Annotated[Literal[1, 2, 3], BeforeValidator(_not_bool)]
+Padding = Literal["valid", "same"]
+
+MAX_CHANNELS = 16384
+MAX_DEPTH = 8
+MAX_KERNEL = 15
+MAX_STRIDE = 8
+MAX_CONVS = 16
+MAX_BLOCKS = 16
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+
+class BareString:
+    """Annotated marker: accept ``"name"`` for ``{"type": "name"}`` and say so in the JSON Schema."""
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> core_schema.CoreSchema:
+        return core_schema.no_info_before_validator_function(_bare_to_dict, handler(source))
+
+    def __get_pydantic_json_schema__(self, schema: core_schema.CoreSchema, handler: GetJsonSchemaHandler) -> Any:
+        inner = handler(schema)
+        tags = sorted(handler.resolve_ref_schema(inner).get("discriminator", {}).get("mapping", {}))
+        return {"anyOf": [{"type": "string", "enum": tags}, inner]}
+
+
+def _bare_to_dict(value: Any) -> Any:
+    return {"type": value} if isinstance(value, str) else value
+
+
+# ---------------------------------------------------------------------------------------------
+# norm
+
+
+class NoNorm(_Model):
+    """No normalisation (the paper)."""
+
+    type: Literal["none"] = "none"
+
+
+class BatchNorm(_Model):
+    """Batch normalisation after each convolution (the widely copied variant of the paper)."""
+
+    type: Literal["batch"] = "batch"
+    momentum: float = Field(0.1, gt=0, le=1)
+    """Running-statistics momentum, as in `torch.nn.BatchNorm2d`."""
+    eps: float = Field(1e-5, gt=0, le=1)
+    """Added to the variance for numerical stability."""
+
+
+class InstanceNorm(_Model):
+    """Instance normalisation (per sample, per channel), with learnable affine parameters."""
+
+    type: Literal["instance"] = "instance"
+    affine: bool = True
+    """Learn a per-channel scale and shift."""
+    eps: float = Field(1e-5, gt=0, le=1)
+    """Added to the variance for numerical stability."""
+
+
+class GroupNorm(_Model):
+    """Group normalisation (Wu and He 2018); `num_groups` must divide every channel count."""
+
+    type: Literal["group"] = "group"
+    num_groups: int = Field(8, ge=1, le=MAX_CHANNELS)
+    """Number of channel groups; must divide the channels of every normalised layer."""
+    eps: float = Field(1e-5, gt=0, le=1)
+    """Added to the variance for numerical stability."""
+
+
+class LayerNorm(_Model):
+    """Layer normalisation over channels and space (`GroupNorm` with one group), per sample."""
+
+    type: Literal["layer"] = "layer"
+    eps: float = Field(1e-5, gt=0, le=1)
+    """Added to the variance for numerical stability."""
+
+
+Norm = Annotated[NoNorm | BatchNorm | InstanceNorm | GroupNorm | LayerNorm, Field(discriminator="type"), BareString()]
+
+
+# ---------------------------------------------------------------------------------------------
+# activation
+
+
+class ReLU(_Model):
+    """Rectified linear unit (the paper)."""
+
+    type: Literal["relu"] = "relu"
+
+
+class LeakyReLU(_Model):
+    """Leaky ReLU."""
+
+    type: Literal["leaky_relu"] = "leaky_relu"
+    negative_slope: float = Field(0.01, ge=0, le=1)
+    """Slope for negative inputs."""
+
+
+class ELU(_Model):
+    """Exponential linear unit."""
+
+    type: Literal["elu"] = "elu"
+    alpha: float = Field(1.0, gt=0, le=100)
+    """Saturation value for negative inputs."""
+
+
+class GELU(_Model):
+    """Gaussian error linear unit."""
+
+    type: Literal["gelu"] = "gelu"
+
+
+class SiLU(_Model):
+    """Sigmoid linear unit (swish)."""
+
+    type: Literal["silu"] = "silu"
+
+
+class PReLU(_Model):
+    """Parametric ReLU (He et al. 2015): a learned slope for negative inputs."""
+
+    type: Literal["prelu"] = "prelu"
+    num_parameters: Literal["one", "channels"] = "one"
+    """One slope per layer (`one`, torch's default) or one per channel (`channels`)."""
+    init: float = Field(0.25, ge=-1, le=1)
+    """Initial slope."""
+
+
+Activation = Annotated[ReLU | LeakyReLU | ELU | GELU | SiLU | PReLU, Field(discriminator="type"), BareString()]
+
+
+# ---------------------------------------------------------------------------------------------
+# block
+
+
+class PlainBlock(_Model):
+    """`convs_per_block` x (conv, norm, activation): the paper's block."""
+
+    type: Literal["plain"] = "plain"
+    preactivation: bool = False
+    """Order norm, activation, conv (He et al. 2016b) instead of conv, norm, activation."""
+
+
+class ResidualBlock(_Model):
+    """A residual block (He et al. 2016): the convs plus an identity path, projected where the
+    channels or the size change and centre-cropped where valid padding shrinks the map."""
+
+    type: Literal["residual"] = "residual"
+    preactivation: bool = False
+    """Pre-activation residual unit (norm, activation, conv; no activation after the sum)."""
+    shortcut: Literal["projection", "resnet_d"] = "projection"
+    """The identity path where channels or size change: `projection` = a 1x1 conv (strided like
+    the block) + norm (He et al. 2016; MONAI's UnetResBlock); `resnet_d` = average pooling
+    (kernel = stride, ceil mode) where the block strides, then a 1x1 conv without bias + norm
+    where the channels change (He et al. 2019, "ResNet-D"; nnU-Net's BasicBlockD)."""
+
+
+Block = Annotated[PlainBlock | ResidualBlock, Field(discriminator="type"), BareString()]
+
+
+# ---------------------------------------------------------------------------------------------
+# merge
+
+
+class Concat(_Model):
+    """Concatenate the centre-cropped skip and the up-sampled map along channels (the paper)."""
+
+    type: Literal["concat"] = "concat"
+    order: Literal["skip_first", "up_first"] = "skip_first"
+    """Channel order of the concatenation: skip then up-sampled map (the paper, MONAI's
+    BasicUNet), or the up-sampled map first (nnU-Net, MONAI's DynUNet); it orders the next
+    conv's input channels, so weights copied from a peer need no permutation."""
+
+
+class Add(_Model):
+    """Add the centre-cropped skip to the up-sampled map; their channels must be equal."""
+
+    type: Literal["add"] = "add"
+
+
+class AttentionGate(_Model):
+    """Additive attention gate on the skip (Oktay et al. 2018), gated by the up-sampled coarser
+    map, then concatenation."""
+
+    type: Literal["attention"] = "attention"
+    inter_channels: int | None = Field(None, ge=1, le=MAX_CHANNELS)
+    """Channels of the gate's intermediate map; default half the skip's channels (at least 1)."""
+
+
+Merge = Annotated[Concat | Add | AttentionGate, Field(discriminator="type"), BareString()]
+
+
+# ---------------------------------------------------------------------------------------------
+# down- and up-sampling
+
+
+class MaxPool(_Model):
+    """Max pooling with kernel = stride (the paper's 2x2 max-pool)."""
+
+    type: Literal["max"] = "max"
+
+
+class AvgPool(_Model):
+    """Average pooling with kernel = stride."""
+
+    type: Literal["avg"] = "avg"
+
+
+class ConvDown(_Model):
+    """A learned strided convolution with kernel = stride, keeping the channels."""
+
+    type: Literal["conv"] = "conv"
+
+
+class FirstConvDown(_Model):
+    """No separate down-sampling layer: the first conv of each lower level's block carries the
+    stride (with that level's kernel and `same` padding), as in nnU-Net and MONAI's DynUNet.
+    Needs `padding: same`."""
+
+    type: Literal["first_conv"] = "first_conv"
+
+
+Down = Annotated[MaxPool | AvgPool | ConvDown | FirstConvDown, Field(discriminator="type"), BareString()]
+
+
+class TransposeUp(_Model):
+    """Transposed convolution with kernel = stride (the paper's 2x2 up-convolution)."""
+
+    type: Literal["transpose"] = "transpose"
+    bias: bool = True
+    """Give the transposed conv a bias (MONAI DynUNet's trans_bias=False has none)."""
+    kernel_size: int | None = Field(None, ge=1, le=MAX_KERNEL)
+    """Kernel size (odd), padded by kernel_size // 2 with output padding stride - 1 so that the
+    map still grows by exactly the stride (MONAI's UNet and AttentionUnet: 3); default: the
+    stride."""
+    norm_act: bool = False
+    """Follow the transposed conv by the config's norm and activation (MONAI's UNet and
+    AttentionUnet)."""
+
+    @model_validator(mode="after")
+    def _odd(self) -> TransposeUp:
+        if self.kernel_size is not None and self.kernel_size % 2 == 0:
+            k = self.kernel_size
+            raise ValueError(f"up.kernel_size={k} must be odd so that the map grows by exactly the stride; use {k + 1}")
+        return self
+
+
+InterpolationConv = Literal["always", "when_channels_change"]
+
+
+class NearestUp(_Model):
+    """Nearest-neighbour interpolation by the stride and a 1x1 conv to the new channels (run on
+    the coarser map first: the two commute)."""
+
+    type: Literal["nearest"] = "nearest"
+    conv: InterpolationConv = "always"
+    """When the 1x1 conv is there: `always`, or `when_channels_change` (MONAI's UpSample with
+    pre_conv="default": none where the channels stay)."""
+
+
+class LinearUp(_Model):
+    """(Bi/tri)linear interpolation by the stride and a 1x1 conv to the new channels (run on the
+    coarser map first: the two commute)."""
+
+    type: Literal["linear"] = "linear"
+    conv: InterpolationConv = "always"
+    """When the 1x1 conv is there: `always`, or `when_channels_change` (MONAI's UpSample with
+    pre_conv="default": none where the channels stay)."""
+    align_corners: bool = False
+    """Align the corner pixels of input and output (torch's `align_corners`; MONAI's BasicUNet
+    uses True)."""
+
+
+class PixelShuffleUp(_Model):
+    """Sub-pixel convolution (Shi et al. 2016; MONAI's BasicUNet `upsample="pixelshuffle"`): a
+    conv to `C_out * prod(stride)` channels, an N-d pixel shuffle by the stride, then (`pad_pool`)
+    zero padding of stride - 1 on the leading side of each axis and average pooling with kernel =
+    stride, stride 1 (Aitken et al. 2017), which keeps the size."""
+
+    type: Literal["pixelshuffle"] = "pixelshuffle"
+    kernel_size: int = Field(3, ge=1, le=MAX_KERNEL)
+    """Kernel size (odd, "same" padding) of the conv before the shuffle (MONAI: 3)."""
+    pad_pool: bool = True
+    """Pad by stride - 1 (zeros, leading side) and average-pool with kernel = stride, stride 1
+    after the shuffle (MONAI's `apply_pad_pool`, True in BasicUNet)."""
+
+    @model_validator(mode="after")
+    def _odd(self) -> PixelShuffleUp:
+        if self.kernel_size % 2 == 0:
+            k = self.kernel_size
+            raise ValueError(f"up.kernel_size={k} must be odd so that the conv keeps the size; use {k + 1}")
+        return self
+
+
+Up = Annotated[TransposeUp | NearestUp | LinearUp | PixelShuffleUp, Field(discriminator="type"), BareString()]
+
+
+# ---------------------------------------------------------------------------------------------
+# dropout
+
+
+class Dropout(_Model):
+    """Dropout after the convolutions of chosen blocks."""
+
+    rate: float = Field(0.5, ge=0, lt=1)
+    """Probability of zeroing an element; 0 disables dropout."""
+    placement: Literal["contracting_end", "bottleneck", "encoder", "decoder", "all"] = "contracting_end"
+    """Where: `contracting_end` = the last encoder level and the bottleneck (the paper's "drop-out
+    layers at the end of the contracting path", as in its Caffe model); `bottleneck`; every
+    `encoder` block including the bottleneck; every `decoder` block; or `all` blocks."""
+    spatial: bool = False
+    """Drop whole channels (`Dropout2d`/`Dropout3d`) instead of single elements."""
+
+
+class DropoutShorthand:
+    """Annotated marker: `dropout` may be written as a number (the rate, paper placement), as
+    ``0``, ``false`` or ``null`` (no dropout) or as ``true`` (the paper's dropout: `Dropout()`,
+    rate 0.5 at the end of the contracting path); the JSON Schema says so."""
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> core_schema.CoreSchema:
+        return core_schema.no_info_before_validator_function(_dropout_shorthand, handler(source))
+
+    def __get_pydantic_json_schema__(self, schema: core_schema.CoreSchema, handler: GetJsonSchemaHandler) -> Any:
+        return {
+            "anyOf": [
+                {"type": "number", "minimum": 0, "exclusiveMaximum": 1, "description": "the rate"},
+                {"type": "boolean", "description": "true: the paper's dropout (rate 0.5); false: none"},
+                {"type": "null", "description": "no dropout"},
+                handler(schema),
+            ]
+        }
+
+
+def _dropout_shorthand(value: Any) -> Any:
+    if value is None or value is False:
+        return {"rate": 0.0}
+    if value is True:
+        return {}
+    if isinstance(value, numbers.Real):  # numpy floats and integers too
+        return {"rate": value if isinstance(value, (int, float)) else float(value)}
+    if isinstance(value, str):
+        raise ValueError(
+            "dropout is a rate (a number in [0, 1)), false or null for none, true for the paper's 0.5, "
+            "or a mapping {rate, placement, spatial}; a string is none of these"
+        )
+    return value
