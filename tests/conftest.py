@@ -12,7 +12,8 @@ import torch
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
-from unetgen import UNetConfig, shapes
+from unetgen import UNetConfig
+from unetgen.analysis import shapes
 
 settings.register_profile(
     "ci", max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow], print_blob=True

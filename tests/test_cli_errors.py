@@ -19,8 +19,9 @@ import pytest
 import torch
 from cli_files import ANISO, TINY, make_files, run
 
-from unetgen import build_unet, predict_tiled, shapes
+from unetgen import build_unet, predict_tiled
 from unetgen import cli as cli_module
+from unetgen.analysis import shapes
 
 pytest.importorskip("PIL")
 pytest.importorskip("tifffile")

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from torch.utils.flop_counter import FlopCounterMode
 
 from unetgen import UNet, UNetConfig, build_unet
-from unetgen.costs import DEFAULT_MAX_PARAMETERS, ParameterBudgetError, count_macs, count_parameters
+from unetgen.analysis.costs import DEFAULT_MAX_PARAMETERS, ParameterBudgetError, count_macs, count_parameters
 
 
 @st.composite

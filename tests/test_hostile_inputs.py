@@ -37,10 +37,10 @@ from unetgen import (
     nearest_valid_input_size,
     output_shape,
     save_unet,
-    shapes,
     trace,
     valid_input_sizes,
 )
+from unetgen.analysis import shapes
 from unetgen.cli import main
 from unetgen.config.io import read_document
 from unetgen.config.schema import schema_text

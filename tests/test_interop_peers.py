@@ -388,7 +388,8 @@ def _nnunet_configs(draw: st.DrawFn) -> dict[str, Any]:
 @given(data=_nnunet_configs())
 def test_every_nnunet_config_round_trips_through_nnunet(data: dict[str, Any]) -> None:
     pytest.importorskip("dynamic_network_architectures.architectures.unet")
-    from unetgen import UNetConfig, shapes
+    from unetgen import UNetConfig
+    from unetgen.analysis import shapes
 
     config = UNetConfig.model_validate(data)
     plans = {"configurations": {"c": {"architecture": to_nnunet_architecture(config)}}}
@@ -460,7 +461,7 @@ def _dynunet_kwargs(draw: st.DrawFn) -> dict[str, Any]:
 @given(kw=_dynunet_kwargs())
 def test_random_dynunets(kw: dict[str, Any]) -> None:
     nets = pytest.importorskip("monai.networks.nets")
-    from unetgen import shapes
+    from unetgen.analysis import shapes
 
     peer = _seeded(nets.DynUNet(**kw)).double()
     ours = convert(peer)

@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from unetgen import build_unet, shapes
+from unetgen import build_unet
+from unetgen.analysis import shapes
 from unetgen.optimize import optimize_for_inference
 
 

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from unetgen import PRESETS, build_unet, dump_config, get_preset, load_config, shapes
+from unetgen import PRESETS, build_unet, dump_config, get_preset, load_config
+from unetgen.analysis import shapes
 from unetgen.config.presets import register
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"

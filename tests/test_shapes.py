@@ -20,11 +20,11 @@ from unetgen import (
     is_valid_input_shape,
     nearest_valid_input_size,
     output_shape,
-    shapes,
     skip_crops,
     trace,
     valid_input_sizes,
 )
+from unetgen.analysis import shapes
 
 PAPER = UNetConfig()
 

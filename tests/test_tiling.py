@@ -15,7 +15,8 @@ from conftest import config_dicts, valid_shapes
 from hypothesis import event, given
 from hypothesis import strategies as st
 
-from unetgen import InputShapeError, UNet, UNetConfig, build_unet, plan_tiles, predict_tiled, save_unet, shapes
+from unetgen import InputShapeError, UNet, UNetConfig, build_unet, plan_tiles, predict_tiled, save_unet
+from unetgen.analysis import shapes
 from unetgen.cli import main
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -13,7 +13,8 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 from scipy import ndimage
 
-from unetgen import InputShapeError, UNetConfig, build_unet, output_shape, shapes
+from unetgen import InputShapeError, UNetConfig, build_unet, output_shape
+from unetgen.analysis import shapes
 from unetgen.blocks import center_crop
 from unetgen.training import (
     NEGLIGIBLE,

@@ -11,8 +11,9 @@ from conftest import config_dicts, valid_shapes
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from unetgen import UNetConfig, build_unet, cli, shapes
-from unetgen.memory import (
+from unetgen import UNetConfig, build_unet, cli
+from unetgen.analysis import shapes
+from unetgen.analysis.memory import (
     _walk,
     estimate_training_memory,
     parse_bytes,
@@ -170,7 +171,7 @@ def test_a_missed_layer_is_caught(monkeypatch) -> None:
     config = UNetConfig(depth=2, base_channels=2)
     shape = shapes.min_input_shape(config)
     truth = measure(config, shape, 2)
-    from unetgen import memory
+    from unetgen.analysis import memory
 
     monkeypatch.setattr(memory._Walk, "side", lambda self, *a, **k: None)
     assert estimate(config, shape, 2) != truth

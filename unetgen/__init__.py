@@ -1,13 +1,7 @@
 """unetgen: U-Nets declared as data, with exact shape arithmetic."""
 
-from .checkpoint import CheckpointError, checkpoint_config, checkpoint_metadata, load_unet, save_unet
-from .config.io import ConfigError, dump_config, load_config
-from .config.presets import PRESETS, get_preset
-from .config.unet_config import UNetConfig
-from .costs import count_macs, count_parameters
-from .draw import draw_unet
-from .optimize import optimize_for_inference
-from .shapes import (
+from .analysis.costs import count_macs, count_parameters
+from .analysis.shapes import (
     InputShapeError,
     aux_shapes,
     halo,
@@ -20,6 +14,12 @@ from .shapes import (
     trace,
     valid_input_sizes,
 )
+from .checkpoint import CheckpointError, checkpoint_config, checkpoint_metadata, load_unet, save_unet
+from .config.io import ConfigError, dump_config, load_config
+from .config.presets import PRESETS, get_preset
+from .config.unet_config import UNetConfig
+from .draw import draw_unet
+from .optimize import optimize_for_inference
 from .tiling import TilePlan, plan_tiles, predict_tiled
 from .unet import UNet, build_unet
 

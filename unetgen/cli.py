@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from . import shapes
+from .analysis import shapes
 from .checkpoint import CheckpointError, checkpoint_config
 from .config.io import SUFFIXES, ConfigError, load_config
 from .config.unet_config import UNetConfig
@@ -262,7 +262,7 @@ def cmd_summary(args: argparse.Namespace) -> int:
 
 
 def _print_macs(cfg: UNetConfig, size: tuple[int, ...], batch_size: int, torchinfo_mult_adds: int) -> None:
-    from .costs import count_macs
+    from .analysis.costs import count_macs
 
     macs = count_macs(cfg, size) * batch_size
     print(f"Convolution multiply-adds (true, as FlopCounterMode counts them): {macs / 1e9:.2f} G ({macs:,})")
@@ -707,7 +707,7 @@ def cmd_draw(args: argparse.Namespace) -> int:
 
 def cmd_plan(args: argparse.Namespace) -> int:
     """The largest training patch (and batch) whose step fits the memory: one line, or one `error:` line."""
-    from .memory import plan_training
+    from .analysis.memory import plan_training
 
     cfg = _config(args.config)
     image = _spatial(cfg, args.image, "--image")

@@ -17,7 +17,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from . import shapes
+from .analysis import shapes
 from .config.diagnostics import short_repr
 from .config.io import ConfigSource, load_config
 from .config.options import (

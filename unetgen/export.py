@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from . import shapes
+from .analysis import shapes
 from .unet import UNet
 
 

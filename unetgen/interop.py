@@ -1162,7 +1162,7 @@ def nnunet_yaml(
     `schema` (a path relative to where the YAML will be written, or a URL) when given."""
     import yaml
 
-    from . import shapes
+    from .analysis import shapes
 
     plans = _read_plans(plans_path)
     config = from_nnunet_plans(

@@ -47,7 +47,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from . import shapes
+from .analysis import shapes
 from .config.unet_config import UNetConfig
 from .reprs import short_repr
 

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-from . import shapes
+from .analysis import shapes
 from .config.diagnostics import short_repr
 from .config.unet_config import UNetConfig
 

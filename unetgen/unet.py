@@ -10,7 +10,8 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from . import costs, layers, shapes
+from . import layers
+from .analysis import costs, shapes
 from .blocks import ConvBlock, SkipMerge, conv_norm_act, make_down, make_up, paper_init_
 from .config.io import ConfigSource, load_config
 from .config.unet_config import UNetConfig

@@ -1,0 +1,493 @@
+"""Exact shape arithmetic of a U-Net, from the config alone: pure integers, no torch.
+
+Along one spatial axis every size in the network is an affine function of ``b``, the size
+entering the bottleneck block. Going up the encoder, ``input = P*b + Q`` (P = product of the
+strides, Q = the convs' shrinkage weighted by the strides above them), so the valid input sizes
+are exactly ``Q + P*b`` for every integer ``b >= b_min``, where ``b_min`` is the smallest value
+that keeps every map in the network at least one pixel wide. The output is ``P*b + R``, and
+the halo ``(input - output) / 2 = (Q - R) / 2`` is the same for every valid input.
+
+This module is the single source of truth for sizes: the model, the CLI and the tests call it.
+
+Sizes are Python ints end to end, so every answer is exact for any int (``10**400`` included).
+A size is an int (or anything with ``__index__`` but a bool: numpy integers, 0-d integer
+arrays); a shape is a sequence of them, one per spatial axis. Every helper that takes a size
+takes either an int with ``axis=`` and answers an int, or a shape and answers a tuple (one entry
+per axis). Anything else (floats, NaN, strings, booleans) is an `InputShapeError` naming it.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any, Literal, TypeVar, overload
+
+from ..config.options import FirstConvDown, InstanceNorm
+from ..config.unet_config import Stage, UNetConfig
+from ..reprs import int_text, short_repr
+
+__all__ = [
+    "AxisRule",
+    "InputShapeError",
+    "SkipCrop",
+    "TraceRow",
+    "aux_shapes",
+    "axis_rule",
+    "halo",
+    "input_size_for_output",
+    "is_valid_input_shape",
+    "min_input_shape",
+    "nearest_valid_input_size",
+    "output_shape",
+    "skip_crops",
+    "trace",
+    "valid_input_sizes",
+]
+
+
+class InputShapeError(ValueError):
+    """An input whose spatial shape the network cannot process exactly, or a size that is not an
+    integer (a float, NaN, a string, a boolean) or a shape with the wrong number of axes."""
+
+
+_T = TypeVar("_T")
+
+
+def _size(value: Any, what: str = "size") -> int:
+    """`value` as an int, or `InputShapeError` naming it: sizes are integers, never booleans."""
+    dtype = getattr(value, "dtype", None)
+    if isinstance(value, bool) or (dtype is not None and str(dtype).endswith("bool")):
+        raise InputShapeError(f"{what} must be an integer, not the boolean {short_repr(value)}")
+    try:
+        return operator.index(value)
+    except TypeError:
+        pass
+    hint = ""
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        hint = f"; write {int_text(int(value))}"
+    elif isinstance(value, float):
+        hint = "; sizes are whole numbers of pixels" if math.isfinite(value) else "; sizes are finite"
+    elif isinstance(value, str):
+        hint = "; parse it first, e.g. int(text)"
+    kind = type(value).__name__
+    raise InputShapeError(f"{what} must be an integer, got {short_repr(value)} ({kind}){hint}")
+
+
+def _is_size(value: Any) -> bool:
+    """Whether `value` is one size (an int-like scalar) rather than a shape."""
+    if isinstance(value, (str, bytes)):
+        return True  # refused by `_size` with its message
+    if getattr(value, "ndim", None) == 0 or isinstance(value, (int, float)):
+        return True
+    return not hasattr(value, "__len__") and not hasattr(value, "__iter__")
+
+
+def _shape(config: UNetConfig, value: Any, what: str = "input shape") -> tuple[int, ...]:
+    """`value` as a tuple of ints, one per spatial axis, or `InputShapeError`."""
+    if _is_size(value) or not hasattr(value, "__len__"):
+        raise InputShapeError(
+            f"{what} must be a sequence of {config.spatial_dims} integers (one per spatial axis), "
+            f"got {short_repr(value)} ({type(value).__name__})"
+        )
+    n = len(value)
+    if n != config.spatial_dims:
+        shown = f" {short_repr(tuple(value))}" if n <= 16 else ""
+        raise InputShapeError(f"{what}{shown} has {n:,} spatial axes but spatial_dims={config.spatial_dims}")
+    return tuple(_size(v, f"{what}[{a}]") for a, v in enumerate(value))
+
+
+def _axis(config: UNetConfig, axis: Any) -> int:
+    if isinstance(axis, bool):
+        raise ValueError(f"axis must be an integer, not the boolean {axis}")
+    try:
+        a = operator.index(axis)
+    except TypeError:
+        raise ValueError(f"axis must be an integer, got {short_repr(axis)}") from None
+    if not 0 <= a < config.spatial_dims:
+        raise ValueError(f"axis={short_repr(a)} is out of range for spatial_dims={config.spatial_dims}")
+    return a
+
+
+def _per_axis(config: UNetConfig, value: Any, axis: Any, what: str, answer: Callable[[int, int], _T]) -> Any:
+    """`answer(axis, size)` for an int `value` (on `axis`, default 0), or a tuple of the answers
+    per axis for a shape (then `axis` must be None)."""
+    if _is_size(value):
+        return answer(_axis(config, 0 if axis is None else axis), _size(value, what))
+    if axis is not None:
+        raise ValueError(f"axis={short_repr(axis)} goes with a single size; a shape {what} has one per axis")
+    return tuple(answer(a, v) for a, v in enumerate(_shape(config, value, what)))
+
+
+@dataclass(frozen=True)
+class AxisRule:
+    """The size rule of one spatial axis: valid inputs are ``offset + period*b`` for ``b >= b_min``,
+    and such an input gives the output ``out_period*b + out_offset``, where ``out_period`` is
+    ``period / stem`` (``stem`` = `stem_stride` on this axis, 1 unless the output is at a
+    reduced resolution)."""
+
+    period: int
+    offset: int
+    b_min: int
+    out_offset: int
+    enc_shrink: tuple[int, ...]
+    strides: tuple[int, ...]
+    dec_shrink: tuple[int, ...]
+    conv_shrink_enc: tuple[tuple[int, ...], ...]
+    conv_shrink_dec: tuple[tuple[int, ...], ...]
+    stem: int = 1
+    stem_shrink: int = 0
+
+    @property
+    def out_period(self) -> int:
+        """Output growth per step of ``b``: ``period / stem``."""
+        return self.period // self.stem
+
+    @property
+    def min_size(self) -> int:
+        """The smallest valid input size."""
+        return self.offset + self.period * self.b_min
+
+    @property
+    def halo(self) -> int:
+        """Context lost on each side: (input - output) / 2, the same for every valid input.
+        Raises ValueError when `stem_stride` puts the output at a lower resolution (no halo)."""
+        if self.stem != 1:
+            raise ValueError(
+                f"stem_stride={self.stem} puts the output at 1/{self.stem} of the input's resolution, so "
+                "input and output pixels do not correspond one to one (no halo, no overlap-tile "
+                "prediction); use stem_stride: 1"
+            )
+        return (self.offset - self.out_offset) // 2
+
+    def output(self, size: int) -> int | None:
+        """The output size for `size`, or None when `size` is not a valid input size."""
+        b, rest = divmod(size - self.offset, self.period)
+        return self.out_period * b + self.out_offset if rest == 0 and b >= self.b_min else None
+
+
+@lru_cache(maxsize=256)
+def axis_rule(config: UNetConfig, axis: int = 0) -> AxisRule:
+    """The size rule of `axis` (0-based among the spatial axes). O(depth), cached per config."""
+    if not 0 <= axis < config.spatial_dims:
+        raise ValueError(f"axis={axis} is out of range for spatial_dims={config.spatial_dims}")
+    layout, valid = config.layout, config.padding == "valid"
+
+    def shrinks(stage_kernel: tuple[int, ...], convs: int) -> tuple[int, ...]:
+        return (stage_kernel[axis] - 1 if valid else 0,) * convs
+
+    enc = tuple(shrinks(s.kernel, len(s.channels)) for s in layout.encoder)
+    dec = tuple(shrinks(s.kernel, len(s.channels)) for s in layout.decoder)
+    strides = tuple(s[axis] for s in layout.strides)
+    enc_shrink, dec_shrink = tuple(map(sum, enc)), tuple(map(sum, dec))
+    depth = config.depth
+    # input = offset + period * b, built from the bottleneck up.
+    period, offset = 1, 0
+    for i in reversed(range(depth)):
+        offset = enc_shrink[i] + strides[i] * offset
+        period *= strides[i]
+    stem = layout.stem_stride[axis] if layout.stem_stride else 1
+    assert stem == 1 or not valid, "a stem stride needs same padding (config rule)"
+    period *= stem  # same padding: input = stem * (level 0's map)
+    stem_shrink = layout.stem.kernel[axis] - 1 if valid and layout.stem is not None else 0
+    offset += stem_shrink  # the stem conv (`stem: true`) comes before level 0
+    # every later map is alpha*b + beta >= 1: the bottleneck's output, then each decoder level's.
+    alpha, beta = 1, -enc_shrink[depth]
+    b_min = max(1, 1 - beta)
+    for i in reversed(range(depth)):
+        alpha, beta = alpha * strides[i], beta * strides[i] - dec_shrink[i]
+        b_min = max(b_min, -((beta - 1) // alpha))  # ceil((1 - beta) / alpha)
+    return AxisRule(period, offset, b_min, beta, enc_shrink, strides, dec_shrink, enc, dec, stem, stem_shrink)
+
+
+def _rules(config: UNetConfig) -> tuple[AxisRule, ...]:
+    return tuple(axis_rule(config, a) for a in range(config.spatial_dims))
+
+
+def _invalid(config: UNetConfig, size: int, axis: int, shape: Sequence[int] | None = None) -> InputShapeError:
+    rule = axis_rule(config, axis)
+    below = _nearest(rule, size, "down")
+    above = _nearest(rule, size, "up")
+    where = f" on axis {axis}" if config.spatial_dims > 1 else ""
+    near = ", ".join(int_text(s) for s in (below, above) if s is not None)
+    of = f" of spatial shape {_text(shape)}" if shape is not None and len(shape) > 1 else ""
+    return InputShapeError(
+        f"input size {int_text(size)}{where}{of} is not valid for depth={config.depth}, "
+        f"padding='{config.padding}'; nearest valid: {near} "
+        f"(valid sizes are {rule.min_size} + {rule.period}*k, k >= 0)"
+    )
+
+
+def _text(shape: Sequence[int]) -> str:
+    return "(" + ", ".join(map(int_text, shape)) + ("," if len(shape) == 1 else "") + ")"
+
+
+@overload
+def output_shape(config: UNetConfig, input_shape: int, *, axis: int | None = None) -> int: ...
+@overload
+def output_shape(config: UNetConfig, input_shape: Sequence[int], *, axis: None = None) -> tuple[int, ...]: ...
+def output_shape(config: UNetConfig, input_shape: Any, *, axis: int | None = None) -> Any:
+    """The spatial output shape for a spatial input shape (a tuple), or the output size along
+    `axis` (default 0) for one input size (an int); raises `InputShapeError` if invalid. A shape
+    is also checked as a whole (instance norm needs more than one element in every map)."""
+    if _is_size(input_shape):
+        a, size = _axis(config, 0 if axis is None else axis), _size(input_shape, "input size")
+        out = axis_rule(config, a).output(size)
+        if out is None:
+            raise _invalid(config, size, a)
+        return out
+    if axis is not None:
+        raise ValueError(f"axis={short_repr(axis)} goes with a single size; a shape has one size per axis")
+    shape = _shape(config, input_shape)
+    out = []
+    for a, (rule, size) in enumerate(zip(_rules(config), shape, strict=True)):
+        o = rule.output(size)
+        if o is None:
+            raise _invalid(config, size, a, shape)
+        out.append(o)
+    if isinstance(config.norm, InstanceNorm):
+        _check_instance_norm(config, shape)
+    return tuple(out)
+
+
+def _check_instance_norm(config: UNetConfig, input_shape: Sequence[int]) -> None:
+    """Instance norm needs more than one element per map: refuse inputs whose smallest map is 1."""
+    rows = _walk(config, input_shape, check=False)[0]
+    small = min(rows[1:-1], key=lambda r: math.prod(r.shape))
+    if math.prod(small.shape) <= 1:
+        bigger = tuple(
+            nearest_valid_input_size(config, s + 1, direction="up", axis=a) for a, s in enumerate(input_shape)
+        )
+        raise InputShapeError(
+            f"input shape {_text(input_shape)} shrinks to a single element at {small.name} "
+            f"({'x'.join(map(str, small.shape))}), which norm='instance' cannot normalise; "
+            f"use a larger input, e.g. {_text(bigger)}"
+        )
+
+
+def is_valid_input_shape(config: UNetConfig, input_shape: int | Sequence[int], *, axis: int | None = None) -> bool:
+    """Whether the network maps this spatial input shape exactly (no padding, no lost pixels);
+    for one size (an int), whether it is a valid size along `axis` (default 0). Raises
+    `InputShapeError` for what is not a size or shape at all (a float, a string...)."""
+    if _is_size(input_shape):
+        a = _axis(config, 0 if axis is None else axis)
+        return axis_rule(config, a).output(_size(input_shape, "input size")) is not None
+    shape = _shape(config, input_shape)
+    if axis is not None:
+        raise ValueError(f"axis={short_repr(axis)} goes with a single size; a shape has one size per axis")
+    try:
+        output_shape(config, shape)
+    except InputShapeError:
+        return False
+    return True
+
+
+@overload
+def valid_input_sizes(config: UNetConfig, max_size: int, *, min_size: int = 1, axis: int | None = None) -> range: ...
+@overload
+def valid_input_sizes(
+    config: UNetConfig, max_size: Sequence[int], *, min_size: int | Sequence[int] = 1, axis: None = None
+) -> tuple[range, ...]: ...
+def valid_input_sizes(config: UNetConfig, max_size: Any, *, min_size: Any = 1, axis: int | None = None) -> Any:
+    """Every valid input size in [min_size, max_size] along `axis` (default 0), ascending, as a
+    `range` (a `Sequence[int]` of O(1) size whatever the bounds: index it, slice it, take its
+    `len`, test `in`); for a shape `max_size` (and an int or shape `min_size`), one range per axis.
+    (Python's `len()` of a range stops at `sys.maxsize` elements; indexing works for any bounds.)"""
+
+    def sizes(a: int, hi: int, lo: int) -> range:
+        rule = axis_rule(config, a)
+        lo = max(lo, rule.min_size)
+        start = rule.min_size + -(-(lo - rule.min_size) // rule.period) * rule.period
+        return range(start, max(start, hi + 1), rule.period)
+
+    if _is_size(max_size):
+        a = _axis(config, 0 if axis is None else axis)
+        return sizes(a, _size(max_size, "max_size"), _size(min_size, "min_size"))
+    if axis is not None:
+        raise ValueError(f"axis={short_repr(axis)} goes with a single max_size; a shape has one per axis")
+    his = _shape(config, max_size, "max_size")
+    los = (_size(min_size, "min_size"),) * len(his) if _is_size(min_size) else _shape(config, min_size, "min_size")
+    return tuple(sizes(a, hi, lo) for a, (hi, lo) in enumerate(zip(his, los, strict=True)))
+
+
+def _nearest(rule: AxisRule, size: int, direction: Literal["up", "down"]) -> int | None:
+    """The valid size at or above (`up`) or at or below (`down`) `size`; None when none is below.
+    Integer division only, so exact for any int."""
+    k, rest = divmod(size - rule.min_size, rule.period)
+    if direction == "up":
+        return rule.min_size + max(k + (rest > 0), 0) * rule.period
+    return None if k < 0 else rule.min_size + k * rule.period
+
+
+@overload
+def nearest_valid_input_size(
+    config: UNetConfig, size: int, *, direction: Literal["nearest", "up", "down"] = "nearest", axis: int | None = None
+) -> int: ...
+@overload
+def nearest_valid_input_size(
+    config: UNetConfig,
+    size: Sequence[int],
+    *,
+    direction: Literal["nearest", "up", "down"] = "nearest",
+    axis: None = None,
+) -> tuple[int, ...]: ...
+def nearest_valid_input_size(
+    config: UNetConfig, size: Any, *, direction: Literal["nearest", "up", "down"] = "nearest", axis: int | None = None
+) -> Any:
+    """The valid input size nearest to `size` along `axis` (default 0; ties go up), or the next
+    one up or down; for a shape, the answer per axis. `direction="down"` below the smallest
+    valid size raises `InputShapeError`."""
+    if not isinstance(direction, str) or direction not in ("nearest", "up", "down"):
+        raise ValueError(f"direction={short_repr(direction)} must be 'nearest', 'up' or 'down'")
+
+    def nearest(a: int, s: int) -> int:
+        rule = axis_rule(config, a)
+        up = _nearest(rule, s, "up")
+        assert up is not None
+        if direction == "up":
+            return up
+        down = _nearest(rule, s, "down")
+        if direction == "down":
+            if down is None:
+                raise InputShapeError(
+                    f"no valid input size is <= {int_text(s)}{f' on axis {a}' if config.spatial_dims > 1 else ''} "
+                    f"for depth={config.depth}, padding='{config.padding}'; the smallest is {rule.min_size}"
+                )
+            return down
+        return up if down is None or up - s <= s - down else down
+
+    return _per_axis(config, size, axis, "size", nearest)
+
+
+def min_input_shape(config: UNetConfig) -> tuple[int, ...]:
+    """The smallest spatial input the network accepts: each axis's smallest valid size, grown by
+    whole periods on every axis while instance norm would see a single-element map."""
+    rules = _rules(config)
+    shape = tuple(r.min_size for r in rules)
+    while not is_valid_input_shape(config, shape):
+        shape = tuple(s + r.period for s, r in zip(shape, rules, strict=True))
+    return shape
+
+
+@overload
+def input_size_for_output(config: UNetConfig, output_size: int, *, axis: int | None = None) -> int: ...
+@overload
+def input_size_for_output(config: UNetConfig, output_size: Sequence[int], *, axis: None = None) -> tuple[int, ...]: ...
+def input_size_for_output(config: UNetConfig, output_size: Any, *, axis: int | None = None) -> Any:
+    """The smallest valid input size along `axis` (default 0) whose output is at least
+    `output_size`; for a shape, the answer per axis (each axis on its own: with instance norm
+    `is_valid_input_shape` may still want a larger whole shape)."""
+
+    def smallest(a: int, wanted: int) -> int:
+        rule = axis_rule(config, a)
+        b = max(rule.b_min, -(-(wanted - rule.out_offset) // rule.out_period))
+        return rule.offset + rule.period * b
+
+    return _per_axis(config, output_size, axis, "output_size", smallest)
+
+
+@overload
+def halo(config: UNetConfig, input_shape: None = None, *, axis: None = None) -> tuple[int, ...]: ...
+@overload
+def halo(config: UNetConfig, input_shape: int | None = None, *, axis: int) -> int: ...
+@overload
+def halo(config: UNetConfig, input_shape: int, *, axis: int | None = None) -> int: ...
+@overload
+def halo(config: UNetConfig, input_shape: Sequence[int], *, axis: None = None) -> tuple[int, ...]: ...
+def halo(config: UNetConfig, input_shape: Any = None, *, axis: int | None = None) -> Any:
+    """The context the network consumes on each side, (input - output) / 2: the same for every
+    valid input. `halo(config)` gives it per axis (a tuple), `halo(config, axis=a)` for one axis
+    (an int); with an input size (an int, on `axis`, default 0) or shape (a tuple) that input is
+    checked first (`InputShapeError` if it is not valid) and the answer has the same kind."""
+    if input_shape is None:
+        if axis is None:
+            return tuple(r.halo for r in _rules(config))
+        return axis_rule(config, _axis(config, axis)).halo
+    if _is_size(input_shape):
+        output_shape(config, input_shape, axis=axis)
+        return axis_rule(config, _axis(config, 0 if axis is None else axis)).halo
+    output_shape(config, input_shape, axis=axis)
+    return tuple(r.halo for r in _rules(config))
+
+
+@dataclass(frozen=True)
+class TraceRow:
+    """One stage of the network: its name, its output channels and its spatial shape."""
+
+    name: str
+    channels: int
+    shape: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class SkipCrop:
+    """The skip connection of decoder `level`: the encoder map's shape, the up-sampled map's
+    shape, and the offset of the centred crop per axis (skip[offset : offset + up])."""
+
+    level: int
+    skip_shape: tuple[int, ...]
+    up_shape: tuple[int, ...]
+    offset: tuple[int, ...]
+
+
+def _walk(
+    config: UNetConfig, input_shape: Sequence[int], *, check: bool = True
+) -> tuple[list[TraceRow], list[SkipCrop]]:
+    if check:
+        output_shape(config, input_shape)  # validates, with the helpful error
+    rules, layout = _rules(config), config.layout
+    size = list(input_shape)
+    rows = [TraceRow("input", config.in_channels, tuple(size))]
+    skips: list[tuple[int, ...]] = []
+
+    def convs(prefix: str, stage_index: int, stage: Stage, shrink_of) -> None:
+        for j, c in enumerate(stage.channels):
+            for a, r in enumerate(rules):
+                if j == 0:  # down: first_conv (same padding): the first conv strides
+                    size[a] //= stage.first_stride[a]
+                size[a] -= shrink_of(r)[stage_index][j]
+            rows.append(TraceRow(f"{prefix}.conv{j + 1}", c, tuple(size)))
+
+    if layout.stem is not None:
+        size = [s - r.stem_shrink for s, r in zip(size, rules, strict=True)]
+        rows.append(TraceRow("stem", layout.stem.out_channels, tuple(size)))
+    separate_down = not isinstance(config.down, FirstConvDown)
+    for i, stage in enumerate(layout.encoder):
+        name = "bottleneck" if i == config.depth else f"enc{i}"
+        convs(name, i, stage, lambda r: r.conv_shrink_enc)
+        if i < config.depth:
+            skips.append(tuple(size))
+            if separate_down:
+                size = [s // r.strides[i] for s, r in zip(size, rules, strict=True)]
+                rows.append(TraceRow(f"down{i}", stage.out_channels, tuple(size)))
+    crops: list[SkipCrop] = []
+    for i in reversed(range(config.depth)):
+        size = [s * r.strides[i] for s, r in zip(size, rules, strict=True)]
+        rows.append(TraceRow(f"up{i}", layout.up_channels[i], tuple(size)))
+        skip = skips[i]
+        crops.append(SkipCrop(i, skip, tuple(size), tuple((s - u) // 2 for s, u in zip(skip, size, strict=True))))
+        merged = layout.decoder[i].in_channels
+        rows.append(TraceRow(f"merge{i}", merged, tuple(size)))
+        convs(f"dec{i}", i, layout.decoder[i], lambda r: r.conv_shrink_dec)
+        if i in config.deep_supervision:
+            rows.append(TraceRow(f"aux{i}", config.out_channels, tuple(size)))
+    rows.append(TraceRow("head", config.out_channels, tuple(size)))
+    return rows, crops[::-1]
+
+
+def trace(config: UNetConfig, input_shape: Sequence[int]) -> list[TraceRow]:
+    """Every stage's channels and spatial shape for this input, as in Figure 1 of the paper."""
+    return _walk(config, _shape(config, input_shape))[0]
+
+
+def skip_crops(config: UNetConfig, input_shape: Sequence[int]) -> list[SkipCrop]:
+    """The centred crop of every skip connection, level 0 (full resolution) first."""
+    return _walk(config, _shape(config, input_shape))[1]
+
+
+def aux_shapes(config: UNetConfig, input_shape: Sequence[int]) -> list[tuple[int, ...]]:
+    """Spatial shapes of the deep-supervision outputs, in the order `forward` returns them."""
+    rows = {r.name: r.shape for r in trace(config, input_shape)}
+    return [rows[f"aux{level}"] for level in sorted(config.deep_supervision)]
