@@ -21,7 +21,7 @@ from hypothesis import given, settings
 from unetgen import InputShapeError, UNetConfig, build_unet, draw_unet, get_preset, save_unet
 from unetgen.cli import main
 from unetgen.draw import MAX_WIDTH, _dropout_levels, _norm_text
-from unetgen.unet import UNet
+from unetgen.model.unet import UNet
 
 ROOT = Path(__file__).resolve().parents[1]
 NS = "{http://www.w3.org/2000/svg}"

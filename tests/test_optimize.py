@@ -8,7 +8,7 @@ from torch import nn
 
 from unetgen import build_unet
 from unetgen.analysis import shapes
-from unetgen.optimize import optimize_for_inference
+from unetgen.model.optimize import optimize_for_inference
 
 
 @pytest.mark.parametrize(

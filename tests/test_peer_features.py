@@ -12,9 +12,10 @@ import torch
 from pydantic import ValidationError
 from torch import nn
 
-from unetgen import UNetConfig, build_unet, layers, output_shape
+from unetgen import UNetConfig, build_unet, output_shape
 from unetgen.analysis import shapes
 from unetgen.analysis.costs import count_parameters
+from unetgen.model import layers
 
 FIRST = {"down": "first_conv", "padding": "same", "depth": 2, "base_channels": 2, "init": "torch"}
 

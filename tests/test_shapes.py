@@ -14,7 +14,6 @@ from unetgen import (
     InputShapeError,
     UNet,
     UNetConfig,
-    blocks,
     halo,
     input_size_for_output,
     is_valid_input_shape,
@@ -25,6 +24,7 @@ from unetgen import (
     valid_input_sizes,
 )
 from unetgen.analysis import shapes
+from unetgen.model import blocks
 
 PAPER = UNetConfig()
 

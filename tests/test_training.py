@@ -15,7 +15,7 @@ from scipy import ndimage
 
 from unetgen import InputShapeError, UNetConfig, build_unet, output_shape
 from unetgen.analysis import shapes
-from unetgen.blocks import center_crop
+from unetgen.model.blocks import center_crop
 from unetgen.training import (
     NEGLIGIBLE,
     PatchSampler,

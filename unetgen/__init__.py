@@ -14,14 +14,15 @@ from .analysis.shapes import (
     trace,
     valid_input_sizes,
 )
+from .build import build_unet
 from .checkpoint import CheckpointError, checkpoint_config, checkpoint_metadata, load_unet, save_unet
 from .config.io import ConfigError, dump_config, load_config
 from .config.presets import PRESETS, get_preset
 from .config.unet_config import UNetConfig
 from .draw import draw_unet
-from .optimize import optimize_for_inference
+from .model.optimize import optimize_for_inference
+from .model.unet import UNet
 from .tiling import TilePlan, plan_tiles, predict_tiled
-from .unet import UNet, build_unet
 
 __version__ = "0.1.0"
 

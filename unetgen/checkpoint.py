@@ -27,11 +27,12 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from .build import build_unet
 from .config import documents
 from .config.io import ConfigError, validate_document
 from .config.unet_config import UNetConfig
+from .model.unet import UNet
 from .reprs import short_path, short_repr, short_text
-from .unet import UNet, build_unet
 
 FORMAT = "unetgen"
 STATE_FORMAT = "2"

@@ -224,7 +224,7 @@ def cmd_summary(args: argparse.Namespace) -> int:
     import torch
     import torchinfo
 
-    from .unet import UNet
+    from .model.unet import UNet
 
     cfg = _config(args.config)
     size = _spatial(cfg, args.input_size)
@@ -476,8 +476,8 @@ def _load_model(args: argparse.Namespace, cfg: UNetConfig) -> Any:
     """The model with its weights (None for a dry run without weights)."""
     import torch
 
+    from .build import build_unet
     from .checkpoint import load_unet
-    from .unet import build_unet
 
     if Path(args.config).suffix.lower() == ".safetensors":
         return load_unet(args.config, device=args.device)

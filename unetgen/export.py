@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from .analysis import shapes
-from .unet import UNet
+from .model.unet import UNet
 
 
 def example_input(

@@ -12,7 +12,7 @@
   pairs the parametric layers in forward-execution order and checks each pair numerically.
 
 The peers are never imported here: modules are recognised by their class name and module path,
-and plans are plain data. This module sits above `unet.py`; nothing below imports it.
+and plans are plain data. This module sits above `model/unet.py`; nothing below imports it.
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ from torch.nn.modules.instancenorm import _InstanceNorm
 from .config import options as cfgmod
 from .config.diagnostics import short_repr
 from .config.unet_config import UNetConfig
+from .model.unet import UNet
 from .reprs import short_text
-from .unet import UNet
 
 __all__ = [
     "UnsupportedModelError",

@@ -8,7 +8,7 @@ import math
 import torch
 from torch import nn
 
-from .config.options import (
+from ..config.options import (
     ELU,
     GELU,
     Activation,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable
 from typing import Any
 
@@ -10,11 +9,10 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from ..analysis import shapes
+from ..config.unet_config import UNetConfig
 from . import layers
-from .analysis import costs, shapes
 from .blocks import ConvBlock, SkipMerge, conv_norm_act, make_down, make_up, paper_init_
-from .config.io import ConfigSource, load_config
-from .config.unet_config import UNetConfig
 
 
 class EncoderLevel(nn.Module):
@@ -160,51 +158,3 @@ class UNet(nn.Module):
                 aux.append(level.aux(x))  # (B, out_channels, *S_level_i)
         x = self.head(x)  # (B, out_channels, *output_shape)
         return [x, *reversed(aux)] if aux else x
-
-
-def build_unet(
-    config: ConfigSource | None = None,
-    *,
-    seed: int | None = None,
-    device: torch.device | str | None = None,
-    dtype: torch.dtype | None = None,
-    max_parameters: int | None = costs.DEFAULT_MAX_PARAMETERS,
-    **fields: Any,
-) -> UNet:
-    """Build a `UNet` from a `UNetConfig`, a dict, a .json/.yaml path or a preset name.
-
-    `fields` are config fields set on top of `config` (or on the defaults when `config` is
-    None), so that both `build_unet(config={...})` and `build_unet(depth=3, ...)` work, the
-    two forms that Hydra-style `{"_target_": "unetgen.build_unet", ...}` instantiation produces.
-    `seed` makes the initial weights a function of (seed, config, device type) alone: the
-    global RNG is forked, seeded and restored, so the caller's random state is untouched.
-    `device="meta"` builds without allocating memory (for size checks of huge configs).
-    A config with more than `max_parameters` parameters (default 2e9, `costs.DEFAULT_MAX_PARAMETERS`)
-    raises `costs.ParameterBudgetError` with its count, except on the meta device; pass a larger
-    budget or None to build it."""
-    cfg = load_config(config if config is not None else {})
-    if fields:
-        cfg = load_config({**cfg.model_dump(exclude_unset=True), **fields})
-    if device is None or torch.device(device).type != "meta":
-        costs.check_parameter_budget(cfg, max_parameters)
-    with contextlib.ExitStack() as stack:
-        if device is not None:
-            stack.enter_context(torch.device(device))
-        if seed is not None:
-            _seed_rng(stack, seed, torch.device(device) if device is not None else torch.empty(0).device)
-        model = UNet(cfg)
-    return model.to(dtype=dtype) if dtype is not None else model
-
-
-def _seed_rng(stack: contextlib.ExitStack, seed: int, device: torch.device) -> None:
-    """Fork the RNG that initialises weights on `device` (restored when `stack` closes) and seed it."""
-    if device.type in ("cpu", "meta"):  # meta draws no random numbers; seeding it is a harmless no-op
-        stack.enter_context(torch.random.fork_rng(devices=[]))
-        torch.default_generator.manual_seed(seed)
-        return
-    module = getattr(torch, device.type)  # torch.cuda, torch.xpu, torch.mps, ...
-    index = device.index if device.index is not None else getattr(module, "current_device", lambda: 0)()
-    stack.enter_context(torch.random.fork_rng(devices=[index], device_type=device.type))
-    torch.default_generator.manual_seed(seed)  # a few initialisers draw on the CPU
-    with module.device(index) if hasattr(module, "device") else contextlib.nullcontext():
-        module.manual_seed(seed)  # seeds the current device only

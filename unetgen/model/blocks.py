@@ -9,8 +9,7 @@ import math
 import torch
 from torch import nn
 
-from . import layers
-from .config.options import (
+from ..config.options import (
     Activation,
     Add,
     AttentionGate,
@@ -33,7 +32,8 @@ from .config.options import (
     TransposeUp,
     Up,
 )
-from .config.unet_config import Stage
+from ..config.unet_config import Stage
+from . import layers
 
 
 def center_crop(x: torch.Tensor, shape: tuple[int, ...] | torch.Size) -> torch.Tensor:
