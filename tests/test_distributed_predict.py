@@ -16,8 +16,8 @@ from unetgen import UNetConfig, build_unet, load_unet, predict_tiled, save_unet
 
 zarr = pytest.importorskip("zarr")
 distributed = pytest.importorskip("distributed")
-from unetgen import distributed as unet_dask  # noqa: E402
-from unetgen.arrays import create_output  # noqa: E402
+from unetgen.predict import distributed as unet_dask  # noqa: E402
+from unetgen.predict.arrays import create_output  # noqa: E402
 
 
 @pytest.fixture(scope="module")

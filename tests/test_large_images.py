@@ -20,10 +20,10 @@ from test_tiling import local_configs, whole_image_forward
 
 from unetgen import UNetConfig, build_unet, predict_tiled, save_unet
 from unetgen.cli import main
-from unetgen.tiling import plan_tiles
+from unetgen.predict.tiling import plan_tiles
 
 zarr = pytest.importorskip("zarr")
-from unetgen.arrays import create_output, open_image  # noqa: E402  (needs zarr to be useful)
+from unetgen.predict.arrays import create_output, open_image  # noqa: E402  (needs zarr to be useful)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -253,7 +253,7 @@ MEMORY_SCRIPT = textwrap.dedent(
     """
     import json, resource, sys, numpy as np, torch
     from unetgen import UNetConfig, build_unet, predict_tiled
-    from unetgen.arrays import create_output
+    from unetgen.predict.arrays import create_output
 
     class Pattern:  # an array-like image computed on the fly: never whole in memory
         def __init__(self, size):
@@ -366,7 +366,8 @@ def test_unwritable_journal_fails_before_any_compute(tmp_path) -> None:
 KILL_SCRIPT = textwrap.dedent(
     """
     import os, signal, sys, numpy as np, torch, zarr
-    from unetgen import load_unet, predict_tiled, tiling
+    from unetgen import load_unet, predict_tiled
+    from unetgen.predict import tiling
 
     tiling.Journal.INTERVAL = 0  # record every block: the kill then leaves a record to resume from
     torch.set_num_threads(1)

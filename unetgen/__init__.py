@@ -22,7 +22,7 @@ from .config.unet_config import UNetConfig
 from .draw import draw_unet
 from .model.optimize import optimize_for_inference
 from .model.unet import UNet
-from .tiling import TilePlan, plan_tiles, predict_tiled
+from .predict.tiling import TilePlan, plan_tiles, predict_tiled
 
 __version__ = "0.1.0"
 

@@ -534,7 +534,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         return cmd_predict_large(args)
     import torch
 
-    from .tiling import DEFAULT_MEMORY_LIMIT, _bytes, check_image, check_memory, plan_tiles, predict_tiled
+    from .predict.tiling import DEFAULT_MEMORY_LIMIT, _bytes, check_image, check_memory, plan_tiles, predict_tiled
 
     _check_weights_arg(args)
     cfg = _config(args.config)
@@ -584,8 +584,8 @@ def _is_large(args: argparse.Namespace) -> bool:
 def cmd_predict_large(args: argparse.Namespace) -> int:
     """`predict` from a .zarr/.tif/.npy image into a .zarr output, block by block, resumable;
     on a Dask cluster with --scheduler or --workers."""
-    from . import tiling
-    from .arrays import create_output, open_image
+    from .predict import tiling
+    from .predict.arrays import create_output, open_image
 
     def fail(message: str, code: int = 1) -> int:
         print(f"error: {message}", file=sys.stderr)
@@ -628,7 +628,7 @@ def cmd_predict_large(args: argparse.Namespace) -> int:
                 model, image, out=out, **options, resume=not args.restart, progress=not args.no_progress
             )
         else:
-            from .distributed import predict_distributed
+            from .predict.distributed import predict_distributed
 
             client = None
             if args.scheduler is not None:
