@@ -819,7 +819,7 @@ def _yaml_path(text: str) -> str:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    from .interop import nnunet_yaml
+    from .interop.convert import nnunet_yaml
 
     _check_output(args.output)
     out = Path(args.output)

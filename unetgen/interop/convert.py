@@ -29,11 +29,11 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
 from torch.nn.modules.instancenorm import _InstanceNorm
 
-from .config import options as cfgmod
-from .config.diagnostics import short_repr
-from .config.unet_config import UNetConfig
-from .model.unet import UNet
-from .reprs import short_text
+from ..config import options as cfgmod
+from ..config.diagnostics import short_repr
+from ..config.unet_config import UNetConfig
+from ..model.unet import UNet
+from ..reprs import short_text
 
 __all__ = [
     "UnsupportedModelError",
@@ -1162,7 +1162,7 @@ def nnunet_yaml(
     `schema` (a path relative to where the YAML will be written, or a URL) when given."""
     import yaml
 
-    from .analysis import shapes
+    from ..analysis import shapes
 
     plans = _read_plans(plans_path)
     config = from_nnunet_plans(
