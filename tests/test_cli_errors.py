@@ -5,6 +5,7 @@ quietly, Ctrl-C exits 130; `predict` checks everything before it predicts."""
 from __future__ import annotations
 
 import contextlib
+import importlib
 import io
 import os
 import re
@@ -20,8 +21,9 @@ import torch
 from cli_files import ANISO, TINY, make_files, run
 
 from unetgen import build_unet, predict_tiled
-from unetgen import cli as cli_module
 from unetgen.analysis import shapes
+
+cli_module = importlib.import_module("unetgen.cli.main")  # the module: the attribute unetgen.cli.main is the function
 
 pytest.importorskip("PIL")
 pytest.importorskip("tifffile")

@@ -23,11 +23,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .analysis import shapes
-from .checkpoint import CheckpointError, checkpoint_config
-from .config.io import SUFFIXES, ConfigError, load_config
-from .config.unet_config import UNetConfig
-from .reprs import short_repr
+from ..analysis import shapes
+from ..checkpoint import CheckpointError, checkpoint_config
+from ..config.io import SUFFIXES, ConfigError, load_config
+from ..config.unet_config import UNetConfig
+from ..reprs import short_repr
 
 DEBUG_ENV = "UNETGEN_DEBUG"
 """Set to 1 to see the traceback of any error instead of its one-line message."""
@@ -224,7 +224,7 @@ def cmd_summary(args: argparse.Namespace) -> int:
     import torch
     import torchinfo
 
-    from .model.unet import UNet
+    from ..model.unet import UNet
 
     cfg = _config(args.config)
     size = _spatial(cfg, args.input_size)
@@ -262,7 +262,7 @@ def cmd_summary(args: argparse.Namespace) -> int:
 
 
 def _print_macs(cfg: UNetConfig, size: tuple[int, ...], batch_size: int, torchinfo_mult_adds: int) -> None:
-    from .analysis.costs import count_macs
+    from ..analysis.costs import count_macs
 
     macs = count_macs(cfg, size) * batch_size
     print(f"Convolution multiply-adds (true, as FlopCounterMode counts them): {macs / 1e9:.2f} G ({macs:,})")
@@ -299,14 +299,14 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
-    from .config.schema import schema_text
+    from ..config.schema import schema_text
 
     sys.stdout.write(schema_text())
     return 0
 
 
 def cmd_presets(args: argparse.Namespace) -> int:
-    from .config.presets import PRESETS
+    from ..config.presets import PRESETS
 
     width = max(map(len, PRESETS))
     for name, preset in PRESETS.items():
@@ -476,8 +476,8 @@ def _load_model(args: argparse.Namespace, cfg: UNetConfig) -> Any:
     """The model with its weights (None for a dry run without weights)."""
     import torch
 
-    from .build import build_unet
-    from .checkpoint import load_unet
+    from ..build import build_unet
+    from ..checkpoint import load_unet
 
     if Path(args.config).suffix.lower() == ".safetensors":
         return load_unet(args.config, device=args.device)
@@ -534,7 +534,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         return cmd_predict_large(args)
     import torch
 
-    from .predict.tiling import DEFAULT_MEMORY_LIMIT, _bytes, check_image, check_memory, plan_tiles, predict_tiled
+    from ..predict.tiling import DEFAULT_MEMORY_LIMIT, _bytes, check_image, check_memory, plan_tiles, predict_tiled
 
     _check_weights_arg(args)
     cfg = _config(args.config)
@@ -584,8 +584,8 @@ def _is_large(args: argparse.Namespace) -> bool:
 def cmd_predict_large(args: argparse.Namespace) -> int:
     """`predict` from a .zarr/.tif/.npy image into a .zarr output, block by block, resumable;
     on a Dask cluster with --scheduler or --workers."""
-    from .predict import tiling
-    from .predict.arrays import create_output, open_image
+    from ..predict import tiling
+    from ..predict.arrays import create_output, open_image
 
     def fail(message: str, code: int = 1) -> int:
         print(f"error: {message}", file=sys.stderr)
@@ -605,7 +605,7 @@ def cmd_predict_large(args: argparse.Namespace) -> int:
     plan_options = dict(tile_size=tile, batch_size=args.batch_size, overlap=args.overlap)
     options = dict(**plan_options, blend=args.blend, output_type=output_type, block_shape=block)
     try:
-        from .checkpoint import load_unet
+        from ..checkpoint import load_unet
 
         model = load_unet(args.config, device=args.device or "cpu")
         image = open_image(args.input)
@@ -628,7 +628,7 @@ def cmd_predict_large(args: argparse.Namespace) -> int:
                 model, image, out=out, **options, resume=not args.restart, progress=not args.no_progress
             )
         else:
-            from .predict.distributed import predict_distributed
+            from ..predict.distributed import predict_distributed
 
             client = None
             if args.scheduler is not None:
@@ -675,7 +675,7 @@ def _add_large_options(p: argparse.ArgumentParser) -> None:
 
 def cmd_draw(args: argparse.Namespace) -> int:
     """The Figure-1-style diagram: .svg as is, .png and .pdf through cairosvg (the `render` extra)."""
-    from .draw import draw_unet
+    from ..draw import draw_unet
 
     suffix = Path(args.output).suffix.lower()
     if suffix not in (".svg", ".png", ".pdf"):
@@ -707,7 +707,7 @@ def cmd_draw(args: argparse.Namespace) -> int:
 
 def cmd_plan(args: argparse.Namespace) -> int:
     """The largest training patch (and batch) whose step fits the memory: one line, or one `error:` line."""
-    from .analysis.memory import plan_training
+    from ..analysis.memory import plan_training
 
     cfg = _config(args.config)
     image = _spatial(cfg, args.image, "--image")
@@ -819,7 +819,7 @@ def _yaml_path(text: str) -> str:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    from .interop.convert import nnunet_yaml
+    from ..interop.convert import nnunet_yaml
 
     _check_output(args.output)
     out = Path(args.output)
