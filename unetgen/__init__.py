@@ -1,5 +1,6 @@
 """unetgen: U-Nets declared as data, with exact shape arithmetic."""
 
+from ._version import __version__
 from .analysis.costs import count_macs, count_parameters
 from .analysis.shapes import (
     InputShapeError,
@@ -23,8 +24,6 @@ from .draw import draw_unet
 from .model.optimize import optimize_for_inference
 from .model.unet import UNet
 from .predict.tiling import TilePlan, plan_tiles, predict_tiled
-
-__version__ = "0.1.0"
 
 __all__ = [
     "PRESETS",

@@ -210,7 +210,7 @@ def _fsync_dir(directory: Path) -> None:
 
 
 def _version() -> str:
-    from . import __version__
+    from ._version import __version__
 
     return __version__
 

@@ -1,6 +1,6 @@
 """Interchange with the U-Nets people already run: nnU-Net plans, nnU-Net and MONAI modules.
 The code lives in `convert` (see its docstring); this package re-exports its public names
-(those outside `__all__` as redundant aliases, as the old unetgen/interop.py had them)."""
+(those outside `__all__` as redundant aliases)."""
 
 from .convert import MAX_PLANS_BYTES as MAX_PLANS_BYTES
 from .convert import NNUNET_CLASSES as NNUNET_CLASSES
