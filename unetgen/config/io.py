@@ -198,7 +198,7 @@ def load_config(source: ConfigSource, *, key: str | None = None) -> UNetConfig:
 
 
 _HYDRA_KEYS = ("_target_", "_convert_", "_recursive_", "_partial_", "seed", "device", "dtype")  # + build_unet's own
-_BUILDERS = ("unetgen.build_unet", "unetgen.unet.build_unet")
+_BUILDERS = ("unetgen.build_unet", "unetgen.build.build_unet", "unetgen.unet.build_unet")
 
 
 def _select(document: Any, key: str, name: str) -> Any:
