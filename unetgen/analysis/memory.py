@@ -242,19 +242,6 @@ def _coarse(w: _Walk, x: int) -> tuple[int, ...]:
     return (w.sizes[x] // (w.batch * w.channels[x]),)
 
 
-def _dropout_at(config: UNetConfig, stage: int) -> bool:
-    """Whether the block of `stage` (encoder 0..depth, decoder -1) has dropout, as `UNet` decides."""
-    d = config.dropout
-    wanted = {
-        "contracting_end": stage in (config.depth - 1, config.depth),
-        "bottleneck": stage == config.depth,
-        "encoder": 0 <= stage <= config.depth,
-        "decoder": stage < 0,
-        "all": True,
-    }[d.placement]
-    return d.rate > 0 and wanted
-
-
 def _norm_act(w: _Walk, name: str, x: int, channels: int, *, inplace: bool = True) -> int:
     """Norm and activation in the config's order (`layers.norm_act`)."""
     if w.config.norm_position == "after_activation":
@@ -367,7 +354,7 @@ def _walk(
             stem = lay.stem
             x = w.conv("stem", x, stem.out_channels, w.rows["stem"].shape, stem.kernel)
             x = _norm_act(w, "stem", x, stem.out_channels)
-        x = _block(w, prefix, stage, x, _dropout_at(c, i))
+        x = _block(w, prefix, stage, x, lay.encoder_dropout[i])
         held.append(x)
         if i < c.depth:
             skips.append(x)
@@ -413,7 +400,7 @@ def _walk(
             case _:
                 raise AssertionError(f"unhandled merge {c.merge!r}")
         merged = w.new(lay.decoder[i].in_channels, up_shape)  # concatenated, summed or gated
-        x = _block(w, f"dec{i}", lay.decoder[i], merged, _dropout_at(c, -1), c.decoder_block_type)
+        x = _block(w, f"dec{i}", lay.decoder[i], merged, lay.decoder_dropout[i], c.decoder_block_type)
         held.append(x)
         if i in c.deep_supervision:
             w.segment = 0  # heads run outside the segments

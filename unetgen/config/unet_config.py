@@ -96,7 +96,8 @@ class Layout:
     the bottleneck); `strides[i]` goes from level i to level i+1; `coarse_channels[i]` (the map
     decoder level i up-samples), `up_channels[i]` and `decoder[i]` belong to level i (0 = full
     resolution); `stem_stride` is the stride of level 0's first conv (per axis) and `stem` the
-    conv before level 0 (None without `stem: true`)."""
+    conv before level 0 (None without `stem: true`); `encoder_dropout[i]` and
+    `decoder_dropout[i]` say whether that level's block ends in dropout."""
 
     encoder: tuple[Stage, ...]
     strides: tuple[tuple[int, ...], ...]
@@ -105,6 +106,8 @@ class Layout:
     decoder: tuple[Stage, ...]
     stem_stride: tuple[int, ...] = ()
     stem: Stage | None = None
+    encoder_dropout: tuple[bool, ...] = ()
+    decoder_dropout: tuple[bool, ...] = ()
 
 
 PerStage = int | tuple[int | tuple[int, ...], ...]
@@ -299,7 +302,10 @@ class UNetConfig(_Model):
             kernel = kernels[i + 1] if self.decoder_kernel == "level_below" else kernels[i]
             decoder.insert(0, Stage(ups[i] + skip, chans, kernel))
             below = chans[-1]
-        return Layout(tuple(encoder), strides, tuple(coarse), tuple(ups), tuple(decoder), stem_stride, stem)
+        enc_drop, dec_drop = _dropout_levels(self.dropout, d)
+        return Layout(
+            tuple(encoder), strides, tuple(coarse), tuple(ups), tuple(decoder), stem_stride, stem, enc_drop, dec_drop
+        )
 
     def model_copy(self, *, update: dict[str, Any] | None = None, deep: bool = False) -> UNetConfig:
         """A validated copy with `update` applied (configs are frozen; this is how to vary one)."""
@@ -520,6 +526,22 @@ _RULES: tuple[tuple[Rule, tuple[Rule, ...]], ...] = (
 
 # ---------------------------------------------------------------------------------------------
 # helpers
+
+
+def _dropout_levels(dropout: Dropout, depth: int) -> tuple[tuple[bool, ...], tuple[bool, ...]]:
+    """Which encoder levels (0..depth, the last the bottleneck) and decoder levels end in dropout."""
+    if dropout.rate == 0:
+        return (False,) * (depth + 1), (False,) * depth
+    match dropout.placement:
+        case "contracting_end":  # the paper: the last encoder level and the bottleneck
+            enc = tuple(i >= depth - 1 for i in range(depth + 1))
+        case "bottleneck":
+            enc = tuple(i == depth for i in range(depth + 1))
+        case "encoder" | "all":
+            enc = (True,) * (depth + 1)
+        case "decoder":
+            enc = (False,) * (depth + 1)
+    return enc, (dropout.placement in ("decoder", "all"),) * depth
 
 
 def _last(entry: int | tuple[int, ...]) -> int:

@@ -61,24 +61,17 @@ class UNet(nn.Module):
         c, lay, dims = config, config.layout, config.spatial_dims
         same, norm_after = c.padding == "same", c.norm_position == "after_activation"
 
-        def dropout(stage: int) -> nn.Module | None:
-            d, where = c.dropout, c.dropout.placement
-            wanted = {
-                "contracting_end": stage in (c.depth - 1, c.depth),
-                "bottleneck": stage == c.depth,
-                "encoder": 0 <= stage <= c.depth,
-                "decoder": stage < 0,
-                "all": True,
-            }[where]
-            if d.rate == 0 or not wanted:
+        def dropout(wanted: bool) -> nn.Module | None:
+            d = c.dropout
+            if not wanted:
                 return None
             return layers.CHANNEL_DROPOUT[dims](d.rate) if d.spatial else nn.Dropout(d.rate)
 
-        def block(stage, drop_at: int, option=c.block) -> nn.Module:
+        def block(stage, drop: bool, option=c.block) -> nn.Module:
             units = [
                 ConvBlock(
                     dims, unit, same=same, norm=c.norm, act=c.activation, bias=c.conv_bias, block=option,
-                    dropout=dropout(drop_at) if u == stage.units - 1 else None, norm_after=norm_after,
+                    dropout=dropout(drop) if u == stage.units - 1 else None, norm_after=norm_after,
                 )
                 for u, unit in enumerate(stage.split_units())
             ]  # fmt: skip
@@ -95,7 +88,7 @@ class UNet(nn.Module):
                 stem = conv_norm_act(
                     dims, lay.stem, same=same, norm=c.norm, act=c.activation, bias=c.conv_bias, norm_after=norm_after
                 )
-            return EncoderLevel(down, block(lay.encoder[i], i), stem)
+            return EncoderLevel(down, block(lay.encoder[i], lay.encoder_dropout[i]), stem)
 
         # Modules in execution order, one per level, so that torchinfo prints one row per level.
         self.encoder = nn.ModuleList(encoder_level(i) for i in range(c.depth))
@@ -112,7 +105,7 @@ class UNet(nn.Module):
                     c.activation,
                     inter=c.attention_channels[i] if c.attention_channels else 0,
                 ),
-                block(lay.decoder[i], -1, c.decoder_block_type),
+                block(lay.decoder[i], lay.decoder_dropout[i], c.decoder_block_type),
                 layers.conv(dims, lay.decoder[i].out_channels, c.out_channels, 1) if i in c.deep_supervision else None,
             )
             for i in range(c.depth)

@@ -1,0 +1,631 @@
+"""The network as one ordered list of typed operations: the single description that shapes,
+costs, memory, the diagram and interop read.
+
+`network_ops(config)` walks the resolved layout once, in the order `UNet.forward` runs it, and
+returns every step: each convolution, norm, activation, pooling, up-sampling, crop, sum and
+concatenation, with its channels, its place in the model (`module`, the qualified name of the
+`nn.Module` that runs it, None for tensor arithmetic), the ops whose outputs it reads
+(`inputs`), the config option it came from (`source`) and, per spatial axis, how it changes the
+size of the map on the exact grid of valid inputs (`grid`).
+
+Sizes are not part of an op: a map's size depends on the input. Along one axis every op maps
+its input size ``s`` to ``(s - shrink) / divide * multiply``, exactly (``divide`` divides
+``s - shrink`` for every valid input); `op_shapes` runs that walk for one input shape, and
+`unetgen.analysis.shapes` solves it once, symbolically, for every valid size.
+
+`tests/test_ops.py` builds real models for drawn configs and checks that this list equals the
+modules the model runs, in order, kind, channels and shapes, so that model and analysis cannot
+drift apart.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Literal
+
+from ..config.options import (
+    GELU,
+    Activation,
+    Add,
+    AttentionGate,
+    AvgPool,
+    BatchNorm,
+    Block,
+    Concat,
+    ConvDown,
+    Dropout,
+    FirstConvDown,
+    GroupNorm,
+    InstanceNorm,
+    LayerNorm,
+    LinearUp,
+    MaxPool,
+    NearestUp,
+    NoNorm,
+    Norm,
+    PixelShuffleUp,
+    PReLU,
+    ResidualBlock,
+    TransposeUp,
+)
+from ..config.unet_config import Stage, UNetConfig
+
+__all__ = [
+    "INPUT",
+    "Act",
+    "Cat",
+    "Conv",
+    "Crop",
+    "Interpolate",
+    "Mul",
+    "NormOp",
+    "Op",
+    "Pad",
+    "Pool",
+    "Shuffle",
+    "Sigmoid",
+    "Sum",
+    "Drop",
+    "network_ops",
+    "op_shapes",
+]
+
+INPUT = -1
+"""The producer index of the network's input in `Op.inputs`."""
+
+Part = Literal["down", "stem", "encoder", "bottleneck", "up", "merge", "decoder", "aux", "head"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Op:
+    """One step of the forward pass. `inputs` are the indices of the ops whose outputs it reads
+    (`INPUT` for the network's input), the first being the map it transforms. `level` is the
+    resolution level (0 = full resolution, `depth` = the bottleneck); `part` says where in the
+    level it sits; `segment` is the top-level module that runs it as one checkpoint segment
+    (None for the deep-supervision heads and the head, which run outside any); `row` names the
+    `shapes.trace` row its output is, if any; `source` is the config option it came from."""
+
+    index: int
+    module: str | None
+    inputs: tuple[int, ...]
+    in_channels: int
+    out_channels: int
+    level: int
+    part: Part
+    segment: str | None
+    row: str | None = None
+    source: object = None
+    training_only: bool = False
+    """Runs only in training mode (the deep-supervision heads)."""
+
+    def grid(self, axis: int) -> tuple[int, int, int]:
+        """(shrink, divide, multiply) on `axis`: the output size is (s - shrink) / divide * multiply."""
+        return 0, 1, 1
+
+    @property
+    def parameters(self) -> int:
+        """Learnable parameters (running statistics are buffers, not parameters)."""
+        return 0
+
+    def macs(self, in_shape: Sequence[int], out_shape: Sequence[int]) -> int:
+        """Multiply-adds for one sample (convolutions only, as `FlopCounterMode` counts them)."""
+        return 0
+
+
+@dataclass(frozen=True, kw_only=True)
+class Conv(Op):
+    """A convolution (`transposed`: a transposed one). `same` marks the "same"-padded convs whose
+    stride divides the map exactly (a strided `first_conv`); `padding` is torch's."""
+
+    kernel: tuple[int, ...]
+    stride: tuple[int, ...]
+    padding: tuple[int, ...]
+    bias: bool
+    transposed: bool = False
+    output_padding: tuple[int, ...] = ()
+
+    def grid(self, axis: int) -> tuple[int, int, int]:
+        k, s, p = self.kernel[axis], self.stride[axis], self.padding[axis]
+        if self.transposed:  # (s_in - 1) * s - 2p + k + output_padding == s_in * s for every kind used
+            return 0, 1, s
+        if s == 1:
+            return k - 1 - 2 * p, 1, 1
+        return max(0, k - 2 * p - s), s, 1  # kernel = stride, or "same" padding: s_in / s
+
+    @property
+    def parameters(self) -> int:
+        return self.in_channels * self.out_channels * math.prod(self.kernel) + (self.out_channels if self.bias else 0)
+
+    def macs(self, in_shape: Sequence[int], out_shape: Sequence[int]) -> int:
+        positions = math.prod(in_shape if self.transposed else out_shape)
+        return positions * math.prod(self.kernel) * self.in_channels * self.out_channels
+
+
+@dataclass(frozen=True, kw_only=True)
+class NormOp(Op):
+    """A normalisation layer (`option`: batch, instance, group or layer norm)."""
+
+    option: Norm
+
+    @property
+    def groups(self) -> int:
+        """The statistics per sample: channels (instance), groups (group), 1 (layer); 0 for batch."""
+        match self.option:
+            case BatchNorm():
+                return 0
+            case InstanceNorm():
+                return self.out_channels
+            case GroupNorm(num_groups=g):
+                return g
+            case LayerNorm():
+                return 1
+        raise AssertionError(f"unhandled norm {self.option!r}")
+
+    @property
+    def affine(self) -> bool:
+        """Whether it has a learnable scale and shift per channel."""
+        return not isinstance(self.option, InstanceNorm) or self.option.affine
+
+    @property
+    def parameters(self) -> int:
+        return 2 * self.out_channels if self.affine else 0
+
+
+@dataclass(frozen=True, kw_only=True)
+class Act(Op):
+    """A non-linearity; `inplace` when it overwrites its input (as the model builds it)."""
+
+    option: Activation
+    inplace: bool
+
+    @property
+    def parameters(self) -> int:
+        match self.option:
+            case PReLU(num_parameters=count):
+                return self.out_channels if count == "channels" else 1
+        return 0
+
+
+@dataclass(frozen=True, kw_only=True)
+class Drop(Op):
+    """Dropout of single elements, or of whole channels (`spatial`)."""
+
+    rate: float
+    spatial: bool
+
+
+@dataclass(frozen=True, kw_only=True)
+class Pool(Op):
+    """Max or average pooling (`ceil_mode` for the `resnet_d` shortcut)."""
+
+    mode: Literal["max", "avg"]
+    kernel: tuple[int, ...]
+    stride: tuple[int, ...]
+    ceil_mode: bool = False
+
+    def grid(self, axis: int) -> tuple[int, int, int]:
+        k, s = self.kernel[axis], self.stride[axis]
+        return (k - 1, 1, 1) if s == 1 else (max(0, k - s), s, 1)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Interpolate(Op):
+    """Nearest or (bi/tri)linear interpolation by `scale`."""
+
+    mode: str
+    scale: tuple[int, ...]
+    align_corners: bool | None = None
+
+    def grid(self, axis: int) -> tuple[int, int, int]:
+        return 0, 1, self.scale[axis]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Shuffle(Op):
+    """N-d pixel shuffle: channels to space by `factors`."""
+
+    factors: tuple[int, ...]
+
+    def grid(self, axis: int) -> tuple[int, int, int]:
+        return 0, 1, self.factors[axis]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Pad(Op):
+    """Constant padding by `before` elements at the start of each axis."""
+
+    before: tuple[int, ...]
+
+    def grid(self, axis: int) -> tuple[int, int, int]:
+        return -self.before[axis], 1, 1
+
+
+@dataclass(frozen=True, kw_only=True)
+class Sigmoid(Op):
+    """The attention gate's sigmoid."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Crop(Op):
+    """The centred window of `inputs[0]` of the size of `inputs[1]` (a view: no copy)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Sum(Op):
+    """Element-wise sum of its inputs (residual sum, `merge: add`)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Mul(Op):
+    """`inputs[0]` times `inputs[1]`, broadcast over channels (the attention gate)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Cat(Op):
+    """Concatenation of its inputs along the channels."""
+
+
+# ---------------------------------------------------------------------------------------------
+# the walk
+
+
+@dataclass
+class _Walk:
+    config: UNetConfig
+    ops: list[Op] = field(default_factory=list)
+    level: int = 0
+    part: Part = "encoder"
+    segment: str | None = None
+
+    def add(self, cls: type[Op], module: str | None, inputs: tuple[int, ...], cin: int, cout: int, **kw: object) -> int:
+        self.ops.append(
+            cls(
+                index=len(self.ops),
+                module=module,
+                inputs=inputs,
+                in_channels=cin,
+                out_channels=cout,
+                level=self.level,
+                part=self.part,
+                segment=self.segment,
+                **kw,
+            )
+        )
+        return len(self.ops) - 1
+
+    def channels(self, x: int) -> int:
+        return self.config.in_channels if x == INPUT else self.ops[x].out_channels
+
+    # -- layers, as `unetgen.model.layers` builds them -------------------------------------
+
+    def conv(
+        self,
+        module: str,
+        x: int,
+        cout: int,
+        kernel: int | tuple[int, ...],
+        *,
+        stride: int | tuple[int, ...] = 1,
+        same: bool = False,
+        bias: bool = True,
+        row: str | None = None,
+        source: object = None,
+    ) -> int:
+        n = self.config.spatial_dims
+        k = kernel if isinstance(kernel, tuple) else (kernel,) * n
+        s = stride if isinstance(stride, tuple) else (stride,) * n
+        padding = tuple(v // 2 for v in k) if same else (0,) * n
+        cin = self.channels(x)
+        return self.add(
+            Conv, module, (x,), cin, cout, kernel=k, stride=s, padding=padding, bias=bias, row=row, source=source
+        )
+
+    def norm(self, module: str, x: int) -> int | None:
+        option = self.config.norm
+        if isinstance(option, NoNorm):
+            return None
+        c = self.channels(x)
+        return self.add(NormOp, module, (x,), c, c, option=option, source=option)
+
+    def act(self, module: str, x: int, *, inplace: bool = True) -> int:
+        option = self.config.activation
+        supported = not isinstance(option, (GELU, PReLU))  # layers.activation: torch has no in-place form
+        c = self.channels(x)
+        return self.add(Act, module, (x,), c, c, option=option, inplace=inplace and supported, source=option)
+
+    def norm_act(self, prefix: str, index: int, x: int, *, inplace: bool = True) -> tuple[int, int]:
+        """Norm and activation in the config's order (`layers.norm_act`), as the modules
+        `prefix.index`, `prefix.index + 1`: the last op and the next free index."""
+        after = self.config.norm_position == "after_activation"
+        has_norm = not isinstance(self.config.norm, NoNorm)
+        steps = ["act", "norm"] if after else ["norm", "act"]
+        for step in steps:
+            if step == "norm" and has_norm:
+                x = self.norm(f"{prefix}.{index}", x)  # type: ignore[assignment]
+                index += 1
+            elif step == "act":
+                x = self.act(f"{prefix}.{index}", x, inplace=inplace)
+                index += 1
+        return x, index
+
+    # -- blocks, as `unetgen.model.blocks` builds them ------------------------------------
+
+    def unit(self, path: str, row_prefix: str, first_row: int, stage: Stage, x: int, option: Block) -> int:
+        """One `ConvBlock` at `path`: its body, then the residual shortcut and sum."""
+        c = self.config
+        pre, residual = option.preactivation, isinstance(option, ResidualBlock)
+        same = c.padding == "same"
+        norm_after = c.norm_position == "after_activation"
+        has_norm = not isinstance(c.norm, NoNorm)
+        stride = stage.first_stride
+        strided = any(s != 1 for s in stride)
+        h, index = x, 0
+        last = len(stage.channels) - 1
+        body = f"{path}.body"
+        for j, cout in enumerate(stage.channels):
+            row = f"{row_prefix}.conv{first_row + j + 1}"
+            conv_stride = stride if j == 0 else 1
+            if pre:
+                # activation first (no norm, or norm_after): in place it would overwrite the block's input
+                h, index = self.norm_act(body, index, h, inplace=has_norm and not norm_after)
+                h = self.conv(
+                    f"{body}.{index}", h, cout, stage.kernel, stride=conv_stride, same=same, bias=c.conv_bias, row=row
+                )
+                index += 1
+            elif residual and j == last:  # the residual block activates after the sum
+                h = self.conv(
+                    f"{body}.{index}", h, cout, stage.kernel, stride=conv_stride, same=same, bias=c.conv_bias, row=row
+                )
+                index += 1
+                if has_norm:
+                    h = self.norm(f"{body}.{index}", h)  # type: ignore[assignment]
+                    index += 1
+            else:
+                h = self.conv(
+                    f"{body}.{index}", h, cout, stage.kernel, stride=conv_stride, same=same, bias=c.conv_bias, row=row
+                )
+                h, index = self.norm_act(body, index + 1, h)
+        if not residual:
+            return h
+        assert isinstance(option, ResidualBlock)
+        cin, cout = stage.in_channels, stage.out_channels
+        identity = x if strided else self.add(Crop, None, (x, h), cin, cin, source=option)
+        s, k = identity, 0
+        projected = False
+        match option.shortcut:
+            case "projection" if cin != cout or strided:
+                s = self.conv(f"{path}.shortcut.0", s, cout, 1, stride=stride, bias=c.conv_bias or pre, source=option)
+                k, projected = 1, True
+            case "resnet_d":
+                if strided:
+                    s = self.add(
+                        Pool,
+                        f"{path}.shortcut.0",
+                        (s,),
+                        cin,
+                        cin,
+                        mode="avg",
+                        kernel=stride,
+                        stride=stride,
+                        ceil_mode=True,
+                        source=option,
+                    )
+                    k = 1
+                if cin != cout:
+                    s = self.conv(f"{path}.shortcut.{k}", s, cout, 1, bias=False, source=option)
+                    k, projected = k + 1, True
+        if projected and not pre and has_norm:
+            s = self.norm(f"{path}.shortcut.{k}", s)  # type: ignore[assignment]
+        h = self.add(Sum, None, (h, s), cout, cout, source=option)
+        return h if pre else self.act(f"{path}.post_act", h)
+
+    def block(self, path: str, row_prefix: str, stage: Stage, x: int, option: Block, dropout: bool) -> int:
+        """A level's block: one `ConvBlock` per unit (`blocks_per_level`), dropout after the last."""
+        units = stage.split_units()
+        first = 0
+        for u, unit in enumerate(units):
+            unit_path = f"{path}.{u}" if len(units) > 1 else path
+            x = self.unit(unit_path, row_prefix, first, unit, x, option)
+            first += len(unit.channels)
+        if dropout:
+            d: Dropout = self.config.dropout
+            c = self.channels(x)
+            last = f"{path}.{len(units) - 1}" if len(units) > 1 else path
+            x = self.add(Drop, f"{last}.dropout", (x,), c, c, rate=d.rate, spatial=d.spatial, source=d)
+        return x
+
+    def up(self, path: str, x: int, i: int) -> int:
+        """Decoder level `i`'s up-sampling (`unetgen.model.blocks.make_up`)."""
+        c, lay, n = self.config, self.config.layout, self.config.spatial_dims
+        cout, stride, option = lay.up_channels[i], lay.strides[i], c.up
+        row = f"up{i}"
+        match option:
+            case TransposeUp(bias=bias, kernel_size=k, norm_act=norm_act):
+                module = f"{path}.0" if norm_act else path
+                cin = self.channels(x)
+                if k is None:  # kernel = stride: no padding
+                    kw = dict(kernel=stride, stride=stride, padding=(0,) * n, output_padding=(0,) * n)
+                else:  # padded by k // 2, output padding stride - 1: out = in * stride
+                    kw = dict(
+                        kernel=(k,) * n,
+                        stride=stride,
+                        padding=(k // 2,) * n,
+                        output_padding=tuple(s - 1 for s in stride),
+                    )
+                x = self.add(Conv, module, (x,), cin, cout, bias=bias, transposed=True, row=row, source=option, **kw)
+                if norm_act:
+                    x, _ = self.norm_act(path, 1, x)
+                return x
+            case NearestUp(conv=when) | LinearUp(conv=when):
+                if when == "always" or self.channels(x) != cout:  # the 1x1 conv runs first, on the coarser map
+                    x = self.conv(f"{path}.1", x, cout, 1, source=option)
+                if isinstance(option, LinearUp):
+                    mode, corners = {1: "linear", 2: "bilinear", 3: "trilinear"}[n], option.align_corners
+                else:
+                    mode, corners = "nearest", None
+                return self.add(
+                    Interpolate,
+                    f"{path}.0",
+                    (x,),
+                    cout,
+                    cout,
+                    mode=mode,
+                    scale=stride,
+                    align_corners=corners,
+                    row=row,
+                    source=option,
+                )
+            case PixelShuffleUp(kernel_size=k, pad_pool=pad_pool):
+                x = self.conv(f"{path}.0", x, cout * math.prod(stride), k, same=True, source=option)
+                shuffled = None if pad_pool else row
+                x = self.add(
+                    Shuffle,
+                    f"{path}.1",
+                    (x,),
+                    cout * math.prod(stride),
+                    cout,
+                    factors=stride,
+                    row=shuffled,
+                    source=option,
+                )
+                if pad_pool:  # zeros before each axis, then a stride-1 mean over stride-wide windows
+                    x = self.add(Pad, f"{path}.2", (x,), cout, cout, before=tuple(s - 1 for s in stride), source=option)
+                    x = self.add(
+                        Pool,
+                        f"{path}.3",
+                        (x,),
+                        cout,
+                        cout,
+                        mode="avg",
+                        kernel=stride,
+                        stride=(1,) * n,
+                        row=row,
+                        source=option,
+                    )
+                return x
+        raise AssertionError(f"unhandled up {option!r}")
+
+    def merge(self, path: str, skip: int, up: int, i: int) -> int:
+        """The skip, centre-cropped to the up-sampled map, merged with it (`SkipMerge`)."""
+        option, row = self.config.merge, f"merge{i}"
+        cs, cu = self.channels(skip), self.channels(up)
+        self.part = "merge"
+        crop = self.add(Crop, None, (skip, up), cs, cs, source=option)
+        match option:
+            case Add():
+                return self.add(Sum, None, (crop, up), cu, cu, row=row, source=option)
+            case Concat(order="up_first"):
+                return self.add(Cat, None, (up, crop), cu + cs, cu + cs, row=row, source=option)
+            case Concat():
+                return self.add(Cat, None, (crop, up), cs + cu, cs + cu, row=row, source=option)
+            case AttentionGate():
+                inter, gate = self.config.attention_channels[i], f"{path}.gate"
+                wx = self.conv(f"{gate}.w_x.0", crop, inter, 1, source=option)
+                wx = self.norm(f"{gate}.w_x.1", wx) or wx
+                wg = self.conv(f"{gate}.w_g.0", up, inter, 1, source=option)
+                wg = self.norm(f"{gate}.w_g.1", wg) or wg
+                a = self.act(f"{gate}.act", self.add(Sum, None, (wx, wg), inter, inter, source=option))
+                psi = self.conv(f"{gate}.psi.0", a, 1, 1, source=option)
+                alpha = self.add(Sigmoid, f"{gate}.psi.1", (psi,), 1, 1, source=option)  # (B, 1, *S) in [0, 1]
+                gated = self.add(Mul, None, (crop, alpha), cs, cs, source=option)
+                return self.add(Cat, None, (gated, up), cs + cu, cs + cu, row=row, source=option)
+        raise AssertionError(f"unhandled merge {option!r}")
+
+
+@lru_cache(maxsize=256)
+def network_ops(config: UNetConfig) -> tuple[Op, ...]:
+    """Every operation of the network `config` describes, in the order `UNet.forward` runs them
+    in training mode (the deep-supervision heads, `training_only`, are skipped in eval mode)."""
+    c, lay, depth = config, config.layout, config.depth
+    w = _Walk(config)
+    x, skips = INPUT, []
+    for i, stage in enumerate(lay.encoder):
+        path = "bottleneck" if i == depth else f"encoder.{i}"
+        w.level, w.segment = i, path
+        if i > 0 and not isinstance(c.down, FirstConvDown):  # first_conv: the block's first conv strides
+            w.part, stride, ch, row = "down", lay.strides[i - 1], w.channels(x), f"down{i - 1}"
+            match c.down:
+                case MaxPool() | AvgPool():
+                    mode = "max" if isinstance(c.down, MaxPool) else "avg"
+                    x = w.add(
+                        Pool,
+                        f"{path}.down",
+                        (x,),
+                        ch,
+                        ch,
+                        mode=mode,
+                        kernel=stride,
+                        stride=stride,
+                        row=row,
+                        source=c.down,
+                    )
+                case ConvDown():
+                    x = w.conv(f"{path}.down", x, ch, stride, stride=stride, row=row, source=c.down)
+                case _:
+                    raise AssertionError(f"unhandled down {c.down!r}")
+        if i == 0 and lay.stem is not None:  # conv, norm, activation before level 0's block
+            w.part, stem = "stem", lay.stem
+            x = w.conv(
+                f"{path}.stem.0",
+                x,
+                stem.out_channels,
+                stem.kernel,
+                stride=stem.first_stride,
+                same=c.padding == "same",
+                bias=c.conv_bias,
+                row="stem",
+            )
+            x, _ = w.norm_act(f"{path}.stem", 1, x)
+        w.part = "bottleneck" if i == depth else "encoder"
+        prefix = "bottleneck" if i == depth else f"enc{i}"
+        x = w.block(f"{path}.block", prefix, stage, x, c.block, lay.encoder_dropout[i])
+        if i < depth:
+            skips.append(x)
+    for i in reversed(range(depth)):
+        path = f"decoder.{i}"
+        w.level, w.segment, w.part = i, path, "up"
+        up = w.up(f"{path}.up", x, i)
+        x = w.merge(f"{path}.merge", skips[i], up, i)
+        w.part = "decoder"
+        x = w.block(f"{path}.block", f"dec{i}", lay.decoder[i], x, c.decoder_block_type, lay.decoder_dropout[i])
+        if i in c.deep_supervision:
+            w.part, w.segment = "aux", None
+            w.add(
+                Conv,
+                f"{path}.aux",
+                (x,),
+                w.channels(x),
+                c.out_channels,
+                kernel=(1,) * c.spatial_dims,
+                stride=(1,) * c.spatial_dims,
+                padding=(0,) * c.spatial_dims,
+                bias=True,
+                row=f"aux{i}",
+                training_only=True,
+            )
+    w.level, w.segment, w.part = 0, None, "head"
+    w.conv("head", x, c.out_channels, 1, row="head")
+    return tuple(w.ops)
+
+
+def op_shapes(config: UNetConfig, input_shape: Sequence[int]) -> tuple[tuple[int, ...], ...]:
+    """The spatial output shape of every op of `network_ops(config)` for a valid `input_shape`
+    (check it with `shapes.output_shape` first: here an inexact division is an internal error)."""
+    ops = network_ops(config)
+    out: list[tuple[int, ...]] = []
+    for op in ops:
+        if isinstance(op, Crop):
+            out.append(out[op.inputs[1]])
+            continue
+        src = tuple(input_shape) if op.inputs[0] == INPUT else out[op.inputs[0]]
+        shape = []
+        for a, s in enumerate(src):
+            shrink, divide, multiply = op.grid(a)
+            q, r = divmod(s - shrink, divide)
+            assert r == 0 and q >= 1, f"{op.module or type(op).__name__}: size {s} is off the grid"
+            shape.append(q * multiply)
+        out.append(tuple(shape))
+    return tuple(out)
