@@ -1,11 +1,14 @@
 """Exact shape arithmetic of a U-Net, from the config alone: pure integers, no torch.
 
-Along one spatial axis every size in the network is an affine function of ``b``, the size
-entering the bottleneck block. Going up the encoder, ``input = P*b + Q`` (P = product of the
-strides, Q = the convs' shrinkage weighted by the strides above them), so the valid input sizes
-are exactly ``Q + P*b`` for every integer ``b >= b_min``, where ``b_min`` is the smallest value
-that keeps every map in the network at least one pixel wide. The output is ``P*b + R``, and
-the halo ``(input - output) / 2 = (Q - R) / 2`` is the same for every valid input.
+The sizes are solved over the network's ops (`unetgen.analysis.ops`), the one description of
+what the network computes. Along one spatial axis every op maps a size ``s`` to
+``(s - shrink) / divide * multiply``, so every size in the network is an affine function of
+``b``, the size entering the bottleneck block. Going up the encoder, ``input = P*b + Q`` (P =
+product of the strides, Q = the convs' shrinkage weighted by the strides above them), so the
+valid input sizes are exactly ``Q + P*b`` for every integer ``b >= b_min``, where ``b_min`` is
+the smallest value that keeps every map in the network at least one pixel wide. The output is
+``P*b + R``, and the halo ``(input - output) / 2 = (Q - R) / 2`` is the same for every valid
+input.
 
 This module is the single source of truth for sizes: the model, the CLI and the tests call it.
 
@@ -25,12 +28,14 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Literal, TypeVar, overload
 
-from ..config.options import FirstConvDown, InstanceNorm
-from ..config.unet_config import Stage, UNetConfig
+from ..config.options import InstanceNorm
+from ..config.unet_config import UNetConfig
 from ..reprs import int_text, short_repr
+from .ops import INPUT, Conv, Crop, network_ops, op_shapes
 
 __all__ = [
     "AxisRule",
+    "as_shape",
     "InputShapeError",
     "SkipCrop",
     "TraceRow",
@@ -85,8 +90,8 @@ def _is_size(value: Any) -> bool:
     return not hasattr(value, "__len__") and not hasattr(value, "__iter__")
 
 
-def _shape(config: UNetConfig, value: Any, what: str = "input shape") -> tuple[int, ...]:
-    """`value` as a tuple of ints, one per spatial axis, or `InputShapeError`."""
+def as_shape(config: UNetConfig, value: Any, what: str = "input shape") -> tuple[int, ...]:
+    """`value` as a tuple of ints, one per spatial axis, or `InputShapeError` naming it."""
     if _is_size(value) or not hasattr(value, "__len__"):
         raise InputShapeError(
             f"{what} must be a sequence of {config.spatial_dims} integers (one per spatial axis), "
@@ -118,7 +123,7 @@ def _per_axis(config: UNetConfig, value: Any, axis: Any, what: str, answer: Call
         return answer(_axis(config, 0 if axis is None else axis), _size(value, what))
     if axis is not None:
         raise ValueError(f"axis={short_repr(axis)} goes with a single size; a shape {what} has one per axis")
-    return tuple(answer(a, v) for a, v in enumerate(_shape(config, value, what)))
+    return tuple(answer(a, v) for a, v in enumerate(as_shape(config, value, what)))
 
 
 @dataclass(frozen=True)
@@ -133,10 +138,10 @@ class AxisRule:
     b_min: int
     out_offset: int
     enc_shrink: tuple[int, ...]
+    """How much each encoder level's block (the bottleneck last) shrinks the map."""
     strides: tuple[int, ...]
     dec_shrink: tuple[int, ...]
-    conv_shrink_enc: tuple[tuple[int, ...], ...]
-    conv_shrink_dec: tuple[tuple[int, ...], ...]
+    """How much each decoder level's block (level 0 first) shrinks the map."""
     stem: int = 1
     stem_shrink: int = 0
 
@@ -170,36 +175,59 @@ class AxisRule:
 
 @lru_cache(maxsize=256)
 def axis_rule(config: UNetConfig, axis: int = 0) -> AxisRule:
-    """The size rule of `axis` (0-based among the spatial axes). O(depth), cached per config."""
+    """The size rule of `axis` (0-based among the spatial axes), solved once over the network's
+    ops (`network_ops`): O(ops), cached per config.
+
+    ``b`` is the size at the last down-sampling (the map entering the bottleneck's block; with
+    `down: first_conv`, the output of its strided first conv). Every op maps ``s`` to
+    ``(s - shrink) / divide * multiply``, so every map is ``alpha*b + beta`` with integer
+    coefficients: the encoder path up to there is solved backwards from ``b`` (each step exact),
+    everything after it forwards."""
     if not 0 <= axis < config.spatial_dims:
         raise ValueError(f"axis={axis} is out of range for spatial_dims={config.spatial_dims}")
-    layout, valid = config.layout, config.padding == "valid"
+    ops = network_ops(config)
+    size = _affine_sizes(config, axis)
+    period, offset = size[INPUT]
+    head = size[len(ops) - 1]
+    b_min = max([1, *(-((beta - 1) // alpha) for alpha, beta in size.values())])  # every map >= 1
+    enc = [0] * (config.depth + 1)
+    dec = [0] * config.depth
+    for op in ops:
+        if isinstance(op, Conv) and op.part in ("encoder", "bottleneck", "decoder"):  # block convs
+            shrink = op.grid(axis)[0]
+            (enc if op.part in ("encoder", "bottleneck") else dec)[op.level] += shrink
+    strides = tuple(s[axis] for s in config.layout.strides)
+    stem_shrink = next((op.grid(axis)[0] for op in ops if op.part == "stem" and isinstance(op, Conv)), 0)
+    return AxisRule(period, offset, b_min, head[1], tuple(enc), strides, tuple(dec), period // head[0], stem_shrink)
 
-    def shrinks(stage_kernel: tuple[int, ...], convs: int) -> tuple[int, ...]:
-        return (stage_kernel[axis] - 1 if valid else 0,) * convs
 
-    enc = tuple(shrinks(s.kernel, len(s.channels)) for s in layout.encoder)
-    dec = tuple(shrinks(s.kernel, len(s.channels)) for s in layout.decoder)
-    strides = tuple(s[axis] for s in layout.strides)
-    enc_shrink, dec_shrink = tuple(map(sum, enc)), tuple(map(sum, dec))
-    depth = config.depth
-    # input = offset + period * b, built from the bottleneck up.
-    period, offset = 1, 0
-    for i in reversed(range(depth)):
-        offset = enc_shrink[i] + strides[i] * offset
-        period *= strides[i]
-    stem = layout.stem_stride[axis] if layout.stem_stride else 1
-    assert stem == 1 or not valid, "a stem stride needs same padding (config rule)"
-    period *= stem  # same padding: input = stem * (level 0's map)
-    stem_shrink = layout.stem.kernel[axis] - 1 if valid and layout.stem is not None else 0
-    offset += stem_shrink  # the stem conv (`stem: true`) comes before level 0
-    # every later map is alpha*b + beta >= 1: the bottleneck's output, then each decoder level's.
-    alpha, beta = 1, -enc_shrink[depth]
-    b_min = max(1, 1 - beta)
-    for i in reversed(range(depth)):
-        alpha, beta = alpha * strides[i], beta * strides[i] - dec_shrink[i]
-        b_min = max(b_min, -((beta - 1) // alpha))  # ceil((1 - beta) / alpha)
-    return AxisRule(period, offset, b_min, beta, enc_shrink, strides, dec_shrink, enc, dec, stem, stem_shrink)
+def _affine_sizes(config: UNetConfig, axis: int) -> dict[int, tuple[int, int]]:
+    """Every op's output size on `axis` as (alpha, beta): alpha*b + beta (`INPUT`: the input)."""
+    ops = network_ops(config)
+    pivot = next(
+        op.index
+        for op in ops
+        if op.level == config.depth and (op.part == "down" or (op.part == "bottleneck" and isinstance(op, Conv)))
+    )
+    size: dict[int, tuple[int, int]] = {pivot: (1, 0)}
+    at = pivot
+    while at != INPUT:  # back along the encoder path: s_in = s_out / multiply * divide + shrink
+        shrink, divide, multiply = ops[at].grid(axis)
+        alpha, beta = size[at]
+        assert multiply == 1, "no up-sampling before the bottleneck"
+        at = ops[at].inputs[0]
+        size[at] = (alpha * divide, beta * divide + shrink)
+    for op in ops:  # every other op forwards, in order (its inputs come before it)
+        if op.index in size:
+            continue
+        if isinstance(op, Crop):
+            size[op.index] = size[op.inputs[1]]
+            continue
+        alpha, beta = size[op.inputs[0]]
+        shrink, divide, multiply = op.grid(axis)
+        assert alpha % divide == 0 and (beta - shrink) % divide == 0, f"inexact division at {op.module}"
+        size[op.index] = (alpha // divide * multiply, (beta - shrink) // divide * multiply)
+    return size
 
 
 def _rules(config: UNetConfig) -> tuple[AxisRule, ...]:
@@ -240,7 +268,7 @@ def output_shape(config: UNetConfig, input_shape: Any, *, axis: int | None = Non
         return out
     if axis is not None:
         raise ValueError(f"axis={short_repr(axis)} goes with a single size; a shape has one size per axis")
-    shape = _shape(config, input_shape)
+    shape = as_shape(config, input_shape)
     out = []
     for a, (rule, size) in enumerate(zip(_rules(config), shape, strict=True)):
         o = rule.output(size)
@@ -274,7 +302,7 @@ def is_valid_input_shape(config: UNetConfig, input_shape: int | Sequence[int], *
     if _is_size(input_shape):
         a = _axis(config, 0 if axis is None else axis)
         return axis_rule(config, a).output(_size(input_shape, "input size")) is not None
-    shape = _shape(config, input_shape)
+    shape = as_shape(config, input_shape)
     if axis is not None:
         raise ValueError(f"axis={short_repr(axis)} goes with a single size; a shape has one size per axis")
     try:
@@ -307,8 +335,8 @@ def valid_input_sizes(config: UNetConfig, max_size: Any, *, min_size: Any = 1, a
         return sizes(a, _size(max_size, "max_size"), _size(min_size, "min_size"))
     if axis is not None:
         raise ValueError(f"axis={short_repr(axis)} goes with a single max_size; a shape has one per axis")
-    his = _shape(config, max_size, "max_size")
-    los = (_size(min_size, "min_size"),) * len(his) if _is_size(min_size) else _shape(config, min_size, "min_size")
+    his = as_shape(config, max_size, "max_size")
+    los = (_size(min_size, "min_size"),) * len(his) if _is_size(min_size) else as_shape(config, min_size, "min_size")
     return tuple(sizes(a, hi, lo) for a, (hi, lo) in enumerate(zip(his, los, strict=True)))
 
 
@@ -435,59 +463,36 @@ class SkipCrop:
 def _walk(
     config: UNetConfig, input_shape: Sequence[int], *, check: bool = True
 ) -> tuple[list[TraceRow], list[SkipCrop]]:
+    """The trace rows and skip crops of `input_shape`, read off the network's ops."""
     if check:
         output_shape(config, input_shape)  # validates, with the helpful error
-    rules, layout = _rules(config), config.layout
-    size = list(input_shape)
-    rows = [TraceRow("input", config.in_channels, tuple(size))]
-    skips: list[tuple[int, ...]] = []
-
-    def convs(prefix: str, stage_index: int, stage: Stage, shrink_of) -> None:
-        for j, c in enumerate(stage.channels):
-            for a, r in enumerate(rules):
-                if j == 0:  # down: first_conv (same padding): the first conv strides
-                    size[a] //= stage.first_stride[a]
-                size[a] -= shrink_of(r)[stage_index][j]
-            rows.append(TraceRow(f"{prefix}.conv{j + 1}", c, tuple(size)))
-
-    if layout.stem is not None:
-        size = [s - r.stem_shrink for s, r in zip(size, rules, strict=True)]
-        rows.append(TraceRow("stem", layout.stem.out_channels, tuple(size)))
-    separate_down = not isinstance(config.down, FirstConvDown)
-    for i, stage in enumerate(layout.encoder):
-        name = "bottleneck" if i == config.depth else f"enc{i}"
-        convs(name, i, stage, lambda r: r.conv_shrink_enc)
-        if i < config.depth:
-            skips.append(tuple(size))
-            if separate_down:
-                size = [s // r.strides[i] for s, r in zip(size, rules, strict=True)]
-                rows.append(TraceRow(f"down{i}", stage.out_channels, tuple(size)))
-    crops: list[SkipCrop] = []
-    for i in reversed(range(config.depth)):
-        size = [s * r.strides[i] for s, r in zip(size, rules, strict=True)]
-        rows.append(TraceRow(f"up{i}", layout.up_channels[i], tuple(size)))
-        skip = skips[i]
-        crops.append(SkipCrop(i, skip, tuple(size), tuple((s - u) // 2 for s, u in zip(skip, size, strict=True))))
-        merged = layout.decoder[i].in_channels
-        rows.append(TraceRow(f"merge{i}", merged, tuple(size)))
-        convs(f"dec{i}", i, layout.decoder[i], lambda r: r.conv_shrink_dec)
-        if i in config.deep_supervision:
-            rows.append(TraceRow(f"aux{i}", config.out_channels, tuple(size)))
-    rows.append(TraceRow("head", config.out_channels, tuple(size)))
-    return rows, crops[::-1]
+    ops = network_ops(config)
+    out = op_shapes(config, input_shape)
+    rows = [TraceRow("input", config.in_channels, tuple(input_shape))]
+    rows += [TraceRow(op.row, op.out_channels, out[op.index]) for op in ops if op.row is not None]
+    crops = []
+    for op in ops:
+        if isinstance(op, Crop) and op.part == "merge":  # the skip, cropped to the up-sampled map
+            skip, up = out[op.inputs[0]], out[op.inputs[1]]
+            offset = tuple((s - u) // 2 for s, u in zip(skip, up, strict=True))
+            crops.append(SkipCrop(op.level, skip, up, offset))
+    return rows, sorted(crops, key=lambda c: c.level)
 
 
 def trace(config: UNetConfig, input_shape: Sequence[int]) -> list[TraceRow]:
     """Every stage's channels and spatial shape for this input, as in Figure 1 of the paper."""
-    return _walk(config, _shape(config, input_shape))[0]
+    return _walk(config, as_shape(config, input_shape))[0]
 
 
 def skip_crops(config: UNetConfig, input_shape: Sequence[int]) -> list[SkipCrop]:
     """The centred crop of every skip connection, level 0 (full resolution) first."""
-    return _walk(config, _shape(config, input_shape))[1]
+    return _walk(config, as_shape(config, input_shape))[1]
 
 
 def aux_shapes(config: UNetConfig, input_shape: Sequence[int]) -> list[tuple[int, ...]]:
     """Spatial shapes of the deep-supervision outputs, in the order `forward` returns them."""
-    rows = {r.name: r.shape for r in trace(config, input_shape)}
-    return [rows[f"aux{level}"] for level in sorted(config.deep_supervision)]
+    shape = as_shape(config, input_shape)
+    output_shape(config, shape)
+    out = op_shapes(config, shape)
+    heads = sorted((op for op in network_ops(config) if op.training_only), key=lambda op: op.level)
+    return [out[op.index] for op in heads]
