@@ -436,6 +436,8 @@ def _octal_11(node: yaml.ScalarNode, tag: str) -> str | None:
     if tag != "int" or not (m := _OCTAL.fullmatch(node.value)):
         return None
     sign, digits = m[1].replace("+", ""), m[2].replace("_", "")
+    if not digits:  # `0_`: the number 0 in YAML 1.1, a string in YAML 1.2 (see `_int_11`)
+        return None
     return (
         f"`{node.value}` is the octal number {sign}{int(digits, 8)} in YAML 1.1 but {sign}{int(digits)} in "
         f"YAML 1.2; write {sign}{int(digits)} (no leading zero), {_quote(node.value)}"
@@ -455,7 +457,10 @@ def _int_11(node: yaml.ScalarNode, tag: str) -> str | None:
     text = node.value
     if tag != "int" or ("_" not in text and not text.lower().lstrip("+-").startswith("0b")):
         return None
-    number = yaml.SafeLoader.construct_yaml_int(yaml.SafeLoader(""), node)
+    try:
+        number = yaml.SafeLoader.construct_yaml_int(yaml.SafeLoader(""), node)
+    except ValueError:  # `0b_`, `0x_`: YAML 1.1's int pattern without a digit
+        return f"`{text}` has no digits, but YAML 1.1 reads it as an integer; quote it ('{text}') for the string"
     return f"`{text}` is the number {number} in YAML 1.1 but a string in YAML 1.2; write {number}"
 
 
