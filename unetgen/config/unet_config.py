@@ -446,6 +446,7 @@ def _check_channels_per_conv(c: UNetConfig) -> None:
     _expect_per_conv("channels", c.channels, c._encoder_convs())
 
 
+# the decoder's per-conv widths wait for the encoder's: one per-conv problem at a time
 @rule(
     "decoder_channels",
     reads=("decoder_convs_per_block", "convs_per_block"),
@@ -461,6 +462,8 @@ def _check_kernel_size_length(c: UNetConfig) -> None:
         _expect_len("kernel_size", c.kernel_size, c.depth + 1, "one per level")
 
 
+# values, then axes: the values rule stops at the first entry with the wrong number of axes and
+# the axes rule waits for it, so that the first problem in entry order is the one reported
 @rule("kernel_size", needs=(_check_kernel_size_length,))
 def _check_kernel_size_values(c: UNetConfig) -> None:
     _expect_range("kernel_size", c.kernel_size, 1, MAX_KERNEL, c.spatial_dims, odd=True)
