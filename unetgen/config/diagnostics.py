@@ -1,14 +1,14 @@
 """Pydantic validation errors turned into `Problem`s a person can act on: the file position of the
 offending key, the field path as written in the file, "did you mean" for misspelled keys and
 option names, one line per problem even where pydantic reports every branch of a union, and
-every field involved in a cross-field rule."""
+every field involved in a cross-field rule (each rule declares them; its error carries them)."""
 
 from __future__ import annotations
 
 import difflib
 import re
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,20 +55,15 @@ def format_path(path: KeyPath) -> str:
     return out or "(config)"
 
 
-Revalidate = Callable[[dict[str, Any]], ValidationError | None]
-
-
 def problems_from(
     error: ValidationError,
     document: dict[str, Any],
     source: str,
     positions: Mapping[KeyPath, tuple[int, int]] | None,
-    revalidate: Revalidate,
 ) -> list[Problem]:
-    """The problems of `document` that `error` reports, sorted by position. `revalidate` validates
-    a variant of the document the same way (it finds the fields a cross-field rule involves)."""
+    """The problems of `document` that `error` reports, sorted by position."""
     found = []
-    for fields, message in _merged(error, document, revalidate):
+    for fields, message in _merged(error, document):
         line, column = _locate(positions, fields) if positions is not None else (None, None)
         found.append(Problem(source, line, column, ", ".join(map(format_path, fields)) or "(config)", message))
     return sorted(found, key=lambda p: (p.line or 0, p.column or 0))
@@ -100,7 +95,8 @@ class _Error:
 
     @property
     def cross_field(self) -> bool:
-        return self.type == "value_error" and not self.error["loc"]
+        """Whether a cross-field rule of `UNetConfig` reported it (its ctx names the fields)."""
+        return self.type == "value_error" and "fields" in (self.error.get("ctx") or {})
 
 
 def _document_path(loc: tuple[str | int, ...], document: Any) -> tuple[KeyPath, bool]:
@@ -120,9 +116,7 @@ def _document_path(loc: tuple[str | int, ...], document: Any) -> tuple[KeyPath, 
     return tuple(path), skipped
 
 
-def _merged(
-    error: ValidationError, document: dict[str, Any], revalidate: Revalidate
-) -> list[tuple[list[KeyPath], str]]:
+def _merged(error: ValidationError, document: dict[str, Any]) -> list[tuple[list[KeyPath], str]]:
     """(fields, message) per problem: one per place in the document, however many union
     branches pydantic reports there."""
     errors = []
@@ -143,7 +137,7 @@ def _merged(
         first = group[0]
         fields = [first.path]
         if first.cross_field:
-            fields = _involved_fields(first.message, document, revalidate)
+            fields = _involved_fields(first.error["ctx"], document)
         elif first.type == "union_tag_invalid" and isinstance(_get(document, first.path), dict):
             fields = [(*first.path, "type")]
         out.append((fields, _join([e.message for e in group], first.error.get("input"))))
@@ -267,18 +261,11 @@ def _option_tags(loc: tuple[str | int, ...]) -> list[str]:
 # ---------------------------------------------------------------------------------------------
 # cross-field rules
 
-_FIELDS = tuple(UNetConfig.model_fields)
-_NAMED = re.compile(r"(?<![\w.])(" + "|".join(sorted(_FIELDS, key=len, reverse=True)) + r")(?=\s*=|\[|\.\w)")
 
-
-def _involved_fields(message: str, document: dict[str, Any], revalidate: Revalidate) -> list[KeyPath]:
-    """The fields a cross-field rule involves: those its message names (`name=...`), then those
-    in the document without which the rule no longer fails."""
-    named = list(dict.fromkeys(_NAMED.findall(message)))
-    for key in document:
-        if key in _FIELDS and key not in named:
-            err = revalidate({k: v for k, v in document.items() if k != key})
-            messages = [] if err is None else [str(e["msg"]) for e in err.errors() if not e["loc"]]
-            if not any(m.removeprefix("Value error, ") == message for m in messages):
-                named.append(key)
-    return [(f,) for f in named]
+def _involved_fields(ctx: Mapping[str, Any], document: dict[str, Any]) -> list[KeyPath]:
+    """The fields a cross-field rule involves, as its error's ctx declares them: those its problem
+    is about, then those it read that the config set (to other than their default), in the
+    document's order."""
+    fields = list(ctx["fields"])
+    fields += [key for key in document if key in ctx["reads"] and key not in fields]
+    return [(f,) for f in fields]

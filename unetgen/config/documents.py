@@ -411,38 +411,77 @@ _OCTAL_12 = re.compile(r"([-+]?)0o([0-7]+)")
 
 def _check_yaml11(node: yaml.ScalarNode) -> None:
     """Refuse plain scalars that PyYAML (YAML 1.1) reads otherwise than YAML 1.2 and JSON do."""
-    text, tag = node.value, node.tag.replace(_CORE, "")
-    if len(text) > 40:
+    if len(node.value) > 40:
         return
-    word = text.lower()
-    quote = f"or quote it ('{text}') for the string"
-    if word in _BOOL_WORDS and text in (word, word.capitalize(), word.upper()):
-        meant = "true" if _BOOL_WORDS[word] else "false"
-        reads = "YAML 1.1" if tag == "bool" else "the YAML 1.1 spec (PyYAML reads a string)"
-        message = f"`{text}` is the boolean {meant} in {reads} but a string in YAML 1.2; write {meant}, {quote}"
-    elif tag == "int" and (m := _OCTAL.fullmatch(text)):
-        sign, digits = m[1].replace("+", ""), m[2].replace("_", "")
-        message = (
-            f"`{text}` is the octal number {sign}{int(digits, 8)} in YAML 1.1 but {sign}{int(digits)} in "
-            f"YAML 1.2; write {sign}{int(digits)} (no leading zero), {quote}"
-        )
-    elif tag in ("int", "float") and _SEXAGESIMAL.fullmatch(text):
-        number = (yaml.SafeLoader.construct_yaml_int if tag == "int" else yaml.SafeLoader.construct_yaml_float)(
-            yaml.SafeLoader(""), node
-        )
-        message = f"`{text}` is the base-60 number {number} in YAML 1.1; write {number}, {quote}"
-    elif tag == "int" and ("_" in text or word.lstrip("+-").startswith("0b")):
+    tag = node.tag.replace(_CORE, "")
+    for hazard in _YAML11_HAZARDS:
+        if (message := hazard(node, tag)) is not None:
+            raise ParseError(message, *_pos(node))
+
+
+def _quote(text: str) -> str:
+    return f"or quote it ('{text}') for the string"
+
+
+def _bool_word(node: yaml.ScalarNode, tag: str) -> str | None:
+    text, word = node.value, node.value.lower()
+    if word not in _BOOL_WORDS or text not in (word, word.capitalize(), word.upper()):
+        return None
+    meant = "true" if _BOOL_WORDS[word] else "false"
+    reads = "YAML 1.1" if tag == "bool" else "the YAML 1.1 spec (PyYAML reads a string)"
+    return f"`{text}` is the boolean {meant} in {reads} but a string in YAML 1.2; write {meant}, {_quote(text)}"
+
+
+def _octal_11(node: yaml.ScalarNode, tag: str) -> str | None:
+    if tag != "int" or not (m := _OCTAL.fullmatch(node.value)):
+        return None
+    sign, digits = m[1].replace("+", ""), m[2].replace("_", "")
+    if not digits:  # `0_`: the number 0 in YAML 1.1, a string in YAML 1.2 (see `_int_11`)
+        return None
+    return (
+        f"`{node.value}` is the octal number {sign}{int(digits, 8)} in YAML 1.1 but {sign}{int(digits)} in "
+        f"YAML 1.2; write {sign}{int(digits)} (no leading zero), {_quote(node.value)}"
+    )
+
+
+def _sexagesimal(node: yaml.ScalarNode, tag: str) -> str | None:
+    if tag not in ("int", "float") or not _SEXAGESIMAL.fullmatch(node.value):
+        return None
+    construct = yaml.SafeLoader.construct_yaml_int if tag == "int" else yaml.SafeLoader.construct_yaml_float
+    number = construct(yaml.SafeLoader(""), node)
+    return f"`{node.value}` is the base-60 number {number} in YAML 1.1; write {number}, {_quote(node.value)}"
+
+
+def _int_11(node: yaml.ScalarNode, tag: str) -> str | None:
+    """Digits with underscores, or 0b binary: YAML 1.1 ints, YAML 1.2 strings."""
+    text = node.value
+    if tag != "int" or ("_" not in text and not text.lower().lstrip("+-").startswith("0b")):
+        return None
+    try:
         number = yaml.SafeLoader.construct_yaml_int(yaml.SafeLoader(""), node)
-        message = f"`{text}` is the number {number} in YAML 1.1 but a string in YAML 1.2; write {number}"
-    elif tag == "str" and (m := _OCTAL_12.fullmatch(word)):
-        number = int(m[1] + m[2], 8)
-        message = f"`{text}` is a string in YAML 1.1 but the octal number {number} in YAML 1.2; write {number}"
-    elif tag == "str" and (m := _EXPONENT.fullmatch(word)) and any(c.isdigit() for c in m[1]):
-        mantissa = m[1] if "." in m[1] else f"{m[1]}.0"
-        message = (
-            f"`{text}` is a string in YAML 1.1 (its floats need a dot and a signed exponent); "
-            f"write {mantissa}e{m[2] or '+'}{m[3]}"
-        )
-    else:
-        return
-    raise ParseError(message, *_pos(node))
+    except ValueError:  # `0b_`, `0x_`: YAML 1.1's int pattern without a digit
+        return f"`{text}` has no digits, but YAML 1.1 reads it as an integer; quote it ('{text}') for the string"
+    return f"`{text}` is the number {number} in YAML 1.1 but a string in YAML 1.2; write {number}"
+
+
+def _octal_12(node: yaml.ScalarNode, tag: str) -> str | None:
+    if tag != "str" or not (m := _OCTAL_12.fullmatch(node.value.lower())):
+        return None
+    number = int(m[1] + m[2], 8)
+    return f"`{node.value}` is a string in YAML 1.1 but the octal number {number} in YAML 1.2; write {number}"
+
+
+def _exponent_12(node: yaml.ScalarNode, tag: str) -> str | None:
+    """`1e3`: a YAML 1.2 float, a YAML 1.1 string."""
+    m = _EXPONENT.fullmatch(node.value.lower()) if tag == "str" else None
+    if m is None or not any(c.isdigit() for c in m[1]):
+        return None
+    mantissa = m[1] if "." in m[1] else f"{m[1]}.0"
+    return (
+        f"`{node.value}` is a string in YAML 1.1 (its floats need a dot and a signed exponent); "
+        f"write {mantissa}e{m[2] or '+'}{m[3]}"
+    )
+
+
+_YAML11_HAZARDS = (_bool_word, _octal_11, _sexagesimal, _int_11, _octal_12, _exponent_12)
+"""Each returns the message for a plain scalar it finds read differently, else None; the first wins."""

@@ -120,17 +120,10 @@ def validate_document(
             return UNetConfig.model_validate(doc)
         return UNetConfig.model_validate_json(json.dumps(doc, allow_nan=True), strict=True)
 
-    def revalidate(doc: dict[str, Any]) -> ValidationError | None:
-        try:
-            validate(doc)
-        except ValidationError as err:
-            return err
-        return None
-
     try:
         return validate(data)
     except ValidationError as err:
-        raise ConfigError(problems_from(err, data, source, positions, revalidate)) from None
+        raise ConfigError(problems_from(err, data, source, positions)) from None
 
 
 def _lone_surrogate(document: Any) -> tuple[tuple[str | int, ...], int, str] | None:

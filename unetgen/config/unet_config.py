@@ -220,21 +220,18 @@ class UNetConfig(_Model):
         """Run every rule of `_RULES` and report all their problems at once; a rule whose
         prerequisite rules failed is skipped (it would only repeat their problem)."""
         failed: set[Rule] = set()
-        problems: list[str] = []
-        for rule, needs in _RULES:
-            if failed.intersection(needs):
-                failed.add(rule)
+        problems: list[InitErrorDetails] = []
+        for r in _RULES:
+            if failed.intersection(r.needs):
+                failed.add(r)
                 continue
             try:
-                rule(self)
+                r.check(self)
             except ValueError as err:
-                failed.add(rule)
-                problems.append(str(err))
+                failed.add(r)
+                problems.append(r.error(str(err), self))
         if problems:
-            raise ValidationError.from_exception_data(
-                type(self).__name__,
-                [_cross_field_error(m) for m in problems],
-            )
+            raise ValidationError.from_exception_data(type(self).__name__, problems)
         return self
 
     @model_serializer(mode="wrap")
@@ -330,16 +327,64 @@ class UNetConfig(_Model):
 
 
 # ---------------------------------------------------------------------------------------------
-# cross-field rules: small and independent, each raising ValueError with one problem; `_RULES`
-# lists them with the rules they need to have passed (the per-stage layout needs every length
-# and per-axis rule), so one run reports every independent problem
+# cross-field rules: small and independent, each raising ValueError with one problem. `@rule`
+# declares the fields a rule is about (its message quotes them), the other fields it reads and
+# the rules that must have passed first (the per-stage layout needs every length and per-axis
+# rule), and registers it in `_RULES`, the reporting order; one run reports every independent
+# problem, each carrying its fields so that diagnostics can point at them
 
 
+Check = Callable[[UNetConfig], None]
+"""A rule's check: raises ValueError with one problem of the config."""
+
+
+@dataclass(frozen=True, eq=False)
+class Rule:
+    """A cross-field rule: `check` raises ValueError with one problem. `fields` are the fields its
+    problem is about (always named with it), `reads` the other fields its outcome depends on
+    (named where the config sets them to other than their default), and `needs` the rules that
+    must have passed for it to run (it would only repeat their problem)."""
+
+    check: Check
+    fields: tuple[str, ...]
+    reads: tuple[str, ...] = ()
+    needs: tuple[Rule, ...] = ()
+
+    def error(self, message: str, config: UNetConfig) -> InitErrorDetails:
+        """The pydantic error for `message` about `config`; its ctx carries `fields` and the
+        `reads` that `config` sets to other than their default."""
+        reads = tuple(f for f in self.reads if getattr(config, f) != UNetConfig.model_fields[f].default)
+        ctx = {"message": message, "fields": self.fields, "reads": reads}
+        return InitErrorDetails(type=PydanticCustomError("value_error", "{message}", ctx), loc=(), input=None)
+
+
+_RULES: list[Rule] = []
+"""Every cross-field rule, in reporting order (the order they are defined in)."""
+
+
+def rule(*fields: str, reads: tuple[str, ...] = (), needs: tuple[Rule, ...] = ()) -> Callable[[Check], Rule]:
+    """Register the decorated check as a `Rule` about `fields` (see `Rule`)."""
+    unknown = [f for f in (*fields, *reads) if f not in UNetConfig.model_fields]
+    assert not unknown, f"a rule declares fields that UNetConfig does not have: {unknown}"
+
+    def register(check: Check) -> Rule:
+        _RULES.append(new := Rule(check, fields, reads, needs))
+        return new
+
+    return register
+
+
+_WIDTHS = ("channels", "decoder_channels", "base_channels", "channel_multiplier")
+"""The fields that set the channels of every level."""
+
+
+@rule("channels", reads=("depth",))
 def _check_channels_length(c: UNetConfig) -> None:
     if c.channels is not None:
         _expect_len("channels", c.channels, c.depth + 1, "one per level, the bottleneck last")
 
 
+@rule("channels", "base_channels", "channel_multiplier", reads=("depth",), needs=(_check_channels_length,))
 def _check_channels_agree(c: UNetConfig) -> None:
     if c.channels is None or not {"base_channels", "channel_multiplier"} & c.model_fields_set:
         return
@@ -352,6 +397,7 @@ def _check_channels_agree(c: UNetConfig) -> None:
         )
 
 
+@rule("base_channels", "channel_multiplier", "depth")
 def _check_channel_limit(c: UNetConfig) -> None:
     if c.channels is None and c.base_channels * c.channel_multiplier**c.depth > MAX_CHANNELS:
         raise ValueError(
@@ -361,42 +407,128 @@ def _check_channel_limit(c: UNetConfig) -> None:
         )
 
 
+@rule("decoder_channels", reads=("depth",))
 def _check_decoder_channels_length(c: UNetConfig) -> None:
     if c.decoder_channels is not None:
         _expect_len("decoder_channels", c.decoder_channels, c.depth, "one per decoder level, level 0 first")
 
 
+@rule("convs_per_block", reads=("depth",))
 def _check_convs_length(c: UNetConfig) -> None:
     if isinstance(c.convs_per_block, tuple):
         _expect_len("convs_per_block", c.convs_per_block, c.depth + 1, "one per level, the bottleneck last")
 
 
+@rule("decoder_convs_per_block", reads=("depth",))
 def _check_decoder_convs_length(c: UNetConfig) -> None:
     if isinstance(c.decoder_convs_per_block, tuple):
         _expect_len("decoder_convs_per_block", c.decoder_convs_per_block, c.depth, "one per decoder level")
 
 
-def _check_widths_per_conv(c: UNetConfig) -> None:
-    for name, value, count in (
-        ("channels", c.channels, c._encoder_convs()),
-        ("decoder_channels", c.decoder_channels, c._decoder_convs()),
-    ):
-        for i, entry in enumerate(value or ()):
-            if isinstance(entry, tuple) and len(entry) != count[i]:
-                raise ValueError(
-                    f"{name}[{i}]={_fmt(entry)} has {len(entry)} values but level {i} has "
-                    f"{count[i]} convs; give one value per conv or a single int"
-                )
+@rule("up_channels", reads=("depth",))
+def _check_up_channels_length(c: UNetConfig) -> None:
+    if isinstance(c.up_channels, tuple):
+        _expect_len("up_channels", c.up_channels, c.depth, "one per decoder level, level 0 first")
 
 
-def _check_kernel_size(c: UNetConfig) -> None:
-    _per_axis("kernel_size", c.kernel_size, c.depth + 1, c.spatial_dims, 1, MAX_KERNEL, odd=True)
+@rule("blocks_per_level", reads=("depth",))
+def _check_blocks_length(c: UNetConfig) -> None:
+    if isinstance(c.blocks_per_level, tuple):
+        _expect_len("blocks_per_level", c.blocks_per_level, c.depth + 1, "one per level, the bottleneck last")
 
 
-def _check_strides(c: UNetConfig) -> None:
-    _per_axis("strides", c.strides, c.depth, c.spatial_dims, 1, MAX_STRIDE, odd=False)
+_LENGTHS = (
+    _check_channels_length,
+    _check_decoder_channels_length,
+    _check_convs_length,
+    _check_decoder_convs_length,
+    _check_up_channels_length,
+    _check_blocks_length,
+)
 
 
+@rule("channels", reads=("convs_per_block",), needs=_LENGTHS)
+def _check_channels_per_conv(c: UNetConfig) -> None:
+    _expect_per_conv("channels", c.channels, c._encoder_convs())
+
+
+# the decoder's per-conv widths wait for the encoder's: one per-conv problem at a time
+@rule(
+    "decoder_channels",
+    reads=("decoder_convs_per_block", "convs_per_block"),
+    needs=(*_LENGTHS, _check_channels_per_conv),
+)
+def _check_decoder_channels_per_conv(c: UNetConfig) -> None:
+    _expect_per_conv("decoder_channels", c.decoder_channels, c._decoder_convs())
+
+
+@rule("kernel_size", reads=("depth",))
+def _check_kernel_size_length(c: UNetConfig) -> None:
+    if isinstance(c.kernel_size, tuple):
+        _expect_len("kernel_size", c.kernel_size, c.depth + 1, "one per level")
+
+
+# values, then axes: the values rule stops at the first entry with the wrong number of axes and
+# the axes rule waits for it, so that the first problem in entry order is the one reported
+@rule("kernel_size", needs=(_check_kernel_size_length,))
+def _check_kernel_size_values(c: UNetConfig) -> None:
+    _expect_range("kernel_size", c.kernel_size, 1, MAX_KERNEL, c.spatial_dims, odd=True)
+
+
+@rule("kernel_size", "spatial_dims", needs=(_check_kernel_size_values,))
+def _check_kernel_size_axes(c: UNetConfig) -> None:
+    _expect_axes("kernel_size", c.kernel_size, c.spatial_dims)
+
+
+@rule("strides", reads=("depth",))
+def _check_strides_length(c: UNetConfig) -> None:
+    if isinstance(c.strides, tuple):
+        _expect_len("strides", c.strides, c.depth, "one per down-sampling step")
+
+
+@rule("strides", needs=(_check_strides_length,))
+def _check_strides_values(c: UNetConfig) -> None:
+    _expect_range("strides", c.strides, 1, MAX_STRIDE, c.spatial_dims, odd=False)
+
+
+@rule("strides", "spatial_dims", needs=(_check_strides_values,))
+def _check_strides_axes(c: UNetConfig) -> None:
+    _expect_axes("strides", c.strides, c.spatial_dims)
+
+
+@rule("stem_stride", "spatial_dims")
+def _check_stem_stride_axes(c: UNetConfig) -> None:
+    value, n = c.stem_stride, c.spatial_dims
+    if isinstance(value, tuple) and len(value) != n:
+        raise ValueError(f"stem_stride={list(value)} has {len(value)} values but spatial_dims={n}")
+
+
+@rule("stem_stride", needs=(_check_stem_stride_axes,))
+def _check_stem_stride_values(c: UNetConfig) -> None:
+    if not all(1 <= s <= MAX_STRIDE for s in _axes(c.stem_stride)):
+        raise ValueError(f"stem_stride={_fmt(c.stem_stride)} must be between 1 and {MAX_STRIDE}")
+
+
+@rule("stem_stride", "down", needs=(_check_stem_stride_values,))
+def _check_stem_stride_down(c: UNetConfig) -> None:
+    if any(s != 1 for s in _axes(c.stem_stride)) and not isinstance(c.down, FirstConvDown):
+        raise ValueError(
+            f"stem_stride={_fmt(c.stem_stride)} strides the first conv of level 0, which needs "
+            f"down='first_conv' (got down='{c.down.type}'); set down: first_conv or stem_stride: 1"
+        )
+
+
+@rule("down", "padding")
+def _check_first_conv(c: UNetConfig) -> None:
+    if isinstance(c.down, FirstConvDown) and c.padding != "same":
+        raise ValueError(
+            "down='first_conv' needs padding='same': without padding a strided conv with kernel k and "
+            "stride s shifts the coarser grid by (k - s) / 2 pixels, so no skip crop could be centred; "
+            "use padding: same (as nnU-Net and DynUNet do) or, for valid padding, down: max, avg or conv"
+        )
+
+
+@rule("depth", "deep_supervision")
 def _check_deep_supervision_levels(c: UNetConfig) -> None:
     for level in c.deep_supervision:
         if level >= c.depth:
@@ -405,24 +537,39 @@ def _check_deep_supervision_levels(c: UNetConfig) -> None:
             )
 
 
+@rule("deep_supervision")
 def _check_deep_supervision_repeats(c: UNetConfig) -> None:
     if len(set(c.deep_supervision)) != len(c.deep_supervision):
         raise ValueError(f"deep_supervision={_fmt(c.deep_supervision)} repeats a level")
 
 
+_LAYOUT = (
+    *_LENGTHS,
+    _check_channels_per_conv,
+    _check_decoder_channels_per_conv,
+    _check_kernel_size_length,
+    _check_kernel_size_values,
+    _check_kernel_size_axes,
+    _check_strides_length,
+    _check_strides_values,
+    _check_strides_axes,
+    _check_stem_stride_axes,
+    _check_stem_stride_values,
+    _check_stem_stride_down,
+)
+"""The rules that must have passed before the rules below compute the per-stage layout: every
+length, per-conv, per-axis and stem-stride rule."""
+
+
+@rule(
+    "norm",
+    reads=(*_WIDTHS, "depth", "in_channels", "block", "decoder_block", "merge", "up", "up_channels"),
+    needs=_LAYOUT,
+)
 def _check_group_norm(c: UNetConfig) -> None:
     if not isinstance(c.norm, GroupNorm):
         return
-    g, layout = c.norm.num_groups, c.layout
-    normed = {ch for s in layout.encoder + layout.decoder for ch in s.channels}
-    if c.block.preactivation:
-        normed |= {s.in_channels for s in layout.encoder}
-    if c.decoder_block_type.preactivation:
-        normed |= {s.in_channels for s in layout.decoder}
-    if isinstance(c.merge, AttentionGate):
-        normed |= set(c.attention_channels)
-    if isinstance(c.up, TransposeUp) and c.up.norm_act:
-        normed |= set(layout.up_channels)
+    g, normed = c.norm.num_groups, _normed_channels(c)
     if bad := sorted(ch for ch in normed if ch % g):
         raise ValueError(
             f"norm.num_groups={g} does not divide the channel count(s) {_fmt(tuple(bad))}; choose "
@@ -430,6 +577,7 @@ def _check_group_norm(c: UNetConfig) -> None:
         )
 
 
+@rule("merge", "up_channels", reads=_WIDTHS, needs=_LAYOUT)
 def _check_add_merge(c: UNetConfig) -> None:
     if not isinstance(c.merge, Add):
         return
@@ -443,85 +591,29 @@ def _check_add_merge(c: UNetConfig) -> None:
             )
 
 
-def _check_stem_stride(config: UNetConfig) -> None:
-    value, n = config.stem_stride, config.spatial_dims
-    axes = value if isinstance(value, tuple) else (value,)
-    if isinstance(value, tuple) and len(value) != n:
-        raise ValueError(f"stem_stride={list(value)} has {len(value)} values but spatial_dims={n}")
-    if not all(1 <= s <= MAX_STRIDE for s in axes):
-        raise ValueError(f"stem_stride={_fmt(value)} must be between 1 and {MAX_STRIDE}")
-    if any(s != 1 for s in axes) and not isinstance(config.down, FirstConvDown):
-        raise ValueError(
-            f"stem_stride={_fmt(value)} strides the first conv of level 0, which needs "
-            f"down='first_conv' (got down='{config.down.type}'); set down: first_conv or stem_stride: 1"
-        )
-
-
-def _check_half_up_channels(config: UNetConfig) -> None:
-    if config.up_channels == "half" and 0 in config.layout.up_channels:
-        i = config.layout.up_channels.index(0)
+@rule("up_channels", reads=_WIDTHS, needs=_LAYOUT)
+def _check_half_up_channels(c: UNetConfig) -> None:
+    if c.up_channels == "half" and 0 in c.layout.up_channels:
+        i = c.layout.up_channels.index(0)
         raise ValueError(
             f"up_channels='half' halves the 1 channel that decoder level {i} up-samples to 0; "
             "give the coarser levels more channels or up_channels as a list of ints"
         )
 
 
-def _check_first_conv(config: UNetConfig) -> None:
-    if isinstance(config.down, FirstConvDown) and config.padding != "same":
-        raise ValueError(
-            "down='first_conv' needs padding='same': without padding a strided conv with kernel k and "
-            "stride s shifts the coarser grid by (k - s) / 2 pixels, so no skip crop could be centred; "
-            "use padding: same (as nnU-Net and DynUNet do) or, for valid padding, down: max, avg or conv"
-        )
-
-
-def _check_up_channels_length(c: UNetConfig) -> None:
-    if isinstance(c.up_channels, tuple):
-        _expect_len("up_channels", c.up_channels, c.depth, "one per decoder level, level 0 first")
-
-
-def _check_blocks_length(c: UNetConfig) -> None:
-    if isinstance(c.blocks_per_level, tuple):
-        _expect_len("blocks_per_level", c.blocks_per_level, c.depth + 1, "one per level, the bottleneck last")
-
-
-def _cross_field_error(message: str) -> InitErrorDetails:
-    return InitErrorDetails(
-        type=PydanticCustomError("value_error", "{message}", {"message": message}), loc=(), input=None
-    )
-
-
-Rule = Callable[[UNetConfig], None]
-_LENGTHS: tuple[Rule, ...] = (
-    _check_channels_length,
-    _check_decoder_channels_length,
-    _check_convs_length,
-    _check_decoder_convs_length,
-    _check_up_channels_length,
-    _check_blocks_length,
-)
-_LAYOUT: tuple[Rule, ...] = (*_LENGTHS, _check_widths_per_conv, _check_kernel_size, _check_strides, _check_stem_stride)
-_RULES: tuple[tuple[Rule, tuple[Rule, ...]], ...] = (
-    (_check_channels_length, ()),
-    (_check_channels_agree, (_check_channels_length,)),
-    (_check_channel_limit, ()),
-    (_check_decoder_channels_length, ()),
-    (_check_convs_length, ()),
-    (_check_decoder_convs_length, ()),
-    (_check_up_channels_length, ()),
-    (_check_blocks_length, ()),
-    (_check_widths_per_conv, _LENGTHS),
-    (_check_kernel_size, ()),
-    (_check_strides, ()),
-    (_check_stem_stride, ()),
-    (_check_first_conv, ()),
-    (_check_deep_supervision_levels, ()),
-    (_check_deep_supervision_repeats, ()),
-    (_check_group_norm, _LAYOUT),
-    (_check_add_merge, _LAYOUT),
-    (_check_half_up_channels, _LAYOUT),
-)
-"""Every cross-field rule with the rules it needs to have passed, in reporting order."""
+def _normed_channels(c: UNetConfig) -> set[int]:
+    """Every channel count that a norm layer sees."""
+    layout = c.layout
+    normed = {ch for s in layout.encoder + layout.decoder for ch in s.channels}
+    if c.block.preactivation:
+        normed |= {s.in_channels for s in layout.encoder}
+    if c.decoder_block_type.preactivation:
+        normed |= {s.in_channels for s in layout.decoder}
+    if isinstance(c.merge, AttentionGate):
+        normed |= set(c.attention_channels)
+    if isinstance(c.up, TransposeUp) and c.up.norm_act:
+        normed |= set(layout.up_channels)
+    return normed
 
 
 # ---------------------------------------------------------------------------------------------
@@ -548,6 +640,10 @@ def _last(entry: int | tuple[int, ...]) -> int:
     return entry[-1] if isinstance(entry, tuple) else entry
 
 
+def _axes(value: int | tuple[int, ...]) -> tuple[int, ...]:
+    return value if isinstance(value, tuple) else (value,)
+
+
 def _fmt(value: Any) -> str:
     """`value` as a list for a message, at most about 100 characters."""
     text = str(_listify(value))
@@ -566,16 +662,36 @@ def _expect_len(name: str, value: tuple[Any, ...], want: int, what: str) -> None
         raise ValueError(f"{name} has {len(value)} entries but needs {want} ({what}): {name}={_fmt(value)}")
 
 
-def _per_axis(name: str, value: PerStage, stages: int, dims: int, lo: int, hi: int, *, odd: bool) -> None:
+def _expect_per_conv(name: str, value: ChannelSpec | None, convs: tuple[int, ...]) -> None:
+    for i, entry in enumerate(value or ()):
+        if isinstance(entry, tuple) and len(entry) != convs[i]:
+            raise ValueError(
+                f"{name}[{i}]={_fmt(entry)} has {len(entry)} values but level {i} has "
+                f"{convs[i]} convs; give one value per conv or a single int"
+            )
+
+
+def _per_stage(name: str, value: PerStage) -> list[tuple[str, int | tuple[int, ...]]]:
+    """(where, entry) for each stage's entry of a per-stage value: `name[i]` for a list, `name`
+    for a single value."""
     if isinstance(value, tuple):
-        _expect_len(name, value, stages, "one per level" if odd else "one per down-sampling step")
-    entries = value if isinstance(value, tuple) else (value,)
-    for i, entry in enumerate(entries):
-        axes = entry if isinstance(entry, tuple) else (entry,)
-        where = f"{name}[{i}]" if isinstance(value, tuple) else name
+        return [(f"{name}[{i}]", entry) for i, entry in enumerate(value)]
+    return [(name, value)]
+
+
+def _expect_axes(name: str, value: PerStage, dims: int) -> None:
+    for where, entry in _per_stage(name, value):
         if isinstance(entry, tuple) and len(entry) != dims:
             raise ValueError(f"{where}={list(entry)} has {len(entry)} values but spatial_dims={dims}")
-        for k in axes:
+
+
+def _expect_range(name: str, value: PerStage, lo: int, hi: int, dims: int, *, odd: bool) -> None:
+    """Each value between `lo` and `hi` (and odd), up to the first entry without `dims` values:
+    that entry's problem is its length (`_expect_axes`), which comes first."""
+    for where, entry in _per_stage(name, value):
+        if isinstance(entry, tuple) and len(entry) != dims:
+            return
+        for k in _axes(entry):
             if not lo <= k <= hi:
                 raise ValueError(f"{where}={_fmt(entry)} must be between {lo} and {hi}")
             if odd and k % 2 == 0:
