@@ -238,3 +238,14 @@ def test_schema_presets_and_trace_commands(capsys: pytest.CaptureFixture[str]) -
     assert rows["head"] == ["2", "388", "x", "388"]
     assert main(["trace", "ronneberger2015", "--input-size", "570"]) == 1  # a failure, not a usage error
     assert "nearest valid: 556, 572" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("value", "said"),
+    [("0_", "is the number 0 in YAML 1.1"), ("0b_", "has no digits"), ("0x_", "has no digits")],
+)
+def test_yaml11_prefixes_without_digits_are_config_errors(tmp_path, value: str, said: str) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(f"depth: {value}\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=said):
+        load_config(path)
