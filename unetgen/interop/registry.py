@@ -67,11 +67,11 @@ def register_refusal(module: str, *names: str, reason: str) -> None:
 
 
 def _known() -> str:
-    """The registered classes, grouped by module: 'monai BasicUNet/DynUNet, ...'."""
+    """The registered classes, grouped by module: 'dynamic_network_architectures PlainConvUNet/..., monai ...'."""
     by_module: dict[str, list[str]] = {}
     for peer in _CONVERTERS:
         by_module.setdefault(peer.module, []).append(peer.name)
-    return ", ".join(f"{module} {'/'.join(names)}" for module, names in by_module.items()) or "nothing"
+    return ", ".join(f"{module} {'/'.join(names)}" for module, names in sorted(by_module.items())) or "nothing"
 
 
 def find_converter(module: nn.Module) -> Converter:
