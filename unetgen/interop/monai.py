@@ -1,0 +1,273 @@
+"""The converters of MONAI's `BasicUNet` and `DynUNet`, and the reason for refusing its `UNet`
+and `AttentionUnet`.
+
+Each converter reads the network into unetgen config data and lists its parametric layers in the
+order unetgen's model runs its own: the encoder levels, then the decoder levels from the deepest
+(each: its up-sampling, its convs, its deep-supervision head), then the head.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+from torch.nn.modules.conv import _ConvNd
+from torch.nn.modules.dropout import _DropoutNd
+
+from ..config.diagnostics import short_repr
+from .options import UP_FIRST, UnsupportedModelError, activation_from_module, axes, norm_from_module, transpose_up
+from .registry import Converted, register_converter, register_refusal
+from .weights import PAIRED
+
+__all__ = ["from_basic_unet", "from_dynunet"]
+
+register_refusal(
+    "monai",
+    "UNet",
+    "Unet",
+    "AttentionUnet",
+    reason="is a different topology: it merges at the coarse resolution before each up-sampling (no conv "
+    "between merge and transposed conv), has no full-resolution conv and up-samples with kernel-3 transposed "
+    "convs + norm + activation; see docs/interop.md",
+)
+
+_DROPOUT_HINT = "(convert(..., ignore_dropout=True) drops it: eval outputs stay exact)"
+
+
+def _adn(conv_block: nn.Module, where: str, ignore_dropout: bool) -> tuple[nn.Module | None, nn.Module | None]:
+    """(norm, activation) of a MONAI `Convolution`; refuses dropout and a norm after the activation."""
+    adn = getattr(conv_block, "adn", None)
+    if adn is None:
+        return None, None
+    names = [n for n, _ in adn.named_children()]
+    norm, drop, act = getattr(adn, "N", None), getattr(adn, "D", None), getattr(adn, "A", None)
+    if drop is not None and getattr(drop, "p", 0) > 0 and not ignore_dropout:
+        raise UnsupportedModelError(
+            f"{where}: {type(drop).__name__}(p={drop.p}) after each conv; unetgen drops out after blocks "
+            + _DROPOUT_HINT
+        )
+    if norm is not None and act is not None and names.index("N") > names.index("A"):
+        raise UnsupportedModelError(f"{where}: ADN ordering {''.join(names)}: the norm after the activation")
+    return norm, act
+
+
+# =============================================================================================
+# BasicUNet
+
+
+@dataclass(frozen=True)
+class _UpSampling:
+    """One of BasicUNet's up-samplings: its parametric layers, its output channels and the
+    unetgen `up` option it is."""
+
+    layers: list[nn.Module]
+    channels: int
+    option: dict[str, Any]
+
+
+@register_converter("monai", "BasicUNet")
+def from_basic_unet(net: nn.Module, ignore_dropout: bool) -> Converted:
+    """The config data and the parametric layers (in unetgen's order) of a MONAI BasicUNet."""
+    levels = [net.conv_0, net.down_1.convs, net.down_2.convs, net.down_3.convs, net.down_4.convs]
+    ups = [net.upcat_1, net.upcat_2, net.upcat_3, net.upcat_4]  # decoder level 0 first
+    first = net.conv_0.conv_0
+    dims = first.conv.weight.dim() - 2
+    norm, act = _adn(first, "BasicUNet.conv_0.conv_0", ignore_dropout)
+    layers = []
+    for i, two in enumerate(levels):
+        layers += _two_convs(two, f"BasicUNet level {i}", ignore_dropout, act)
+    _check_pooling(net, dims)
+    features = [two.conv_1.conv.out_channels for two in levels]
+    decoder = [up.convs.conv_1.conv.out_channels for up in ups]
+    coarse = [*decoder[1:], features[4]]  # the map each decoder level up-samples
+    samplings = [_up_sampling(up.upsample, f"BasicUNet.upcat_{i + 1}", dims, coarse[i]) for i, up in enumerate(ups)]
+    for i in reversed(range(len(ups))):  # the deepest level first, as they run
+        where = f"BasicUNet.upcat_{i + 1}"
+        if samplings[i].option != samplings[0].option:
+            raise UnsupportedModelError(f"{where}: mixed up-sampling modes")
+        layers += samplings[i].layers + _two_convs(ups[i].convs, f"{where}.convs", ignore_dropout, act)
+    layers.append(net.final_conv)
+    data: dict[str, Any] = {
+        "spatial_dims": dims,
+        "in_channels": first.conv.in_channels,
+        "out_channels": net.final_conv.out_channels,
+        "depth": 4,
+        "channels": features,
+        "decoder_channels": decoder,
+        "padding": "same",
+        "norm": norm_from_module(norm, "BasicUNet"),
+        "bias": first.conv.bias is not None,
+        "activation": activation_from_module(act, "BasicUNet"),
+        "dropout": {"rate": 0.0},
+        "up_channels": [s.channels for s in samplings],
+        "init": "torch",
+        "up": samplings[0].option,
+    }
+    return data, layers
+
+
+def _two_convs(two: nn.Module, where: str, ignore_dropout: bool, act_ref: nn.Module | None) -> list[nn.Module]:
+    """The parametric layers of a `TwoConv` (conv_0, conv_1)."""
+    layers = []
+    for j, conv in enumerate((two.conv_0, two.conv_1)):
+        layers += _monai_conv_layers(conv, f"{where} conv {j}", ignore_dropout, act_ref)
+    return layers
+
+
+def _monai_conv_layers(conv: nn.Module, where: str, ignore_dropout: bool, act_ref: nn.Module | None) -> list[nn.Module]:
+    norm, act = _adn(conv, where, ignore_dropout)
+    if (act is None) != (act_ref is None) or (
+        act is not None and activation_from_module(act, where) != activation_from_module(act_ref, where)
+    ):
+        raise UnsupportedModelError(f"{where}: activations differ between convs")
+    out = [conv.conv] + ([norm] if norm is not None else [])
+    if isinstance(act, nn.PReLU):
+        out.append(act)
+    return out
+
+
+def _check_pooling(net: nn.Module, dims: int) -> None:
+    for mp in (net.down_1.max_pooling, net.down_2.max_pooling, net.down_3.max_pooling, net.down_4.max_pooling):
+        if tuple(axes(mp.kernel_size, dims)) != (2,) * dims or tuple(axes(mp.stride, dims)) != (2,) * dims:
+            raise UnsupportedModelError(f"BasicUNet max pooling {mp}: only 2x2 pooling")
+
+
+def _up_sampling(upsample: nn.Module, where: str, dims: int, coarse: int) -> _UpSampling:
+    """A decoder level's `UpSample` (`coarse`: the channels it receives)."""
+    children = dict(upsample.named_children())
+    if "deconv" in children:
+        return _deconv(children["deconv"], where, dims)
+    if "upsample_non_trainable" in children:
+        return _interpolation(children, where, dims, coarse)
+    if "pixelshuffle" in children:
+        return _pixelshuffle(children["pixelshuffle"], where, dims)
+    raise UnsupportedModelError(f"{where}.upsample: {sorted(children)} is not a unetgen up-sampling")
+
+
+def _deconv(t: nn.Module, where: str, dims: int) -> _UpSampling:
+    if t.kernel_size != (2,) * dims or t.stride != (2,) * dims or any(t.padding) or any(t.output_padding):
+        raise UnsupportedModelError(f"{where}.upsample: transposed conv other than kernel = stride = 2")
+    return _UpSampling([t], t.out_channels, {"type": "transpose", "bias": True})
+
+
+_LINEAR_MODES = ("linear", "bilinear", "trilinear")
+
+
+def _interpolation(children: dict[str, nn.Module], where: str, dims: int, coarse: int) -> _UpSampling:
+    """Interpolation, after a 1x1 conv (`preconv`) where the channels change."""
+    pre = children.get("preconv")
+    if "postconv" in children or (pre is not None and not isinstance(pre, _ConvNd)):
+        raise UnsupportedModelError(f"{where}.upsample: custom pre/post conv is not supported")
+    if pre is not None and (pre.kernel_size != (1,) * dims or pre.bias is None):
+        raise UnsupportedModelError(f"{where}.upsample.preconv: only a 1x1 conv with bias")
+    u = children["upsample_non_trainable"]
+    if u.mode == "nearest":
+        option: dict[str, Any] = {"type": "nearest", "conv": "when_channels_change"}
+    elif u.mode in _LINEAR_MODES:
+        option = {"type": "linear", "conv": "when_channels_change", "align_corners": bool(u.align_corners)}
+    else:
+        raise UnsupportedModelError(f"{where}.upsample: interpolation mode {u.mode!r}; only nearest or linear")
+    if pre is None:
+        return _UpSampling([], coarse, option)
+    return _UpSampling([pre], pre.out_channels, option)
+
+
+def _pixelshuffle(sub: nn.Module, where: str, dims: int) -> _UpSampling:
+    conv, scale = sub.conv_block, sub.scale_factor
+    if not isinstance(conv, _ConvNd) or conv.stride != (1,) * dims or conv.bias is None:
+        raise UnsupportedModelError(f"{where}.upsample.pixelshuffle: only the default conv block (with bias)")
+    k = conv.kernel_size[0]
+    if conv.kernel_size != (k,) * dims or k % 2 == 0 or conv.padding != (k // 2,) * dims:
+        raise UnsupportedModelError(f"{where}.upsample.pixelshuffle: conv {conv} is not an odd 'same' conv")
+    if scale != 2 or conv.out_channels % scale**dims:
+        raise UnsupportedModelError(f"{where}.upsample.pixelshuffle: scale_factor={scale}; only 2")
+    pad_pool = not isinstance(sub.pad_pool, nn.Identity)
+    # output channels c * 2**dims + j: unetgen's shuffle reads them the same way
+    option = {"type": "pixelshuffle", "kernel_size": k, "pad_pool": pad_pool}
+    return _UpSampling([conv], conv.out_channels // scale**dims, option)
+
+
+# =============================================================================================
+# DynUNet
+
+
+@register_converter("monai", "DynUNet")
+def from_dynunet(net: nn.Module, ignore_dropout: bool) -> Converted:
+    """The config data and the parametric layers (in unetgen's order) of a MONAI DynUNet."""
+    dims = net.spatial_dims
+    strides = [axes(s, dims) for s in net.strides]
+    _check_dynunet(net, strides, ignore_dropout)
+    d = len(strides) - 1
+    data: dict[str, Any] = {
+        "spatial_dims": dims,
+        "in_channels": net.in_channels,
+        "out_channels": net.out_channels,
+        "depth": d,
+        "channels": [int(f) for f in net.filters],
+        "kernel_size": [axes(k, dims) for k in net.kernel_size],
+        "strides": strides[1:],
+        "padding": "same",
+        "norm": norm_from_module(net.input_block.norm1, "DynUNet"),
+        "bias": False,
+        "activation": activation_from_module(net.input_block.lrelu, "DynUNet"),
+        "down": {"type": "first_conv"},
+        "up": transpose_up(bool(net.trans_bias)),
+        "decoder_kernel": "level_below",
+        "dropout": {"rate": 0.0},
+        "deep_supervision": list(range(1, net.deep_supr_num + 1)) if net.deep_supervision else [],
+        "init": "torch",
+    }
+    if any(s != 1 for s in strides[0]):
+        data["stem_stride"] = strides[0]
+    if type(net.input_block).__name__ == "UnetResBlock":
+        data["block"] = {"type": "residual", "shortcut": "projection"}
+        data["decoder_block"] = "plain"
+    data["merge"] = UP_FIRST
+    return data, _dynunet_layers(net, d)
+
+
+def _check_dynunet(net: nn.Module, strides: list[list[int]], ignore_dropout: bool) -> None:
+    """What unetgen cannot express: up-sampling kernels other than the strides, a shared PReLU, dropout."""
+    if [axes(k, net.spatial_dims) for k in net.upsample_kernel_size] != strides[1:]:
+        raise UnsupportedModelError(
+            f"DynUNet upsample_kernel_size={net.upsample_kernel_size} differs from strides[1:]={net.strides[1:]}: "
+            "unetgen's transposed conv has kernel = stride"
+        )
+    if isinstance(net.input_block.lrelu, nn.PReLU):
+        raise UnsupportedModelError(
+            "DynUNet: its PReLU is one module shared by both convs of a block (and the residual sum); "
+            "unetgen gives every activation its own parameters"
+        )
+    active = [m for m in net.modules() if isinstance(m, (_DropoutNd, nn.AlphaDropout)) and m.p > 0]
+    if active and not ignore_dropout:
+        raise UnsupportedModelError(
+            f"DynUNet dropout={short_repr(net.dropout)}: dropout after every conv; unetgen drops out after "
+            f"blocks {_DROPOUT_HINT}"
+        )
+
+
+def _dynunet_layers(net: nn.Module, d: int) -> list[nn.Module]:
+    """The encoder blocks, then the decoder levels as they run (`upsamples[0]` is the deepest),
+    each with its deep-supervision head, then the output head."""
+    layers: list[nn.Module] = []
+    for i, blk in enumerate([net.input_block, *net.downsamples, net.bottleneck]):
+        layers += _dyn_block_layers(blk, f"DynUNet level {i}")
+    for k, up in enumerate(net.upsamples):
+        i = d - 1 - k  # its decoder level
+        layers.append(up.transp_conv.conv)
+        layers += _dyn_block_layers(up.conv_block, f"DynUNet decoder level {i}")
+        if net.deep_supervision and 1 <= i <= net.deep_supr_num:
+            layers.append(net.deep_supervision_heads[i - 1].conv.conv)
+    layers.append(net.output_block.conv.conv)
+    return layers
+
+
+def _dyn_block_layers(blk: nn.Module, where: str) -> list[nn.Module]:
+    kind = type(blk).__name__
+    if kind not in ("UnetBasicBlock", "UnetResBlock"):
+        raise UnsupportedModelError(f"{where}: block {kind} is not supported")
+    out = [blk.conv1.conv, blk.norm1, blk.conv2.conv, blk.norm2]
+    if hasattr(blk, "conv3"):
+        out += [blk.conv3.conv, blk.norm3]
+    return [m for m in out if isinstance(m, PAIRED)]

@@ -1,0 +1,603 @@
+"""nnU-Net plans files -> `UNetConfig`, and back.
+
+- `from_nnunet_plans(plans, configuration, in_channels=..., out_channels=...)`: the `UNetConfig`
+  of the network nnU-Net builds from a plans file (both plans formats, `inherits_from`, deep
+  supervision as nnU-Net trains it).
+- `to_nnunet_architecture(config)`: the way back, the plans ``architecture`` block.
+- `nnunet_yaml(plans_path, configuration, ...)`: the commented YAML of `unetgen import nnunet`.
+- `NNUNetSpec`: an nnU-Net network normalised, as read from a plans file here or from a built
+  network by `unetgen.interop.nnunet`, and its unetgen config.
+
+Plans are plain data: nnU-Net is never imported.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..config import options as cfgmod
+from ..config.diagnostics import short_repr
+from ..config.unet_config import UNetConfig
+from ..reprs import short_text
+from .options import UP_FIRST, UnsupportedModelError, activation_option, axes, norm_option, transpose_up, validated
+
+__all__ = [
+    "MAX_PLANS_BYTES",
+    "NNUNET_CLASSES",
+    "NNUNetSpec",
+    "from_nnunet_plans",
+    "nnunet_yaml",
+    "to_nnunet_architecture",
+]
+
+MAX_PLANS_BYTES = 4 * 1024 * 1024
+"""Largest plans file read (real nnUNetPlans.json files are a few to a few hundred kilobytes)."""
+
+NNUNET_CLASSES = {
+    "PlainConvUNet": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
+    "ResidualEncoderUNet": "dynamic_network_architectures.architectures.unet.ResidualEncoderUNet",
+}
+_NNUNET_MODULES = (  # where plans files name the classes (residual_unet: plans converted from v2.0-2.2)
+    "dynamic_network_architectures.architectures.unet",
+    "dynamic_network_architectures.architectures.residual_unet",
+)
+
+
+# =============================================================================================
+# the normalised network
+
+
+@dataclass(frozen=True)
+class NNUNetSpec:
+    """An nnU-Net network (PlainConvUNet, ResidualEncoderUNet, ResidualUNet), normalised: one
+    entry per stage (kernels, strides per axis; `units` = convs or residual blocks), decoder
+    convs level 0 first."""
+
+    dims: int
+    in_channels: int
+    out_channels: int
+    features: list[int]
+    kernels: list[list[int]]
+    strides: list[list[int]]
+    units: list[int]
+    decoder_convs: list[int]
+    bias: bool
+    norm: dict[str, Any]
+    activation: dict[str, Any]
+    nonlin_first: bool
+    residual: bool
+    residual_decoder: bool
+    deep_supervision: bool
+
+    def config_dict(self) -> dict[str, Any]:
+        """The unetgen config, as plain data."""
+        depth = len(self.features) - 1
+        if depth < 1:
+            raise UnsupportedModelError(f"n_stages={depth + 1}: a U-Net needs at least 2 stages")
+        out: dict[str, Any] = {
+            "spatial_dims": self.dims,
+            "in_channels": self.in_channels,
+            "out_channels": self.out_channels,
+            "depth": depth,
+            "channels": self.features,
+            "kernel_size": self.kernels,
+            "strides": self.strides[1:],
+            "padding": "same",
+            "norm": self.norm,
+            "bias": self.bias,
+            "activation": self.activation,
+            "down": {"type": "first_conv"},
+            "up": transpose_up(self.bias),
+            "decoder_convs_per_block": self.decoder_convs,
+            "dropout": {"rate": 0.0},
+            "deep_supervision": list(range(1, depth)) if self.deep_supervision else [],
+            "init": "torch",
+        }
+        if any(s != 1 for s in self.strides[0]):
+            out["stem_stride"] = self.strides[0]
+        out |= self._units()
+        if self.nonlin_first:
+            out["norm_position"] = "after_activation"
+        out["merge"] = UP_FIRST
+        return out
+
+    def _units(self) -> dict[str, Any]:
+        if not self.residual:
+            return {"convs_per_block": self.units}
+        return {
+            "stem": True,
+            "convs_per_block": 2,
+            "blocks_per_level": self.units,
+            "block": {"type": "residual", "shortcut": "resnet_d"},
+            "decoder_block": {"type": "residual", "shortcut": "resnet_d"} if self.residual_decoder else "plain",
+        }
+
+
+# =============================================================================================
+# nnU-Net plans -> UNetConfig
+
+
+def from_nnunet_plans(
+    plans: Mapping[str, Any] | str | Path,
+    configuration: str,
+    *,
+    in_channels: int,
+    out_channels: int,
+    deep_supervision: bool = True,
+) -> UNetConfig:
+    """The `UNetConfig` of the network nnU-Net builds for `configuration` of `plans` (a plans dict
+    or an nnUNetPlans.json path), with `in_channels` input channels (the dataset's channels) and
+    `out_channels` outputs (its labels or regions). Reads both plans formats: v2.3+ (an
+    ``architecture`` block: ``network_class_name`` + ``arch_kwargs``) and v2.0-2.2 (``UNet_class_name``,
+    ``UNet_base_num_features``, ``unet_max_num_features``, ``pool_op_kernel_sizes``,
+    ``conv_kernel_sizes``, ``n_conv_per_stage_encoder``/``decoder``), and resolves ``inherits_from``.
+    `deep_supervision` as nnU-Net trains (a 1x1 head on every decoder level but the deepest);
+    pass False for the network nnU-Net predicts with. Raises `UnsupportedModelError` for network
+    classes or options unetgen cannot build, `ValueError` for a malformed plans file."""
+    for name, value in (("in_channels", in_channels), ("out_channels", out_channels)):
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= cfgmod.MAX_CHANNELS:
+            raise ValueError(f"{name}={short_repr(value)} must be an integer from 1 to {cfgmod.MAX_CHANNELS}")
+    data = _read_plans(plans) if isinstance(plans, (str, Path)) else plans
+    if not isinstance(data, Mapping) or not isinstance(data.get("configurations"), Mapping):
+        raise ValueError("not an nnU-Net plans file: no 'configurations' mapping at the top level")
+    conf = _resolve_configuration(data["configurations"], configuration)
+    name, kwargs = _architecture(conf, configuration)
+    where = f"configuration {configuration!r}"
+    try:
+        return _nnunet_config(name, kwargs, in_channels, out_channels, deep_supervision, where)
+    except (TypeError, AttributeError, OverflowError) as err:  # a value of the wrong kind somewhere
+        raise ValueError(f"{where}: malformed arch_kwargs ({short_text(str(err))})") from None
+
+
+def _read_plans(path: str | Path) -> Any:
+    p = Path(path)
+    try:
+        with p.open("rb") as f:
+            raw = f.read(MAX_PLANS_BYTES + 1)
+    except OSError as err:
+        raise ValueError(f"{p}: cannot read the plans file: {err.strerror or err}") from None
+    if len(raw) > MAX_PLANS_BYTES:
+        raise ValueError(f"{p}: larger than {MAX_PLANS_BYTES} bytes; an nnU-Net plans file is far smaller")
+
+    def refuse(name: str) -> Any:
+        raise ValueError(f"{name} is not JSON")
+
+    try:
+        return json.loads(raw.decode("utf-8-sig"), parse_constant=refuse)
+    except (UnicodeDecodeError, ValueError, RecursionError) as err:
+        raise ValueError(f"{p}: not a JSON plans file ({short_text(str(err))})") from None
+
+
+def _resolve_configuration(configurations: Mapping[str, Any], name: str) -> dict[str, Any]:
+    seen: list[str] = []
+    merged: dict[str, Any] = {}
+    while True:
+        if name not in configurations:
+            known = ", ".join(map(str, configurations)) or "none"
+            where = f" (inherited by {seen[-1]!r})" if seen else ""
+            raise ValueError(f"the plans have no configuration {name!r}{where}; available: {known}")
+        if name in seen:
+            raise ValueError(f"configurations inherit in a circle: {' -> '.join([*seen, name])}")
+        seen.append(name)
+        conf = configurations[name]
+        if not isinstance(conf, Mapping):
+            raise ValueError(f"configuration {name!r} is a {type(conf).__name__}, not a mapping")
+        merged = {**conf, **merged}  # the child's keys win
+        parent = conf.get("inherits_from")
+        if parent is None:
+            merged.pop("inherits_from", None)
+            return merged
+        name = parent
+
+
+def _architecture(conf: Mapping[str, Any], where: str) -> tuple[str, dict[str, Any]]:
+    """(class name, arch_kwargs) of a resolved configuration, old formats translated."""
+    if "architecture" in conf:
+        return _architecture_block(conf["architecture"], where)
+    try:
+        return _old_format(conf, where)
+    except KeyError as err:
+        raise ValueError(
+            f"configuration {where!r} has neither an 'architecture' block (nnU-Net v2.3+) nor the key "
+            f"{err.args[0]!r} of the v2.0-2.2 format"
+        ) from None
+    except (TypeError, IndexError):
+        raise ValueError(f"configuration {where!r}: malformed v2.0-2.2 network keys") from None
+
+
+def _architecture_block(arch: Any, where: str) -> tuple[str, dict[str, Any]]:
+    """(class name, arch_kwargs) of a v2.3+ ``architecture`` block."""
+    if not isinstance(arch, Mapping) or not isinstance(arch.get("arch_kwargs"), Mapping):
+        raise ValueError(f"configuration {where!r}: 'architecture' needs 'network_class_name' and 'arch_kwargs'")
+    full = str(arch.get("network_class_name", ""))
+    module, _, cls = full.rpartition(".")
+    if cls not in NNUNET_CLASSES or (module and module not in _NNUNET_MODULES):
+        raise UnsupportedModelError(
+            f"configuration {where!r}: network class {short_repr(full)} is not supported; unetgen reads "
+            f"{', '.join(NNUNET_CLASSES.values())}"
+        )
+    return cls, dict(arch["arch_kwargs"])
+
+
+def _old_format(conf: Mapping[str, Any], where: str) -> tuple[str, dict[str, Any]]:
+    """(class name, arch_kwargs) of a v2.0-2.2 configuration: the keys nnU-Net derived them from."""
+    cls = conf["UNet_class_name"]
+    if cls not in NNUNET_CLASSES:
+        raise UnsupportedModelError(
+            f"configuration {where!r}: UNet_class_name {short_repr(cls)} is not supported; unetgen reads "
+            f"{', '.join(NNUNET_CLASSES)}"
+        )
+    kernels, strides = conf["conv_kernel_sizes"], conf["pool_op_kernel_sizes"]
+    base, top = conf["UNet_base_num_features"], conf["unet_max_num_features"]
+    n = len(kernels)
+    return cls, {
+        "n_stages": n,
+        "features_per_stage": [min(base * 2**i, top) for i in range(n)],
+        "conv_op": f"torch.nn.Conv{len(kernels[0])}d",
+        "kernel_sizes": kernels,
+        "strides": strides,
+        "n_conv_per_stage" if cls == "PlainConvUNet" else "n_blocks_per_stage": conf["n_conv_per_stage_encoder"],
+        "n_conv_per_stage_decoder": conf["n_conv_per_stage_decoder"],
+        "conv_bias": True,
+        "norm_op": f"torch.nn.InstanceNorm{len(kernels[0])}d",
+        "norm_op_kwargs": {"eps": 1e-5, "affine": True},
+        "dropout_op": None,
+        "dropout_op_kwargs": None,
+        "nonlin": "torch.nn.LeakyReLU",
+        "nonlin_kwargs": {"inplace": True},
+    }
+
+
+_ARCH_KWARGS = {
+    "n_stages", "features_per_stage", "conv_op", "kernel_sizes", "strides", "n_conv_per_stage_decoder", "conv_bias",
+    "norm_op", "norm_op_kwargs", "dropout_op", "dropout_op_kwargs", "nonlin", "nonlin_kwargs",
+}  # fmt: skip
+_RESENC_KWARGS = {"n_blocks_per_stage", "block", "bottleneck_channels", "stem_channels"}
+_PLAIN_KWARGS = {"n_conv_per_stage", "nonlin_first"}
+
+
+def _tail(name: Any) -> str | None:
+    """'torch.nn.modules.conv.Conv3d' -> 'Conv3d' (None stays None)."""
+    return None if name is None else str(name).rpartition(".")[2]
+
+
+@dataclass(frozen=True)
+class _ArchKwargs:
+    """A configuration's arch_kwargs, read with errors that name the configuration."""
+
+    kw: Mapping[str, Any]
+    where: str
+
+    def get(self, key: str, default: Any = KeyError) -> Any:
+        if key in self.kw:
+            return self.kw[key]
+        if default is KeyError:
+            raise ValueError(f"{self.where}: arch_kwargs has no {key!r}")
+        return default
+
+    def per_stage(self, key: str, n: int) -> list[Any]:
+        """`key`'s value, one entry per stage (a single number counts for every stage)."""
+        value = self.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return [value] * n
+        if not isinstance(value, (list, tuple)) or len(value) != n:
+            raise ValueError(f"{self.where}: {key}={short_repr(value)} needs {n} entries (n_stages)")
+        return list(value)
+
+
+def _nnunet_config(
+    cls: str, kw: Mapping[str, Any], in_channels: int, out_channels: int, deep_supervision: bool, where: str
+) -> UNetConfig:
+    arch = _ArchKwargs(kw, where)
+    residual = cls == "ResidualEncoderUNet"
+    _refuse_unknown_kwargs(arch, residual)
+    dims = _conv_dims(arch)
+    n = _n_stages(arch)
+    units = "n_blocks_per_stage" if residual else "n_conv_per_stage"
+    features = [int(f) for f in arch.per_stage("features_per_stage", n)]
+    kernels = [axes(k, dims) for k in arch.per_stage("kernel_sizes", n)]
+    strides = [axes(s, dims) for s in arch.per_stage("strides", n)]
+    unit_counts = [int(u) for u in arch.per_stage(units, n)]
+    decoder = arch.per_stage("n_conv_per_stage_decoder", n - 1)
+    _refuse_stem_and_block(arch, residual)
+    norm = norm_option(_tail(arch.get("norm_op", None)), arch.get("norm_op_kwargs", None) or {}, where)
+    activation = _nonlin(arch)
+    _refuse_dropout(arch)
+    spec = NNUNetSpec(
+        dims=dims,
+        in_channels=in_channels,
+        out_channels=out_channels,
+        features=features,
+        kernels=kernels,
+        strides=strides,
+        units=unit_counts,
+        decoder_convs=[int(c) for c in reversed(decoder)],  # nnU-Net lists the deepest decoder stage first
+        bias=bool(arch.get("conv_bias", False)),
+        norm=norm,
+        activation=activation,
+        nonlin_first=bool(arch.get("nonlin_first", False)),
+        residual=residual,
+        residual_decoder=False,
+        deep_supervision=deep_supervision,
+    )
+    return validated(spec.config_dict(), where)
+
+
+def _refuse_unknown_kwargs(arch: _ArchKwargs, residual: bool) -> None:
+    known = _ARCH_KWARGS | (_RESENC_KWARGS if residual else _PLAIN_KWARGS)
+    if unknown := sorted(map(str, set(arch.kw) - known)):
+        raise UnsupportedModelError(
+            f"{arch.where}: arch_kwargs {short_repr(unknown)} are not supported by unetgen.interop"
+        )
+
+
+def _conv_dims(arch: _ArchKwargs) -> int:
+    dims = {"Conv1d": 1, "Conv2d": 2, "Conv3d": 3}.get(_tail(arch.get("conv_op")) or "")
+    if dims is None:
+        raise UnsupportedModelError(
+            f"{arch.where}: conv_op {short_repr(arch.get('conv_op'))} is not Conv1d, Conv2d or Conv3d"
+        )
+    return dims
+
+
+def _n_stages(arch: _ArchKwargs) -> int:
+    n = arch.get("n_stages")
+    if not isinstance(n, int) or not 2 <= n <= cfgmod.MAX_DEPTH + 1:
+        raise UnsupportedModelError(
+            f"{arch.where}: n_stages={short_repr(n)}; unetgen builds 2 to {cfgmod.MAX_DEPTH + 1}"
+        )
+    return n
+
+
+def _refuse_stem_and_block(arch: _ArchKwargs, residual: bool) -> None:
+    for option in ("bottleneck_channels", "stem_channels"):
+        if arch.get(option, None) is not None:
+            raise UnsupportedModelError(
+                f"{arch.where}: {option}={short_repr(arch.get(option))} (unetgen's stem has the level-0 channels)"
+            )
+    if residual and _tail(arch.get("block", "BasicBlockD")) != "BasicBlockD":
+        raise UnsupportedModelError(
+            f"{arch.where}: block {short_repr(arch.get('block'))}: only BasicBlockD residual units are supported"
+        )
+
+
+def _nonlin(arch: _ArchKwargs) -> dict[str, Any]:
+    act = activation_option(_tail(arch.get("nonlin", None)), arch.get("nonlin_kwargs", None) or {}, arch.where)
+    if act.get("num_parameters") == "channels":
+        raise UnsupportedModelError(f"{arch.where}: PReLU with num_parameters != 1 for every conv, whatever its width")
+    return act
+
+
+def _refuse_dropout(arch: _ArchKwargs) -> None:
+    if (
+        arch.get("dropout_op", None) is not None
+        and float((arch.get("dropout_op_kwargs", None) or {}).get("p", 0.5)) > 0
+    ):
+        raise UnsupportedModelError(
+            f"{arch.where}: dropout_op {short_repr(arch.get('dropout_op'))}: nnU-Net drops out after every conv, "
+            "unetgen after whole blocks"
+        )
+
+
+# =============================================================================================
+# UNetConfig -> nnU-Net plans `architecture`
+
+
+def to_nnunet_architecture(config: UNetConfig | Mapping[str, Any]) -> dict[str, Any]:
+    """The nnU-Net plans ``architecture`` block (``network_class_name``, ``arch_kwargs``,
+    ``_kw_requires_import``) that builds the same network as `config`, for every config nnU-Net
+    can build (`PlainConvUNet` or `ResidualEncoderUNet`). Deep supervision is a trainer setting in
+    nnU-Net, not part of the block. Raises `UnsupportedModelError` naming the first option nnU-Net
+    lacks."""
+    c = config if isinstance(config, UNetConfig) else UNetConfig.model_validate(config)
+    data = c.model_dump()
+    _check_sampling(c, data)
+    _check_widths(c, data)
+    _check_regularisation(c, data)
+    residual = _check_blocks(c, data)
+    cls = "ResidualEncoderUNet" if residual else "PlainConvUNet"
+    return {
+        "network_class_name": NNUNET_CLASSES[cls],
+        "arch_kwargs": _arch_kwargs(c, data, residual),
+        "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"],
+    }
+
+
+def _refuse(data: Mapping[str, Any], field: str, why: str) -> UnsupportedModelError:
+    return UnsupportedModelError(f"{field}={short_repr(data.get(field))}: nnU-Net cannot build it ({why})")
+
+
+def _check_sampling(c: UNetConfig, data: Mapping[str, Any]) -> None:
+    """Padding, down-sampling, up-sampling and merge as nnU-Net builds them."""
+    if c.padding != "same":
+        raise _refuse(data, "padding", "its convs always pad to keep the size")
+    if data["down"]["type"] != "first_conv":
+        raise _refuse(data, "down", "it down-samples with the first conv of a stage: use down: first_conv")
+    up = data["up"]
+    if up["type"] != "transpose" or up.get("bias", True) != c.conv_bias or up.get("kernel_size") is not None:
+        raise _refuse(
+            data, "up", f"it up-samples with a transposed conv, kernel = stride, bias = conv bias ({c.conv_bias})"
+        )
+    if up.get("norm_act"):
+        raise _refuse(data, "up", "no norm or activation after its transposed conv")
+    if data["merge"]["type"] != "concat":
+        raise _refuse(data, "merge", "it concatenates")
+
+
+def _check_widths(c: UNetConfig, data: Mapping[str, Any]) -> None:
+    """One width per stage, shared by the up-sampling and the decoder level; nnU-Net's kernels."""
+    lay = c.layout
+    if any(u != s.out_channels for u, s in zip(lay.up_channels, lay.encoder, strict=False)):
+        raise _refuse(data, "up_channels", "its transposed convs output the skip's channels")
+    if any(len(set(s.channels)) != 1 for s in lay.encoder) or (
+        lay.stem and lay.stem.out_channels != lay.encoder[0].out_channels
+    ):
+        raise _refuse(data, "channels", "one width per stage")
+    if any(
+        dec.channels != (enc.out_channels,) * len(dec.channels)
+        for dec, enc in zip(lay.decoder, lay.encoder, strict=False)
+    ):
+        raise _refuse(data, "decoder_channels", "a decoder level has the channels of its skip")
+    if data.get("decoder_kernel", "same_level") != "same_level":
+        raise _refuse(data, "decoder_kernel", "a decoder level uses the kernel of its skip's level")
+
+
+def _check_regularisation(c: UNetConfig, data: Mapping[str, Any]) -> None:
+    if c.dropout.rate > 0:
+        raise _refuse(data, "dropout", "unetgen drops out after blocks, nnU-Net after convs")
+    if c.deep_supervision and list(c.deep_supervision) != list(range(1, c.depth)):
+        raise _refuse(data, "deep_supervision", "nnU-Net supervises every decoder level or none")
+
+
+def _check_blocks(c: UNetConfig, data: Mapping[str, Any]) -> bool:
+    """Whether the blocks are those of ResidualEncoderUNet (else PlainConvUNet's)."""
+    if data["block"].get("preactivation"):
+        raise _refuse(data, "block", "no pre-activation units")
+    residual = data["block"]["type"] == "residual"
+    if residual:
+        _check_residual(c, data)
+    elif data.get("stem"):
+        raise _refuse(data, "stem", "only its residual encoder has a stem")
+    if data.get("norm_position", "before_activation") != "before_activation" and residual:
+        raise _refuse(data, "norm_position", "only PlainConvUNet can normalise after the activation")
+    return residual
+
+
+def _check_residual(c: UNetConfig, data: Mapping[str, Any]) -> None:
+    """ResidualEncoderUNet: a stem, ResNet-D units of 2 convs, a plain decoder."""
+    if data["block"].get("shortcut") != "resnet_d" or not data.get("stem"):
+        raise _refuse(
+            data,
+            "block",
+            "its residual encoder has a stem and ResNet-D shortcuts (block.shortcut: resnet_d, stem: true)",
+        )
+    if (data.get("decoder_block") or data["block"])["type"] != "plain":
+        raise _refuse(data, "decoder_block", "its decoder is plain")
+    if any(n != 2 for n in _encoder_convs(c)):
+        raise _refuse(data, "convs_per_block", "its residual units have 2 convs")
+
+
+def _arch_kwargs(c: UNetConfig, data: Mapping[str, Any], residual: bool) -> dict[str, Any]:
+    lay, dims = c.layout, c.spatial_dims
+    norm_op, norm_kwargs = _nnunet_norm(data["norm"], dims)
+    nonlin, nonlin_kwargs = _nnunet_nonlin(data["activation"])
+    if residual:
+        units: dict[str, Any] = {"n_blocks_per_stage": [s.units for s in lay.encoder]}
+    else:
+        units = {"n_conv_per_stage": list(_encoder_convs(c))}
+    kwargs: dict[str, Any] = {
+        "n_stages": c.depth + 1,
+        "features_per_stage": [s.out_channels for s in lay.encoder],
+        "conv_op": f"torch.nn.modules.conv.Conv{dims}d",
+        "kernel_sizes": [list(s.kernel) for s in lay.encoder],
+        "strides": [list(lay.stem_stride) or [1] * dims] + [list(s) for s in lay.strides],
+        **units,
+        "n_conv_per_stage_decoder": [len(s.channels) for s in reversed(lay.decoder)],  # the deepest first
+        "conv_bias": c.conv_bias,
+        "norm_op": norm_op,
+        "norm_op_kwargs": norm_kwargs,
+        "dropout_op": None,
+        "dropout_op_kwargs": None,
+        "nonlin": nonlin,
+        "nonlin_kwargs": nonlin_kwargs,
+    }
+    if data.get("norm_position") == "after_activation":
+        kwargs["nonlin_first"] = True
+    return kwargs
+
+
+def _encoder_convs(c: UNetConfig) -> tuple[int, ...]:
+    """Convs per unit of each encoder level."""
+    return tuple(len(s.channels) // s.units for s in c.layout.encoder)
+
+
+def _nnunet_norm(norm: Mapping[str, Any], dims: int) -> tuple[str | None, dict[str, Any] | None]:
+    match norm["type"]:
+        case "none":
+            return None, None
+        case "instance":
+            return f"torch.nn.modules.instancenorm.InstanceNorm{dims}d", {"eps": norm["eps"], "affine": norm["affine"]}
+        case "batch":
+            kw = {"eps": norm["eps"], "momentum": norm["momentum"]}
+            if norm.get("affine") is False:
+                kw["affine"] = False
+            return f"torch.nn.modules.batchnorm.BatchNorm{dims}d", kw
+    raise UnsupportedModelError(
+        f"norm={short_repr(norm)}: nnU-Net builds norm_op(channels, **norm_op_kwargs): instance or batch norm only"
+    )
+
+
+def _nnunet_nonlin(act: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    match act["type"]:
+        case "relu":
+            return "torch.nn.ReLU", {"inplace": True}
+        case "leaky_relu":
+            return "torch.nn.LeakyReLU", {"inplace": True, "negative_slope": act["negative_slope"]}
+        case "elu":
+            return "torch.nn.ELU", {"inplace": True, "alpha": act["alpha"]}
+        case "gelu":
+            return "torch.nn.GELU", {}
+        case "silu":
+            return "torch.nn.SiLU", {"inplace": True}
+        case "prelu" if act["num_parameters"] == "one":
+            return "torch.nn.PReLU", {"num_parameters": 1, "init": act["init"]}
+        case "prelu":
+            raise UnsupportedModelError(
+                "activation.num_parameters='channels': nnU-Net builds every PReLU with the same "
+                "nonlin_kwargs, so one slope per channel fits only when all widths are equal; use 'one'"
+            )
+    raise UnsupportedModelError(f"activation={short_repr(act)}: no nnU-Net nonlin for it")
+
+
+# =============================================================================================
+# the `unetgen import nnunet` command's YAML
+
+
+def nnunet_yaml(
+    plans_path: str | Path,
+    configuration: str,
+    *,
+    in_channels: int,
+    out_channels: int,
+    deep_supervision: bool = True,
+    schema: str | None = None,
+) -> str:
+    """A commented YAML config for `configuration` of the plans file at `plans_path` (see
+    `from_nnunet_plans`), starting with the ``yaml-language-server`` schema marker pointing at
+    `schema` (a path relative to where the YAML will be written, or a URL) when given."""
+    import yaml
+
+    plans = _read_plans(plans_path)
+    config = from_nnunet_plans(
+        plans, configuration, in_channels=in_channels, out_channels=out_channels, deep_supervision=deep_supervision
+    )
+    conf = _resolve_configuration(plans["configurations"], configuration)
+    cls = _architecture(conf, configuration)[0]
+    lines = [f"# yaml-language-server: $schema={schema}"] if schema else []
+    lines += [
+        f"# nnU-Net {cls}, configuration {configuration!r} of {Path(plans_path).name}"
+        + (f" (dataset {name})" if isinstance(name := plans.get("dataset_name"), str) else ""),
+        "# imported by `unetgen import nnunet`: the same network as nnU-Net builds (unetgen.interop).",
+        *_patch_size_comment(config, conf.get("patch_size")),
+    ]
+    if config.deep_supervision:
+        lines.append("# deep_supervision: heads on every decoder level but the deepest, as nnU-Net trains.")
+    body = yaml.safe_dump(config.model_dump(mode="json", exclude_unset=True), sort_keys=False, default_flow_style=None)
+    return "\n".join(lines) + "\n" + body
+
+
+def _patch_size_comment(config: UNetConfig, patch: Any) -> list[str]:
+    """Whether nnU-Net's patch size is a valid input of `config` (and the nearest valid if not)."""
+    from ..analysis import shapes
+
+    if not isinstance(patch, list) or len(patch) != config.spatial_dims or not all(isinstance(p, int) for p in patch):
+        return []
+    size = tuple(patch)
+    if shapes.is_valid_input_shape(config, size):
+        return [f"# nnU-Net's patch size {list(size)} is valid: output {list(shapes.output_shape(config, size))}."]
+    near = [shapes.nearest_valid_input_size(config, s, axis=a) for a, s in enumerate(size)]
+    return [f"# nnU-Net's patch size {list(size)} is not a valid input; nearest valid: {near}."]

@@ -1,0 +1,91 @@
+"""The converters `convert` knows, by the peer classes they handle.
+
+A converter is a function ``(module, ignore_dropout) -> (config data, peer layers)``: the
+unetgen config (as plain data) of the network `module` computes, and the peer's layers with
+weights or statistics (convs, transposed convs, norms, PReLUs) in the order unetgen's model runs
+its own (`unetgen.analysis.ops.network_ops`). It registers the classes it handles by name and
+module (a package: its submodules count too), and refuses whatever it cannot express exactly
+with `UnsupportedModelError`::
+
+    @register_converter("monai", "BasicUNet")
+    def from_basic_unet(net: nn.Module, ignore_dropout: bool) -> Converted: ...
+
+Peers that unetgen knows but cannot express are registered with `register_refusal` and the
+reason. The peers are never imported: a class is recognised by its name and its module path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+from .options import UnsupportedModelError
+
+__all__ = ["Converted", "Converter", "PeerClass", "find_converter", "register_converter", "register_refusal"]
+
+Converted = tuple[dict[str, Any], list[nn.Module]]
+"""What a converter returns: the config data and the peer's parametric layers in unetgen's order."""
+Converter = Callable[[nn.Module, bool], Converted]
+
+
+@dataclass(frozen=True)
+class PeerClass:
+    """A peer class: its name, and the module (or package) that defines it."""
+
+    module: str
+    name: str
+
+    def matches(self, cls: type) -> bool:
+        origin = cls.__module__
+        return cls.__name__ == self.name and (origin == self.module or origin.startswith(self.module + "."))
+
+
+_CONVERTERS: dict[PeerClass, Converter] = {}
+_REFUSALS: dict[PeerClass, str] = {}
+
+
+def register_converter(module: str, *names: str) -> Callable[[Converter], Converter]:
+    """Decorator: register a converter for the classes `names` defined in `module` or below it."""
+    if not names:
+        raise ValueError(f"register_converter({module!r}) names no class; pass the class names it converts")
+
+    def register(converter: Converter) -> Converter:
+        for name in names:
+            _CONVERTERS[PeerClass(module, name)] = converter
+        return converter
+
+    return register
+
+
+def register_refusal(module: str, *names: str, reason: str) -> None:
+    """Register peer classes that `convert` refuses with `reason` (completing "<module>.<class> ...")."""
+    for name in names:
+        _REFUSALS[PeerClass(module, name)] = reason
+
+
+def _known() -> str:
+    """The registered classes, grouped by module: 'dynamic_network_architectures PlainConvUNet/..., monai ...'."""
+    by_module: dict[str, list[str]] = {}
+    for peer in _CONVERTERS:
+        by_module.setdefault(peer.module, []).append(peer.name)
+    return ", ".join(f"{module} {'/'.join(names)}" for module, names in sorted(by_module.items())) or "nothing"
+
+
+def find_converter(module: nn.Module) -> Converter:
+    """The converter registered for the class of `module`; `UnsupportedModelError` naming the
+    registered classes (or the reason a known peer is refused) otherwise."""
+    cls = type(module)
+    where = f"{cls.__module__}.{cls.__name__}"
+    for peer, reason in _REFUSALS.items():
+        if peer.matches(cls):
+            raise UnsupportedModelError(f"{where} {reason}")
+    for peer, converter in _CONVERTERS.items():
+        if peer.matches(cls):
+            return converter
+    raise UnsupportedModelError(
+        f"convert() does not know {where}; it converts {_known()}. For another U-Net, build the "
+        "matching config and use copy_weights(source, target, example_input)"
+    )
