@@ -3,8 +3,10 @@
 One box per feature map: its height grows with the spatial size (log scale), its width with the
 channel count (log scale); the channels stand above the box, the spatial size at its lower left.
 The contracting path runs down the left, the expansive path up the right, and grey copy (and
-crop) arrows join them. Every number comes from `shapes.trace` and `shapes.skip_crops`; the
-legend lists only the operations the config uses, derived from its option types with `match`.
+crop) arrows join them. The diagram reads the network from `analysis.ops`: a box for every op
+that ends a `shapes.trace` row (`op.row`), placed by its `level` and `part`, drawn by its type,
+sized by `op_shapes`; the legend lists the options the ops came from (`op.source`), so only what
+the network computes.
 
 Pure standard library: the SVG is built with `xml.etree.ElementTree` (which escapes all text),
 uses generic font families only and references nothing outside itself.
@@ -16,8 +18,25 @@ import math
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 from .analysis import shapes
+from .analysis.ops import (
+    INPUT,
+    Act,
+    Conv,
+    Crop,
+    Drop,
+    Interpolate,
+    Mul,
+    NormOp,
+    Op,
+    Pool,
+    Shuffle,
+    Sum,
+    network_ops,
+    op_shapes,
+)
 from .config.diagnostics import short_repr
 from .config.io import ConfigSource, load_config
 from .config.options import (
@@ -29,7 +48,6 @@ from .config.options import (
     BatchNorm,
     Concat,
     ConvDown,
-    FirstConvDown,
     GroupNorm,
     InstanceNorm,
     LayerNorm,
@@ -37,9 +55,7 @@ from .config.options import (
     LinearUp,
     MaxPool,
     NearestUp,
-    NoNorm,
     PixelShuffleUp,
-    PlainBlock,
     PReLU,
     ReLU,
     ResidualBlock,
@@ -235,7 +251,92 @@ FILLS = {"input": WHITE, "map": SKY, "pool": SKY, "copy": WHITE, "up": SKY, "hea
 
 
 # ---------------------------------------------------------------------------------------------
-# the legend: what the config uses, one `match` per option type
+# the network, as `analysis.ops` describes it
+
+_OpT = TypeVar("_OpT", bound=Op)
+BLOCKS = ("encoder", "bottleneck", "decoder")  # the parts that are a level's block
+
+
+@dataclass(frozen=True)
+class _Net:
+    """The ops of the network and the output shape of each for one input, looked up by place."""
+
+    config: UNetConfig
+    input_shape: tuple[int, ...]
+    ops: tuple[Op, ...]
+    out_shapes: tuple[tuple[int, ...], ...]  # `op_shapes`: op i's output shape
+
+    def find(self, *parts: str, level: int | None = None, kind: type[_OpT] = Op) -> list[_OpT]:
+        """The ops of type `kind` in `parts` (at `level`), in the order the network runs them."""
+        return [
+            op for op in self.ops if op.part in parts and (level is None or op.level == level) and isinstance(op, kind)
+        ]
+
+    def rows(self, level: int, *parts: str) -> list[Op]:
+        """The ops at `level` in `parts` that end a `shapes.trace` row: one box each."""
+        return [op for op in self.find(*parts, level=level) if op.row is not None]
+
+    def shape(self, index: int) -> tuple[int, ...]:
+        """The spatial shape of op `index`'s output (`INPUT`: the network's input)."""
+        return self.input_shape if index == INPUT else self.out_shapes[index]
+
+    def block(self, level: int) -> str:
+        """The part of encoder `level` that is its block."""
+        return "bottleneck" if level == self.config.depth else "encoder"
+
+
+def _role(op: Op) -> str:
+    """How the map of a row op is drawn, from the op's type: 'pool' (down-sampled, by a pool or
+    a strided conv), 'up', 'head', 'aux' or 'map' (a conv of a block or the stem)."""
+    match op:
+        case Pool(part="down") | Conv(part="down"):
+            return "pool"
+        case Conv(part="head"):
+            return "head"
+        case Conv(part="aux"):
+            return "aux"
+        case Conv(transposed=True) | Interpolate() | Shuffle() | Pool(part="up"):
+            return "up"
+        case Conv():
+            return "map"
+    raise AssertionError(f"no box for {op!r}")
+
+
+@dataclass(frozen=True)
+class _Merge:
+    """How decoder level i merges its skip: the copy arrow's note (the crop offset per side, with
+    valid padding), an attention gate on the copy (`Mul`), a sum with the up-sampled map (`Sum`)."""
+
+    crop: str | None
+    gate: bool
+    add: bool
+
+
+def _merge(net: _Net, level: int) -> _Merge:
+    [crop] = net.find("merge", level=level, kind=Crop)
+    skip, up = (net.shape(k) for k in crop.inputs)
+    offset = tuple((s - u) // 2 for s, u in zip(skip, up, strict=True))
+    [merged] = net.rows(level, "merge")
+    return _Merge(
+        crop=_crop_text(offset) if net.config.padding == "valid" else None,
+        gate=bool(net.find("merge", level=level, kind=Mul)),
+        add=isinstance(merged, Sum),
+    )
+
+
+def _crop_text(offset: tuple[int, ...]) -> str:
+    return f"crop {offset[0]}" if len(set(offset)) == 1 else f"crop {_dims_text(offset)}"
+
+
+def _dropout_levels(config: UNetConfig) -> tuple[set[int], bool]:
+    """Encoder levels (depth = the bottleneck) whose block ends in dropout, and whether the
+    decoder's do: where the network has `Drop` ops."""
+    drops = [op for op in network_ops(config) if isinstance(op, Drop)]
+    return {op.level for op in drops if op.part != "decoder"}, any(op.part == "decoder" for op in drops)
+
+
+# ---------------------------------------------------------------------------------------------
+# the legend: the options the ops came from, one `match` per kind of option
 
 
 def _per_level(values: Sequence[tuple[int, ...]], what: str) -> tuple[str, bool]:
@@ -254,10 +355,8 @@ def _per_level(values: Sequence[tuple[int, ...]], what: str) -> tuple[str, bool]
     return ", ".join(parts), True
 
 
-def _norm_text(config: UNetConfig) -> str | None:
-    match config.norm:
-        case NoNorm():
-            return None
+def _norm_text(option: object) -> str:
+    match option:
         case BatchNorm():
             return "batch norm"
         case InstanceNorm():
@@ -270,8 +369,8 @@ def _norm_text(config: UNetConfig) -> str | None:
             raise TypeError(f"draw_unet has no legend entry for norm {type(other).__name__}; add one")
 
 
-def _activation_text(config: UNetConfig) -> str:
-    match config.activation:
+def _activation_text(option: object) -> str:
+    match option:
         case ReLU():
             return "ReLU"
         case LeakyReLU(negative_slope=s):
@@ -288,119 +387,155 @@ def _activation_text(config: UNetConfig) -> str:
             raise TypeError(f"draw_unet has no legend entry for activation {type(other).__name__}; add one")
 
 
-def _legend(config: UNetConfig, compacted: bool, dropout_blocks: bool) -> list[tuple[str, str]]:
-    """(glyph, text) pairs; glyph is an arrow kind, 'box:<role>', 'residual', 'dropout', 'gate' or 'plus'."""
-    lay = config.layout
-    kernel, _ = _per_level([s.kernel for s in lay.encoder], "level")
-    stride, varies = _per_level(lay.strides, "step")
-    # uniform strides: 'max pool 2x2'; per-step strides: written at each arrow
-    size = "" if varies else f" {stride}"
-    factor = " (factor at each arrow)" if varies else f" by {lay.strides[0][0]}"
-    each = ", stride at each arrow" if varies else ""
-    valid = config.padding == "valid"
-    conv = f"conv {kernel}" + (" (no padding)" if valid else " (zero padding)")
-    norm, act = _norm_text(config), _activation_text(config)
-    after = config.norm_position == "after_activation"
-    match config.block:
-        case PlainBlock(preactivation=False) | ResidualBlock(preactivation=False):
-            steps = [conv, act, norm] if after else [conv, norm, act]
-        case PlainBlock() | ResidualBlock():
-            steps = [act, norm, conv] if after else [norm, act, conv]
-        case other:
-            raise TypeError(f"draw_unet has no legend entry for block {type(other).__name__}; add one")
-    items = [("conv", ", ".join(s for s in steps if s))]
-    copy = "copy and crop" if valid else "copy"
-    match config.merge:
-        case Concat():
-            items.append(("copy", f"{copy}, concatenate (white box: the copy)"))
-        case Add():
-            items.append(("copy", f"{copy}, add to the up-sampled map"))
-            items.append(("plus", "sum of the copy (white) and the up-sampled map"))
-        case AttentionGate():
-            items.append(("copy", f"{copy}, concatenate (white box: the gated copy)"))
-            items.append(("gate", "attention gate on the copy, gated by the up-sampled map"))
-        case other:
-            raise TypeError(f"draw_unet has no legend entry for merge {type(other).__name__}; add one")
-    match config.down:
-        case MaxPool():
-            items.append(("down", f"max pool{size} (kernel = stride{each})"))
-        case AvgPool():
-            items.append(("down", f"average pool{size} (kernel = stride{each})"))
-        case ConvDown():
-            items.append(("down", f"strided conv{size} (kernel = stride{each})"))
-        case FirstConvDown():
-            items.append(("down", f"stride{size} in the first conv of the level below{each}"))
-        case other:
-            raise TypeError(f"draw_unet has no legend entry for down {type(other).__name__}; add one")
-    interp = {1: "linear", 2: "bilinear", 3: "trilinear"}[config.spatial_dims]
-    match config.up:
-        case TransposeUp(kernel_size=None, norm_act=norm_act):
-            then = f", {', '.join(s for s in (norm, act) if s)}" if norm_act else ""
-            items.append(("up", f"up-conv{size} (transposed conv, kernel = stride{each}){then}"))
-        case TransposeUp(kernel_size=k, norm_act=norm_act):
-            then = f", {', '.join(s for s in (norm, act) if s)}" if norm_act else ""
-            items.append(("up", f"up-conv{size} (transposed conv, kernel {k}{each}){then}"))
-        case NearestUp(conv=when) | LinearUp(conv=when):
-            name = "nearest" if isinstance(config.up, NearestUp) else interp
-            conv1 = "conv 1x1" if when == "always" else "conv 1x1 where the channels change"
-            items.append(("up", f"{name} up-sampling{factor}, {conv1}"))
-        case PixelShuffleUp(kernel_size=k, pad_pool=pad_pool):
-            then = ", zero pad + average pool (kernel = stride)" if pad_pool else ""
-            items.append(("up", f"sub-pixel conv (kernel {k}), pixel shuffle{factor}{then}"))
-        case other:
-            raise TypeError(f"draw_unet has no legend entry for up {type(other).__name__}; add one")
-    items.append(("head", "conv 1x1 (output)"))
-    if config.deep_supervision:
+def _legend(net: _Net, compacted: bool) -> list[tuple[str, str]]:
+    """(glyph, text) pairs; glyph is an arrow kind, 'box:<role>', 'residual', 'dropout', 'gate',
+    'plus' or 'note'. Only what the network computes: an entry per kind of op it runs."""
+    size, factor, each = _stride_words(net.config)
+    items = [
+        ("conv", _block_text(net)),
+        *_merge_items(net),
+        ("down", _down_text(net, size, each)),
+        ("up", _up_text(net, size, factor, each)),
+        ("head", "conv 1x1 (output)"),
+    ]
+    if net.find("aux"):
         items.append(("aux", "conv 1x1 auxiliary output (deep supervision, training only)"))
-    match config.block:
-        case ResidualBlock(preactivation=pre):
-            kind = "pre-activation residual" if pre else "residual"
-            items.append(("residual", f"{kind} block: input added to output (1x1 conv if channels change)"))
-        case PlainBlock():
-            pass
-    if dropout_blocks:
-        kind = "channel dropout" if config.dropout.spatial else "dropout"
-        items.append(("dropout", f"{kind} {config.dropout.rate:g} after the block (dashed box)"))
+    items += _residual_items(net) + _dropout_items(net)
     if compacted:
         items.append(("note", "xN: N convs in a row (the maps between are not drawn)"))
     items.append(("box:map", "feature map: channels above, size at the lower left"))
     return items
 
 
-def _dropout_levels(config: UNetConfig) -> tuple[set[int], bool]:
-    """Encoder levels (depth = the bottleneck) whose block ends in dropout, and whether the decoder's do."""
-    d = config.dropout
-    if d.rate == 0:
-        return set(), False
-    depth = config.depth
-    match d.placement:
-        case "contracting_end":
-            return {depth - 1, depth}, False
-        case "bottleneck":
-            return {depth}, False
-        case "encoder":
-            return set(range(depth + 1)), False
-        case "decoder":
-            return set(), True
-        case "all":
-            return set(range(depth + 1)), True
-    raise AssertionError(f"unhandled dropout placement {d.placement!r}")
+def _stride_words(config: UNetConfig) -> tuple[str, str, str]:
+    """The strides as the legend words them: uniform ones in its text (' 2x2', ' by 2', ''),
+    per-step or per-axis ones at each arrow instead."""
+    strides = config.layout.strides
+    text, varies = _per_level(strides, "step")
+    if varies:
+        return "", " (factor at each arrow)", ", stride at each arrow"
+    return f" {text}", f" by {strides[0][0]}", ""
+
+
+def _block_text(net: _Net) -> str:
+    """The block's conv (its kernel per level), norm and activation, in the order the first conv
+    of level 0 and the layers around it run."""
+    kernels = [net.find(net.block(i), level=i, kind=Conv)[0].kernel for i in range(net.config.depth + 1)]
+    padding = " (no padding)" if net.config.padding == "valid" else " (zero padding)"
+    conv = f"conv {_per_level(kernels, 'level')[0]}{padding}"
+    steps: list[str] = []
+    for op in net.find(net.block(0), level=0):
+        match op:
+            case Conv(row=str()) if conv in steps:
+                break  # the block's next conv
+            case Conv(row=str()):
+                text = conv
+            case NormOp() | Act():
+                text = _layer_text(op)
+            case _:
+                continue  # the residual shortcut and sum, dropout
+        if text not in steps:
+            steps.append(text)
+    return ", ".join(steps)
+
+
+def _layer_text(op: NormOp | Act) -> str:
+    return _norm_text(op.option) if isinstance(op, NormOp) else _activation_text(op.option)
+
+
+def _merge_items(net: _Net) -> list[tuple[str, str]]:
+    copy = "copy and crop" if net.config.padding == "valid" else "copy"
+    match net.rows(0, "merge")[0].source:
+        case Concat():
+            return [("copy", f"{copy}, concatenate (white box: the copy)")]
+        case Add():
+            return [
+                ("copy", f"{copy}, add to the up-sampled map"),
+                ("plus", "sum of the copy (white) and the up-sampled map"),
+            ]
+        case AttentionGate():
+            return [
+                ("copy", f"{copy}, concatenate (white box: the gated copy)"),
+                ("gate", "attention gate on the copy, gated by the up-sampled map"),
+            ]
+        case other:
+            raise TypeError(f"draw_unet has no legend entry for merge {type(other).__name__}; add one")
+
+
+def _down_text(net: _Net, size: str, each: str) -> str:
+    downs = net.find("down")
+    if not downs:  # `down: first_conv`: the first conv of each level below strides
+        return f"stride{size} in the first conv of the level below{each}"
+    match downs[0].source:
+        case MaxPool():
+            return f"max pool{size} (kernel = stride{each})"
+        case AvgPool():
+            return f"average pool{size} (kernel = stride{each})"
+        case ConvDown():
+            return f"strided conv{size} (kernel = stride{each})"
+        case other:
+            raise TypeError(f"draw_unet has no legend entry for down {type(other).__name__}; add one")
+
+
+def _up_text(net: _Net, size: str, factor: str, each: str) -> str:
+    then = "".join(f", {_layer_text(op)}" for op in net.find("up", level=0) if isinstance(op, (NormOp, Act)))
+    match net.rows(0, "up")[0].source:
+        case TransposeUp(kernel_size=k):
+            kernel = "kernel = stride" if k is None else f"kernel {k}"
+            return f"up-conv{size} (transposed conv, {kernel}{each}){then}"
+        case NearestUp(conv=when) | LinearUp(conv=when):
+            [interpolate] = net.find("up", level=0, kind=Interpolate)
+            conv1 = "conv 1x1" if when == "always" else "conv 1x1 where the channels change"
+            return f"{interpolate.mode} up-sampling{factor}, {conv1}"
+        case PixelShuffleUp(kernel_size=k, pad_pool=pad_pool):
+            pad = ", zero pad + average pool (kernel = stride)" if pad_pool else ""
+            return f"sub-pixel conv (kernel {k}), pixel shuffle{factor}{pad}"
+        case other:
+            raise TypeError(f"draw_unet has no legend entry for up {type(other).__name__}; add one")
+
+
+def _residual_items(net: _Net) -> list[tuple[str, str]]:
+    sums = net.find(*BLOCKS, kind=Sum)
+    if not sums:
+        return []
+    match sums[0].source:
+        case ResidualBlock(preactivation=pre):
+            kind = "pre-activation residual" if pre else "residual"
+            return [("residual", f"{kind} block: input added to output (1x1 conv if channels change)")]
+        case other:
+            raise TypeError(f"draw_unet has no legend entry for block {type(other).__name__}; add one")
+
+
+def _dropout_items(net: _Net) -> list[tuple[str, str]]:
+    drops = net.find(*BLOCKS, kind=Drop)
+    if not drops:
+        return []
+    kind = "channel dropout" if drops[0].spatial else "dropout"
+    return [("dropout", f"{kind} {drops[0].rate:g} after the block (dashed box)")]
 
 
 # ---------------------------------------------------------------------------------------------
 # layout
 
 
-def _conv_units(rows: dict[str, shapes.TraceRow], prefix: str, count: int, cap: int) -> list[_Unit]:
+def _unit(net: _Net, op: Op, arrow_note: str | None = None) -> _Unit:
+    """The box of a row op's map. Pooled maps carry no channel label (those of the map above)."""
+    role = _role(op)
+    label = None if role == "pool" else op.out_channels
+    box = _Box(_box_width(op.out_channels), 0, net.shape(op.index), label, role)
+    return _Unit([box], label, arrow_note=arrow_note)
+
+
+def _conv_units(net: _Net, convs: list[Op], cap: int) -> list[_Unit]:
     """The conv maps of a block; long blocks keep their first maps and their last."""
+    count = len(convs)
     keep = list(range(count))
     if count > cap:
         keep = [*range(cap - 1), count - 1]
     units = []
     for j in keep:
-        r = rows[f"{prefix}.conv{j + 1}"]
         note = f"x{count - cap + 1}" if count > cap and j == count - 1 else None
-        units.append(_Unit([_Box(_box_width(r.channels), 0, r.shape, r.channels, "map")], r.channels, arrow_note=note))
+        units.append(_unit(net, convs[j], note))
     return units
 
 
@@ -430,26 +565,22 @@ def draw_unet(config: ConfigSource, input_shape: Sequence[int] | int | None = No
     """The network as an SVG document in the style of the paper's Figure 1.
 
     `config` is anything `load_config` accepts (a `UNetConfig`, a mapping, a file, a preset name).
-    Sizes are those of `shapes.trace` at `input_shape` (one int is used for every axis); with
-    None, the smallest valid input (`shapes.min_input_shape`), as the caption says. An invalid
-    shape raises `InputShapeError` naming the nearest valid sizes."""
+    Sizes are those of `op_shapes` (the rows of `shapes.trace`) at `input_shape` (one int is used
+    for every axis); with None, the smallest valid input (`shapes.min_input_shape`), as the caption
+    says. An invalid shape raises `InputShapeError` naming the nearest valid sizes."""
     config = load_config(config)
-    if isinstance(config.down, FirstConvDown) and len(config.layout.encoder[-1].channels) < 2:
+    ops = network_ops(config)
+    bottleneck = [op for op in ops if op.part == "bottleneck" and op.row is not None]
+    if not any(op.part == "down" for op in ops) and len(bottleneck) < 2:
         raise ValueError(
             "draw_unet needs two or more conv maps in the bottleneck with down='first_conv' (the down "
             "arrow ends at the first, the up arrow leaves from the last, and no pooled map sits between); "
             "draw it with 2 convs in the bottleneck (convs_per_block or blocks_per_level)"
         )
-    if input_shape is None:
-        shape = shapes.min_input_shape(config)
-    elif isinstance(input_shape, int):
-        shape = (input_shape,) * config.spatial_dims
-    else:
-        shape = tuple(input_shape)
-    if not all(isinstance(s, int) and not isinstance(s, bool) for s in shape):
-        raise shapes.InputShapeError(f"input_shape={short_repr(input_shape)} must be whole numbers, e.g. (572, 572)")
+    shape = _input_shape(config, input_shape)
+    net = _Net(config, shape, ops, op_shapes(config, shape))
     for cap in CONVS_DRAWN:
-        root, width, height = _render(config, shape, input_shape is not None, cap)
+        root, width, height = _render(net, input_shape is not None, cap)
         if width <= MAX_WIDTH:
             break
     else:
@@ -459,69 +590,51 @@ def draw_unet(config: ConfigSource, input_shape: Sequence[int] | int | None = No
     return ET.tostring(root, encoding="unicode") + "\n"
 
 
-def _render(config: UNetConfig, shape: tuple[int, ...], given: bool, cap: int) -> tuple[ET.Element, float, float]:
-    """The diagram with at most `cap` conv maps per block, and its natural width and height."""
-    rows = {r.name: r for r in shapes.trace(config, shape)}
-    crops = shapes.skip_crops(config, shape)
-    lay, depth = config.layout, config.depth
-    enc_drop, dec_drop = _dropout_levels(config)
-    residual = isinstance(config.block, ResidualBlock)
-    enc, dec = _levels(config, rows, crops, cap)
-    every = [b for level in enc + dec for u in level for b in u.boxes]
-    centres, y = _rows(enc, dec, residual, top=MARGIN + 2 * TITLE_FONT + 14)
-    _columns(config, enc, dec, centres, crops)
+def _input_shape(config: UNetConfig, input_shape: Sequence[int] | int | None) -> tuple[int, ...]:
+    """`input_shape` as a valid shape (the smallest valid one for None), or `InputShapeError`."""
+    if input_shape is None:
+        return shapes.min_input_shape(config)
+    shape = (input_shape,) * config.spatial_dims if isinstance(input_shape, int) else tuple(input_shape)
+    if not all(isinstance(s, int) and not isinstance(s, bool) for s in shape):
+        raise shapes.InputShapeError(f"input_shape={short_repr(input_shape)} must be whole numbers, e.g. (572, 572)")
+    shapes.output_shape(config, shape)  # an invalid shape: the error names the nearest valid sizes
+    return shape
 
-    # -- draw ----------------------------------------------------------------------------------
-    root = ET.Element("svg", {"xmlns": "http://www.w3.org/2000/svg", "version": "1.1"})
-    scene = _Scene(root)
+
+def _render(net: _Net, given: bool, cap: int) -> tuple[ET.Element, float, float]:
+    """The diagram with at most `cap` conv maps per block, and its natural width and height."""
+    depth = net.config.depth
+    enc, dec = _levels(net, cap)
+    merges = [_merge(net, i) for i in range(depth)]
+    residual = bool(net.find(*BLOCKS, kind=Sum))  # room for the brackets over the blocks
+    centres, y = _rows(enc, dec, residual, top=MARGIN + 2 * TITLE_FONT + 14)
+    _columns(enc, dec, centres, merges)
     body = ET.Element("g", {"font-family": FONT, "fill": BLACK})
-    scene.root = body
+    scene = _Scene(body)
     for i in range(depth + 1):
-        _draw_row(scene, enc[i], centres[i], residual)
+        _draw_row(scene, enc[i], centres[i], bool(net.find(net.block(i), level=i, kind=Sum)))
         if i < depth:
-            _draw_row(scene, dec[i], centres[i], residual)
-    strides = lay.strides
+            _draw_row(scene, dec[i], centres[i], bool(net.find("decoder", level=i, kind=Sum)))
+    strides = net.config.layout.strides
     varies = _per_level(strides, "step")[1]
     for i in range(depth):
-        a, b = enc[i][-1].boxes[0], enc[i + 1][0].boxes[0]
-        scene.arrow([(a.cx, a.bottom), (b.cx, b.top)], "down")
-        src = enc[depth][-1].boxes[0] if i == depth - 1 else _last_conv(dec[i + 1], i + 1, config)
-        dst = dec[i][0].boxes[1]
-        scene.arrow([(src.cx, src.top), (dst.cx, dst.bottom)], "up")
-        if varies:
-            note = _dims_text(strides[i])
-            mid_d = (a.bottom + b.top) / 2 + NOTE_FONT / 2 - 1
-            mid_u = (src.top + dst.bottom) / 2 + NOTE_FONT / 2 - 1
-            # the down note right of its arrow, the up note left of its; outwards where they would meet
-            inward = a.cx < src.cx and src.cx - a.cx < 2 * text_width(note, NOTE_FONT) + 14
-            side = -1 if inward else 1
-            scene.text(
-                a.cx + 5 * side, mid_d, note, NOTE_FONT, anchor="end" if inward else "start", **{"class": "stride"}
-            )
-            scene.text(
-                src.cx - 5 * side, mid_u, note, NOTE_FONT, anchor="start" if inward else "end", **{"class": "stride"}
-            )
-        # the copy (and crop) arrow
-        s, c = enc[i][-1].boxes[0], dec[i][0].boxes[0]
-        scene.arrow([(s.right, centres[i]), (c.left, centres[i])], "copy")
-        if config.padding == "valid":
-            scene.text(
-                (s.right + c.left) / 2, centres[i] - 5, _crop_text(crops[i]), NOTE_FONT, anchor="middle", fill=GREY
-            )
-        if isinstance(config.merge, AttentionGate):
-            _gate(body, c.left - 18, centres[i])
-        if isinstance(config.merge, Add):
-            _plus(body, (c.right + dec[i][0].boxes[1].left) / 2, centres[i])
+        _draw_links(scene, enc, dec, i, centres[i], merges[i], _dims_text(strides[i]) if varies else None)
+    return _canvas(net, body, enc, dec, given, y)
 
-    # -- caption, legend and canvas ----------------------------------------------------------------
+
+def _canvas(
+    net: _Net, body: ET.Element, enc: list[list[_Unit]], dec: list[list[_Unit]], given: bool, y: float
+) -> tuple[ET.Element, float, float]:
+    """The drawn network under its caption, above its legend, on a white canvas that holds all."""
+    config, shape, scene = net.config, net.input_shape, _Scene(body)
     drawn_right = max(
         max(u.label_span()[1] for level in enc + dec for u in level),
-        max(b.right for b in every),
+        max(b.right for level in enc + dec for u in level for b in u.boxes),
     )
-    dims = config.spatial_dims
+    [head] = net.rows(0, "head")
     caption = (
-        f"U-Net, {dims}D, depth {depth}: input {config.in_channels}x{_dims_text(shape)}"
-        f" → output {config.out_channels}x{_dims_text(rows['head'].shape)}"
+        f"U-Net, {config.spatial_dims}D, depth {config.depth}: input {config.in_channels}x{_dims_text(shape)}"
+        f" → output {config.out_channels}x{_dims_text(net.shape(head.index))}"
     )
     scene.text(MARGIN, MARGIN + TITLE_FONT, caption, TITLE_FONT, **{"font-weight": "bold"})
     note = (
@@ -530,17 +643,16 @@ def _render(config: UNetConfig, shape: tuple[int, ...], given: bool, cap: int) -
         else f"sizes for the smallest valid input, {_dims_text(shape)} (pass another input size to redraw)"
     )
     scene.text(MARGIN, MARGIN + 2 * TITLE_FONT + 4, note, NOTE_FONT + 1, fill="#444444")
-    compacted = any(u.arrow_note for level in enc + dec for u in level)
-    items = _legend(config, compacted, bool(enc_drop) or dec_drop)
+    items = _legend(net, compacted=any(u.arrow_note for level in enc + dec for u in level))
     width = max(
         drawn_right + MARGIN,
         MARGIN + text_width(caption, TITLE_FONT) + MARGIN,
         MARGIN + text_width(note, NOTE_FONT + 1) + MARGIN,
     )
-    legend_top = y - VGAP + 22
     legend = _Scene(ET.SubElement(body, "g", {"class": "legend"}))
-    height = _draw_legend(legend, items, MARGIN, legend_top, width) + MARGIN
+    height = _draw_legend(legend, items, MARGIN, y - VGAP + 22, width) + MARGIN
     width = max(width, _legend_width(items) + 2 * MARGIN)
+    root = ET.Element("svg", {"xmlns": "http://www.w3.org/2000/svg", "version": "1.1"})
     root.set("width", _fmt(width))
     root.set("height", _fmt(height))
     root.set("viewBox", f"0 0 {_fmt(width)} {_fmt(height)}")
@@ -551,49 +663,41 @@ def _render(config: UNetConfig, shape: tuple[int, ...], given: bool, cap: int) -
     return root, width, height
 
 
-def _levels(
-    config: UNetConfig, rows: dict[str, shapes.TraceRow], crops: list[shapes.SkipCrop], cap: int
-) -> tuple[list[list[_Unit]], list[list[_Unit]]]:
+def _levels(net: _Net, cap: int) -> tuple[list[list[_Unit]], list[list[_Unit]]]:
     """The boxes of every level, encoder (depth + 1 levels, the bottleneck last) and decoder."""
-    lay, depth = config.layout, config.depth
+    depth, config = net.config.depth, net.config
     enc_drop, dec_drop = _dropout_levels(config)
     enc: list[list[_Unit]] = []
-    dec: list[list[_Unit]] = []
     for i in range(depth + 1):
         firsts = []
         if i == 0:
-            r = rows["input"]
-            firsts.append(_Unit([_Box(_box_width(r.channels), 0, r.shape, r.channels, "input")], r.channels))
-            if "stem" in rows:  # `stem: true`: one conv before level 0's block
-                r = rows["stem"]
-                firsts.append(_Unit([_Box(_box_width(r.channels), 0, r.shape, r.channels, "map")], r.channels))
-        elif f"down{i - 1}" in rows:  # the pooled map: the channels of the map above, so no label
-            r = rows[f"down{i - 1}"]
-            firsts.append(_Unit([_Box(_box_width(r.channels), 0, r.shape, None, "pool")], None))
-        prefix = "bottleneck" if i == depth else f"enc{i}"
-        convs = _conv_units(rows, prefix, len(lay.encoder[i].channels), cap)
+            c = config.in_channels
+            firsts.append(_Unit([_Box(_box_width(c), 0, net.input_shape, c, "input")], c))
+        firsts += [_unit(net, op) for op in net.rows(i, "stem", "down")]  # `stem: true`; the pooled map
+        convs = _conv_units(net, net.rows(i, net.block(i)), cap)
         if not firsts:  # `down: first_conv`: the down arrow ends at the first (strided) conv map
             convs[0].boxes[0].label_right = True  # its label moves right of the arrow
         convs[-1].boxes[0].dashed = i in enc_drop
         enc.append([*firsts, *convs])
-    for i in range(depth):
-        up = rows[f"up{i}"]
-        copy = _Box(_box_width(lay.encoder[i].out_channels), 0, crops[i].up_shape, None, "copy")
-        upbox = _Box(_box_width(up.channels), 0, up.shape, None, "up", size_label=False)
-        gap = 14.0 if isinstance(config.merge, Add) else 0.0  # room for the circled plus
-        units = [_Unit([copy, upbox], rows[f"merge{i}"].channels, inner_gap=gap)]
-        units += _conv_units(rows, f"dec{i}", len(lay.decoder[i].channels), cap)
-        units[-1].boxes[0].dashed = dec_drop
-        heads = [(f"aux{i}", "aux")] + ([("head", "head")] if i == 0 else [])
-        for name, role in heads:
-            if name in rows:  # aux{i}: deep supervision at level i
-                r = rows[name]
-                units.append(_Unit([_Box(_box_width(r.channels), 0, r.shape, r.channels, role)], r.channels))
-        dec.append(units)
+    dec = [_decoder_level(net, i, cap, dec_drop) for i in range(depth)]
     # the maps the up-sampling arrows leave from: their labels move right of the arrow
-    for b in [enc[depth][-1].boxes[0]] + [_last_conv(dec[i], i, config) for i in range(1, depth)]:
+    for b in [enc[depth][-1].boxes[0]] + [_last_conv(dec[i]) for i in range(1, depth)]:
         b.label_right = True
     return enc, dec
+
+
+def _decoder_level(net: _Net, i: int, cap: int, dropout: bool) -> list[_Unit]:
+    """The pair of the (cropped) copy and the up-sampled map, the block's convs, the heads."""
+    [up], [merged] = net.rows(i, "up"), net.rows(i, "merge")
+    [crop] = net.find("merge", level=i, kind=Crop)
+    copy = _Box(_box_width(crop.out_channels), 0, net.shape(crop.index), None, "copy")
+    upbox = _Box(_box_width(up.out_channels), 0, net.shape(up.index), None, _role(up), size_label=False)
+    gap = 14.0 if isinstance(merged, Sum) else 0.0  # room for the circled plus
+    units = [_Unit([copy, upbox], merged.out_channels, inner_gap=gap)]
+    units += _conv_units(net, net.rows(i, "decoder"), cap)
+    units[-1].boxes[0].dashed = dropout
+    units += [_unit(net, op) for op in net.rows(i, "aux", "head")]  # deep supervision at level i; the output
+    return units
 
 
 def _rows(enc: list[list[_Unit]], dec: list[list[_Unit]], residual: bool, top: float) -> tuple[list[float], float]:
@@ -614,24 +718,18 @@ def _rows(enc: list[list[_Unit]], dec: list[list[_Unit]], residual: bool, top: f
     return centres, y
 
 
-def _columns(
-    config: UNetConfig,
-    enc: list[list[_Unit]],
-    dec: list[list[_Unit]],
-    centres: list[float],
-    crops: list[shapes.SkipCrop],
-) -> None:
+def _columns(enc: list[list[_Unit]], dec: list[list[_Unit]], centres: list[float], merges: list[_Merge]) -> None:
     """Each encoder level starts under the last map of the level above; each decoder level above
     the map its up-sampling arrow leaves from; the copy arrows get room for their labels."""
-    depth = config.depth
+    depth = len(dec)
     _place_row(enc[0], MARGIN + 14, centres[0])
     for i in range(1, depth + 1):
         _place_row(enc[i], enc[i - 1][-1].boxes[0].cx - enc[i][0].width / 2, centres[i])
     _place_decoder(dec, enc, centres, depth)
     need = 0.0
-    for i in range(depth):
-        want = 36.0 + (text_width(_crop_text(crops[i]), NOTE_FONT) if config.padding == "valid" else 0.0)
-        want += 28.0 if isinstance(config.merge, AttentionGate) else 0.0
+    for i, merge in enumerate(merges):
+        want = 36.0 + (text_width(merge.crop, NOTE_FONT) if merge.crop is not None else 0.0)
+        want += 28.0 if merge.gate else 0.0
         need = max(need, want - (dec[i][0].left - enc[i][-1].right))
     if need > 0:  # widen the bottleneck's last step: the whole decoder moves right
         last = enc[depth][-1]
@@ -639,15 +737,13 @@ def _columns(
         _place_decoder(dec, enc, centres, depth)
 
 
-def _last_conv(units: list[_Unit], level: int, config: UNetConfig) -> _Box:
-    """The decoder level's last conv map (before its auxiliary and output heads)."""
-    extra = (level in config.deep_supervision) + (level == 0)
-    return units[-1 - extra].boxes[0]
+def _last_map(units: list[_Unit]) -> int:
+    """The index of a row's last conv map (before the auxiliary and output heads)."""
+    return max(k for k, u in enumerate(units) if u.boxes[0].role == "map")
 
 
-def _crop_text(crop: shapes.SkipCrop) -> str:
-    off = crop.offset
-    return f"crop {off[0]}" if len(set(off)) == 1 else f"crop {_dims_text(off)}"
+def _last_conv(units: list[_Unit]) -> _Box:
+    return units[_last_map(units)].boxes[0]
 
 
 def _place_decoder(dec: list[list[_Unit]], enc: list[list[_Unit]], centres: list[float], depth: int) -> None:
@@ -655,17 +751,9 @@ def _place_decoder(dec: list[list[_Unit]], enc: list[list[_Unit]], centres: list
     for i in reversed(range(depth)):
         pair = dec[i][0]
         up = pair.boxes[1]
-        if i == depth - 1:
-            src = enc[depth][-1].boxes[0]
-        else:
-            below = dec[i + 1]
-            src = below[_index_of_last_conv(below)].boxes[0]
+        src = enc[depth][-1].boxes[0] if i == depth - 1 else _last_conv(dec[i + 1])
         left = src.cx - up.w / 2 - pair.inner_gap - pair.boxes[0].w
         _place_row(dec[i], left, centres[i])
-
-
-def _index_of_last_conv(units: list[_Unit]) -> int:
-    return max(k for k, u in enumerate(units) if u.boxes[0].role == "map")
 
 
 def _draw_row(scene: _Scene, units: list[_Unit], cy: float, residual: bool) -> None:
@@ -696,11 +784,42 @@ def _draw_row(scene: _Scene, units: list[_Unit], cy: float, residual: bool) -> N
                 scene.text((prev.right + b.left) / 2 - 2, cy - 5, u.arrow_note, NOTE_FONT, anchor="middle", fill=BLUE)
     if residual:
         # the block: from its input map (the first unit) to its last conv map
-        last = max(k for k, u in enumerate(units) if u.boxes[0].role == "map")
         row_top = min(b.top for u in units for b in u.boxes) - LABEL_H - 1
-        x0, x1 = units[0].right - 1, units[last].boxes[0].left + 1
+        x0, x1 = units[0].right - 1, units[_last_map(units)].boxes[0].left + 1
         y0 = row_top - BRACKET_H + 2
         _bracket(scene.root, x0, x1, y0, row_top)
+
+
+def _draw_links(
+    scene: _Scene, enc: list[list[_Unit]], dec: list[list[_Unit]], i: int, cy: float, merge: _Merge, note: str | None
+) -> None:
+    """Level i's down- and up-sampling arrows (`note`: their stride, where strides vary) and its
+    copy arrow with the merge's marks."""
+    depth = len(dec)
+    a, b = enc[i][-1].boxes[0], enc[i + 1][0].boxes[0]
+    scene.arrow([(a.cx, a.bottom), (b.cx, b.top)], "down")
+    src = enc[depth][-1].boxes[0] if i == depth - 1 else _last_conv(dec[i + 1])
+    dst = dec[i][0].boxes[1]
+    scene.arrow([(src.cx, src.top), (dst.cx, dst.bottom)], "up")
+    if note is not None:
+        mid_d = (a.bottom + b.top) / 2 + NOTE_FONT / 2 - 1
+        mid_u = (src.top + dst.bottom) / 2 + NOTE_FONT / 2 - 1
+        # the down note right of its arrow, the up note left of its; outwards where they would meet
+        inward = a.cx < src.cx and src.cx - a.cx < 2 * text_width(note, NOTE_FONT) + 14
+        side = -1 if inward else 1
+        scene.text(a.cx + 5 * side, mid_d, note, NOTE_FONT, anchor="end" if inward else "start", **{"class": "stride"})
+        scene.text(
+            src.cx - 5 * side, mid_u, note, NOTE_FONT, anchor="start" if inward else "end", **{"class": "stride"}
+        )
+    # the copy (and crop) arrow
+    s, c = enc[i][-1].boxes[0], dec[i][0].boxes[0]
+    scene.arrow([(s.right, cy), (c.left, cy)], "copy")
+    if merge.crop is not None:
+        scene.text((s.right + c.left) / 2, cy - 5, merge.crop, NOTE_FONT, anchor="middle", fill=GREY)
+    if merge.gate:
+        _gate(scene.root, c.left - 18, cy)
+    if merge.add:
+        _plus(scene.root, (c.right + dec[i][0].boxes[1].left) / 2, cy)
 
 
 def _bracket(parent: ET.Element, x0: float, x1: float, top: float, base: float) -> None:
