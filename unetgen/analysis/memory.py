@@ -17,8 +17,8 @@ pass, op by op, from the network's ops (`unetgen.analysis.ops`: no model, no mem
   its activation, the sigmoid's output, and the product's two factors;
 - the loss: cross-entropy keeps its log-softmax and the int64 target.
 
-Blocks run unit by unit (`blocks_per_level`), norm and activation in the config's order
-(`norm_position`), and a transposed conv with `norm_act` is followed by both.
+The ops come in the order `UNet.forward` runs them (blocks unit by unit, norm and activation in
+the config's order, dropout where the layout puts it), each with its shape from `op_shapes`.
 
 A tensor kept by several layers (the output of an in-place ReLU is also the next conv's input;
 a skip is kept by the pooling and, cropped, by the decoder) is counted once.
@@ -30,6 +30,8 @@ time, so the largest segment's own saved tensors come on top.
 `estimate_training_memory` adds the parameter gradients, the optimizer state and the largest
 transient of the backward pass, and `plan_training` searches the valid patch sizes for the
 largest that fits. Measured against real training steps: benchmarks/training_memory.py.
+
+`estimate_tile_memory` is the inference counterpart, per batch of tiles (`unetgen.predict.tiling`).
 """
 
 from __future__ import annotations
@@ -116,8 +118,9 @@ def _layer(op: Op) -> str:
 
 def _im2col_taps(op: Conv) -> int:
     """Kernel taps per output position of the im2col buffer of a 3D conv with one input channel
-    (`BLOCK`): the block and stem convs count their kernel volume, the down-sampling conv and the
-    transposed up-sampling conv one tap, the up-sampling's conv on the coarse map none."""
+    (`BLOCK`). Measured for the block and stem convs: their kernel volume. The down-sampling conv
+    and the transposed up-sampling conv count one tap, the up-sampling's conv on the coarse map
+    none, as the estimate has always counted them (unmeasured)."""
     if op.part == "up" and not op.transposed:
         return 0
     if op.part in ("down", "up"):
