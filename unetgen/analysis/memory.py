@@ -1,7 +1,7 @@
 """Memory of one training step, from the config alone, and the largest patch that fits a budget.
 
 `saved_activations` lists the tensors autograd keeps from the forward pass for the backward
-pass, layer by layer, from the architecture and `shapes.trace` (no model, no memory):
+pass, op by op, from the network's ops (`unetgen.analysis.ops`: no model, no memory):
 
 - a convolution (and a transposed one, a strided one, the stem) keeps its input; a max pool its
   input and its int64 indices; an average pool (also the `resnet_d` shortcut's) its input;
@@ -17,8 +17,8 @@ pass, layer by layer, from the architecture and `shapes.trace` (no model, no mem
   its activation, the sigmoid's output, and the product's two factors;
 - the loss: cross-entropy keeps its log-softmax and the int64 target.
 
-Blocks run unit by unit (`blocks_per_level`), norm and activation in the config's order
-(`norm_position`), and a transposed conv with `norm_act` is followed by both.
+The ops come in the order `UNet.forward` runs them (blocks unit by unit, norm and activation in
+the config's order, dropout where the layout puts it), each with its shape from `op_shapes`.
 
 A tensor kept by several layers (the output of an in-place ReLU is also the next conv's input;
 a skip is kept by the pooling and, cropped, by the decoder) is counted once.
@@ -30,53 +30,51 @@ time, so the largest segment's own saved tensors come on top.
 `estimate_training_memory` adds the parameter gradients, the optimizer state and the largest
 transient of the backward pass, and `plan_training` searches the valid patch sizes for the
 largest that fits. Measured against real training steps: benchmarks/training_memory.py.
+
+`estimate_tile_memory` is the inference counterpart, per batch of tiles (`unetgen.predict.tiling`).
 """
 
 from __future__ import annotations
 
+import itertools
 import math
+import operator
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
 
-from ..config.options import (
-    ELU,
-    GELU,
-    Activation,
-    Add,
-    AttentionGate,
-    AvgPool,
-    BatchNorm,
-    Block,
-    Concat,
-    ConvDown,
-    FirstConvDown,
-    GroupNorm,
-    InstanceNorm,
-    LayerNorm,
-    LeakyReLU,
-    LinearUp,
-    MaxPool,
-    NearestUp,
-    NoNorm,
-    PixelShuffleUp,
-    PReLU,
-    ReLU,
-    ResidualBlock,
-    SiLU,
-    TransposeUp,
-)
-from ..config.unet_config import Stage, UNetConfig
+from ..config.options import ELU, GELU, InstanceNorm, LeakyReLU, PReLU, ReLU, SiLU
+from ..config.unet_config import UNetConfig
 from . import costs, shapes
+from .ops import (
+    INPUT,
+    Act,
+    Cat,
+    Conv,
+    Crop,
+    Drop,
+    Interpolate,
+    Mul,
+    NormOp,
+    Op,
+    Pad,
+    Pool,
+    Shuffle,
+    Sigmoid,
+    Sum,
+    network_ops,
+    op_shapes,
+)
 
 __all__ = [
     "OPTIMIZER_STATE",
     "SavedTensor",
     "TrainingMemory",
     "TrainingPlan",
+    "estimate_tile_memory",
     "estimate_training_memory",
     "parse_bytes",
     "plan_training",
@@ -112,23 +110,61 @@ class SavedTensor:
         return self.numel * self.itemsize
 
 
-class _Walk:
-    """Replays the forward pass of `UNet` on tensor sizes: `new` allocates, `save` records."""
+def _layer(op: Op) -> str:
+    """The name a saved tensor is filed under: the `shapes.trace` row the op ends (``enc0.conv1``,
+    ``down0``, ``up1``, ``aux1``, ``head``), else its module, else its place (``decoder.0.merge.mul``)."""
+    return op.row or op.module or f"{op.segment}.{op.part}.{type(op).__name__.lower()}"
 
-    def __init__(self, config: UNetConfig, input_shape: Sequence[int], batch: int, itemsize: int) -> None:
-        self.config, self.batch, self.itemsize = config, batch, itemsize
-        self.rows = {r.name: r for r in shapes.trace(config, tuple(input_shape))}
-        self.saved: list[SavedTensor] = []
-        self.sizes: dict[int, int] = {}  # key -> numel
-        self.channels: dict[int, int] = {}  # key -> channels
-        self.segment = self.opened = 0  # the current checkpoint segment, how many have begun
-        self.segments: list[int] = []  # segment of each saved tensor (0: outside any)
-        self.time = 0  # forward order of tensors and saves
-        self.born: dict[int, int] = {}  # key -> time created
-        self.saved_at: list[int] = []  # time of each save
-        self.convs: list[tuple[int, int, int, int]] = []  # (time, segment, input + output, their copies)
-        self.skips: list[tuple[int, int, int]] = []  # (numel, time created, time merged)
-        self.constant: set[int] = set()  # tensors that do not require grad (the input)
+
+def _im2col_taps(op: Conv) -> int:
+    """Kernel taps per output position of the im2col buffer of a 3D conv with one input channel
+    (`BLOCK`). Measured for the block and stem convs: their kernel volume. The down-sampling conv
+    and the transposed up-sampling conv count one tap, the up-sampling's conv on the coarse map
+    none, as the estimate has always counted them (unmeasured)."""
+    if op.part == "up" and not op.transposed:
+        return 0
+    if op.part in ("down", "up"):
+        return 1
+    return math.prod(op.kernel)
+
+
+def _segment_inputs(ops: Sequence[Op]) -> dict[str | None, list[int]]:
+    """Per checkpoint segment, the producers outside it that its ops read, in the order first read."""
+    where = {op.index: op.segment for op in ops}
+    inputs: dict[str | None, list[int]] = {}
+    for op in ops:
+        outside = inputs.setdefault(op.segment, [])
+        for i in op.inputs:
+            if (i == INPUT or where[i] != op.segment) and i not in outside:
+                outside.append(i)
+    return inputs
+
+
+@dataclass
+class _Walk:
+    """Replays the forward pass of `UNet` on tensor sizes, op by op (`run`): `new` allocates a
+    tensor (a `key`), `save` records what autograd keeps."""
+
+    config: UNetConfig
+    batch: int
+    itemsize: int
+    saved: list[SavedTensor] = field(default_factory=list)
+    sizes: dict[int, int] = field(default_factory=dict)  # key -> numel
+    channels: dict[int, int] = field(default_factory=dict)  # key -> channels
+    segment: int = 0  # the current checkpoint segment (0: outside any)
+    opened: int = 0  # how many segments have begun
+    segments: list[int] = field(default_factory=list)  # segment of each saved tensor
+    time: int = 0  # forward order of tensors and saves
+    born: dict[int, int] = field(default_factory=dict)  # key -> time created
+    saved_at: list[int] = field(default_factory=list)  # time of each save
+    convs: list[tuple[int, int, int, int]] = field(default_factory=list)  # (time, segment, input + output, copies)
+    skips: list[tuple[int, int, int]] = field(default_factory=list)  # (numel, time created, time merged)
+    constant: set[int] = field(default_factory=set)  # tensors that do not require grad (the input)
+    keys: dict[int, int] = field(default_factory=dict)  # op index (INPUT: the input) -> key of its output
+    held: list[int] = field(default_factory=list)  # segment boundaries: the input, each segment's output
+    outputs: list[tuple[str, int]] = field(default_factory=list)  # (layer, key) of every head
+
+    # -- tensors ---------------------------------------------------------------------------
 
     def new(self, channels: int, shape: Sequence[int]) -> int:
         key = len(self.sizes)
@@ -137,15 +173,6 @@ class _Walk:
         self.time += 1
         self.born[key] = self.time
         return key
-
-    def checkpoint(self, name: str, *inputs: int) -> None:
-        """A new segment (one level of the network); with checkpointing, autograd keeps its inputs."""
-        if self.config.checkpointing:
-            self.segment = 0
-            for x in inputs:
-                self.save(f"{name}.checkpoint", x)
-        self.opened += 1
-        self.segment = self.opened
 
     def like(self, x: int) -> int:
         """A new tensor of the size of `x`."""
@@ -160,150 +187,162 @@ class _Walk:
         self.saved_at.append(self.time)
 
     def side(self, layer: str, numel: int, itemsize: int | None = None) -> None:
-        """A small tensor of its own (statistics, masks) saved by `layer`."""
+        """A small tensor of its own (statistics, masks, indices) saved by `layer`."""
         key = len(self.sizes)
         self.sizes[key] = numel
         self.born[key] = self.time
         self.save(layer, key, numel, itemsize)
 
-    def conv(self, layer: str, x: int, channels: int, shape: Sequence[int], kernel: Sequence[int] = ()) -> int:
-        self.save(layer, x)
-        y = self.new(channels, shape)
+    def checkpoint(self, name: str, inputs: Sequence[int]) -> None:
+        """A new segment (one level of the network); with checkpointing, autograd keeps its inputs."""
+        if self.config.checkpointing:
+            self.segment = 0
+            for x in inputs:
+                self.save(f"{name}.checkpoint", x)
+        self.opened += 1
+        self.segment = self.opened
+
+    # -- layers: what each op allocates and keeps ---------------------------------------------
+
+    def conv(self, op: Conv, x: int, shape: Sequence[int]) -> int:
+        """A convolution keeps its input; on CPU it also holds blocked copies of input and output."""
+        self.save(_layer(op), x)
+        y = self.new(op.out_channels, shape)
         copies = sum(self.sizes[k] // self.channels[k] * -(-self.channels[k] // BLOCK) * BLOCK for k in (x, y))
         if len(shape) == 3 and self.channels[x] == 1:  # oneDNN: im2col + GEMM, a column per kernel tap
-            copies += self.batch * math.prod(kernel) * math.prod(shape)
+            copies += self.batch * _im2col_taps(op) * math.prod(shape)
         self.convs.append((self.time, self.segment, self.sizes[x] + self.sizes[y], copies))
         return y
 
-    def norm(self, layer: str, x: int, channels: int) -> int:
-        c, n = self.config.norm, self.batch
-        if isinstance(c, NoNorm):
-            return x
-        if x in self.constant and isinstance(c, InstanceNorm) and not c.affine:  # nothing requires grad
+    def norm(self, op: NormOp, x: int) -> int:
+        """A norm keeps its input and its statistics, unless nothing requires grad."""
+        if x in self.constant and not op.affine:
             y = self.like(x)
             self.constant.add(y)
             return y
-        match c:
-            case BatchNorm():
-                self.save(layer, x)
-                self.side(layer, channels)
-                self.side(layer, channels)
-            case InstanceNorm(affine=affine):
-                self.save(layer, x)
-                for _ in range(3 if affine else 2):  # (weight repeated per sample), mean, 1/std
-                    self.side(layer, n * channels)
-            case GroupNorm() | LayerNorm():
-                groups = c.num_groups if isinstance(c, GroupNorm) else 1
-                self.save(layer, x)
-                self.side(layer, n * groups)
-                self.side(layer, n * groups)
-            case _:
-                raise AssertionError(f"unhandled norm {c!r}")
-        return self.like(x)  # same size as x
+        layer, c = _layer(op), op.out_channels
+        self.save(layer, x)
+        if op.groups == 0:  # batch norm: per-channel mean and 1/std
+            self.side(layer, c)
+            self.side(layer, c)
+        else:  # per sample and group: mean, 1/std (instance norm with affine: the weight repeated per sample)
+            count = 3 if isinstance(op.option, InstanceNorm) and op.affine else 2
+            for _ in range(count):
+                self.side(layer, self.batch * op.groups)
+        return self.like(x)
 
-    def act(self, layer: str, x: int, *, inplace: bool = True) -> int:
-        """The activation as `layers.activation` builds it (in place where torch supports it)."""
-        option: Activation = self.config.activation
+    def act(self, op: Act, x: int) -> int:
+        """What the activation keeps depends on its kind and on `op.inplace` (torch's own rules)."""
+        layer, option, inplace = _layer(op), op.option, op.inplace
         fresh = self.like(x)
         if isinstance(option, PReLU):  # never in place; its weight requires grad, so it keeps its input
             self.save(layer, x)
             return fresh
+        y = x if inplace else fresh
         if x in self.constant:  # no autograd node, nothing saved
-            y = x if inplace and not isinstance(option, GELU) else fresh
             self.constant.add(y)
             return y
         match option:
             case ReLU():
-                y = x if inplace else fresh
                 self.save(layer, y)
             case LeakyReLU() | ELU():
-                y = x if inplace else fresh
                 self.save(layer, y if inplace else x)
             case GELU():
-                y = fresh
                 self.save(layer, x)
             case SiLU():
-                y = x if inplace else fresh
                 self.save(layer, self.like(x) if inplace else x)  # in place: a copy
             case _:
                 raise AssertionError(f"unhandled activation {option!r}")
         return y
 
-    def dropout(self, layer: str, x: int, channels: int, drop: bool) -> int:
-        if not drop:
-            return x
-        spatial = self.config.dropout.spatial
-        self.side(layer, self.batch * channels if spatial else self.sizes[x])
+    def pool(self, op: Pool, x: int, shape: Sequence[int]) -> int:
+        """Pooling keeps its input (max pooling also its int64 indices), unless nothing requires grad."""
+        if x in self.constant:
+            y = self.new(op.out_channels, shape)
+            self.constant.add(y)
+            return y
+        layer = _layer(op)
+        self.save(layer, x)
+        if op.mode == "max":
+            self.side(layer, self.batch * op.out_channels * math.prod(shape), 8)
+        return self.new(op.out_channels, shape)
+
+    def dropout(self, op: Drop, x: int) -> int:
+        """Dropout keeps its random mask: one value per channel (`spatial`) or per element."""
+        self.side(_layer(op), self.batch * op.out_channels if op.spatial else self.sizes[x])
         return self.like(x)
 
+    def merge_crop(self, x: int) -> None:
+        """The skip `x` is merged: its gradient waits from here back to its birth."""
+        self.time += 1
+        self.skips.append((self.sizes[x], self.born[x], self.time))
 
-def _coarse(w: _Walk, x: int) -> tuple[int, ...]:
-    """The spatial size of `x` as one flat axis (enough for counting elements)."""
-    return (w.sizes[x] // (w.batch * w.channels[x]),)
+    def step(self, op: Op, shape: Sequence[int]) -> int:
+        """Run `op` on the keys of its inputs; the key of its output."""
+        x = self.keys[op.inputs[0]]
+        match op:
+            case Conv():
+                return self.conv(op, x, shape)
+            case NormOp():
+                return self.norm(op, x)
+            case Act():
+                return self.act(op, x)
+            case Drop():
+                return self.dropout(op, x)
+            case Pool():
+                return self.pool(op, x, shape)
+            case Interpolate() | Shuffle() | Pad() | Sum() | Cat():  # keep nothing (the shuffle copies a view)
+                return self.new(op.out_channels, shape)
+            case Sigmoid():  # keeps its output
+                y = self.new(op.out_channels, shape)
+                self.save(_layer(op), y)
+                return y
+            case Mul():  # keeps both factors
+                self.save(_layer(op), self.keys[op.inputs[1]])
+                self.save(_layer(op), x)
+                return self.new(op.out_channels, shape)
+            case Crop():  # a view of its input
+                if op.part == "merge":
+                    self.merge_crop(x)
+                return x
+        raise AssertionError(f"unhandled op {op!r}")
+
+    # -- the network ---------------------------------------------------------------------------
+
+    def run(self, input_shape: Sequence[int]) -> None:
+        """Every op of the network in forward order, checkpoint segments opened as they begin."""
+        ops, out = network_ops(self.config), op_shapes(self.config, input_shape)
+        boundaries = _segment_inputs(ops)
+        x = self.keys[INPUT] = self.new(self.config.in_channels, input_shape)
+        self.constant.add(x)
+        self.held.append(x)
+        current: str | None = None
+        for op in ops:
+            if op.segment != current:
+                if current is not None:  # a segment ends: its output is held
+                    self.held.append(self.keys[op.index - 1])
+                current = op.segment
+                if current is None:  # the heads run outside the segments
+                    self.segment = 0
+                else:
+                    self.checkpoint(current, [self.keys[i] for i in boundaries[current]])
+            self.keys[op.index] = self.step(op, out[op.index])
+            if op.training_only or op.index == len(ops) - 1:  # a deep-supervision head, or the head
+                self.outputs.append((_layer(op), self.keys[op.index]))
+
+    def loss(self) -> None:
+        """Cross-entropy on every head keeps its log-softmax (twice: log_softmax and nll) and the int64 target."""
+        for name, k in self.outputs:
+            log_probs = self.like(k)
+            self.save(f"loss.{name}.log_softmax", log_probs)
+            self.save(f"loss.{name}.nll", log_probs)
+            self.side(f"loss.{name}.target", self.sizes[k] // self.config.out_channels, 8)
 
 
-def _norm_act(w: _Walk, name: str, x: int, channels: int, *, inplace: bool = True) -> int:
-    """Norm and activation in the config's order (`layers.norm_act`)."""
-    if w.config.norm_position == "after_activation":
-        return w.norm(f"{name}.norm", w.act(f"{name}.act", x, inplace=inplace), channels)
-    return w.act(f"{name}.act", w.norm(f"{name}.norm", x, channels), inplace=inplace)
-
-
-def _pool(w: _Walk, layer: str, x: int, shape: Sequence[int]) -> int:
-    """Average pooling keeps its input, unless nothing requires grad."""
-    y = w.new(w.channels[x], shape)
-    if x in w.constant:
-        w.constant.add(y)
-    else:
-        w.save(layer, x)
-    return y
-
-
-def _unit(w: _Walk, prefix: str, stage: Stage, first: int, x: int, block: Block) -> int:
-    """One `ConvBlock` whose convs are the trace's rows `prefix.conv{first + 1}`..."""
-    c = w.config
-    pre, residual = block.preactivation, isinstance(block, ResidualBlock)
-    # a pre-activation runs in place only after a norm (the block's input may be a skip)
-    inplace = not isinstance(c.norm, NoNorm) and c.norm_position == "before_activation"
-    h, cin, last = x, stage.in_channels, len(stage.channels) - 1
-    names = [f"{prefix}.conv{first + j + 1}" for j in range(len(stage.channels))]
-    for j, (name, cout) in enumerate(zip(names, stage.channels, strict=True)):
-        shape = w.rows[name].shape
-        if pre:
-            h = _norm_act(w, name, h, cin, inplace=inplace)
-            h = w.conv(name, h, cout, shape, stage.kernel)
-        elif residual and j == last:  # activated after the sum
-            h = w.norm(f"{name}.norm", w.conv(name, h, cout, shape, stage.kernel), cout)
-        else:
-            h = _norm_act(w, name, w.conv(name, h, cout, shape, stage.kernel), cout)
-        cin = cout
-    if not residual:
-        return h
-    assert isinstance(block, ResidualBlock)
-    shape, cin, cout = w.rows[names[-1]].shape, stage.in_channels, stage.out_channels
-    strided = any(s != 1 for s in stage.first_stride)
-    s: int | None = None  # the shortcut's conv output, if it has one
-    match block.shortcut:
-        case "projection" if cin != cout or strided:
-            s = w.conv(f"{prefix}.shortcut", x, cout, shape)  # strided, or on the cropped view of x
-        case "resnet_d":
-            pooled = _pool(w, f"{prefix}.shortcut.pool", x, shape) if strided else x
-            if cin != cout:
-                s = w.conv(f"{prefix}.shortcut", pooled, cout, shape)
-    if s is not None and not pre:
-        w.norm(f"{prefix}.shortcut.norm", s, cout)
-    h = w.new(cout, shape)  # the sum
-    return h if pre else w.act(f"{prefix}.post_act", h)
-
-
-def _block(w: _Walk, prefix: str, stage: Stage, x: int, drop: bool, block: Block | None = None) -> int:
-    """The level's block: one `ConvBlock` per unit (`blocks_per_level`), dropout after the last."""
-    block = w.config.block if block is None else block
-    first = 0
-    for unit in stage.split_units():
-        x = _unit(w, prefix, unit, first, x, block)
-        first += len(unit.channels)
-    return w.dropout(f"{prefix}.dropout", x, stage.out_channels, drop)
+def _input_shape(config: UNetConfig, input_shape: Sequence[int]) -> tuple[int, ...]:
+    """`input_shape` as ints, checked (`InputShapeError`, naming the nearest valid sizes)."""
+    shapes.output_shape(config, input_shape)
+    return tuple(operator.index(s) for s in input_shape)
 
 
 def saved_activations(
@@ -326,95 +365,11 @@ def _walk(
     config: UNetConfig, input_shape: Sequence[int], batch: int, dtype: torch.dtype, loss: bool
 ) -> tuple[_Walk, list[int]]:
     """The walk, and the keys of the tensors each checkpoint segment receives or returns."""
-    c, lay = config, config.layout
-    w = _Walk(config, input_shape, batch, dtype.itemsize)
-    x = w.new(c.in_channels, tuple(input_shape))
-    w.constant.add(x)
-    held = [x]  # segment boundaries: the input, each segment's output
-    skips: list[int] = []
-    for i, stage in enumerate(lay.encoder):
-        prefix = "bottleneck" if i == c.depth else f"enc{i}"
-        w.checkpoint(prefix, x)
-        if i > 0 and not isinstance(c.down, FirstConvDown):  # first_conv: the block's first conv strides
-            layer, ch = f"down{i - 1}", lay.encoder[i - 1].out_channels
-            shape = w.rows[layer].shape
-            match c.down:
-                case MaxPool():
-                    w.save(layer, x)
-                    w.side(layer, batch * ch * math.prod(shape), 8)  # int64 indices
-                    x = w.new(ch, shape)
-                case AvgPool():
-                    w.save(layer, x)
-                    x = w.new(ch, shape)
-                case ConvDown():
-                    x = w.conv(layer, x, ch, shape)
-                case _:
-                    raise AssertionError(f"unhandled down {c.down!r}")
-        if i == 0 and lay.stem is not None:  # conv, norm, activation before level 0's block
-            stem = lay.stem
-            x = w.conv("stem", x, stem.out_channels, w.rows["stem"].shape, stem.kernel)
-            x = _norm_act(w, "stem", x, stem.out_channels)
-        x = _block(w, prefix, stage, x, lay.encoder_dropout[i])
-        held.append(x)
-        if i < c.depth:
-            skips.append(x)
-    outputs = []
-    for i in reversed(range(c.depth)):
-        skip, up_shape, up_ch = skips[i], w.rows[f"up{i}"].shape, lay.up_channels[i]
-        w.checkpoint(f"dec{i}", x, skip)
-        match c.up:
-            case TransposeUp(norm_act=norm_act):
-                up = w.conv(f"up{i}", x, up_ch, up_shape)
-                if norm_act:
-                    up = _norm_act(w, f"up{i}", up, up_ch)
-            case NearestUp(conv=when) | LinearUp(conv=when):  # the 1x1 conv runs first, on the coarse map
-                if when == "always" or lay.coarse_channels[i] != up_ch:
-                    x = w.conv(f"up{i}.conv", x, up_ch, _coarse(w, x))
-                up = w.new(up_ch, up_shape)  # interpolation keeps nothing
-            case PixelShuffleUp(kernel_size=k, pad_pool=pad_pool):
-                kernel = (k,) * c.spatial_dims
-                y = w.conv(f"up{i}.conv", x, up_ch * math.prod(lay.strides[i]), _coarse(w, x), kernel)
-                up = w.new(up_ch, up_shape)  # the shuffle's reshape copies its permuted view; keeps nothing
-                if pad_pool:  # the zero pad keeps nothing; the average pool keeps its (padded) input
-                    padded = w.new(up_ch, [n + s - 1 for n, s in zip(up_shape, lay.strides[i], strict=True)])
-                    w.save(f"up{i}.pool", padded)
-                    up = w.new(up_ch, up_shape)
-                del y
-            case _:
-                raise AssertionError(f"unhandled up {c.up!r}")
-        w.time += 1
-        w.skips.append((w.sizes[skip], w.born[skip], w.time))  # its gradient waits from here back to its birth
-        match c.merge:
-            case Concat() | Add():
-                pass
-            case AttentionGate():
-                inter, gate = c.attention_channels[i], f"merge{i}.gate"
-                a = w.norm(f"{gate}.w_x.norm", w.conv(f"{gate}.w_x", skip, inter, up_shape), inter)
-                w.norm(f"{gate}.w_g.norm", w.conv(f"{gate}.w_g", up, inter, up_shape), inter)
-                a = w.act(f"{gate}.act", w.new(inter, up_shape))  # act(w_x + w_g), in place
-                alpha = w.conv(f"{gate}.psi", a, 1, up_shape)
-                alpha = w.new(1, up_shape)  # sigmoid keeps its output
-                w.save(f"{gate}.sigmoid", alpha)
-                w.save(f"{gate}.mul", alpha)
-                w.save(f"{gate}.mul", skip)  # the cropped skip, a view
-            case _:
-                raise AssertionError(f"unhandled merge {c.merge!r}")
-        merged = w.new(lay.decoder[i].in_channels, up_shape)  # concatenated, summed or gated
-        x = _block(w, f"dec{i}", lay.decoder[i], merged, lay.decoder_dropout[i], c.decoder_block_type)
-        held.append(x)
-        if i in c.deep_supervision:
-            w.segment = 0  # heads run outside the segments
-            outputs.append((f"aux{i}", w.conv(f"aux{i}", x, c.out_channels, w.rows[f"aux{i}"].shape)))
-    w.segment = 0
-    outputs.append(("head", w.conv("head", x, c.out_channels, w.rows["head"].shape)))
-    held += [k for _, k in outputs]
+    w = _Walk(config, batch, dtype.itemsize)
+    w.run(_input_shape(config, tuple(input_shape)))
     if loss:
-        for name, k in outputs:
-            log_probs = w.like(k)
-            w.save(f"loss.{name}.log_softmax", log_probs)
-            w.save(f"loss.{name}.nll", log_probs)
-            w.side(f"loss.{name}.target", w.sizes[k] // c.out_channels, 8)
-    return w, held
+        w.loss()
+    return w, w.held + [k for _, k in w.outputs]
 
 
 @dataclass(frozen=True)
@@ -458,32 +413,17 @@ def estimate_training_memory(
         raise ValueError(f"batch_size={batch_size!r} must be a positive int")
     w, held = _walk(config, tuple(input_shape), batch_size, dtype, loss=True)
     item = dtype.itemsize
-    outputs = held[-1 - len(config.deep_supervision) :]
-    first: dict[int, int] = {}  # key -> time of its first save: the backward frees it after that op
-    for t, time in zip(w.saved, w.saved_at, strict=True):
-        first.setdefault(t.key, time)
+    first = _first_saves(w)
+    kept = _kept(w, held, first)
     nbytes = {t.key: t.nbytes for t in w.saved}
-    if config.checkpointing:  # kept: segment boundaries and what runs outside segments
-        kept = {k: w.born[k] for k in held}
-        kept |= {t.key: first[t.key] for t, seg in zip(w.saved, w.segments, strict=True) if seg == 0}
-    else:
-        kept = dict(first) | {k: w.born[k] for k in outputs}
     size = {k: nbytes.get(k, w.sizes[k] * item) for k in kept}
     activations = sum(size.values())
-    out_grads = sum(w.sizes[k] * item for k in outputs)
-    peak = activations + out_grads  # the backward starts: the outputs' gradients
-    for time, _, n_io, n_copies in w.convs:
-        # the forward pass at this conv: everything kept so far, and the conv's blocked copies
-        peak = max(peak, sum(b for k, b in size.items() if kept[k] <= time) + n_io * item + n_copies * item)
-    for time, seg, n_io, n_copies in w.convs:  # the backward reaches this conv
-        alive = sum(b for k, b in size.items() if kept[k] <= time)
-        if config.checkpointing and seg:  # the segment recomputed, freed as its backward proceeds
-            alive += sum(
-                {t.key: t.nbytes for t, s_, at in zip(w.saved, w.segments, w.saved_at, strict=True)
-                 if s_ == seg and t.key not in kept and first[t.key] <= time}.values()
-            )  # fmt: skip
-        pending = sum(n for n, born, merged in w.skips if born < time < merged) * item
-        peak = max(peak, alive + pending + (n_io + n_copies) * item)  # gradients + copies
+    out_grads = sum(w.sizes[k] * item for _, k in w.outputs)
+    peak = max(
+        activations + out_grads,  # the backward starts: the outputs' gradients
+        _forward_peak(w, kept, size),
+        _backward_peak(w, kept, size, first),
+    )
     params = costs.count_parameters(config) * item
     return TrainingMemory(
         parameters=params,
@@ -492,6 +432,80 @@ def estimate_training_memory(
         activations=activations,
         transient=peak - activations,
     )
+
+
+def _first_saves(w: _Walk) -> dict[int, int]:
+    """Key -> time of its first save: the backward frees the tensor after that op's gradient."""
+    first: dict[int, int] = {}
+    for t, time in zip(w.saved, w.saved_at, strict=True):
+        first.setdefault(t.key, time)
+    return first
+
+
+def _kept(w: _Walk, held: Sequence[int], first: dict[int, int]) -> dict[int, int]:
+    """What the forward pass keeps for the backward pass, key -> the time it is kept from. Without
+    checkpointing: every saved tensor and the outputs; with it: the segment boundaries (`held`) and
+    what is saved outside the segments."""
+    if not w.config.checkpointing:
+        return dict(first) | {k: w.born[k] for _, k in w.outputs}
+    outside = {t.key: first[t.key] for t, seg in zip(w.saved, w.segments, strict=True) if seg == 0}
+    return {k: w.born[k] for k in held} | outside
+
+
+def _alive(kept: dict[int, int], size: dict[int, int], time: int) -> int:
+    """Bytes of the kept tensors that exist at `time`."""
+    return sum(b for k, b in size.items() if kept[k] <= time)
+
+
+def _forward_peak(w: _Walk, kept: dict[int, int], size: dict[int, int]) -> int:
+    """The forward pass at each conv: everything kept so far, the conv's input and output and their blocked copies."""
+    return max(_alive(kept, size, time) + (n_io + n_copies) * w.itemsize for time, _, n_io, n_copies in w.convs)
+
+
+def _recomputed(w: _Walk, segment: int, kept: dict[int, int], first: dict[int, int], time: int) -> int:
+    """Bytes the recomputed `segment` holds when the backward pass reaches `time` (freed as it proceeds)."""
+    return sum(
+        {
+            t.key: t.nbytes
+            for t, seg in zip(w.saved, w.segments, strict=True)
+            if seg == segment and t.key not in kept and first[t.key] <= time
+        }.values()
+    )
+
+
+def _backward_peak(w: _Walk, kept: dict[int, int], size: dict[int, int], first: dict[int, int]) -> int:
+    """The backward pass at each conv: what is still kept (with checkpointing, also its recomputed
+    segment), the gradients of the skips waiting for their merge, and the conv's input and output
+    gradients plus their blocked copies."""
+    peak = 0
+    for time, segment, n_io, n_copies in w.convs:
+        alive = _alive(kept, size, time)
+        if w.config.checkpointing and segment:
+            alive += _recomputed(w, segment, kept, first, time)
+        pending = sum(n for n, born, merged in w.skips if born < time < merged) * w.itemsize
+        peak = max(peak, alive + pending + (n_io + n_copies) * w.itemsize)
+    return peak
+
+
+def estimate_tile_memory(
+    config: UNetConfig, tile_input: Sequence[int], batch_size: int = 1, dtype: torch.dtype = torch.float32
+) -> int:
+    """Estimated peak activation bytes of one forward pass in inference mode over `batch_size`
+    tiles: the input tile, every skip map (all are held until the pass ends) and the largest step
+    between consecutive stages (the ops that end a `shapes.trace` row), counted as its input twice
+    (CPU convolutions copy their input into a blocked layout) plus its output. On CPU the measured
+    peak of the paper's network is within 10% of this (see docs/tiling.md); fixed costs (weights,
+    libraries) are not included. Raises `InputShapeError` for an invalid tile."""
+    shape = _input_shape(config, tuple(tile_input))
+    ops, out = network_ops(config), op_shapes(config, shape)
+
+    def numel(i: int) -> int:
+        return config.in_channels * math.prod(shape) if i == INPUT else ops[i].out_channels * math.prod(out[i])
+
+    skips = sum(numel(op.inputs[0]) for op in ops if isinstance(op, Crop) and op.part == "merge")
+    stages = [numel(INPUT)] + [numel(op.index) for op in ops if op.row is not None]
+    step = max(2 * a + b for a, b in itertools.pairwise(stages))
+    return (numel(INPUT) + skips + step) * batch_size * dtype.itemsize
 
 
 # ---------------------------------------------------------------------------------------------

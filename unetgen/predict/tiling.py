@@ -48,6 +48,7 @@ from torch import nn
 from tqdm import tqdm
 
 from ..analysis import shapes
+from ..analysis.memory import estimate_tile_memory
 from ..config.unet_config import UNetConfig
 from ..reprs import short_repr
 
@@ -167,21 +168,6 @@ class TilePlan:
             f"computed/output pixels {self.computed_ratio:.2f}, "
             f"~{_bytes(self.memory_bytes)} per batch of {min(self.batch_size, self.num_tiles)}"
         )
-
-
-def estimate_tile_memory(
-    config: UNetConfig, tile_input: Sequence[int], batch_size: int = 1, dtype: torch.dtype = torch.float32
-) -> int:
-    """Estimated peak activation bytes of one forward pass in inference mode over `batch_size`
-    tiles, from `shapes.trace`: the input tile, every skip map (all are held until the pass ends)
-    and the largest layer step, counted as its input twice (CPU convolutions copy their input
-    into a blocked layout) plus its output. On CPU the measured peak of the paper's network is
-    within 10% of this (see docs/tiling.md); fixed costs (weights, libraries) are not included."""
-    rows = shapes.trace(config, tuple(tile_input))
-    sizes = [r.channels * math.prod(r.shape) for r in rows]
-    skips = sum(sizes[k - 1] for k, r in enumerate(rows) if r.name.startswith("down"))
-    step = max(2 * a + b for a, b in itertools.pairwise(sizes))
-    return (sizes[0] + skips + step) * batch_size * dtype.itemsize
 
 
 def _bytes(n: int) -> str:
