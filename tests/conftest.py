@@ -22,7 +22,13 @@ settings.register_profile("dev", max_examples=15, deadline=None, suppress_health
 settings.register_profile("thorough", max_examples=500, deadline=None, suppress_health_check=list(HealthCheck))
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
-NORMS = ["none", "batch", {"type": "group", "num_groups": 1}, "layer"]  # instance: tested apart (1-pixel maps)
+NORMS = [
+    "none",
+    "batch",
+    {"type": "batch", "affine": False},
+    {"type": "group", "num_groups": 1},
+    "layer",
+]  # instance: tested apart (1-pixel maps)
 PRELU_CHANNELS = {"type": "prelu", "num_parameters": "channels", "init": 0.1}
 UPS = [
     "transpose",

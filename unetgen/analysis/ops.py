@@ -167,7 +167,10 @@ class NormOp(Op):
     @property
     def affine(self) -> bool:
         """Whether it has a learnable scale and shift per channel."""
-        return not isinstance(self.option, InstanceNorm) or self.option.affine
+        match self.option:
+            case BatchNorm(affine=affine) | InstanceNorm(affine=affine):
+                return affine
+        return True
 
     @property
     def parameters(self) -> int:

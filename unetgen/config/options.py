@@ -77,6 +77,9 @@ class BatchNorm(_Model):
     """Running-statistics momentum, as in `torch.nn.BatchNorm2d`."""
     eps: float = Field(1e-5, gt=0, le=1)
     """Added to the variance for numerical stability."""
+    affine: bool = True
+    """Learn a per-channel scale and shift (`false`: normalise only, as nnU-Net plans and MONAI
+    networks may ask with `affine: False`)."""
 
 
 class InstanceNorm(_Model):

@@ -70,8 +70,8 @@ def norm(option: Norm, dims: SpatialDims, channels: int) -> nn.Module | None:
     match option:
         case NoNorm():
             return None
-        case BatchNorm(momentum=momentum, eps=eps):
-            return BATCH_NORM[dims](channels, eps=eps, momentum=momentum)
+        case BatchNorm(momentum=momentum, eps=eps, affine=affine):
+            return BATCH_NORM[dims](channels, eps=eps, momentum=momentum, affine=affine)
         case InstanceNorm(affine=affine, eps=eps):
             return INSTANCE_NORM[dims](channels, eps=eps, affine=affine)
         case GroupNorm(num_groups=groups, eps=eps):
