@@ -103,6 +103,7 @@ def test_monai_basic_unet(kwargs: dict[str, Any], shape: tuple[int, ...]) -> Non
     ("norm", "act"),
     [
         ("batch", "relu"),
+        (("batch", {"affine": False}), "relu"),
         (("group", {"num_groups": 2}), "leakyrelu"),
         (None, ("elu", {"alpha": 0.5})),
         ("instance", "prelu"),
@@ -288,20 +289,23 @@ def test_nnunet(
         assert convert(_build_nnunet(back, cin, 3, ds)).config == ours.config
 
 
-@pytest.mark.parametrize("nonlin_first", [False, True])
-def test_nnunet_batch_norm_relu_eval(nonlin_first: bool) -> None:
-    """Batch norm running statistics are carried over (eval mode); nonlin_first = norm after the activation."""
+@pytest.mark.parametrize(("nonlin_first", "affine"), [(False, True), (True, True), (False, False)])
+def test_nnunet_batch_norm_relu_eval(nonlin_first: bool, affine: bool) -> None:
+    """Batch norm running statistics are carried over (eval mode); nonlin_first = norm after the
+    activation; affine=False (no learnable scale and shift) is carried over too."""
     unet = pytest.importorskip("dynamic_network_architectures.architectures.unet")
     peer = unet.PlainConvUNet(
         2, 4, [3, 4, 5, 6], nn.Conv2d, 3, [1, 2, 2, 2], 2, 3, 2, conv_bias=False, norm_op=nn.BatchNorm2d,
-        norm_op_kwargs={"eps": 1e-3, "momentum": 0.05}, nonlin=nn.ReLU, nonlin_kwargs={"inplace": True},
-        nonlin_first=nonlin_first,
+        norm_op_kwargs={"eps": 1e-3, "momentum": 0.05, "affine": affine}, nonlin=nn.ReLU,
+        nonlin_kwargs={"inplace": True}, nonlin_first=nonlin_first,
     )  # fmt: skip
     ours, _ = _check_eval(peer, (2, 2, 32, 24))
+    assert ours.config.norm.affine == affine
     assert ours.config.norm_position == ("after_activation" if nonlin_first else "before_activation")
     assert _params(ours) == _params(peer) - sum(_params(h) for h in peer.decoder.seg_layers[:-1])
     arch = to_nnunet_architecture(ours.config)["arch_kwargs"]
     assert arch.get("nonlin_first", False) == nonlin_first
+    assert arch["norm_op_kwargs"].get("affine", True) == affine
 
 
 def test_nnunet_refusals() -> None:
@@ -421,7 +425,9 @@ def _compare(peer: nn.Module, ours: nn.Module, x: torch.Tensor) -> None:
     dims=st.integers(1, 3),
     features=st.lists(st.integers(2, 6), min_size=6, max_size=6),  # 1 // 2 == 0: MONAI's net breaks
     upsample=st.sampled_from(["deconv", "nontrainable", "pixelshuffle"]),
-    norm=st.sampled_from(["batch", ("instance", {"affine": True}), ("group", {"num_groups": 1}), None]),
+    norm=st.sampled_from(
+        ["batch", ("batch", {"affine": False}), ("instance", {"affine": True}), ("group", {"num_groups": 1}), None]
+    ),
     act=st.sampled_from(["relu", ("leakyrelu", {"negative_slope": 0.3}), "prelu", "elu"]),
     bias=st.booleans(),
 )
