@@ -7,8 +7,8 @@ tile window at a time: `unetgen.arrays.open_image`) and how to `write` a predict
 (`write_image`; zarr outputs, one chunk per block, are made by `unetgen.arrays.create_output`).
 
 Reading is guarded: only regular files are read (a FIFO would block, a device could be endless);
-a .npy file is memory-mapped and never unpickled; Pillow's decompression-bomb limit stays on (an
-image above it is refused, not decoded). Pillow and tifffile are optional (`pip install
+a .npy file is memory-mapped and never unpickled; Pillow's decompression-bomb guard stays on (it
+refuses images of more than twice its pixel limit). Pillow and tifffile are optional (`pip install
 'unetgen[images]'`), as are zarr and the lazy TIFF store (`pip install 'unetgen[large]'`).
 """
 
