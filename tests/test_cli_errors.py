@@ -271,7 +271,7 @@ def test_failures_are_one_error_line_exit_1(files: dict[str, str], argv: list[st
     def never(*args, **kwargs):
         raise AssertionError("predict_tiled ran although a check should have failed first")
 
-    monkeypatch.setattr("unetgen.predict.tiling.predict_tiled", never)
+    monkeypatch.setattr("unetgen.predict.run.predict_tiled", never)
     code, _, err = run(_fill(files, argv))
     errors = _error_lines(err)
     assert code == 1 and len(errors) == 1 and len(errors[0]) < 1200, err

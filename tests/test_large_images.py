@@ -20,7 +20,7 @@ from test_tiling import local_configs, whole_image_forward
 
 from unetgen import UNetConfig, build_unet, predict_tiled, save_unet
 from unetgen.cli import main
-from unetgen.predict.tiling import plan_tiles
+from unetgen.predict.plan import plan_tiles
 
 zarr = pytest.importorskip("zarr")
 from unetgen.predict.arrays import create_output, open_image  # noqa: E402  (needs zarr to be useful)
@@ -367,9 +367,9 @@ KILL_SCRIPT = textwrap.dedent(
     """
     import os, signal, sys, numpy as np, torch, zarr
     from unetgen import load_unet, predict_tiled
-    from unetgen.predict import tiling
+    from unetgen.predict.journal import Journal
 
-    tiling.Journal.INTERVAL = 0  # record every block: the kill then leaves a record to resume from
+    Journal.INTERVAL = 0  # record every block: the kill then leaves a record to resume from
     torch.set_num_threads(1)
     model = load_unet(sys.argv[1])
     image, out, after = np.load(sys.argv[2]), zarr.open_array(sys.argv[3], mode="r+"), int(sys.argv[4])

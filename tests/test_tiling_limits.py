@@ -18,7 +18,8 @@ from hypothesis import strategies as st
 
 from unetgen import UNetConfig, build_unet, load_config, plan_tiles, predict_tiled
 from unetgen.analysis import shapes
-from unetgen.predict.tiling import DEFAULT_MEMORY_BUDGET, EvenStarts, check_image, check_memory
+from unetgen.predict.plan import DEFAULT_MEMORY_BUDGET, EvenStarts, check_memory
+from unetgen.predict.sources import check_image
 
 TINY = UNetConfig(depth=2, base_channels=2, channel_multiplier=1, in_channels=2, init="torch")
 SAME = TINY.model_copy(update={"padding": "same"})

@@ -23,7 +23,8 @@ from .config.unet_config import UNetConfig
 from .draw import draw_unet
 from .model.optimize import optimize_for_inference
 from .model.unet import UNet
-from .predict.tiling import TilePlan, plan_tiles, predict_tiled
+from .predict.plan import TilePlan, plan_tiles
+from .predict.run import predict_tiled
 
 __all__ = [
     "PRESETS",

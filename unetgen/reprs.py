@@ -7,7 +7,7 @@ import os
 import reprlib
 from typing import Any
 
-__all__ = ["MAX_ECHO", "int_text", "short_path", "short_repr", "short_text"]
+__all__ = ["MAX_ECHO", "int_text", "short_arg", "short_path", "short_repr", "short_text"]
 
 MAX_ECHO = 80
 """Most characters of a value (or a path) echoed in a message."""
@@ -76,6 +76,15 @@ def short_path(path: Any) -> str:
     if len(text) <= 2 * MAX_ECHO:
         return text
     return f"{text[:MAX_ECHO]}…{text[-MAX_ECHO // 2 :]} ({len(text):,} characters)"
+
+
+def short_arg(text: str) -> str:
+    """A path or command-line value as typed when it is printable and at most 200 characters,
+    else a bounded repr (control characters escaped, a long one cut)."""
+    text = str(text)
+    if text.isprintable() and len(text) <= 200:
+        return text
+    return short_repr(text)
 
 
 def short_text(text: str, limit: int = 2 * MAX_ECHO) -> str:

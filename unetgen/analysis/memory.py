@@ -31,7 +31,7 @@ time, so the largest segment's own saved tensors come on top.
 transient of the backward pass, and `plan_training` searches the valid patch sizes for the
 largest that fits. Measured against real training steps: benchmarks/training_memory.py.
 
-`estimate_tile_memory` is the inference counterpart, per batch of tiles (`unetgen.predict.tiling`).
+`estimate_tile_memory` is the inference counterpart, per batch of tiles (`unetgen.predict.plan`).
 """
 
 from __future__ import annotations

@@ -17,9 +17,8 @@ import os
 import pickle
 import stat
 import sys
-import uuid
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -380,89 +379,6 @@ def _check_output(path: str, option: str = "--output") -> None:
         raise ValueError(f"{option} {_show(path)}: cannot write into the folder {_show(str(parent))}")
 
 
-def _read_npy(path: str) -> Any:
-    import numpy as np
-
-    with open(path, "rb") as f:
-        magic = f.read(6)
-    if magic != b"\x93NUMPY":
-        kinds = {b"\x89PNG": " (a PNG image: name it .png)", b"PK": " (a zip or .npz archive: save one array)"}
-        kinds |= {b"II*\0": " (a TIFF image: name it .tif)", b"MM\0*": " (a TIFF image: name it .tif)"}
-        kind = next((k for m, k in kinds.items() if magic.startswith(m)), "")
-        raise ValueError(f"--input {_show(path)} is not a .npy file{kind}; write arrays with numpy.save")
-    try:
-        return np.load(path, mmap_mode="c", allow_pickle=False)  # mapped: read tile by tile, never pickled
-    except (ValueError, OSError, EOFError) as err:
-        objects = "object" in str(err).lower() or "pickle" in str(err).lower()
-        why = "it holds Python objects (a pickled array), which are never loaded" if objects else str(err)
-        raise ValueError(f"--input {_show(path)}: cannot read the .npy array: {why}") from None
-
-
-def _read_png(path: str) -> Any:
-    import numpy as np
-    from PIL import Image
-
-    try:
-        with warnings.catch_warnings():  # Pillow warns of big images; it refuses them at twice the size
-            warnings.simplefilter("ignore")
-            with Image.open(path) as image:
-                if image.mode not in ("1", "L", "LA", "I", "I;16", "F", "RGB", "RGBA"):  # palette, CMYK, ...
-                    image = image.convert("RGBA" if image.mode == "PA" or "transparency" in image.info else "RGB")
-                array = np.array(image)  # a writable copy
-    except Exception as err:  # Pillow raises many types: UnidentifiedImageError, DecompressionBombError, ...
-        raise ValueError(f"--input {_show(path)}: cannot read it as a PNG image: {err}") from None
-    return np.moveaxis(array, -1, 0) if array.ndim == 3 else array  # (H, W, C) -> (C, H, W)
-
-
-def _read_tiff(path: str) -> Any:
-    import numpy as np
-    import tifffile
-
-    try:
-        with tifffile.TiffFile(path) as tif:
-            series = tif.series[0]
-            array, axes = series.asarray(), series.axes
-    except Exception as err:  # tifffile raises TiffFileError, ValueError, IndexError, ... on a bad file
-        raise ValueError(f"--input {_show(path)}: cannot read it as a TIFF image: {err}") from None
-    return np.moveaxis(array, axes.index("S"), 0) if "S" in axes else array  # samples (RGB) first
-
-
-_READERS: dict[str, tuple[Callable[[str], Any], str | None]] = {
-    ".npy": (_read_npy, None),
-    ".png": (_read_png, "PIL"),
-    ".tif": (_read_tiff, "tifffile"),
-    ".tiff": (_read_tiff, "tifffile"),
-}
-
-
-def _reader(path: str) -> Callable[[str], Any]:
-    import importlib.util
-
-    suffix = Path(path).suffix.lower()
-    if suffix not in _READERS:
-        raise ValueError(
-            f"--input {_show(path)}: unknown image format {_show(suffix or '(no suffix)')}; "
-            "unetgen predict reads .npy (NumPy), .png (Pillow) and .tif/.tiff (tifffile)"
-        )
-    reader, module = _READERS[suffix]
-    if module is not None and importlib.util.find_spec(module) is None:
-        raise ValueError(f"--input {_show(path)}: reading {suffix} needs {module}: pip install 'unetgen[images]'")
-    return reader
-
-
-def _tensor(array: Any, path: str) -> Any:
-    import torch
-
-    if array.dtype.kind not in "biufc":
-        raise ValueError(f"--input {_show(path)} holds {array.dtype} values; give a numeric array")
-    if not array.dtype.isnative:
-        array = array.astype(array.dtype.newbyteorder("="))
-    try:
-        return torch.from_numpy(array)
-    except TypeError as err:
-        raise ValueError(f"--input {_show(path)} holds {array.dtype} values, which torch cannot read: {err}") from None
-
-
 def _check_weights_arg(args: argparse.Namespace) -> None:
     """--weights is given exactly when CONFIG is a config file (a checkpoint holds its weights)."""
     if Path(args.config).suffix.lower() == ".safetensors":
@@ -510,40 +426,23 @@ def _load_model(args: argparse.Namespace, cfg: UNetConfig) -> Any:
     return model.eval()
 
 
-def _save_npy(path: str, array: Any) -> None:
-    """Write `array` to `path` exactly (no suffix added) via a temporary file and a rename, so a
-    full disk leaves no half-written prediction behind."""
-    import numpy as np
-
-    p = Path(path)
-    tmp = p.with_name(f".{p.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            np.save(f, array)
-        os.replace(tmp, p)
-    except OSError as err:
-        tmp.unlink(missing_ok=True)
-        raise OSError(err.errno, err.strerror, path) from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def cmd_predict(args: argparse.Namespace) -> int:
     if _is_large(args):  # zarr/TIFF images, Dask: out-of-core, resumable (docs/large-images.md)
         return cmd_predict_large(args)
     import torch
 
-    from ..predict.tiling import DEFAULT_MEMORY_LIMIT, _bytes, check_image, check_memory, plan_tiles, predict_tiled
+    from ..predict.formats import image_format, read_image, write_image
+    from ..predict.plan import DEFAULT_MEMORY_LIMIT, check_memory, format_bytes, plan_tiles
+    from ..predict.run import predict_tiled
+    from ..predict.sources import check_image
 
     _check_weights_arg(args)
     cfg = _config(args.config)
     tile = None if args.tile_size is None else _spatial(cfg, args.tile_size, "--tile-size")
     _check_output(args.output)
-    _regular_file(args.input, "--input")
-    reader = _reader(args.input)
+    image_format(args.input, "--input")  # a readable file of a known format, before the model loads
     model = _load_model(args, cfg)
-    image = _tensor(reader(args.input), args.input)
+    image = read_image(args.input, "--input")
     if image.dim() == cfg.spatial_dims and cfg.in_channels == 1:
         image = image.unsqueeze(0)  # a single-channel image without its channel axis
     dtype = next(model.parameters()).dtype if model is not None else torch.float32
@@ -554,7 +453,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     limit = args.memory_limit if args.memory_limit is not None else DEFAULT_MEMORY_LIMIT
     images = x.shape[0]
     need = check_memory(cfg, plan, images=images, output_type=args.output_type, dtype=dtype, memory_limit=limit)
-    print(f"memory: ~{_bytes(need)} for tiles and result (limit {_bytes(limit)}: --memory-limit)", file=sys.stderr)
+    print(
+        f"memory: ~{format_bytes(need)} for tiles and result (limit {format_bytes(limit)}: --memory-limit)",
+        file=sys.stderr,
+    )
     if args.dry_run:
         return 0
     result = predict_tiled(
@@ -566,7 +468,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         output_type=args.output_type,
         memory_limit=limit,
     )
-    _save_npy(args.output, result.cpu().numpy())
+    write_image(args.output, result.cpu().numpy())
     dtype_name = str(result.dtype).removeprefix("torch.")
     print(f"wrote {_show(args.output)}: {args.output_type}, shape {tuple(result.shape)}, {dtype_name}", file=sys.stderr)
     return 0
@@ -584,8 +486,10 @@ def _is_large(args: argparse.Namespace) -> bool:
 def cmd_predict_large(args: argparse.Namespace) -> int:
     """`predict` from a .zarr/.tif/.npy image into a .zarr output, block by block, resumable;
     on a Dask cluster with --scheduler or --workers."""
-    from ..predict import tiling
     from ..predict.arrays import create_output, open_image
+    from ..predict.journal import Journal
+    from ..predict.plan import plan_tiles
+    from ..predict.run import predict_tiled
 
     def fail(message: str, code: int = 1) -> int:
         print(f"error: {message}", file=sys.stderr)
@@ -610,7 +514,7 @@ def cmd_predict_large(args: argparse.Namespace) -> int:
         model = load_unet(args.config, device=args.device or "cpu")
         image = open_image(args.input)
         spatial = tuple(image.shape[-model.config.spatial_dims :])
-        plan = tiling.plan_tiles(model, spatial, **plan_options, dtype=next(model.parameters()).dtype)
+        plan = plan_tiles(model, spatial, **plan_options, dtype=next(model.parameters()).dtype)
         print(f"plan: {plan.summary()}", file=sys.stderr)
         if args.dry_run:
             return 0
@@ -624,9 +528,7 @@ def cmd_predict_large(args: argparse.Namespace) -> int:
                 overwrite=args.restart,
                 **plan_options,
             )
-            tiling.predict_tiled(
-                model, image, out=out, **options, resume=not args.restart, progress=not args.no_progress
-            )
+            predict_tiled(model, image, out=out, **options, resume=not args.restart, progress=not args.no_progress)
         else:
             from ..predict.distributed import predict_distributed
 
@@ -652,7 +554,7 @@ def cmd_predict_large(args: argparse.Namespace) -> int:
                 client.close()
     except (ValueError, ImportError, OSError, TimeoutError) as err:
         return fail(str(err))
-    record = out.attrs.get(tiling.Journal.KEY, {})
+    record = out.attrs.get(Journal.KEY, {})
     print(
         f"wrote {args.output}: shape {tuple(out.shape)}, {out.dtype}, chunks {tuple(out.chunks)}; "
         f"{record.get('completed', '?')}/{record.get('blocks', '?')} blocks complete",

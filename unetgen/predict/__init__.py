@@ -1,3 +1,13 @@
-"""Prediction on images of any size: `tiling` (overlap-tile planning and prediction, blocks,
-the memory checks), `arrays` (images and outputs larger than memory) and `distributed` (the
-blocks spread over a Dask cluster)."""
+"""Prediction on images of any size, by what it is made of:
+
+- `plan`: tile plans (`plan_tiles`, `TilePlan`) and the memory checks (`check_memory`);
+- `geometry`: per axis, where each tile reads (mirrored context) and writes, and which tiles
+  each output block needs;
+- `sources` and `sinks`: where tiles are read from and finished blocks written to;
+- `journal`: the resume record of completed blocks;
+- `run`: `predict_tiled`, and the `prepare`/`run` steps it is made of;
+- `options`: the checks of the options, and the output types;
+- `formats`: the table of image files by suffix (.npy, .png, .zarr, .tif/.tiff);
+- `arrays`: images and outputs larger than memory; `distributed`: blocks spread over a Dask
+  cluster.
+"""

@@ -19,54 +19,32 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from .tiling import OutputType, TilePlan, output_layout
+from .formats import FORMATS, format_list, import_zarr
+from .options import OutputType
+from .plan import TilePlan
+from .sinks import output_layout
 
 __all__ = ["create_output", "open_image", "open_output"]
-
-
-def _zarr() -> Any:
-    try:
-        import zarr
-    except ImportError:
-        raise ImportError("zarr arrays need zarr: pip install 'unetgen[large]'") from None
-    return zarr
 
 
 def open_image(source: Any) -> Any:
     """An array-like for `source` without reading its pixels: `.npy` -> a read-only memmap,
     `.zarr` (or a directory) -> a read-only zarr array, `.tif`/`.tiff` -> the first series' full
-    resolution through tifffile's zarr store. Anything else that is not a path (a tensor, a
-    NumPy or zarr array) is returned as it is."""
+    resolution through tifffile's zarr store (the formats of `unetgen.predict.formats.FORMATS`
+    that can `open`). Anything else that is not a path (a tensor, a NumPy or zarr array) is
+    returned as it is."""
     if not isinstance(source, (str, os.PathLike)):
         return source
     path = Path(source)
     suffix = path.suffix.lower()
-    if suffix == ".npy":
-        try:
-            return np.load(path, mmap_mode="r", allow_pickle=False)
-        except (OSError, ValueError) as err:
-            raise ValueError(f"{path}: cannot read a NumPy array (.npy): {err}") from None
-    if suffix == ".zarr" or (path.is_dir() and suffix not in (".tif", ".tiff")):
-        zarr = _zarr()
-        try:
-            array = zarr.open(str(path), mode="r")
-        except (OSError, ValueError, KeyError) as err:
-            raise ValueError(f"{path}: cannot open a zarr array: {err}") from None
-        if not hasattr(array, "shape"):
-            raise ValueError(f"{path} is a zarr group: give the path of one array in it (e.g. {path}/0)")
-        return array
-    if suffix in (".tif", ".tiff"):
-        try:
-            import tifffile
-        except ImportError:
-            raise ImportError("TIFF images need tifffile: pip install 'unetgen[large]'") from None
-        zarr = _zarr()
-        try:
-            store = tifffile.imread(path, aszarr=True, series=0, level=0)
-            return zarr.open(store, mode="r")
-        except (OSError, ValueError, tifffile.TiffFileError) as err:
-            raise ValueError(f"{path}: cannot read a TIFF image: {err}") from None
-    raise ValueError(f"{path}: unknown image format {suffix or '(no suffix)'}: give a .npy, .zarr or .tif/.tiff file")
+    image_format = FORMATS.get(suffix)
+    if (image_format is None or image_format.open is None) and path.is_dir():
+        image_format = FORMATS[".zarr"]  # a zarr array is a directory, whatever its name
+    if image_format is None or image_format.open is None:
+        raise ValueError(
+            f"{path}: unknown image format {suffix or '(no suffix)'}: give a {format_list('open', 'or')} file"
+        )
+    return image_format.open(path)
 
 
 def create_output(
@@ -88,7 +66,7 @@ def create_output(
     `plan_tiles`'s and must be those of the prediction. An existing array of the same shape,
     dtype and chunks is opened as it is (so that a prediction into it resumes); another array
     there is an error unless `overwrite`."""
-    zarr = _zarr()
+    zarr = import_zarr()
     image = open_image(image)
     shape, default, chunks = output_layout(
         model, image, output_type=output_type, block_shape=block_shape, plan=plan, **options
@@ -116,4 +94,4 @@ def open_output(store: str | os.PathLike[str] | Any) -> Any:
     """A zarr output (from `create_output`) opened for writing, as workers open it."""
     if not isinstance(store, (str, os.PathLike)):
         return store
-    return _zarr().open_array(store, mode="r+")
+    return import_zarr().open_array(store, mode="r+")

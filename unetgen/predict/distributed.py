@@ -16,7 +16,8 @@ from __future__ import annotations
 import os
 import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +26,11 @@ from torch import nn
 from tqdm import tqdm
 
 from ..checkpoint import load_unet
-from . import tiling
 from .arrays import create_output, open_image, open_output
+from .journal import Journal
+from .options import Blend, OutputType
+from .plan import TilePlan
+from .run import Job, prepare, run
 
 __all__ = ["predict_distributed", "worker_model"]
 
@@ -63,7 +67,7 @@ def _predict_blocks(
     checkpoint: str,
     image: Any,
     out: Any,
-    plan: tiling.TilePlan,
+    plan: TilePlan,
     options: dict[str, Any],
     blocks: Sequence[int],
     device: str,
@@ -76,12 +80,12 @@ def _predict_blocks(
     except (ImportError, ValueError):
         pass  # not on a Dask worker
     model = worker_model(checkpoint, device)
-    job, source, sink = tiling.prepare(model, open_image(image), open_output(out), plan=plan, **options)
-    tiling.run(model, job, source, sink, todo=blocks, progress=False)
+    job, source, sink = prepare(model, open_image(image), open_output(out), plan=plan, **options)
+    run(model, job, source, sink, todo=blocks, progress=False)
     return list(blocks)
 
 
-def _check_aligned(job: tiling.Job, out: Any) -> None:
+def _check_aligned(job: Job, out: Any) -> None:
     """Blocks written by different processes must not share a chunk (a chunk is rewritten whole)."""
     chunks = tuple(out.chunks)
     dims = len(job.blocks)
@@ -107,8 +111,8 @@ def predict_distributed(
     batch_size: int = 1,
     overlap: float | None = None,
     memory_budget: int | None = None,
-    blend: tiling.Blend = "gaussian",
-    output_type: tiling.OutputType = "logits",
+    blend: Blend = "gaussian",
+    output_type: OutputType = "logits",
     block_shape: int | Sequence[int] | None = None,
     blocks_per_task: int = 1,
     device: str = "cpu",
@@ -134,7 +138,7 @@ def predict_distributed(
     Returns the zarr array.
     """
     try:
-        from distributed import Client, LocalCluster, as_completed
+        from distributed import as_completed
     except ImportError:
         raise ImportError("distributed prediction needs Dask: pip install 'unetgen[large]'") from None
     if not isinstance(blocks_per_task, int) or blocks_per_task < 1:
@@ -150,41 +154,54 @@ def predict_distributed(
     else:
         target = out
     options = dict(blend=blend, output_type=output_type, block_shape=block_shape)
-    job, _, _ = tiling.prepare(model, source, target, **plan_options, **options)
+    job, _, _ = prepare(model, source, target, **plan_options, **options)
     _check_aligned(job, target)
-    journal = tiling.Journal(target.attrs, job.fingerprint(model), job.num_blocks, resume=resume)
-    groups = range(job.group(job.num_blocks - 1) + 1)  # tasks take whole groups (see tiling.run)
-    groups = [g for g in groups if not all(b in journal for b in job.members(g))]
-    per_task = max(1, blocks_per_task // job.plan.batch_size)
-    tasks = [[b for g in groups[i : i + per_task] for b in job.members(g)] for i in range(0, len(groups), per_task)]
-    todo = [b for blocks in tasks for b in blocks]
+    journal = Journal(target.attrs, job.fingerprint(model), job.num_blocks, resume=resume)
+    tasks = _tasks(job, journal, blocks_per_task)
     del model
-    cluster = None
-    if client is None:
-        cluster = LocalCluster(n_workers=workers or 1, threads_per_worker=1, dashboard_address=None)
-        client = Client(cluster)
+    spec = str(Path(image).resolve()) if isinstance(image, (str, os.PathLike)) else source
+    args = (str(Path(checkpoint).resolve()), spec, out, job.plan, options)
     futures = []
-    try:
-        quiet = not progress or not sys.stderr.isatty()
-        ckpt = str(Path(checkpoint).resolve())
-        spec = str(Path(image).resolve()) if isinstance(image, (str, os.PathLike)) else source
-        args = (spec, out, job.plan, options)
-        futures = [
-            client.submit(_predict_blocks, ckpt, *args, blocks, device, pure=False, retries=2) for blocks in tasks
-        ]
-        total = sum(job.num_tiles(b) for b in todo)
-        with tqdm(total=total, unit="tile", desc="predict", disable=quiet) as bar:
-            for future in as_completed(futures):
-                done = future.result()
-                for b in done:
-                    journal.mark(b)
-                bar.update(sum(job.num_tiles(b) for b in done))
-                if callback is not None:
-                    callback(done)
-    finally:
-        journal.flush()
-        client.cancel([f for f in futures if not f.done()])
-        if cluster is not None:
-            client.close()
-            cluster.close()
+    with _cluster(client, workers) as client:
+        try:
+            futures = [client.submit(_predict_blocks, *args, blocks, device, pure=False, retries=2) for blocks in tasks]
+            quiet = not progress or not sys.stderr.isatty()
+            total = sum(job.num_tiles(b) for blocks in tasks for b in blocks)
+            with tqdm(total=total, unit="tile", desc="predict", disable=quiet) as bar:
+                for future in as_completed(futures):
+                    done = future.result()
+                    for b in done:
+                        journal.mark(b)
+                    bar.update(sum(job.num_tiles(b) for b in done))
+                    if callback is not None:
+                        callback(done)
+        finally:
+            journal.flush()
+            client.cancel([f for f in futures if not f.done()])
     return target
+
+
+def _tasks(job: Job, journal: Journal, blocks_per_task: int) -> list[list[int]]:
+    """The blocks of each task: whole groups (see `unetgen.tiling.run`) not yet in `journal`,
+    about `blocks_per_task` blocks per task."""
+    groups = job.groups(done=journal)
+    per_task = max(1, blocks_per_task // job.plan.batch_size)
+    return [[b for g in groups[i : i + per_task] for b in job.members(g)] for i in range(0, len(groups), per_task)]
+
+
+@contextmanager
+def _cluster(client: Any, workers: int | None) -> Iterator[Any]:
+    """`client`, or a client of a `LocalCluster` of `workers` processes (default 1) with one
+    thread each, closed on exit."""
+    if client is not None:
+        yield client
+        return
+    from distributed import Client, LocalCluster
+
+    cluster = LocalCluster(n_workers=workers or 1, threads_per_worker=1, dashboard_address=None)
+    client = Client(cluster)
+    try:
+        yield client
+    finally:
+        client.close()
+        cluster.close()

@@ -1,0 +1,373 @@
+"""Tile plans: how `predict_tiled` covers an image with tiles, chosen per axis from the network's
+valid input sizes (`unetgen.analysis.shapes`) and the memory estimate of one batch of tiles.
+Planning runs nothing, allocates nothing and costs O(spatial axes) whatever the image size."""
+
+from __future__ import annotations
+
+import math
+import numbers
+import operator
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal, overload
+
+import torch
+from torch import nn
+
+from ..analysis import shapes
+from ..analysis.memory import estimate_tile_memory
+from ..config.unet_config import UNetConfig
+from ..reprs import short_repr
+from .options import OutputType, config_of, float_dtype, fraction, output_dtype, positive_int, positive_ints
+
+__all__ = [
+    "DEFAULT_MEMORY_BUDGET",
+    "DEFAULT_MEMORY_LIMIT",
+    "DEFAULT_OVERLAP",
+    "EvenStarts",
+    "TilePlan",
+    "check_memory",
+    "estimate_tile_memory",
+    "format_bytes",
+    "plan_tiles",
+]
+
+DEFAULT_MEMORY_BUDGET = 1 << 30
+"""Bytes of activations that one batch of tiles may use when the tile size is chosen automatically."""
+DEFAULT_MEMORY_LIMIT = 16 << 30
+"""Bytes `predict_tiled` may need (tiles in flight and the result it allocates, as estimated by
+`check_memory`) before it refuses to start; raise it with `memory_limit=`."""
+DEFAULT_OVERLAP = 0.25
+"""Fraction of a tile shared with its neighbour, for same padding."""
+_CANDIDATES = 256  # tile sizes the automatic plan compares at most
+
+
+@dataclass(frozen=True)
+class EvenStarts(Sequence[int]):
+    """`count` tile starts spread evenly from 0 to `last` (same padding): start ``k`` is
+    ``k * last / (count - 1)`` rounded half up, computed on demand (O(1) memory for any count)."""
+
+    last: int
+    count: int
+
+    def __len__(self) -> int:
+        return self.count
+
+    @overload
+    def __getitem__(self, index: int) -> int: ...
+    @overload
+    def __getitem__(self, index: slice) -> tuple[int, ...]: ...
+    def __getitem__(self, index: int | slice) -> int | tuple[int, ...]:
+        if isinstance(index, slice):
+            return tuple(self[k] for k in range(*index.indices(self.count)))
+        k = operator.index(index)
+        k = k + self.count if k < 0 else k
+        if not 0 <= k < self.count:
+            raise IndexError(f"tile {index} of {self.count}")
+        return 0 if self.count == 1 else (2 * k * self.last + self.count - 1) // (2 * (self.count - 1))
+
+
+@dataclass(frozen=True)
+class TilePlan:
+    """How `predict_tiled` covers an image with tiles. Inspect it with `plan_tiles` before running.
+
+    A plan is O(spatial axes) in size whatever the image: `starts` are lazy sequences (a `range`
+    for valid padding, an `EvenStarts` for same padding), so planning a 10**9 x 10**9 image costs
+    what planning a small one does."""
+
+    image_shape: tuple[int, ...]
+    """Spatial shape of the image, and of the prediction."""
+    padding: Literal["valid", "same"]
+    """The network's padding: `valid` tiles do not overlap in the output, `same` tiles are blended."""
+    tile_input: tuple[int, ...]
+    """Spatial size of every input tile: a valid input size of the network on every axis."""
+    tile_output: tuple[int, ...]
+    """Spatial size of every output tile: `tile_input - 2*halo`."""
+    halo: tuple[int, ...]
+    """Context the network consumes on each side, per axis (0 for same padding)."""
+    starts: tuple[Sequence[int], ...]
+    """Per axis, where each tile's output begins in image coordinates; its input begins `halo`
+    earlier. Each is a lazy sequence of ints (compare with ``tuple(plan.starts[axis])``)."""
+    overlap: float
+    """Requested overlap between neighbouring tiles (same padding; 0 for valid padding)."""
+    batch_size: int
+    """Most tiles run through the network at once (the automatic plan lowers it to what fits its
+    memory budget); fewer when the images have fewer tiles."""
+    memory_bytes: int
+    """Estimated peak activation memory of one batch of min(batch_size, num_tiles) tiles (not
+    counting the image and the result: `check_memory` adds those)."""
+    memory_budget: int | None
+    """The budget the tile size was chosen for; None when the tile size was given."""
+
+    @property
+    def tiles_per_axis(self) -> tuple[int, ...]:
+        return tuple(len(s) for s in self.starts)
+
+    @property
+    def num_tiles(self) -> int:
+        """Tiles per image."""
+        return math.prod(self.tiles_per_axis)
+
+    @property
+    def computed_ratio(self) -> float:
+        """Input pixels computed / output pixels: 1 is no overhead; the rest is halo, overlap and
+        the part of the last tiles beyond the image."""
+        return self.num_tiles * math.prod(self.tile_input) / math.prod(self.image_shape)
+
+    def summary(self) -> str:
+        """One line for people: tiles, sizes, overhead and memory."""
+
+        def fmt(shape: Sequence[int]) -> str:
+            return "x".join(map(str, shape))
+
+        return (
+            f"{fmt(self.image_shape)} image, {self.padding} padding: {fmt(self.tiles_per_axis)} = {self.num_tiles} "
+            f"tiles of {fmt(self.tile_input)} -> {fmt(self.tile_output)} (halo {fmt(self.halo)}), "
+            f"computed/output pixels {self.computed_ratio:.2f}, "
+            f"~{format_bytes(self.memory_bytes)} per batch of {min(self.batch_size, self.num_tiles)}"
+        )
+
+
+def format_bytes(n: int) -> str:
+    """A byte count for people: 512 bytes, 12 KiB, 382 MiB, 1.5 GiB, 4.2e+09 GiB."""
+    if n < 1 << 10:
+        return f"{n} bytes"
+    if n < 1 << 20:
+        return f"{n / 2**10:.0f} KiB"
+    if n < 1 << 30:
+        return f"{n / 2**20:.0f} MiB"
+    if n.bit_length() > 1000:
+        return f"about 2**{n.bit_length() - 1} bytes"
+    return f"{n / 2**30:.3g} GiB"
+
+
+def _valid_axis(config: UNetConfig, axis: int, size: int, tile: int, low: int) -> tuple[int, range]:
+    """Valid padding, one axis: the smallest valid input tile (at least `low`, the joint minimum of
+    `shapes.min_input_shape`) that covers `size` output pixels with as many tiles as `tile`
+    needs, and the output start of each tile (multiples of the period)."""
+    rule = shapes.axis_rule(config, axis)
+    period = rule.period
+
+    def out(t: int) -> int:
+        o = rule.output(t)
+        assert o is not None
+        return o
+
+    def step(t: int) -> int:  # tiles must start on the pooling grid: a multiple of the period
+        return out(t) - out(t) % period
+
+    def tiles(t: int) -> int:
+        return 1 if out(t) >= size else 1 + -(-(size - out(t)) // step(t))
+
+    tile = max(tile, low)
+    count = 1
+    if out(tile) < size:
+        tile = max(tile, shapes.input_size_for_output(config, period, axis=axis))
+        count = tiles(tile)
+    t = max(low, shapes.input_size_for_output(config, -(-size // count), axis=axis))
+    while (count - 1) * step(t) + out(t) < size:
+        t += period
+    count = tiles(t)  # fewer when `low` made the tile larger than needed
+    return t, range(0, count * step(t), step(t)) if count > 1 else range(1)
+
+
+def _same_axis(
+    config: UNetConfig, axis: int, size: int, tile: int, overlap: float, low: int
+) -> tuple[int, Sequence[int]]:
+    """Same padding, one axis: tiles of `tile` evenly spread over the image, overlapping by at
+    least `overlap`; one tile of the smallest valid size (at least `low`) covering the image if
+    that is smaller."""
+    tile = max(tile, low)
+    if tile >= size:
+        return max(low, shapes.nearest_valid_input_size(config, size, direction="up", axis=axis)), range(1)
+    stride = max(1, math.floor(tile * (1 - overlap)))
+    count = 1 + -(-(size - tile) // stride)
+    return tile, EvenStarts(size - tile, count)
+
+
+def _cover(config: UNetConfig, axis: int, size: int) -> int:
+    """The smallest input tile that covers the whole axis in one tile."""
+    if config.padding == "valid":
+        return shapes.input_size_for_output(config, size, axis=axis)
+    return shapes.nearest_valid_input_size(config, size, direction="up", axis=axis)
+
+
+def _plan(
+    config: UNetConfig,
+    image_shape: tuple[int, ...],
+    tile: tuple[int, ...],
+    overlap: float,
+    batch_size: int,
+    budget: int | None,
+    dtype: torch.dtype,
+) -> TilePlan:
+    low = shapes.min_input_shape(config)
+    axes = []
+    for axis, (size, t) in enumerate(zip(image_shape, tile, strict=True)):
+        if config.padding == "valid":
+            axes.append(_valid_axis(config, axis, size, t, low[axis]))
+        else:
+            axes.append(_same_axis(config, axis, size, t, overlap, low[axis]))
+    tile_input = tuple(t for t, _ in axes)
+    starts = tuple(s for _, s in axes)
+    num_tiles = math.prod(len(s) for s in starts)
+    if budget is not None:  # automatic plan: batch_size is the most tiles per pass, as many as fit the budget
+        batch_size = min(batch_size, max(1, budget // estimate_tile_memory(config, tile_input, 1, dtype)))
+    return TilePlan(
+        image_shape=image_shape,
+        padding=config.padding,
+        tile_input=tile_input,
+        tile_output=shapes.output_shape(config, tile_input),
+        halo=shapes.halo(config),
+        starts=starts,
+        overlap=overlap,
+        batch_size=batch_size,
+        memory_bytes=estimate_tile_memory(config, tile_input, min(batch_size, num_tiles), dtype),
+        memory_budget=budget,
+    )
+
+
+def _lengths(lo: int, hi: int, count: int) -> list[int]:
+    """About `count` ints from `lo` to `hi` (both included), geometrically spaced; exact integer
+    arithmetic for any size."""
+    octaves = max(1, (hi // lo).bit_length())
+    per = max(1, count // octaves)  # steps per doubling
+    out = {lo, hi}
+    for j in range(octaves * per + 1):
+        q, r = divmod(j, per)
+        out.add(min(hi, ((lo << q) * round(2 ** (r / per) * 2**20)) >> 20))
+    return sorted(out)
+
+
+def _auto_plan(
+    config: UNetConfig,
+    image_shape: tuple[int, ...],
+    overlap: float,
+    batch_size: int,
+    budget: int,
+    dtype: torch.dtype,
+) -> TilePlan:
+    """The plan with the fewest computed pixels whose memory estimate fits `budget` (the plan with
+    the least memory if none fits); each plan runs as many tiles per pass as fit the budget, at
+    most `batch_size`, so a huge `batch_size` never shrinks the tiles. Candidates: tiles of about
+    L pixels per axis for about `_CANDIDATES` lengths L geometrically spaced from the smallest
+    valid tile to the largest cover, each axis between its joint minimum
+    (`shapes.min_input_shape`) and the tile that covers it whole. O(axes * candidates), whatever
+    the image size."""
+    dims = config.spatial_dims
+    low = shapes.min_input_shape(config)
+    covers = [max(low[a], _cover(config, a, s)) for a, s in enumerate(image_shape)]
+    plans: dict[tuple[int, ...], TilePlan] = {}
+    for length in sorted(set(_lengths(min(low), max(covers), _CANDIDATES)) | set(covers)):
+        tile = []
+        for a in range(dims):
+            t = low[a]
+            if length >= shapes.axis_rule(config, a).min_size:
+                t = max(t, shapes.nearest_valid_input_size(config, length, direction="down", axis=a))
+            tile.append(min(covers[a], t))
+        if tuple(tile) in plans:
+            continue
+        plans[tuple(tile)] = plan = _plan(config, image_shape, tuple(tile), overlap, batch_size, budget, dtype)
+        if estimate_tile_memory(config, tile, 1, dtype) > budget and plan.memory_bytes > budget:
+            break  # larger tiles need more memory still (a plan may use a smaller tile than asked)
+    fitting = [p for p in plans.values() if p.memory_bytes <= budget]
+    if not fitting:
+        return min(plans.values(), key=lambda p: p.memory_bytes)
+    return min(fitting, key=lambda p: (p.num_tiles * math.prod(p.tile_input), p.num_tiles))
+
+
+def plan_tiles(
+    model: UNetConfig | nn.Module,
+    image_shape: Sequence[int],
+    *,
+    tile_size: int | Sequence[int] | None = None,
+    batch_size: int = 1,
+    overlap: float | None = None,
+    memory_budget: int | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> TilePlan:
+    """The tiles `predict_tiled` will use for an image of spatial shape `image_shape`, without running.
+
+    `tile_size` is the largest input tile (an int for every axis or one per axis), rounded to the
+    nearest valid input size of `shapes`. With valid padding, each axis then uses the smallest
+    valid tile that covers it with the same number of tiles (never more than `tile_size`, except
+    that a tile grows to cover an image smaller than it, to output at least one pooling period
+    when several tiles are needed, and to the smallest input the whole network accepts,
+    `shapes.min_input_shape`, e.g. with instance norm). With same padding, tiles of `tile_size`
+    overlap by at least `overlap` (default `DEFAULT_OVERLAP`).
+
+    `tile_size=None` chooses the tile with the fewest computed pixels whose estimated memory
+    (`estimate_tile_memory` for one tile of `dtype`) fits `memory_budget` (default
+    `DEFAULT_MEMORY_BUDGET`, 1 GiB; if none fits, the smallest tile), and runs as many tiles per
+    pass as fit the budget, at most `batch_size` (the plan's `batch_size`). With `tile_size`
+    given, `batch_size` is kept as given.
+
+    Planning runs nothing, allocates nothing and costs O(spatial axes) whatever the image size.
+    Every option is checked (ints: Python, NumPy or torch integers, not bools; `overlap`: a real
+    number in [0, 1)); a bad one is a `ValueError` naming it.
+    """
+    config = config_of(model)
+    dims = config.spatial_dims
+    image_shape = positive_ints("image_shape", image_shape, dims, broadcast=False)
+    batch_size = positive_int("batch_size", batch_size)
+    dtype = float_dtype(dtype)
+    if config.padding == "valid":
+        if overlap is not None and (isinstance(overlap, bool) or not isinstance(overlap, numbers.Real) or overlap):
+            raise ValueError(
+                f"overlap={short_repr(overlap)} applies to padding='same' only; "
+                "valid-padding tiles are exact without overlap"
+            )
+        overlap = 0.0
+    else:
+        overlap = DEFAULT_OVERLAP if overlap is None else fraction("overlap", overlap)
+    if tile_size is not None:
+        if memory_budget is not None:
+            raise ValueError("give tile_size or memory_budget, not both: the budget only chooses the tile size")
+        tile = tuple(
+            shapes.nearest_valid_input_size(config, t, axis=a)
+            for a, t in enumerate(positive_ints("tile_size", tile_size, dims, broadcast=True))
+        )
+        return _plan(config, image_shape, tile, overlap, batch_size, None, dtype)
+    budget = DEFAULT_MEMORY_BUDGET if memory_budget is None else positive_int("memory_budget", memory_budget)
+    return _auto_plan(config, image_shape, overlap, batch_size, budget, dtype)
+
+
+def check_memory(
+    model: UNetConfig | nn.Module,
+    plan: TilePlan,
+    *,
+    images: int = 1,
+    output_type: OutputType = "logits",
+    dtype: torch.dtype = torch.float32,
+    memory_limit: int | None = None,
+    allocate_result: bool = True,
+) -> int:
+    """The estimated bytes `predict_tiled` needs for `images` images planned as `plan`: one batch
+    of min(batch_size, images * tiles) tiles in flight (`estimate_tile_memory`) plus the result it
+    allocates (`allocate_result`, i.e. no `out=` array; in `output_type`'s dtype). Raises
+    `ValueError` with the estimate when it exceeds `memory_limit` (default
+    `DEFAULT_MEMORY_LIMIT`, 16 GiB), before anything is allocated. Not counted: the image (it
+    already exists) and the output blocks in flight (those one batch of tiles touches)."""
+    config = config_of(model)
+    limit = DEFAULT_MEMORY_LIMIT if memory_limit is None else positive_int("memory_limit", memory_limit)
+    images = positive_int("images", images)
+    dtype = float_dtype(dtype)
+    batch = min(plan.batch_size, images * plan.num_tiles)
+    tiles = estimate_tile_memory(config, plan.tile_input, batch, dtype)
+    pixels = images * math.prod(plan.image_shape)
+    result = 0
+    if allocate_result:
+        channels = 1 if output_type == "labels" else config.out_channels
+        result = pixels * channels * output_dtype(output_type, config.out_channels, dtype).itemsize
+    total = tiles + result
+    if total > limit:
+        fix = "use a smaller tile_size or batch_size"
+        if result > tiles:
+            fix = "predict fewer images at once" + (", or output_type='labels'" if output_type != "labels" else "")
+        raise ValueError(
+            f"predicting needs about {format_bytes(total)} (tiles: {format_bytes(tiles)} for a batch of {batch} "
+            f"tiles of {'x'.join(map(str, plan.tile_input))}; result: {format_bytes(result)}), more than "
+            f"memory_limit={limit} bytes ({format_bytes(limit)}); {fix}, or raise memory_limit if the machine has "
+            "the memory"
+        )
+    return total
