@@ -77,7 +77,7 @@ def config_dicts(
         "padding": draw(st.sampled_from(["valid", "same"])),
         "norm": norm,
         "activation": draw(st.sampled_from(["relu", "leaky_relu", "elu", "gelu", "silu", "prelu", PRELU_CHANNELS])),
-        "norm_position": draw(st.sampled_from(["before_activation", "after_activation"])),
+        "norm_position": draw(st.sampled_from(["before_activation", "after_activation", "before_conv"])),
         "merge": merge,
         "down": draw(st.sampled_from(["max", "avg", "conv", "first_conv"])),
         "up": draw(st.sampled_from(UPS)),
@@ -116,6 +116,9 @@ def config_dicts(
             out["stem_stride"] = draw(st.sampled_from([2, 3]) | per_axis)
     if depth > 1:
         out["deep_supervision"] = draw(st.lists(st.integers(1, depth - 1), unique=True, max_size=2))
+    blocks = [out["block"], out.get("decoder_block")]
+    if out["norm_position"] == "before_conv" and any(isinstance(b, dict) and b.get("preactivation") for b in blocks):
+        out["norm_position"] = "before_activation"  # pre-activation blocks normalise before the conv already
     return out
 
 

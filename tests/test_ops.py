@@ -175,3 +175,24 @@ def test_parameters_are_the_sum_over_ops() -> None:
     config = small_presets()["ronneberger2015"]
     model = build_unet(config)
     assert sum(op.parameters for op in ops.network_ops(config)) == sum(p.numel() for p in model.parameters())
+
+
+@given(data=st.data())
+def test_group_norm_rule_agrees_with_the_model(data: st.DataObject) -> None:
+    """The config refuses a group norm exactly when some norm layer of the model would see a
+    channel count that `num_groups` does not divide (whatever `norm_position` puts where)."""
+    raw = data.draw(config_dicts(max_depth=3))
+    raw["norm"] = {"type": "group", "num_groups": 1}
+    try:
+        loose = UNetConfig.model_validate(raw)
+    except Exception:  # another rule refused it (for instance half up-channels of 1)
+        return
+    groups = data.draw(st.integers(2, 4))
+    seen = {op.in_channels for op in ops.network_ops(loose) if isinstance(op, ops.NormOp)}
+    try:
+        UNetConfig.model_validate({**raw, "norm": {"type": "group", "num_groups": groups}})
+    except Exception as err:
+        assert f"num_groups={groups} does not divide" in str(err)
+        assert any(ch % groups for ch in seen)
+    else:
+        assert all(ch % groups == 0 for ch in seen)

@@ -21,9 +21,9 @@ drift apart.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import lru_cache, partial
 from typing import Literal
 
 from ..config.options import (
@@ -326,6 +326,11 @@ class _Walk:
             Conv, module, (x,), cin, cout, kernel=k, stride=s, padding=padding, bias=bias, row=row, source=source
         )
 
+    def transposed(self, module: str, x: int, **kw: object) -> int:
+        """A transposed conv (`Conv` fields in `kw`, `cout` its output channels)."""
+        cout = kw.pop("cout")
+        return self.add(Conv, module, (x,), self.channels(x), cout, transposed=True, **kw)  # type: ignore[arg-type]
+
     def norm(self, module: str, x: int) -> int | None:
         option = self.config.norm
         if isinstance(option, NoNorm):
@@ -340,19 +345,41 @@ class _Walk:
         return self.add(Act, module, (x,), c, c, option=option, inplace=inplace and supported, source=option)
 
     def norm_act(self, prefix: str, index: int, x: int, *, inplace: bool = True) -> tuple[int, int]:
-        """Norm and activation in the config's order (`layers.norm_act`), as the modules
-        `prefix.index`, `prefix.index + 1`: the last op and the next free index."""
+        """Norm and activation in the config's order (`layers.norm_act`) before a pre-activation
+        conv, as the modules `prefix.index`, `prefix.index + 1`: the last op and the next free index."""
         after = self.config.norm_position == "after_activation"
-        has_norm = not isinstance(self.config.norm, NoNorm)
-        steps = ["act", "norm"] if after else ["norm", "act"]
-        for step in steps:
-            if step == "norm" and has_norm:
-                x = self.norm(f"{prefix}.{index}", x)  # type: ignore[assignment]
-                index += 1
-            elif step == "act":
-                x = self.act(f"{prefix}.{index}", x, inplace=inplace)
-                index += 1
-        return x, index
+        x, index = self.act_at(prefix, index, x, inplace=inplace) if after else self.norm_at(prefix, index, x)
+        return self.norm_at(prefix, index, x) if after else self.act_at(prefix, index, x, inplace=inplace)
+
+    def norm_at(self, prefix: str, index: int, x: int) -> tuple[int, int]:
+        """The norm (if any) as module `prefix.index`: the last op and the next free index."""
+        if isinstance(self.config.norm, NoNorm):
+            return x, index
+        return self.norm(f"{prefix}.{index}", x), index + 1  # type: ignore[return-value]
+
+    def act_at(self, prefix: str, index: int, x: int, *, inplace: bool = True) -> tuple[int, int]:
+        return self.act(f"{prefix}.{index}", x, inplace=inplace), index + 1
+
+    def with_norm_act(
+        self, prefix: str, index: int, x: int, conv: Callable[[str, int], int], *, activate: bool = True
+    ) -> tuple[int, int]:
+        """`conv(module, x)` with its norm and activation (`activate`) in the order of
+        `norm_position` (`layers.with_norm_act`), as modules `prefix.index`, ...: the last op and
+        the next free index."""
+        match self.config.norm_position:
+            case "before_activation":
+                x, index = conv(f"{prefix}.{index}", x), index + 1
+                x, index = self.norm_at(prefix, index, x)
+                return self.act_at(prefix, index, x) if activate else (x, index)
+            case "after_activation":
+                x, index = conv(f"{prefix}.{index}", x), index + 1
+                x, index = self.act_at(prefix, index, x) if activate else (x, index)
+                return self.norm_at(prefix, index, x)
+            case "before_conv":
+                x, index = self.norm_at(prefix, index, x)
+                x, index = conv(f"{prefix}.{index}", x), index + 1
+                return self.act_at(prefix, index, x) if activate else (x, index)
+        raise AssertionError(f"unhandled norm_position {self.config.norm_position!r}")
 
     # -- blocks, as `unetgen.model.blocks` builds them ------------------------------------
 
@@ -370,27 +397,21 @@ class _Walk:
         body = f"{path}.body"
         for j, cout in enumerate(stage.channels):
             row = f"{row_prefix}.conv{first_row + j + 1}"
-            conv_stride = stride if j == 0 else 1
+            conv = partial(
+                self.conv,
+                cout=cout,
+                kernel=stage.kernel,
+                stride=stride if j == 0 else 1,
+                same=same,
+                bias=c.conv_bias,
+                row=row,
+            )
             if pre:
                 # activation first (no norm, or norm_after): in place it would overwrite the block's input
                 h, index = self.norm_act(body, index, h, inplace=has_norm and not norm_after)
-                h = self.conv(
-                    f"{body}.{index}", h, cout, stage.kernel, stride=conv_stride, same=same, bias=c.conv_bias, row=row
-                )
-                index += 1
-            elif residual and j == last:  # the residual block activates after the sum
-                h = self.conv(
-                    f"{body}.{index}", h, cout, stage.kernel, stride=conv_stride, same=same, bias=c.conv_bias, row=row
-                )
-                index += 1
-                if has_norm:
-                    h = self.norm(f"{body}.{index}", h)  # type: ignore[assignment]
-                    index += 1
-            else:
-                h = self.conv(
-                    f"{body}.{index}", h, cout, stage.kernel, stride=conv_stride, same=same, bias=c.conv_bias, row=row
-                )
-                h, index = self.norm_act(body, index + 1, h)
+                h, index = conv(f"{body}.{index}", h), index + 1
+            else:  # a residual block's last conv is activated after the sum
+                h, index = self.with_norm_act(body, index, h, conv, activate=not (residual and j == last))
         if not residual:
             return h
         assert isinstance(option, ResidualBlock)
@@ -447,21 +468,14 @@ class _Walk:
         row = f"up{i}"
         match option:
             case TransposeUp(bias=bias, kernel_size=k, norm_act=norm_act):
-                module = f"{path}.0" if norm_act else path
-                cin = self.channels(x)
                 if k is None:  # kernel = stride: no padding
-                    kw = dict(kernel=stride, stride=stride, padding=(0,) * n, output_padding=(0,) * n)
+                    kw = dict(kernel=stride, padding=(0,) * n, output_padding=(0,) * n)
                 else:  # padded by k // 2, output padding stride - 1: out = in * stride
-                    kw = dict(
-                        kernel=(k,) * n,
-                        stride=stride,
-                        padding=(k // 2,) * n,
-                        output_padding=tuple(s - 1 for s in stride),
-                    )
-                x = self.add(Conv, module, (x,), cin, cout, bias=bias, transposed=True, row=row, source=option, **kw)
-                if norm_act:
-                    x, _ = self.norm_act(path, 1, x)
-                return x
+                    kw = dict(kernel=(k,) * n, padding=(k // 2,) * n, output_padding=tuple(s - 1 for s in stride))
+                conv = partial(self.transposed, cout=cout, stride=stride, bias=bias, row=row, source=option, **kw)
+                if not norm_act:
+                    return conv(path, x)
+                return self.with_norm_act(path, 0, x, conv)[0]
             case NearestUp(conv=when) | LinearUp(conv=when):
                 if when == "always" or self.channels(x) != cout:  # the 1x1 conv runs first, on the coarser map
                     x = self.conv(f"{path}.1", x, cout, 1, source=option)
@@ -570,18 +584,9 @@ def network_ops(config: UNetConfig) -> tuple[Op, ...]:
                 case _:
                     raise AssertionError(f"unhandled down {c.down!r}")
         if i == 0 and lay.stem is not None:  # conv, norm, activation before level 0's block
-            w.part, stem = "stem", lay.stem
-            x = w.conv(
-                f"{path}.stem.0",
-                x,
-                stem.out_channels,
-                stem.kernel,
-                stride=stem.first_stride,
-                same=c.padding == "same",
-                bias=c.conv_bias,
-                row="stem",
-            )
-            x, _ = w.norm_act(f"{path}.stem", 1, x)
+            w.part, stem, same = "stem", lay.stem, c.padding == "same"
+            kw = dict(cout=stem.out_channels, kernel=stem.kernel, stride=stem.first_stride, same=same, bias=c.conv_bias)
+            x, _ = w.with_norm_act(f"{path}.stem", 0, x, partial(w.conv, row="stem", **kw))
         w.part = "bottleneck" if i == depth else "encoder"
         prefix = "bottleneck" if i == depth else f"enc{i}"
         x = w.block(f"{path}.block", prefix, stage, x, c.block, lay.encoder_dropout[i])

@@ -30,6 +30,7 @@ def _not_bool(value: Any) -> Any:
 
 SpatialDims = Annotated[Literal[1, 2, 3], BeforeValidator(_not_bool)]
 Padding = Literal["valid", "same"]
+NormPosition = Literal["before_activation", "after_activation", "before_conv"]
 
 MAX_CHANNELS = 16384
 MAX_DEPTH = 8

@@ -42,6 +42,7 @@ from .options import (
     Merge,
     NoNorm,
     Norm,
+    NormPosition,
     Padding,
     PlainBlock,
     ReLU,
@@ -178,10 +179,12 @@ class UNetConfig(_Model):
     """Conv bias; default on without norm and off with it."""
     activation: Activation = ReLU()
     """Non-linearity after each conv (after its norm, see `norm_position`)."""
-    norm_position: Literal["before_activation", "after_activation"] = "before_activation"
-    """Where the norm sits: conv, norm, activation (`before_activation`, the usual order) or
-    conv, activation, norm (`after_activation`, e.g. jvanvugt's pytorch-unet with batch_norm);
-    pre-activation blocks then run activation, norm, conv."""
+    norm_position: NormPosition = "before_activation"
+    """Where the norm sits: conv, norm, activation (`before_activation`, the usual order),
+    conv, activation, norm (`after_activation`, e.g. jvanvugt's pytorch-unet with batch_norm;
+    pre-activation blocks then run activation, norm, conv) or norm, conv, activation
+    (`before_conv`, pytorch-3dunet's default `gcr` order: the norm sees the conv's input; for the
+    block convs, the stem and a transposed conv with `norm_act`, not for projections)."""
     block: Block = PlainBlock()
     """Block type: plain (the paper) or residual."""
     decoder_block: Block | None = None
@@ -528,6 +531,17 @@ def _check_first_conv(c: UNetConfig) -> None:
         )
 
 
+@rule("norm_position", "block", "decoder_block")
+def _check_norm_before_conv(c: UNetConfig) -> None:
+    blocks = (c.block, c.decoder_block_type)
+    if c.norm_position == "before_conv" and any(b.preactivation for b in blocks):
+        raise ValueError(
+            "norm_position='before_conv' puts a norm before every conv already; a pre-activation block "
+            "(preactivation: true) runs norm, activation, conv: use norm_position: before_activation with "
+            "it, or preactivation: false for norm, conv, activation"
+        )
+
+
 @rule("depth", "deep_supervision")
 def _check_deep_supervision_levels(c: UNetConfig) -> None:
     for level in c.deep_supervision:
@@ -563,7 +577,7 @@ length, per-conv, per-axis and stem-stride rule."""
 
 @rule(
     "norm",
-    reads=(*_WIDTHS, "depth", "in_channels", "block", "decoder_block", "merge", "up", "up_channels"),
+    reads=(*_WIDTHS, "depth", "in_channels", "block", "decoder_block", "merge", "up", "up_channels", "norm_position"),
     needs=_LAYOUT,
 )
 def _check_group_norm(c: UNetConfig) -> None:
@@ -602,18 +616,34 @@ def _check_half_up_channels(c: UNetConfig) -> None:
 
 
 def _normed_channels(c: UNetConfig) -> set[int]:
-    """Every channel count that a norm layer sees."""
-    layout = c.layout
-    normed = {ch for s in layout.encoder + layout.decoder for ch in s.channels}
-    if c.block.preactivation:
-        normed |= {s.in_channels for s in layout.encoder}
-    if c.decoder_block_type.preactivation:
-        normed |= {s.in_channels for s in layout.decoder}
+    """Every channel count that a norm layer sees: each conv's output, or its input where the
+    norm comes first (pre-activation blocks, `norm_position: before_conv`); a projected
+    shortcut's output (not in pre-activation blocks); the stem's; the attention gates'; a
+    `norm_act` transposed conv's."""
+    layout, first = c.layout, c.norm_position == "before_conv"
+    units = [(u, c.block) for s in layout.encoder for u in s.split_units()]
+    units += [(u, c.decoder_block_type) for s in layout.decoder for u in s.split_units()]
+    normed: set[int] = set()
+    for u, block in units:
+        normed |= {u.in_channels, *u.channels[:-1]} if first or block.preactivation else set(u.channels)
+        if _projected(block, u) and not block.preactivation:  # the shortcut: conv, then norm
+            normed.add(u.out_channels)
+    if layout.stem is not None:
+        normed.add(layout.stem.in_channels if first else layout.stem.out_channels)
     if isinstance(c.merge, AttentionGate):
         normed |= set(c.attention_channels)
     if isinstance(c.up, TransposeUp) and c.up.norm_act:
-        normed |= set(layout.up_channels)
+        normed |= set(layout.coarse_channels if first else layout.up_channels)
     return normed
+
+
+def _projected(block: Block, unit: Stage) -> bool:
+    """Whether a unit's shortcut ends in a 1x1 conv (so a norm follows it)."""
+    if not isinstance(block, ResidualBlock):
+        return False
+    if block.shortcut == "resnet_d":
+        return unit.in_channels != unit.out_channels
+    return unit.in_channels != unit.out_channels or any(s != 1 for s in unit.first_stride)
 
 
 # ---------------------------------------------------------------------------------------------

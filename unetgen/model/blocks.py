@@ -25,6 +25,7 @@ from ..config.options import (
     NearestUp,
     NoNorm,
     Norm,
+    NormPosition,
     PixelShuffleUp,
     ReLU,
     ResidualBlock,
@@ -60,10 +61,10 @@ class ConvBlock(nn.Module):
         bias: bool,
         block: Block,
         dropout: nn.Module | None = None,
-        norm_after: bool = False,
+        position: NormPosition = "before_activation",
     ) -> None:
         super().__init__()
-        pre = block.preactivation
+        pre, norm_after = block.preactivation, position == "after_activation"
         residual = isinstance(block, ResidualBlock)
         layers_: list[nn.Module] = []
         cin = stage.in_channels
@@ -78,11 +79,9 @@ class ConvBlock(nn.Module):
                 # input, which may be a skip or the identity
                 a = layers.activation(act, inplace=n is not None and not norm_after, channels=cin)
                 layers_ += [*layers.norm_act(n, a, after=norm_after), conv]
-            elif residual and last:  # the residual block activates after the sum
-                layers_ += [m for m in (conv, layers.norm(norm, dims, cout)) if m is not None]
-            else:
-                n, a = layers.norm(norm, dims, cout), layers.activation(act, channels=cout)
-                layers_ += [conv, *layers.norm_act(n, a, after=norm_after)]
+            else:  # a residual block's last conv is activated after the sum
+                a = None if residual and last else layers.activation(act, channels=cout)
+                layers_ += layers.with_norm_act(conv, norm, dims, a, position)
             cin = cout
         self.body = nn.Sequential(*layers_)
         self.residual, self.strided = residual, strided
@@ -120,14 +119,20 @@ class ConvBlock(nn.Module):
 
 
 def conv_norm_act(
-    dims: SpatialDims, stage: Stage, *, same: bool, norm: Norm, act: Activation, bias: bool, norm_after: bool = False
+    dims: SpatialDims,
+    stage: Stage,
+    *,
+    same: bool,
+    norm: Norm,
+    act: Activation,
+    bias: bool,
+    position: NormPosition = "before_activation",
 ) -> nn.Sequential:
-    """One conv of `stage` (its kernel and first stride), then norm and activation (in the
-    opposite order with `norm_after`): the stem."""
+    """One conv of `stage` (its kernel and first stride) with norm and activation in the order of
+    `position`: the stem."""
     cin, cout = stage.in_channels, stage.out_channels
     conv = layers.conv(dims, cin, cout, stage.kernel, stride=stage.first_stride, same=same, bias=bias)
-    n, a = layers.norm(norm, dims, cout), layers.activation(act, channels=cout)
-    return nn.Sequential(conv, *layers.norm_act(n, a, after=norm_after))
+    return nn.Sequential(*layers.with_norm_act(conv, norm, dims, layers.activation(act, channels=cout), position))
 
 
 def make_down(option: Down, dims: SpatialDims, channels: int, stride: tuple[int, ...]) -> nn.Module | None:
@@ -157,9 +162,9 @@ def make_up(
     *,
     norm: Norm = _NO_NORM,
     act: Activation = _RELU,
-    norm_after: bool = False,
+    position: NormPosition = "before_activation",
 ) -> nn.Module:
-    """Up-sampling by `stride` from `cin` to `cout` channels; `norm`, `act` and `norm_after`
+    """Up-sampling by `stride` from `cin` to `cout` channels; `norm`, `act` and `position`
     serve a transposed conv with `norm_act`."""
     match option:
         case TransposeUp(bias=bias, kernel_size=k, norm_act=norm_act):
@@ -172,8 +177,9 @@ def make_up(
                 )
             if not norm_act:
                 return conv
-            n, a = layers.norm(norm, dims, cout), layers.activation(act, channels=cout)
-            return nn.Sequential(conv, *layers.norm_act(n, a, after=norm_after))
+            return nn.Sequential(
+                *layers.with_norm_act(conv, norm, dims, layers.activation(act, channels=cout), position)
+            )
         case NearestUp(conv=when) | LinearUp(conv=when):
             if isinstance(option, LinearUp):
                 mode, corners = layers.INTERPOLATION[dims], option.align_corners

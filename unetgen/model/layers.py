@@ -19,6 +19,7 @@ from ..config.options import (
     LeakyReLU,
     NoNorm,
     Norm,
+    NormPosition,
     PReLU,
     ReLU,
     SiLU,
@@ -63,6 +64,23 @@ def conv(
 def norm_act(norm: nn.Module | None, act: nn.Module, *, after: bool) -> list[nn.Module]:
     """The norm (if any) and the activation in order: the norm first unless `after`."""
     return [m for m in ((act, norm) if after else (norm, act)) if m is not None]
+
+
+def with_norm_act(
+    conv: nn.Module, option: Norm, dims: SpatialDims, act: nn.Module | None, position: NormPosition
+) -> list[nn.Module]:
+    """`conv` with its norm and activation (None: none, e.g. before a residual sum) in the order
+    of `position`: conv, norm, act; conv, act, norm; or norm, conv, act (the norm then sees the
+    conv's input channels)."""
+    cin, cout = conv.in_channels, conv.out_channels
+    match position:
+        case "before_activation":
+            steps = (conv, norm(option, dims, cout), act)
+        case "after_activation":
+            steps = (conv, act, norm(option, dims, cout))
+        case "before_conv":
+            steps = (norm(option, dims, cin), conv, act)
+    return [m for m in steps if m is not None]
 
 
 def norm(option: Norm, dims: SpatialDims, channels: int) -> nn.Module | None:

@@ -59,7 +59,7 @@ class UNet(nn.Module):
         super().__init__()
         self.config = config
         c, lay, dims = config, config.layout, config.spatial_dims
-        same, norm_after = c.padding == "same", c.norm_position == "after_activation"
+        same, position = c.padding == "same", c.norm_position
 
         def dropout(wanted: bool) -> nn.Module | None:
             d = c.dropout
@@ -71,7 +71,7 @@ class UNet(nn.Module):
             units = [
                 ConvBlock(
                     dims, unit, same=same, norm=c.norm, act=c.activation, bias=c.conv_bias, block=option,
-                    dropout=dropout(drop) if u == stage.units - 1 else None, norm_after=norm_after,
+                    dropout=dropout(drop) if u == stage.units - 1 else None, position=position,
                 )
                 for u, unit in enumerate(stage.split_units())
             ]  # fmt: skip
@@ -79,14 +79,14 @@ class UNet(nn.Module):
 
         def up(i: int) -> nn.Module:
             coarse, channels, stride = lay.coarse_channels[i], lay.up_channels[i], lay.strides[i]
-            return make_up(c.up, dims, coarse, channels, stride, norm=c.norm, act=c.activation, norm_after=norm_after)
+            return make_up(c.up, dims, coarse, channels, stride, norm=c.norm, act=c.activation, position=position)
 
         def encoder_level(i: int) -> EncoderLevel:
             down = make_down(c.down, dims, lay.encoder[i - 1].out_channels, lay.strides[i - 1]) if i > 0 else None
             stem = None
             if i == 0 and lay.stem is not None:
                 stem = conv_norm_act(
-                    dims, lay.stem, same=same, norm=c.norm, act=c.activation, bias=c.conv_bias, norm_after=norm_after
+                    dims, lay.stem, same=same, norm=c.norm, act=c.activation, bias=c.conv_bias, position=position
                 )
             return EncoderLevel(down, block(lay.encoder[i], lay.encoder_dropout[i]), stem)
 
