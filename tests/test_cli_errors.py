@@ -5,7 +5,6 @@ quietly, Ctrl-C exits 130; `predict` checks everything before it predicts."""
 from __future__ import annotations
 
 import contextlib
-import importlib
 import io
 import os
 import re
@@ -22,8 +21,7 @@ from cli_files import ANISO, TINY, make_files, run
 
 from unetgen import build_unet, predict_tiled
 from unetgen.analysis import shapes
-
-cli_module = importlib.import_module("unetgen.cli.main")  # the module: the attribute unetgen.cli.main is the function
+from unetgen.cli import app as cli_module  # the module whose build_parser wires the cmd_* handlers
 
 pytest.importorskip("PIL")
 pytest.importorskip("tifffile")

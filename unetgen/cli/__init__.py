@@ -1,8 +1,8 @@
-"""The ``unetgen`` command. The code lives in `unetgen/cli/main.py`; this package re-exports
-`main` (the entry point ``unetgen.cli:main``) and the module's public settings and helpers.
-Note that ``unetgen.cli.main`` is the function: reach the module, e.g. to patch a ``cmd_*``
-handler, through ``sys.modules["unetgen.cli.main"]`` or ``importlib.import_module``."""
+"""The ``unetgen`` command. `app` builds the parser and runs a command (`main`, the entry point
+``unetgen.cli:main``); `args` holds the argument types, `errors` the one error path, and
+`inspect`, `predict`, `draw`, `plan` and `imports` the commands. This package re-exports `main`
+and the public settings and helpers; patch a ``cmd_*`` handler on `unetgen.cli.app`."""
 
-from .main import DEBUG_ENV, LISTED_SIZES, UsageError, build_parser, main
+from .app import DEBUG_ENV, LISTED_SIZES, UsageError, build_parser, main
 
 __all__ = ["DEBUG_ENV", "LISTED_SIZES", "UsageError", "build_parser", "main"]

@@ -1,0 +1,216 @@
+"""`unetgen predict`: an image of any size, tile by tile (overlap-tile strategy); everything is
+checked before any prediction runs (images are read and written by `unetgen.predict.formats`).
+A .zarr output or a Dask option takes the out-of-core branch (`cmd_predict_large`,
+docs/large-images.md)."""
+
+from __future__ import annotations
+
+import argparse
+import pickle
+import warnings
+from pathlib import Path
+from typing import Any
+
+from ..config.unet_config import UNetConfig
+from .args import check_output, read_config, regular_file, spatial
+from .errors import CommandError, UsageError, note, show
+
+# ---------------------------------------------------------------------------------------------
+# the model
+
+
+def _check_weights_arg(args: argparse.Namespace) -> None:
+    """--weights is given exactly when CONFIG is a config file (a checkpoint holds its weights)."""
+    if Path(args.config).suffix.lower() == ".safetensors":
+        if args.weights is not None:
+            raise UsageError(f"{show(args.config)} is a checkpoint with its own weights; drop --weights")
+    elif args.weights is None and not args.dry_run:
+        raise UsageError("--weights FILE is needed with a config file (or pass a .safetensors checkpoint as CONFIG)")
+
+
+def _load_model(args: argparse.Namespace, cfg: UNetConfig) -> Any:
+    """The model with its weights (None for a dry run without weights)."""
+    import torch
+
+    from ..build import build_unet
+    from ..checkpoint import load_unet
+
+    if Path(args.config).suffix.lower() == ".safetensors":
+        return load_unet(args.config, device=args.device)
+    if args.weights is None:
+        return None
+    regular_file(args.weights, "--weights")
+    if Path(args.weights).suffix.lower() == ".safetensors":
+        model = load_unet(args.weights, device=args.device)
+        if model.config != cfg:
+            raise ValueError(
+                f"the config stored in {show(args.weights)} differs from {show(args.config)}; "
+                "pass the checkpoint alone as CONFIG"
+            )
+        return model
+    model = build_unet(cfg, device=args.device)
+    try:
+        with warnings.catch_warnings():  # torch warns about pickle protocols before refusing
+            warnings.simplefilter("ignore")
+            state = torch.load(args.weights, map_location=args.device or "cpu", weights_only=True)
+        model.load_state_dict(state)
+    except Exception as err:  # unpickling refused, not a zip, wrong keys or shapes, not a dict
+        if isinstance(err, pickle.UnpicklingError):
+            why = "it is a pickle that needs code to load, which is never run (torch.load weights_only=True)"
+        else:
+            why = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+        raise ValueError(
+            f"--weights {show(args.weights)}: not a state_dict of this config ({why}); save one with "
+            "torch.save(model.state_dict(), path), or use a unetgen .safetensors checkpoint"
+        ) from None
+    return model.eval()
+
+
+# ---------------------------------------------------------------------------------------------
+# predict
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    if _is_large(args):  # zarr/TIFF images, Dask: out-of-core, resumable (docs/large-images.md)
+        return cmd_predict_large(args)
+    import torch
+
+    from ..predict.formats import image_format, read_image, write_image
+    from ..predict.plan import DEFAULT_MEMORY_LIMIT, check_memory, format_bytes, plan_tiles
+    from ..predict.run import predict_tiled
+    from ..predict.sources import check_image
+
+    _check_weights_arg(args)
+    cfg = read_config(args.config)
+    tile = None if args.tile_size is None else spatial(cfg, args.tile_size, "--tile-size")
+    check_output(args.output)
+    image_format(args.input, "--input")  # a readable file of a known format, before the model loads
+    model = _load_model(args, cfg)
+    image = read_image(args.input, "--input")
+    if image.dim() == cfg.spatial_dims and cfg.in_channels == 1:
+        image = image.unsqueeze(0)  # a single-channel image without its channel axis
+    dtype = next(model.parameters()).dtype if model is not None else torch.float32
+    x = check_image(cfg, image, dtype)
+    options = dict(tile_size=tile, batch_size=args.batch_size, overlap=args.overlap)
+    plan = plan_tiles(cfg, tuple(x.shape[2:]), **options, dtype=dtype)
+    note(f"plan: {plan.summary()}")
+    limit = args.memory_limit if args.memory_limit is not None else DEFAULT_MEMORY_LIMIT
+    images = x.shape[0]
+    need = check_memory(cfg, plan, images=images, output_type=args.output_type, dtype=dtype, memory_limit=limit)
+    note(f"memory: ~{format_bytes(need)} for tiles and result (limit {format_bytes(limit)}: --memory-limit)")
+    if args.dry_run:
+        return 0
+    result = predict_tiled(
+        model,
+        image,
+        **options,
+        blend=args.blend,
+        progress=not args.no_progress,
+        output_type=args.output_type,
+        memory_limit=limit,
+    )
+    write_image(args.output, result.cpu().numpy())
+    dtype_name = str(result.dtype).removeprefix("torch.")
+    note(f"wrote {show(args.output)}: {args.output_type}, shape {tuple(result.shape)}, {dtype_name}")
+    return 0
+
+
+# --- out-of-core and distributed prediction (issue 14): a separate branch of `predict` -------
+
+
+def _is_large(args: argparse.Namespace) -> bool:
+    """A .zarr output or a Dask option: the out-of-core branch (any .npy/.zarr/.tif input)."""
+    zarr_output = str(args.output).lower().rstrip("/").endswith(".zarr")
+    return zarr_output or args.scheduler is not None or args.workers is not None
+
+
+def cmd_predict_large(args: argparse.Namespace) -> int:
+    """`predict` from a .zarr/.tif/.npy image into a .zarr output, block by block, resumable;
+    on a Dask cluster with --scheduler or --workers."""
+    from ..predict.journal import Journal
+
+    _check_large_args(args)
+    tile = args.tile_size[0] if args.tile_size is not None and len(args.tile_size) == 1 else args.tile_size
+    block = args.block_size[0] if args.block_size is not None and len(args.block_size) == 1 else args.block_size
+    output_type = getattr(args, "output_type", None) or "logits"
+    plan_options = dict(tile_size=tile, batch_size=args.batch_size, overlap=args.overlap)
+    options = dict(**plan_options, blend=args.blend, output_type=output_type, block_shape=block)
+    try:
+        out = _predict_large(args, plan_options, options)
+    except (ValueError, ImportError, OSError, TimeoutError) as err:  # zarr's, Dask's and the model's own words
+        raise CommandError(str(err)) from err
+    if out is None:  # --dry-run
+        return 0
+    record = out.attrs.get(Journal.KEY, {})
+    note(
+        f"wrote {args.output}: shape {tuple(out.shape)}, {out.dtype}, chunks {tuple(out.chunks)}; "
+        f"{record.get('completed', '?')}/{record.get('blocks', '?')} blocks complete"
+    )
+    return 0
+
+
+def _check_large_args(args: argparse.Namespace) -> None:
+    if not str(args.config).endswith(".safetensors") or args.weights is not None:
+        raise UsageError("out-of-core prediction takes a .safetensors checkpoint (unetgen.save_unet) as CHECKPOINT")
+    if not str(args.output).rstrip("/").endswith(".zarr"):
+        raise UsageError(f"--output {show(args.output)}: out-of-core prediction writes a .zarr array (e.g. out.zarr)")
+    if args.scheduler is not None and args.workers is not None:
+        raise UsageError("give --scheduler or --workers, not both")
+    if args.workers is not None and args.workers < 1:
+        raise UsageError(f"--workers {args.workers} must be a positive number of worker processes")
+
+
+def _predict_large(args: argparse.Namespace, plan_options: dict[str, Any], options: dict[str, Any]) -> Any:
+    """The written .zarr array, None for a dry run."""
+    from ..checkpoint import load_unet
+    from ..predict.arrays import create_output, open_image
+    from ..predict.plan import plan_tiles
+    from ..predict.run import predict_tiled
+
+    model = load_unet(args.config, device=args.device or "cpu")
+    image = open_image(args.input)
+    image_shape = tuple(image.shape[-model.config.spatial_dims :])
+    plan = plan_tiles(model, image_shape, **plan_options, dtype=next(model.parameters()).dtype)
+    note(f"plan: {plan.summary()}")
+    if args.dry_run:
+        return None
+    if args.scheduler is not None or args.workers is not None:
+        del model  # the workers load their own
+        return _predict_on_cluster(args, options)
+    out = create_output(
+        args.output,
+        model,
+        image,
+        output_type=options["output_type"],
+        block_shape=options["block_shape"],
+        overwrite=args.restart,
+        **plan_options,
+    )
+    predict_tiled(model, image, out=out, **options, resume=not args.restart, progress=not args.no_progress)
+    return out
+
+
+def _predict_on_cluster(args: argparse.Namespace, options: dict[str, Any]) -> Any:
+    """Predict on the Dask cluster at --scheduler, or on a local one of --workers processes."""
+    from ..predict.distributed import predict_distributed
+
+    client = None
+    if args.scheduler is not None:
+        from distributed import Client
+
+        client = Client(args.scheduler, timeout="30s")
+        note(f"dask dashboard: {client.dashboard_link}")
+    out = predict_distributed(
+        args.config,
+        args.input,
+        args.output,
+        client=client,
+        workers=args.workers,
+        **options,
+        device=args.device or "cpu",
+        resume=not args.restart,
+        progress=not args.no_progress,
+    )
+    if client is not None:
+        client.close()
+    return out
