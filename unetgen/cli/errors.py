@@ -17,7 +17,7 @@ import sys
 from ..analysis import shapes
 from ..checkpoint import CheckpointError
 from ..config.io import ConfigError
-from ..reprs import short_repr
+from ..reprs import short_arg
 
 DEBUG_ENV = "UNETGEN_DEBUG"
 """Set to 1 to see the traceback of any error instead of its one-line message."""
@@ -34,12 +34,8 @@ class CommandError(Exception):
     out-of-core run): its message is shown as it is, one ``error:`` line per line, exit 1."""
 
 
-def show(text: str) -> str:
-    """A path or value as typed, bounded; repr'd when it holds control or odd characters."""
-    text = str(text)
-    if text.isprintable() and len(text) <= 200:
-        return text
-    return short_repr(text)
+show = short_arg
+"""A path or value as typed, bounded; repr'd when it holds control or odd characters."""
 
 
 def note(text: str) -> None:

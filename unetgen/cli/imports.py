@@ -12,7 +12,7 @@ from .errors import note
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    from ..interop.convert import nnunet_yaml
+    from ..interop import nnunet_yaml
 
     check_output(args.output)
     out = Path(args.output)

@@ -17,7 +17,6 @@ from ..config.unet_config import UNetConfig
 from ..model.unet import UNet
 from . import monai, nnunet  # noqa: F401  (importing them registers their converters)
 from .options import UnsupportedModelError, validated
-from .plans import nnunet_yaml as nnunet_yaml  # `unetgen import nnunet` imports it from here
 from .registry import find_converter
 from .weights import copy_paired, unetgen_layers
 
