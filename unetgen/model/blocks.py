@@ -64,44 +64,12 @@ class ConvBlock(nn.Module):
         position: NormPosition = "before_activation",
     ) -> None:
         super().__init__()
-        pre, norm_after = block.preactivation, position == "after_activation"
-        residual = isinstance(block, ResidualBlock)
-        layers_: list[nn.Module] = []
-        cin = stage.in_channels
-        stride = stage.first_stride
-        strided = any(s != 1 for s in stride)
-        for j, cout in enumerate(stage.channels):
-            last = j == len(stage.channels) - 1
-            conv = layers.conv(dims, cin, cout, stage.kernel, stride=stride if j == 0 else 1, same=same, bias=bias)
-            if pre:
-                n = layers.norm(norm, dims, cin)
-                # activation first (no norm, or norm_after): in place it would overwrite the block's
-                # input, which may be a skip or the identity
-                a = layers.activation(act, inplace=n is not None and not norm_after, channels=cin)
-                layers_ += [*layers.norm_act(n, a, after=norm_after), conv]
-            else:  # a residual block's last conv is activated after the sum
-                a = None if residual and last else layers.activation(act, channels=cout)
-                layers_ += layers.with_norm_act(conv, norm, dims, a, position)
-            cin = cout
-        self.body = nn.Sequential(*layers_)
-        self.residual, self.strided = residual, strided
-        if residual:
-            assert isinstance(block, ResidualBlock)
-            proj: list[nn.Module] = []
-            cin, cout = stage.in_channels, stage.out_channels
-            match block.shortcut:
-                case "projection" if cin != cout or strided:
-                    proj.append(layers.conv(dims, cin, cout, 1, stride=stride, bias=bias or pre))
-                case "resnet_d":
-                    if strided:
-                        proj.append(layers.AVG_POOL[dims](stride, stride, ceil_mode=True))
-                    if cin != cout:
-                        proj.append(layers.conv(dims, cin, cout, 1, bias=False))
-            projected = bool(proj) and isinstance(proj[-1], nn.modules.conv._ConvNd)
-            if projected and not pre and (n := layers.norm(norm, dims, cout)) is not None:
-                proj.append(n)
-            self.shortcut = nn.Sequential(*proj)
-            self.post_act = None if pre else layers.activation(act, channels=stage.out_channels)
+        self.residual = isinstance(block, ResidualBlock)
+        self.strided = any(s != 1 for s in stage.first_stride)
+        self.body = _body(dims, stage, same=same, norm=norm, act=act, bias=bias, block=block, position=position)
+        if isinstance(block, ResidualBlock):
+            self.shortcut = _shortcut(dims, stage, block, norm=norm, bias=bias)
+            self.post_act = None if block.preactivation else layers.activation(act, channels=stage.out_channels)
         self.dropout = dropout
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -116,6 +84,62 @@ class ConvBlock(nn.Module):
         if self.dropout is not None:
             y = self.dropout(y)
         return y
+
+
+def _body(
+    dims: SpatialDims,
+    stage: Stage,
+    *,
+    same: bool,
+    norm: Norm,
+    act: Activation,
+    bias: bool,
+    block: Block,
+    position: NormPosition,
+) -> nn.Sequential:
+    """A block's convs with their norms and activations; the first conv has the stage's stride.
+    A pre-activation block runs norm and activation before each conv; a residual block's last
+    conv is activated after the sum, so not here."""
+    pre, norm_after = block.preactivation, position == "after_activation"
+    residual = isinstance(block, ResidualBlock)
+    out: list[nn.Module] = []
+    cin = stage.in_channels
+    for j, cout in enumerate(stage.channels):
+        conv = layers.conv(
+            dims, cin, cout, stage.kernel, stride=stage.first_stride if j == 0 else 1, same=same, bias=bias
+        )
+        if pre:
+            n = layers.norm(norm, dims, cin)
+            # activation first (no norm, or norm_after): in place it would overwrite the block's
+            # input, which may be a skip or the identity
+            a = layers.activation(act, inplace=n is not None and not norm_after, channels=cin)
+            out += [*layers.norm_act(n, a, after=norm_after), conv]
+        else:
+            a = None if residual and j == len(stage.channels) - 1 else layers.activation(act, channels=cout)
+            out += layers.with_norm_act(conv, norm, dims, a, position)
+        cin = cout
+    return nn.Sequential(*out)
+
+
+def _shortcut(dims: SpatialDims, stage: Stage, block: ResidualBlock, *, norm: Norm, bias: bool) -> nn.Sequential:
+    """A residual block's identity path: empty (the identity), or a 1x1 conv where channels or
+    size change (`projection`; `resnet_d`: an average pool where it strides, then a 1x1 conv
+    without bias where channels change), followed by a norm unless the block pre-activates."""
+    cin, cout, stride = stage.in_channels, stage.out_channels, stage.first_stride
+    pre, strided = block.preactivation, any(s != 1 for s in stride)
+    proj: list[nn.Module] = []
+    match block.shortcut:
+        case "projection" if cin != cout or strided:
+            proj.append(layers.conv(dims, cin, cout, 1, stride=stride, bias=bias or pre))
+        case "resnet_d":
+            if strided:
+                proj.append(layers.AVG_POOL[dims](stride, stride, ceil_mode=True))
+            if cin != cout:
+                proj.append(layers.conv(dims, cin, cout, 1, bias=False))
+    projected = bool(proj) and isinstance(proj[-1], nn.modules.conv._ConvNd)
+    if projected and not pre and (n := layers.norm(norm, dims, cout)) is not None:
+        proj.append(n)
+    return nn.Sequential(*proj)
 
 
 def conv_norm_act(
