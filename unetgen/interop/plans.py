@@ -26,9 +26,13 @@ from ..reprs import short_text
 from .options import UP_FIRST, UnsupportedModelError, activation_option, axes, norm_option, transpose_up, validated
 
 __all__ = [
+    "IMPORT_MARKER",
     "MAX_PLANS_BYTES",
+    "MAX_SCHEMA",
     "NNUNET_CLASSES",
     "NNUNetSpec",
+    "check_schema_marker",
+    "commented_yaml",
     "from_nnunet_plans",
     "nnunet_yaml",
     "to_nnunet_architecture",
@@ -36,6 +40,11 @@ __all__ = [
 
 MAX_PLANS_BYTES = 4 * 1024 * 1024
 """Largest plans file read (real nnUNetPlans.json files are a few to a few hundred kilobytes)."""
+MAX_SCHEMA = 4096
+"""Longest ``$schema`` path or URL written into the YAML's marker comment."""
+IMPORT_MARKER = "# imported by `unetgen import nnunet`"
+"""The start of the comment line that marks a YAML file written by `unetgen import nnunet`: the
+only existing file the command replaces."""
 
 NNUNET_CLASSES = {
     "PlainConvUNet": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
@@ -568,36 +577,79 @@ def nnunet_yaml(
 ) -> str:
     """A commented YAML config for `configuration` of the plans file at `plans_path` (see
     `from_nnunet_plans`), starting with the ``yaml-language-server`` schema marker pointing at
-    `schema` (a path relative to where the YAML will be written, or a URL) when given."""
-    import yaml
+    `schema` (a path relative to where the YAML will be written, or a URL) when given.
 
+    The config is written by ``yaml.safe_dump``; the comments hold values from the plans file
+    (the dataset name, the configuration, the file name) only as bounded, escaped reprs, so no
+    value can end a comment and add a key: the text is checked to read back as the config."""
+    if schema is not None:
+        check_schema_marker(schema, "schema")
     plans = _read_plans(plans_path)
     config = from_nnunet_plans(
         plans, configuration, in_channels=in_channels, out_channels=out_channels, deep_supervision=deep_supervision
     )
     conf = _resolve_configuration(plans["configurations"], configuration)
     cls = _architecture(conf, configuration)[0]
-    lines = [f"# yaml-language-server: $schema={schema}"] if schema else []
-    lines += [
-        f"# nnU-Net {cls}, configuration {configuration!r} of {Path(plans_path).name}"
-        + (f" (dataset {name})" if isinstance(name := plans.get("dataset_name"), str) else ""),
-        "# imported by `unetgen import nnunet`: the same network as nnU-Net builds (unetgen.interop).",
+    dataset = plans.get("dataset_name")
+    notes = [
+        f"nnU-Net {cls}, configuration {short_repr(configuration)} of {short_repr(Path(plans_path).name)}"
+        + (f" (dataset {short_repr(dataset)})" if isinstance(dataset, str) else ""),
+        IMPORT_MARKER.removeprefix("# ") + ": the same network as nnU-Net builds (unetgen.interop).",
         *_patch_size_comment(config, conf.get("patch_size")),
     ]
     if config.deep_supervision:
-        lines.append("# deep_supervision: heads on every decoder level but the deepest, as nnU-Net trains.")
-    body = yaml.safe_dump(config.model_dump(mode="json", exclude_unset=True), sort_keys=False, default_flow_style=None)
-    return "\n".join(lines) + "\n" + body
+        notes.append("deep_supervision: heads on every decoder level but the deepest, as nnU-Net trains.")
+    return commented_yaml(config.model_dump(mode="json", exclude_unset=True), notes, schema)
+
+
+def check_schema_marker(schema: Any, option: str) -> None:
+    """`schema` can follow ``$schema=`` on one comment line: a non-empty str of printable
+    characters (no line break, tab or control character), at most `MAX_SCHEMA` long."""
+    if not isinstance(schema, str) or not 0 < len(schema) <= MAX_SCHEMA or not schema.isprintable():
+        raise ValueError(
+            f"{option}={short_repr(schema)} must be a path or URL of 1 to {MAX_SCHEMA} printable characters on one "
+            "line (it is written into a YAML comment); give e.g. schemas/unet-config.schema.json"
+        )
+
+
+def commented_yaml(data: Mapping[str, Any], notes: list[str], schema: str | None = None) -> str:
+    """`data` as YAML (``yaml.safe_dump``) after the schema marker and one comment line per note.
+    Every note must be one line of printable characters (reprs of outside values are: `short_repr`
+    escapes line breaks, including YAML's U+0085, U+2028 and U+2029); the text is read back and
+    must equal `data`, so a comment can never have added or changed a key."""
+    import yaml
+
+    head = []
+    if schema is not None:
+        check_schema_marker(schema, "schema")
+        head.append(f"# yaml-language-server: $schema={schema}")
+    for note in notes:
+        if not note.isprintable():
+            raise AssertionError(f"a comment line that is not one printable line: {short_repr(note)}")
+        head.append(f"# {note}")
+    body = yaml.safe_dump(dict(data), sort_keys=False, default_flow_style=None)
+    text = "\n".join([*head, body])
+    if yaml.safe_load(text) != data:
+        raise AssertionError("the comments changed what the YAML says")
+    return text
 
 
 def _patch_size_comment(config: UNetConfig, patch: Any) -> list[str]:
     """Whether nnU-Net's patch size is a valid input of `config` (and the nearest valid if not)."""
     from ..analysis import shapes
 
-    if not isinstance(patch, list) or len(patch) != config.spatial_dims or not all(isinstance(p, int) for p in patch):
+    if patch is None:
         return []
+    if (
+        not isinstance(patch, list)
+        or len(patch) != config.spatial_dims
+        or not all(isinstance(p, int) and not isinstance(p, bool) and p > 0 for p in patch)
+    ):
+        return [
+            f"nnU-Net's patch_size {short_repr(patch)} is not {config.spatial_dims} positive integers: not checked."
+        ]
     size = tuple(patch)
     if shapes.is_valid_input_shape(config, size):
-        return [f"# nnU-Net's patch size {list(size)} is valid: output {list(shapes.output_shape(config, size))}."]
+        return [f"nnU-Net's patch size {list(size)} is valid: output {list(shapes.output_shape(config, size))}."]
     near = [shapes.nearest_valid_input_size(config, s, axis=a) for a, s in enumerate(size)]
-    return [f"# nnU-Net's patch size {list(size)} is not a valid input; nearest valid: {near}."]
+    return [f"nnU-Net's patch size {list(size)} is not a valid input; nearest valid: {near}."]
