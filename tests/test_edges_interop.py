@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -156,3 +157,43 @@ def test_foreign_files_and_links_are_not_replaced(tmp_path: Path, capsys: pytest
     assert _import(plans, out) == 0 and _import(plans, out, "--no-deep-supervision") == 0
     assert load_config(out).deep_supervision == ()
     assert sorted(os.listdir(tmp_path)) == ["link.yaml", "m.yaml", "notes.yaml", "plans.json"]
+
+
+# ---------------------------------------------------------------------------------------------
+# only regular files are read: a FIFO or device never blocks
+
+
+def _alarm(signum: int, frame: Any) -> None:
+    raise TimeoutError("blocked opening the plans file")
+
+
+@pytest.fixture
+def no_blocking() -> Any:
+    previous = signal.signal(signal.SIGALRM, _alarm)
+    signal.alarm(5)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, previous)
+
+
+@pytest.mark.usefixtures("no_blocking")
+@pytest.mark.parametrize("kind", ["fifo", "device", "directory"])
+def test_plans_that_are_not_regular_files_are_refused_at_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], kind: str
+) -> None:
+    path = tmp_path / "plans.json"
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "directory":
+        path.mkdir()
+    else:
+        path = Path("/dev/zero")
+    what = {"fifo": "FIFO", "device": "device", "directory": "directory"}[kind]
+    with pytest.raises(ValueError, match=f"plans file .*{what}.*not a regular file"):
+        from_nnunet_plans(path, "c", in_channels=1, out_channels=2)
+    with pytest.raises(ValueError, match=what):
+        nnunet_yaml(str(path), "c", in_channels=1, out_channels=2)
+    assert _import(path, tmp_path / "m.yaml") == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: plans file ") and what in err and "Traceback" not in err
+    assert not (tmp_path / "m.yaml").exists()

@@ -14,15 +14,17 @@ Plans are plain data: nnU-Net is never imported.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..config import documents
 from ..config import options as cfgmod
 from ..config.diagnostics import short_repr
 from ..config.unet_config import UNetConfig
-from ..reprs import short_text
+from ..reprs import short_path, short_text
 from .options import UP_FIRST, UnsupportedModelError, activation_option, axes, norm_option, transpose_up, validated
 
 __all__ = [
@@ -150,7 +152,7 @@ def from_nnunet_plans(
     for name, value in (("in_channels", in_channels), ("out_channels", out_channels)):
         if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= cfgmod.MAX_CHANNELS:
             raise ValueError(f"{name}={short_repr(value)} must be an integer from 1 to {cfgmod.MAX_CHANNELS}")
-    data = _read_plans(plans) if isinstance(plans, (str, Path)) else plans
+    data = _read_plans(plans) if isinstance(plans, (str, os.PathLike)) else plans
     if not isinstance(data, Mapping) or not isinstance(data.get("configurations"), Mapping):
         raise ValueError("not an nnU-Net plans file: no 'configurations' mapping at the top level")
     conf = _resolve_configuration(data["configurations"], configuration)
@@ -162,15 +164,23 @@ def from_nnunet_plans(
         raise ValueError(f"{where}: malformed arch_kwargs ({short_text(str(err))})") from None
 
 
-def _read_plans(path: str | Path) -> Any:
-    p = Path(path)
+def _read_plans(path: str | os.PathLike[str]) -> Any:
+    """The JSON of the plans file at `path`: a regular file (`documents.open_regular`: a FIFO or
+    device is refused before it is opened, so nothing blocks) of at most `MAX_PLANS_BYTES`."""
+    where = short_path(path)
     try:
-        with p.open("rb") as f:
+        fd = documents.open_regular(path)
+    except documents.ParseError as err:
+        raise ValueError(f"plans file {where}: {err.message}; give an nnUNetPlans.json file") from None
+    try:
+        with os.fdopen(fd, "rb") as f:
             raw = f.read(MAX_PLANS_BYTES + 1)
     except OSError as err:
-        raise ValueError(f"{p}: cannot read the plans file: {err.strerror or err}") from None
+        raise ValueError(f"plans file {where}: cannot read it: {err.strerror or err}") from None
     if len(raw) > MAX_PLANS_BYTES:
-        raise ValueError(f"{p}: larger than {MAX_PLANS_BYTES} bytes; an nnU-Net plans file is far smaller")
+        raise ValueError(
+            f"plans file {where}: larger than {MAX_PLANS_BYTES} bytes; an nnU-Net plans file is far smaller"
+        )
 
     def refuse(name: str) -> Any:
         raise ValueError(f"{name} is not JSON")
@@ -178,7 +188,7 @@ def _read_plans(path: str | Path) -> Any:
     try:
         return json.loads(raw.decode("utf-8-sig"), parse_constant=refuse)
     except (UnicodeDecodeError, ValueError, RecursionError) as err:
-        raise ValueError(f"{p}: not a JSON plans file ({short_text(str(err))})") from None
+        raise ValueError(f"plans file {where}: not a JSON plans file ({short_text(str(err))})") from None
 
 
 def _resolve_configuration(configurations: Mapping[str, Any], name: str) -> dict[str, Any]:
