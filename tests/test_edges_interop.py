@@ -10,6 +10,7 @@ import errno
 import json
 import os
 import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -197,3 +198,46 @@ def test_plans_that_are_not_regular_files_are_refused_at_once(
     err = capsys.readouterr().err
     assert err.startswith("error: plans file ") and what in err and "Traceback" not in err
     assert not (tmp_path / "m.yaml").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# inherits_from: linear time, bounded, every value of the wrong kind a clear error
+
+
+def test_a_100000_long_inheritance_chain_is_refused_at_once() -> None:
+    n = 100_000
+    configurations: dict[str, Any] = {f"c{i}": {"inherits_from": f"c{i + 1}"} for i in range(n)}
+    configurations[f"c{n}"] = NEW_3D
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match=r"inherits_from chain is longer than 32 \(c0 -> c1 -> c2 -> \.\.\."):
+        from_nnunet_plans(_plans(**configurations), "c0", in_channels=1, out_channels=2)
+    assert time.perf_counter() - start < 1.0
+    configurations = {f"c{i}": {"inherits_from": f"c{i + 1}"} for i in range(31)} | {"c31": NEW_3D}
+    assert from_nnunet_plans(_plans(**configurations), "c0", in_channels=1, out_channels=2).depth == 5  # 32 is fine
+
+
+@pytest.mark.parametrize("parent", [[], {}, ["c"], 5, True, 1.5])
+def test_inherits_from_that_is_not_a_name(parent: Any) -> None:
+    plans = _plans(c=NEW_3D, d={"inherits_from": parent})
+    with pytest.raises(ValueError, match=r"configurations\.d\.inherits_from=.* must be a str: the name of another"):
+        from_nnunet_plans(plans, "d", in_channels=1, out_channels=2)
+
+
+@pytest.mark.parametrize("name", [[], {}, None, 3, b"c"])
+def test_configuration_that_is_not_a_name(name: Any) -> None:
+    with pytest.raises(ValueError, match="configuration=.* must be a str"):
+        from_nnunet_plans(_plans(c=NEW_3D), name, in_channels=1, out_channels=2)
+
+
+def test_messages_about_configurations_stay_short() -> None:
+    many = {f"config_{i}": NEW_3D for i in range(10_000)}
+    with pytest.raises(ValueError, match="available: config_0, .* and 9,992 more") as err:
+        from_nnunet_plans(_plans(**many), "x" * 5000, in_channels=1, out_channels=2)
+    assert len(str(err.value)) < 500
+    circle = {f"c{i}": {"inherits_from": f"c{(i + 1) % 8}"} for i in range(8)}
+    with pytest.raises(ValueError, match=r"circle: c0 -> c1 -> c2 -> \.\.\. \(4 more\) -> c7 -> c0$"):
+        from_nnunet_plans(_plans(**circle), "c0", in_channels=1, out_channels=2)
+    odd = {"a\nb" * 1000: {"inherits_from": "a\nb" * 1000}}
+    with pytest.raises(ValueError, match="circle") as err:
+        from_nnunet_plans(_plans(**odd), "a\nb" * 1000, in_channels=1, out_channels=2)
+    assert len(str(err.value)) < 500 and "\n" not in str(err.value)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,7 @@ from .options import UP_FIRST, UnsupportedModelError, activation_option, axes, n
 
 __all__ = [
     "IMPORT_MARKER",
+    "MAX_INHERITANCE",
     "MAX_PLANS_BYTES",
     "MAX_SCHEMA",
     "NNUNET_CLASSES",
@@ -42,6 +44,8 @@ __all__ = [
 
 MAX_PLANS_BYTES = 4 * 1024 * 1024
 """Largest plans file read (real nnUNetPlans.json files are a few to a few hundred kilobytes)."""
+MAX_INHERITANCE = 32
+"""Longest ``inherits_from`` chain followed (nnU-Net's own plans inherit once or twice)."""
 MAX_SCHEMA = 4096
 """Longest ``$schema`` path or URL written into the YAML's marker comment."""
 IMPORT_MARKER = "# imported by `unetgen import nnunet`"
@@ -52,6 +56,7 @@ NNUNET_CLASSES = {
     "PlainConvUNet": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
     "ResidualEncoderUNet": "dynamic_network_architectures.architectures.unet.ResidualEncoderUNet",
 }
+_PLAIN_NAME = re.compile(r"[\w.+-]{1,60}", re.ASCII)
 _NNUNET_MODULES = (  # where plans files name the classes (residual_unet: plans converted from v2.0-2.2)
     "dynamic_network_architectures.architectures.unet",
     "dynamic_network_architectures.architectures.residual_unet",
@@ -191,26 +196,81 @@ def _read_plans(path: str | os.PathLike[str]) -> Any:
         raise ValueError(f"plans file {where}: not a JSON plans file ({short_text(str(err))})") from None
 
 
-def _resolve_configuration(configurations: Mapping[str, Any], name: str) -> dict[str, Any]:
-    seen: list[str] = []
+def _resolve_configuration(configurations: Mapping[str, Any], name: Any) -> dict[str, Any]:
+    """The configuration `name` with what it inherits (``inherits_from``, followed for at most
+    `MAX_INHERITANCE` steps) merged in, the child's keys winning as in nnU-Net."""
+    if not isinstance(name, str):
+        raise ValueError(
+            f"configuration={short_repr(name)} must be a str: the name of one of the plans' configurations "
+            f"({_names(configurations)})"
+        )
+    chain: list[str] = []  # in order, for messages; `seen` answers "been here?" in O(1)
+    seen: set[str] = set()
     merged: dict[str, Any] = {}
     while True:
         if name not in configurations:
-            known = ", ".join(map(str, configurations)) or "none"
-            where = f" (inherited by {seen[-1]!r})" if seen else ""
-            raise ValueError(f"the plans have no configuration {name!r}{where}; available: {known}")
+            where = f" (inherited by {short_repr(chain[-1])})" if chain else ""
+            raise ValueError(
+                f"the plans have no configuration {short_repr(name)}{where}; available: {_names(configurations)}"
+            )
         if name in seen:
-            raise ValueError(f"configurations inherit in a circle: {' -> '.join([*seen, name])}")
-        seen.append(name)
+            raise ValueError(f"configurations inherit in a circle: {_chain_text([*chain, name])}")
+        if len(chain) == MAX_INHERITANCE:
+            raise ValueError(
+                f"configuration {short_repr(chain[0])}: its inherits_from chain is longer than {MAX_INHERITANCE} "
+                f"({_chain_text(chain)} -> ...); nnU-Net's plans inherit once or twice: shorten the chain"
+            )
+        seen.add(name)
+        chain.append(name)
         conf = configurations[name]
         if not isinstance(conf, Mapping):
-            raise ValueError(f"configuration {name!r} is a {type(conf).__name__}, not a mapping")
+            raise ValueError(f"{key_path('configurations', name)} is a {type(conf).__name__}, not a mapping")
         merged = {**conf, **merged}  # the child's keys win
         parent = conf.get("inherits_from")
         if parent is None:
             merged.pop("inherits_from", None)
             return merged
+        if not isinstance(parent, str):
+            raise ValueError(
+                f"{key_path('configurations', name, 'inherits_from')}={short_repr(parent)} must be a str: the name of "
+                f"another configuration ({_names(configurations)}), or absent"
+            )
         name = parent
+
+
+def _name(name: Any) -> str:
+    """A configuration name as messages show it: bare when it is a plain word (3d_fullres), else a
+    bounded repr."""
+    return name if isinstance(name, str) and _PLAIN_NAME.fullmatch(name) else short_repr(name)
+
+
+def key_path(*parts: Any) -> str:
+    """A key path as messages name it: ``configurations.3d_fullres.architecture.arch_kwargs.kernel_sizes[2][0]``
+    (a key that is not a plain word in brackets, as a bounded repr)."""
+    out = ""
+    for part in parts:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif isinstance(part, str) and _PLAIN_NAME.fullmatch(part):
+            out += f".{part}" if out else part
+        else:
+            out += f"[{short_repr(part)}]"
+    return out
+
+
+def _names(configurations: Mapping[str, Any], shown: int = 8) -> str:
+    """The first `shown` configuration names, bounded, and how many more there are."""
+    names = [_name(k) for _, k in zip(range(shown), configurations, strict=False)]
+    more = len(configurations) - len(names)
+    return (", ".join(names) or "none") + (f" and {more:,} more" if more > 0 else "")
+
+
+def _chain_text(chain: list[str]) -> str:
+    """'a' -> 'b' -> ... -> 'z', each name bounded and at most six shown."""
+    names = [_name(n) for n in chain]
+    if len(names) > 6:
+        names = [*names[:3], f"... ({len(chain) - 5} more)", *names[-2:]]
+    return " -> ".join(names)
 
 
 def _architecture(conf: Mapping[str, Any], where: str) -> tuple[str, dict[str, Any]]:
