@@ -225,13 +225,13 @@ def test_inherits_from_that_is_not_a_name(parent: Any) -> None:
 
 @pytest.mark.parametrize("name", [[], {}, None, 3, b"c"])
 def test_configuration_that_is_not_a_name(name: Any) -> None:
-    with pytest.raises(ValueError, match="configuration=.* must be a str"):
+    with pytest.raises(ValueError, match=r"configuration=.* must be a str"):
         from_nnunet_plans(_plans(c=NEW_3D), name, in_channels=1, out_channels=2)
 
 
 def test_messages_about_configurations_stay_short() -> None:
     many = {f"config_{i}": NEW_3D for i in range(10_000)}
-    with pytest.raises(ValueError, match="available: config_0, .* and 9,992 more") as err:
+    with pytest.raises(ValueError, match=r"available: config_0, .* and 9,992 more") as err:
         from_nnunet_plans(_plans(**many), "x" * 5000, in_channels=1, out_channels=2)
     assert len(str(err.value)) < 500
     circle = {f"c{i}": {"inherits_from": f"c{(i + 1) % 8}"} for i in range(8)}
