@@ -6,6 +6,7 @@ replaced forward), and example inputs of the wrong shape."""
 
 from __future__ import annotations
 
+import copy
 import errno
 import json
 import os
@@ -18,11 +19,11 @@ import pytest
 import yaml
 from hypothesis import given
 from hypothesis import strategies as st
-from test_interop import NEW_3D
+from test_interop import NEW_3D, OLD_3D
 
-from unetgen import load_config
+from unetgen import ConfigError, load_config
 from unetgen.cli import main
-from unetgen.interop import from_nnunet_plans, nnunet_yaml
+from unetgen.interop import from_nnunet_plans, nnunet_yaml, to_nnunet_architecture
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny maps: threads only add overhead
 
@@ -241,3 +242,145 @@ def test_messages_about_configurations_stay_short() -> None:
     with pytest.raises(ValueError, match="circle") as err:
         from_nnunet_plans(_plans(**odd), "a\nb" * 1000, in_channels=1, out_channels=2)
     assert len(str(err.value)) < 500 and "\n" not in str(err.value)
+
+
+# ---------------------------------------------------------------------------------------------
+# stage counts first: a plans file with 50,000 stages is refused before any per-stage work
+
+
+@pytest.mark.parametrize("fmt", ["v2.0", "v2.3"])
+def test_huge_stage_lists_are_refused_before_any_per_stage_work(fmt: str) -> None:
+    n = 50_000
+    if fmt == "v2.0":
+        conf = {**OLD_3D, "conv_kernel_sizes": [[3, 3, 3]] * n, "pool_op_kernel_sizes": [[2, 2, 2]] * n}
+        match = r"configurations\.c\.conv_kernel_sizes \(one kernel per stage\): 50000 stages; unetgen builds 2 to 9"
+    else:
+        conf = copy.deepcopy(NEW_3D)
+        kw = conf["architecture"]["arch_kwargs"]
+        kw |= {"n_stages": n, "features_per_stage": [32] * n, "kernel_sizes": [[3, 3, 3]] * n}
+        match = r"arch_kwargs\.n_stages: 50000 stages; unetgen builds 2 to 9"
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match=match):
+        from_nnunet_plans(_plans(c=conf), "c", in_channels=1, out_channels=2)
+    assert time.perf_counter() - start < 0.5
+
+
+# ---------------------------------------------------------------------------------------------
+# every numeric field of a plans file has its type: no string, no float for an int, no bool,
+# and the error names the key path
+
+ARCH = ("configurations", "c", "architecture", "arch_kwargs")
+WRONG = {
+    "int": ["3", 3.0, 3.5, True, None, [3]],
+    "number": ["0.1", "abc", True, None, [0.1], float("nan")],
+    "bool": ["true", "false", 1, 0, None],
+    "number or null": ["0.1", "abc", True, [0.1], float("nan")],  # torch takes momentum=None
+}
+BN = {"norm_op": "torch.nn.BatchNorm3d", "norm_op_kwargs": {"eps": 1e-3, "momentum": 0.1, "affine": True}}
+PRELU = {"nonlin": "torch.nn.PReLU", "nonlin_kwargs": {"num_parameters": 1, "init": 0.2}}
+FIELDS: list[tuple[dict[str, Any], tuple[Any, ...], str]] = [  # (arch_kwargs changes, key path, kind)
+    ({}, (*ARCH, "n_stages"), "int"),
+    ({}, (*ARCH, "features_per_stage", 2), "int"),
+    ({}, (*ARCH, "kernel_sizes", 3, 1), "int"),
+    ({}, (*ARCH, "strides", 1, 2), "int"),
+    ({}, (*ARCH, "n_conv_per_stage", 0), "int"),
+    ({}, (*ARCH, "n_conv_per_stage_decoder", 4), "int"),
+    ({}, (*ARCH, "conv_bias"), "bool"),
+    ({"nonlin_first": False}, (*ARCH, "nonlin_first"), "bool"),
+    ({}, (*ARCH, "norm_op_kwargs", "eps"), "number"),
+    ({}, (*ARCH, "norm_op_kwargs", "affine"), "bool"),
+    ({"norm_op_kwargs": {"momentum": 0.1}}, (*ARCH, "norm_op_kwargs", "momentum"), "number or null"),
+    ({"norm_op_kwargs": {"track_running_stats": False}}, (*ARCH, "norm_op_kwargs", "track_running_stats"), "bool"),
+    (BN, (*ARCH, "norm_op_kwargs", "eps"), "number"),
+    (BN, (*ARCH, "norm_op_kwargs", "momentum"), "number"),
+    (BN, (*ARCH, "norm_op_kwargs", "affine"), "bool"),
+    ({"nonlin_kwargs": {"negative_slope": 0.1}}, (*ARCH, "nonlin_kwargs", "negative_slope"), "number"),
+    ({}, (*ARCH, "nonlin_kwargs", "inplace"), "bool"),
+    ({"nonlin": "torch.nn.ELU", "nonlin_kwargs": {"alpha": 0.5}}, (*ARCH, "nonlin_kwargs", "alpha"), "number"),
+    (PRELU, (*ARCH, "nonlin_kwargs", "num_parameters"), "int"),
+    (PRELU, (*ARCH, "nonlin_kwargs", "init"), "number"),
+    ({"dropout_op_kwargs": {"p": 0.0}}, (*ARCH, "dropout_op_kwargs", "p"), "number"),
+]
+
+
+def _path_text(path: tuple[Any, ...]) -> str:
+    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path).lstrip(".")
+
+
+def _set(data: Any, path: tuple[Any, ...], value: Any) -> None:
+    for key in path[:-1]:
+        data = data[key]
+    data[path[-1]] = value
+
+
+@pytest.mark.parametrize(("change", "path", "kind"), FIELDS, ids=[_path_text(f[1][4:]) for f in FIELDS])
+def test_every_arch_kwargs_number_has_its_type(change: dict[str, Any], path: tuple[Any, ...], kind: str) -> None:
+    conf = copy.deepcopy(NEW_3D)
+    conf["architecture"]["arch_kwargs"] |= copy.deepcopy(change)
+    plans = _plans(c=conf)
+    from_nnunet_plans(plans, "c", in_channels=1, out_channels=2)  # as it is, it reads
+    for wrong in WRONG[kind]:
+        bad = copy.deepcopy(plans)
+        _set(bad, path, wrong)
+        with pytest.raises(ValueError) as err:
+            from_nnunet_plans(bad, "c", in_channels=1, out_channels=2)
+        assert str(err.value).startswith(_path_text(path) + "="), (wrong, str(err.value))
+        if wrong == 3.0:
+            assert "(write 3)" in str(err.value)
+
+
+OLD_FIELDS = [
+    ("UNet_base_num_features",),
+    ("unet_max_num_features",),
+    ("conv_kernel_sizes", 2, 0),
+    ("pool_op_kernel_sizes", 5, 2),
+    ("n_conv_per_stage_encoder", 1),
+    ("n_conv_per_stage_decoder", 3),
+]
+
+
+@pytest.mark.parametrize("path", OLD_FIELDS, ids=[_path_text(p) for p in OLD_FIELDS])
+@pytest.mark.parametrize("inherited", [False, True])
+def test_every_v2_0_number_has_its_type(path: tuple[Any, ...], inherited: bool) -> None:
+    """The v2.0-2.2 keys too; a key read from the configuration a child inherits it from is
+    named there."""
+    owner = "base" if inherited else "c"
+    plans = _plans(base=copy.deepcopy(OLD_3D), c={"inherits_from": "base"}) if inherited else _plans(c=OLD_3D)
+    for wrong in WRONG["int"]:
+        bad = copy.deepcopy(plans)
+        _set(bad, ("configurations", owner, *path), wrong)
+        with pytest.raises(ValueError) as err:
+            from_nnunet_plans(bad, "c", in_channels=1, out_channels=2)
+        assert str(err.value).startswith(_path_text(("configurations", owner, *path)) + "="), (wrong, str(err.value))
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("conv_op", 3),
+        ("norm_op", ["torch.nn.InstanceNorm3d"]),
+        ("nonlin", {"name": "ReLU"}),
+        ("dropout_op", 1),
+        ("norm_op_kwargs", [1e-5]),
+        ("nonlin_kwargs", "inplace"),
+        ("dropout_op_kwargs", 0.5),
+    ],
+)
+def test_class_names_and_kwargs_have_their_types(key: str, value: Any) -> None:
+    conf = copy.deepcopy(NEW_3D)
+    conf["architecture"]["arch_kwargs"][key] = value
+    with pytest.raises(ValueError, match=rf"^configurations\.c\.architecture\.arch_kwargs\.{key}=.* must be a"):
+        from_nnunet_plans(_plans(c=conf), "c", in_channels=1, out_channels=2)
+
+
+@pytest.mark.parametrize("config", [{"depth": -1}, "no-such-preset", 5, {"spatial_dims": 4}])
+def test_to_nnunet_architecture_takes_what_build_unet_takes(config: Any) -> None:
+    with pytest.raises(ConfigError):
+        to_nnunet_architecture(config)
+    assert to_nnunet_architecture(from_nnunet_plans(_plans(c=NEW_3D), "c", in_channels=1, out_channels=2))
+
+
+@pytest.mark.parametrize("value", ["yes", 1, None])
+def test_deep_supervision_is_a_bool(value: Any) -> None:
+    with pytest.raises(ValueError, match=r"deep_supervision=.* must be true or false"):
+        from_nnunet_plans(_plans(c=NEW_3D), "c", in_channels=1, out_channels=2, deep_supervision=value)

@@ -17,16 +17,28 @@ import json
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..config import documents
 from ..config import options as cfgmod
 from ..config.diagnostics import short_repr
+from ..config.io import load_config
 from ..config.unet_config import UNetConfig
 from ..reprs import short_path, short_text
-from .options import UP_FIRST, UnsupportedModelError, activation_option, axes, norm_option, transpose_up, validated
+from .options import (
+    UP_FIRST,
+    UnsupportedModelError,
+    activation_option,
+    flag,
+    integer,
+    norm_option,
+    number,
+    per_axis,
+    transpose_up,
+    validated,
+)
 
 __all__ = [
     "IMPORT_MARKER",
@@ -157,16 +169,15 @@ def from_nnunet_plans(
     for name, value in (("in_channels", in_channels), ("out_channels", out_channels)):
         if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= cfgmod.MAX_CHANNELS:
             raise ValueError(f"{name}={short_repr(value)} must be an integer from 1 to {cfgmod.MAX_CHANNELS}")
+    flag(deep_supervision, "deep_supervision")
     data = _read_plans(plans) if isinstance(plans, (str, os.PathLike)) else plans
     if not isinstance(data, Mapping) or not isinstance(data.get("configurations"), Mapping):
         raise ValueError("not an nnU-Net plans file: no 'configurations' mapping at the top level")
-    conf = _resolve_configuration(data["configurations"], configuration)
-    name, kwargs = _architecture(conf, configuration)
-    where = f"configuration {configuration!r}"
+    cls, arch = _network(data["configurations"], configuration)
     try:
-        return _nnunet_config(name, kwargs, in_channels, out_channels, deep_supervision, where)
-    except (TypeError, AttributeError, OverflowError) as err:  # a value of the wrong kind somewhere
-        raise ValueError(f"{where}: malformed arch_kwargs ({short_text(str(err))})") from None
+        return _nnunet_config(cls, arch, in_channels, out_channels, deep_supervision)
+    except (TypeError, AttributeError, OverflowError, IndexError, KeyError) as err:  # a safety net: never a raw error
+        raise ValueError(f"{arch.where}: malformed ({short_text(str(err))})") from None
 
 
 def _read_plans(path: str | os.PathLike[str]) -> Any:
@@ -196,9 +207,10 @@ def _read_plans(path: str | os.PathLike[str]) -> Any:
         raise ValueError(f"plans file {where}: not a JSON plans file ({short_text(str(err))})") from None
 
 
-def _resolve_configuration(configurations: Mapping[str, Any], name: Any) -> dict[str, Any]:
+def _resolve_configuration(configurations: Mapping[str, Any], name: Any) -> tuple[dict[str, Any], dict[str, str]]:
     """The configuration `name` with what it inherits (``inherits_from``, followed for at most
-    `MAX_INHERITANCE` steps) merged in, the child's keys winning as in nnU-Net."""
+    `MAX_INHERITANCE` steps) merged in, the child's keys winning as in nnU-Net; and for each key,
+    the configuration it was read from (for messages that name the key's path)."""
     if not isinstance(name, str):
         raise ValueError(
             f"configuration={short_repr(name)} must be a str: the name of one of the plans' configurations "
@@ -207,6 +219,7 @@ def _resolve_configuration(configurations: Mapping[str, Any], name: Any) -> dict
     chain: list[str] = []  # in order, for messages; `seen` answers "been here?" in O(1)
     seen: set[str] = set()
     merged: dict[str, Any] = {}
+    origin: dict[str, str] = {}
     while True:
         if name not in configurations:
             where = f" (inherited by {short_repr(chain[-1])})" if chain else ""
@@ -225,11 +238,12 @@ def _resolve_configuration(configurations: Mapping[str, Any], name: Any) -> dict
         conf = configurations[name]
         if not isinstance(conf, Mapping):
             raise ValueError(f"{key_path('configurations', name)} is a {type(conf).__name__}, not a mapping")
+        origin |= {key: name for key in conf if key not in merged}
         merged = {**conf, **merged}  # the child's keys win
         parent = conf.get("inherits_from")
         if parent is None:
             merged.pop("inherits_from", None)
-            return merged
+            return merged, origin
         if not isinstance(parent, str):
             raise ValueError(
                 f"{key_path('configurations', name, 'inherits_from')}={short_repr(parent)} must be a str: the name of "
@@ -273,62 +287,102 @@ def _chain_text(chain: list[str]) -> str:
     return " -> ".join(names)
 
 
-def _architecture(conf: Mapping[str, Any], where: str) -> tuple[str, dict[str, Any]]:
-    """(class name, arch_kwargs) of a resolved configuration, old formats translated."""
+def _network(configurations: Mapping[str, Any], configuration: Any) -> tuple[str, _ArchKwargs]:
+    """(class name, arch_kwargs) of a configuration, inheritance resolved and the v2.0-2.2
+    format translated; each arch_kwargs key knows the plans key it was read from."""
+    conf, origin = _resolve_configuration(configurations, configuration)
     if "architecture" in conf:
-        return _architecture_block(conf["architecture"], where)
-    try:
-        return _old_format(conf, where)
-    except KeyError as err:
-        raise ValueError(
-            f"configuration {where!r} has neither an 'architecture' block (nnU-Net v2.3+) nor the key "
-            f"{err.args[0]!r} of the v2.0-2.2 format"
-        ) from None
-    except (TypeError, IndexError):
-        raise ValueError(f"configuration {where!r}: malformed v2.0-2.2 network keys") from None
+        return _architecture_block(
+            conf["architecture"], key_path("configurations", origin["architecture"], "architecture")
+        )
+    return _old_format(conf, origin, configuration)
 
 
-def _architecture_block(arch: Any, where: str) -> tuple[str, dict[str, Any]]:
-    """(class name, arch_kwargs) of a v2.3+ ``architecture`` block."""
+def _architecture_block(arch: Any, where: str) -> tuple[str, _ArchKwargs]:
+    """(class name, arch_kwargs) of a v2.3+ ``architecture`` block at key path `where`."""
     if not isinstance(arch, Mapping) or not isinstance(arch.get("arch_kwargs"), Mapping):
-        raise ValueError(f"configuration {where!r}: 'architecture' needs 'network_class_name' and 'arch_kwargs'")
-    full = str(arch.get("network_class_name", ""))
+        raise ValueError(f"{where} needs 'network_class_name' and 'arch_kwargs' (a mapping)")
+    full = arch.get("network_class_name", "")
+    if not isinstance(full, str):
+        raise ValueError(f"{where}.network_class_name={short_repr(full)} must be a class name (a string)")
     module, _, cls = full.rpartition(".")
     if cls not in NNUNET_CLASSES or (module and module not in _NNUNET_MODULES):
         raise UnsupportedModelError(
-            f"configuration {where!r}: network class {short_repr(full)} is not supported; unetgen reads "
+            f"{where}: network class {short_repr(full)} is not supported; unetgen reads "
             f"{', '.join(NNUNET_CLASSES.values())}"
         )
-    return cls, dict(arch["arch_kwargs"])
+    return cls, _ArchKwargs(dict(arch["arch_kwargs"]), f"{where}.arch_kwargs")
 
 
-def _old_format(conf: Mapping[str, Any], where: str) -> tuple[str, dict[str, Any]]:
-    """(class name, arch_kwargs) of a v2.0-2.2 configuration: the keys nnU-Net derived them from."""
-    cls = conf["UNet_class_name"]
-    if cls not in NNUNET_CLASSES:
-        raise UnsupportedModelError(
-            f"configuration {where!r}: UNet_class_name {short_repr(cls)} is not supported; unetgen reads "
-            f"{', '.join(NNUNET_CLASSES)}"
+_OLD_KEYS = (
+    "UNet_class_name", "conv_kernel_sizes", "pool_op_kernel_sizes", "UNet_base_num_features", "unet_max_num_features",
+    "n_conv_per_stage_encoder", "n_conv_per_stage_decoder",
+)  # fmt: skip
+
+
+def _old_format(conf: Mapping[str, Any], origin: Mapping[str, str], name: str) -> tuple[str, _ArchKwargs]:
+    """(class name, arch_kwargs) of a v2.0-2.2 configuration: the keys nnU-Net derived them from.
+    The stage count (the length of ``conv_kernel_sizes``) is checked before any per-stage work."""
+
+    def path(key: str) -> str:
+        return key_path("configurations", origin.get(key, name), key)
+
+    if missing := [key for key in _OLD_KEYS if key not in conf]:
+        raise ValueError(
+            f"configuration {_name(name)} has neither an 'architecture' block (nnU-Net v2.3+) nor the key "
+            f"{missing[0]!r} of the v2.0-2.2 format"
         )
-    kernels, strides = conf["conv_kernel_sizes"], conf["pool_op_kernel_sizes"]
-    base, top = conf["UNet_base_num_features"], conf["unet_max_num_features"]
-    n = len(kernels)
-    return cls, {
+    cls = conf["UNet_class_name"]
+    if not isinstance(cls, str) or cls not in NNUNET_CLASSES:
+        raise UnsupportedModelError(
+            f"{path('UNet_class_name')}={short_repr(cls)} is not supported; unetgen reads {', '.join(NNUNET_CLASSES)}"
+        )
+    kernels = conf["conv_kernel_sizes"]
+    if not isinstance(kernels, list):
+        raise ValueError(f"{path('conv_kernel_sizes')}={short_repr(kernels)} must be a list: one kernel per stage")
+    n = _stage_count(len(kernels), f"{path('conv_kernel_sizes')} (one kernel per stage)")
+    dims = len(kernels[0]) if isinstance(kernels[0], list) else 0
+    if dims not in (1, 2, 3):
+        raise ValueError(
+            f"{path('conv_kernel_sizes')}[0]={short_repr(kernels[0])} must list one kernel size per spatial axis "
+            "(1 to 3 axes)"
+        )
+    base = integer(conf["UNet_base_num_features"], path("UNet_base_num_features"), 1, cfgmod.MAX_CHANNELS)
+    top = integer(conf["unet_max_num_features"], path("unet_max_num_features"), 1, cfgmod.MAX_CHANNELS)
+    units = "n_conv_per_stage" if cls == "PlainConvUNet" else "n_blocks_per_stage"
+    kwargs = {
         "n_stages": n,
         "features_per_stage": [min(base * 2**i, top) for i in range(n)],
-        "conv_op": f"torch.nn.Conv{len(kernels[0])}d",
+        "conv_op": f"torch.nn.Conv{dims}d",
         "kernel_sizes": kernels,
-        "strides": strides,
-        "n_conv_per_stage" if cls == "PlainConvUNet" else "n_blocks_per_stage": conf["n_conv_per_stage_encoder"],
+        "strides": conf["pool_op_kernel_sizes"],
+        units: conf["n_conv_per_stage_encoder"],
         "n_conv_per_stage_decoder": conf["n_conv_per_stage_decoder"],
         "conv_bias": True,
-        "norm_op": f"torch.nn.InstanceNorm{len(kernels[0])}d",
+        "norm_op": f"torch.nn.InstanceNorm{dims}d",
         "norm_op_kwargs": {"eps": 1e-5, "affine": True},
         "dropout_op": None,
         "dropout_op_kwargs": None,
         "nonlin": "torch.nn.LeakyReLU",
         "nonlin_kwargs": {"inplace": True},
     }
+    keys = {
+        "kernel_sizes": path("conv_kernel_sizes"),
+        "strides": path("pool_op_kernel_sizes"),
+        units: path("n_conv_per_stage_encoder"),
+        "n_conv_per_stage_decoder": path("n_conv_per_stage_decoder"),
+    }
+    return cls, _ArchKwargs(kwargs, key_path("configurations", name), keys)
+
+
+def _stage_count(n: Any, where: str) -> int:
+    """The number of stages, from 2 to MAX_DEPTH + 1 (checked before anything is read per stage)."""
+    if isinstance(n, int) and not isinstance(n, bool) and not 2 <= n <= cfgmod.MAX_DEPTH + 1:
+        raise UnsupportedModelError(
+            f"{where}: {short_repr(n)} stages; unetgen builds 2 to {cfgmod.MAX_DEPTH + 1} "
+            f"(depth 1 to {cfgmod.MAX_DEPTH})"
+        )
+    return integer(n, where, 2, cfgmod.MAX_DEPTH + 1)
 
 
 _ARCH_KWARGS = {
@@ -337,127 +391,149 @@ _ARCH_KWARGS = {
 }  # fmt: skip
 _RESENC_KWARGS = {"n_blocks_per_stage", "block", "bottleneck_channels", "stem_channels"}
 _PLAIN_KWARGS = {"n_conv_per_stage", "nonlin_first"}
-
-
-def _tail(name: Any) -> str | None:
-    """'torch.nn.modules.conv.Conv3d' -> 'Conv3d' (None stays None)."""
-    return None if name is None else str(name).rpartition(".")[2]
+_CLASS_EXAMPLES = {
+    "norm_op": "torch.nn.InstanceNorm3d", "nonlin": "torch.nn.LeakyReLU", "dropout_op": "torch.nn.Dropout3d",
+    "block": "BasicBlockD",
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
 class _ArchKwargs:
-    """A configuration's arch_kwargs, read with errors that name the configuration."""
+    """A configuration's arch_kwargs, read with the type each key must have and errors that name
+    the key's path in the plans file (`keys`: where a translated v2.0-2.2 key came from)."""
 
     kw: Mapping[str, Any]
     where: str
+    keys: Mapping[str, str] = field(default_factory=dict)
+
+    def path(self, key: str) -> str:
+        return self.keys.get(key) or f"{self.where}.{key}"
 
     def get(self, key: str, default: Any = KeyError) -> Any:
         if key in self.kw:
             return self.kw[key]
         if default is KeyError:
-            raise ValueError(f"{self.where}: arch_kwargs has no {key!r}")
+            raise ValueError(f"{self.where} has no {key!r}")
         return default
 
-    def per_stage(self, key: str, n: int) -> list[Any]:
-        """`key`'s value, one entry per stage (a single number counts for every stage)."""
+    def per_stage(self, key: str, n: int) -> list[tuple[Any, str]]:
+        """`key`'s value, one (entry, its key path) per stage; a single value counts for every
+        stage. The length is checked before any entry is read."""
         value = self.get(key)
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return [value] * n
-        if not isinstance(value, (list, tuple)) or len(value) != n:
-            raise ValueError(f"{self.where}: {key}={short_repr(value)} needs {n} entries (n_stages)")
-        return list(value)
+        if not isinstance(value, (list, tuple)):
+            return [(value, self.path(key))] * n
+        if len(value) != n:
+            raise ValueError(f"{self.path(key)}={short_repr(value)} needs {n} entries (n_stages)")
+        return [(v, f"{self.path(key)}[{i}]") for i, v in enumerate(value)]
+
+    def ints(self, key: str, n: int, high: int) -> list[int]:
+        """One int from 1 to `high` per stage."""
+        return [integer(v, where, 1, high) for v, where in self.per_stage(key, n)]
+
+    def axes(self, key: str, n: int, dims: int, high: int) -> list[list[int]]:
+        """A kernel or stride per stage: each one int (every axis) or `dims` ints from 1 to `high`."""
+        return [per_axis(v, dims, where, high) for v, where in self.per_stage(key, n)]
+
+    def flag(self, key: str) -> bool:
+        return flag(self.get(key, False), self.path(key))
+
+    def class_name(self, key: str, default: str | None = None) -> str | None:
+        """The class named by `key` without its module ('torch.nn.modules.conv.Conv3d' -> 'Conv3d'),
+        or None for null."""
+        value = self.get(key, default)
+        if value is None:
+            return None
+        if not isinstance(value, str):
+            example = _CLASS_EXAMPLES.get(key, "torch.nn.Conv3d")
+            raise ValueError(f"{self.path(key)}={short_repr(value)} must be a class name such as {example}")
+        return value.rpartition(".")[2]
+
+    def kwargs(self, key: str) -> Mapping[str, Any]:
+        """The keyword arguments under `key` ({} for null or absent)."""
+        value = self.get(key, None)
+        if value is None:
+            return {}
+        if not isinstance(value, Mapping):
+            raise ValueError(f"{self.path(key)}={short_repr(value)} must be a mapping of keyword arguments, or null")
+        return value
 
 
 def _nnunet_config(
-    cls: str, kw: Mapping[str, Any], in_channels: int, out_channels: int, deep_supervision: bool, where: str
+    cls: str, arch: _ArchKwargs, in_channels: int, out_channels: int, deep_supervision: bool
 ) -> UNetConfig:
-    arch = _ArchKwargs(kw, where)
     residual = cls == "ResidualEncoderUNet"
     _refuse_unknown_kwargs(arch, residual)
     dims = _conv_dims(arch)
-    n = _n_stages(arch)
+    n = _stage_count(arch.get("n_stages"), arch.path("n_stages"))  # counts first: every list is checked against it
     units = "n_blocks_per_stage" if residual else "n_conv_per_stage"
-    features = [int(f) for f in arch.per_stage("features_per_stage", n)]
-    kernels = [axes(k, dims) for k in arch.per_stage("kernel_sizes", n)]
-    strides = [axes(s, dims) for s in arch.per_stage("strides", n)]
-    unit_counts = [int(u) for u in arch.per_stage(units, n)]
-    decoder = arch.per_stage("n_conv_per_stage_decoder", n - 1)
-    _refuse_stem_and_block(arch, residual)
-    norm = norm_option(_tail(arch.get("norm_op", None)), arch.get("norm_op_kwargs", None) or {}, where)
-    activation = _nonlin(arch)
-    _refuse_dropout(arch)
     spec = NNUNetSpec(
         dims=dims,
         in_channels=in_channels,
         out_channels=out_channels,
-        features=features,
-        kernels=kernels,
-        strides=strides,
-        units=unit_counts,
-        decoder_convs=[int(c) for c in reversed(decoder)],  # nnU-Net lists the deepest decoder stage first
-        bias=bool(arch.get("conv_bias", False)),
-        norm=norm,
-        activation=activation,
-        nonlin_first=bool(arch.get("nonlin_first", False)),
+        features=arch.ints("features_per_stage", n, cfgmod.MAX_CHANNELS),
+        kernels=arch.axes("kernel_sizes", n, dims, cfgmod.MAX_KERNEL),
+        strides=arch.axes("strides", n, dims, cfgmod.MAX_STRIDE),
+        units=arch.ints(units, n, cfgmod.MAX_BLOCKS if residual else cfgmod.MAX_CONVS),
+        # nnU-Net lists the deepest decoder stage first
+        decoder_convs=arch.ints("n_conv_per_stage_decoder", n - 1, cfgmod.MAX_CONVS)[::-1],
+        bias=arch.flag("conv_bias"),
+        norm=norm_option(arch.class_name("norm_op"), arch.kwargs("norm_op_kwargs"), arch.path("norm_op_kwargs")),
+        activation=_nonlin(arch),
+        nonlin_first=arch.flag("nonlin_first"),
         residual=residual,
         residual_decoder=False,
         deep_supervision=deep_supervision,
     )
-    return validated(spec.config_dict(), where)
+    _refuse_stem_and_block(arch, residual)
+    _refuse_dropout(arch)
+    return validated(spec.config_dict(), arch.where)
 
 
 def _refuse_unknown_kwargs(arch: _ArchKwargs, residual: bool) -> None:
     known = _ARCH_KWARGS | (_RESENC_KWARGS if residual else _PLAIN_KWARGS)
-    if unknown := sorted(map(str, set(arch.kw) - known)):
+    if unknown := [key for key in arch.kw if key not in known]:
         raise UnsupportedModelError(
-            f"{arch.where}: arch_kwargs {short_repr(unknown)} are not supported by unetgen.interop"
+            f"{arch.where}: {short_repr(sorted(map(str, unknown[:20])))} ({len(unknown)} key(s)) are not supported "
+            "by unetgen.interop"
         )
 
 
 def _conv_dims(arch: _ArchKwargs) -> int:
-    dims = {"Conv1d": 1, "Conv2d": 2, "Conv3d": 3}.get(_tail(arch.get("conv_op")) or "")
+    dims = {"Conv1d": 1, "Conv2d": 2, "Conv3d": 3}.get(arch.class_name("conv_op", "") or "")
     if dims is None:
         raise UnsupportedModelError(
-            f"{arch.where}: conv_op {short_repr(arch.get('conv_op'))} is not Conv1d, Conv2d or Conv3d"
+            f"{arch.path('conv_op')}={short_repr(arch.get('conv_op', None))} is not Conv1d, Conv2d or Conv3d"
         )
     return dims
-
-
-def _n_stages(arch: _ArchKwargs) -> int:
-    n = arch.get("n_stages")
-    if not isinstance(n, int) or not 2 <= n <= cfgmod.MAX_DEPTH + 1:
-        raise UnsupportedModelError(
-            f"{arch.where}: n_stages={short_repr(n)}; unetgen builds 2 to {cfgmod.MAX_DEPTH + 1}"
-        )
-    return n
 
 
 def _refuse_stem_and_block(arch: _ArchKwargs, residual: bool) -> None:
     for option in ("bottleneck_channels", "stem_channels"):
         if arch.get(option, None) is not None:
             raise UnsupportedModelError(
-                f"{arch.where}: {option}={short_repr(arch.get(option))} (unetgen's stem has the level-0 channels)"
+                f"{arch.path(option)}={short_repr(arch.get(option))} (unetgen's stem has the level-0 channels)"
             )
-    if residual and _tail(arch.get("block", "BasicBlockD")) != "BasicBlockD":
+    if residual and arch.class_name("block", "BasicBlockD") != "BasicBlockD":
         raise UnsupportedModelError(
-            f"{arch.where}: block {short_repr(arch.get('block'))}: only BasicBlockD residual units are supported"
+            f"{arch.path('block')}={short_repr(arch.get('block'))}: only BasicBlockD residual units are supported"
         )
 
 
 def _nonlin(arch: _ArchKwargs) -> dict[str, Any]:
-    act = activation_option(_tail(arch.get("nonlin", None)), arch.get("nonlin_kwargs", None) or {}, arch.where)
+    act = activation_option(arch.class_name("nonlin"), arch.kwargs("nonlin_kwargs"), arch.path("nonlin_kwargs"))
     if act.get("num_parameters") == "channels":
         raise UnsupportedModelError(f"{arch.where}: PReLU with num_parameters != 1 for every conv, whatever its width")
     return act
 
 
 def _refuse_dropout(arch: _ArchKwargs) -> None:
-    if (
-        arch.get("dropout_op", None) is not None
-        and float((arch.get("dropout_op_kwargs", None) or {}).get("p", 0.5)) > 0
-    ):
+    where = f"{arch.path('dropout_op_kwargs')}.p"
+    p = number(arch.kwargs("dropout_op_kwargs").get("p", 0.5), where)
+    if not 0 <= p <= 1:
+        raise ValueError(f"{where}={short_repr(p)} must be a probability from 0 to 1")
+    if arch.class_name("dropout_op") is not None and p > 0:
         raise UnsupportedModelError(
-            f"{arch.where}: dropout_op {short_repr(arch.get('dropout_op'))}: nnU-Net drops out after every conv, "
+            f"{arch.path('dropout_op')}={short_repr(arch.get('dropout_op'))}: nnU-Net drops out after every conv, "
             "unetgen after whole blocks"
         )
 
@@ -466,13 +542,13 @@ def _refuse_dropout(arch: _ArchKwargs) -> None:
 # UNetConfig -> nnU-Net plans `architecture`
 
 
-def to_nnunet_architecture(config: UNetConfig | Mapping[str, Any]) -> dict[str, Any]:
+def to_nnunet_architecture(config: UNetConfig | Mapping[str, Any] | str | Path) -> dict[str, Any]:
     """The nnU-Net plans ``architecture`` block (``network_class_name``, ``arch_kwargs``,
     ``_kw_requires_import``) that builds the same network as `config`, for every config nnU-Net
     can build (`PlainConvUNet` or `ResidualEncoderUNet`). Deep supervision is a trainer setting in
     nnU-Net, not part of the block. Raises `UnsupportedModelError` naming the first option nnU-Net
     lacks."""
-    c = config if isinstance(config, UNetConfig) else UNetConfig.model_validate(config)
+    c = load_config(config)  # a UNetConfig, a mapping, a file or a preset name; ConfigError if invalid
     data = c.model_dump()
     _check_sampling(c, data)
     _check_widths(c, data)
@@ -658,8 +734,8 @@ def nnunet_yaml(
     config = from_nnunet_plans(
         plans, configuration, in_channels=in_channels, out_channels=out_channels, deep_supervision=deep_supervision
     )
-    conf = _resolve_configuration(plans["configurations"], configuration)
-    cls = _architecture(conf, configuration)[0]
+    conf = _resolve_configuration(plans["configurations"], configuration)[0]
+    cls = _network(plans["configurations"], configuration)[0]
     dataset = plans.get("dataset_name")
     notes = [
         f"nnU-Net {cls}, configuration {short_repr(configuration)} of {short_repr(Path(plans_path).name)}"
