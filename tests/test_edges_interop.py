@@ -16,14 +16,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 from test_interop import NEW_3D, OLD_3D
+from torch import nn
 
 from unetgen import ConfigError, load_config
 from unetgen.cli import main
-from unetgen.interop import from_nnunet_plans, nnunet_yaml, to_nnunet_architecture
+from unetgen.interop import UnsupportedModelError, convert, from_nnunet_plans, nnunet_yaml, to_nnunet_architecture
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny maps: threads only add overhead
 
@@ -384,3 +386,83 @@ def test_to_nnunet_architecture_takes_what_build_unet_takes(config: Any) -> None
 def test_deep_supervision_is_a_bool(value: Any) -> None:
     with pytest.raises(ValueError, match=r"deep_supervision=.* must be true or false"):
         from_nnunet_plans(_plans(c=NEW_3D), "c", in_channels=1, out_channels=2, deep_supervision=value)
+
+
+# ---------------------------------------------------------------------------------------------
+# convert(): a peer whose function is not its layers' is refused, never converted silently
+
+
+def _small_nnunet() -> nn.Module:
+    unet = pytest.importorskip("dynamic_network_architectures.architectures.unet")
+    torch.manual_seed(0)
+    return unet.PlainConvUNet(
+        2, 3, [4, 6, 8], nn.Conv2d, 3, [1, 2, 2], 2, 3, 2, conv_bias=True, norm_op=nn.InstanceNorm2d,
+        norm_op_kwargs={"affine": True}, nonlin=nn.LeakyReLU, nonlin_kwargs={"inplace": True},
+    )  # fmt: skip
+
+
+def test_convert_still_converts_an_unmodified_peer() -> None:
+    peer = _small_nnunet().train()
+    ours = convert(peer)
+    assert ours.training and peer.training  # modes restored after the probe
+    x = torch.randn(1, 2, 16, 16)
+    with torch.no_grad():
+        assert float((peer.eval()(x) - ours.eval()(x)).abs().max()) < 1e-5
+
+
+@pytest.mark.parametrize("where", ["network", "decoder", "conv"])
+@pytest.mark.parametrize("kind", ["forward", "pre"])
+def test_convert_refuses_forward_hooks(where: str, kind: str) -> None:
+    peer = _small_nnunet()
+    module = {"network": peer, "decoder": peer.decoder, "conv": peer.encoder.stages[0][0].convs[0].conv}[where]
+    if kind == "forward":
+        module.register_forward_hook(lambda m, args, out: out * 2 if isinstance(out, torch.Tensor) else out)
+    else:
+        module.register_forward_pre_hook(lambda m, args: tuple(a * 2 for a in args))
+    with pytest.raises(UnsupportedModelError, match="forward hooks or pre-hooks are registered on") as err:
+        convert(peer)
+    name = {"network": "(the network)", "decoder": "decoder", "conv": "encoder.stages.0.0.convs.0.conv"}[where]
+    assert name in str(err.value)
+
+
+def test_convert_refuses_a_forward_replaced_on_the_instance() -> None:
+    peer = _small_nnunet()
+    original = peer.forward
+    peer.forward = lambda x: original(x) * 2  # type: ignore[method-assign]
+    with pytest.raises(UnsupportedModelError, match=r"forward is replaced on the instance of \['\(the network\)'\]"):
+        convert(peer)
+    del peer.forward
+    head = peer.decoder.seg_layers[-1]
+    head.forward = lambda x: nn.Conv2d.forward(head, x).tanh()  # type: ignore[method-assign]
+    with pytest.raises(UnsupportedModelError, match=r"replaced on the instance of \['decoder\.seg_layers\.1'\]"):
+        convert(peer)
+
+
+def test_convert_probes_an_overridden_forward(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A patched class (or a same-named subclass) computes something else: the probe finds it."""
+    peer = _small_nnunet()
+    cls = type(peer)
+    original = cls.forward
+    monkeypatch.setattr(cls, "forward", lambda self, x: original(self, x) + 1.97)
+    with pytest.raises(UnsupportedModelError, match=r"outputs differ by up to 1\.97.*overrides forward"):
+        convert(peer)
+
+
+def test_convert_probes_a_swapped_submodule() -> None:
+    peer = _small_nnunet()
+    peer.encoder.stages[1][0].convs[1].all_modules[-1] = nn.Tanh()  # the layers say LeakyReLU
+    with pytest.raises(UnsupportedModelError, match="does not compute the peer's function"):
+        convert(peer)
+
+
+def test_convert_refuses_a_peer_whose_forward_fails() -> None:
+    peer = _small_nnunet()
+    peer.encoder.stages[0][0].convs[0].all_modules.append(nn.Linear(3, 3))  # a shape error in its forward
+    with pytest.raises(UnsupportedModelError, match=r"its forward fails on a probe input of shape \(1, 2, 8, 8\)"):
+        convert(peer)
+
+
+@pytest.mark.parametrize("value", [None, 5, "PlainConvUNet", torch.zeros(3)])
+def test_convert_takes_a_module(value: Any) -> None:
+    with pytest.raises(UnsupportedModelError):
+        convert(value)

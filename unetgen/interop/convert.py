@@ -5,22 +5,41 @@ The peer's class is looked up in the registry (`unetgen.interop.registry`); its 
 layers in unetgen's order; the model is built empty and the layers are checked pair by pair and
 copied (`unetgen.interop.weights`). Never an approximation: anything unetgen cannot express
 exactly raises `UnsupportedModelError` naming the layer and the missing feature.
+
+A peer's layers are not always its function: forward hooks and a forward replaced on an instance
+are refused up front (the converted model could not run them), and after the copy both networks
+run one probe input (the smallest valid input, in eval mode, in the peer's dtype and device) and
+must agree to round-off, else `UnsupportedModelError` names the largest difference and the
+likely causes (a subclass or patched class that overrides forward, a swapped submodule).
 """
 
 from __future__ import annotations
 
+import math
+import warnings
+from typing import Any
+
 import torch
 from torch import nn
 
+from ..analysis import shapes
+from ..analysis.ops import network_ops, op_shapes
 from ..config.diagnostics import short_repr
 from ..config.unet_config import UNetConfig
 from ..model.unet import UNet
+from ..reprs import short_text
 from . import monai, nnunet  # noqa: F401  (importing them registers their converters)
 from .options import UnsupportedModelError, validated
 from .registry import find_converter
 from .weights import copy_paired, unetgen_layers
 
-__all__ = ["convert"]
+__all__ = ["MAX_PROBE_ELEMENTS", "check_same_function", "convert"]
+
+MAX_PROBE_ELEMENTS = 2**27
+"""Largest probe run that checks a conversion, in map elements summed over the model's ops at its
+smallest input (real nnU-Net 3D networks need about 3e7); beyond it the probe is skipped with a
+warning."""
+_TOLERANCE = {torch.float64: 1e-9, torch.float32: 1e-4}  # relative to the output's scale; 1e-2 otherwise
 
 
 def convert(module: nn.Module, *, ignore_dropout: bool = False) -> UNet:
@@ -33,8 +52,11 @@ def convert(module: nn.Module, *, ignore_dropout: bool = False) -> UNet:
     express exactly raises `UnsupportedModelError` naming the layer and the missing feature.
     Dropout is refused unless `ignore_dropout=True`, which drops it: eval-mode outputs are then
     still exact, training differs. The result is in the peer's train/eval mode."""
+    if not isinstance(module, nn.Module):
+        raise UnsupportedModelError(f"convert() takes a torch nn.Module, not {type(module).__name__}")
     converter = find_converter(module)
     name = type(module).__name__
+    _refuse_hooks(module, name)
     data, peer_layers = converter(module, ignore_dropout)
     target = _empty_like(validated(data, name), module)
     layers = unetgen_layers(target)
@@ -43,7 +65,94 @@ def convert(module: nn.Module, *, ignore_dropout: bool = False) -> UNet:
         raise UnsupportedModelError(f"{name}: unetgen tensors {short_repr(left)} have no counterpart in the peer")
     copy_paired(peer_layers, layers, name)
     target.train(module.training)
+    check_same_function(module, target, name)
     return target
+
+
+def _refuse_hooks(module: nn.Module, name: str) -> None:
+    """Forward hooks and pre-hooks, and a forward set on an instance, are code the converted
+    model would not run: refused, naming the modules."""
+    hooked = [n or "(the network)" for n, m in module.named_modules() if m._forward_hooks or m._forward_pre_hooks]
+    if hooked:
+        raise UnsupportedModelError(
+            f"{name}: forward hooks or pre-hooks are registered on {short_repr(hooked)}; a hook can change what the "
+            "network computes and the converted model would not run it: remove them (handle.remove()) and convert"
+        )
+    replaced = [n or "(the network)" for n, m in module.named_modules() if "forward" in vars(m)]
+    if replaced:
+        raise UnsupportedModelError(
+            f"{name}: forward is replaced on the instance of {short_repr(replaced)}; the converted model computes "
+            "the layers' own forward, not the replacement: delete it (del module.forward) or convert the original"
+        )
+
+
+def check_same_function(peer: nn.Module, target: UNet, name: str) -> None:
+    """Run `peer` and `target` on one probe input (the smallest valid input of `target`, batch 1,
+    eval mode, their dtype and device; modes restored) and compare their main outputs to
+    round-off; `UnsupportedModelError` naming the largest difference otherwise."""
+    config = target.config
+    size = shapes.min_input_shape(config)
+    work = sum(
+        op.out_channels * math.prod(s) for op, s in zip(network_ops(config), op_shapes(config, size), strict=True)
+    )
+    ref = next(iter(target.parameters()), None)
+    if ref is None or ref.device.type == "meta":
+        return  # no values to compare
+    if work > MAX_PROBE_ELEMENTS:
+        warnings.warn(
+            f"convert({name}): not checked on a probe input: the smallest input {size} needs about {work:.2e} "
+            f"map elements, more than MAX_PROBE_ELEMENTS={MAX_PROBE_ELEMENTS:.2e} (unetgen.interop.convert)",
+            stacklevel=3,
+        )
+        return
+    x = torch.randn((1, config.in_channels, *size), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    x = x.to(device=ref.device, dtype=ref.dtype)
+    theirs, mine = _probe(peer, x, name), _probe(target, x, "the converted model")
+    _compare(theirs, mine, name, tuple(x.shape))
+
+
+def _probe(model: nn.Module, x: torch.Tensor, name: str) -> torch.Tensor:
+    """The main output of `model` on `x` in eval mode (nnU-Net's list of outputs: its first)."""
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            out: Any = model(x)
+    except Exception as err:  # the peer's own code: any failure is a reason not to convert
+        raise UnsupportedModelError(
+            f"{name}: its forward fails on a probe input of shape {tuple(x.shape)} ({type(err).__name__}: "
+            f"{short_text(str(err))}); unetgen cannot check that the conversion computes the same function"
+        ) from None
+    finally:
+        model.train(was_training)
+    if isinstance(out, (list, tuple)) and out:
+        out = out[0]
+    if not isinstance(out, torch.Tensor):
+        raise UnsupportedModelError(f"{name}: its forward returns a {type(out).__name__}, not a tensor")
+    return out
+
+
+def _compare(theirs: torch.Tensor, mine: torch.Tensor, name: str, shape: tuple[int, ...]) -> None:
+    likely = (
+        "likely causes: a subclass or a patched class that overrides forward, or a submodule swapped for one that "
+        "computes something else; unetgen converts only the network its layers describe"
+    )
+    if theirs.shape != mine.shape:
+        raise UnsupportedModelError(
+            f"{name}: on a probe input of shape {shape} the peer returns {tuple(theirs.shape)}, the converted model "
+            f"{tuple(mine.shape)}; {likely}"
+        )
+    a, b = theirs.detach().double(), mine.detach().double()
+    tol = _TOLERANCE.get(theirs.dtype, 1e-2)
+    scale = max(1.0, float(a.nan_to_num(nan=0.0, posinf=0.0, neginf=0.0).abs().max())) if a.numel() else 1.0
+    close = torch.isclose(a, b, rtol=tol, atol=tol * scale, equal_nan=True)
+    if bool(close.all()):
+        return
+    worst = float((a - b).abs()[~close].nan_to_num(nan=math.inf).max())
+    raise UnsupportedModelError(
+        f"{name}: the converted model does not compute the peer's function: on a probe input of shape {shape} "
+        f"their outputs differ by up to {worst:.3g} (tolerance {tol * scale:.1g}); {likely}"
+    )
 
 
 def _empty_like(config: UNetConfig, peer: nn.Module) -> UNet:
