@@ -20,12 +20,19 @@ import torch
 import yaml
 from hypothesis import given
 from hypothesis import strategies as st
-from test_interop import NEW_3D, OLD_3D
+from test_interop import NEW_3D, OLD_3D, Classic
 from torch import nn
 
-from unetgen import ConfigError, load_config
+from unetgen import ConfigError, InputShapeError, build_unet, load_config
 from unetgen.cli import main
-from unetgen.interop import UnsupportedModelError, convert, from_nnunet_plans, nnunet_yaml, to_nnunet_architecture
+from unetgen.interop import (
+    UnsupportedModelError,
+    convert,
+    copy_weights,
+    from_nnunet_plans,
+    nnunet_yaml,
+    to_nnunet_architecture,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny maps: threads only add overhead
 
@@ -451,14 +458,14 @@ def test_convert_probes_an_overridden_forward(monkeypatch: pytest.MonkeyPatch) -
 def test_convert_probes_a_swapped_submodule() -> None:
     peer = _small_nnunet()
     peer.encoder.stages[1][0].convs[1].all_modules[-1] = nn.Tanh()  # the layers say LeakyReLU
-    with pytest.raises(UnsupportedModelError, match="does not compute the peer's function"):
+    with pytest.raises(UnsupportedModelError, match="does not compute the same function as the source"):
         convert(peer)
 
 
 def test_convert_refuses_a_peer_whose_forward_fails() -> None:
     peer = _small_nnunet()
     peer.encoder.stages[0][0].convs[0].all_modules.append(nn.Linear(3, 3))  # a shape error in its forward
-    with pytest.raises(UnsupportedModelError, match=r"its forward fails on a probe input of shape \(1, 2, 8, 8\)"):
+    with pytest.raises(UnsupportedModelError, match=r"its forward fails on an input of shape \(1, 2, 8, 8\)"):
         convert(peer)
 
 
@@ -466,3 +473,65 @@ def test_convert_refuses_a_peer_whose_forward_fails() -> None:
 def test_convert_takes_a_module(value: Any) -> None:
     with pytest.raises(UnsupportedModelError):
         convert(value)
+
+
+# ---------------------------------------------------------------------------------------------
+# copy_weights: an example input of the wrong kind is a ValueError naming what is expected, and
+# the copy is checked end to end
+
+
+def _classic_pair(cin: int = 1) -> tuple[nn.Module, nn.Module]:
+    torch.manual_seed(0)
+    source = Classic(cin=cin)
+    for name in ("enc0", "enc1", "mid", "dec1", "dec0"):
+        getattr(source, name)[1] = nn.Identity()
+    config = {"depth": 2, "base_channels": 4, "norm": "none", "dropout": {"rate": 0}, "init": "torch"}
+    return source, build_unet(config | {"in_channels": cin})
+
+
+def test_copy_weights_names_the_expected_channels() -> None:
+    source, target = _classic_pair()
+    with pytest.raises(ValueError, match=r"has 3 channels, but the target takes 1 \(its config's in_channels\)"):
+        copy_weights(source, target, torch.randn(1, 3, 44, 44))
+    with pytest.raises(ValueError, match=r"has 3 channels, but the target takes 1 \(its first conv '0'\)"):
+        copy_weights(source, nn.Sequential(nn.Conv2d(1, 2, 3)), torch.randn(1, 3, 44, 44))
+    other, _ = _classic_pair(cin=2)
+    with pytest.raises(ValueError, match=r"has 1 channels, but the source takes 2 \(its first conv 'enc0\.0'\)"):
+        copy_weights(other, target, torch.randn(1, 1, 44, 44))
+
+
+@pytest.mark.parametrize(
+    ("example", "match"),
+    [
+        ([[1.0]], "example_input must be a torch.Tensor"),
+        (torch.ones(1, 1, 44, 44, dtype=torch.int64), "must be a floating-point tensor"),
+        (torch.ones(44), "must be a floating-point tensor"),
+        (torch.randn(1, 1, 44, 44, dtype=torch.float64), r"the weights are torch.float32: pass example_input.to"),
+    ],
+    ids=["list", "int64", "1-d", "float64"],
+)
+def test_copy_weights_refuses_an_example_it_cannot_run(example: Any, match: str) -> None:
+    source, target = _classic_pair()
+    with pytest.raises(ValueError, match=match):
+        copy_weights(source, target, example)
+
+
+def test_copy_weights_wrong_size_is_an_input_shape_error() -> None:
+    source, target = _classic_pair()
+    with pytest.raises(InputShapeError, match="nearest valid"):
+        copy_weights(source, target, torch.randn(1, 1, 45, 45))
+
+
+def test_copy_weights_finds_a_source_whose_output_is_not_its_layers() -> None:
+    source, target = _classic_pair()
+    source.register_forward_hook(lambda m, args, out: out + 1.97)
+    with pytest.raises(UnsupportedModelError, match=r"differ by up to 1\.97.*forward hooks"):
+        copy_weights(source, target, torch.randn(1, 1, 44, 44))
+
+
+@pytest.mark.parametrize("which", ["source", "target"])
+def test_copy_weights_takes_modules(which: str) -> None:
+    source, target = _classic_pair()
+    args = {"source": source, "target": target} | {which: "model.pt"}
+    with pytest.raises(ValueError, match=f"{which} must be a torch nn.Module, not str"):
+        copy_weights(args["source"], args["target"], torch.randn(1, 1, 44, 44))

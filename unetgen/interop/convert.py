@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Any
 
 import torch
 from torch import nn
@@ -27,11 +26,10 @@ from ..analysis.ops import network_ops, op_shapes
 from ..config.diagnostics import short_repr
 from ..config.unet_config import UNetConfig
 from ..model.unet import UNet
-from ..reprs import short_text
 from . import monai, nnunet  # noqa: F401  (importing them registers their converters)
 from .options import UnsupportedModelError, validated
 from .registry import find_converter
-from .weights import copy_paired, unetgen_layers
+from .weights import check_outputs_agree, copy_paired, main_output, unetgen_layers
 
 __all__ = ["MAX_PROBE_ELEMENTS", "check_same_function", "convert"]
 
@@ -39,7 +37,6 @@ MAX_PROBE_ELEMENTS = 2**27
 """Largest probe run that checks a conversion, in map elements summed over the model's ops at its
 smallest input (real nnU-Net 3D networks need about 3e7); beyond it the probe is skipped with a
 warning."""
-_TOLERANCE = {torch.float64: 1e-9, torch.float32: 1e-4}  # relative to the output's scale; 1e-2 otherwise
 
 
 def convert(module: nn.Module, *, ignore_dropout: bool = False) -> UNet:
@@ -107,52 +104,8 @@ def check_same_function(peer: nn.Module, target: UNet, name: str) -> None:
         return
     x = torch.randn((1, config.in_channels, *size), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     x = x.to(device=ref.device, dtype=ref.dtype)
-    theirs, mine = _probe(peer, x, name), _probe(target, x, "the converted model")
-    _compare(theirs, mine, name, tuple(x.shape))
-
-
-def _probe(model: nn.Module, x: torch.Tensor, name: str) -> torch.Tensor:
-    """The main output of `model` on `x` in eval mode (nnU-Net's list of outputs: its first)."""
-    was_training = model.training
-    try:
-        model.eval()
-        with torch.no_grad():
-            out: Any = model(x)
-    except Exception as err:  # the peer's own code: any failure is a reason not to convert
-        raise UnsupportedModelError(
-            f"{name}: its forward fails on a probe input of shape {tuple(x.shape)} ({type(err).__name__}: "
-            f"{short_text(str(err))}); unetgen cannot check that the conversion computes the same function"
-        ) from None
-    finally:
-        model.train(was_training)
-    if isinstance(out, (list, tuple)) and out:
-        out = out[0]
-    if not isinstance(out, torch.Tensor):
-        raise UnsupportedModelError(f"{name}: its forward returns a {type(out).__name__}, not a tensor")
-    return out
-
-
-def _compare(theirs: torch.Tensor, mine: torch.Tensor, name: str, shape: tuple[int, ...]) -> None:
-    likely = (
-        "likely causes: a subclass or a patched class that overrides forward, or a submodule swapped for one that "
-        "computes something else; unetgen converts only the network its layers describe"
-    )
-    if theirs.shape != mine.shape:
-        raise UnsupportedModelError(
-            f"{name}: on a probe input of shape {shape} the peer returns {tuple(theirs.shape)}, the converted model "
-            f"{tuple(mine.shape)}; {likely}"
-        )
-    a, b = theirs.detach().double(), mine.detach().double()
-    tol = _TOLERANCE.get(theirs.dtype, 1e-2)
-    scale = max(1.0, float(a.nan_to_num(nan=0.0, posinf=0.0, neginf=0.0).abs().max())) if a.numel() else 1.0
-    close = torch.isclose(a, b, rtol=tol, atol=tol * scale, equal_nan=True)
-    if bool(close.all()):
-        return
-    worst = float((a - b).abs()[~close].nan_to_num(nan=math.inf).max())
-    raise UnsupportedModelError(
-        f"{name}: the converted model does not compute the peer's function: on a probe input of shape {shape} "
-        f"their outputs differ by up to {worst:.3g} (tolerance {tol * scale:.1g}); {likely}"
-    )
+    theirs = main_output(peer, x, name)
+    check_outputs_agree(theirs, main_output(target, x, "the converted model"), name, tuple(x.shape))
 
 
 def _empty_like(config: UNetConfig, peer: nn.Module) -> UNet:
