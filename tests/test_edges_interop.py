@@ -535,3 +535,18 @@ def test_copy_weights_takes_modules(which: str) -> None:
     args = {"source": source, "target": target} | {which: "model.pt"}
     with pytest.raises(ValueError, match=f"{which} must be a torch nn.Module, not str"):
         copy_weights(args["source"], args["target"], torch.randn(1, 1, 44, 44))
+
+
+@pytest.mark.parametrize("change", ["no heads", "stage replaced", "kernel text", "extra buffer"])
+def test_convert_of_a_peer_changed_after_it_was_built_is_refused(change: str) -> None:
+    peer = _small_nnunet()
+    if change == "no heads":
+        del peer.decoder.seg_layers
+    elif change == "stage replaced":
+        peer.decoder.stages[0] = nn.Identity()
+    elif change == "kernel text":
+        peer.encoder.kernel_sizes = "abc"
+    else:
+        peer.encoder.stages[0][0].convs[0].conv.register_buffer("extra", torch.zeros(2))
+    with pytest.raises(UnsupportedModelError, match=r"PlainConvUNet: (not the structure|layer 0)"):
+        convert(peer)

@@ -26,6 +26,7 @@ from ..analysis.ops import network_ops, op_shapes
 from ..config.diagnostics import short_repr
 from ..config.unet_config import UNetConfig
 from ..model.unet import UNet
+from ..reprs import short_text
 from . import monai, nnunet  # noqa: F401  (importing them registers their converters)
 from .options import UnsupportedModelError, validated
 from .registry import find_converter
@@ -54,13 +55,21 @@ def convert(module: nn.Module, *, ignore_dropout: bool = False) -> UNet:
     converter = find_converter(module)
     name = type(module).__name__
     _refuse_hooks(module, name)
-    data, peer_layers = converter(module, ignore_dropout)
-    target = _empty_like(validated(data, name), module)
-    layers = unetgen_layers(target)
-    covered = {id(t) for m in layers for t in [*m.parameters(recurse=False), *m.buffers(recurse=False)]}
-    if left := [n for n, t in [*target.named_parameters(), *target.named_buffers()] if id(t) not in covered]:
-        raise UnsupportedModelError(f"{name}: unetgen tensors {short_repr(left)} have no counterpart in the peer")
-    copy_paired(peer_layers, layers, name)
+    try:
+        data, peer_layers = converter(module, ignore_dropout)
+        target = _empty_like(validated(data, name), module)
+        layers = unetgen_layers(target)
+        covered = {id(t) for m in layers for t in [*m.parameters(recurse=False), *m.buffers(recurse=False)]}
+        if left := [n for n, t in [*target.named_parameters(), *target.named_buffers()] if id(t) not in covered]:
+            raise UnsupportedModelError(f"{name}: unetgen tensors {short_repr(left)} have no counterpart in the peer")
+        copy_paired(peer_layers, layers, name)
+    except UnsupportedModelError:
+        raise
+    except (AttributeError, TypeError, IndexError, KeyError, ValueError, RuntimeError) as err:
+        raise UnsupportedModelError(  # a peer changed after it was built: a submodule removed or replaced
+            f"{name}: not the structure of the {name} its converter reads ({type(err).__name__}: "
+            f"{short_text(str(err))}); convert the network as its library builds it"
+        ) from None
     target.train(module.training)
     check_same_function(module, target, name)
     return target

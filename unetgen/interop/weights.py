@@ -89,9 +89,14 @@ def copy_paired(source: list[nn.Module], target: list[nn.Module], peer: str) -> 
                 f"{peer}: layer {i} ({type(s).__name__}) does not match unetgen's: {signature(s)} vs {signature(t)}"
             )
     with torch.no_grad():
-        for s, t in zip(source, target, strict=True):
-            mine = t.state_dict()
-            for key, value in s.state_dict().items():
+        for i, (s, t) in enumerate(zip(source, target, strict=True)):
+            mine, theirs = t.state_dict(), s.state_dict()
+            if set(theirs) != set(mine):
+                raise UnsupportedModelError(
+                    f"{peer}: layer {i} ({type(s).__name__}) holds {short_repr(sorted(theirs))}, unetgen's "
+                    f"{short_repr(sorted(mine))}"
+                )
+            for key, value in theirs.items():
                 mine[key].copy_(value)
 
 
