@@ -31,6 +31,8 @@ from unetgen.interop import (
     copy_weights,
     from_nnunet_plans,
     nnunet_yaml,
+    register_converter,
+    register_refusal,
     to_nnunet_architecture,
 )
 
@@ -550,3 +552,25 @@ def test_convert_of_a_peer_changed_after_it_was_built_is_refused(change: str) ->
         peer.encoder.stages[0][0].convs[0].conv.register_buffer("extra", torch.zeros(2))
     with pytest.raises(UnsupportedModelError, match=r"PlainConvUNet: (not the structure|layer 0)"):
         convert(peer)
+
+
+@pytest.mark.parametrize("value", ["no", 1, None])
+def test_convert_ignore_dropout_is_a_bool(value: Any) -> None:
+    with pytest.raises(ValueError, match=r"ignore_dropout=.* must be true or false"):
+        convert(_small_nnunet(), ignore_dropout=value)
+
+
+def test_copy_weights_refuses_a_non_finite_example() -> None:
+    source, target = _classic_pair()
+    x = torch.randn(1, 1, 44, 44)
+    x[0, 0, 3, 3] = float("nan")
+    with pytest.raises(ValueError, match="example_input holds NaN or infinity"):
+        copy_weights(source, target, x)
+
+
+@pytest.mark.parametrize(("module", "names"), [("monai", ()), (None, ("X",)), ("monai", (3,)), ("", ("X",))])
+def test_register_converter_checks_its_names(module: Any, names: tuple[Any, ...]) -> None:
+    with pytest.raises(ValueError, match="register_converter"):
+        register_converter(module, *names)
+    with pytest.raises(ValueError, match="register_refusal"):
+        register_refusal(module, *names, reason="is not a U-Net")

@@ -28,7 +28,7 @@ from ..config.unet_config import UNetConfig
 from ..model.unet import UNet
 from ..reprs import short_text
 from . import monai, nnunet  # noqa: F401  (importing them registers their converters)
-from .options import UnsupportedModelError, validated
+from .options import UnsupportedModelError, flag, validated
 from .registry import find_converter
 from .weights import check_outputs_agree, copy_paired, main_output, unetgen_layers
 
@@ -52,6 +52,7 @@ def convert(module: nn.Module, *, ignore_dropout: bool = False) -> UNet:
     still exact, training differs. The result is in the peer's train/eval mode."""
     if not isinstance(module, nn.Module):
         raise UnsupportedModelError(f"convert() takes a torch nn.Module, not {type(module).__name__}")
+    flag(ignore_dropout, "ignore_dropout")
     converter = find_converter(module)
     name = type(module).__name__
     _refuse_hooks(module, name)

@@ -147,6 +147,8 @@ def _check_example(source: Any, target: Any, x: Any) -> None:
             f"copy_weights: example_input of shape {tuple(x.shape)} and dtype {x.dtype} must be a floating-point "
             "tensor (N, C, *spatial), e.g. torch.randn(1, C, 64, 64)"
         )
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError("copy_weights: example_input holds NaN or infinity; pass finite values, e.g. torch.randn")
     for name, model in (("target", target), ("source", source)):
         expected = _input_channels(model)
         if expected is not None and x.shape[1] != expected[0]:
