@@ -1,14 +1,26 @@
-"""`unetgen import`: a unetgen config for a network of another library (issue 11: nnU-Net plans)."""
+"""`unetgen import`: a unetgen config for a network of another library (issue 11: nnU-Net plans).
+
+The config is checked before anything is written (it parses back as the config and validates),
+then written to an exclusive temporary file beside the output and renamed onto it, so a failure
+leaves no file behind. An existing output is replaced only if `unetgen import` wrote it (its
+marker comment, `unetgen.interop.plans.IMPORT_MARKER`); it is never the plans file itself.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import tempfile
 from pathlib import Path
 
-from ..config.io import load_config
+from ..config import documents
+from ..config.io import ConfigError, validate_document
+from ..interop.plans import IMPORT_MARKER, check_schema_marker
 from .args import check_output
-from .errors import note
+from .errors import note, show
+
+_MARKER_BYTES = 4096  # the marker is on one of the first lines: read no more of an existing output
 
 
 def cmd_import(args: argparse.Namespace) -> int:
@@ -16,18 +28,105 @@ def cmd_import(args: argparse.Namespace) -> int:
 
     check_output(args.output)
     out = Path(args.output)
-    schema = args.schema
-    if "://" not in schema:
-        schema = Path(os.path.relpath(Path(schema).resolve(), out.resolve().parent)).as_posix()
+    _check_replaceable(out, args.plans)
     text = nnunet_yaml(  # UnsupportedModelError, a malformed plans file, bad channels: ValueErrors, one line each
         args.plans,
         args.configuration,
         in_channels=args.in_channels,
         out_channels=args.out_channels,
         deep_supervision=not args.no_deep_supervision,
-        schema=schema,
+        schema=_schema_marker(args.schema, out),
     )
-    out.write_text(text, encoding="utf-8")
-    load_config(out)  # what was written validates
-    note(f"wrote {out}")
+    _check_config_text(text, args.output)
+    _write_new(out, text)
+    note(f"wrote {show(args.output)}")
     return 0
+
+
+def _schema_marker(schema: str, out: Path) -> str:
+    """`--schema` as the marker gives it: a URL as it is, a path relative to the output's folder."""
+    check_schema_marker(schema, "--schema")
+    if "://" in schema:
+        return schema
+    marker = Path(os.path.relpath(Path(schema).resolve(), out.resolve().parent)).as_posix()
+    check_schema_marker(marker, "--schema (relative to the output)")
+    return marker
+
+
+def _check_replaceable(out: Path, plans: str) -> None:
+    """An existing `out` is a regular file `unetgen import` wrote, and not the plans file."""
+    if out.is_symlink():
+        raise ValueError(
+            f"--output {show(str(out))} is a symbolic link; unetgen does not replace links: give the file's own path"
+        )
+    if not out.exists():
+        return
+    if _same_file(out, plans):
+        raise ValueError(f"--output {show(str(out))} is the plans file itself; write the config to another file")
+    if not _written_by_import(out):
+        raise ValueError(
+            f"--output {show(str(out))} exists and was not written by `unetgen import` (no {IMPORT_MARKER!r} "
+            "line); unetgen replaces only files it wrote: choose another name, or move the file away first"
+        )
+
+
+def _same_file(a: Path, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except (OSError, ValueError):  # the plans file is missing or unreadable: its own error comes next
+        return False
+
+
+def _written_by_import(path: Path) -> bool:
+    try:
+        fd = documents.open_regular(path)
+    except documents.ParseError as err:
+        raise ValueError(f"--output {show(str(path))}: {err.message}") from None
+    with os.fdopen(fd, "rb") as f:
+        head = f.read(_MARKER_BYTES).decode("utf-8", "replace")
+    return any(line.startswith(IMPORT_MARKER) for line in head.splitlines()[:8])
+
+
+def _check_config_text(text: str, output: str) -> None:
+    """The text parses as the file will be read (`unetgen.config.documents`) and validates."""
+    try:
+        doc = documents.parse(text, "yaml")
+    except documents.ParseError as err:
+        raise ConfigError(
+            f"{show(output)}: the written YAML would not parse ({err.message}); nothing was written"
+        ) from None
+    validate_document(doc.value, output, doc.positions)
+
+
+def _write_new(path: Path, text: str) -> None:
+    """Write `text` to an exclusive temporary file beside `path` (mkstemp), then rename it onto
+    `path`; on any failure only that temporary is removed."""
+    data = text.encode("utf-8")
+    tmp = None
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".unetgen-import-", suffix=".tmp")
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except OSError as err:
+        reason = err.strerror or type(err).__name__
+        raise ValueError(f"--output {show(str(path))}: cannot write it ({reason}); nothing was written") from None
+    finally:
+        if tmp is not None and os.path.lexists(tmp):
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+
+
+def _umask() -> int:
+    """The process umask (the mode a plain `open` would give the file), read without changing it
+    where /proc has it."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask

@@ -22,6 +22,7 @@ from typing import Any
 
 from torch import nn
 
+from ..reprs import short_repr
 from .options import UnsupportedModelError
 
 __all__ = ["Converted", "Converter", "PeerClass", "find_converter", "register_converter", "register_refusal"]
@@ -49,8 +50,7 @@ _REFUSALS: dict[PeerClass, str] = {}
 
 def register_converter(module: str, *names: str) -> Callable[[Converter], Converter]:
     """Decorator: register a converter for the classes `names` defined in `module` or below it."""
-    if not names:
-        raise ValueError(f"register_converter({module!r}) names no class; pass the class names it converts")
+    _check_names("register_converter", module, names)
 
     def register(converter: Converter) -> Converter:
         for name in names:
@@ -62,8 +62,21 @@ def register_converter(module: str, *names: str) -> Callable[[Converter], Conver
 
 def register_refusal(module: str, *names: str, reason: str) -> None:
     """Register peer classes that `convert` refuses with `reason` (completing "<module>.<class> ...")."""
+    _check_names("register_refusal", module, names)
+    if not isinstance(reason, str):
+        raise ValueError(f"register_refusal: reason={short_repr(reason)} must be a str")
     for name in names:
         _REFUSALS[PeerClass(module, name)] = reason
+
+
+def _check_names(caller: str, module: Any, names: tuple[Any, ...]) -> None:
+    """A module path and at least one class name, all non-empty strings."""
+    if not isinstance(module, str) or not module:
+        raise ValueError(f"{caller}: module={short_repr(module)} must be a package or module path, e.g. 'monai'")
+    if not names:
+        raise ValueError(f"{caller}({short_repr(module)}) names no class; pass the class names it converts")
+    if bad := [n for n in names if not isinstance(n, str) or not n]:
+        raise ValueError(f"{caller}: class names {short_repr(bad)} must be non-empty strings, e.g. 'BasicUNet'")
 
 
 def _known() -> str:

@@ -11,6 +11,7 @@ paired one to one, checked to agree in everything but their values, then copied.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -21,12 +22,22 @@ from torch.nn.modules.conv import _ConvNd
 from torch.nn.modules.instancenorm import _InstanceNorm
 
 from ..analysis.ops import Act, Conv, NormOp, Op, network_ops
+from ..analysis.shapes import InputShapeError
 from ..config.diagnostics import short_repr
 from ..config.options import PReLU
 from ..model.unet import UNet
+from ..reprs import short_text
 from .options import UnsupportedModelError
 
-__all__ = ["PAIRED", "copy_paired", "copy_weights", "signature", "unetgen_layers"]
+__all__ = [
+    "PAIRED",
+    "check_outputs_agree",
+    "copy_paired",
+    "copy_weights",
+    "main_output",
+    "signature",
+    "unetgen_layers",
+]
 
 PAIRED = (_ConvNd, _BatchNorm, _InstanceNorm, nn.GroupNorm, nn.PReLU)
 """The layer classes with weights or statistics that a weight copy pairs."""
@@ -78,9 +89,14 @@ def copy_paired(source: list[nn.Module], target: list[nn.Module], peer: str) -> 
                 f"{peer}: layer {i} ({type(s).__name__}) does not match unetgen's: {signature(s)} vs {signature(t)}"
             )
     with torch.no_grad():
-        for s, t in zip(source, target, strict=True):
-            mine = t.state_dict()
-            for key, value in s.state_dict().items():
+        for i, (s, t) in enumerate(zip(source, target, strict=True)):
+            mine, theirs = t.state_dict(), s.state_dict()
+            if set(theirs) != set(mine):
+                raise UnsupportedModelError(
+                    f"{peer}: layer {i} ({type(s).__name__}) holds {short_repr(sorted(theirs))}, unetgen's "
+                    f"{short_repr(sorted(mine))}"
+                )
+            for key, value in theirs.items():
                 mine[key].copy_(value)
 
 
@@ -95,9 +111,13 @@ def copy_weights(source: nn.Module, target: nn.Module, example_input: torch.Tens
     checking each pair numerically in eval mode: where a layer's input in `target` is the
     source's with its channel groups rotated (a concatenation in the other order), the input
     channels of the target's weight are permuted to match. Raises `UnsupportedModelError` naming
-    the first layer that cannot be paired or whose input differs."""
-    src_layers = _execution_order(source, example_input)
-    tgt_layers = _execution_order(target, example_input)
+    the first layer that cannot be paired or whose input differs, or when the two models' outputs
+    on `example_input` still differ after the copy (hooks, an overridden forward). An
+    `example_input` that is not a floating-point (N, C, *spatial) tensor either model can run
+    (channels, dtype, device) is a `ValueError` naming what the models expect."""
+    _check_example(source, target, example_input)
+    src_layers = _execution_order(source, example_input, "source")
+    tgt_layers = _execution_order(target, example_input, "target")
     names_s = {m: n for n, m in source.named_modules()}
     names_t = {m: n for n, m in target.named_modules()}
     _check_pairs(src_layers, tgt_layers, names_s, names_t)
@@ -109,6 +129,103 @@ def copy_weights(source: nn.Module, target: nn.Module, example_input: torch.Tens
                     raise UnsupportedModelError(f"target layer {names_t[t]!r} has no {key!r} (source {names_s[s]!r})")
                 tgt_state[key].copy_(value)
     _check_inputs(source, target, src_layers, tgt_layers, example_input, names_s, names_t)
+    shape = tuple(example_input.shape)
+    check_outputs_agree(main_output(source, example_input, "source"), main_output(target, example_input, "target"),
+                        "copy_weights", shape)  # fmt: skip
+
+
+def _check_example(source: Any, target: Any, x: Any) -> None:
+    """Two modules and a floating-point (N, C, *spatial) tensor whose channels the target (a
+    unetgen UNet: its config; else its first conv) and the source's first conv take."""
+    for name, model in (("source", source), ("target", target)):
+        if not isinstance(model, nn.Module):
+            raise ValueError(f"copy_weights: {name} must be a torch nn.Module, not {type(model).__name__}")
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"copy_weights: example_input must be a torch.Tensor (N, C, *spatial), not {type(x).__name__}")
+    if not x.is_floating_point() or x.dim() < 3:
+        raise ValueError(
+            f"copy_weights: example_input of shape {tuple(x.shape)} and dtype {x.dtype} must be a floating-point "
+            "tensor (N, C, *spatial), e.g. torch.randn(1, C, 64, 64)"
+        )
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError("copy_weights: example_input holds NaN or infinity; pass finite values, e.g. torch.randn")
+    for name, model in (("target", target), ("source", source)):
+        expected = _input_channels(model)
+        if expected is not None and x.shape[1] != expected[0]:
+            raise ValueError(
+                f"copy_weights: example_input of shape {tuple(x.shape)} has {x.shape[1]} channels, but the {name} "
+                f"takes {expected[0]} ({expected[1]}): pass a tensor of shape (N, {expected[0]}, *spatial)"
+            )
+    if isinstance(target, UNet):
+        target.check_input(x)  # InputShapeError naming the nearest valid sizes
+
+
+def _input_channels(model: nn.Module) -> tuple[int, str] | None:
+    """(channels, what says so) of what `model` takes: a unetgen UNet's in_channels, else its
+    first conv's (in registration order); None if it has no conv."""
+    if isinstance(model, UNet):
+        return model.config.in_channels, "its config's in_channels"
+    for name, m in model.named_modules():
+        if isinstance(m, _ConvNd):
+            return m.in_channels, f"its first conv {name!r}"
+    return None
+
+
+def main_output(model: nn.Module, x: torch.Tensor, name: str) -> torch.Tensor:
+    """The main output of `model` on `x` in eval mode, without gradients (the mode restored;
+    nnU-Net's list of outputs: its first); a forward that fails, or returns no tensor, is an
+    `UnsupportedModelError` naming `name`."""
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            out: Any = model(x)
+    except InputShapeError:
+        raise
+    except Exception as err:  # the model's own code: any failure is a reason not to trust the copy
+        raise UnsupportedModelError(
+            f"{name}: its forward fails on an input of shape {tuple(x.shape)} ({type(err).__name__}: "
+            f"{short_text(str(err))}); unetgen cannot check that the two compute the same function"
+        ) from None
+    finally:
+        model.train(was_training)
+    if isinstance(out, (list, tuple)) and out:
+        out = out[0]
+    if not isinstance(out, torch.Tensor):
+        raise UnsupportedModelError(f"{name}: its forward returns a {type(out).__name__}, not a tensor")
+    return out
+
+
+_TOLERANCE = {torch.float64: 1e-9, torch.float32: 1e-4}  # relative to the output's scale; 1e-2 otherwise
+_ACCELERATOR_TOLERANCE = 1e-2  # off the CPU, float32 convs may run in TF32 and pick other algorithms per call
+
+
+def check_outputs_agree(theirs: torch.Tensor, mine: torch.Tensor, name: str, shape: tuple[int, ...]) -> None:
+    """`mine` (the unetgen model's output) equals `theirs` (the peer's) to round-off for their
+    dtype, NaN and infinities where both have them; else `UnsupportedModelError` naming the
+    largest difference and the likely causes."""
+    likely = (
+        "likely causes: forward hooks, a subclass or a patched class that overrides forward, or a submodule "
+        "swapped for one that computes something else; unetgen copies only the network its layers describe"
+    )
+    if theirs.shape != mine.shape:
+        raise UnsupportedModelError(
+            f"{name}: on an input of shape {shape} the source returns {tuple(theirs.shape)}, the unetgen model "
+            f"{tuple(mine.shape)}; {likely}"
+        )
+    a, b = theirs.detach().double(), mine.detach().double()
+    tol = _TOLERANCE.get(theirs.dtype, 1e-2)
+    if theirs.device.type != "cpu" and theirs.dtype != torch.float64:
+        tol = _ACCELERATOR_TOLERANCE
+    scale = max(1.0, float(a.nan_to_num(nan=0.0, posinf=0.0, neginf=0.0).abs().max())) if a.numel() else 1.0
+    close = torch.isclose(a, b, rtol=tol, atol=tol * scale, equal_nan=True)
+    if bool(close.all()):
+        return
+    worst = float((a - b).abs()[~close].nan_to_num(nan=math.inf).max())
+    raise UnsupportedModelError(
+        f"{name}: the unetgen model does not compute the same function as the source: on an input of shape "
+        f"{shape} their outputs differ by up to {worst:.3g} (tolerance {tol * scale:.1g}); {likely}"
+    )
 
 
 def _kinds(layers: Iterable[nn.Module]) -> str:
@@ -139,22 +256,32 @@ def _check_pairs(
             )
 
 
-def _run_hooked(model: nn.Module, layers: Iterable[nn.Module], hook: Callable[..., None], x: torch.Tensor) -> None:
+def _run_hooked(
+    model: nn.Module, layers: Iterable[nn.Module], hook: Callable[..., None], x: torch.Tensor, which: str
+) -> None:
     """One eval-mode forward of `x` with `hook` as a forward pre-hook on `layers`; the model's
-    mode is restored and the hooks removed afterwards."""
+    mode is restored and the hooks removed afterwards. A forward that fails is a `ValueError`
+    naming `which` model and what may be wrong with `x`."""
     handles = [m.register_forward_pre_hook(hook) for m in layers]
     was_training = model.training
     try:
         model.eval()
         with torch.no_grad():
             model(x)
+    except InputShapeError:
+        raise
+    except Exception as err:  # the model's own code (a hand-written U-Net): say what was run
+        raise ValueError(
+            f"copy_weights: the {which} model fails on example_input of shape {tuple(x.shape)}, {x.dtype}, "
+            f"{x.device} ({type(err).__name__}: {short_text(str(err))}){_hint(model, x)}"
+        ) from None
     finally:
         for h in handles:
             h.remove()
         model.train(was_training)
 
 
-def _execution_order(model: nn.Module, x: torch.Tensor) -> list[nn.Module]:
+def _execution_order(model: nn.Module, x: torch.Tensor, which: str) -> list[nn.Module]:
     order: list[nn.Module] = []
     seen: set[int] = set()
 
@@ -163,17 +290,27 @@ def _execution_order(model: nn.Module, x: torch.Tensor) -> list[nn.Module]:
             seen.add(id(m))
             order.append(m)
 
-    _run_hooked(model, (m for m in model.modules() if isinstance(m, PAIRED)), hook, x)
+    _run_hooked(model, (m for m in model.modules() if isinstance(m, PAIRED)), hook, x, which)
     return order
 
 
-def _record_inputs(model: nn.Module, layers: list[nn.Module], x: torch.Tensor) -> list[torch.Tensor]:
+def _hint(model: nn.Module, x: torch.Tensor) -> str:
+    """What about `x` may not fit `model`: its dtype or device against the weights'."""
+    ref = next(iter(model.parameters()), None)
+    if ref is not None and ref.dtype != x.dtype:
+        return f"; the weights are {ref.dtype}: pass example_input.to({ref.dtype})"
+    if ref is not None and ref.device != x.device:
+        return f"; the weights are on {ref.device}: pass example_input.to({str(ref.device)!r})"
+    return ""
+
+
+def _record_inputs(model: nn.Module, layers: list[nn.Module], x: torch.Tensor, which: str) -> list[torch.Tensor]:
     inputs: dict[int, torch.Tensor] = {}
 
     def hook(m: nn.Module, args: tuple[Any, ...]) -> None:
         inputs.setdefault(id(m), args[0].detach().clone())
 
-    _run_hooked(model, layers, hook, x)
+    _run_hooked(model, layers, hook, x, which)
     return [inputs[id(m)] for m in layers]
 
 
@@ -188,11 +325,11 @@ def _check_inputs(
 ) -> None:
     """Each target layer's input equals its source layer's, in order; where it is the source's
     with the channels rotated, the target's weight is permuted to match and the check reruns."""
-    src_in = _record_inputs(source, src_layers, x)
+    src_in = _record_inputs(source, src_layers, x, "source")
     rotated: dict[int, int] = {}  # layer index -> channel rotation of its input, weight permuted
     start = 0
     for _ in range(len(tgt_layers) + 1):  # each pass permutes one more layer, or ends
-        tgt_in = _record_inputs(target, tgt_layers, x)
+        tgt_in = _record_inputs(target, tgt_layers, x, "target")
         for k in range(start, len(tgt_layers)):
             a, b = src_in[k], tgt_in[k]
             if k in rotated:
