@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import os
-import uuid
+import re
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -27,6 +27,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from . import atomic
 from .build import build_unet
 from .config import documents
 from .config.io import ConfigError, validate_document
@@ -80,8 +81,9 @@ def save_unet(model: nn.Module, path: str | Path, *, metadata: Mapping[str, Any]
     booleans, None), at most `MAX_METADATA_BYTES` as JSON and `MAX_METADATA_VALUES` values.
     `checkpoint_metadata(path)` and `load_unet(path).metadata` give it back (tuples as lists).
 
-    The file is written next to `path` under a temporary name, flushed to disk and renamed over
-    `path`, so a crash mid-save leaves any previous checkpoint at `path` intact."""
+    The file is written to a new file created exclusively next to `path` (never an existing file or
+    a planted symlink), flushed to disk and renamed over `path`, so a crash or a full disk mid-save
+    leaves any previous checkpoint at `path` intact and no partial file behind."""
     unet = _unwrap(model)
     p = _checked_save_path(path)
     header = {
@@ -93,28 +95,22 @@ def save_unet(model: nn.Module, path: str | Path, *, metadata: Mapping[str, Any]
     if metadata is not None:
         header["user_metadata"] = _metadata_json(metadata)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in unet.state_dict().items()}
-    tmp = p.with_name(f".{p.name[:100]}.{uuid.uuid4().hex}.tmp")  # same directory, so the rename is atomic
     try:
-        save_file(tensors, tmp, metadata=header)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, p)
-    except Exception as err:  # OSError, or safetensors' own error for a failed write
-        _remove(tmp)
-        why = err.strerror if isinstance(err, OSError) and err.strerror else short_text(str(err))
-        raise CheckpointError(f"{short_path(p)}: cannot write the checkpoint: {why}") from err
-    except BaseException:
-        _remove(tmp)
-        raise
-    _fsync_dir(p.parent)
+        with atomic.replacing_path(p) as where:
+            save_file(tensors, where, metadata=header)
+    except OSError as err:
+        raise CheckpointError(f"{short_path(p)}: cannot write the checkpoint: {atomic.reason(err)}") from err
+    except Exception as err:  # safetensors' own error: a failed write, tensors sharing memory
+        raise CheckpointError(f"{short_path(p)}: cannot write the checkpoint: {_safetensors_reason(err)}") from err
     return p
 
 
-def _remove(path: Path) -> None:
-    try:
-        path.unlink(missing_ok=True)
-    except OSError:
-        pass
+def _safetensors_reason(err: Exception) -> str:
+    """safetensors' words for a failed write ("No space left on device (os error 28)") as
+    `atomic.reason` gives them for an OSError."""
+    text = str(err)
+    code = re.search(r"\(os error (\d+)\)", text)
+    return atomic.reason(OSError(int(code.group(1)), text)) if code else short_text(text)
 
 
 def _checked_save_path(path: Any) -> Path:
@@ -130,9 +126,10 @@ def _checked_save_path(path: Any) -> Path:
             f"{short_path(p)}: the path is too long ({len(str(p)):,} characters; a file name has at most 255 "
             f"bytes, a path {documents.MAX_PATH} characters)"
         )
-    if not p.parent.is_dir():
-        raise CheckpointError(f"{short_path(p)}: the folder {short_path(p.parent)} does not exist; create it first")
-    return p
+    try:
+        return atomic.check_target(p, "the checkpoint")  # an existing folder; not a directory, FIFO or device
+    except ValueError as err:
+        raise CheckpointError(str(err)) from None
 
 
 def _metadata_json(metadata: Any) -> str:
@@ -193,20 +190,6 @@ def _string_keys(value: Any) -> None:
 def _config_json(config: UNetConfig) -> str:
     """Every field written out, so a later version's defaults cannot change the architecture."""
     return json.dumps(config.model_dump(mode="json"), sort_keys=True)
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Persist the rename (POSIX); a no-op where directories cannot be opened (Windows)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _version() -> str:
