@@ -11,6 +11,7 @@ import contextlib
 import itertools
 import json
 import os
+import re
 import secrets
 import shutil
 import subprocess
@@ -258,3 +259,114 @@ def test_a_real_full_disk_says_no_space_left_and_names_the_path(tmp_path: Path) 
     assert "no space left on device" in report["save_unet"]
     assert report["to_onnx"].startswith("OSError: [Errno 28] no space left on device"), report
     assert f"{disk}/unet.onnx" in report["to_onnx"]
+
+
+# ---------------------------------------------------------------------------------------------
+# a file that is not a checkpoint says what it is, at every entry point that opens one
+
+
+def _not_checkpoints(root: Path) -> dict[str, tuple[Path, str, str]]:
+    """name -> (file, what the message must call it, a word of the advice)."""
+    import gzip
+
+    import numpy as np
+
+    from unetgen.export import to_torchscript
+
+    model = build_unet(TINY)
+    files = {
+        "yaml": ("good.yaml", "this is a YAML text file, likely a config", "build_unet(path)"),
+        "json": ("good.json", "this is a JSON text file, likely a config", "build_unet(path)"),
+        "torch-zip": ("model.pth", r"this is a torch pickle \(torch.save: .pth/.pt, zip format\)", "--weights"),
+        "torch-legacy": ("legacy.pt", "this is a Python pickle", "never unpickles"),
+        "torchscript": ("traced.pt", "this is a TorchScript archive", "torch.jit.load"),
+        "zip": ("archive.zip", "this is a zip archive", "unzip it"),
+        "hdf5": ("weights.h5", "this is an HDF5 file", "save_unet"),
+        "npy": ("image.npy", r"this is a NumPy array \(.npy\)", "--input"),
+        "empty": ("empty.safetensors", r"this is an empty file \(0 bytes\)", "interrupted"),
+        "gzip": ("model.safetensors.gz", "this is a gzip-compressed file", "gunzip"),
+    }
+    paths = {name: root / file for name, (file, _, _) in files.items()}
+    paths["yaml"].write_text("# a config\ndepth: 1\nbase_channels: 2\nchannel_multiplier: 1\n")
+    paths["json"].write_text(TINY.model_dump_json())
+    torch.save(model.state_dict(), paths["torch-zip"])
+    torch.save(model.state_dict(), paths["torch-legacy"], _use_new_zipfile_serialization=False)
+    torch.jit.save(to_torchscript(model), paths["torchscript"])
+    import zipfile
+
+    with zipfile.ZipFile(paths["zip"], "w") as z:
+        z.writestr("readme.txt", "hello")
+    paths["hdf5"].write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(100))
+    np.save(paths["npy"], np.zeros((2, 3), np.float32))
+    paths["empty"].write_bytes(b"")
+    paths["gzip"].write_bytes(gzip.compress(bytes(100)))
+    return {name: (paths[name], what, advice) for name, (_, what, advice) in files.items()}
+
+
+@pytest.fixture(scope="module")
+def not_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, str, str]]:
+    return _not_checkpoints(tmp_path_factory.mktemp("not-checkpoints"))
+
+
+@pytest.mark.parametrize(
+    "kind", ["yaml", "json", "torch-zip", "torch-legacy", "torchscript", "zip", "hdf5", "npy", "empty", "gzip"]
+)
+def test_a_file_that_is_not_a_checkpoint_says_what_it_is(
+    not_checkpoints: dict[str, tuple[Path, str, str]], kind: str
+) -> None:
+    from unetgen import checkpoint_config, checkpoint_metadata
+
+    path, what, advice = not_checkpoints[kind]
+    for load in (load_unet, checkpoint_config, checkpoint_metadata):
+        with pytest.raises(CheckpointError) as info:
+            load(path)
+        message = str(info.value)
+        assert message.startswith(f"{path}: not a safetensors checkpoint: "), message
+        assert re.search(what, message) and advice in message, message
+        assert "claims" not in message and len(message) < 600
+
+
+def test_the_cli_names_what_a_file_given_as_config_or_weights_is(
+    not_checkpoints: dict[str, tuple[Path, str, str]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import numpy as np
+
+    config = not_checkpoints["json"][0]
+    image = tmp_path / "in.npy"
+    np.save(image, np.zeros((1, 12, 12), np.float32))
+    out = tmp_path / "out.npy"
+    for kind in ("yaml", "json", "torchscript", "zip", "hdf5", "npy", "empty", "gzip"):
+        path, what, _ = not_checkpoints[kind]
+        argv = ["predict", str(config), "--weights", str(path), "--input", str(image), "--output", str(out)]
+        assert main(argv) == 1
+        [line] = capsys.readouterr().err.splitlines()
+        assert line.startswith(f"error: --weights {path}: ") and re.search(what, line), line
+        assert "pickle that needs code" not in line
+    for kind in ("torch-zip", "torch-legacy", "torchscript", "hdf5", "npy", "gzip"):
+        path, what, _ = not_checkpoints[kind]
+        assert main(["summary", str(path)]) == 1
+        [line] = capsys.readouterr().err.splitlines()
+        assert line.startswith(f"error: CONFIG {path}: ") and re.search(what, line), line
+    assert not out.exists()
+
+
+def test_the_cli_reads_weights_and_checkpoints_by_their_content(
+    not_checkpoints: dict[str, tuple[Path, str, str]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A torch pickle named .safetensors is read as weights (torch.load(weights_only=True)); a
+    checkpoint with another suffix is read as a checkpoint."""
+    import numpy as np
+
+    config = not_checkpoints["json"][0]
+    image = tmp_path / "in.npy"
+    np.save(image, np.zeros((1, 12, 12), np.float32))
+    renamed = tmp_path / "weights.safetensors"
+    renamed.write_bytes(not_checkpoints["torch-zip"][0].read_bytes())
+    out = tmp_path / "out.npy"
+    assert main(["predict", str(config), "--weights", str(renamed), "--input", str(image), "--output", str(out)]) == 0
+    checkpoint = save_unet(build_unet(TINY), tmp_path / "model.safetensors")
+    named = tmp_path / "model.bin"
+    named.write_bytes(checkpoint.read_bytes())
+    assert main(["predict", str(config), "--weights", str(named), "--input", str(image), "--output", str(out)]) == 0
+    assert main(["sizes", str(named), "--max", "20"]) == 0
+    capsys.readouterr()

@@ -14,11 +14,13 @@ preset name, so no other file is ever read), and every message echoes bounded va
 
 from __future__ import annotations
 
+import codecs
 import json
 import os
 import re
 import warnings
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -201,25 +203,174 @@ def _version() -> str:
 def _open(path: Any) -> Any:
     """A safetensors reader of the regular file at `path`. The path is checked (stat) and opened
     non-blocking, the descriptor checked again (fstat), and on Linux safetensors reads that very
-    descriptor (through /proc/self/fd), so nothing swapped in between can block or be read."""
+    descriptor (through /proc/self/fd), so nothing swapped in between can block or be read. A file
+    that does not start as a safetensors file does is named by its first bytes (`sniff`): a config,
+    a torch pickle, a zip, HDF5, an empty file..., with what to do instead."""
     try:
         fd = documents.open_regular(path)
     except documents.ParseError as err:
         raise CheckpointError(f"{short_path(path)}: {err.message}") from None
     try:
-        head = os.read(fd, 8)
-        if len(head) == 8 and int.from_bytes(head, "little") > MAX_HEADER_BYTES:
-            raise CheckpointError(
-                f"{short_path(path)}: not a complete safetensors file (its header claims "
-                f"{int.from_bytes(head, 'little'):,} bytes; a checkpoint's header, with the tensor names, config and "
-                f"metadata, is at most {MAX_HEADER_BYTES:,})"
-            )
+        _check_start(path, os.read(fd, SNIFF_BYTES), os.fstat(fd).st_size)
         proc = f"/proc/self/fd/{fd}"
         return safe_open(proc if os.path.exists(proc) else os.fspath(path), framework="pt", device="cpu")
     except CheckpointError:
         raise
     except Exception as err:  # safetensors raises its own SafetensorError for any malformed file
         raise CheckpointError(f"{short_path(path)}: not a complete safetensors file ({short_text(str(err))})") from None
+    finally:
+        os.close(fd)
+
+
+def _check_start(path: Any, head: bytes, size: int) -> None:
+    """Refuse a file whose first bytes are not a safetensors header's, saying what it is."""
+    found = sniff_bytes(head, size)
+    if found.kind == "safetensors":
+        return
+    if found.kind != "unknown":
+        raise CheckpointError(f"{short_path(path)}: not a safetensors checkpoint: this is {found.what}; {found.advice}")
+    claimed = int.from_bytes(head[:8], "little")
+    if len(head) < 8 or claimed > MAX_HEADER_BYTES:
+        raise CheckpointError(
+            f"{short_path(path)}: not a complete safetensors file (its header claims {claimed:,} bytes; a "
+            f"checkpoint's header, with the tensor names, config and metadata, is at most {MAX_HEADER_BYTES:,})"
+        )
+
+
+# -- what a file is, from its first bytes -------------------------------------------------------
+
+SNIFF_BYTES = 512
+"""Bytes read from the start of a file to say what it is (`sniff`)."""
+
+
+@dataclass(frozen=True)
+class Sniffed:
+    """What a file is, from its first bytes: `kind` (one of `SNIFFED_KINDS`), `what` it is in
+    words ("a torch pickle (torch.save ...)") and the `advice` for someone who took it for a
+    checkpoint or for weights."""
+
+    kind: str
+    what: str
+    advice: str
+
+
+_TORCH_ADVICE = (
+    "unetgen reads checkpoints as safetensors and never unpickles them: pass it with its config as "
+    "weights (unetgen predict CONFIG --weights FILE, read with torch.load(weights_only=True)), or convert it "
+    "once: model = build_unet(config); model.load_state_dict(torch.load(FILE, weights_only=True)); "
+    "save_unet(model, 'model.safetensors')"
+)
+_CONFIG_ADVICE = (
+    "build the model from a config with build_unet(path) or load_config(path) (CLI: pass it as CONFIG, and "
+    "its weights with --weights); a checkpoint is the .safetensors file save_unet writes"
+)
+_ADVICE = {
+    "torch": _TORCH_ADVICE,
+    "pickle": _TORCH_ADVICE,
+    "torchscript": "run it with torch.jit.load; it holds a traced program, not a checkpoint: keep the weights "
+    "with save_unet(model, 'model.safetensors')",
+    "onnx": "run it with onnxruntime; it cannot be loaded back as weights: keep them with save_unet",
+    "zip": "unzip it first; a checkpoint is a single .safetensors file (save_unet)",
+    "gzip": "decompress it first (gunzip); a checkpoint is a single .safetensors file (save_unet)",
+    "hdf5": "unetgen reads safetensors checkpoints: load the weights into a unetgen model (copy_weights, "
+    "docs/interop.md) and save it with save_unet",
+    "numpy": "an image to predict is --input (predict_tiled in Python); a checkpoint is the .safetensors file "
+    "save_unet writes",
+    "image": "an image to predict is --input; a checkpoint is the .safetensors file save_unet writes",
+    "pdf": "a checkpoint is the .safetensors file save_unet writes",
+    "json": _CONFIG_ADVICE,
+    "yaml": _CONFIG_ADVICE,
+    "text": "a checkpoint is the .safetensors file save_unet writes",
+    "empty": "an interrupted copy or save? write it again with save_unet",
+    "short": "an interrupted copy or save? write it again with save_unet",
+    "safetensors": "",
+    "unknown": "a checkpoint is the .safetensors file save_unet writes",
+}
+SNIFFED_KINDS = frozenset(_ADVICE)
+"""Every `Sniffed.kind`."""
+_MAGIC = (  # (first bytes, kind, what)
+    (b"\x89HDF\r\n\x1a\n", "hdf5", "an HDF5 file (Keras .h5 weights?)"),
+    (b"\x93NUMPY", "numpy", "a NumPy array (.npy)"),
+    (b"\x1f\x8b", "gzip", "a gzip-compressed file"),
+    (b"\x89PNG\r\n\x1a\n", "image", "a PNG image"),
+    (b"II*\x00", "image", "a TIFF image"),
+    (b"MM\x00*", "image", "a TIFF image"),
+    (b"II+\x00", "image", "a BigTIFF image"),
+    (b"\xff\xd8\xff", "image", "a JPEG image"),
+    (b"%PDF", "pdf", "a PDF document"),
+)
+_TORCHSCRIPT_ENTRY = re.compile(r"[^/]+/(code/|constants\.pkl|data/\d|\.data/|version$|byteorder$)")
+
+
+def _zip_kind(head: bytes) -> tuple[str, str]:
+    """A zip archive by the name of its first entry: torch.save's (``archive/data.pkl``), a
+    TorchScript archive's, or any other."""
+    length = int.from_bytes(head[26:28], "little")
+    name = head[30 : 30 + length].decode("utf-8", "replace")
+    if name.endswith("/data.pkl") or name == "data.pkl":
+        return "torch", "a torch pickle (torch.save: .pth/.pt, zip format)"
+    if _TORCHSCRIPT_ENTRY.match(name):
+        return "torchscript", "a TorchScript archive (torch.jit.save, unetgen.export.to_torchscript)"
+    return "zip", f"a zip archive (its first entry is {short_repr(name[:60])})"
+
+
+def _text_kind(head: bytes) -> tuple[str, str] | None:
+    """A text file: JSON, XML, or other text (a YAML config?), showing its first line."""
+    try:  # an incremental decoder: the last character may be cut by the SNIFF_BYTES limit
+        text = codecs.getincrementaldecoder("utf-8")("strict").decode(head, final=False).removeprefix("\ufeff")
+    except UnicodeDecodeError:
+        return None
+    if not text or not all(c.isprintable() or c in "\t\r\n" for c in text):
+        return None
+    first = short_repr(next((line.strip() for line in text.splitlines() if line.strip()), "")[:40])
+    if text.lstrip()[:1] in ("{", "["):
+        return "json", f"a JSON text file, likely a config (it starts with {first})"
+    if text.lstrip()[:1] == "<":
+        return "text", f"an XML, SVG or HTML text file (it starts with {first})"
+    if re.match(r"\s*(#.*\n\s*)*(---\s*\n\s*)?[A-Za-z_][\w-]*\s*:", text):
+        return "yaml", f"a YAML text file, likely a config (it starts with {first})"
+    return "text", f"a text file (it starts with {first})"
+
+
+def _binary_kind(head: bytes) -> tuple[str, str] | None:
+    if head.startswith(b"PK\x03\x04") or head.startswith(b"PK\x05\x06"):
+        return _zip_kind(head)
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        return "pickle", "a Python pickle (torch.save's legacy format for .pth/.pt, or pickle.dump)"
+    if head[:1] == b"\x08" and head[2:3] == b"\x12":
+        return "onnx", "an ONNX model (torch.onnx.export, unetgen.export.to_onnx)"
+    return next(((kind, what) for magic, kind, what in _MAGIC if head.startswith(magic)), None)
+
+
+def _looks_like_safetensors(head: bytes, size: int) -> bool:
+    """An 8-byte little-endian header length that fits the file and the limit, then a JSON object."""
+    claimed = int.from_bytes(head[:8], "little")
+    return len(head) >= 10 and head[8:9] == b"{" and 2 <= claimed <= min(MAX_HEADER_BYTES, size - 8)
+
+
+def sniff_bytes(head: bytes, size: int) -> Sniffed:
+    """What a file of `size` bytes that starts with `head` (its first `SNIFF_BYTES` or all) is."""
+    if size == 0:
+        return Sniffed("empty", "an empty file (0 bytes)", _ADVICE["empty"])
+    if _looks_like_safetensors(head, size):
+        return Sniffed("safetensors", "a safetensors file", "")
+    kind, what = _binary_kind(head) or _text_kind(head) or ("unknown", "")
+    if kind == "unknown" and size < 10:
+        kind, what = "short", f"a file of {size} bytes, too short for a safetensors file"
+    return Sniffed(kind, what, _ADVICE[kind])
+
+
+def sniff(path: str | os.PathLike[str]) -> Sniffed:
+    """What the regular file at `path` is, from its first `SNIFF_BYTES` bytes (a FIFO, device or
+    directory raises `CheckpointError` without being read)."""
+    try:
+        fd = documents.open_regular(path)
+    except documents.ParseError as err:
+        raise CheckpointError(f"{short_path(path)}: {err.message}") from None
+    try:
+        return sniff_bytes(os.read(fd, SNIFF_BYTES), os.fstat(fd).st_size)
+    except OSError as err:
+        raise CheckpointError(f"{short_path(path)}: cannot read the file: {err.strerror or err}") from None
     finally:
         os.close(fd)
 
@@ -371,6 +522,33 @@ def _safetensors_name(dtype: torch.dtype) -> str:
     return names.get(dtype, "BOOL" if dtype == torch.bool else str(dtype))
 
 
+def _check_names_and_shapes(
+    path: Any, found: dict[str, tuple[int, ...]], expected: dict[str, tuple[int, ...]], strict: bool
+) -> None:
+    """The stored tensors are the model's, names and shapes; with `strict=False` missing and
+    unexpected names only warn."""
+    missing = sorted(expected.keys() - found.keys())
+    unexpected = sorted(found.keys() - expected.keys())
+    mismatched = [
+        f"{k} (file {list(found[k])}, config {list(expected[k])})"
+        for k in sorted(expected.keys() & found.keys())
+        if found[k] != expected[k]
+    ]
+    problems = [
+        f"{what}: {_listing(names)}"
+        for what, names in (("shape mismatch", mismatched), ("missing", missing), ("unexpected", unexpected))
+        if names and (strict or what == "shape mismatch")
+    ]
+    if problems:
+        raise CheckpointError(f"{short_path(path)}: the weights do not fit the stored config; " + "; ".join(problems))
+    if missing or unexpected:
+        warnings.warn(
+            f"{short_path(path)}: loading non-strictly; missing: {_listing(missing) or 'none'}; "
+            f"unexpected: {_listing(unexpected) or 'none'}",
+            stacklevel=3,
+        )
+
+
 def load_unet(path: str | Path, *, device: torch.device | str | None = None, strict: bool = True) -> UNet:
     """The model saved by `save_unet`, in eval mode, on `device` (default CPU).
 
@@ -393,27 +571,8 @@ def load_unet(path: str | Path, *, device: torch.device | str | None = None, str
         dtypes = {k: f.get_slice(k).get_dtype() for k in f.keys()}
         model = build_unet(config, device=device)
         expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-        missing = sorted(expected.keys() - found.keys())
-        unexpected = sorted(found.keys() - expected.keys())
-        mismatched = [
-            f"{k} (file {list(found[k])}, config {list(expected[k])})"
-            for k in sorted(expected.keys() & found.keys())
-            if found[k] != expected[k]
-        ]
-        problems = [
-            f"{what}: {_listing(names)}"
-            for what, names in (("shape mismatch", mismatched), ("missing", missing), ("unexpected", unexpected))
-            if names and (strict or what == "shape mismatch")
-        ]
-        if problems:
-            raise CheckpointError(f"{shown}: the weights do not fit the stored config; " + "; ".join(problems))
+        _check_names_and_shapes(path, found, expected, strict)
         _check_dtypes(path, dtypes, {k: v.dtype for k, v in model.state_dict().items()})
-        if missing or unexpected:
-            warnings.warn(
-                f"{shown}: loading non-strictly; missing: {_listing(missing) or 'none'}; "
-                f"unexpected: {_listing(unexpected) or 'none'}",
-                stacklevel=2,
-            )
         try:
             state = {k: f.get_tensor(k) for k in found if k in expected}
         except Exception as err:
