@@ -370,3 +370,58 @@ def test_the_cli_reads_weights_and_checkpoints_by_their_content(
     assert main(["predict", str(config), "--weights", str(named), "--input", str(image), "--output", str(out)]) == 0
     assert main(["sizes", str(named), "--max", "20"]) == 0
     capsys.readouterr()
+
+
+# ---------------------------------------------------------------------------------------------
+# export's example input: checked before tracing (traced calls skip UNet's own check)
+
+RGB = UNetConfig(depth=1, base_channels=2, channel_multiplier=1, in_channels=3, padding="same")
+
+
+@pytest.mark.parametrize("export", ["to_torchscript", "to_onnx"])
+def test_an_example_with_its_channels_last_says_so(export: str, tmp_path: Path) -> None:
+    import numpy as np
+
+    from unetgen import InputShapeError
+    from unetgen import export as module
+
+    model = build_unet(RGB)
+    run = (
+        (lambda x: module.to_onnx(model, tmp_path / "a.onnx", example=x))
+        if export == "to_onnx"
+        else (lambda x: module.to_torchscript(model, x))
+    )
+    with pytest.raises(
+        ValueError, match=r"the channels look last \(512, 512, 3\): move them first with np.moveaxis\(x, -1, 0\)"
+    ):
+        run(np.zeros((512, 512, 3), np.float32))
+    with pytest.raises(InputShapeError, match=r"the channels look last \(1, 16, 16, 3\): .*x.movedim\(-1, 1\)"):
+        run(torch.zeros(1, 16, 16, 3))
+    with pytest.raises(InputShapeError, match=r"the channels look last \(16, 16, 3\).*then add the batch axis"):
+        run(torch.zeros(16, 16, 3))
+    with pytest.raises(InputShapeError, match=r"add the batch axis with x\[None\]"):
+        run(torch.zeros(3, 16, 16))
+    with pytest.raises(InputShapeError, match=r"in_channels=3"):
+        run(torch.zeros(1, 2, 16, 16))
+    assert leftovers(tmp_path) == []
+
+
+def test_export_checks_the_example_and_its_arguments(tmp_path: Path) -> None:
+    from unetgen import InputShapeError
+    from unetgen.export import example_input, to_onnx, to_torchscript
+
+    model = build_unet(TINY)  # valid padding: not every size is valid
+    with pytest.raises(InputShapeError, match="nearest valid"):
+        to_torchscript(model, torch.zeros(1, 1, 19, 19))
+    with pytest.raises(InputShapeError, match="holds no image"):
+        to_torchscript(model, torch.zeros(0, 1, 18, 18))
+    with pytest.raises(ValueError, match="float64 on cpu but the model is float32"):
+        to_torchscript(model, torch.zeros(1, 1, 18, 18, dtype=torch.float64))
+    with pytest.raises(ValueError, match="needs a unetgen UNet"):
+        to_torchscript(torch.nn.Conv2d(1, 1, 3))
+    with pytest.raises(ValueError, match="needs a unetgen UNet"):
+        to_onnx(torch.nn.Conv2d(1, 1, 3), tmp_path / "a.onnx")
+    for kwargs in ({"batch": 0}, {"batch": -1}, {"batch": True}, {"periods": -1}, {"periods": 2.0}):
+        with pytest.raises(ValueError, match=next(iter(kwargs))):
+            example_input(model, **kwargs)
+    assert leftovers(tmp_path) == []

@@ -86,7 +86,8 @@ def check_example(model: nn.Module, example: Any, what: str = "example") -> torc
     shape, dims = tuple(example.shape), cfg.spatial_dims
     if len(shape) != dims + 2 or shape[1] != cfg.in_channels:
         hint = channels_last_hint(shape, cfg.in_channels, dims)
-        batch = "" if len(shape) != dims + 1 or hint else "; add the batch axis with x[None]"
+        unbatched = len(shape) == dims + 1 and (hint or shape[0] == cfg.in_channels)
+        batch = f"; {'then ' if hint else ''}add the batch axis with x[None]" if unbatched else ""
         raise shapes.InputShapeError(
             f"{what} of shape {shape} must be (N, in_channels={cfg.in_channels}, {dims} spatial axes){hint}{batch}"
         )
