@@ -106,6 +106,28 @@ def test_write_diagram_refuses_what_it_cannot_write(tmp_path: Path) -> None:
     assert leftovers(tmp_path, "dir.svg", "fifo.svg", "a.svg") == []
 
 
+def test_a_replaced_file_keeps_its_permissions_and_a_checkpoint_is_never_its_own_diagram(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    private = tmp_path / "private.svg"
+    private.write_text("old")
+    private.chmod(0o600)
+    assert main(["draw", "ronneberger2015", "-o", str(private)]) == 0
+    assert private.stat().st_mode & 0o777 == 0o600  # not widened to 0o644 by the rename
+    checkpoint = save_unet(build_unet(TINY), tmp_path / "model.safetensors")
+    checkpoint.chmod(0o640)
+    save_unet(build_unet(TINY), checkpoint)
+    assert checkpoint.stat().st_mode & 0o777 == 0o640
+    disguised = tmp_path / "model.svg"  # a checkpoint is read by its content, whatever its suffix
+    disguised.write_bytes(checkpoint.read_bytes())
+    assert main(["draw", str(disguised), "-o", str(disguised)]) == 1
+    assert "is the CONFIG file itself" in capsys.readouterr().err
+    assert disguised.read_bytes() == checkpoint.read_bytes()
+    assert main(["draw", "ronneberger2015", "-o", str(tmp_path / "d.svg") + "/"]) == 1
+    assert "names a folder, not a file" in capsys.readouterr().err
+    assert leftovers(tmp_path, "private.svg", "model.safetensors", "model.svg") == []
+
+
 def test_a_planted_symlink_at_the_temporary_name_is_never_followed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -324,6 +346,20 @@ def test_a_file_that_is_not_a_checkpoint_says_what_it_is(
         assert message.startswith(f"{path}: not a safetensors checkpoint: "), message
         assert re.search(what, message) and advice in message, message
         assert "claims" not in message and len(message) < 600
+
+
+def test_a_plain_safetensors_state_dict_gets_advice_that_works(tmp_path: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    model = build_unet(TINY, seed=0)
+    plain = tmp_path / "plain.safetensors"
+    save_file(model.state_dict(), plain)
+    with pytest.raises(CheckpointError, match="without unetgen's metadata") as info:
+        load_unet(plain)
+    assert "model.load_state_dict(safetensors.torch.load_file(path))" in str(info.value)
+    fresh = build_unet(TINY, seed=1)
+    fresh.load_state_dict(load_file(plain))  # the advice, followed
+    assert load_unet(save_unet(fresh, tmp_path / "model.safetensors")).state_dict().keys() == model.state_dict().keys()
 
 
 def test_the_cli_names_what_a_file_given_as_config_or_weights_is(

@@ -50,17 +50,17 @@ def reason(err: BaseException) -> str:
 def check_target(path: Any, what: str = "the output") -> Path:
     """`path` as a `Path` that a file can be written to, else a `ValueError` naming it: a str or
     os.PathLike without NUL bytes, in an existing folder, not an existing directory, FIFO, device
-    or socket (a symlink to a regular file is fine: it is replaced, not followed)."""
+    or socket, not a read-only file, not ending in a slash (a symlink to a regular file is fine: it
+    is replaced, not followed)."""
     if isinstance(path, bytes) or not isinstance(path, (str, os.PathLike)):
         raise ValueError(f"{what} path must be a str or os.PathLike, not {type(path).__name__}")
-    p = Path(path)
-    text = os.fspath(p)
+    p, text = Path(path), os.fspath(path)
     if "\0" in text:
         raise ValueError(f"{what} {short_path(p)}: the path contains a NUL byte, which no file name can hold")
     if len(os.fsencode(p.name)) > 255:
         raise ValueError(f"{what} {short_path(p)}: the file name is too long (a file name has at most 255 bytes)")
-    if not p.name or p.name in (".", ".."):
-        raise ValueError(f"{what} {short_path(p)} names no file; give a file name, e.g. {short_path(p / 'out')}")
+    if text.endswith(("/", os.sep)) or not p.name or p.name in (".", ".."):
+        raise ValueError(f"{what} {short_path(text)} names a folder, not a file; give a file name")
     if not p.parent.is_dir():
         raise ValueError(f"{what} {short_path(p)}: the folder {short_path(p.parent)} does not exist; create it first")
     try:
@@ -71,6 +71,8 @@ def check_target(path: Any, what: str = "the output") -> Path:
         raise ValueError(f"{what} {short_path(p)} is a directory; give a file in it")
     if not stat.S_ISREG(mode):
         raise ValueError(f"{what} {short_path(p)} exists and is not a regular file (a FIFO, device or socket)")
+    if not os.access(p, os.W_OK):
+        raise ValueError(f"{what} {short_path(p)} exists and is read-only; make it writable or write elsewhere")
     return p
 
 
@@ -95,7 +97,7 @@ def create_exclusive(target: Path) -> tuple[int, Path]:
 def replacing(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
     """A binary file to write `path`'s new content into; renamed over `path` when the block ends
     without an exception, removed when it does not. Call `check_target` first for clear messages."""
-    with _replacing(path) as (f, _):
+    with _replacing(path) as (f, _, _):
         yield f
 
 
@@ -104,8 +106,7 @@ def replacing_path(path: str | os.PathLike[str]) -> Iterator[str]:
     """As `replacing`, for a library that writes by path only (safetensors): the path of the
     temporary, a file this process has just created exclusively (the library may truncate it, or
     rename a file of its own over it); it is flushed to disk and renamed over `path` in the end."""
-    with _replacing(path) as (f, tmp):
-        mode = stat.S_IMODE(os.fstat(f.fileno()).st_mode)  # 0o666 less the umask, as open() would give
+    with _replacing(path) as (_, tmp, mode):
         yield os.fspath(tmp)
         fd = os.open(tmp, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0))
         try:
@@ -117,13 +118,16 @@ def replacing_path(path: str | os.PathLike[str]) -> Iterator[str]:
 
 
 @contextmanager
-def _replacing(path: str | os.PathLike[str]) -> Iterator[tuple[BinaryIO, Path]]:
+def _replacing(path: str | os.PathLike[str]) -> Iterator[tuple[BinaryIO, Path, int]]:
+    """The temporary (open, its path, its permission bits: those of the file it replaces, or
+    0o666 less the umask for a new one), renamed over `path` in the end or removed."""
     target = Path(path)
     tmp: Path | None = None
     try:
         fd, tmp = create_exclusive(target)
         with os.fdopen(fd, "wb") as f:
-            yield f, tmp
+            mode = _mode(target, fd)
+            yield f, tmp, mode
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, target)
@@ -134,6 +138,20 @@ def _replacing(path: str | os.PathLike[str]) -> Iterator[tuple[BinaryIO, Path]]:
         if tmp is not None:
             _remove(tmp)
     _fsync_dir(target.parent)
+
+
+def _mode(target: Path, fd: int) -> int:
+    """The permission bits of the regular file at `target` (a private file stays private), else
+    the new file's; `fd` (the temporary) is given them."""
+    mode = stat.S_IMODE(os.fstat(fd).st_mode)
+    try:
+        st = os.stat(target)
+    except OSError:
+        return mode
+    if stat.S_ISREG(st.st_mode) and stat.S_IMODE(st.st_mode) != mode and hasattr(os, "fchmod"):
+        mode = stat.S_IMODE(st.st_mode) & 0o777
+        os.fchmod(fd, mode)
+    return mode
 
 
 def write_bytes(path: str | os.PathLike[str], data: bytes | bytearray | memoryview) -> Path:

@@ -377,6 +377,13 @@ def sniff(path: str | os.PathLike[str]) -> Sniffed:
 
 def _check_format(path: Any, metadata: dict[str, str] | None) -> dict[str, str]:
     meta = metadata or {}
+    if "format" not in meta:
+        raise CheckpointError(
+            f"{short_path(path)}: not a unetgen checkpoint: this is a safetensors file without unetgen's metadata "
+            "(a plain state_dict, e.g. from safetensors.torch.save_file); load it into the model of its config: "
+            "model = build_unet(config); model.load_state_dict(safetensors.torch.load_file(path)); then "
+            "save_unet(model, 'model.safetensors') keeps the config with the weights"
+        )
     if meta.get("format") != FORMAT:
         raise CheckpointError(
             f"{short_path(path)}: not a unetgen checkpoint (metadata format={short_repr(meta.get('format'))}, "
