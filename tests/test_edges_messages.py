@@ -83,6 +83,11 @@ def test_draw_replaces_a_symlink_at_the_output_and_never_writes_through_it(tmp_p
     assert leftovers(tmp_path, "unet.svg", "thesis.txt") == []
 
 
+class BytesPath:
+    def __fspath__(self) -> bytes:
+        return b"a.svg"
+
+
 def test_write_diagram_refuses_what_it_cannot_write(tmp_path: Path) -> None:
     from unetgen.draw import write_diagram
 
@@ -97,6 +102,8 @@ def test_write_diagram_refuses_what_it_cannot_write(tmp_path: Path) -> None:
         (tmp_path / ("x" * 300 + ".svg"), "file name is too long"),
         (str(tmp_path / "a\0.svg"), "NUL byte"),
         (b"a.svg", "must be a str or os.PathLike"),
+        (BytesPath(), "must be text, not bytes"),
+        (str(tmp_path / "a.svg") + "/", "names a folder, not a file"),
     ]:
         with pytest.raises(ValueError, match=words):
             write_diagram(svg, path)

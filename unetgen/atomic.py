@@ -54,7 +54,10 @@ def check_target(path: Any, what: str = "the output") -> Path:
     is replaced, not followed)."""
     if isinstance(path, bytes) or not isinstance(path, (str, os.PathLike)):
         raise ValueError(f"{what} path must be a str or os.PathLike, not {type(path).__name__}")
-    p, text = Path(path), os.fspath(path)
+    text = os.fspath(path)
+    if not isinstance(text, str):
+        raise ValueError(f"{what} path must be text, not {type(text).__name__}")
+    p = Path(text)
     if "\0" in text:
         raise ValueError(f"{what} {short_path(p)}: the path contains a NUL byte, which no file name can hold")
     if len(os.fsencode(p.name)) > 255:

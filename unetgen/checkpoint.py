@@ -333,8 +333,10 @@ def _text_kind(head: bytes) -> tuple[str, str] | None:
 
 
 def _binary_kind(head: bytes) -> tuple[str, str] | None:
-    if head.startswith(b"PK\x03\x04") or head.startswith(b"PK\x05\x06"):
+    if head.startswith(b"PK\x03\x04"):
         return _zip_kind(head)
+    if head.startswith(b"PK\x05\x06"):
+        return "zip", "an empty zip archive"
     if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
         return "pickle", "a Python pickle (torch.save's legacy format for .pth/.pt, or pickle.dump)"
     if head[:1] == b"\x08" and head[2:3] == b"\x12":
@@ -350,7 +352,7 @@ def _looks_like_safetensors(head: bytes, size: int) -> bool:
 
 def sniff_bytes(head: bytes, size: int) -> Sniffed:
     """What a file of `size` bytes that starts with `head` (its first `SNIFF_BYTES` or all) is."""
-    if size == 0:
+    if not head:  # by what was read: files in /proc say 0 bytes and hold text
         return Sniffed("empty", "an empty file (0 bytes)", _ADVICE["empty"])
     if _looks_like_safetensors(head, size):
         return Sniffed("safetensors", "a safetensors file", "")
