@@ -1,13 +1,16 @@
 """Property test of the command line: argv drawn from a grammar of plausible mistakes over every
 subcommand (wrong, missing and odd files, huge, negative and zero numbers, sizes of the wrong
 rank, devices that do not exist, unknown flags, pickles as weights, outputs into missing
-folders...) ends in exit 0, 1 or 2, never in a traceback, and every failure says `error:`."""
+folders...) ends in exit 0, 1 or 2, never in a traceback, and every failure says `error:`. The
+commands that write (draw -o, import -o) also keep their inputs and every file behind a symlink,
+and leave no temporary or partial file."""
 
 from __future__ import annotations
 
 import os
 import signal
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import torch
@@ -153,3 +156,143 @@ def test_any_command_line_ends_in_0_1_or_2_without_a_traceback(files: dict[str, 
         assert argv[0] in ("summary", "validate") and out
     if code == 0 and argv[0] == "predict" and "--dry-run" not in argv and not {"-h", "--help"} & set(argv):
         assert "wrote " in err
+
+
+# --- the commands that write a file (draw -o, import -o) and plan: outputs over symlinks, folders,
+# FIFOs, devices, read-only and existing files, odd names; the config read by its content (issue 18)
+
+W_CONFIGS = (["tiny.json", "tiny.safetensors", "tiny3d.json", "preset", "model.bin"],
+             ["w.pt", "in.npy", "model.svg", "text.txt", "empty.safetensors", "corrupt.safetensors", "fifo.yaml",
+              "dir.yaml", "missing.yaml", "nopreset", "nul", "long", "empty"])  # fmt: skip
+W_DRAWINGS = (["d.svg", "d.png", "d.pdf", "outdir/d.svg", "keep.svg", "link.svg", "dangling.svg"],
+              ["model.svg", "dir.svg", "fifo.svg", "missing/d.svg", "/dev/full",
+               "/dev/null", "slash.svg/", "noext", ".svg", "d.gif", "d.SVG", "longname.svg", "newline.svg", "ro.svg",
+               "nul", "empty"])  # fmt: skip
+W_SIZES = (["12", "20", "12x12", "16x16x16", "572"], ["0", "-3", "13", "12x", "1x1", "abc", "9" * 30, "8x8x8x8"])
+W_MEMORY = (["64MiB", "1GiB", "100000000", "0.5GiB", "16GB"],
+            ["0", "-1GiB", "8XB", "", "1e400", "nan", "inf", "1 GiB", "GiB", "9" * 40, "1e-9GiB", "0x10"])  # fmt: skip
+W_IMAGES = (["64", "572", "1024x1024", "16x16x16", "12x13"], ["0", "-1", "abc", "12x", "1x1", "3", "1" * 30])
+W_PLANS = (["plans.json"], ["plans_v2.json", "tiny.json", "text.txt", "in.npy", "dir.yaml", "missing.yaml", "empty"])
+W_YAMLS = (["m.yaml", "outdir/m.yml"], ["m.json", "noext", "missing/m.yaml", "dir.yaml", "/dev/full", "nul"])
+W_SCHEMAS = (["schemas/unet-config.schema.json", "https://example.org/s.json"],
+             ["", "a\nb: 1", "x" * 5000, "#", "'quoted'"])  # fmt: skip
+_WRITER_SLOTS: dict[str, list[tuple[str, Pool, bool]]] = {
+    "draw": [("", W_CONFIGS, True), ("--input-size", W_SIZES, False), ("-o", W_DRAWINGS, True)],
+    "import": [("", (["nnunet"], ["monai"]), True), ("", W_PLANS, True),
+               ("--configuration", (["2d"], ["3d_fullres", "", "2d\n"]), True), ("--in-channels", INTS, True),
+               ("--out-channels", INTS, True), ("-o", W_YAMLS, True), ("--schema", W_SCHEMAS, False),
+               ("--no-deep-supervision", ([""], [""]), False)],
+    "plan": [("", W_CONFIGS, True), ("--memory", W_MEMORY, True), ("--image", W_IMAGES, True),
+             ("--batch", INTS, False), ("--optimizer", (["adam", "adamw", "momentum", "sgd"], ["lbfgs", ""]), False)],
+}  # fmt: skip
+
+
+@st.composite
+def writer_argvs(draw: st.DrawFn, files: dict[str, str]) -> list[str]:
+    """A draw, import or plan command line with 0, 1 or 2 wrong values (each slot drawn from its
+    pool of meant values or of mistakes), its options in any order now and then."""
+    command = draw(st.sampled_from(["draw", "draw", "draw", "import", "plan"]))
+    slots = [slot for slot in _WRITER_SLOTS[command] if slot[2] or draw(st.booleans())]
+    wrong = set(draw(st.permutations(range(len(slots))))[: draw(st.sampled_from([0, 1, 1, 2]))])
+    groups = []
+    for i, (flag, pool, _) in enumerate(slots):
+        value = files.get(v := draw(st.sampled_from(pool[1] if i in wrong else pool[0])), v)
+        groups.append([value] if not flag else [flag] if flag == "--no-deep-supervision" else [flag, value])
+    if draw(st.sampled_from([False, False, False, True])):
+        groups = draw(st.permutations(groups))
+    return [command, *(arg for group in groups for arg in group)]
+
+
+def _writer_files(root: Path) -> dict[str, str]:
+    """make_files, and outputs that must survive: a victim behind a symlink, an existing diagram,
+    a read-only one, a checkpoint named .svg (read as CONFIG by its content)."""
+    files = make_files(root)
+    victim = root / "victim.txt"
+    victim.write_text("years of work")
+    extra = {
+        "keep.svg": "<svg>last week</svg>\n",
+        "ro.svg": "<svg>read-only</svg>\n",
+        "empty.safetensors": "",
+    }
+    for name, text in extra.items():
+        (root / name).write_text(text)
+    (root / "ro.svg").chmod(0o444)
+    (root / "link.svg").symlink_to(victim)
+    (root / "dangling.svg").symlink_to(root / "nowhere.txt")
+    (root / "dir.svg").mkdir()
+    checkpoint = Path(files["tiny.safetensors"]).read_bytes()
+    (root / "model.svg").write_bytes(checkpoint)
+    (root / "model.bin").write_bytes(checkpoint)
+    names = ["keep.svg", "ro.svg", "empty.safetensors", "link.svg", "dangling.svg", "dir.svg", "model.svg", "model.bin"]
+    files |= {name: str(root / name) for name in names}
+    files |= {name: str(root / name) for name in ("d.png", "d.pdf", "d.gif", "d.SVG", ".svg", "outdir/d.svg")}
+    files |= {"slash.svg/": str(root / "slash.svg") + "/", "newline.svg": str(root / "new\nline.svg")}
+    files |= {"longname.svg": str(root / ("x" * 252 + ".svg")), "victim.txt": str(victim)}
+    return files
+
+
+@pytest.fixture(scope="module")
+def writer_files(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("UNETGEN_DEBUG", raising=False)
+        mp.chdir(tmp_path_factory.mktemp("cwd-writers"))
+        yield _writer_files(tmp_path_factory.mktemp("writers"))
+
+
+def _snapshot(files: dict[str, str], output: str | None) -> dict[str, bytes]:
+    """The bytes of the inputs and of the files that must survive a write: all but the output."""
+    keep = ["victim.txt", "tiny.json", "tiny.safetensors", "model.svg", "model.bin", "plans.json", "w.pt", "in.npy"]
+    return {name: Path(files[name]).read_bytes() for name in keep if files[name] != output}
+
+
+def _complete(path: Path) -> bool:
+    data = path.read_bytes()
+    if path.suffix.lower() == ".svg":
+        return data.startswith(b"<svg") and data.endswith(b"</svg>\n")
+    if path.suffix.lower() == ".png":
+        return data.startswith(b"\x89PNG") and data.endswith(b"IEND\xaeB`\x82")
+    if path.suffix.lower() == ".pdf":
+        return data.startswith(b"%PDF") and b"%%EOF" in data[-32:]
+    return path.suffix.lower() in (".yaml", ".yml")
+
+
+@settings(max_examples=max(150, settings().max_examples), deadline=None)
+@given(data=st.data())
+def test_writing_commands_keep_their_inputs_and_leave_nothing_partial(
+    writer_files: dict[str, str], data: st.DataObject
+) -> None:
+    argv = data.draw(writer_argvs(writer_files), label="argv")
+    root = Path(writer_files["victim.txt"]).parent
+    output = argv[argv.index("-o") + 1] if "-o" in argv[:-1] else None
+    before = _snapshot(writer_files, output)
+    keep, disguised = Path(writer_files["keep.svg"]).read_bytes(), Path(writer_files["model.svg"]).read_bytes()
+    previous = signal.signal(signal.SIGALRM, _alarm)
+    signal.alarm(60)
+    try:
+        code, out, err = run(argv)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    event(f"{argv[0]} exit {code}")
+    assert code in (0, 1, 2), (code, err)
+    assert "Traceback" not in err + out and "internal error" not in err, err
+    assert all(len(line) <= 1200 for line in err.splitlines()), "an unbounded message"
+    if code == 1:
+        assert err.startswith("error: ") and all(line.startswith("error: ") for line in err.splitlines()), err
+    assert _snapshot(writer_files, output) == before, "an input, or the file behind a symlink, was changed"
+    assert not [p for p in root.rglob("*.tmp")], "a temporary was left behind"
+    assert not os.listdir("."), f"wrote into the working directory: {os.listdir('.')}"
+    if argv[0] == "draw" and output is not None:
+        target = Path(output)
+        if code == 0:
+            assert target.is_file() and not target.is_symlink() and _complete(target), output
+        elif output == writer_files["keep.svg"]:
+            assert target.read_bytes() == keep, "a failed draw changed the existing diagram"
+    if os.geteuid() != 0:  # root writes anyway: os.access says yes
+        assert Path(writer_files["ro.svg"]).read_text() == "<svg>read-only</svg>\n"
+    Path(writer_files["keep.svg"]).write_bytes(keep)  # what a successful draw replaced, back for the next one
+    Path(writer_files["model.svg"]).write_bytes(disguised)
+    for link, to in (("link.svg", writer_files["victim.txt"]), ("dangling.svg", str(root / "nowhere.txt"))):
+        if not Path(writer_files[link]).is_symlink():  # replaced by a diagram: a symlink again
+            Path(writer_files[link]).unlink()
+            Path(writer_files[link]).symlink_to(to)

@@ -14,11 +14,13 @@ preset name, so no other file is ever read), and every message echoes bounded va
 
 from __future__ import annotations
 
+import codecs
 import json
 import os
-import uuid
+import re
 import warnings
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from . import atomic
 from .build import build_unet
 from .config import documents
 from .config.io import ConfigError, validate_document
@@ -80,8 +83,9 @@ def save_unet(model: nn.Module, path: str | Path, *, metadata: Mapping[str, Any]
     booleans, None), at most `MAX_METADATA_BYTES` as JSON and `MAX_METADATA_VALUES` values.
     `checkpoint_metadata(path)` and `load_unet(path).metadata` give it back (tuples as lists).
 
-    The file is written next to `path` under a temporary name, flushed to disk and renamed over
-    `path`, so a crash mid-save leaves any previous checkpoint at `path` intact."""
+    The file is written to a new file created exclusively next to `path` (never an existing file or
+    a planted symlink), flushed to disk and renamed over `path`, so a crash or a full disk mid-save
+    leaves any previous checkpoint at `path` intact and no partial file behind."""
     unet = _unwrap(model)
     p = _checked_save_path(path)
     header = {
@@ -93,28 +97,22 @@ def save_unet(model: nn.Module, path: str | Path, *, metadata: Mapping[str, Any]
     if metadata is not None:
         header["user_metadata"] = _metadata_json(metadata)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in unet.state_dict().items()}
-    tmp = p.with_name(f".{p.name[:100]}.{uuid.uuid4().hex}.tmp")  # same directory, so the rename is atomic
     try:
-        save_file(tensors, tmp, metadata=header)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, p)
-    except Exception as err:  # OSError, or safetensors' own error for a failed write
-        _remove(tmp)
-        why = err.strerror if isinstance(err, OSError) and err.strerror else short_text(str(err))
-        raise CheckpointError(f"{short_path(p)}: cannot write the checkpoint: {why}") from err
-    except BaseException:
-        _remove(tmp)
-        raise
-    _fsync_dir(p.parent)
+        with atomic.replacing_path(p) as where:
+            save_file(tensors, where, metadata=header)
+    except OSError as err:
+        raise CheckpointError(f"{short_path(p)}: cannot write the checkpoint: {atomic.reason(err)}") from err
+    except Exception as err:  # safetensors' own error: a failed write, tensors sharing memory
+        raise CheckpointError(f"{short_path(p)}: cannot write the checkpoint: {_safetensors_reason(err)}") from err
     return p
 
 
-def _remove(path: Path) -> None:
-    try:
-        path.unlink(missing_ok=True)
-    except OSError:
-        pass
+def _safetensors_reason(err: Exception) -> str:
+    """safetensors' words for a failed write ("No space left on device (os error 28)") as
+    `atomic.reason` gives them for an OSError."""
+    text = str(err)
+    code = re.search(r"\(os error (\d+)\)", text)
+    return atomic.reason(OSError(int(code.group(1)), text)) if code else short_text(text)
 
 
 def _checked_save_path(path: Any) -> Path:
@@ -130,9 +128,10 @@ def _checked_save_path(path: Any) -> Path:
             f"{short_path(p)}: the path is too long ({len(str(p)):,} characters; a file name has at most 255 "
             f"bytes, a path {documents.MAX_PATH} characters)"
         )
-    if not p.parent.is_dir():
-        raise CheckpointError(f"{short_path(p)}: the folder {short_path(p.parent)} does not exist; create it first")
-    return p
+    try:
+        return atomic.check_target(p, "the checkpoint")  # an existing folder; not a directory, FIFO or device
+    except ValueError as err:
+        raise CheckpointError(str(err)) from None
 
 
 def _metadata_json(metadata: Any) -> str:
@@ -195,20 +194,6 @@ def _config_json(config: UNetConfig) -> str:
     return json.dumps(config.model_dump(mode="json"), sort_keys=True)
 
 
-def _fsync_dir(directory: Path) -> None:
-    """Persist the rename (POSIX); a no-op where directories cannot be opened (Windows)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _version() -> str:
     from ._version import __version__
 
@@ -218,19 +203,15 @@ def _version() -> str:
 def _open(path: Any) -> Any:
     """A safetensors reader of the regular file at `path`. The path is checked (stat) and opened
     non-blocking, the descriptor checked again (fstat), and on Linux safetensors reads that very
-    descriptor (through /proc/self/fd), so nothing swapped in between can block or be read."""
+    descriptor (through /proc/self/fd), so nothing swapped in between can block or be read. A file
+    that does not start as a safetensors file does is named by its first bytes (`sniff`): a config,
+    a torch pickle, a zip, HDF5, an empty file..., with what to do instead."""
     try:
         fd = documents.open_regular(path)
     except documents.ParseError as err:
         raise CheckpointError(f"{short_path(path)}: {err.message}") from None
     try:
-        head = os.read(fd, 8)
-        if len(head) == 8 and int.from_bytes(head, "little") > MAX_HEADER_BYTES:
-            raise CheckpointError(
-                f"{short_path(path)}: not a complete safetensors file (its header claims "
-                f"{int.from_bytes(head, 'little'):,} bytes; a checkpoint's header, with the tensor names, config and "
-                f"metadata, is at most {MAX_HEADER_BYTES:,})"
-            )
+        _check_start(path, os.read(fd, SNIFF_BYTES), os.fstat(fd).st_size)
         proc = f"/proc/self/fd/{fd}"
         return safe_open(proc if os.path.exists(proc) else os.fspath(path), framework="pt", device="cpu")
     except CheckpointError:
@@ -241,8 +222,170 @@ def _open(path: Any) -> Any:
         os.close(fd)
 
 
+def _check_start(path: Any, head: bytes, size: int) -> None:
+    """Refuse a file whose first bytes are not a safetensors header's, saying what it is."""
+    found = sniff_bytes(head, size)
+    if found.kind == "safetensors":
+        return
+    if found.kind != "unknown":
+        raise CheckpointError(f"{short_path(path)}: not a safetensors checkpoint: this is {found.what}; {found.advice}")
+    claimed = int.from_bytes(head[:8], "little")
+    if len(head) < 8 or claimed > MAX_HEADER_BYTES:
+        raise CheckpointError(
+            f"{short_path(path)}: not a complete safetensors file (its header claims {claimed:,} bytes; a "
+            f"checkpoint's header, with the tensor names, config and metadata, is at most {MAX_HEADER_BYTES:,})"
+        )
+
+
+# -- what a file is, from its first bytes -------------------------------------------------------
+
+SNIFF_BYTES = 512
+"""Bytes read from the start of a file to say what it is (`sniff`)."""
+
+
+@dataclass(frozen=True)
+class Sniffed:
+    """What a file is, from its first bytes: `kind` (one of `SNIFFED_KINDS`), `what` it is in
+    words ("a torch pickle (torch.save ...)") and the `advice` for someone who took it for a
+    checkpoint or for weights."""
+
+    kind: str
+    what: str
+    advice: str
+
+
+_TORCH_ADVICE = (
+    "unetgen reads checkpoints as safetensors and never unpickles them: pass it with its config as "
+    "weights (unetgen predict CONFIG --weights FILE, read with torch.load(weights_only=True)), or convert it "
+    "once: model = build_unet(config); model.load_state_dict(torch.load(FILE, weights_only=True)); "
+    "save_unet(model, 'model.safetensors')"
+)
+_CONFIG_ADVICE = (
+    "build the model from a config with build_unet(path) or load_config(path) (CLI: pass it as CONFIG, and "
+    "its weights with --weights); a checkpoint is the .safetensors file save_unet writes"
+)
+_ADVICE = {
+    "torch": _TORCH_ADVICE,
+    "pickle": _TORCH_ADVICE,
+    "torchscript": "run it with torch.jit.load; it holds a traced program, not a checkpoint: keep the weights "
+    "with save_unet(model, 'model.safetensors')",
+    "onnx": "run it with onnxruntime; it cannot be loaded back as weights: keep them with save_unet",
+    "zip": "unzip it first; a checkpoint is a single .safetensors file (save_unet)",
+    "gzip": "decompress it first (gunzip); a checkpoint is a single .safetensors file (save_unet)",
+    "hdf5": "unetgen reads safetensors checkpoints: load the weights into a unetgen model (copy_weights, "
+    "docs/interop.md) and save it with save_unet",
+    "numpy": "an image to predict is --input (predict_tiled in Python); a checkpoint is the .safetensors file "
+    "save_unet writes",
+    "image": "an image to predict is --input; a checkpoint is the .safetensors file save_unet writes",
+    "pdf": "a checkpoint is the .safetensors file save_unet writes",
+    "json": _CONFIG_ADVICE,
+    "yaml": _CONFIG_ADVICE,
+    "text": "a checkpoint is the .safetensors file save_unet writes",
+    "empty": "an interrupted copy or save? write it again with save_unet",
+    "short": "an interrupted copy or save? write it again with save_unet",
+    "safetensors": "",
+    "unknown": "a checkpoint is the .safetensors file save_unet writes",
+}
+SNIFFED_KINDS = frozenset(_ADVICE)
+"""Every `Sniffed.kind`."""
+_MAGIC = (  # (first bytes, kind, what)
+    (b"\x89HDF\r\n\x1a\n", "hdf5", "an HDF5 file (Keras .h5 weights?)"),
+    (b"\x93NUMPY", "numpy", "a NumPy array (.npy)"),
+    (b"\x1f\x8b", "gzip", "a gzip-compressed file"),
+    (b"\x89PNG\r\n\x1a\n", "image", "a PNG image"),
+    (b"II*\x00", "image", "a TIFF image"),
+    (b"MM\x00*", "image", "a TIFF image"),
+    (b"II+\x00", "image", "a BigTIFF image"),
+    (b"\xff\xd8\xff", "image", "a JPEG image"),
+    (b"%PDF", "pdf", "a PDF document"),
+)
+_TORCHSCRIPT_ENTRY = re.compile(r"[^/]+/(code/|constants\.pkl|data/\d|\.data/|version$|byteorder$)")
+
+
+def _zip_kind(head: bytes) -> tuple[str, str]:
+    """A zip archive by the name of its first entry: torch.save's (``archive/data.pkl``), a
+    TorchScript archive's, or any other."""
+    length = int.from_bytes(head[26:28], "little")
+    name = head[30 : 30 + length].decode("utf-8", "replace")
+    if name.endswith("/data.pkl") or name == "data.pkl":
+        return "torch", "a torch pickle (torch.save: .pth/.pt, zip format)"
+    if _TORCHSCRIPT_ENTRY.match(name):
+        return "torchscript", "a TorchScript archive (torch.jit.save, unetgen.export.to_torchscript)"
+    return "zip", f"a zip archive (its first entry is {short_repr(name[:60])})"
+
+
+def _text_kind(head: bytes) -> tuple[str, str] | None:
+    """A text file: JSON, XML, or other text (a YAML config?), showing its first line."""
+    try:  # an incremental decoder: the last character may be cut by the SNIFF_BYTES limit
+        text = codecs.getincrementaldecoder("utf-8")("strict").decode(head, final=False).removeprefix("\ufeff")
+    except UnicodeDecodeError:
+        return None
+    if not text or not all(c.isprintable() or c in "\t\r\n" for c in text):
+        return None
+    first = short_repr(next((line.strip() for line in text.splitlines() if line.strip()), "")[:40])
+    if text.lstrip()[:1] in ("{", "["):
+        return "json", f"a JSON text file, likely a config (it starts with {first})"
+    if text.lstrip()[:1] == "<":
+        return "text", f"an XML, SVG or HTML text file (it starts with {first})"
+    if re.match(r"\s*(#.*\n\s*)*(---\s*\n\s*)?[A-Za-z_][\w-]*\s*:", text):
+        return "yaml", f"a YAML text file, likely a config (it starts with {first})"
+    return "text", f"a text file (it starts with {first})"
+
+
+def _binary_kind(head: bytes) -> tuple[str, str] | None:
+    if head.startswith(b"PK\x03\x04"):
+        return _zip_kind(head)
+    if head.startswith(b"PK\x05\x06"):
+        return "zip", "an empty zip archive"
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        return "pickle", "a Python pickle (torch.save's legacy format for .pth/.pt, or pickle.dump)"
+    if head[:1] == b"\x08" and head[2:3] == b"\x12":
+        return "onnx", "an ONNX model (torch.onnx.export, unetgen.export.to_onnx)"
+    return next(((kind, what) for magic, kind, what in _MAGIC if head.startswith(magic)), None)
+
+
+def _looks_like_safetensors(head: bytes, size: int) -> bool:
+    """An 8-byte little-endian header length that fits the file and the limit, then a JSON object."""
+    claimed = int.from_bytes(head[:8], "little")
+    return len(head) >= 10 and head[8:9] == b"{" and 2 <= claimed <= min(MAX_HEADER_BYTES, size - 8)
+
+
+def sniff_bytes(head: bytes, size: int) -> Sniffed:
+    """What a file of `size` bytes that starts with `head` (its first `SNIFF_BYTES` or all) is."""
+    if not head:  # by what was read: files in /proc say 0 bytes and hold text
+        return Sniffed("empty", "an empty file (0 bytes)", _ADVICE["empty"])
+    if _looks_like_safetensors(head, size):
+        return Sniffed("safetensors", "a safetensors file", "")
+    kind, what = _binary_kind(head) or _text_kind(head) or ("unknown", "")
+    if kind == "unknown" and size < 10:
+        kind, what = "short", f"a file of {size} bytes, too short for a safetensors file"
+    return Sniffed(kind, what, _ADVICE[kind])
+
+
+def sniff(path: str | os.PathLike[str]) -> Sniffed:
+    """What the regular file at `path` is, from its first `SNIFF_BYTES` bytes (a FIFO, device or
+    directory raises `CheckpointError` without being read)."""
+    try:
+        fd = documents.open_regular(path)
+    except documents.ParseError as err:
+        raise CheckpointError(f"{short_path(path)}: {err.message}") from None
+    try:
+        return sniff_bytes(os.read(fd, SNIFF_BYTES), os.fstat(fd).st_size)
+    except OSError as err:
+        raise CheckpointError(f"{short_path(path)}: cannot read the file: {err.strerror or err}") from None
+    finally:
+        os.close(fd)
+
+
 def _check_format(path: Any, metadata: dict[str, str] | None) -> dict[str, str]:
     meta = metadata or {}
+    if "format" not in meta:
+        raise CheckpointError(
+            f"{short_path(path)}: not a unetgen checkpoint: this is a safetensors file without unetgen's metadata "
+            "(a plain state_dict, e.g. from safetensors.torch.save_file); load it into the model of its config: "
+            "model = build_unet(config); model.load_state_dict(safetensors.torch.load_file(path)); then "
+            "save_unet(model, 'model.safetensors') keeps the config with the weights"
+        )
     if meta.get("format") != FORMAT:
         raise CheckpointError(
             f"{short_path(path)}: not a unetgen checkpoint (metadata format={short_repr(meta.get('format'))}, "
@@ -388,6 +531,33 @@ def _safetensors_name(dtype: torch.dtype) -> str:
     return names.get(dtype, "BOOL" if dtype == torch.bool else str(dtype))
 
 
+def _check_names_and_shapes(
+    path: Any, found: dict[str, tuple[int, ...]], expected: dict[str, tuple[int, ...]], strict: bool
+) -> None:
+    """The stored tensors are the model's, names and shapes; with `strict=False` missing and
+    unexpected names only warn."""
+    missing = sorted(expected.keys() - found.keys())
+    unexpected = sorted(found.keys() - expected.keys())
+    mismatched = [
+        f"{k} (file {list(found[k])}, config {list(expected[k])})"
+        for k in sorted(expected.keys() & found.keys())
+        if found[k] != expected[k]
+    ]
+    problems = [
+        f"{what}: {_listing(names)}"
+        for what, names in (("shape mismatch", mismatched), ("missing", missing), ("unexpected", unexpected))
+        if names and (strict or what == "shape mismatch")
+    ]
+    if problems:
+        raise CheckpointError(f"{short_path(path)}: the weights do not fit the stored config; " + "; ".join(problems))
+    if missing or unexpected:
+        warnings.warn(
+            f"{short_path(path)}: loading non-strictly; missing: {_listing(missing) or 'none'}; "
+            f"unexpected: {_listing(unexpected) or 'none'}",
+            stacklevel=3,
+        )
+
+
 def load_unet(path: str | Path, *, device: torch.device | str | None = None, strict: bool = True) -> UNet:
     """The model saved by `save_unet`, in eval mode, on `device` (default CPU).
 
@@ -410,27 +580,8 @@ def load_unet(path: str | Path, *, device: torch.device | str | None = None, str
         dtypes = {k: f.get_slice(k).get_dtype() for k in f.keys()}
         model = build_unet(config, device=device)
         expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-        missing = sorted(expected.keys() - found.keys())
-        unexpected = sorted(found.keys() - expected.keys())
-        mismatched = [
-            f"{k} (file {list(found[k])}, config {list(expected[k])})"
-            for k in sorted(expected.keys() & found.keys())
-            if found[k] != expected[k]
-        ]
-        problems = [
-            f"{what}: {_listing(names)}"
-            for what, names in (("shape mismatch", mismatched), ("missing", missing), ("unexpected", unexpected))
-            if names and (strict or what == "shape mismatch")
-        ]
-        if problems:
-            raise CheckpointError(f"{shown}: the weights do not fit the stored config; " + "; ".join(problems))
+        _check_names_and_shapes(path, found, expected, strict)
         _check_dtypes(path, dtypes, {k: v.dtype for k, v in model.state_dict().items()})
-        if missing or unexpected:
-            warnings.warn(
-                f"{shown}: loading non-strictly; missing: {_listing(missing) or 'none'}; "
-                f"unexpected: {_listing(unexpected) or 'none'}",
-                stacklevel=2,
-            )
         try:
             state = {k: f.get_tensor(k) for k in found if k in expected}
         except Exception as err:

@@ -9,17 +9,21 @@ sized by `op_shapes`; the legend lists the options the ops came from (`op.source
 the network computes.
 
 Pure standard library: the SVG is built with `xml.etree.ElementTree` (which escapes all text),
-uses generic font families only and references nothing outside itself.
+uses generic font families only and references nothing outside itself. `write_diagram` writes
+it to a file (.svg, or .png/.pdf through the optional cairosvg) without ever leaving a partial one.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TypeVar
 
+from . import atomic
 from .analysis import shapes
 from .analysis.ops import (
     INPUT,
@@ -63,6 +67,7 @@ from .config.options import (
     TransposeUp,
 )
 from .config.unet_config import UNetConfig
+from .reprs import short_path
 
 __all__ = ["CONVS_DRAWN", "MAX_WIDTH", "draw_unet"]
 
@@ -881,3 +886,45 @@ def _draw_legend(scene: _Scene, items: list[tuple[str, str]], left: float, top: 
             scene.text(x + 18, mid + NOTE_FONT / 2 - 1, "xN", NOTE_FONT, anchor="middle", fill=BLUE)
         scene.text(x + GLYPH_W + 8, mid + LEGEND_FONT / 2 - 2, text, LEGEND_FONT)
     return top + per_col * ROW_H
+
+
+# ---------------------------------------------------------------------------------------------
+# writing
+
+
+DIAGRAM_SUFFIXES = (".svg", ".png", ".pdf")
+"""The formats `write_diagram` writes: SVG as is, PNG (at twice the size) and PDF through cairosvg."""
+
+
+def write_diagram(svg: str, path: str | os.PathLike[str]) -> Path:
+    """Write `svg` (from `draw_unet`) to `path`, in the format its suffix names (`DIAGRAM_SUFFIXES`;
+    .png and .pdf need the `render` extra: cairosvg), and return the path.
+
+    The diagram is rendered first, then written to a new file created exclusively beside `path`
+    (never an existing file, never through a symlink), flushed and renamed over `path`: a full disk
+    or a failed render leaves what was at `path` and no partial file. A path that cannot be written
+    (a missing folder, a directory, a FIFO) or another suffix raises `ValueError`; a missing
+    cairosvg `ImportError` saying what to install; a failed write `OSError` naming `path` and why
+    ("no space left on device")."""
+    if not isinstance(svg, str):
+        raise ValueError(f"write_diagram takes the SVG text draw_unet returns, not {type(svg).__name__}")
+    p = atomic.check_target(path, "the diagram")
+    suffix = p.suffix.lower()
+    if suffix not in DIAGRAM_SUFFIXES:
+        shown = short_repr(suffix or "(none)")
+        raise ValueError(f"the diagram {short_path(p)}: unknown format {shown}; use .svg, .png or .pdf")
+    data = svg.encode("utf-8") if suffix == ".svg" else _rasterise(svg, suffix)
+    return atomic.write_bytes(p, data)
+
+
+def _rasterise(svg: str, suffix: str) -> bytes:
+    """`svg` as .png (at twice the size) or .pdf bytes."""
+    try:
+        import cairosvg  # cairocffi raises OSError when the system cairo library is missing
+    except (ImportError, OSError) as err:
+        raise ImportError(
+            f"writing {suffix} needs the optional renderer: pip install 'unetgen[render]' "
+            f"(cairosvg, with the system cairo library, e.g. apt-get install libcairo2); {err}"
+        ) from err
+    render = cairosvg.svg2png if suffix == ".png" else cairosvg.svg2pdf
+    return render(bytestring=svg.encode("utf-8"), scale=2 if suffix == ".png" else 1)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..analysis import shapes
-from ..checkpoint import checkpoint_config
+from ..checkpoint import checkpoint_config, sniff
 from ..config.io import SUFFIXES, load_config
 from ..config.unet_config import UNetConfig
 from .errors import UsageError, show
@@ -155,10 +155,21 @@ def regular_file(path: str | Path, what: str) -> None:
 
 
 def read_config(name: str, what: str = "CONFIG") -> UNetConfig:
-    """A config from a file, a preset name or a .safetensors checkpoint's header."""
+    """A config from a file, a preset name or a .safetensors checkpoint's header. A file of another
+    suffix is read as a checkpoint when it is one (by its first bytes), else refused saying what it
+    is (a torch pickle, a NumPy array...) and where it goes."""
     suffix = Path(name).suffix.lower()
     if suffix in SUFFIXES or suffix == ".safetensors":
         regular_file(name, what)
+    elif suffix and os.path.isfile(name):
+        regular_file(name, what)
+        found = sniff(name)
+        if found.kind != "safetensors":
+            raise ValueError(
+                f"{what} {show(name)}: this is {found.what or 'a file unetgen does not recognise'}, not a config "
+                f"(.json, .yaml, .yml), a preset or a .safetensors checkpoint; {found.advice}"
+            )
+        return checkpoint_config(name)
     if suffix == ".safetensors":
         return checkpoint_config(name)
     return load_config(name)

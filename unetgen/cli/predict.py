@@ -6,11 +6,13 @@ docs/large-images.md)."""
 from __future__ import annotations
 
 import argparse
+import os
 import pickle
 import warnings
 from pathlib import Path
 from typing import Any
 
+from ..config.documents import open_regular
 from ..config.unet_config import UNetConfig
 from .args import check_output, read_config, regular_file, spatial
 from .errors import CommandError, UsageError, note, show
@@ -33,14 +35,18 @@ def _load_model(args: argparse.Namespace, cfg: UNetConfig) -> Any:
     import torch
 
     from ..build import build_unet
-    from ..checkpoint import load_unet
+    from ..checkpoint import load_unet, sniff
 
     if Path(args.config).suffix.lower() == ".safetensors":
         return load_unet(args.config, device=args.device)
     if args.weights is None:
         return None
     regular_file(args.weights, "--weights")
-    if Path(args.weights).suffix.lower() == ".safetensors":
+    found = sniff(args.weights)  # by content, whatever the suffix
+    if found.kind not in ("safetensors", "torch", "pickle"):
+        what = found.what or "a file unetgen does not recognise (neither safetensors nor torch.save's format)"
+        raise ValueError(f"--weights {show(args.weights)}: this is {what}, not weights; {found.advice}")
+    if found.kind == "safetensors":
         model = load_unet(args.weights, device=args.device)
         if model.config != cfg:
             raise ValueError(
@@ -50,9 +56,10 @@ def _load_model(args: argparse.Namespace, cfg: UNetConfig) -> Any:
         return model
     model = build_unet(cfg, device=args.device)
     try:
-        with warnings.catch_warnings():  # torch warns about pickle protocols before refusing
-            warnings.simplefilter("ignore")
-            state = torch.load(args.weights, map_location=args.device or "cpu", weights_only=True)
+        # an open file, not the path: torch.load reads a path ending in .safetensors as safetensors
+        with warnings.catch_warnings(), os.fdopen(open_regular(args.weights), "rb") as f:
+            warnings.simplefilter("ignore")  # torch warns about pickle protocols before refusing
+            state = torch.load(f, map_location=args.device or "cpu", weights_only=True)
         model.load_state_dict(state)
     except Exception as err:  # unpickling refused, not a zip, wrong keys or shapes, not a dict
         if isinstance(err, pickle.UnpicklingError):
