@@ -9,11 +9,10 @@ marker comment, `unetgen.interop.plans.IMPORT_MARKER`); it is never the plans fi
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
-import tempfile
 from pathlib import Path
 
+from .. import atomic
 from ..config import documents
 from ..config.io import ConfigError, validate_document
 from ..interop.plans import IMPORT_MARKER, check_schema_marker
@@ -99,34 +98,11 @@ def _check_config_text(text: str, output: str) -> None:
 
 
 def _write_new(path: Path, text: str) -> None:
-    """Write `text` to an exclusive temporary file beside `path` (mkstemp), then rename it onto
-    `path`; on any failure only that temporary is removed."""
-    data = text.encode("utf-8")
-    tmp = None
+    """Write `text` through `unetgen.atomic` (an exclusive temporary beside `path`, renamed onto
+    it); on any failure only that temporary is removed."""
     try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".unetgen-import-", suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
+        atomic.write_bytes(path, text.encode("utf-8"))
     except OSError as err:
-        reason = err.strerror or type(err).__name__
-        raise ValueError(f"--output {show(str(path))}: cannot write it ({reason}); nothing was written") from None
-    finally:
-        if tmp is not None and os.path.lexists(tmp):
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-
-
-def _umask() -> int:
-    """The process umask (the mode a plain `open` would give the file), read without changing it
-    where /proc has it."""
-    with contextlib.suppress(OSError, ValueError):
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
+        raise ValueError(
+            f"--output {show(str(path))}: cannot write it ({atomic.reason(err)}); nothing was written"
+        ) from None
