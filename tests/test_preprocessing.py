@@ -253,3 +253,20 @@ def test_large_image_windows_use_one_set_of_statistics() -> None:
     exact = preprocess(image, spec)  # the whole image's statistics: close, not equal
     assert np.abs(window - exact[:, 10:20, 100:140]).max() < 0.02
     assert EXACT_VOXELS == 64 * 65536
+
+
+def test_raw_uint16_stack_predicts_like_the_hand_normalised_one() -> None:
+    """The new user's case: a raw uint16 stack through the spec (lazily, window by window, as for
+    a stack larger than memory) gives the labels of the hand-normalised stack."""
+    import unetgen
+
+    model = unetgen.build_unet(spatial_dims=3, depth=1, base_channels=2, padding="same", dropout=0, seed=0).eval()
+    raw = _nuclei((24, 40, 36), seed=2)
+    spec = load_preprocessing({"axes": "zyx", "normalize": [{"type": "scale_range", "max_percentile": 99.8}]})
+    lo, hi = np.percentile(raw.astype(np.float32), [1, 99.8])
+    by_hand = ((raw.astype(np.float32) - lo) / (hi - lo + 1e-6))[None]
+    options = {"tile_size": 16, "output_type": "labels", "progress": False}
+    want = unetgen.predict_tiled(model, torch.from_numpy(by_hand), **options)
+    got = unetgen.predict_tiled(model, prepare_image(raw, spec), **options)
+    assert torch.equal(got, want)
+    assert not torch.equal(unetgen.predict_tiled(model, raw[None].astype(np.float32), **options), want)
