@@ -248,6 +248,7 @@ def test_large_image_windows_use_one_set_of_statistics() -> None:
     lazy = prepare_image(image, spec, **options)
     normalizer = resolve(spec, sample_values(image[None], **options))
     assert lazy.normalizer == normalizer
+    assert prepare_image(image, spec, normalizer=normalizer).normalizer is normalizer  # measured elsewhere
     window = lazy[:, 10:20, 100:140, 0:256]
     np.testing.assert_allclose(window, normalizer.apply(image[None, 10:20, 100:140].astype(np.float32)))
     exact = preprocess(image, spec)  # the whole image's statistics: close, not equal

@@ -310,15 +310,19 @@ def prepare_image(
     image: Any,
     spec: Preprocessing | None,
     *,
+    normalizer: Normalizer | None = None,
     block: int = SAMPLE_BLOCK,
     max_blocks: int = SAMPLE_BLOCKS,
     max_per_block: int = SAMPLE_PER_BLOCK,
 ) -> PreparedImage:
     """A lazy `PreparedImage` of a raw array-like (NumPy, memmap, zarr, ...) in `spec.axes`'s
     layout: its statistics measured once (`sample_values`: exact up to `EXACT_VOXELS` voxels per
-    channel, a bounded sample beyond), nothing else read until a window is asked for."""
+    channel, a bounded sample beyond), nothing else read until a window is asked for. Pass the
+    `normalizer` measured elsewhere (a Dask client's, say) to skip measuring."""
     laid_out = _LaidOut(image, spec)
     if spec is None or not spec.normalize:
         return PreparedImage(laid_out, None)
-    values = sample_values(laid_out, block=block, max_blocks=max_blocks, max_per_block=max_per_block)
-    return PreparedImage(laid_out, resolve(spec, values))
+    if normalizer is None:
+        values = sample_values(laid_out, block=block, max_blocks=max_blocks, max_per_block=max_per_block)
+        normalizer = resolve(spec, values)
+    return PreparedImage(laid_out, normalizer)
