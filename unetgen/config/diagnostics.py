@@ -60,10 +60,13 @@ def problems_from(
     document: dict[str, Any],
     source: str,
     positions: Mapping[KeyPath, tuple[int, int]] | None,
+    *,
+    model: type[BaseModel] = UNetConfig,
 ) -> list[Problem]:
-    """The problems of `document` that `error` reports, sorted by position."""
+    """The problems of `document` that `error` reports, sorted by position; `model` is the
+    pydantic model the document was validated as (for the field names of "did you mean")."""
     found = []
-    for fields, message in _merged(error, document):
+    for fields, message in _merged(error, document, model):
         line, column = _locate(positions, fields) if positions is not None else (None, None)
         found.append(Problem(source, line, column, ", ".join(map(format_path, fields)) or "(config)", message))
     return sorted(found, key=lambda p: (p.line or 0, p.column or 0))
@@ -116,13 +119,15 @@ def _document_path(loc: tuple[str | int, ...], document: Any) -> tuple[KeyPath, 
     return tuple(path), skipped
 
 
-def _merged(error: ValidationError, document: dict[str, Any]) -> list[tuple[list[KeyPath], str]]:
+def _merged(
+    error: ValidationError, document: dict[str, Any], model: type[BaseModel]
+) -> list[tuple[list[KeyPath], str]]:
     """(fields, message) per problem: one per place in the document, however many union
     branches pydantic reports there."""
     errors = []
     for e in error.errors():
         path, in_union = _document_path(e["loc"], document)
-        errors.append(_Error(path, in_union, _describe(e, path), e))
+        errors.append(_Error(path, in_union, _describe(e, path, model), e))
 
     def deeper_exists(e: _Error) -> bool:
         return any(len(o.path) > len(e.path) and o.path[: len(e.path)] == e.path for o in errors)
@@ -171,16 +176,16 @@ def _join(messages: list[str], value: Any) -> str:
 # messages
 
 
-def _describe(e: Mapping[str, Any], path: KeyPath) -> str:
+def _describe(e: Mapping[str, Any], path: KeyPath, model: type[BaseModel]) -> str:
     kind, loc, value, ctx = e["type"], e["loc"], e.get("input"), e.get("ctx") or {}
     name = next((str(p) for p in reversed(path) if isinstance(p, str)), "config")
     if kind == "extra_forbidden":
         key = str(loc[-1])
-        allowed = _allowed_keys(loc[:-1])
+        allowed = _allowed_keys(loc[:-1], model)
         hint = _did_you_mean(key, allowed)
         if hint:
             return f"unknown field {short_repr(key)}; {hint}"
-        if len(loc) == 1:
+        if len(loc) == 1 and model is UNetConfig:
             return f"unknown field {short_repr(key)}; `unetgen schema` lists the fields"
         return f"unknown field {short_repr(key)}; the fields here are {', '.join(allowed)}"
     if kind == "union_tag_invalid":
@@ -189,9 +194,9 @@ def _describe(e: Mapping[str, Any], path: KeyPath) -> str:
         tag = short_repr(ctx.get("tag"))
         return f"unknown {name} type {tag}; {hint + ' ' if hint else ''}(one of: {', '.join(tags)})"
     if kind == "union_tag_not_found":
-        tags = _option_tags(loc)
+        tags = _option_tags(loc, model)
         return f"{name} needs a 'type' key naming one of: {', '.join(tags)}"
-    if kind in ("model_attributes_type", "model_type") and (tags := _option_tags(loc)):
+    if kind in ("model_attributes_type", "model_type") and (tags := _option_tags(loc, model)):
         names = ", ".join(map(repr, tags))
         return f"{name} should be one of {names} or a mapping with a 'type' key, got {short_repr(value)}"
     if kind == "literal_error" and isinstance(value, str):
@@ -225,10 +230,10 @@ def _tag(model: type[BaseModel]) -> str | None:
     return field.default if field is not None else None
 
 
-def _model_at(loc: tuple[str | int, ...]) -> type[BaseModel] | list[type[BaseModel]] | None:
-    """The model (or the options of a union) that pydantic was validating at `loc`."""
-    model: type[BaseModel] = UNetConfig
-    parts = list(loc)
+def _model_at(loc: tuple[str | int, ...], model: type[BaseModel]) -> type[BaseModel] | list[type[BaseModel]] | None:
+    """The model (or the options of a union) that pydantic was validating at `loc` in `model`
+    (list indices are passed over: a field holding a list of options has its options' models)."""
+    parts = [part for part in loc if not isinstance(part, int)]
     while parts:
         part = parts.pop(0)
         field = model.model_fields.get(part) if isinstance(part, str) else None
@@ -246,15 +251,15 @@ def _model_at(loc: tuple[str | int, ...]) -> type[BaseModel] | list[type[BaseMod
     return model
 
 
-def _allowed_keys(loc: tuple[str | int, ...]) -> list[str]:
-    model = _model_at(loc)
+def _allowed_keys(loc: tuple[str | int, ...], root: type[BaseModel]) -> list[str]:
+    model = _model_at(loc, root)
     if not isinstance(model, type):
         return []
     return list(model.model_fields) + (list(ROOT_EXTRA_KEYS) if not loc else [])
 
 
-def _option_tags(loc: tuple[str | int, ...]) -> list[str]:
-    options = _model_at(loc)
+def _option_tags(loc: tuple[str | int, ...], root: type[BaseModel]) -> list[str]:
+    options = _model_at(loc, root)
     return [t for m in options if (t := _tag(m)) is not None] if isinstance(options, list) else []
 
 

@@ -14,10 +14,10 @@ import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from ..reprs import short_path
 from . import documents
@@ -25,9 +25,20 @@ from .diagnostics import Problem, format_path, problems_from, short_repr
 from .presets import PRESETS
 from .unet_config import UNetConfig
 
-__all__ = ["ConfigError", "ConfigSource", "Problem", "dump_config", "load_config", "read_document", "validate_document"]
+__all__ = [
+    "ConfigError",
+    "ConfigSource",
+    "Problem",
+    "dump_config",
+    "load_config",
+    "parse_file",
+    "read_document",
+    "validate_as",
+    "validate_document",
+]
 
 ConfigSource = UNetConfig | Mapping[str, Any] | str | Path
+M = TypeVar("M", bound=BaseModel)
 SUFFIXES = {".json": "json", ".yaml": "yaml", ".yml": "yaml"}
 
 
@@ -58,7 +69,9 @@ def _file_problem(source: str, message: str, line: int | None = 1, column: int |
     return ConfigError([Problem(source, line, column, "(file)", message)])
 
 
-def _read(path: str | os.PathLike[str]) -> documents.Document:
+def parse_file(path: str | os.PathLike[str]) -> documents.Document:
+    """Parse a .json, .yaml or .yml file into plain values with the position of every key
+    (`unetgen.config.documents`); `ConfigError` with the file's position otherwise."""
     if not isinstance(path, (str, os.PathLike)):
         raise ConfigError(f"a config path must be a str or os.PathLike, not {type(path).__name__}")
     name = os.fspath(path)
@@ -76,7 +89,7 @@ def _read(path: str | os.PathLike[str]) -> documents.Document:
 
 def read_document(path: str | Path) -> Any:
     """Parse a .json, .yaml or .yml config file into plain values (see `unetgen.documents`)."""
-    return _read(path).value
+    return parse_file(path).value
 
 
 def validate_document(
@@ -88,6 +101,19 @@ def validate_document(
 ) -> UNetConfig:
     """Validate a parsed document (`strict`: as JSON, the way files are checked; otherwise as a
     Python mapping). A top-level ``"$schema"`` string is ignored. Raises `ConfigError`."""
+    return validate_as(UNetConfig, document, source, positions, strict=strict)
+
+
+def validate_as(
+    model: type[M],
+    document: Any,
+    source: str = "<document>",
+    positions: Mapping[tuple[str | int, ...], tuple[int, int]] | None = None,
+    *,
+    strict: bool = True,
+) -> M:
+    """`validate_document` for any pydantic `model` whose documents are mappings (the config, the
+    preprocessing spec): the same limits, JSON checks and FILE:LINE:COL problems."""
     where = (1, 1) if positions is not None else (None, None)
     if not isinstance(document, Mapping):
         kind = "list" if isinstance(document, list) else type(document).__name__
@@ -115,15 +141,15 @@ def validate_document(
         except (TypeError, ValueError, RecursionError) as err:  # not JSON, or an int of thousands of digits
             raise ConfigError([Problem(source, *where, "(config)", f"not a JSON document: {err}")]) from None
 
-    def validate(doc: dict[str, Any]) -> UNetConfig:
+    def validate(doc: dict[str, Any]) -> M:
         if not strict:
-            return UNetConfig.model_validate(doc)
-        return UNetConfig.model_validate_json(json.dumps(doc, allow_nan=True), strict=True)
+            return model.model_validate(doc)
+        return model.model_validate_json(json.dumps(doc, allow_nan=True), strict=True)
 
     try:
         return validate(data)
     except ValidationError as err:
-        raise ConfigError(problems_from(err, data, source, positions)) from None
+        raise ConfigError(problems_from(err, data, source, positions, model=model)) from None
 
 
 def _lone_surrogate(document: Any) -> tuple[tuple[str | int, ...], int, str] | None:
@@ -174,7 +200,7 @@ def load_config(source: ConfigSource, *, key: str | None = None) -> UNetConfig:
             source, f"not a config file (.json, .yaml, .yml) nor a preset ({', '.join(PRESETS)})", None, None
         )
     if isinstance(source, (str, os.PathLike)):
-        doc = _read(source)
+        doc = parse_file(source)
         if key is None:
             return validate_document(doc.value, str(source), doc.positions)
         prefix = tuple(key.split("."))

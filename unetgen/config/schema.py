@@ -13,7 +13,7 @@ from typing import Any
 
 from .unet_config import UNetConfig
 
-__all__ = ["SCHEMA_DIALECT", "SCHEMA_ID", "SCHEMA_PATH", "config_json_schema", "schema_text"]
+__all__ = ["SCHEMA_DIALECT", "SCHEMA_ID", "SCHEMA_PATH", "config_json_schema", "schema_text", "with_required_tags"]
 
 SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 SCHEMA_ID = "urn:unetgen:unet-config"
@@ -25,11 +25,7 @@ def config_json_schema() -> dict[str, Any]:
     """The JSON Schema of a config file: `UNetConfig.model_json_schema()` with the draft, an id,
     a top-level ``"$schema"`` string property, and ``type`` required in every option mapping
     (pydantic needs it to choose the option; a bare string such as ``"batch"`` needs none)."""
-    schema = UNetConfig.model_json_schema()
-    for node in _walk(schema):
-        for ref in node.get("discriminator", {}).get("mapping", {}).values():
-            target = schema["$defs"][ref.removeprefix("#/$defs/")]
-            target["required"] = sorted({*target.get("required", ()), "type"})
+    schema = with_required_tags(UNetConfig.model_json_schema())
     schema["properties"] = {
         "$schema": {
             "description": "The JSON Schema of this file, for editors; ignored when loading.",
@@ -38,6 +34,16 @@ def config_json_schema() -> dict[str, Any]:
         **schema["properties"],
     }
     return {"$schema": SCHEMA_DIALECT, "$id": SCHEMA_ID, "title": "UNetConfig", **schema}
+
+
+def with_required_tags(schema: dict[str, Any]) -> dict[str, Any]:
+    """`schema` (a pydantic model's JSON Schema) with ``type`` required in every option mapping of
+    a discriminated union, changed in place and returned."""
+    for node in _walk(schema):
+        for ref in node.get("discriminator", {}).get("mapping", {}).values():
+            target = schema["$defs"][ref.removeprefix("#/$defs/")]
+            target["required"] = sorted({*target.get("required", ()), "type"})
+    return schema
 
 
 def schema_text() -> str:
