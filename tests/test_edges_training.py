@@ -6,6 +6,7 @@ targets checked against the classes, and config lists that read two ways refused
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -88,9 +89,17 @@ def test_every_helper_takes_a_config_as_build_unet_does(helper: str, tmp_path) -
         assert call(value) == want, form
 
 
-@pytest.mark.parametrize("helper", ["shapes.output_shape", "costs.count_parameters", "memory.plan_training"])
-def test_a_preset_name_is_a_config(helper: str) -> None:
-    call = HELPERS[helper]
+@pytest.mark.parametrize(
+    "call",
+    [
+        shapes.min_input_shape,
+        lambda c: shapes.output_shape(c, (572, 572)),
+        costs.count_parameters,
+        lambda c: memory.plan_training(c, "2GiB", image_shape=(512, 512)),
+        lambda c: draw_unet(c),
+    ],
+)
+def test_a_preset_name_is_a_config(call: Callable[[Any], Any]) -> None:
     assert call("ronneberger2015") == call(PRESETS["ronneberger2015"].build_config())
 
 
@@ -159,3 +168,362 @@ def test_the_batch_is_raised_by_search_too() -> None:
     assert memory.estimate_training_memory(cfg, small.patch_input, small.batch_size + 1).total > 0
     over = memory.estimate_training_memory(cfg, small.patch_input, small.batch_size + 1)
     assert over.parameters + over.total > 3 * 2**20
+
+
+# ---------------------------------------------------------------------------------------------
+# every numeric argument is checked: type, finiteness, range, length per axis; nothing is read
+# as something else, nothing ends in a raw exception
+
+CFG = UNetConfig(depth=2, base_channels=4)
+LABELS3 = np.zeros((6, 6, 6), np.int64)
+LABELS3[1:3, 1:3, 1:3], LABELS3[3:5, 3:5, 3:5] = 1, 2
+IMG = np.ones((1, 16, 16), np.float32)
+TGT = np.zeros((16, 16), np.int64)
+W = np.ones((16, 16), np.float32)
+LOGITS = torch.zeros(1, 2, 4, 4)
+T4 = torch.zeros(1, 4, 4, dtype=torch.int64)
+INF, NAN = math.inf, math.nan
+RNG = np.random.default_rng(0)
+
+
+def _sampler(**kw: Any) -> training.PatchSampler:
+    args = {"images": np.ones((80, 80)), "targets": np.zeros((80, 80), int), "patch_size": 64} | kw
+    return training.PatchSampler(CFG, **args)
+
+
+BAD: dict[str, tuple[Callable[[], Any], type[Exception], str]] = {
+    # plan_training (unetgen plan)
+    "plan image_shape 572.9": (
+        lambda: memory.plan_training(CFG, "1GiB", image_shape=[572.9] * 2),
+        shapes.InputShapeError,
+        r"image_shape\[0\] must be an integer, got 572.9",
+    ),
+    "plan image_shape inf": (
+        lambda: memory.plan_training(CFG, "1GiB", image_shape=[INF] * 2),
+        shapes.InputShapeError,
+        r"image_shape\[0\] .*inf.*finite",
+    ),
+    "plan image_shape nan": (
+        lambda: memory.plan_training(CFG, "1GiB", image_shape=[64, NAN]),
+        shapes.InputShapeError,
+        r"image_shape\[1\]",
+    ),
+    "plan image_shape bool": (
+        lambda: memory.plan_training(CFG, "1GiB", image_shape=[True, 64]),
+        shapes.InputShapeError,
+        r"image_shape\[0\] .*boolean",
+    ),
+    "plan image_shape str": (
+        lambda: memory.plan_training(CFG, "1GiB", image_shape="572"),
+        shapes.InputShapeError,
+        r"image_shape must be a sequence of 2 integers",
+    ),
+    "plan image_shape 0": (
+        lambda: memory.plan_training(CFG, "1GiB", image_shape=(0, 64)),
+        shapes.InputShapeError,
+        r"image_shape=\(0, 64\) must be positive",
+    ),
+    "plan batch_size 2.0": (
+        lambda: memory.plan_training(CFG, "1GiB", image_shape=(64, 64), batch_size=2.0),
+        ValueError,
+        r"batch_size=2.0 \(float\) must be an integer >= 1; write 2",
+    ),
+    "plan batch_size True": (
+        lambda: memory.plan_training(CFG, "1GiB", image_shape=(64, 64), batch_size=True),
+        ValueError,
+        r"batch_size=True must be an integer >= 1, not a boolean",
+    ),
+    "plan optimizer list": (
+        lambda: memory.plan_training(CFG, "1GiB", image_shape=(64, 64), optimizer=["adam"]),
+        ValueError,
+        r"optimizer=\['adam'\] must be one of sgd, momentum, adam, adamw",
+    ),
+    "plan dtype str": (
+        lambda: memory.plan_training(CFG, "1GiB", image_shape=(64, 64), dtype="float32"),
+        ValueError,
+        r"dtype='float32' \(str\) must be a floating-point torch.dtype",
+    ),
+    "plan memory float": (
+        lambda: memory.plan_training(CFG, 8e9, image_shape=(64, 64)),
+        ValueError,
+        r"memory=8000000000.0 \(float\) .*write 8000000000",
+    ),
+    "plan memory 50 digits": (
+        lambda: memory.plan_training(CFG, "1" * 50, image_shape=(64, 64)),
+        ValueError,
+        r"memory '1111.*is not a size",
+    ),
+    # the step estimates
+    "estimate batch_size True": (
+        lambda: memory.estimate_training_memory(CFG, (64, 64), True),
+        ValueError,
+        r"batch_size=True must be an integer >= 1, not a boolean",
+    ),
+    "estimate input_shape int": (
+        lambda: memory.estimate_training_memory(CFG, 64),
+        shapes.InputShapeError,
+        r"input shape must be a sequence of 2 integers",
+    ),
+    "estimate optimizer unhashable": (
+        lambda: memory.estimate_training_memory(CFG, (64, 64), optimizer={"adam": 1}),
+        ValueError,
+        r"optimizer=\{'adam': 1\} must be one of",
+    ),
+    "estimate dtype int64": (
+        lambda: memory.estimate_training_memory(CFG, (64, 64), dtype=torch.int64),
+        ValueError,
+        r"dtype=torch.int64 \(dtype\) must be a floating-point torch.dtype",
+    ),
+    "tile batch_size 2.5": (
+        lambda: memory.estimate_tile_memory(CFG, (64, 64), 2.5),
+        ValueError,
+        r"batch_size=2.5 \(float\) must be an integer >= 1",
+    ),
+    "tile batch_size 0": (
+        lambda: memory.estimate_tile_memory(CFG, (64, 64), 0),
+        ValueError,
+        r"batch_size=0 must be an integer >= 1",
+    ),
+    "saved batch_size 0.5": (
+        lambda: memory.saved_activations(CFG, (64, 64), 0.5),
+        ValueError,
+        r"batch_size=0.5 \(float\) must be an integer >= 1",
+    ),
+    "saved loss str": (
+        lambda: memory.saved_activations(CFG, (64, 64), loss="no"),
+        ValueError,
+        r"loss='no' \(str\) must be True or False",
+    ),
+    # the weight map
+    "border w0 str": (
+        lambda: training.border_weight_map(LABELS3, w0="10"),
+        ValueError,
+        r"w0='10' \(str\) must be a finite number >= 0; parse it first",
+    ),
+    "border w0 bool": (
+        lambda: training.border_weight_map(LABELS3, w0=True),
+        ValueError,
+        r"w0=True \(bool\) must be a finite number >= 0",
+    ),
+    "border sigma nan": (
+        lambda: training.border_weight_map(LABELS3, sigma=NAN),
+        ValueError,
+        r"sigma=nan must be a finite number > 0",
+    ),
+    "border sampling 2 of 3 axes": (
+        lambda: training.border_weight_map(LABELS3, sampling=(2, 1)),
+        ValueError,
+        r"sampling=\(2, 1\) has 2 values but labels has 3 axes",
+    ),
+    "border sampling str": (
+        lambda: training.border_weight_map(LABELS3, sampling="1"),
+        ValueError,
+        r"sampling='1' \(str\) must be a finite number > 0",
+    ),
+    "border sampling tiny": (
+        lambda: training.border_weight_map(LABELS3, sampling=(5e-324, 1, 1)),
+        None,
+        "",
+    ),
+    "border sampling inf": (
+        lambda: training.border_weight_map(LABELS3, sampling=(1, INF, 1)),
+        ValueError,
+        r"sampling\[1\]=inf must be a finite number > 0",
+    ),
+    "class weights str": (
+        lambda: training.class_weight_map(LABELS3, {0: "1", 1: "2"}),
+        ValueError,
+        r"class_weights\[0\]='1' \(str\) must be a finite number >= 0",
+    ),
+    # elastic deformation
+    "elastic sigma nan": (
+        lambda: training.elastic_deform(IMG, TGT, W, RNG, sigma=NAN),
+        ValueError,
+        r"sigma=nan must be a finite number >= 0",
+    ),
+    "elastic sigma str": (
+        lambda: training.elastic_deform(IMG, TGT, W, RNG, sigma="10"),
+        ValueError,
+        r"sigma='10' \(str\)",
+    ),
+    "elastic points float": (
+        lambda: training.elastic_deform(IMG, TGT, W, RNG, points=2.5),
+        ValueError,
+        r"points=2.5 \(float\) must be an integer >= 1 and <= 16",
+    ),
+    "elastic points huge": (
+        lambda: training.elastic_deform(IMG, TGT, W, RNG, points=10**6),
+        ValueError,
+        r"points=1000000 must be an integer >= 1 and <= 16",
+    ),
+    "elastic rng int": (
+        lambda: training.elastic_deform(IMG, TGT, W, 0),
+        ValueError,
+        r"rng=0 must be a numpy.random.Generator",
+    ),
+    "elastic shapes": (
+        lambda: training.elastic_deform(IMG, TGT[:8], W, RNG),
+        ValueError,
+        r"image \(1, 16, 16\), target \(8, 16\) and weights \(16, 16\) do not fit",
+    ),
+    # losses
+    "ce class 7": (
+        lambda: training.weighted_cross_entropy(LOGITS, T4 + 7),
+        ValueError,
+        r"target holds class id 7, but class ids must be 0..1",
+    ),
+    "ce negative class": (
+        lambda: training.weighted_cross_entropy(LOGITS, T4 - 100),
+        ValueError,
+        r"target holds the negative class id -100",
+    ),
+    "ce float target": (
+        lambda: training.weighted_cross_entropy(LOGITS, T4 + 0.7),
+        ValueError,
+        r"target must hold class ids .* got dtype torch.float32",
+    ),
+    "ce weight nan": (
+        lambda: training.weighted_cross_entropy(LOGITS, T4, torch.full((1, 4, 4), NAN)),
+        ValueError,
+        r"weight must hold finite real numbers >= 0",
+    ),
+    "ce numpy logits": (
+        lambda: training.weighted_cross_entropy(LOGITS.numpy(), T4),
+        ValueError,
+        r"logits must be a torch tensor, got ndarray",
+    ),
+    "dice class 2 of 2": (
+        lambda: training.soft_dice_loss(LOGITS, T4 + 2),
+        ValueError,
+        r"target holds class id 2, but class ids must be 0..1",
+    ),
+    "dice smooth nan": (
+        lambda: training.soft_dice_loss(LOGITS, T4, smooth=NAN),
+        ValueError,
+        r"smooth=nan must be a finite number >= 0",
+    ),
+    "dice include_background str": (
+        lambda: training.soft_dice_loss(LOGITS, T4, include_background="no"),
+        ValueError,
+        r"include_background='no' \(str\) must be True or False",
+    ),
+    "ds loss level_weights nan": (
+        lambda: training.deep_supervision_loss(
+            [torch.zeros(1, 2, 24, 24), torch.zeros(1, 2, 14, 14)],
+            torch.zeros(1, 64, 64, dtype=torch.int64),
+            SMALL,
+            (64, 64),
+            level_weights=[1, NAN],
+        ),
+        ValueError,
+        r"level_weights\[1\]=nan must be a finite number >= 0",
+    ),
+    "ds loss outputs None": (
+        lambda: training.deep_supervision_loss(None, torch.zeros(1, 64, 64, dtype=torch.int64), SMALL, (64, 64)),
+        ValueError,
+        r"outputs=None must be the model's output",
+    ),
+    "ds targets input_shape int": (
+        lambda: training.deep_supervision_targets(np.zeros((64, 64)), SMALL, 64),
+        shapes.InputShapeError,
+        r"input_shape must be a sequence of 2 integers",
+    ),
+    "crop_target list": (
+        lambda: training.crop_target([[0] * 64] * 64, CFG, (64, 64)),
+        ValueError,
+        r"target must be a NumPy array or a torch tensor, got list",
+    ),
+    "crop_target input_shape int": (
+        lambda: training.crop_target(np.zeros((64, 64)), CFG, 64),
+        shapes.InputShapeError,
+        r"input_shape must be a sequence of 2 integers",
+    ),
+    # the patch sampler
+    "sampler patch_size 572+16e9": (
+        lambda: training.PatchSampler(
+            "ronneberger2015", np.ones((80, 80)), np.zeros((80, 80), int), patch_size=572 + 16e9
+        ),
+        shapes.InputShapeError,
+        r"patch_size\[0\] must be an integer, got 16000000572.0 \(float\); write 16000000572",
+    ),
+    "sampler patch_size 572+16e9 as int": (
+        lambda: training.PatchSampler(
+            "ronneberger2015", np.ones((80, 80)), np.zeros((80, 80), int), patch_size=572 + 16 * 10**9
+        ),
+        ValueError,
+        r"need .* GiB, more than MAX_PATCH_BYTES",
+    ),
+    "sampler patch_size per axis wrong length": (
+        lambda: _sampler(patch_size=(64, 64, 64)),
+        shapes.InputShapeError,
+        r"patch_size .* has 3 spatial axes but spatial_dims=2",
+    ),
+    "sampler seed float": (lambda: _sampler(seed=1.5), ValueError, r"seed=1.5 \(float\) must be an integer >= 0"),
+    "sampler seed negative": (lambda: _sampler(seed=-1), ValueError, r"seed=-1 must be an integer >= 0"),
+    "sampler image nan": (
+        lambda: _sampler(images=np.full((80, 80), NAN)),
+        ValueError,
+        r"images\[0\] holds 6,400 NaN or infinite values",
+    ),
+    "sampler image complex": (
+        lambda: _sampler(images=np.ones((80, 80), complex)),
+        ValueError,
+        r"images\[0\] must hold real numbers, got dtype complex128",
+    ),
+    "sampler weights negative": (
+        lambda: _sampler(weights=-np.ones((80, 80))),
+        ValueError,
+        r"weights\[0\] holds the negative weight -1.0",
+    ),
+    "sampler augment not callable": (lambda: _sampler(augment=3), ValueError, r"augment=3 must be None or a function"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_every_numeric_argument_is_checked(case: str) -> None:
+    call, error, match = BAD[case]
+    if error is None:  # an answer, not an error
+        call()
+        return
+    with pytest.raises(error, match=match) as info:
+        call()
+    assert len(str(info.value)) < 700
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda: memory.plan_training(CFG, "1GiB", image_shape=(64, 64), batch_size=np.int64(2)),
+        lambda: memory.estimate_training_memory(CFG, (64, 64), np.int64(2)),
+        lambda: memory.estimate_tile_memory(CFG, np.array([64, 64]), torch.tensor(2)),
+        lambda: training.border_weight_map(LABELS3, w0=np.float32(10), sigma=torch.tensor(5.0), sampling=np.ones(3)),
+        lambda: training.elastic_deform(IMG, TGT, W, RNG, sigma=np.float64(3), points=np.int64(16)),
+        lambda: _sampler(seed=np.uint8(3), patch_size=np.int64(64)).batch(np.int64(2)),
+    ],
+)
+def test_numpy_and_torch_numbers_are_numbers(call: Callable[[], Any]) -> None:
+    call()
+
+
+def test_the_memory_string_is_read_exactly() -> None:
+    assert memory.parse_bytes("99999999999999999999") == 99999999999999999999
+    assert memory.parse_bytes("1.5GiB") == 3 * 2**29
+    assert memory.parse_bytes(np.int64(4096)) == 4096
+    plan = memory.plan_training(CFG, 10**400, image_shape=(64, 64), batch_size=1)
+    assert "GiB of 931322574615…000000000000 (391 digits) GiB" in plan.summary()  # no OverflowError for a huge budget
+
+
+def test_a_batch_is_refused_before_it_is_built(monkeypatch) -> None:
+    monkeypatch.setattr(training, "MAX_PATCH_BYTES", 10**6)
+    sampler = _sampler()  # one 64x64 sample: 64 KiB
+    with pytest.raises(ValueError, match=r"100 patch\(es\) of patch_size=64x64 need .* MAX_PATCH_BYTES"):
+        sampler.batch(100)
+    assert sampler.batch(2)[0].shape == (2, 1, 64, 64)
+    with pytest.raises(ValueError, match=r"n=2.0 \(float\) must be an integer >= 1; write 2"):
+        sampler.batch(2.0)
+
+
+def test_an_augment_that_changes_the_shapes_is_named() -> None:
+    sampler = _sampler(augment=lambda x, y, w, rng: (x, y[1:], w))
+    with pytest.raises(ValueError, match=r"augment returned .* it must return \(image, target, weights\)"):
+        sampler.sample()

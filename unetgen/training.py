@@ -440,6 +440,16 @@ class PatchSampler:
             yield self.sample()
 
 
+def _grid_limit(pixels: int, dims: int) -> int:
+    """The largest p with p**dims <= pixels (at least 1)."""
+    p = max(1, round(pixels ** (1 / dims)))
+    while p**dims > pixels and p > 1:
+        p -= 1
+    while (p + 1) ** dims <= pixels:
+        p += 1
+    return p
+
+
 def elastic_deform(
     image: np.ndarray,
     target: np.ndarray,
@@ -454,8 +464,9 @@ def elastic_deform(
     cubic B-splines (bicubic); the image is resampled with cubic, the label image with nearest
     (order 0) and the weight map with linear interpolation, all with the same displacement and
     mirrored borders. `image` is (C, *spatial), `target` and `weights` (*spatial), 1D to 3D;
-    `rng` a `numpy.random.Generator`; `sigma` a finite number >= 0; `points` an int from 2 to the
-    image's smallest axis (at least 2). A bad argument is a `ValueError` naming it."""
+    `rng` a `numpy.random.Generator`; `sigma` a finite number >= 0; `points` an int >= 1 whose
+    grid (``points**dims``) has at most as many points as the image has pixels. A bad argument is
+    a `ValueError` naming it."""
     image, target, weights = _array(image, "image"), _array(target, "target"), _array(weights, "weights")
     spatial = target.shape
     if not 1 <= target.ndim <= 3 or target.size == 0 or image.shape[1:] != spatial or weights.shape != spatial:
@@ -466,7 +477,7 @@ def elastic_deform(
     if not isinstance(rng, np.random.Generator):
         raise ValueError(f"rng={short_repr(rng)} must be a numpy.random.Generator, e.g. np.random.default_rng(0)")
     sigma = as_real("sigma", sigma, minimum=0)
-    points = as_count("points", points, minimum=2, maximum=max(2, min(spatial)))
+    points = as_count("points", points, minimum=1, maximum=_grid_limit(target.size, target.ndim))
     coarse = rng.normal(0.0, sigma, size=(len(spatial), *(points,) * len(spatial)))
     at = np.meshgrid(*(np.linspace(0, points - 1, n) for n in spatial), indexing="ij")
     shift = [ndimage.map_coordinates(c, at, order=3, mode="nearest") for c in coarse]
