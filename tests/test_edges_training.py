@@ -527,3 +527,52 @@ def test_an_augment_that_changes_the_shapes_is_named() -> None:
     sampler = _sampler(augment=lambda x, y, w, rng: (x, y[1:], w))
     with pytest.raises(ValueError, match=r"augment returned .* it must return \(image, target, weights\)"):
         sampler.sample()
+
+
+# ---------------------------------------------------------------------------------------------
+# targets are class ids, checked against out_channels, and the advice fits the function
+
+
+def _mask() -> np.ndarray:
+    mask = np.zeros((80, 80), bool)
+    mask[10:20, 10:20] = mask[40:50, 40:50] = mask[60:70, 5:15] = True
+    return mask
+
+
+def test_a_float_target_gets_class_advice_not_instance_labels() -> None:
+    with pytest.raises(ValueError, match=r"targets\[0\] must hold class ids") as info:
+        _sampler(targets=_mask().astype(np.float64))
+    text = str(info.value)
+    assert "targets[0].astype(np.int64)" in text and "ndimage.label" not in text
+    with pytest.raises(ValueError, match=r"\(targets\[0\] > 0.5\).astype\(np.int64\)"):
+        _sampler(targets=_mask() * 0.9)
+
+
+def test_instance_labels_as_a_target_are_refused_with_the_right_advice() -> None:
+    """The advice of old (scipy.ndimage.label) makes instance ids, which the loss cannot take."""
+    from scipy import ndimage
+
+    labels = ndimage.label(_mask())[0]
+    with pytest.raises(ValueError, match=r"targets\[0\] holds class id 3, but class ids must be 0..1") as info:
+        _sampler(targets=labels)
+    assert "labels > 0" in str(info.value) and "border_weight_map(labels)" in str(info.value)
+    _, y, w = _sampler(targets=labels > 0, weights=training.border_weight_map(labels)).batch(2)  # the advice works
+    assert float(training.weighted_cross_entropy(torch.zeros(2, 2, *y.shape[1:]), y, w)) > 0
+
+
+def test_class_ids_follow_out_channels() -> None:
+    three = training.PatchSampler({**SMALL, "out_channels": 3}, np.ones((80, 80)), np.full((80, 80), 2), patch_size=64)
+    assert int(three.sample()[1].max()) == 2
+    one = training.PatchSampler({**SMALL, "out_channels": 1}, np.ones((80, 80)), _mask(), patch_size=64)
+    assert one.sample()[1].dtype == torch.int64  # binary targets for a one-channel output
+    with pytest.raises(ValueError, match=r"class id 2, but class ids must be 0..1 \(a one-channel output\)"):
+        training.PatchSampler({**SMALL, "out_channels": 1}, np.ones((80, 80)), np.full((80, 80), 2), patch_size=64)
+    with pytest.raises(ValueError, match=r"targets\[1\] holds the negative class id -1"):
+        _sampler(images=[np.ones((80, 80))] * 2, targets=[np.zeros((80, 80), int), -np.ones((80, 80), int)])
+
+
+def test_label_images_get_instance_advice() -> None:
+    with pytest.raises(ValueError, match=r"its values are whole numbers: pass labels.astype\(np.int64\)"):
+        training.border_weight_map(LABELS3.astype(float))
+    with pytest.raises(ValueError, match=r"scipy.ndimage.label\(mask > 0\)\[0\]"):
+        training.separate_touching(LABELS3 * 0.5)
