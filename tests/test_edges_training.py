@@ -576,3 +576,102 @@ def test_label_images_get_instance_advice() -> None:
         training.border_weight_map(LABELS3.astype(float))
     with pytest.raises(ValueError, match=r"scipy.ndimage.label\(mask > 0\)\[0\]"):
         training.separate_touching(LABELS3 * 0.5)
+
+
+# ---------------------------------------------------------------------------------------------
+# config lists that read two ways are refused; a single value where a list is expected says how
+# to write the list
+
+
+@pytest.mark.parametrize(
+    "fields, per_axis, per_stage",
+    [
+        (
+            {"spatial_dims": 3, "depth": 2, "kernel_size": [1, 3, 3]},
+            "[[1, 3, 3], [1, 3, 3], [1, 3, 3]]",
+            "[[1, 1, 1], [3, 3, 3], [3, 3, 3]]",
+        ),
+        ({"spatial_dims": 2, "depth": 1, "kernel_size": [5, 3]}, "[[5, 3], [5, 3]]", "[[5, 5], [3, 3]]"),
+        ({"spatial_dims": 2, "depth": 2, "strides": [1, 2]}, "[[1, 2], [1, 2]]", "[[1, 1], [2, 2]]"),
+        (
+            {"spatial_dims": 3, "depth": 3, "strides": [1, 2, 2], "padding": "same"},
+            "[[1, 2, 2], [1, 2, 2], [1, 2, 2]]",
+            "[[1, 1, 1], [2, 2, 2], [2, 2, 2]]",
+        ),
+    ],
+)
+def test_a_list_that_reads_per_level_and_per_axis_is_refused(
+    fields: dict, per_axis: str, per_stage: str, tmp_path
+) -> None:
+    name = "kernel_size" if "kernel_size" in fields else "strides"
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(fields))
+    for source in (fields, path):
+        with pytest.raises(ConfigError, match="reads two ways") as info:
+            load_config(source)
+        text = str(info.value)
+        assert per_axis in text and per_stage in text and f"{name}=" in text
+        assert len(info.value.problems) == 1 and info.value.problems[0].field.startswith(name)
+    # both spellings it suggests are accepted and mean what they say
+    axis = load_config({**fields, name: yaml.safe_load(per_axis)})
+    stage = load_config({**fields, name: yaml.safe_load(per_stage)})
+    values = tuple(fields[name])
+    if name == "kernel_size":
+        assert all(s.kernel == values for s in axis.layout.encoder)
+        assert [s.kernel for s in stage.layout.encoder] == [(v,) * len(values) for v in values]
+    else:
+        assert axis.layout.strides == (values,) * len(values)
+        assert stage.layout.strides == tuple((v,) * len(values) for v in values)
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"spatial_dims": 3, "depth": 2, "kernel_size": [3, 3, 3]},  # both readings agree
+        {"spatial_dims": 3, "depth": 2, "kernel_size": [1, [3, 3, 3], 3]},  # a nested entry: per level
+        {"spatial_dims": 2, "depth": 2, "kernel_size": [1, 3, 5]},  # 3 entries, 2 axes: per level
+        {"spatial_dims": 1, "depth": 1, "kernel_size": [1, 3]},
+        {"spatial_dims": 2, "depth": 3, "strides": [1, 2, 2]},
+    ],
+)
+def test_a_list_with_one_reading_is_accepted(fields: dict) -> None:
+    load_config(fields)
+
+
+def test_a_per_axis_list_of_the_wrong_length_says_how_to_repeat_it() -> None:
+    with pytest.raises(ConfigError, match=r"write \[\[1, 3, 3\], \[1, 3, 3\], \[1, 3, 3\], \[1, 3, 3\], \[1, 3, 3\]\]"):
+        load_config({"spatial_dims": 3, "kernel_size": [1, 3, 3]})
+    with pytest.raises(ConfigError, match=r"write \[\[1, 2\], \[1, 2\], \[1, 2\], \[1, 2\]\]"):
+        load_config({"strides": [1, 2]})
+
+
+@pytest.mark.parametrize(
+    "text, hint",
+    [
+        ("deep_supervision: 1", "a list is expected: write [1] for a list of one (the decoder levels"),
+        ("deep_supervision: '1, 2'", "a list is expected, not a string: write [1, 2]"),
+        ("deep_supervision: null", "write [] for none"),
+        ("deep_supervision: true", "a list is expected (the decoder levels"),
+        ("channels: 64", "write [64] for a list of one (one width per level"),
+        ("up_channels: 32\ndepth: 2", "write [32] for a list of one (one width per decoder level"),
+        ("kernel_size: '3'", "write 3 (a number, without quotes) or a list"),
+        ("kernel_size: 3.0", "write 3 (an integer)"),
+        ("strides: '1 2'", "write [1, 2]"),
+    ],
+)
+def test_a_single_value_where_a_list_is_expected_says_how_to_write_it(text: str, hint: str, tmp_path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(text + "\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert hint in str(info.value)
+    assert len(str(info.value).splitlines()) == 1
+
+
+def test_pydantic_says_got_once() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config({"blocks_per_level": 1.5})
+    assert "got 1.5" in str(info.value) or "fractional part: 1.5" in str(info.value)
+    with pytest.raises(ConfigError) as info:
+        load_config({"depth": 4.5})
+    assert str(info.value).count("got") == 1

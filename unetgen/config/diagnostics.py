@@ -6,6 +6,7 @@ every field involved in a cross-field rule (each rule declares them; its error c
 from __future__ import annotations
 
 import difflib
+import math
 import re
 import typing
 from collections.abc import Mapping
@@ -140,8 +141,50 @@ def _merged(error: ValidationError, document: dict[str, Any]) -> list[tuple[list
             fields = _involved_fields(first.error["ctx"], document)
         elif first.type == "union_tag_invalid" and isinstance(_get(document, first.path), dict):
             fields = [(*first.path, "type")]
-        out.append((fields, _join([e.message for e in group], first.error.get("input"))))
+        value = first.error.get("input")
+        out.append((fields, _join([e.message for e in group], value) + _list_hint(group, value)))
     return out
+
+
+_LIST_TYPES = ("tuple_type", "list_type")
+_LIST_ENTRIES = {
+    "deep_supervision": "the decoder levels, 1..depth-1, that get an auxiliary head",
+    "channels": "one width per level, the bottleneck last; or base_channels for a width that doubles per level",
+    "decoder_channels": "one width per decoder level, level 0 first",
+    "up_channels": "one width per decoder level, level 0 first; or 'skip', 'keep' or 'half'",
+    "kernel_size": "one entry per level, each an int or one per spatial axis",
+    "strides": "one entry per down-sampling step, each an int or one per spatial axis",
+    "stem_stride": "one per spatial axis",
+    "convs_per_block": "one per level, the bottleneck last",
+    "decoder_convs_per_block": "one per decoder level",
+    "blocks_per_level": "one per level, the bottleneck last",
+}
+"""What the entries of each list field of `UNetConfig` are, for `_list_hint`."""
+
+
+def _list_hint(group: list[_Error], value: Any) -> str:
+    """How to write the list that a field expects where a single value was given: ``1`` is
+    ``[1]``, ``"1, 2"`` is ``[1, 2]``, null is ``[]`` (where the field takes an int too, a whole
+    float or a quoted number is written as the int); "" when no branch of the field expected a list
+    or the value is a mapping or a list already."""
+    if not any(e.type in _LIST_TYPES for e in group) or isinstance(value, (list, tuple, dict)):
+        return ""
+    takes_int = any(e.type == "int_type" for e in group)
+    field = next((p for p in group[0].path if isinstance(p, str)), "")
+    entries = f" ({_LIST_ENTRIES[field]})" if len(group[0].path) == 1 and field in _LIST_ENTRIES else ""
+    expected = "a number or a list" if takes_int else "a list"
+    if value is None and field == "deep_supervision" and len(group[0].path) == 1:  # the one list that may be empty
+        return f"; a list is expected: write [] for none{entries}"
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        if takes_int:  # a float where an int or a list is expected
+            return f"; write {int(value)} (an integer)" if float(value).is_integer() else ""
+        return f"; a list is expected: write [{short_repr(value)}] for a list of one{entries}"
+    if isinstance(value, str) and re.fullmatch(r"\s*-?\d{1,18}(\s*[,\s]\s*-?\d{1,18}){0,63}\s*", value):
+        numbers = [str(int(n)) for n in re.findall(r"-?\d+", value)]
+        if len(numbers) == 1 and takes_int:
+            return f"; write {numbers[0]} (a number, without quotes) or a list{entries}"
+        return f"; a list is expected, not a string: write [{', '.join(numbers)}]{entries}"
+    return f"; {expected} is expected{entries}" if entries else ""
 
 
 def _get(document: Any, path: KeyPath) -> Any:
@@ -199,6 +242,8 @@ def _describe(e: Mapping[str, Any], path: KeyPath) -> str:
         return f"{e['msg']}, got {short_repr(value)}{'; ' + hint if hint else ''}"
     if kind == "value_error":
         return str(e["msg"]).removeprefix("Value error, ")
+    if ", got " in e["msg"]:  # pydantic's message says what it got already
+        return f"{e['msg']}: {short_repr(value)}"
     return f"{e['msg']}{_GOT}"
 
 
