@@ -251,7 +251,7 @@ BAD: dict[str, tuple[Callable[[], Any], type[Exception], str]] = {
     "plan memory 50 digits": (
         lambda: memory.plan_training(CFG, "1" * 50, image_shape=(64, 64)),
         ValueError,
-        r"memory '1111.*is not a size",
+        r"memory '1111.* is longer than 40 characters, so it is not read",
     ),
     # the step estimates
     "estimate batch_size True": (

@@ -537,12 +537,17 @@ def parse_bytes(text: str | int) -> int:
     exactly (a decimal fraction is rounded down to whole bytes). Python, NumPy and torch ints are
     ints; a float, a bool or anything else is a `ValueError` naming it."""
     if isinstance(text, str):
-        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]{0,3})\s*", text) if len(text) <= _SIZE_TEXT else None
+        if len(text) > _SIZE_TEXT:
+            raise ValueError(
+                f"memory {short_repr(text)} is longer than {_SIZE_TEXT} characters, so it is not read; "
+                "write e.g. 8GiB, 512MiB, 16GB or 1000000"
+            )
+        m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]{0,3})\s*", text)
         if m is None or m.group(2).lower() not in _UNITS:
             raise ValueError(f"memory {short_repr(text)} is not a size; write e.g. 8GiB, 512MiB, 16GB or 1000000")
         value = int(Fraction(m.group(1)) * _UNITS[m.group(2).lower()])
     else:
-        value = as_count("memory", text, minimum=-(2**63))  # the type; the sign is checked below
+        value = as_count("memory", text, minimum=1)
     if value < 1:
         raise ValueError(f"memory {short_repr(text)} must be at least 1 byte; write e.g. 8GiB or 1000000")
     return value

@@ -169,22 +169,37 @@ def _list_hint(group: list[_Error], value: Any) -> str:
     or the value is a mapping or a list already."""
     if not any(e.type in _LIST_TYPES for e in group) or isinstance(value, (list, tuple, dict)):
         return ""
+    top = len(group[0].path) == 1
+    field = group[0].path[0] if top else ""
+    entries = f" ({_LIST_ENTRIES[field]})" if field in _LIST_ENTRIES else ""
     takes_int = any(e.type == "int_type" for e in group)
-    field = next((p for p in group[0].path if isinstance(p, str)), "")
-    entries = f" ({_LIST_ENTRIES[field]})" if len(group[0].path) == 1 and field in _LIST_ENTRIES else ""
-    expected = "a number or a list" if takes_int else "a list"
-    if value is None and field == "deep_supervision" and len(group[0].path) == 1:  # the one list that may be empty
+    if value is None and field == "deep_supervision":  # the one list that may be empty
         return f"; a list is expected: write [] for none{entries}"
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-        if takes_int:  # a float where an int or a list is expected
-            return f"; write {int(value)} (an integer)" if float(value).is_integer() else ""
-        return f"; a list is expected: write [{short_repr(value)}] for a list of one{entries}"
-    if isinstance(value, str) and re.fullmatch(r"\s*-?\d{1,18}(\s*[,\s]\s*-?\d{1,18}){0,63}\s*", value):
-        numbers = [str(int(n)) for n in re.findall(r"-?\d+", value)]
-        if len(numbers) == 1 and takes_int:
-            return f"; write {numbers[0]} (a number, without quotes) or a list{entries}"
+    numbers = _numbers(value)
+    if numbers is None:
+        return f"; {'a number or a list' if takes_int else 'a list'} is expected{entries}" if entries else ""
+    if takes_int and len(numbers) == 1:  # a float or a quoted number where an int (or a list) is expected
+        return _int_hint(value, numbers[0], entries)
+    if isinstance(value, str):
         return f"; a list is expected, not a string: write [{', '.join(numbers)}]{entries}"
-    return f"; {expected} is expected{entries}" if entries else ""
+    return f"; a list is expected: write [{numbers[0]}] for a list of one{entries}"
+
+
+def _numbers(value: Any) -> list[str] | None:
+    """The numbers a scalar holds as they would be written in a list: a finite number, or a
+    string of integers separated by commas or spaces; None for anything else."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return [short_repr(value)] if math.isfinite(value) else None
+    if isinstance(value, str) and re.fullmatch(r"\s*-?\d{1,18}(\s*[,\s]\s*-?\d{1,18}){0,63}\s*", value):
+        return [str(int(n)) for n in re.findall(r"-?\d+", value)]
+    return None
+
+
+def _int_hint(value: Any, number: str, entries: str) -> str:
+    """How to write `value` (a float or a quoted number) as the int the field takes."""
+    if isinstance(value, str):
+        return f"; write {number} (a number, without quotes) or a list{entries}"
+    return f"; write {int(value)} (an integer)" if float(value).is_integer() else ""
 
 
 def _get(document: Any, path: KeyPath) -> Any:
