@@ -476,6 +476,22 @@ BAD: dict[str, tuple[Callable[[], Any], type[Exception], str]] = {
         r"weights\[0\] holds the negative weight -1.0",
     ),
     "sampler augment not callable": (lambda: _sampler(augment=3), ValueError, r"augment=3 must be None or a function"),
+    "sampler empty target": (
+        lambda: _sampler(images=np.ones((0, 80)), targets=np.zeros((0, 80), int)),
+        ValueError,
+        r"targets\[0\] of shape \(0, 80\) must have 2 non-empty spatial axes",
+    ),
+    "sampler patch_size 10**400": (
+        lambda: _sampler(patch_size=(10**400 + 4, 64)),
+        ValueError,
+        r"patch_size=100000000000…000000000004 \(401 digits\)x64 need .* GiB, more than MAX_PATCH_BYTES",
+    ),
+    "plan batch 10**400": (
+        lambda: memory.plan_training(CFG, "1GiB", image_shape=(64, 64), batch_size=10**400),
+        ValueError,
+        r"batch 100000000000…000000000000 \(401 digits\): it needs",
+    ),
+    "border sigma 1e300": (lambda: training.border_weight_map(LABELS3, sigma=1e300), None, ""),
 }
 
 

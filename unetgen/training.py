@@ -21,9 +21,9 @@ from scipy import ndimage
 
 from .analysis import shapes
 from .analysis.arguments import as_count, as_flag, as_real
-from .config.diagnostics import short_repr
 from .config.io import ConfigSource, resolve_config
 from .config.unet_config import UNetConfig
+from .reprs import int_text, short_repr
 
 __all__ = [
     "PatchSampler",
@@ -239,7 +239,7 @@ def border_weight_map(
         n1, n2 = d1[window], d2[window]  # views: updated in place
         np.minimum(n2, np.where(dist < n1, n1, dist), out=n2)
         np.minimum(n1, dist, out=n1)
-    border = w0 * np.exp(-((d1 + d2) ** 2) / (2 * sigma**2))
+    border = w0 * np.exp(-((d1 + d2) ** 2) / (2 * sigma * sigma))  # sigma * sigma: inf, not OverflowError
     return (weights + np.where(a == 0, border, 0.0)).astype(np.float32)
 
 
@@ -357,11 +357,13 @@ class PatchSampler:
     def _check_bytes(self, n: int) -> None:
         """Refuse `n` samples above `MAX_PATCH_BYTES`, before anything is allocated."""
         if n * self.sample_bytes > MAX_PATCH_BYTES:
+            need = n * self.sample_bytes
+            size = f"{need / 2**30:,.1f}" if need.bit_length() <= 80 else int_text(need >> 30)
             raise ValueError(
-                f"{n:,} patch(es) of patch_size={'x'.join(map(str, self.patch_size))} need "
-                f"{n * self.sample_bytes / 2**30:,.1f} GiB, more than MAX_PATCH_BYTES "
-                f"({MAX_PATCH_BYTES / 2**30:g} GiB); use a smaller patch_size or batch (plan_training finds "
-                "the largest that fits a memory budget), or raise unetgen.training.MAX_PATCH_BYTES"
+                f"{n:,} patch(es) of patch_size={'x'.join(map(int_text, self.patch_size))} need "
+                f"{size} GiB, more than MAX_PATCH_BYTES ({MAX_PATCH_BYTES / 2**30:g} GiB); use a smaller patch_size "
+                "or batch (plan_training finds the largest that fits a memory budget), or raise "
+                "unetgen.training.MAX_PATCH_BYTES"
             )
 
     def _data(
@@ -380,6 +382,8 @@ class PatchSampler:
         checked: tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray | None]] = ([], [], [])
         for i, (img, tgt, w) in enumerate(zip(images, targets, weights, strict=True)):
             tgt = _class_target(tgt, f"targets[{i}]", config.out_channels)
+            if tgt.ndim != dims or 0 in tgt.shape:
+                raise ValueError(f"targets[{i}] of shape {tgt.shape} must have {dims} non-empty spatial axes")
             img = _real_image(img, f"images[{i}]")
             img = img[None] if img.ndim == dims else img
             if img.ndim != dims + 1 or img.shape[0] != config.in_channels or img.shape[1:] != tgt.shape:

@@ -554,8 +554,8 @@ def parse_bytes(text: str | int) -> int:
 
 
 def _gib(n: int) -> str:
-    """`n` bytes in GiB with two decimals, for any int (beyond float's range: whole GiB)."""
-    return f"{n / 2**30:.2f}" if n.bit_length() < 1000 else int_text(n >> 30)
+    """`n` bytes in GiB with two decimals, or whole GiB in bounded digits beyond 2**80 bytes."""
+    return f"{n / 2**30:.2f}" if n.bit_length() <= 80 else int_text(n >> 30)
 
 
 @dataclass(frozen=True)
@@ -581,7 +581,7 @@ class TrainingPlan:
 
         m = self.memory
         return (
-            f"patch {fmt(self.patch_input)} -> {fmt(self.patch_output)}, batch {self.batch_size}: "
+            f"patch {fmt(self.patch_input)} -> {fmt(self.patch_output)}, batch {int_text(self.batch_size)}: "
             f"{_gib(self.total_bytes)} GiB of {_gib(self.budget)} GiB (parameters {_gib(m.parameters)}, "
             f"gradients {_gib(m.gradients)}, optimizer {_gib(m.optimizer_state)}, "
             f"activations {_gib(m.activations)}, transient {_gib(m.transient)})"
@@ -705,7 +705,7 @@ def plan_training(
         need = estimate_training_memory(config, smallest, batch, optimizer=planner.optimizer, dtype=planner.dtype)
         raise ValueError(
             f"not even the smallest valid patch {'x'.join(map(str, smallest))} fits {_gib(budget)} GiB with "
-            f"batch {batch}: it needs {_gib(need.parameters + need.total)} GiB "
+            f"batch {int_text(batch)}: it needs {_gib(need.parameters + need.total)} GiB "
             f"(parameters {_gib(need.parameters)} GiB); give more memory or a smaller config"
         )
     if fixed is None and patch == planner.full and planner.fits(patch, batch + 1):
