@@ -594,16 +594,25 @@ MAX_BATCH = 4096
 
 def _last_true(lo: int, hi: int, ok: Callable[[int], bool]) -> int:
     """The largest n in [lo, hi] with ok(n), given ok(lo) and that ok is monotone (true, then
-    false): O(log(hi - lo)) calls, for any ints."""
+    false), for any ints: galloping up from `lo` (lo + 1, lo + 2, lo + 4, ...) to the first
+    failure, then bisecting the last doubling, so O(log(answer - lo)) calls, however far `hi` is."""
+    step = 1
     while lo < hi:
-        mid = (lo + hi + 1) // 2
-        lo, hi = (mid, hi) if ok(mid) else (lo, mid - 1)
+        probe = min(hi, lo + step)
+        if ok(probe):
+            lo, step = probe, step * 2
+            continue
+        hi = probe - 1
+        while lo < hi:  # bisect (lo, probe): ok(lo), not ok(probe)
+            mid = (lo + hi + 1) // 2
+            lo, hi = (mid, hi) if ok(mid) else (lo, mid - 1)
     return lo
 
 
-@dataclass(frozen=True)
+@dataclass
 class _Planner:
-    """The search of `plan_training`: estimates of candidate patches against the budget."""
+    """The search of `plan_training`: estimates of candidate patches against the budget (each
+    patch and batch estimated once)."""
 
     config: UNetConfig
     budget: int
@@ -611,14 +620,19 @@ class _Planner:
     dtype: torch.dtype
     smallest: tuple[int, ...]
     full: tuple[int, ...]
+    estimates: dict[tuple[tuple[int, ...], int], TrainingMemory] = field(default_factory=dict)
 
     def fits(self, patch: tuple[int, ...], batch: int) -> bool:
-        return self.cost(patch, batch) <= self.budget
+        m = self.estimate(patch, batch)
+        return m.parameters + m.total <= self.budget
 
-    def cost(self, patch: tuple[int, ...], batch: int) -> int:
-        """Parameters plus one training step of `batch` patches."""
-        m = estimate_training_memory(self.config, patch, batch, optimizer=self.optimizer, dtype=self.dtype)
-        return m.parameters + m.total
+    def estimate(self, patch: tuple[int, ...], batch: int) -> TrainingMemory:
+        """`estimate_training_memory` of `batch` patches, remembered."""
+        if (patch, batch) not in self.estimates:
+            self.estimates[patch, batch] = estimate_training_memory(
+                self.config, patch, batch, optimizer=self.optimizer, dtype=self.dtype
+            )
+        return self.estimates[patch, batch]
 
     def patch_for(self, length: int) -> tuple[int, ...]:
         """The smallest patch whose output is at least `length` on every axis, within [smallest, full]."""
@@ -639,15 +653,16 @@ class _Planner:
 
     def largest(self, batch: int) -> tuple[int, ...] | None:
         """The largest patch that fits with `batch` (None if not even the smallest does): first
-        the longest output length L whose patch (`patch_for`) fits, by bisection over L; then
-        every axis, the smallest output first (of equal ones the last axis first), grown to its
-        largest valid size that still fits, by bisection over its valid sizes
-        (`shapes.valid_input_sizes`). Memory grows with every axis, so no axis can then grow by
-        one valid step and still fit."""
+        the longest output length L (in steps of the largest output period) whose patch
+        (`patch_for`) fits, by galloping search (`_last_true`); then every axis, the smallest
+        output first (of equal ones the last axis first), grown to its largest valid size that
+        still fits, by galloping search over its valid sizes (`shapes.valid_input_sizes`). Memory
+        grows with every axis, so no axis can then grow by one valid step and still fit."""
         if not self.fits(self.smallest, batch):
             return None
-        top = max(shapes.output_shape(self.config, self.full))
-        patch = self.patch_for(_last_true(1, top, lambda n: self.fits(self.patch_for(n), batch)))
+        step = max(shapes.axis_rule(self.config, a).out_period for a in range(len(self.full)))
+        top = -(-max(shapes.output_shape(self.config, self.full)) // step)
+        patch = self.patch_for(step * _last_true(0, top, lambda k: self.fits(self.patch_for(step * k), batch)))
         out = shapes.output_shape(self.config, patch)
         for a in sorted(range(len(patch)), key=lambda a: (out[a], -a)):  # ties: the last axis first
             patch = self.grow(patch, a, batch)
@@ -702,7 +717,7 @@ def plan_training(
     if patch is None and fixed is None:
         batch, patch = 1, planner.largest(1)
     if patch is None:
-        need = estimate_training_memory(config, smallest, batch, optimizer=planner.optimizer, dtype=planner.dtype)
+        need = planner.estimate(smallest, batch)
         raise ValueError(
             f"not even the smallest valid patch {'x'.join(map(str, smallest))} fits {_gib(budget)} GiB with "
             f"batch {int_text(batch)}: it needs {_gib(need.parameters + need.total)} GiB "
@@ -710,5 +725,4 @@ def plan_training(
         )
     if fixed is None and patch == planner.full and planner.fits(patch, batch + 1):
         batch = _last_true(batch, MAX_BATCH, lambda n: planner.fits(patch, n))
-    mem = estimate_training_memory(config, patch, batch, optimizer=planner.optimizer, dtype=planner.dtype)
-    return TrainingPlan(image, patch, shapes.output_shape(config, patch), batch, mem, budget)
+    return TrainingPlan(image, patch, shapes.output_shape(config, patch), batch, planner.estimate(patch, batch), budget)
