@@ -683,12 +683,12 @@ def plan_training(
     (positive ints, one per spatial axis).
 
     The patch is searched between the smallest valid input (`shapes.min_input_shape`) and the
-    patch whose output covers the whole image, by bisection (`_Planner.largest`): O(axes *
+    patch whose output covers the whole image, by galloping search (`_Planner.largest`): O(axes *
     log(image size)) estimates (`estimate_training_memory`), well under a second for any image
     size. No axis of the answer can grow by one valid step (up to covering the image) and still
     fit. `batch_size=None` plans for a batch of 2 (nnU-Net's smallest; 1 if even the smallest
-    patch does not fit 2) and, when the whole image fits, raises the batch (by bisection, up to
-    `MAX_BATCH`) while it fits. Raises `ValueError` when not even the smallest valid patch fits,
+    patch does not fit 2) and, when the whole image fits, raises the batch (by the same search, up
+    to `MAX_BATCH`) while it fits. Raises `ValueError` when not even the smallest valid patch fits,
     naming what it needs, and for a bad argument (`InputShapeError` for `image_shape`)."""
     config = resolve_config(config)
     budget = parse_bytes(memory)
