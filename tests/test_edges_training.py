@@ -499,6 +499,17 @@ BAD: dict[str, tuple[Callable[[], Any], type[Exception], str]] = {
         r"batch 100000000000…000000000000 \(401 digits\): it needs",
     ),
     "border sigma 1e300": (lambda: training.border_weight_map(LABELS3, sigma=1e300), None, ""),
+    # the cost helpers' options
+    "budget str": (
+        lambda: costs.check_parameter_budget(CFG, "10"),
+        ValueError,
+        r"max_parameters='10' \(str\) must be an integer >= 0",
+    ),
+    "macs training str": (
+        lambda: costs.count_macs(CFG, (64, 64), training="yes"),
+        ValueError,
+        r"training='yes' \(str\) must be True or False",
+    ),
 }
 
 

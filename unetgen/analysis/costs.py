@@ -25,6 +25,7 @@ from collections.abc import Sequence
 
 from ..config.io import ConfigSource, resolve_config
 from . import shapes
+from .arguments import as_count, as_flag
 from .ops import INPUT, network_ops, op_shapes
 
 __all__ = ["DEFAULT_MAX_PARAMETERS", "ParameterBudgetError", "check_parameter_budget", "count_macs", "count_parameters"]
@@ -49,7 +50,7 @@ def count_macs(config: ConfigSource, input_shape: Sequence[int], *, training: bo
     batch size for a batch), as FlopCounterMode counts them (FLOPs / 2). `training` adds the
     deep-supervision heads, which run only in training mode. Raises `InputShapeError` for an
     invalid shape."""
-    config = resolve_config(config)
+    config, training = resolve_config(config), as_flag("training", training)
     shape = shapes.as_shape(config, input_shape)
     shapes.output_shape(config, shape)  # validates, with the helpful error
     out = op_shapes(config, shape)
@@ -66,6 +67,7 @@ def check_parameter_budget(config: ConfigSource, max_parameters: int | None = DE
     """The parameter count of `config`; raises `ParameterBudgetError` if it exceeds `max_parameters`
     (None: no limit)."""
     config = resolve_config(config)
+    max_parameters = None if max_parameters is None else as_count("max_parameters", max_parameters, minimum=0)
     count = count_parameters(config)
     if max_parameters is not None and count > max_parameters:
         raise ParameterBudgetError(
