@@ -97,6 +97,8 @@ def config_dicts(
     if draw(st.booleans()):
         axis_kernel = st.sampled_from([1, 3, 5])
         out["kernel_size"] = [draw(kernel | st.lists(axis_kernel, min_size=d, max_size=d)) for _ in range(depth + 1)]
+        if depth + 1 == d and len(set(map(str, out["kernel_size"]))) > 1:  # ints per level that read per axis too
+            out["kernel_size"] = [k if isinstance(k, list) else [k] * d for k in out["kernel_size"]]  # (refused)
     else:
         out["kernel_size"] = draw(kernel)
     out["decoder_kernel"] = draw(st.sampled_from(["same_level", "level_below"]))

@@ -256,7 +256,7 @@ def test_patches_have_valid_sizes_and_mirror_the_image(config: UNetConfig, data:
     image_shape = tuple(data.draw(st.integers(1, 50)) for _ in shape)
     rng = np.random.default_rng(0)
     image = rng.standard_normal((config.in_channels, *image_shape)).astype(np.float32)
-    labels = rng.integers(0, 3, image_shape)
+    labels = rng.integers(0, max(config.out_channels, 2), image_shape)  # class ids (issue 18: checked)
     sampler = PatchSampler(config, image, labels, labels * 2.0, patch_size=shape, seed=1)
     x, y, w = sampler.sample()
     assert tuple(x.shape) == (config.in_channels, *shape)
@@ -271,7 +271,7 @@ def test_patches_have_valid_sizes_and_mirror_the_image(config: UNetConfig, data:
 
 
 def test_patch_is_the_image_window_around_the_output() -> None:
-    config = UNetConfig(depth=2, base_channels=2)
+    config = UNetConfig(depth=2, base_channels=2, out_channels=100 * 120)  # every pixel's index is a class id
     patch = shapes.nearest_valid_input_size(config, 60)
     image = np.arange(100 * 120, dtype=np.float32).reshape(100, 120)
     labels = np.arange(100 * 120).reshape(100, 120)
@@ -291,7 +291,7 @@ def test_patch_is_the_image_window_around_the_output() -> None:
         ((np.zeros((10, 10)), np.zeros((10, 10), int)), {"patch_size": 61}, InputShapeError, "nearest valid"),
         ((np.zeros((10, 11)), np.zeros((10, 10), int)), {"patch_size": 60}, ValueError, "does not fit"),
         ((np.zeros((2, 10, 10)), np.zeros((10, 10), int)), {"patch_size": 60}, ValueError, "in_channels=1"),
-        ((np.zeros((10, 10)), np.zeros((10, 10)), None), {"patch_size": 60}, ValueError, "integer label image"),
+        ((np.zeros((10, 10)), np.zeros((10, 10)), None), {"patch_size": 60}, ValueError, "must hold class ids"),
         ((np.zeros((10, 10)), np.zeros((10, 10), int), np.zeros((9, 10))), {"patch_size": 60}, ValueError, "weights"),
         (([np.zeros((10, 10))], [np.zeros((10, 10), int)] * 2), {"patch_size": 60}, ValueError, "2 targets"),
         (

@@ -20,8 +20,10 @@ import torch.nn.functional as F
 from scipy import ndimage
 
 from .analysis import shapes
-from .config.diagnostics import short_repr
+from .analysis.arguments import as_count, as_flag, as_real
+from .config.io import ConfigSource, resolve_config
 from .config.unet_config import UNetConfig
+from .reprs import int_text, short_repr
 
 __all__ = [
     "PatchSampler",
@@ -46,21 +48,96 @@ ClassWeights = Literal["balanced"] | Mapping[int, float] | None
 
 
 # ---------------------------------------------------------------------------------------------
-# the weight map of the paper (eq. 2)
+# arrays and targets, checked
+
+
+MAX_PATCH_BYTES = 4 * 2**30
+"""Most bytes `PatchSampler` builds at once (a sample, or a `batch` of them: inputs, targets and
+weight maps); a larger `patch_size` or `batch` is refused before anything is allocated. Assign a
+larger value to raise it."""
+
+
+def _array(value: Any, name: str) -> np.ndarray:
+    """`value` (a NumPy array, a torch tensor or nested sequences) as a NumPy array of real numbers
+    or booleans, or `ValueError` naming it."""
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu()
+    try:
+        a = np.asarray(value)
+    except (ValueError, TypeError) as err:  # ragged nested lists
+        raise ValueError(f"{name} is not an array: {short_repr(str(err))}") from None
+    if a.dtype.kind not in "biuf":
+        hint = " (pass .real, abs() or np.angle())" if a.dtype.kind == "c" else ""
+        raise ValueError(f"{name} must hold real numbers, got dtype {a.dtype}{hint}")
+    return a
+
+
+def _real_image(value: Any, name: str) -> np.ndarray:
+    """`value` as a finite float32 array."""
+    a = _array(value, name).astype(np.float32, copy=False)
+    if not np.isfinite(a).all():
+        bad = int(a.size - np.isfinite(a).sum())
+        raise ValueError(
+            f"{name} holds {bad:,} NaN or infinite values (after conversion to float32); "
+            "replace them (np.nan_to_num) or leave those images out"
+        )
+    return a
 
 
 def _label_image(labels: Any, name: str = "labels") -> np.ndarray:
-    a = np.asarray(labels.cpu() if isinstance(labels, torch.Tensor) else labels)
-    if a.dtype == bool or not np.issubdtype(a.dtype, np.integer):
+    """An instance label image: integers, 0 = background, one positive id per object."""
+    a = _array(labels, name)
+    if a.dtype.kind in "bf":
+        if a.dtype.kind == "f" and a.size and np.isfinite(a).all() and (a == np.round(a)).all():
+            fix = f"its values are whole numbers: pass {name}.astype(np.int64)"
+        else:
+            fix = "for a binary mask, give each object its own id with scipy.ndimage.label(mask > 0)[0]"
         raise ValueError(
             f"{name} must be an integer label image (0 = background, one positive id per object), "
-            f"got dtype {a.dtype}; for a binary mask use scipy.ndimage.label(mask)[0]"
+            f"got dtype {a.dtype}; {fix}"
         )
     if not 1 <= a.ndim <= 3 or a.size == 0:
         raise ValueError(f"{name} must be a non-empty 1D, 2D or 3D label image, got shape {a.shape}")
     if a.min() < 0:
         raise ValueError(f"{name} holds negative ids (min {a.min()}); use 0 for background and positive ids")
     return a
+
+
+def _class_advice(name: str, found: int, classes: int, limit: int) -> str:
+    """Why `found` is not a class id below `limit`, and what to do."""
+    valid = f"one per output channel, out_channels={classes}" if limit == classes else "a one-channel output"
+    return (
+        f"{name} holds class id {found}, but class ids must be 0..{limit - 1} ({valid}). If it is an instance "
+        "label image (one id per object), train on its classes: labels > 0 (as int64) for foreground and "
+        "background, with border_weight_map(labels) as the weight map that keeps touching objects apart; "
+        f"otherwise give the model out_channels={found + 1}"
+    )
+
+
+def _class_target(target: Any, name: str, classes: int) -> np.ndarray:
+    """A target of class ids: integers (or booleans, read as 0 and 1) in 0..classes-1 (0..1 when
+    `classes` is 1: a binary target for a one-channel output)."""
+    a, limit = _array(target, name), max(classes, 2)
+    if a.dtype.kind == "b":
+        a = a.astype(np.uint8)
+    if a.dtype.kind == "f":
+        whole = a.size > 0 and bool(np.isfinite(a).all() and (a == np.round(a)).all())
+        fix = f"its values are whole numbers: pass {name}.astype(np.int64)" if whole else (
+            f"for a mask of probabilities pass ({name} > 0.5).astype(np.int64)"
+        )  # fmt: skip
+        raise ValueError(
+            f"{name} must hold class ids (integers 0..{limit - 1}), got dtype {a.dtype}; {fix}; "
+            "for an instance label image (one id per object) train on (labels > 0) with border_weight_map(labels)"
+        )
+    if a.size and a.min() < 0:
+        raise ValueError(f"{name} holds the negative class id {a.min()}; class ids are 0..{limit - 1}")
+    if a.size and a.max() >= limit:
+        raise ValueError(_class_advice(name, int(a.max()), classes, limit))
+    return a
+
+
+# ---------------------------------------------------------------------------------------------
+# the weight map of the paper (eq. 2)
 
 
 def class_weight_map(labels: Any, class_weights: ClassWeights = "balanced") -> np.ndarray:
@@ -79,9 +156,8 @@ def class_weight_map(labels: Any, class_weights: ClassWeights = "balanced") -> n
             w_bg = a.size / (present * n_bg) if n_bg else 0.0
             w_fg = a.size / (present * n_fg) if n_fg else 0.0
         case Mapping() if set(class_weights) == {0, 1}:
-            w_bg, w_fg = float(class_weights[0]), float(class_weights[1])
-            if not (math.isfinite(w_bg) and math.isfinite(w_fg) and w_bg >= 0 and w_fg >= 0):
-                raise ValueError(f"class_weights={short_repr(class_weights)} must be finite and >= 0")
+            w_bg = as_real("class_weights[0]", class_weights[0], minimum=0)
+            w_fg = as_real("class_weights[1]", class_weights[1], minimum=0)
         case _:
             raise ValueError(
                 f"class_weights={short_repr(class_weights)} must be 'balanced', None or a mapping "
@@ -102,6 +178,20 @@ def separate_touching(labels: Any) -> np.ndarray:
     highest = ndimage.maximum_filter(dense, footprint=footprint, mode="nearest")
     lowest = ndimage.minimum_filter(np.where(dense > 0, dense, len(ids) + 1), footprint=footprint, mode="nearest")
     return np.where((a > 0) & ((highest != dense) | (lowest != dense)), 0, a)
+
+
+def _sampling(sampling: Any, dims: int) -> tuple[float, ...]:
+    """`sampling` as one positive finite spacing per axis (None: 1; one number: every axis)."""
+    if sampling is None:
+        return (1.0,) * dims
+    if isinstance(sampling, (str, bytes)) or not hasattr(sampling, "__len__") or getattr(sampling, "ndim", 1) == 0:
+        return (as_real("sampling", sampling, positive=True),) * dims
+    if len(sampling) != dims:
+        raise ValueError(
+            f"sampling={short_repr(sampling)} has {len(sampling)} values but labels has {dims} axes; "
+            f"give one spacing per axis ({dims} numbers) or one number for every axis"
+        )
+    return tuple(as_real(f"sampling[{i}]", s, positive=True) for i, s in enumerate(sampling))
 
 
 def border_weight_map(
@@ -128,20 +218,15 @@ def border_weight_map(
     map to within `NEGLIGIBLE`.
     """
     a = _label_image(labels)
-    if not (w0 >= 0 and math.isfinite(w0)):
-        raise ValueError(f"w0={w0!r} must be a finite number >= 0")
-    if not (sigma > 0 and math.isfinite(sigma)):
-        raise ValueError(f"sigma={sigma!r} must be a finite number > 0")
-    step = (1.0,) * a.ndim if sampling is None else tuple(np.broadcast_to(np.asarray(sampling, float), (a.ndim,)))
-    if not all(s > 0 and math.isfinite(s) for s in step):
-        raise ValueError(f"sampling={short_repr(sampling)} must be positive finite spacings, one per axis")
+    w0, sigma = as_real("w0", w0, minimum=0), as_real("sigma", sigma, positive=True)
+    step = _sampling(sampling, a.ndim)
     weights = class_weight_map(a, class_weights)
     if w0 == 0 or a.max() == 0:
         return weights
     ids, dense = np.unique(a, return_inverse=True)  # dense ids 1..K (0 stays background)
     dense = dense.reshape(a.shape) + (0 if ids[0] == 0 else 1)
     reach = sigma * math.sqrt(2 * math.log(w0 / NEGLIGIBLE)) if w0 > NEGLIGIBLE else 0.0
-    margin = [math.ceil(reach / s) + 1 for s in step]
+    margin = [n if reach / s >= n else math.ceil(reach / s) + 1 for s, n in zip(step, a.shape, strict=True)]
     d1 = np.full(a.shape, np.inf)
     d2 = np.full(a.shape, np.inf)
     for k, box in enumerate(ndimage.find_objects(dense), start=1):
@@ -154,7 +239,7 @@ def border_weight_map(
         n1, n2 = d1[window], d2[window]  # views: updated in place
         np.minimum(n2, np.where(dist < n1, n1, dist), out=n2)
         np.minimum(n1, dist, out=n1)
-    border = w0 * np.exp(-((d1 + d2) ** 2) / (2 * sigma**2))
+    border = w0 * np.exp(-((d1 + d2) ** 2) / (2 * sigma * sigma))  # sigma * sigma: inf, not OverflowError
     return (weights + np.where(a == 0, border, 0.0)).astype(np.float32)
 
 
@@ -162,20 +247,32 @@ def border_weight_map(
 # targets on the output grid, patches
 
 
-def crop_target(target: Array, config: UNetConfig, input_shape: Sequence[int]) -> Array:
+def _is_array(value: Any, name: str) -> None:
+    """`value` is a NumPy array or a torch tensor (what the croppers index), or `ValueError`."""
+    if not isinstance(value, (np.ndarray, torch.Tensor)):
+        raise ValueError(
+            f"{name} must be a NumPy array or a torch tensor, got {type(value).__name__}; "
+            f"wrap it with np.asarray({name})"
+        )
+
+
+def crop_target(target: Array, config: ConfigSource, input_shape: Sequence[int]) -> Array:
     """`target` (a label image, weight map, or any array whose last `spatial_dims` axes are spatial)
     centre-cropped to the output of `input_shape`: for a target of the input's size, the pixels the
     network predicts (the output lies `shapes.halo` pixels inside the input on every side). A
     target of any other size is cropped around its centre; it must cover the output."""
-    out = shapes.output_shape(config, tuple(input_shape))
+    config = resolve_config(config)
+    shape = shapes.as_shape(config, input_shape, "input_shape")
+    out = shapes.output_shape(config, shape)
     shapes.halo(config)  # refuses networks whose output pixels do not map one to one to input pixels
+    _is_array(target, "target")
     dims = config.spatial_dims
     spatial = tuple(target.shape[-dims:]) if target.ndim >= dims else ()
     if len(spatial) != dims or any(s < o or (s - o) % 2 for s, o in zip(spatial, out, strict=True)):
         raise shapes.InputShapeError(
             f"target of shape {tuple(target.shape)} cannot be centre-cropped to the output {out} of input "
-            f"{tuple(input_shape)}: its last {dims} axes must be at least the output and differ from it by an "
-            f"even number (the input's own size {tuple(input_shape)} always works)"
+            f"{shape}: its last {dims} axes must be at least the output and differ from it by an "
+            f"even number (the input's own size {shape} always works)"
         )
     index = (..., *(slice((s - o) // 2, (s - o) // 2 + o) for s, o in zip(spatial, out, strict=True)))
     return target[index]
@@ -194,6 +291,19 @@ def _reflect(start: int, length: int, size: int) -> np.ndarray:
 Augment = Callable[[np.ndarray, np.ndarray, np.ndarray, np.random.Generator], tuple[np.ndarray, np.ndarray, np.ndarray]]
 
 
+def _as_list(value: Any, single: bool) -> list[Any]:
+    return [value] if single else list(value)
+
+
+def _patch_shape(config: UNetConfig, patch_size: Any) -> tuple[int, ...]:
+    """`patch_size` (one size for every axis, or one per axis) as a valid input shape."""
+    if not hasattr(patch_size, "__len__") or getattr(patch_size, "ndim", 1) == 0:
+        patch_size = (patch_size,) * config.spatial_dims
+    size = shapes.as_shape(config, patch_size, "patch_size")
+    shapes.output_shape(config, size)  # raises InputShapeError with the nearest valid sizes
+    return size
+
+
 class PatchSampler:
     """Random training patches from whole images, the way the paper trains a valid-padding U-Net.
 
@@ -205,15 +315,21 @@ class PatchSampler:
     (`target_size="input"`, the mirrored labels of the whole input, for
     `deep_supervision_loss` with valid padding, whose auxiliary heads see beyond the output).
 
-    `patch_size` must be a valid input size (`shapes.nearest_valid_input_size` finds one;
-    `plan_training` picks the largest that fits a memory budget). `augment(image, target,
-    weights, rng)` runs on the input-sized patch before cropping, e.g. `elastic_deform`.
-    Iterate for endless samples, or call `batch(n)` for stacked ``(n, ...)`` tensors.
+    `config` is anything `build_unet` takes. Images are ``(in_channels, *spatial)`` (or
+    ``(*spatial)`` with one channel) of finite real values; targets ``(*spatial)`` class ids,
+    integers 0..out_channels-1 (booleans are 0 and 1; with one output channel 0 and 1); weight maps
+    finite and >= 0. `patch_size` must be a valid input size (an int for every axis, or one per
+    axis; `shapes.nearest_valid_input_size` finds one; `plan_training` picks the largest that fits
+    a memory budget), and a sample at most `MAX_PATCH_BYTES`. `augment(image, target, weights,
+    rng)` runs on the input-sized patch before cropping, e.g. `elastic_deform`, and returns the
+    three arrays in the same shapes. `seed` is None or an int >= 0. Iterate for endless samples,
+    or call `batch(n)` for stacked ``(n, ...)`` tensors. Every argument is checked: a
+    `ValueError` (`InputShapeError` for sizes) names it.
     """
 
     def __init__(
         self,
-        config: UNetConfig,
+        config: ConfigSource,
         images: Any,
         targets: Any,
         weights: Any = None,
@@ -223,44 +339,67 @@ class PatchSampler:
         augment: Augment | None = None,
         seed: int | None = None,
     ) -> None:
-        dims = config.spatial_dims
+        config = resolve_config(config)
+        size = _patch_shape(config, patch_size)
+        if not isinstance(target_size, str) or target_size not in ("output", "input"):
+            raise ValueError(f"target_size={short_repr(target_size)} must be 'output' or 'input'")
+        if augment is not None and not callable(augment):
+            raise ValueError(f"augment={short_repr(augment)} must be None or a function (image, target, weights, rng)")
+        self.config, self.patch_size, self.target_size = config, size, target_size
+        self.output_size = shapes.output_shape(config, size)
+        self.halo = shapes.halo(config)
+        self.sample_bytes = math.prod(size) * (4 * config.in_channels + 8 + 4)  # input, int64 target, weights
+        self._check_bytes(1)
+        self.images, self.targets, self.weights = self._data(images, targets, weights)
+        self.augment = augment
+        self.rng = np.random.default_rng(None if seed is None else as_count("seed", seed, minimum=0))
+
+    def _check_bytes(self, n: int) -> None:
+        """Refuse `n` samples above `MAX_PATCH_BYTES`, before anything is allocated."""
+        if n * self.sample_bytes > MAX_PATCH_BYTES:
+            need = n * self.sample_bytes
+            size = f"{need / 2**30:,.1f}" if need.bit_length() <= 80 else int_text(need >> 30)
+            raise ValueError(
+                f"{n:,} patch(es) of patch_size={'x'.join(map(int_text, self.patch_size))} need "
+                f"{size} GiB, more than MAX_PATCH_BYTES ({MAX_PATCH_BYTES / 2**30:g} GiB); use a smaller patch_size "
+                "or batch (plan_training finds the largest that fits a memory budget), or raise "
+                "unetgen.training.MAX_PATCH_BYTES"
+            )
+
+    def _data(
+        self, images: Any, targets: Any, weights: Any
+    ) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray | None]]:
+        """The images, targets and weight maps as checked arrays, one of each per image."""
         single = not isinstance(targets, (list, tuple))
-        images = [images] if single else list(images)
-        targets = [targets] if single else list(targets)
-        weights = [None] * len(targets) if weights is None else [weights] if single else list(weights)
+        images, targets = _as_list(images, single), _as_list(targets, single)
+        weights = [None] * len(targets) if weights is None else _as_list(weights, single)
         if not (len(images) == len(targets) == len(weights)) or not targets:
             raise ValueError(
                 f"got {len(images)} images, {len(targets)} targets and {len(weights)} weight maps; "
                 "give one target (and optionally one weight map) per image"
             )
-        self.images: list[np.ndarray] = []
-        self.targets: list[np.ndarray] = []
-        self.weights: list[np.ndarray | None] = []
+        dims, config = len(self.patch_size), self.config
+        checked: tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray | None]] = ([], [], [])
         for i, (img, tgt, w) in enumerate(zip(images, targets, weights, strict=True)):
-            img = np.asarray(img.cpu() if isinstance(img, torch.Tensor) else img, dtype=np.float32)
+            tgt = _class_target(tgt, f"targets[{i}]", config.out_channels)
+            if tgt.ndim != dims or 0 in tgt.shape:
+                raise ValueError(f"targets[{i}] of shape {tgt.shape} must have {dims} non-empty spatial axes")
+            img = _real_image(img, f"images[{i}]")
             img = img[None] if img.ndim == dims else img
-            tgt = np.asarray(tgt.cpu() if isinstance(tgt, torch.Tensor) else tgt)
-            tgt = _label_image(tgt.astype(np.uint8) if tgt.dtype == bool else tgt, f"targets[{i}]")
             if img.ndim != dims + 1 or img.shape[0] != config.in_channels or img.shape[1:] != tgt.shape:
                 raise ValueError(
                     f"images[{i}] of shape {img.shape} does not fit targets[{i}] of shape {tgt.shape}: need "
                     f"(in_channels={config.in_channels}, *spatial) with the target's spatial shape, {dims} axes"
                 )
             if w is not None:
-                w = np.asarray(w.cpu() if isinstance(w, torch.Tensor) else w, dtype=np.float32)
+                w = _real_image(w, f"weights[{i}]")
                 if w.shape != tgt.shape:
                     raise ValueError(f"weights[{i}] of shape {w.shape} differs from targets[{i}] {tgt.shape}")
-            self.images.append(img)
-            self.targets.append(tgt)
-            self.weights.append(w)
-        size = (patch_size,) * dims if isinstance(patch_size, int) else tuple(patch_size)
-        self.output_size = shapes.output_shape(config, size)  # raises InputShapeError with the nearest valid sizes
-        if target_size not in ("output", "input"):
-            raise ValueError(f"target_size={target_size!r} must be 'output' or 'input'")
-        self.config, self.patch_size, self.target_size = config, size, target_size
-        self.halo = shapes.halo(config)
-        self.augment = augment
-        self.rng = np.random.default_rng(seed)
+                if w.size and w.min() < 0:
+                    raise ValueError(f"weights[{i}] holds the negative weight {w.min()}; weights must be >= 0")
+            for kept, value in zip(checked, (img, tgt, w), strict=True):
+                kept.append(value)
+        return checked
 
     def sample(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One ``(input, target, weights)`` patch."""
@@ -275,22 +414,44 @@ class PatchSampler:
         x, y = img[(slice(None), *grid)], tgt[grid]
         wx = w[grid] if w is not None else np.ones(y.shape, np.float32)
         if self.augment is not None:
-            x, y, wx = self.augment(x, y, wx, self.rng)
+            x, y, wx = self._augmented(x, y, wx)
         if self.target_size == "output":
             y, wx = crop_target(y, self.config, self.patch_size), crop_target(wx, self.config, self.patch_size)
         as_t = torch.from_numpy
         return as_t(np.ascontiguousarray(x, np.float32)), as_t(y.astype(np.int64)), as_t(np.ascontiguousarray(wx))
 
+    def _augmented(self, x: np.ndarray, y: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """`augment` applied, its result checked: the three arrays in their shapes."""
+        assert self.augment is not None
+        out = self.augment(x, y, w, self.rng)
+        shapes_ = tuple(getattr(a, "shape", None) for a in out) if isinstance(out, tuple) and len(out) == 3 else None
+        if shapes_ != (x.shape, y.shape, w.shape):
+            raise ValueError(
+                f"augment returned {short_repr(shapes_ or type(out).__name__)}; it must return (image, target, "
+                f"weights) as arrays of shapes {x.shape}, {y.shape} and {w.shape}, as it was given them"
+            )
+        return out
+
     def batch(self, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """`n` patches stacked: ``(n, C, *patch_size)``, ``(n, *target)``, ``(n, *target)``."""
-        if not isinstance(n, int) or n < 1:
-            raise ValueError(f"n={n!r} must be a positive int")
+        n = as_count("n", n)
+        self._check_bytes(n)
         xs, ys, ws = zip(*(self.sample() for _ in range(n)), strict=True)
         return torch.stack(xs), torch.stack(ys), torch.stack(ws)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         while True:
             yield self.sample()
+
+
+def _grid_limit(pixels: int, dims: int) -> int:
+    """The largest p with p**dims <= pixels (at least 1)."""
+    p = max(1, round(pixels ** (1 / dims)))
+    while p**dims > pixels and p > 1:
+        p -= 1
+    while (p + 1) ** dims <= pixels:
+        p += 1
+    return p
 
 
 def elastic_deform(
@@ -306,8 +467,21 @@ def elastic_deform(
     drawn from a Gaussian with `sigma` pixels standard deviation, interpolated to every pixel with
     cubic B-splines (bicubic); the image is resampled with cubic, the label image with nearest
     (order 0) and the weight map with linear interpolation, all with the same displacement and
-    mirrored borders. `image` is (C, *spatial), `target` and `weights` (*spatial)."""
+    mirrored borders. `image` is (C, *spatial), `target` and `weights` (*spatial), 1D to 3D;
+    `rng` a `numpy.random.Generator`; `sigma` a finite number >= 0; `points` an int >= 1 whose
+    grid (``points**dims``) has at most as many points as the image has pixels. A bad argument is
+    a `ValueError` naming it."""
+    image, target, weights = _array(image, "image"), _array(target, "target"), _array(weights, "weights")
     spatial = target.shape
+    if not 1 <= target.ndim <= 3 or target.size == 0 or image.shape[1:] != spatial or weights.shape != spatial:
+        raise ValueError(
+            f"image {image.shape}, target {spatial} and weights {weights.shape} do not fit: need image "
+            "(C, *spatial) and target and weights (*spatial), 1 to 3 non-empty spatial axes"
+        )
+    if not isinstance(rng, np.random.Generator):
+        raise ValueError(f"rng={short_repr(rng)} must be a numpy.random.Generator, e.g. np.random.default_rng(0)")
+    sigma = as_real("sigma", sigma, minimum=0)
+    points = as_count("points", points, minimum=1, maximum=_grid_limit(target.size, target.ndim))
     coarse = rng.normal(0.0, sigma, size=(len(spatial), *(points,) * len(spatial)))
     at = np.meshgrid(*(np.linspace(0, points - 1, n) for n in spatial), indexing="ij")
     shift = [ndimage.map_coordinates(c, at, order=3, mode="nearest") for c in coarse]
@@ -325,14 +499,41 @@ def elastic_deform(
 # losses
 
 
-def _check_pair(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None) -> None:
+def _check_pair(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+    """Check a loss's arguments: logits (N, classes, *S) floating point, target (N, *S) class ids
+    0..classes-1 (integers or booleans), weight (N, *S) finite and >= 0. The target as int64."""
+    for name, t in (("logits", logits), ("target", target), ("weight", weight)):
+        if t is not None and not isinstance(t, torch.Tensor):
+            raise ValueError(f"{name} must be a torch tensor, got {type(t).__name__}; convert it with torch.as_tensor")
+    if not logits.is_floating_point():
+        raise ValueError(f"logits must be floating point (the model's output), got dtype {logits.dtype}")
     if logits.dim() < 3 or tuple(target.shape) != (logits.shape[0], *logits.shape[2:]):
         raise ValueError(
             f"logits of shape {tuple(logits.shape)} and target of shape {tuple(target.shape)} do not match: "
             "need logits (N, classes, *spatial) and target (N, *spatial); crop the target with crop_target"
         )
-    if weight is not None and weight.shape != target.shape:
-        raise ValueError(f"weight of shape {tuple(weight.shape)} differs from target of shape {tuple(target.shape)}")
+    if target.is_floating_point() or target.is_complex():
+        raise ValueError(
+            f"target must hold class ids (an integer or bool tensor), got dtype {target.dtype}; if its values "
+            "are whole class ids pass target.long(), for probabilities (target > 0.5).long()"
+        )
+    target, classes = target.long(), logits.shape[1]
+    if target.numel():
+        low, high = (int(v) for v in torch.aminmax(target))
+        if low < 0:
+            raise ValueError(f"target holds the negative class id {low}; class ids are 0..{classes - 1}")
+        if high >= classes:
+            raise ValueError(_class_advice("target", high, classes, classes))
+    if weight is not None:
+        if weight.shape != target.shape:
+            raise ValueError(
+                f"weight of shape {tuple(weight.shape)} differs from target of shape {tuple(target.shape)}"
+            )
+        if weight.is_complex() or bool((~torch.isfinite(weight) | (weight < 0)).any()):
+            raise ValueError(
+                "weight must hold finite real numbers >= 0 (it holds NaN, infinite, negative or complex ones)"
+            )
+    return target
 
 
 def weighted_cross_entropy(
@@ -340,8 +541,8 @@ def weighted_cross_entropy(
 ) -> torch.Tensor:
     """The paper's energy: pixel-wise softmax cross-entropy, each pixel weighted by `weight` (e.g.
     `border_weight_map`), averaged over pixels. logits (N, classes, *S), target (N, *S) class ids."""
-    _check_pair(logits, target, weight)
-    ce = F.cross_entropy(logits, target.long(), reduction="none")  # (N, *S)
+    target = _check_pair(logits, target, weight)
+    ce = F.cross_entropy(logits, target, reduction="none")  # (N, *S)
     return (ce * weight).mean() if weight is not None else ce.mean()
 
 
@@ -355,11 +556,13 @@ def soft_dice_loss(
 ) -> torch.Tensor:
     """1 - soft Dice of the softmax probabilities against the one-hot target, per class over the
     whole batch (nnU-Net's batch Dice), averaged over the classes (without class 0 unless
-    `include_background`). `weight` (N, *S), if given, weighs each pixel's contribution."""
-    _check_pair(logits, target, weight)
+    `include_background`). `weight` (N, *S), if given, weighs each pixel's contribution; `smooth`
+    (a finite number >= 0) is added to the numerator and denominator of every class's Dice."""
+    target = _check_pair(logits, target, weight)
+    smooth, include_background = as_real("smooth", smooth, minimum=0), as_flag("include_background", include_background)
     classes = logits.shape[1]
     probs = logits.softmax(1)
-    onehot = F.one_hot(target.long(), classes).movedim(-1, 1).to(probs.dtype)
+    onehot = F.one_hot(target, classes).movedim(-1, 1).to(probs.dtype)
     if weight is not None:
         w = weight.unsqueeze(1).to(probs.dtype)
         probs, onehot_w = probs * w, onehot * w
@@ -373,14 +576,15 @@ def soft_dice_loss(
     return 1 - dice[first:].mean()
 
 
-def head_weights(config: UNetConfig) -> list[float]:
+def head_weights(config: ConfigSource) -> list[float]:
     """The loss weight of each head in `forward`'s order (main, then auxiliary levels ascending):
     halved per level below full resolution and normalised to sum to 1, as nnU-Net weighs them."""
+    config = resolve_config(config)
     raw = [0.5**level for level in (0, *sorted(config.deep_supervision))]
     return [w / sum(raw) for w in raw]
 
 
-def deep_supervision_targets(target: Array, config: UNetConfig, input_shape: Sequence[int]) -> list[Array]:
+def deep_supervision_targets(target: Array, config: ConfigSource, input_shape: Sequence[int]) -> list[Array]:
     """`target` brought to the grid of every head of the model, in `forward`'s order.
 
     `target` (*, *S) is centred on the input of spatial shape `input_shape` (its own size, or any
@@ -390,7 +594,9 @@ def deep_supervision_targets(target: Array, config: UNetConfig, input_shape: Seq
     ``prod(strides[:l])`` pixels at full resolution, centred on the input like every map of the
     network: the target is centre-cropped to those blocks and down-sampled by nearest neighbour
     (the middle pixel of each block). The main head gets `crop_target`."""
+    config = resolve_config(config)
     dims = config.spatial_dims
+    input_shape = shapes.as_shape(config, input_shape, "input_shape")
     out = [crop_target(target, config, input_shape)]
     spatial = tuple(target.shape[-dims:])
     for level, shape in zip(sorted(config.deep_supervision), shapes.aux_shapes(config, input_shape), strict=True):
@@ -400,7 +606,7 @@ def deep_supervision_targets(target: Array, config: UNetConfig, input_shape: Seq
             raise shapes.InputShapeError(
                 f"target of spatial shape {spatial} does not cover the auxiliary head of level {level} "
                 f"({'x'.join(map(str, shape))} pixels of {'x'.join(map(str, step))} each = {tuple(span)} at full "
-                f"resolution); pass the target at the input size {tuple(input_shape)}"
+                f"resolution); pass the target at the input size {input_shape}"
             )
         index = (
             ...,
@@ -410,13 +616,21 @@ def deep_supervision_targets(target: Array, config: UNetConfig, input_shape: Seq
     return out
 
 
+def _level_weights(value: Any) -> list[float]:
+    """`level_weights` as finite numbers >= 0."""
+    value = value.tolist() if isinstance(value, torch.Tensor) else value
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence | np.ndarray | torch.Tensor):
+        raise ValueError(f"level_weights={short_repr(value)} must be a sequence of numbers, one per head")
+    return [as_real(f"level_weights[{i}]", v, minimum=0) for i, v in enumerate(value)]
+
+
 Loss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
 
 
 def deep_supervision_loss(
     outputs: torch.Tensor | Sequence[torch.Tensor],
     target: torch.Tensor,
-    config: UNetConfig,
+    config: ConfigSource,
     input_shape: Sequence[int],
     *,
     weight: torch.Tensor | None = None,
@@ -426,11 +640,21 @@ def deep_supervision_loss(
     """The loss of every head of a model in training mode, weighted by `head_weights` (or
     `level_weights`): ``sum_h level_weight[h] * loss(outputs[h], target_h, weight_h)``, the target
     and `weight` (N, *S), centred on the input, brought to each head with `deep_supervision_targets`.
-    A single tensor (a model without deep supervision, or in eval mode) gets the main head's loss."""
-    outs = [outputs] if isinstance(outputs, torch.Tensor) else list(outputs)
+    A single tensor (a model without deep supervision, or in eval mode) gets the main head's loss.
+    `level_weights` are finite numbers >= 0, one per head; `loss` is called as
+    ``loss(logits, target, weight)``."""
+    config = resolve_config(config)
+    outs = [outputs] if isinstance(outputs, torch.Tensor) else outputs
+    if not isinstance(outs, (list, tuple)) or not outs or not all(isinstance(o, torch.Tensor) for o in outs):
+        raise ValueError(
+            f"outputs={short_repr(outputs)} must be the model's output: a tensor, or in training mode with "
+            "deep supervision a list of tensors (main head first)"
+        )
+    if not callable(loss):
+        raise ValueError(f"loss={short_repr(loss)} must be a function (logits, target, weight) -> tensor")
     heads = deep_supervision_targets(target, config, input_shape)
     w_heads = deep_supervision_targets(weight, config, input_shape) if weight is not None else [None] * len(heads)
-    factors = list(level_weights) if level_weights is not None else head_weights(config)
+    factors = head_weights(config) if level_weights is None else _level_weights(level_weights)
     if len(outs) == 1:
         heads, w_heads, factors = heads[:1], w_heads[:1], [1.0]
     if not len(outs) == len(heads) == len(factors):

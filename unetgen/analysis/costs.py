@@ -23,8 +23,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ..config.unet_config import UNetConfig
+from ..config.io import ConfigSource, resolve_config
 from . import shapes
+from .arguments import as_count, as_flag
 from .ops import INPUT, network_ops, op_shapes
 
 __all__ = ["DEFAULT_MAX_PARAMETERS", "ParameterBudgetError", "check_parameter_budget", "count_macs", "count_parameters"]
@@ -38,16 +39,18 @@ class ParameterBudgetError(ValueError):
     """A config with more parameters than the caller allowed."""
 
 
-def count_parameters(config: UNetConfig) -> int:
+def count_parameters(config: ConfigSource) -> int:
     """The number of learnable parameters of the model `config` describes: the sum over its ops."""
+    config = resolve_config(config)
     return sum(op.parameters for op in network_ops(config))
 
 
-def count_macs(config: UNetConfig, input_shape: Sequence[int], *, training: bool = False) -> int:
+def count_macs(config: ConfigSource, input_shape: Sequence[int], *, training: bool = False) -> int:
     """Multiply-adds of all convolutions for one sample of spatial `input_shape` (multiply by the
     batch size for a batch), as FlopCounterMode counts them (FLOPs / 2). `training` adds the
     deep-supervision heads, which run only in training mode. Raises `InputShapeError` for an
     invalid shape."""
+    config, training = resolve_config(config), as_flag("training", training)
     shape = shapes.as_shape(config, input_shape)
     shapes.output_shape(config, shape)  # validates, with the helpful error
     out = op_shapes(config, shape)
@@ -60,9 +63,11 @@ def count_macs(config: UNetConfig, input_shape: Sequence[int], *, training: bool
     return total
 
 
-def check_parameter_budget(config: UNetConfig, max_parameters: int | None = DEFAULT_MAX_PARAMETERS) -> int:
+def check_parameter_budget(config: ConfigSource, max_parameters: int | None = DEFAULT_MAX_PARAMETERS) -> int:
     """The parameter count of `config`; raises `ParameterBudgetError` if it exceeds `max_parameters`
     (None: no limit)."""
+    config = resolve_config(config)
+    max_parameters = None if max_parameters is None else as_count("max_parameters", max_parameters, minimum=0)
     count = count_parameters(config)
     if max_parameters is not None and count > max_parameters:
         raise ParameterBudgetError(

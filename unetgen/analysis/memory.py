@@ -38,17 +38,20 @@ from __future__ import annotations
 
 import itertools
 import math
-import operator
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Literal
 
 import torch
 
+from ..config.io import ConfigSource, resolve_config
 from ..config.options import ELU, GELU, InstanceNorm, LeakyReLU, PReLU, ReLU, SiLU
 from ..config.unet_config import UNetConfig
+from ..reprs import int_text, short_repr
 from . import costs, shapes
+from .arguments import as_count, as_flag, as_float_dtype
 from .ops import (
     INPUT,
     Act,
@@ -341,12 +344,13 @@ class _Walk:
 
 def _input_shape(config: UNetConfig, input_shape: Sequence[int]) -> tuple[int, ...]:
     """`input_shape` as ints, checked (`InputShapeError`, naming the nearest valid sizes)."""
-    shapes.output_shape(config, input_shape)
-    return tuple(operator.index(s) for s in input_shape)
+    shape = shapes.as_shape(config, input_shape)
+    shapes.output_shape(config, shape)
+    return shape
 
 
 def saved_activations(
-    config: UNetConfig,
+    config: ConfigSource,
     input_shape: Sequence[int],
     batch_size: int = 1,
     *,
@@ -358,7 +362,9 @@ def saved_activations(
     `loss`, also those of a cross-entropy loss on every head. With checkpointing, the inputs of
     every segment (layers named ``*.checkpoint``) come first in each segment; the segments' own
     entries are then recomputed in the backward pass rather than kept."""
-    return _walk(config, input_shape, batch_size, dtype, loss)[0].saved
+    config = resolve_config(config)
+    batch_size, dtype = as_count("batch_size", batch_size), as_float_dtype("dtype", dtype)
+    return _walk(config, input_shape, batch_size, dtype, as_flag("loss", loss))[0].saved
 
 
 def _walk(
@@ -366,7 +372,7 @@ def _walk(
 ) -> tuple[_Walk, list[int]]:
     """The walk, and the keys of the tensors each checkpoint segment receives or returns."""
     w = _Walk(config, batch, dtype.itemsize)
-    w.run(_input_shape(config, tuple(input_shape)))
+    w.run(_input_shape(config, input_shape))
     if loss:
         w.loss()
     return w, w.held + [k for _, k in w.outputs]
@@ -395,7 +401,7 @@ class TrainingMemory:
 
 
 def estimate_training_memory(
-    config: UNetConfig,
+    config: ConfigSource,
     input_shape: Sequence[int],
     batch_size: int = 1,
     *,
@@ -407,11 +413,10 @@ def estimate_training_memory(
     gradients, optimizer state, the activations autograd saves (`saved_activations`, each storage
     once) and the largest transient. `.total` is the sum; pure arithmetic, nothing is allocated.
     Raises `InputShapeError` for an invalid input shape."""
-    if optimizer not in OPTIMIZER_STATE:
-        raise ValueError(f"optimizer={optimizer!r} must be one of {', '.join(OPTIMIZER_STATE)}")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size={batch_size!r} must be a positive int")
-    w, held = _walk(config, tuple(input_shape), batch_size, dtype, loss=True)
+    config = resolve_config(config)
+    optimizer = _optimizer(optimizer)
+    batch_size, dtype = as_count("batch_size", batch_size), as_float_dtype("dtype", dtype)
+    w, held = _walk(config, input_shape, batch_size, dtype, loss=True)
     item = dtype.itemsize
     first = _first_saves(w)
     kept = _kept(w, held, first)
@@ -432,6 +437,13 @@ def estimate_training_memory(
         activations=activations,
         transient=peak - activations,
     )
+
+
+def _optimizer(optimizer: object) -> Optimizer:
+    """`optimizer` checked: one of `OPTIMIZER_STATE`'s names."""
+    if not isinstance(optimizer, str) or optimizer not in OPTIMIZER_STATE:
+        raise ValueError(f"optimizer={short_repr(optimizer)} must be one of {', '.join(OPTIMIZER_STATE)}")
+    return optimizer  # type: ignore[return-value]
 
 
 def _first_saves(w: _Walk) -> dict[int, int]:
@@ -488,7 +500,7 @@ def _backward_peak(w: _Walk, kept: dict[int, int], size: dict[int, int], first: 
 
 
 def estimate_tile_memory(
-    config: UNetConfig, tile_input: Sequence[int], batch_size: int = 1, dtype: torch.dtype = torch.float32
+    config: ConfigSource, tile_input: Sequence[int], batch_size: int = 1, dtype: torch.dtype = torch.float32
 ) -> int:
     """Estimated peak activation bytes of one forward pass in inference mode over `batch_size`
     tiles: the input tile, every skip map (all are held until the pass ends) and the largest step
@@ -496,7 +508,9 @@ def estimate_tile_memory(
     (CPU convolutions copy their input into a blocked layout) plus its output. On CPU the measured
     peak of the paper's network is within 10% of this (see docs/tiling.md); fixed costs (weights,
     libraries) are not included. Raises `InputShapeError` for an invalid tile."""
-    shape = _input_shape(config, tuple(tile_input))
+    config = resolve_config(config)
+    shape = _input_shape(config, tile_input)
+    batch_size, dtype = as_count("batch_size", batch_size), as_float_dtype("dtype", dtype)
     ops, out = network_ops(config), op_shapes(config, shape)
 
     def numel(i: int) -> int:
@@ -514,20 +528,34 @@ def estimate_tile_memory(
 
 _UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9,
           "t": 10**12, "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}  # fmt: skip
+_SIZE_TEXT = 40
+"""Longest memory string `parse_bytes` reads (a longer one is refused, never cut)."""
 
 
 def parse_bytes(text: str | int) -> int:
-    """``"8GiB"``, ``"512 MB"``, ``"1.5G"`` or a plain int as bytes (GiB = 2**30, GB = 10**9)."""
-    if isinstance(text, int) and not isinstance(text, bool):
-        value = text
-    else:
-        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]{0,3})\s*", str(text)[:40])
+    """``"8GiB"``, ``"512 MB"``, ``"1.5G"`` or a plain int as bytes (GiB = 2**30, GB = 10**9),
+    exactly (a decimal fraction is rounded down to whole bytes). Python, NumPy and torch ints are
+    ints; a float, a bool or anything else is a `ValueError` naming it."""
+    if isinstance(text, str):
+        if len(text) > _SIZE_TEXT:
+            raise ValueError(
+                f"memory {short_repr(text)} is longer than {_SIZE_TEXT} characters, so it is not read; "
+                "write e.g. 8GiB, 512MiB, 16GB or 1000000"
+            )
+        m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]{0,3})\s*", text)
         if m is None or m.group(2).lower() not in _UNITS:
-            raise ValueError(f"memory {str(text)[:40]!r} is not a size; write e.g. 8GiB, 512MiB, 16GB or 1000000")
-        value = int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+            raise ValueError(f"memory {short_repr(text)} is not a size; write e.g. 8GiB, 512MiB, 16GB or 1000000")
+        value = int(Fraction(m.group(1)) * _UNITS[m.group(2).lower()])
+    else:
+        value = as_count("memory", text, minimum=1)
     if value < 1:
-        raise ValueError(f"memory {text!r} must be positive")
+        raise ValueError(f"memory {short_repr(text)} must be at least 1 byte; write e.g. 8GiB or 1000000")
     return value
+
+
+def _gib(n: int) -> str:
+    """`n` bytes in GiB with two decimals, or whole GiB in bounded digits beyond 2**80 bytes."""
+    return f"{n / 2**30:.2f}" if n.bit_length() <= 80 else int_text(n >> 30)
 
 
 @dataclass(frozen=True)
@@ -549,19 +577,100 @@ class TrainingPlan:
 
     def summary(self) -> str:
         def fmt(shape: Sequence[int]) -> str:
-            return "x".join(map(str, shape))
+            return "x".join(map(int_text, shape))
 
-        m, gib = self.memory, 2**30
+        m = self.memory
         return (
-            f"patch {fmt(self.patch_input)} -> {fmt(self.patch_output)}, batch {self.batch_size}: "
-            f"{self.total_bytes / gib:.2f} GiB of {self.budget / gib:.2f} GiB (parameters {m.parameters / gib:.2f}, "
-            f"gradients {m.gradients / gib:.2f}, optimizer {m.optimizer_state / gib:.2f}, "
-            f"activations {m.activations / gib:.2f}, transient {m.transient / gib:.2f})"
+            f"patch {fmt(self.patch_input)} -> {fmt(self.patch_output)}, batch {int_text(self.batch_size)}: "
+            f"{_gib(self.total_bytes)} GiB of {_gib(self.budget)} GiB (parameters {_gib(m.parameters)}, "
+            f"gradients {_gib(m.gradients)}, optimizer {_gib(m.optimizer_state)}, "
+            f"activations {_gib(m.activations)}, transient {_gib(m.transient)})"
         )
 
 
+MAX_BATCH = 4096
+"""The largest batch `plan_training` raises the batch to when the whole image fits."""
+
+
+def _last_true(lo: int, hi: int, ok: Callable[[int], bool]) -> int:
+    """The largest n in [lo, hi] with ok(n), given ok(lo) and that ok is monotone (true, then
+    false), for any ints: galloping up from `lo` (lo + 1, lo + 2, lo + 4, ...) to the first
+    failure, then bisecting the last doubling, so O(log(answer - lo)) calls, however far `hi` is."""
+    step = 1
+    while lo < hi:
+        probe = min(hi, lo + step)
+        if ok(probe):
+            lo, step = probe, step * 2
+            continue
+        hi = probe - 1
+        while lo < hi:  # bisect (lo, probe): ok(lo), not ok(probe)
+            mid = (lo + hi + 1) // 2
+            lo, hi = (mid, hi) if ok(mid) else (lo, mid - 1)
+    return lo
+
+
+@dataclass
+class _Planner:
+    """The search of `plan_training`: estimates of candidate patches against the budget (each
+    patch and batch estimated once)."""
+
+    config: UNetConfig
+    budget: int
+    optimizer: Optimizer
+    dtype: torch.dtype
+    smallest: tuple[int, ...]
+    full: tuple[int, ...]
+    estimates: dict[tuple[tuple[int, ...], int], TrainingMemory] = field(default_factory=dict)
+
+    def fits(self, patch: tuple[int, ...], batch: int) -> bool:
+        m = self.estimate(patch, batch)
+        return m.parameters + m.total <= self.budget
+
+    def estimate(self, patch: tuple[int, ...], batch: int) -> TrainingMemory:
+        """`estimate_training_memory` of `batch` patches, remembered."""
+        if (patch, batch) not in self.estimates:
+            self.estimates[patch, batch] = estimate_training_memory(
+                self.config, patch, batch, optimizer=self.optimizer, dtype=self.dtype
+            )
+        return self.estimates[patch, batch]
+
+    def patch_for(self, length: int) -> tuple[int, ...]:
+        """The smallest patch whose output is at least `length` on every axis, within [smallest, full]."""
+        return tuple(
+            min(f, max(s, shapes.input_size_for_output(self.config, length, axis=a)))
+            for a, (s, f) in enumerate(zip(self.smallest, self.full, strict=True))
+        )
+
+    def grow(self, patch: tuple[int, ...], axis: int, batch: int) -> tuple[int, ...]:
+        """`patch` (which fits) with `axis` at its largest valid size up to `full` that still fits."""
+        sizes = shapes.valid_input_sizes(self.config, self.full[axis], min_size=patch[axis], axis=axis)
+        count = (sizes.stop - sizes.start + sizes.step - 1) // sizes.step  # len() stops at sys.maxsize
+
+        def at(k: int) -> tuple[int, ...]:
+            return (*patch[:axis], sizes[k], *patch[axis + 1 :])
+
+        return at(_last_true(0, count - 1, lambda k: self.fits(at(k), batch)))
+
+    def largest(self, batch: int) -> tuple[int, ...] | None:
+        """The largest patch that fits with `batch` (None if not even the smallest does): first
+        the longest output length L (in steps of the largest output period) whose patch
+        (`patch_for`) fits, by galloping search (`_last_true`); then every axis, the smallest
+        output first (of equal ones the last axis first), grown to its largest valid size that
+        still fits, by galloping search over its valid sizes (`shapes.valid_input_sizes`). Memory
+        grows with every axis, so no axis can then grow by one valid step and still fit."""
+        if not self.fits(self.smallest, batch):
+            return None
+        step = max(shapes.axis_rule(self.config, a).out_period for a in range(len(self.full)))
+        top = -(-max(shapes.output_shape(self.config, self.full)) // step)
+        patch = self.patch_for(step * _last_true(0, top, lambda k: self.fits(self.patch_for(step * k), batch)))
+        out = shapes.output_shape(self.config, patch)
+        for a in sorted(range(len(patch)), key=lambda a: (out[a], -a)):  # ties: the last axis first
+            patch = self.grow(patch, a, batch)
+        return patch
+
+
 def plan_training(
-    config: UNetConfig,
+    config: ConfigSource,
     memory: int | str,
     *,
     image_shape: Sequence[int],
@@ -570,84 +679,50 @@ def plan_training(
     dtype: torch.dtype = torch.float32,
 ) -> TrainingPlan:
     """The largest valid training patch (and batch) whose step fits `memory` bytes (an int or a
-    string such as ``"8GiB"``) including the parameters, for images of spatial `image_shape`.
+    string such as ``"8GiB"``) including the parameters, for images of spatial `image_shape`
+    (positive ints, one per spatial axis).
 
-    Starting from the patch whose output covers the whole image, the axis with the largest output
-    shrinks to its next smaller valid input size until the estimate (`estimate_training_memory`)
-    fits. `batch_size=None` plans for a batch of 2 (nnU-Net's smallest; 1 if even the smallest
-    patch does not fit 2) and, when the whole image fits, raises the batch while it fits. Raises
-    `ValueError` when not even the smallest valid patch fits, naming what it needs."""
+    The patch is searched between the smallest valid input (`shapes.min_input_shape`) and the
+    patch whose output covers the whole image, by galloping search (`_Planner.largest`): O(axes *
+    log(image size)) estimates (`estimate_training_memory`), well under a second for any image
+    size. No axis of the answer can grow by one valid step (up to covering the image) and still
+    fit. `batch_size=None` plans for a batch of 2 (nnU-Net's smallest; 1 if even the smallest
+    patch does not fit 2) and, when the whole image fits, raises the batch (by the same search, up
+    to `MAX_BATCH`) while it fits. Raises `ValueError` when not even the smallest valid patch fits,
+    naming what it needs, and for a bad argument (`InputShapeError` for `image_shape`)."""
+    config = resolve_config(config)
     budget = parse_bytes(memory)
-    dims = config.spatial_dims
-    try:
-        image = tuple(int(s) for s in image_shape)
-    except (TypeError, ValueError):
-        image = ()
-    if len(image) != dims or min(image) < 1:
-        raise ValueError(f"image_shape={image_shape!r} must be {dims} positive ints (spatial_dims={dims})")
-    if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
-        raise ValueError(f"batch_size={batch_size!r} must be a positive int")
-
-    def cost(patch: tuple[int, ...], batch: int) -> TrainingMemory:
-        return estimate_training_memory(config, patch, batch, optimizer=optimizer, dtype=dtype)
-
-    smallest = shapes.min_input_shape(config)
-    # the patch whose output covers the image; with a stem stride the output is at 1/stem of the
-    # image's resolution, so it covers the image at ceil(size / stem) output pixels
-    full = tuple(
-        max(m, shapes.input_size_for_output(config, -(-s // shapes.axis_rule(config, a).stem), axis=a))
-        for a, (s, m) in enumerate(zip(image, smallest, strict=True))
-    )
-
-    def largest(batch: int) -> tuple[tuple[int, ...], TrainingMemory] | None:
-        patch = full
-        while True:
-            mem = cost(patch, batch)
-            if mem.parameters + mem.total <= budget:
-                return _grow(patch, mem, batch)
-            out = shapes.output_shape(config, patch)
-            order = sorted(range(dims), key=lambda a: -out[a])
-            for a in order:  # shrink the largest axis that can still shrink
-                if patch[a] > smallest[a]:
-                    down = shapes.nearest_valid_input_size(config, patch[a] - 1, direction="down", axis=a)
-                    candidate = tuple(down if b == a else p for b, p in enumerate(patch))
-                    if shapes.is_valid_input_shape(config, candidate):
-                        patch = candidate
-                        break
-            else:
-                return None
-
-    def _grow(patch: tuple[int, ...], mem: TrainingMemory, batch: int) -> tuple[tuple[int, ...], TrainingMemory]:
-        """Grow axes (the smallest output first) by one valid step while the step still fits."""
-        grown = True
-        while grown:
-            grown = False
-            out = shapes.output_shape(config, patch)
-            for a in sorted(range(dims), key=lambda a: out[a]):
-                if patch[a] >= full[a]:
-                    continue
-                up = shapes.nearest_valid_input_size(config, patch[a] + 1, direction="up", axis=a)
-                candidate = tuple(up if b == a else p for b, p in enumerate(patch))
-                if shapes.is_valid_input_shape(config, candidate):
-                    m = cost(candidate, batch)
-                    if m.parameters + m.total <= budget:
-                        patch, mem, grown = candidate, m, True
-                        break
-        return patch, mem
-
-    batch = batch_size or 2
-    found = largest(batch)
-    if found is None and batch_size is None:
-        batch, found = 1, largest(1)
-    if found is None:
-        need = cost(smallest, batch)
-        raise ValueError(
-            f"not even the smallest valid patch {'x'.join(map(str, smallest))} fits {budget / 2**30:.2f} GiB with "
-            f"batch {batch}: it needs {(need.parameters + need.total) / 2**30:.2f} GiB "
-            f"(parameters {need.parameters / 2**30:.2f} GiB); give more memory or a smaller config"
+    image = shapes.as_shape(config, image_shape, "image_shape")
+    if min(image) < 1:
+        raise shapes.InputShapeError(
+            f"image_shape={short_repr(image_shape)} must be positive sizes, one per spatial axis "
+            f"(spatial_dims={config.spatial_dims})"
         )
-    patch, mem = found
-    if batch_size is None and patch == full:
-        while batch < 4096 and (m := cost(patch, batch + 1)).parameters + m.total <= budget:
-            batch, mem = batch + 1, m
-    return TrainingPlan(image, patch, shapes.output_shape(config, patch), batch, mem, budget)
+    fixed = None if batch_size is None else as_count("batch_size", batch_size)
+    planner = _Planner(
+        config,
+        budget,
+        _optimizer(optimizer),
+        as_float_dtype("dtype", dtype),
+        smallest := shapes.min_input_shape(config),
+        # the patch whose output covers the image; with a stem stride the output is at 1/stem of
+        # the image's resolution, so it covers the image at ceil(size / stem) output pixels
+        tuple(
+            max(m, shapes.input_size_for_output(config, -(-s // shapes.axis_rule(config, a).stem), axis=a))
+            for a, (s, m) in enumerate(zip(image, smallest, strict=True))
+        ),
+    )
+    batch = fixed or 2
+    patch = planner.largest(batch)
+    if patch is None and fixed is None:
+        batch, patch = 1, planner.largest(1)
+    if patch is None:
+        need = planner.estimate(smallest, batch)
+        raise ValueError(
+            f"not even the smallest valid patch {'x'.join(map(str, smallest))} fits {_gib(budget)} GiB with "
+            f"batch {int_text(batch)}: it needs {_gib(need.parameters + need.total)} GiB "
+            f"(parameters {_gib(need.parameters)} GiB); give more memory or a smaller config"
+        )
+    if fixed is None and patch == planner.full and planner.fits(patch, batch + 1):
+        batch = _last_true(batch, MAX_BATCH, lambda n: planner.fits(patch, n))
+    return TrainingPlan(image, patch, shapes.output_shape(config, patch), batch, planner.estimate(patch, batch), budget)

@@ -17,6 +17,9 @@ A size is an int (or anything with ``__index__`` but a bool: numpy integers, 0-d
 arrays); a shape is a sequence of them, one per spatial axis. Every helper that takes a size
 takes either an int with ``axis=`` and answers an int, or a shape and answers a tuple (one entry
 per axis). Anything else (floats, NaN, strings, booleans) is an `InputShapeError` naming it.
+
+Every helper takes its config as `build_unet` does (`unetgen.config.io.resolve_config`): a
+`UNetConfig`, a mapping, a .json/.yaml/.yml path or a preset name.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Literal, TypeVar, overload
 
+from ..config.io import ConfigSource, resolve_config
 from ..config.options import InstanceNorm
 from ..config.unet_config import UNetConfig
 from ..reprs import int_text, short_repr
@@ -90,8 +94,9 @@ def _is_size(value: Any) -> bool:
     return not hasattr(value, "__len__") and not hasattr(value, "__iter__")
 
 
-def as_shape(config: UNetConfig, value: Any, what: str = "input shape") -> tuple[int, ...]:
+def as_shape(config: ConfigSource, value: Any, what: str = "input shape") -> tuple[int, ...]:
     """`value` as a tuple of ints, one per spatial axis, or `InputShapeError` naming it."""
+    config = resolve_config(config)
     if _is_size(value) or not hasattr(value, "__len__"):
         raise InputShapeError(
             f"{what} must be a sequence of {config.spatial_dims} integers (one per spatial axis), "
@@ -173,8 +178,7 @@ class AxisRule:
         return self.out_period * b + self.out_offset if rest == 0 and b >= self.b_min else None
 
 
-@lru_cache(maxsize=256)
-def axis_rule(config: UNetConfig, axis: int = 0) -> AxisRule:
+def axis_rule(config: ConfigSource, axis: int = 0) -> AxisRule:
     """The size rule of `axis` (0-based among the spatial axes), solved once over the network's
     ops (`network_ops`): O(ops), cached per config.
 
@@ -183,8 +187,13 @@ def axis_rule(config: UNetConfig, axis: int = 0) -> AxisRule:
     ``(s - shrink) / divide * multiply``, so every map is ``alpha*b + beta`` with integer
     coefficients: the encoder path up to there is solved backwards from ``b`` (each step exact),
     everything after it forwards."""
-    if not 0 <= axis < config.spatial_dims:
-        raise ValueError(f"axis={axis} is out of range for spatial_dims={config.spatial_dims}")
+    config = resolve_config(config)
+    return _rule(config, _axis(config, axis))
+
+
+@lru_cache(maxsize=256)
+def _rule(config: UNetConfig, axis: int) -> AxisRule:
+    """`axis_rule` of a checked config and axis, cached."""
     ops = network_ops(config)
     size = _affine_sizes(config, axis)
     period, offset = size[INPUT]
@@ -231,11 +240,11 @@ def _affine_sizes(config: UNetConfig, axis: int) -> dict[int, tuple[int, int]]:
 
 
 def _rules(config: UNetConfig) -> tuple[AxisRule, ...]:
-    return tuple(axis_rule(config, a) for a in range(config.spatial_dims))
+    return tuple(_rule(config, a) for a in range(config.spatial_dims))
 
 
 def _invalid(config: UNetConfig, size: int, axis: int, shape: Sequence[int] | None = None) -> InputShapeError:
-    rule = axis_rule(config, axis)
+    rule = _rule(config, axis)
     below = _nearest(rule, size, "down")
     above = _nearest(rule, size, "up")
     where = f" on axis {axis}" if config.spatial_dims > 1 else ""
@@ -253,16 +262,17 @@ def _text(shape: Sequence[int]) -> str:
 
 
 @overload
-def output_shape(config: UNetConfig, input_shape: int, *, axis: int | None = None) -> int: ...
+def output_shape(config: ConfigSource, input_shape: int, *, axis: int | None = None) -> int: ...
 @overload
-def output_shape(config: UNetConfig, input_shape: Sequence[int], *, axis: None = None) -> tuple[int, ...]: ...
-def output_shape(config: UNetConfig, input_shape: Any, *, axis: int | None = None) -> Any:
+def output_shape(config: ConfigSource, input_shape: Sequence[int], *, axis: None = None) -> tuple[int, ...]: ...
+def output_shape(config: ConfigSource, input_shape: Any, *, axis: int | None = None) -> Any:
     """The spatial output shape for a spatial input shape (a tuple), or the output size along
     `axis` (default 0) for one input size (an int); raises `InputShapeError` if invalid. A shape
     is also checked as a whole (instance norm needs more than one element in every map)."""
+    config = resolve_config(config)
     if _is_size(input_shape):
         a, size = _axis(config, 0 if axis is None else axis), _size(input_shape, "input size")
-        out = axis_rule(config, a).output(size)
+        out = _rule(config, a).output(size)
         if out is None:
             raise _invalid(config, size, a)
         return out
@@ -295,13 +305,14 @@ def _check_instance_norm(config: UNetConfig, input_shape: Sequence[int]) -> None
         )
 
 
-def is_valid_input_shape(config: UNetConfig, input_shape: int | Sequence[int], *, axis: int | None = None) -> bool:
+def is_valid_input_shape(config: ConfigSource, input_shape: int | Sequence[int], *, axis: int | None = None) -> bool:
     """Whether the network maps this spatial input shape exactly (no padding, no lost pixels);
     for one size (an int), whether it is a valid size along `axis` (default 0). Raises
     `InputShapeError` for what is not a size or shape at all (a float, a string...)."""
+    config = resolve_config(config)
     if _is_size(input_shape):
         a = _axis(config, 0 if axis is None else axis)
-        return axis_rule(config, a).output(_size(input_shape, "input size")) is not None
+        return _rule(config, a).output(_size(input_shape, "input size")) is not None
     shape = as_shape(config, input_shape)
     if axis is not None:
         raise ValueError(f"axis={short_repr(axis)} goes with a single size; a shape has one size per axis")
@@ -313,19 +324,20 @@ def is_valid_input_shape(config: UNetConfig, input_shape: int | Sequence[int], *
 
 
 @overload
-def valid_input_sizes(config: UNetConfig, max_size: int, *, min_size: int = 1, axis: int | None = None) -> range: ...
+def valid_input_sizes(config: ConfigSource, max_size: int, *, min_size: int = 1, axis: int | None = None) -> range: ...
 @overload
 def valid_input_sizes(
-    config: UNetConfig, max_size: Sequence[int], *, min_size: int | Sequence[int] = 1, axis: None = None
+    config: ConfigSource, max_size: Sequence[int], *, min_size: int | Sequence[int] = 1, axis: None = None
 ) -> tuple[range, ...]: ...
-def valid_input_sizes(config: UNetConfig, max_size: Any, *, min_size: Any = 1, axis: int | None = None) -> Any:
+def valid_input_sizes(config: ConfigSource, max_size: Any, *, min_size: Any = 1, axis: int | None = None) -> Any:
     """Every valid input size in [min_size, max_size] along `axis` (default 0), ascending, as a
     `range` (a `Sequence[int]` of O(1) size whatever the bounds: index it, slice it, take its
     `len`, test `in`); for a shape `max_size` (and an int or shape `min_size`), one range per axis.
     (Python's `len()` of a range stops at `sys.maxsize` elements; indexing works for any bounds.)"""
+    config = resolve_config(config)
 
     def sizes(a: int, hi: int, lo: int) -> range:
-        rule = axis_rule(config, a)
+        rule = _rule(config, a)
         lo = max(lo, rule.min_size)
         start = rule.min_size + -(-(lo - rule.min_size) // rule.period) * rule.period
         return range(start, max(start, hi + 1), rule.period)
@@ -351,27 +363,28 @@ def _nearest(rule: AxisRule, size: int, direction: Literal["up", "down"]) -> int
 
 @overload
 def nearest_valid_input_size(
-    config: UNetConfig, size: int, *, direction: Literal["nearest", "up", "down"] = "nearest", axis: int | None = None
+    config: ConfigSource, size: int, *, direction: Literal["nearest", "up", "down"] = "nearest", axis: int | None = None
 ) -> int: ...
 @overload
 def nearest_valid_input_size(
-    config: UNetConfig,
+    config: ConfigSource,
     size: Sequence[int],
     *,
     direction: Literal["nearest", "up", "down"] = "nearest",
     axis: None = None,
 ) -> tuple[int, ...]: ...
 def nearest_valid_input_size(
-    config: UNetConfig, size: Any, *, direction: Literal["nearest", "up", "down"] = "nearest", axis: int | None = None
+    config: ConfigSource, size: Any, *, direction: Literal["nearest", "up", "down"] = "nearest", axis: int | None = None
 ) -> Any:
     """The valid input size nearest to `size` along `axis` (default 0; ties go up), or the next
     one up or down; for a shape, the answer per axis. `direction="down"` below the smallest
     valid size raises `InputShapeError`."""
+    config = resolve_config(config)
     if not isinstance(direction, str) or direction not in ("nearest", "up", "down"):
         raise ValueError(f"direction={short_repr(direction)} must be 'nearest', 'up' or 'down'")
 
     def nearest(a: int, s: int) -> int:
-        rule = axis_rule(config, a)
+        rule = _rule(config, a)
         up = _nearest(rule, s, "up")
         assert up is not None
         if direction == "up":
@@ -389,9 +402,10 @@ def nearest_valid_input_size(
     return _per_axis(config, size, axis, "size", nearest)
 
 
-def min_input_shape(config: UNetConfig) -> tuple[int, ...]:
+def min_input_shape(config: ConfigSource) -> tuple[int, ...]:
     """The smallest spatial input the network accepts: each axis's smallest valid size, grown by
     whole periods on every axis while instance norm would see a single-element map."""
+    config = resolve_config(config)
     rules = _rules(config)
     shape = tuple(r.min_size for r in rules)
     while not is_valid_input_shape(config, shape):
@@ -400,16 +414,19 @@ def min_input_shape(config: UNetConfig) -> tuple[int, ...]:
 
 
 @overload
-def input_size_for_output(config: UNetConfig, output_size: int, *, axis: int | None = None) -> int: ...
+def input_size_for_output(config: ConfigSource, output_size: int, *, axis: int | None = None) -> int: ...
 @overload
-def input_size_for_output(config: UNetConfig, output_size: Sequence[int], *, axis: None = None) -> tuple[int, ...]: ...
-def input_size_for_output(config: UNetConfig, output_size: Any, *, axis: int | None = None) -> Any:
+def input_size_for_output(
+    config: ConfigSource, output_size: Sequence[int], *, axis: None = None
+) -> tuple[int, ...]: ...
+def input_size_for_output(config: ConfigSource, output_size: Any, *, axis: int | None = None) -> Any:
     """The smallest valid input size along `axis` (default 0) whose output is at least
     `output_size`; for a shape, the answer per axis (each axis on its own: with instance norm
     `is_valid_input_shape` may still want a larger whole shape)."""
+    config = resolve_config(config)
 
     def smallest(a: int, wanted: int) -> int:
-        rule = axis_rule(config, a)
+        rule = _rule(config, a)
         b = max(rule.b_min, -(-(wanted - rule.out_offset) // rule.out_period))
         return rule.offset + rule.period * b
 
@@ -417,25 +434,26 @@ def input_size_for_output(config: UNetConfig, output_size: Any, *, axis: int | N
 
 
 @overload
-def halo(config: UNetConfig, input_shape: None = None, *, axis: None = None) -> tuple[int, ...]: ...
+def halo(config: ConfigSource, input_shape: None = None, *, axis: None = None) -> tuple[int, ...]: ...
 @overload
-def halo(config: UNetConfig, input_shape: int | None = None, *, axis: int) -> int: ...
+def halo(config: ConfigSource, input_shape: int | None = None, *, axis: int) -> int: ...
 @overload
-def halo(config: UNetConfig, input_shape: int, *, axis: int | None = None) -> int: ...
+def halo(config: ConfigSource, input_shape: int, *, axis: int | None = None) -> int: ...
 @overload
-def halo(config: UNetConfig, input_shape: Sequence[int], *, axis: None = None) -> tuple[int, ...]: ...
-def halo(config: UNetConfig, input_shape: Any = None, *, axis: int | None = None) -> Any:
+def halo(config: ConfigSource, input_shape: Sequence[int], *, axis: None = None) -> tuple[int, ...]: ...
+def halo(config: ConfigSource, input_shape: Any = None, *, axis: int | None = None) -> Any:
     """The context the network consumes on each side, (input - output) / 2: the same for every
     valid input. `halo(config)` gives it per axis (a tuple), `halo(config, axis=a)` for one axis
     (an int); with an input size (an int, on `axis`, default 0) or shape (a tuple) that input is
     checked first (`InputShapeError` if it is not valid) and the answer has the same kind."""
+    config = resolve_config(config)
     if input_shape is None:
         if axis is None:
             return tuple(r.halo for r in _rules(config))
-        return axis_rule(config, _axis(config, axis)).halo
+        return _rule(config, _axis(config, axis)).halo
     if _is_size(input_shape):
         output_shape(config, input_shape, axis=axis)
-        return axis_rule(config, _axis(config, 0 if axis is None else axis)).halo
+        return _rule(config, _axis(config, 0 if axis is None else axis)).halo
     output_shape(config, input_shape, axis=axis)
     return tuple(r.halo for r in _rules(config))
 
@@ -479,18 +497,21 @@ def _walk(
     return rows, sorted(crops, key=lambda c: c.level)
 
 
-def trace(config: UNetConfig, input_shape: Sequence[int]) -> list[TraceRow]:
+def trace(config: ConfigSource, input_shape: Sequence[int]) -> list[TraceRow]:
     """Every stage's channels and spatial shape for this input, as in Figure 1 of the paper."""
+    config = resolve_config(config)
     return _walk(config, as_shape(config, input_shape))[0]
 
 
-def skip_crops(config: UNetConfig, input_shape: Sequence[int]) -> list[SkipCrop]:
+def skip_crops(config: ConfigSource, input_shape: Sequence[int]) -> list[SkipCrop]:
     """The centred crop of every skip connection, level 0 (full resolution) first."""
+    config = resolve_config(config)
     return _walk(config, as_shape(config, input_shape))[1]
 
 
-def aux_shapes(config: UNetConfig, input_shape: Sequence[int]) -> list[tuple[int, ...]]:
+def aux_shapes(config: ConfigSource, input_shape: Sequence[int]) -> list[tuple[int, ...]]:
     """Spatial shapes of the deep-supervision outputs, in the order `forward` returns them."""
+    config = resolve_config(config)
     shape = as_shape(config, input_shape)
     output_shape(config, shape)
     out = op_shapes(config, shape)

@@ -10,7 +10,7 @@ The code lives in the submodules: `options` (the option types and limits), `unet
 Schema). This package re-exports the names that ``unetgen.config`` has always had.
 """
 
-from .io import ConfigError, dump_config, load_config
+from .io import ConfigError, dump_config, load_config, resolve_config
 from .options import (
     ELU,
     GELU,
@@ -124,4 +124,5 @@ __all__ = [
     "Width",
     "dump_config",
     "load_config",
+    "resolve_config",
 ]

@@ -6,6 +6,7 @@ every field involved in a cross-field rule (each rule declares them; its error c
 from __future__ import annotations
 
 import difflib
+import math
 import re
 import typing
 from collections.abc import Mapping
@@ -145,8 +146,65 @@ def _merged(
             fields = _involved_fields(first.error["ctx"], document)
         elif first.type == "union_tag_invalid" and isinstance(_get(document, first.path), dict):
             fields = [(*first.path, "type")]
-        out.append((fields, _join([e.message for e in group], first.error.get("input"))))
+        value = first.error.get("input")
+        out.append((fields, _join([e.message for e in group], value) + _list_hint(group, value)))
     return out
+
+
+_LIST_TYPES = ("tuple_type", "list_type")
+_LIST_ENTRIES = {
+    "deep_supervision": "the decoder levels, 1..depth-1, that get an auxiliary head",
+    "channels": "one width per level, the bottleneck last; or base_channels for a width that doubles per level",
+    "decoder_channels": "one width per decoder level, level 0 first",
+    "up_channels": "one width per decoder level, level 0 first; or 'skip', 'keep' or 'half'",
+    "kernel_size": "one entry per level, each an int or one per spatial axis",
+    "strides": "one entry per down-sampling step, each an int or one per spatial axis",
+    "stem_stride": "one per spatial axis",
+    "convs_per_block": "one per level, the bottleneck last",
+    "decoder_convs_per_block": "one per decoder level",
+    "blocks_per_level": "one per level, the bottleneck last",
+}
+"""What the entries of each list field of `UNetConfig` are, for `_list_hint`."""
+
+
+def _list_hint(group: list[_Error], value: Any) -> str:
+    """How to write the list that a field expects where a single value was given: ``1`` is
+    ``[1]``, ``"1, 2"`` is ``[1, 2]``, null is ``[]`` (where the field takes an int too, a whole
+    float or a quoted number is written as the int); "" when no branch of the field expected a list
+    or the value is a mapping or a list already."""
+    if not any(e.type in _LIST_TYPES for e in group) or isinstance(value, (list, tuple, dict)):
+        return ""
+    top = len(group[0].path) == 1
+    field = group[0].path[0] if top else ""
+    entries = f" ({_LIST_ENTRIES[field]})" if field in _LIST_ENTRIES else ""
+    takes_int = any(e.type == "int_type" for e in group)
+    if value is None and field == "deep_supervision":  # the one list that may be empty
+        return f"; a list is expected: write [] for none{entries}"
+    numbers = _numbers(value)
+    if numbers is None:
+        return f"; {'a number or a list' if takes_int else 'a list'} is expected{entries}" if entries else ""
+    if takes_int and len(numbers) == 1:  # a float or a quoted number where an int (or a list) is expected
+        return _int_hint(value, numbers[0], entries)
+    if isinstance(value, str):
+        return f"; a list is expected, not a string: write [{', '.join(numbers)}]{entries}"
+    return f"; a list is expected: write [{numbers[0]}] for a list of one{entries}"
+
+
+def _numbers(value: Any) -> list[str] | None:
+    """The numbers a scalar holds as they would be written in a list: a finite number, or a
+    string of integers separated by commas or spaces; None for anything else."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return [short_repr(value)] if math.isfinite(value) else None
+    if isinstance(value, str) and re.fullmatch(r"\s*-?\d{1,18}(\s*[,\s]\s*-?\d{1,18}){0,63}\s*", value):
+        return [str(int(n)) for n in re.findall(r"-?\d+", value)]
+    return None
+
+
+def _int_hint(value: Any, number: str, entries: str) -> str:
+    """How to write `value` (a float or a quoted number) as the int the field takes."""
+    if isinstance(value, str):
+        return f"; write {number} (a number, without quotes) or a list{entries}"
+    return f"; write {int(value)} (an integer)" if float(value).is_integer() else ""
 
 
 def _get(document: Any, path: KeyPath) -> Any:
@@ -204,6 +262,8 @@ def _describe(e: Mapping[str, Any], path: KeyPath, model: type[BaseModel]) -> st
         return f"{e['msg']}, got {short_repr(value)}{'; ' + hint if hint else ''}"
     if kind == "value_error":
         return str(e["msg"]).removeprefix("Value error, ")
+    if ", got " in e["msg"]:  # pydantic's message says what it got already
+        return f"{e['msg']}: {short_repr(value)}"
     return f"{e['msg']}{_GOT}"
 
 

@@ -33,6 +33,7 @@ __all__ = [
     "load_config",
     "parse_file",
     "read_document",
+    "resolve_config",
     "validate_as",
     "validate_document",
 ]
@@ -214,6 +215,15 @@ def load_config(source: ConfigSource, *, key: str | None = None) -> UNetConfig:
         f"cannot load a config from {type(source).__name__}; pass a UNetConfig, a mapping, a str or os.PathLike "
         "path, or a preset name"
     )
+
+
+def resolve_config(config: ConfigSource) -> UNetConfig:
+    """`config` as a `UNetConfig`: what every helper that takes a config accepts, the same as
+    `build_unet`: a `UNetConfig` (returned as it is, at the cost of one `isinstance`), a mapping,
+    a .json/.yaml/.yml path or a preset name (`load_config`). Raises `ConfigError`."""
+    if isinstance(config, UNetConfig):
+        return config
+    return load_config(config)
 
 
 _HYDRA_KEYS = ("_target_", "_convert_", "_recursive_", "_partial_", "seed", "device", "dtype")  # + build_unet's own

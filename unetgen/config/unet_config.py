@@ -158,14 +158,17 @@ class UNetConfig(_Model):
     kernel_size: int | tuple[int | tuple[int, ...], ...] = 3
     """Conv kernel size (odd): one int, or one entry per level (depth+1), each an int or a list
     with one value per spatial axis, e.g. [[1, 3, 3], [3, 3, 3], ...] for anisotropic volumes.
-    Decoder level i uses the kernel of encoder level i (see `decoder_kernel`)."""
+    Decoder level i uses the kernel of encoder level i (see `decoder_kernel`). A list of ints that
+    could also be one value per axis (depth+1 = spatial_dims, values not all equal) is refused:
+    write its entries as lists."""
     decoder_kernel: Literal["same_level", "level_below"] = "same_level"
     """The kernel of decoder level i: `same_level` = kernel_size[i] (the paper, nnU-Net);
     `level_below` = kernel_size[i + 1], the level it up-samples from (MONAI's DynUNet)."""
     strides: int | tuple[int | tuple[int, ...], ...] = 2
     """Down-sampling factor of each step: one int, or one entry per step (depth), each an int
     or one value per axis, e.g. [[1, 2, 2], [2, 2, 2], ...]. Pool, strided-conv and up-sampling
-    kernels equal the stride."""
+    kernels equal the stride. A list of ints that could also be one value per axis (depth =
+    spatial_dims, values not all equal) is refused: write its entries as lists."""
     stem_stride: int | tuple[int, ...] = 1
     """Stride of the first conv of level 0 (MONAI DynUNet's strides[0]): one int or one per
     axis; the output is then at 1/stem_stride of the input's resolution. Only with
@@ -468,7 +471,13 @@ def _check_decoder_channels_per_conv(c: UNetConfig) -> None:
 @rule("kernel_size", reads=("depth",))
 def _check_kernel_size_length(c: UNetConfig) -> None:
     if isinstance(c.kernel_size, tuple):
-        _expect_len("kernel_size", c.kernel_size, c.depth + 1, "one per level")
+        hint = _per_axis_hint(c.kernel_size, c.spatial_dims, c.depth + 1, "level")
+        _expect_len("kernel_size", c.kernel_size, c.depth + 1, "one per level", hint)
+
+
+@rule("kernel_size", "spatial_dims", "depth", needs=(_check_kernel_size_length,))
+def _check_kernel_size_reading(c: UNetConfig) -> None:
+    _expect_one_reading("kernel_size", c.kernel_size, c.spatial_dims, "level", "depth+1")
 
 
 # values, then axes: the values rule stops at the first entry with the wrong number of axes and
@@ -486,7 +495,13 @@ def _check_kernel_size_axes(c: UNetConfig) -> None:
 @rule("strides", reads=("depth",))
 def _check_strides_length(c: UNetConfig) -> None:
     if isinstance(c.strides, tuple):
-        _expect_len("strides", c.strides, c.depth, "one per down-sampling step")
+        hint = _per_axis_hint(c.strides, c.spatial_dims, c.depth, "step")
+        _expect_len("strides", c.strides, c.depth, "one per down-sampling step", hint)
+
+
+@rule("strides", "spatial_dims", "depth", needs=(_check_strides_length,))
+def _check_strides_reading(c: UNetConfig) -> None:
+    _expect_one_reading("strides", c.strides, c.spatial_dims, "step", "depth")
 
 
 @rule("strides", needs=(_check_strides_length,))
@@ -562,9 +577,11 @@ _LAYOUT = (
     _check_channels_per_conv,
     _check_decoder_channels_per_conv,
     _check_kernel_size_length,
+    _check_kernel_size_reading,
     _check_kernel_size_values,
     _check_kernel_size_axes,
     _check_strides_length,
+    _check_strides_reading,
     _check_strides_values,
     _check_strides_axes,
     _check_stem_stride_axes,
@@ -687,9 +704,38 @@ def _listify(value: Any) -> Any:
     return [_listify(v) for v in value] if isinstance(value, tuple) else value
 
 
-def _expect_len(name: str, value: tuple[Any, ...], want: int, what: str) -> None:
+def _expect_len(name: str, value: tuple[Any, ...], want: int, what: str, hint: str = "") -> None:
     if len(value) != want:
-        raise ValueError(f"{name} has {len(value)} entries but needs {want} ({what}): {name}={_fmt(value)}")
+        raise ValueError(f"{name} has {len(value)} entries but needs {want} ({what}): {name}={_fmt(value)}{hint}")
+
+
+def _flat(value: PerStage) -> bool:
+    """Whether `value` is a list of plain ints (each could be a stage's value or an axis's)."""
+    return isinstance(value, tuple) and all(isinstance(e, int) for e in value)
+
+
+def _per_axis_hint(value: PerStage, dims: int, stages: int, stage: str) -> str:
+    """For a list of ints with one value per spatial axis (meant per axis, read per stage): how to
+    give those values at every stage."""
+    if not _flat(value) or len(value) != dims or dims == 1:  # type: ignore[arg-type]
+        return ""
+    return f"; for one value per spatial axis at every {stage}, write {[_listify(value)] * stages}"
+
+
+def _expect_one_reading(name: str, value: PerStage, dims: int, stage: str, count: str) -> None:
+    """Refuse a list of ints that has both one entry per stage (`count` of them) and one per spatial
+    axis, where the two readings differ: spell out both and how to write each unambiguously."""
+    if not _flat(value) or len(value) != dims or len(set(value)) == 1:  # type: ignore[arg-type]
+        return
+    assert isinstance(value, tuple)
+    n = len(value)
+    per_stage = "; ".join(f"{stage} {i}: {'x'.join([str(v)] * dims)}" for i, v in enumerate(value))
+    raise ValueError(
+        f"{name}={_fmt(value)} reads two ways: its {n} entries are one per {stage} ({count} = {n}: "
+        f"{per_stage}) and also one per spatial axis (spatial_dims = {n}: {'x'.join(map(str, value))} at every "
+        f"{stage}); it is not read either way. Write {_fmt([list(value)] * n)} for one value per axis at every "
+        f"{stage}, or {_fmt([[v] * dims for v in value])} for one value per {stage}"
+    )
 
 
 def _expect_per_conv(name: str, value: ChannelSpec | None, convs: tuple[int, ...]) -> None:

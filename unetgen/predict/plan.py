@@ -16,6 +16,7 @@ from torch import nn
 
 from ..analysis import shapes
 from ..analysis.memory import estimate_tile_memory
+from ..config.io import resolve_config
 from ..config.unet_config import UNetConfig
 from ..reprs import short_repr
 from .options import OutputType, config_of, float_dtype, fraction, output_dtype, positive_int, positive_ints
@@ -306,7 +307,7 @@ def plan_tiles(
     Every option is checked (ints: Python, NumPy or torch integers, not bools; `overlap`: a real
     number in [0, 1)); a bad one is a `ValueError` naming it.
     """
-    config = config_of(model)
+    config = config_of(model) if isinstance(model, nn.Module) else resolve_config(model)
     dims = config.spatial_dims
     image_shape = positive_ints("image_shape", image_shape, dims, broadcast=False)
     batch_size = positive_int("batch_size", batch_size)
