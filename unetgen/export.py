@@ -93,7 +93,10 @@ def check_example(model: nn.Module, example: Any, what: str = "example") -> torc
         )
     if shape[0] < 1:
         raise shapes.InputShapeError(f"{what} of shape {shape} holds no image; give a batch of at least 1")
-    shapes.output_shape(cfg, shape[2:])  # an invalid spatial shape: the error names the nearest valid sizes
+    if isinstance(model, UNet):  # the model's own rule (a mirror-padded net takes other sizes)
+        model.check_spatial(shape[2:])
+    else:
+        shapes.output_shape(cfg, shape[2:])  # an invalid spatial shape: the error names the nearest valid sizes
     ref = next(model.parameters())
     if example.dtype != ref.dtype or example.device != ref.device:
         raise ValueError(

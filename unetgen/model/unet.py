@@ -127,7 +127,12 @@ class UNet(nn.Module):
             raise ValueError(
                 f"input of shape {tuple(x.shape)} has {x.shape[1]} channels but in_channels={c.in_channels}"
             )
-        shapes.output_shape(c, tuple(x.shape[2:]))
+        self.check_spatial(tuple(x.shape[2:]))
+
+    def check_spatial(self, spatial: tuple[int, ...]) -> None:
+        """Raise `InputShapeError` (with the nearest valid sizes) unless the network takes this
+        spatial input shape."""
+        shapes.output_shape(self.config, spatial)
 
     def _run(self, fn: Callable[..., torch.Tensor], *args: Any) -> torch.Tensor:
         """`fn(*args)`, recomputed in the backward pass instead of stored when checkpointing."""
@@ -138,6 +143,10 @@ class UNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         if not (torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling()):
             self.check_input(x)
+        return self._forward(x)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+        """The network on an input already checked."""
         skips = []
         for level in self.encoder:  # one checkpoint segment per level holds its down-sampling: no pool indices stored
             x = self._run(level, x)  # (B, C_i, *S_i)

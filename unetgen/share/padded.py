@@ -47,8 +47,20 @@ class MirrorPadded(UNet):
         # F.pad takes the last axis first: (x_lo, x_hi, y_lo, y_hi, ...)
         self.pad = tuple(p for h in reversed(self.halo) for p in (h, h))
 
+    def check_spatial(self, spatial: tuple[int, ...]) -> None:
+        """Each axis more than `halo` wide (reflection needs it), and ``size + 2 * halo`` valid."""
+        for axis, (size, h) in enumerate(zip(spatial, self.halo, strict=True)):
+            if size <= h:
+                raise shapes.InputShapeError(
+                    f"input size {size} on axis {axis} is not more than the halo {h}: mirror padding needs "
+                    f"at least {h + 1}"
+                )
+        shapes.output_shape(self.config, tuple(s + 2 * h for s, h in zip(spatial, self.halo, strict=True)))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
-        return super().forward(F.pad(x, self.pad, mode="reflect"))
+        if not (torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling()):
+            self.check_input(x)  # the unpadded input, by `check_spatial` above
+        return self._forward(F.pad(x, self.pad, mode="reflect"))
 
 
 def mirror_padded(unet: UNet) -> MirrorPadded:
