@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
@@ -96,3 +97,69 @@ def test_hostile_stored_spec_is_an_error(model: unetgen.UNet, tmp_path: Path, st
             read(path)
         assert words in str(err.value)
         assert len(str(err.value)) < 3000
+
+
+# -- 2. load_unet and build_unet on packages and folders ------------------------------------------
+
+
+def _same_function(a: torch.nn.Module, b: torch.nn.Module, spatial: tuple[int, ...] = (16, 16)) -> None:
+    x = torch.randn(1, 1, *spatial, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(a(x), b(x))
+
+
+def test_load_unet_reads_a_bioimageio_package(model: unetgen.UNet, tmp_path: Path) -> None:
+    from unetgen.share.bioimageio import export_bioimageio
+
+    zipped = export_bioimageio(model, tmp_path / "model.zip", preprocessing=SPEC, weight_formats=["pytorch_state_dict"])
+    unpacked = export_bioimageio(model, tmp_path / "unpacked", weight_formats=["pytorch_state_dict"])
+    for path in (zipped, str(zipped), unpacked):
+        loaded = unetgen.load_unet(path)
+        assert loaded.config == model.config and not loaded.training
+        _same_function(model, loaded)
+    assert unetgen.load_unet(zipped).preprocessing == load_preprocessing(SPEC)
+    assert unetgen.load_unet(unpacked).preprocessing is None
+    (tmp_path / "broken.zip").write_bytes(b"not a zip")
+    with pytest.raises(CheckpointError, match=r"broken\.zip: not a readable bioimage\.io package"):
+        unetgen.load_unet(tmp_path / "broken.zip")
+
+
+def test_load_unet_and_build_unet_read_a_model_folder(model: unetgen.UNet, tmp_path: Path) -> None:
+    from unetgen.share.hub import load_folder, save_folder
+
+    root = save_folder(model, tmp_path / "folder", preprocessing=SPEC, metadata={"epoch": 2})
+    loaded = unetgen.load_unet(root)
+    assert loaded.preprocessing == load_preprocessing(SPEC) and loaded.metadata == {"epoch": 2}
+    _same_function(model, loaded)
+    assert unetgen.build_unet(root).config == model.config
+    assert unetgen.build_unet(str(root)).config == model.config
+    # 3. model.safetensors carries the spec itself
+    assert checkpoint_preprocessing(root / "model.safetensors") == load_preprocessing(SPEC)
+    assert unetgen.load_unet(root / "model.safetensors").preprocessing == load_preprocessing(SPEC)
+    (root / "preprocessing.json").write_text(json.dumps({"axes": "yx"}))
+    with pytest.raises(CheckpointError, match=r"preprocessing\.json differs"):
+        load_folder(root)
+    (root / "preprocessing.json").unlink()
+    assert unetgen.load_unet(root).preprocessing == load_preprocessing(SPEC)
+    with pytest.raises(CheckpointError, match=r"a folder without model\.safetensors"):
+        unetgen.load_unet(tmp_path)
+
+
+def test_build_unet_prefers_a_preset_to_a_folder_of_its_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    name = next(iter(unetgen.PRESETS))
+    (tmp_path / name).mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert unetgen.build_unet(name, device="meta").config == unetgen.get_preset(name)
+    with pytest.raises(ConfigError, match=r"config\.json"):
+        unetgen.build_unet(tmp_path / name)
+
+
+def test_load_unet_never_opens_a_fifo_named_zip(tmp_path: Path) -> None:
+    import os
+
+    fifo = tmp_path / "model.zip"
+    os.mkfifo(fifo)
+    with pytest.raises(CheckpointError, match=r"not a regular file|FIFO"):
+        unetgen.load_unet(fifo)
+    with pytest.raises(CheckpointError, match=r"(?i)no such file"):
+        unetgen.load_unet(tmp_path / "missing.zip")
