@@ -163,3 +163,85 @@ def test_load_unet_never_opens_a_fifo_named_zip(tmp_path: Path) -> None:
         unetgen.load_unet(fifo)
     with pytest.raises(CheckpointError, match=r"(?i)no such file"):
         unetgen.load_unet(tmp_path / "missing.zip")
+
+
+# -- 4. unetgen export ----------------------------------------------------------------------------
+
+
+def _cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
+    from unetgen.cli import main
+
+    try:
+        code = main(list(argv))
+    except SystemExit as done:  # argparse: usage errors
+        code = int(done.code or 0)
+    return code, capsys.readouterr().err
+
+
+@pytest.fixture
+def checkpoint(model: unetgen.UNet, tmp_path: Path) -> Path:
+    return unetgen.save_unet(model, tmp_path / "m.safetensors", preprocessing=SPEC)
+
+
+def test_export_bioimageio_cli(checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from unetgen.share.bioimageio import rdf_json
+
+    out = tmp_path / "model.zip"
+    args = ("export", "bioimageio", str(checkpoint), "-o", str(out), "--weight-formats", "pytorch_state_dict")
+    code, err = _cli(capsys, *args, "--name", "tiny nuclei net")
+    assert (code, err.strip()) == (0, f"wrote {out}")
+    assert rdf_json(out)["name"] == "tiny nuclei net"
+    loaded = unetgen.load_unet(out)
+    assert loaded.preprocessing == load_preprocessing(SPEC)  # the checkpoint's own spec travelled
+    _same_function(unetgen.load_unet(checkpoint), loaded)
+    assert _cli(capsys, *args)[0] == 0  # a package unetgen wrote is replaced
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors", "model.zip"]  # no temporaries left
+
+
+@pytest.mark.parametrize(
+    ("argv", "code", "words"),
+    [
+        (["-o", "{tmp}/other.zip"], 1, "exists and is not a bioimage.io package unetgen wrote"),
+        (["-o", "{tmp}/model.npy"], 2, "must end in .zip"),
+        (["-o", "{tmp}/missing/model.zip"], 1, "does not exist"),
+        (["-o", "{tmp}/link.zip"], 1, "symbolic link"),
+        (["-o", "{tmp}/model.zip", "--weight-formats", "pickle"], 2, "give one or more of"),
+        (["-o", "{tmp}/model.zip", "--name", "x/"], 1, "--name"),
+        (["-o", "{tmp}/model.zip", "--preprocessing", "{tmp}/bad.json"], 1, "normalize"),
+    ],
+)
+def test_export_bioimageio_cli_errors(
+    checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], code: int, words: str
+) -> None:
+    (tmp_path / "other.zip").write_bytes(b"mine")
+    (tmp_path / "bad.json").write_text('{"normalize": ["nope"]}')
+    (tmp_path / "link.zip").symlink_to(tmp_path / "other.zip")
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    got, err = _cli(capsys, "export", "bioimageio", str(checkpoint), *(a.format(tmp=tmp_path) for a in argv))
+    assert got == code and words in err and "Traceback" not in err
+    assert err.count("error:") == 1 or code == 2
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before  # nothing touched
+
+
+def test_export_monai_bundle_cli(checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "bundle"
+    code, err = _cli(capsys, "export", "monai-bundle", str(checkpoint), "-o", str(out))
+    assert (code, err.strip()) == (0, f"wrote {out}")
+    inference = json.loads((out / "configs" / "inference.json").read_text())
+    assert inference["network_def"]["config"] == unetgen.checkpoint_config(checkpoint).model_dump(mode="json")
+    assert (out / "models" / "model.pt").is_file()
+    (out / "models" / "model.pt").write_bytes(b"stale")
+    assert _cli(capsys, "export", "monai-bundle", str(checkpoint), "-o", str(out))[0] == 0  # its own bundle: replaced
+    assert (out / "models" / "model.pt").read_bytes() != b"stale"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle", "m.safetensors"]
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
+    code, err = _cli(capsys, "export", "monai-bundle", str(checkpoint), "-o", str(mine))
+    assert code == 1 and "holds files and no bundle unetgen wrote" in err
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]
+    (tmp_path / "file").write_text("keep")
+    code, err = _cli(capsys, "export", "monai-bundle", str(checkpoint), "-o", str(tmp_path / "file"))
+    assert code == 1 and "not a folder" in err and (tmp_path / "file").read_text() == "keep"
+    code, err = _cli(capsys, "export", "monai-bundle", str(tmp_path / "missing.safetensors"), "-o", str(out / "x"))
+    assert code == 1 and err.startswith("error: ") and "Traceback" not in err

@@ -80,8 +80,18 @@ def _model_and_spec(args: argparse.Namespace) -> tuple[Any, Any]:
     return model, load_preprocessing(args.preprocessing)
 
 
-def _info(args: argparse.Namespace) -> dict[str, Any]:
-    return {} if args.name is None else {"name": args.name}
+def _info(args: argparse.Namespace) -> Any:
+    from pydantic import ValidationError
+
+    from ..share.info import model_info
+
+    try:
+        return model_info(None if args.name is None else {"name": args.name})
+    except ValidationError as err:
+        why = err.errors()[0]["msg"]
+        raise ValueError(
+            f"--name {show(args.name)}: {why}; a name is 5 to 128 letters, digits, spaces or _+-() characters"
+        ) from None
 
 
 def cmd_export_bioimageio(args: argparse.Namespace) -> int:
