@@ -4,10 +4,14 @@ packages and folders, `save_folder` storing the spec, and `unetgen export`."""
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
 from safetensors import safe_open
 from safetensors.torch import save_file
 
@@ -245,3 +249,72 @@ def test_export_monai_bundle_cli(checkpoint: Path, tmp_path: Path, capsys: pytes
     assert code == 1 and "not a folder" in err and (tmp_path / "file").read_text() == "keep"
     code, err = _cli(capsys, "export", "monai-bundle", str(tmp_path / "missing.safetensors"), "-o", str(out / "x"))
     assert code == 1 and err.startswith("error: ") and "Traceback" not in err
+
+
+# -- the export command lines as a small argv property test (the grammar of tests/test_cli_fuzz.py) --
+
+E_CHECKPOINTS = (["tiny.safetensors", "tiny3d.safetensors"],
+                 ["tiny.json", "corrupt.safetensors", "missing.safetensors", "fifo.safetensors", "dir.yaml", "w.pt",
+                  "in.npy", "nul", "empty", "/dev/null"])  # fmt: skip
+E_ZIPS = (["model.zip", "outdir/model.zip"], ["in.npy", "missing/model.zip", "dir.yaml", "fifo.npy", "full.npy", "nul"])
+E_DIRS = (["bundle", "outdir/bundle"], ["in.npy", "missing/bundle", "dir.yaml", "outdir", "fifo.npy", "nul", "empty"])
+E_NAMES = (["tiny net", "nuclei (3d)"], ["", "x", "a/b", "n" * 200, "\n"])
+E_FORMATS = (["pytorch_state_dict", "pytorch_state_dict,torchscript"], ["", "pickle", ",", "onnx;torchscript"])
+E_SPECS = (["spec.json"], ["typo.yaml", "tiny.json", "missing.yaml", "fifo.yaml", "dir.yaml", "in.npy"])
+
+
+@st.composite
+def export_argvs(draw: st.DrawFn, files: dict[str, str]) -> list[str]:
+    """`unetgen export ...` with 0, 1 or 2 wrong values, now and then a wrong format word."""
+    kind = draw(st.sampled_from(["bioimageio", "bioimageio", "monai-bundle", "tensorflow"]))
+    slots: list[tuple[str, tuple[list[str], list[str]]]] = [("", E_CHECKPOINTS)]
+    slots.append(("-o", E_DIRS if kind == "monai-bundle" else E_ZIPS))
+    if kind == "bioimageio":
+        slots.append(("--weight-formats", E_FORMATS))  # onnx and torchscript are slow: sampled rarely
+    slots += [opt for opt in [("--name", E_NAMES), ("--preprocessing", E_SPECS)] if draw(st.booleans())]
+    wrong = set(draw(st.permutations(range(len(slots))))[: draw(st.sampled_from([0, 1, 1, 2]))])
+    argv = ["export", kind]
+    for i, (flag, pool) in enumerate(slots):
+        value = draw(st.sampled_from(pool[1] if i in wrong else pool[0]))
+        argv += [files.get(value, value)] if not flag else [flag, files.get(value, value)]
+    return argv
+
+
+@pytest.fixture(scope="module")
+def fuzz_files(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    from cli_files import make_files
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("UNETGEN_DEBUG", raising=False)
+        mp.chdir(tmp_path_factory.mktemp("cwd"))
+        files = make_files(tmp_path_factory.mktemp("fuzz"))
+        spec = Path(files["tiny.json"]).with_name("spec.json")
+        spec.write_text(json.dumps({"axes": "yx", "normalize": ["scale_range"]}))
+        files["spec.json"] = str(spec)
+        for name in ("model.zip", "outdir/model.zip", "missing/model.zip", "bundle", "outdir/bundle", "missing/bundle"):
+            files[name] = str(spec.parent / name)
+        yield files
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_export_command_lines_end_in_0_1_or_2(fuzz_files: dict[str, str], data: st.DataObject) -> None:
+    from cli_files import run
+
+    argv = data.draw(export_argvs(fuzz_files), label="argv")
+    code, _out, err = run(argv)
+    event(f"{argv[1]} exit {code}")
+    assert code in (0, 1, 2), (code, err)
+    assert "Traceback" not in err and "internal error" not in err, err
+    assert not os.listdir("."), f"wrote into the working directory: {os.listdir('.')}"
+    lines = [line for line in err.splitlines() if line.strip()]
+    if code == 0:
+        assert lines == [f"wrote {argv[argv.index('-o') + 1]}"]
+    elif code == 2:
+        assert sum("error: " in line for line in lines) == 1, err
+    else:
+        assert lines and all(line.startswith("error: ") for line in lines), err
+    leftovers = [
+        p for p in Path(fuzz_files["tiny.json"]).parent.rglob(".*") if "unetgen-export" in p.name or ".tmp" in p.name
+    ]
+    assert not leftovers
