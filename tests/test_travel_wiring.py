@@ -124,8 +124,14 @@ def test_load_unet_reads_a_bioimageio_package(model: unetgen.UNet, tmp_path: Pat
     assert unetgen.load_unet(zipped).preprocessing == load_preprocessing(SPEC)
     assert unetgen.load_unet(unpacked).preprocessing is None
     (tmp_path / "broken.zip").write_bytes(b"not a zip")
-    with pytest.raises(CheckpointError, match=r"broken\.zip: not a readable bioimage\.io package"):
+    with pytest.raises(CheckpointError, match=r"broken\.zip: not a safetensors checkpoint"):
         unetgen.load_unet(tmp_path / "broken.zip")
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "other.zip", "w") as z:
+        z.writestr("rdf.yaml", "format_version: 0.5.4\n")
+    with pytest.raises(CheckpointError, match=r"other\.zip: .*not a package unetgen wrote"):
+        unetgen.load_unet(tmp_path / "other.zip")
 
 
 def test_load_unet_and_build_unet_read_a_model_folder(model: unetgen.UNet, tmp_path: Path) -> None:

@@ -20,6 +20,7 @@ import json
 import os
 import re
 import warnings
+import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -635,15 +636,25 @@ def _package_loader(path: Any) -> Any:
     p = Path(path)
     is_dir = os.path.isdir(p)  # os.path: False, not an OSError, for a name too long or unreadable
     if p.suffix.lower() == ".zip" and os.path.isfile(p):  # else `_open` refuses it (missing, a FIFO, a device)
-        from .share.bioimageio import load_package
+        from .share.bioimageio import RDF, load_package
 
-        return load_package
+        # a zip without rdf.yaml (a torch.save archive, any other zip) is explained by `_open`
+        return load_package if _zip_has(p, RDF) else None
     if is_dir:
         from .share.bioimageio import RDF, load_package
         from .share.hub import load_folder
 
         return load_package if os.path.isfile(p / RDF) else load_folder
     return None
+
+
+def _zip_has(path: Path, name: str) -> bool:
+    """Whether the regular file at `path` is a zip archive with an entry `name` (reads its directory only)."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            return name in z.namelist()
+    except (OSError, zipfile.BadZipFile, ValueError):
+        return False
 
 
 def load_unet(path: str | Path, *, device: torch.device | str | None = None, strict: bool = True) -> UNet:
