@@ -16,7 +16,14 @@ from .analysis.shapes import (
     valid_input_sizes,
 )
 from .build import build_unet
-from .checkpoint import CheckpointError, checkpoint_config, checkpoint_metadata, load_unet, save_unet
+from .checkpoint import (
+    CheckpointError,
+    checkpoint_config,
+    checkpoint_metadata,
+    checkpoint_preprocessing,
+    load_unet,
+    save_unet,
+)
 from .config.io import ConfigError, dump_config, load_config
 from .config.presets import PRESETS, get_preset
 from .config.unet_config import UNetConfig
@@ -39,6 +46,7 @@ __all__ = [
     "build_unet",
     "checkpoint_config",
     "checkpoint_metadata",
+    "checkpoint_preprocessing",
     "count_macs",
     "count_parameters",
     "draw_unet",

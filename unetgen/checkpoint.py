@@ -2,8 +2,9 @@
 
 safetensors stores raw tensors behind a JSON header, so loading never unpickles and cannot
 run code. The metadata holds `format` ("unetgen"), `unetgen_version`, `state_format`, `config`
-(the whole config as a JSON object) and, when given, `user_metadata` (the caller's JSON object:
-normalisation statistics, epoch, class names...). `load_unet` rebuilds the model from that config
+(the whole config as a JSON object), when given, `preprocessing` (the `Preprocessing` spec the
+model was trained with, as a JSON object; `unetgen.config.preprocessing`) and `user_metadata`
+(the caller's JSON object: epoch, notes...). `load_unet` rebuilds the model from that config
 and checks that the stored tensors are exactly the ones the model has, names, shapes and dtypes,
 before copying any of them.
 
@@ -19,6 +20,7 @@ import json
 import os
 import re
 import warnings
+import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +34,8 @@ from torch import nn
 from . import atomic
 from .build import build_unet
 from .config import documents
-from .config.io import ConfigError, validate_document
+from .config.io import ConfigError, validate_as, validate_document
+from .config.preprocessing import Preprocessing, PreprocessingSource, check_channels, load_preprocessing
 from .config.unet_config import UNetConfig
 from .model.unet import UNet
 from .reprs import short_path, short_repr, short_text
@@ -44,7 +47,7 @@ STATE_FORMAT = "2"
 `aux_heads.{i}` (no `state_format` entry)."""
 
 
-RESERVED_METADATA = frozenset({"format", "unetgen_version", "state_format", "config", "user_metadata"})
+RESERVED_METADATA = frozenset({"format", "unetgen_version", "state_format", "config", "preprocessing", "user_metadata"})
 """Metadata entries unetgen writes itself; `save_unet(metadata=...)` refuses them as keys."""
 MAX_METADATA_BYTES = 1 << 20
 """Largest `metadata` (as JSON text) `save_unet` writes and the loaders read: 1 MiB."""
@@ -54,6 +57,8 @@ MAX_HEADER_BYTES = 16 << 20
 """Largest safetensors header read (tensor names and shapes, config, metadata): 16 MiB."""
 MAX_CONFIG_BYTES = documents.MAX_BYTES
 """Largest stored config (JSON text) read: the limit config files have."""
+MAX_PREPROCESSING_BYTES = documents.MAX_BYTES
+"""Largest stored preprocessing spec (JSON text) read: the limit config files have."""
 _FLOAT_DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32, "F64": torch.float64}
 
 
@@ -74,8 +79,19 @@ def _unwrap(model: nn.Module) -> UNet:
     return inner
 
 
-def save_unet(model: nn.Module, path: str | Path, *, metadata: Mapping[str, Any] | None = None) -> Path:
+def save_unet(
+    model: nn.Module,
+    path: str | Path,
+    *,
+    metadata: Mapping[str, Any] | None = None,
+    preprocessing: PreprocessingSource | None = None,
+) -> Path:
     """Write `model`'s weights and config to `path` (.safetensors) atomically and return the path.
+
+    `preprocessing` is what the model expects of its input (axes, pixel size, normalisation,
+    output class names): a `Preprocessing`, a mapping or a .json/.yaml file, validated as
+    `load_preprocessing` does and checked against the model's channels (`check_channels`).
+    `load_unet(path).preprocessing` and `checkpoint_preprocessing(path)` give it back.
 
     `metadata` is yours to keep with the weights (normalisation statistics, epoch, class
     names...): a mapping with string keys (not one of `RESERVED_METADATA`) and JSON values
@@ -88,12 +104,15 @@ def save_unet(model: nn.Module, path: str | Path, *, metadata: Mapping[str, Any]
     leaves any previous checkpoint at `path` intact and no partial file behind."""
     unet = _unwrap(model)
     p = _checked_save_path(path)
+    spec = _preprocessing_json(preprocessing, unet.config) if preprocessing is not None else None
     header = {
         "format": FORMAT,
         "unetgen_version": _version(),
         "state_format": STATE_FORMAT,
         "config": _config_json(unet.config),
     }
+    if spec is not None:
+        header["preprocessing"] = spec
     if metadata is not None:
         header["user_metadata"] = _metadata_json(metadata)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in unet.state_dict().items()}
@@ -187,6 +206,17 @@ def _string_keys(value: Any) -> None:
             stack.extend(item.values())
         elif isinstance(item, (list, tuple)):
             stack.extend(item)
+
+
+def _preprocessing_json(source: PreprocessingSource, config: UNetConfig) -> str:
+    """The spec, validated (a `ConfigError` with FILE:LINE:COL for a file) and checked against the
+    model's channels (`CheckpointError`), as JSON text with every field written out."""
+    spec = load_preprocessing(source)
+    try:
+        check_channels(spec, config.in_channels, config.out_channels)
+    except ValueError as err:
+        raise CheckpointError(f"preprocessing: {err}") from None
+    return json.dumps(spec.model_dump(mode="json"), sort_keys=True)
 
 
 def _config_json(config: UNetConfig) -> str:
@@ -456,6 +486,36 @@ def _read_user_metadata(path: Any, metadata: dict[str, str] | None) -> dict[str,
     return value
 
 
+def _read_preprocessing(path: Any, metadata: dict[str, str] | None, config: UNetConfig) -> Preprocessing | None:
+    """The stored spec (None when the checkpoint has none: one written before specs were stored,
+    or without one): a JSON object within the limits config files have, validated strictly as a
+    `Preprocessing` and checked against the stored config's channels."""
+    meta, shown = _check_format(path, metadata), short_path(path)
+    text = meta.get("preprocessing")
+    if text is None:
+        return None
+    if len(text) > MAX_PREPROCESSING_BYTES:
+        raise CheckpointError(
+            f"{shown}: the metadata 'preprocessing' is {len(text):,} characters; a spec is a few kilobytes "
+            f"(limit {MAX_PREPROCESSING_BYTES:,})"
+        )
+    try:
+        doc = documents.parse(text, "json")
+    except documents.ParseError as err:
+        raise CheckpointError(f"{shown}: the metadata 'preprocessing' is not valid JSON: {err.message}") from None
+    if not isinstance(doc.value, dict):
+        raise CheckpointError(
+            f"{shown}: the metadata 'preprocessing' is a JSON {type(doc.value).__name__}, not an object; save_unet "
+            "stores the whole spec, never a path"
+        )
+    try:
+        spec = validate_as(Preprocessing, doc.value, f"{shown}: preprocessing", doc.positions)
+        check_channels(spec, config.in_channels, config.out_channels)
+    except (ConfigError, ValueError) as err:
+        raise CheckpointError(f"{shown}: the metadata 'preprocessing' is not a valid spec:\n{err}") from None
+    return spec
+
+
 def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
@@ -483,6 +543,13 @@ def checkpoint_config(path: str | Path) -> UNetConfig:
     """The config stored in a checkpoint (reads the header only, no weights)."""
     with _open(path) as f:
         return _read_config(path, f.metadata())
+
+
+def checkpoint_preprocessing(path: str | Path) -> Preprocessing | None:
+    """The preprocessing spec given to `save_unet` (None if none), read from the header only."""
+    with _open(path) as f:
+        header = f.metadata()
+        return _read_preprocessing(path, header, _read_config(path, header))
 
 
 def checkpoint_metadata(path: str | Path) -> dict[str, Any]:
@@ -558,6 +625,38 @@ def _check_names_and_shapes(
         )
 
 
+def _package_loader(path: Any) -> Any:
+    """The loader of `unetgen.share` for a .zip or a folder, None for anything else (a file).
+
+    The import is local because `share` sits above this module (it saves and loads through
+    `save_unet`/`load_unet`): routing here keeps `unetgen.load_unet` the one function users know,
+    and a plain checkpoint never imports `share`."""
+    if not isinstance(path, (str, os.PathLike)) or isinstance(path, bytes) or "\0" in os.fspath(path):
+        return None
+    p = Path(path)
+    is_dir = os.path.isdir(p)  # os.path: False, not an OSError, for a name too long or unreadable
+    if p.suffix.lower() == ".zip" and os.path.isfile(p):  # else `_open` refuses it (missing, a FIFO, a device)
+        from .share.bioimageio import RDF, load_package
+
+        # a zip without rdf.yaml (a torch.save archive, any other zip) is explained by `_open`
+        return load_package if _zip_has(p, RDF) else None
+    if is_dir:
+        from .share.bioimageio import RDF, load_package
+        from .share.hub import load_folder
+
+        return load_package if os.path.isfile(p / RDF) else load_folder
+    return None
+
+
+def _zip_has(path: Path, name: str) -> bool:
+    """Whether the regular file at `path` is a zip archive with an entry `name` (reads its directory only)."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            return name in z.namelist()
+    except (OSError, zipfile.BadZipFile, ValueError):
+        return False
+
+
 def load_unet(path: str | Path, *, device: torch.device | str | None = None, strict: bool = True) -> UNet:
     """The model saved by `save_unet`, in eval mode, on `device` (default CPU).
 
@@ -569,13 +668,21 @@ def load_unet(path: str | Path, *, device: torch.device | str | None = None, str
     (integer, bool, complex, float8 or mixed dtypes raise `CheckpointError` naming a tensor).
 
     The model's `metadata` attribute holds the `metadata` given to `save_unet` (``{}`` if none),
-    as `checkpoint_metadata(path)` returns it."""
+    as `checkpoint_metadata(path)` returns it, and `preprocessing` the spec given to it (None if
+    none), as `checkpoint_preprocessing(path)` returns it.
+
+    `path` may also be a model folder `unetgen.share.hub.save_folder` wrote (`load_folder`) or a
+    bioimage.io package unetgen wrote, a ``.zip`` or its unpacked folder with ``rdf.yaml``
+    (`unetgen.share.bioimageio.load_package`); `strict` applies to .safetensors files only."""
+    if (package := _package_loader(path)) is not None:
+        return package(path, device=device)
     shown = short_path(path)
     with _open(path) as f:
         header = f.metadata()
         config = _read_config(path, header)
         _check_state_format(path, header)
         user_metadata = _read_user_metadata(path, header)
+        spec = _read_preprocessing(path, header, config)
         found = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
         dtypes = {k: f.get_slice(k).get_dtype() for k in f.keys()}
         model = build_unet(config, device=device)
@@ -591,4 +698,5 @@ def load_unet(path: str | Path, *, device: torch.device | str | None = None, str
         model.to(dtype=floats[0])
     model.load_state_dict(state, strict=False)
     model.metadata = user_metadata
+    model.preprocessing = spec
     return model.eval()

@@ -1,4 +1,4 @@
-"""The `unetgen` command line: inspect configs, their shapes and their valid input sizes.
+"""The `unetgen` command line: inspect configs, their shapes and their valid input sizes; predict; export.
 
 `build_parser` wires every command (``cmd_*`` in the command modules) to its arguments; `main`
 runs one. A command prints its answer on stdout and returns its exit status (0, or 1 when the
@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from .args import Parser, device, file_path, fraction, gib, npy_path, positive_int, sizes_arg, yaml_path
 from .draw import cmd_draw
 from .errors import DEBUG_ENV, UsageError, report, report_broken_pipe, report_interrupt
+from .export import add_export_parser
 from .imports import cmd_import
 from .inspect import LISTED_SIZES, cmd_presets, cmd_schema, cmd_sizes, cmd_summary, cmd_trace, cmd_validate
 from .plan import cmd_plan
@@ -88,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_draw)
 
     _add_import_parser(sub)
+    add_export_parser(sub)
 
     p = sub.add_parser("plan", help="the largest training patch (and batch) that fits a memory budget")
     p.add_argument("config", help="a .yaml/.json config file, a preset name or a .safetensors checkpoint")

@@ -2,7 +2,8 @@
 `load_folder` reads it back.
 
     config.json          the UNetConfig, every field (`build_unet("DIR/config.json")` builds it)
-    model.safetensors    the weights, with unetgen's metadata: a unetgen checkpoint (`load_unet` reads it)
+    model.safetensors    the weights, with unetgen's metadata and the preprocessing spec: a unetgen
+                         checkpoint (`load_unet` reads it, and the folder too)
     preprocessing.json   the preprocessing spec, when there is one (`load_preprocessing` reads it)
     README.md            the model card: Hub front matter, diagram, valid sizes, parameters,
                          preprocessing, output channels, licence, citation
@@ -22,6 +23,7 @@ from typing import Any
 
 import torch
 
+from ..build import FOLDER_CONFIG
 from ..checkpoint import CheckpointError, load_unet, save_unet
 from ..config.io import dump_config, load_config
 from ..config.preprocessing import Preprocessing, PreprocessingSource, check_channels, load_preprocessing
@@ -32,7 +34,7 @@ from .info import ModelInfo, citation_lines, describe_preprocessing, model_info,
 
 __all__ = ["CONFIG", "PREPROCESSING", "WEIGHTS", "load_folder", "model_card", "save_folder"]
 
-CONFIG = "config.json"
+CONFIG = FOLDER_CONFIG
 WEIGHTS = "model.safetensors"
 PREPROCESSING = "preprocessing.json"
 
@@ -75,7 +77,7 @@ def model_card(model: UNet, spec: Preprocessing | None, info: ModelInfo, *, diag
         "",
         "```python",
         "import unetgen",
-        'model = unetgen.load_unet("model.safetensors")  # or unetgen.share.hub.load_folder(".")',
+        'model = unetgen.load_unet(".")  # this folder; or load_unet("model.safetensors")',
         "```",
         "",
         *([info.documentation, ""] if info.documentation else []),
@@ -100,7 +102,7 @@ def save_folder(
     metadata: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write `model` as a Hub-style folder (created if missing) and return it: config.json,
-    model.safetensors (`save_unet`, with `metadata`), preprocessing.json (given a spec),
+    model.safetensors (`save_unet`, with `metadata` and the spec), preprocessing.json (given a spec),
     README.md (`model_card`) and diagram.svg."""
     if not isinstance(model, UNet):
         raise TypeError(f"save_folder needs a unetgen UNet, got {type(model).__name__}")
@@ -111,7 +113,7 @@ def save_folder(
     root = Path(directory)
     root.mkdir(parents=True, exist_ok=True)
     dump_config(model.config, root / CONFIG)
-    save_unet(model, root / WEIGHTS, metadata=metadata)
+    save_unet(model, root / WEIGHTS, metadata=metadata, preprocessing=spec)
     if spec is not None:
         (root / PREPROCESSING).write_text(json.dumps(spec.model_dump(mode="json"), indent=2) + "\n", encoding="utf-8")
     elif (root / PREPROCESSING).exists():
@@ -127,12 +129,18 @@ def save_folder(
 
 def load_folder(directory: str | os.PathLike[str], *, device: torch.device | str | None = None) -> UNet:
     """The model of a folder `save_folder` wrote, in eval mode (`load_unet` of its
-    model.safetensors), with `preprocessing` (the spec of preprocessing.json, or None) and
-    `metadata` attributes. config.json must describe the same network as the weights' stored
-    config (`CheckpointError` otherwise: one of them was replaced)."""
+    model.safetensors), with `preprocessing` (the spec of preprocessing.json, else the one stored
+    in model.safetensors, or None; the two must agree when both are there) and `metadata`
+    attributes. config.json must describe the same network as the weights' stored config
+    (`CheckpointError` otherwise: one of them was replaced)."""
     root = Path(directory)
     if not root.is_dir():
         raise CheckpointError(f"{short_path(root)}: not a folder")
+    if not (root / WEIGHTS).is_file():
+        raise CheckpointError(
+            f"{short_path(root)}: a folder without {WEIGHTS}; a model folder is what save_folder writes "
+            "(config.json, model.safetensors, README.md), else give the .safetensors checkpoint itself"
+        )
     model = load_unet(root / WEIGHTS, device=device)
     if (root / CONFIG).is_file() and load_config(root / CONFIG) != model.config:
         raise CheckpointError(
@@ -140,5 +148,12 @@ def load_folder(directory: str | os.PathLike[str], *, device: torch.device | str
             f"write the folder again with save_folder"
         )
     spec_file = root / PREPROCESSING
-    model.preprocessing = load_preprocessing(spec_file) if spec_file.is_file() else None
+    if spec_file.is_file():
+        spec = load_preprocessing(spec_file)
+        if model.preprocessing is not None and spec != model.preprocessing:
+            raise CheckpointError(
+                f"{short_path(root)}: {PREPROCESSING} differs from the spec stored in {WEIGHTS}; "
+                "write the folder again with save_folder"
+            )
+        model.preprocessing = spec
     return model
