@@ -35,6 +35,7 @@ import numpy as np
 import torch
 import yaml
 
+from .. import atomic
 from .._version import __version__
 from ..analysis import shapes
 from ..build import build_unet
@@ -448,11 +449,9 @@ def _place(root: Path, target: Path) -> Path:
         for f in sorted(root.iterdir()):
             shutil.copyfile(f, target / f.name)
         return target
-    tmp = target.with_name(f".{target.name}.tmp")
-    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as z:
-        for f in sorted(root.iterdir()):
+    with atomic.replacing(target) as out, zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED) as z:
+        for f in sorted(root.iterdir()):  # an exclusive temporary beside the target, renamed onto it
             z.write(f, f.name)
-    os.replace(tmp, target)
     return target
 
 

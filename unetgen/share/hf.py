@@ -44,7 +44,7 @@ class UNetHub(
 
     def _save_pretrained(self, save_directory: Path) -> None:
         """The weights as a unetgen checkpoint (`load_unet` reads it), and the spec, if any."""
-        save_unet(self, Path(save_directory) / WEIGHTS)
+        save_unet(self, Path(save_directory) / WEIGHTS, preprocessing=self.preprocessing)
         if self.preprocessing is not None:
             text = json.dumps(self.preprocessing.model_dump(mode="json"), indent=2) + "\n"
             (Path(save_directory) / PREPROCESSING).write_text(text, encoding="utf-8")
