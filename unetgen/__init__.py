@@ -21,7 +21,6 @@ from .checkpoint import (
     checkpoint_config,
     checkpoint_metadata,
     checkpoint_preprocessing,
-    load_unet,
     save_unet,
 )
 from .config.io import ConfigError, dump_config, load_config
@@ -32,6 +31,7 @@ from .model.optimize import optimize_for_inference
 from .model.unet import UNet
 from .predict.plan import TilePlan, plan_tiles
 from .predict.run import predict_tiled
+from .share.load import load_unet
 
 __all__ = [
     "PRESETS",

@@ -20,7 +20,6 @@ import json
 import os
 import re
 import warnings
-import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -625,38 +624,6 @@ def _check_names_and_shapes(
         )
 
 
-def _package_loader(path: Any) -> Any:
-    """The loader of `unetgen.share` for a .zip or a folder, None for anything else (a file).
-
-    The import is local because `share` sits above this module (it saves and loads through
-    `save_unet`/`load_unet`): routing here keeps `unetgen.load_unet` the one function users know,
-    and a plain checkpoint never imports `share`."""
-    if not isinstance(path, (str, os.PathLike)) or isinstance(path, bytes) or "\0" in os.fspath(path):
-        return None
-    p = Path(path)
-    is_dir = os.path.isdir(p)  # os.path: False, not an OSError, for a name too long or unreadable
-    if p.suffix.lower() == ".zip" and os.path.isfile(p):  # else `_open` refuses it (missing, a FIFO, a device)
-        from .share.bioimageio import RDF, load_package
-
-        # a zip without rdf.yaml (a torch.save archive, any other zip) is explained by `_open`
-        return load_package if _zip_has(p, RDF) else None
-    if is_dir:
-        from .share.bioimageio import RDF, load_package
-        from .share.hub import load_folder
-
-        return load_package if os.path.isfile(p / RDF) else load_folder
-    return None
-
-
-def _zip_has(path: Path, name: str) -> bool:
-    """Whether the regular file at `path` is a zip archive with an entry `name` (reads its directory only)."""
-    try:
-        with zipfile.ZipFile(path) as z:
-            return name in z.namelist()
-    except (OSError, zipfile.BadZipFile, ValueError):
-        return False
-
-
 def load_unet(path: str | Path, *, device: torch.device | str | None = None, strict: bool = True) -> UNet:
     """The model saved by `save_unet`, in eval mode, on `device` (default CPU).
 
@@ -671,11 +638,8 @@ def load_unet(path: str | Path, *, device: torch.device | str | None = None, str
     as `checkpoint_metadata(path)` returns it, and `preprocessing` the spec given to it (None if
     none), as `checkpoint_preprocessing(path)` returns it.
 
-    `path` may also be a model folder `unetgen.share.hub.save_folder` wrote (`load_folder`) or a
-    bioimage.io package unetgen wrote, a ``.zip`` or its unpacked folder with ``rdf.yaml``
-    (`unetgen.share.bioimageio.load_package`); `strict` applies to .safetensors files only."""
-    if (package := _package_loader(path)) is not None:
-        return package(path, device=device)
+    `unetgen.load_unet` (`unetgen.share.load.load_unet`) also reads model folders and bioimage.io
+    packages; this one reads .safetensors checkpoints."""
     shown = short_path(path)
     with _open(path) as f:
         header = f.metadata()

@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from .. import atomic
-from ..checkpoint import load_unet
 from ..config.preprocessing import load_preprocessing
+from ..share.load import load_unet
 from .args import check_output, file_path, regular_file
 from .errors import note, show
 
