@@ -8,6 +8,7 @@ never held one Python object each), and every failure is one clear message."""
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import os
@@ -15,6 +16,7 @@ import socket
 import subprocess
 import sys
 import threading
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +27,7 @@ from unetgen import UNetConfig, build_unet, predict_tiled, save_unet
 from unetgen.cli import main
 
 zarr = pytest.importorskip("zarr")
-from unetgen.predict.arrays import create_output, open_image  # noqa: E402
+from unetgen.predict.arrays import create_output, open_image, open_output  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -205,11 +207,14 @@ def test_a_second_run_cannot_restart_an_output_being_written(model, tmp_path) ->
 
 
 _HOLD = """
-import sys
-from unetgen.predict.ownership import output_lock
-with output_lock(sys.argv[1]):
-    print("locked", flush=True)
-    sys.stdin.read()
+import fcntl, json, os, socket, sys, time
+fd = os.open(sys.argv[1] + ".lock", os.O_RDWR | os.O_CREAT)  # what output_lock does, without importing torch
+fcntl.flock(fd, fcntl.LOCK_EX)
+holder = {"unetgen_lock": 1, "pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
+os.write(fd, json.dumps(holder).encode())
+print("locked", flush=True)
+sys.stdin.read()
+os.unlink(sys.argv[1] + ".lock")
 """
 
 
@@ -290,3 +295,271 @@ def test_a_journal_that_is_not_a_record_is_never_overwritten(model, tmp_path) ->
     with pytest.raises(ValueError, match="not a unetgen progress record"):
         predict_tiled(model, np.ones((1, 30, 30), np.float32), out=out, journal=notes, resume=False, progress=False)
     assert json.loads(notes.read_text()) == {"my": "data"}
+
+
+# ---------------------------------------------------------------------------------------------
+# hangs: one regular-file check for every file read; a scheduler that never speaks
+
+
+def _unblock(*fifos: Path) -> None:
+    """Let any reader left waiting on a FIFO go (so that a failure cannot hang the session)."""
+    for fifo in fifos:
+        try:
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        except OSError:
+            pass
+
+
+def test_no_fifo_blocks_out_of_core_prediction(model, ckpt, tmp_path, capsys) -> None:
+    from test_hostile_inputs import finishes
+
+    fifos = [tmp_path / name for name in ("fifo.npy", "fifo.tif", "fifo.json")]
+    for fifo in fifos:
+        os.mkfifo(fifo)
+    meta = _image(tmp_path, "meta.zarr")  # a FIFO as the store's metadata
+    (meta / "zarr.json").unlink()
+    os.mkfifo(meta / "zarr.json")
+    chunk = _image(tmp_path, "chunk.zarr")  # a FIFO as one of its chunks
+    (chunk / "c" / "0" / "0" / "0").unlink()
+    os.mkfifo(chunk / "c" / "0" / "0" / "0")
+    out = create_output(tmp_path / "out.zarr", model, _image(tmp_path), tile_size=24)
+    (tmp_path / "out.zarr" / "zarr.json").rename(tmp_path / "saved.json")
+    os.mkfifo(tmp_path / "out.zarr" / "zarr.json")  # and in an existing output
+    waiting = [*fifos, meta / "zarr.json", chunk / "c" / "0" / "0" / "0", tmp_path / "out.zarr" / "zarr.json"]
+    try:
+        for image, kind in [(fifos[0], "FIFO"), (fifos[1], "FIFO"), (meta, "FIFO"), (chunk, "FIFO")]:
+            argv = _cli(ckpt, image, tmp_path / f"o-{image.stem}.zarr", "--no-progress")
+            assert finishes(lambda argv=argv: main(argv)) == 1
+            [line] = _errors(capsys)
+            assert "not a regular file" in line and kind in line, line
+        err = finishes(lambda: create_output(tmp_path / "out.zarr", model, np.zeros((1, 60, 50), np.float32)))
+        assert isinstance(err, ValueError) and "not a regular file" in str(err)
+        image, target = np.zeros((1, 30, 30), np.float32), np.zeros((2, 30, 30), np.float32)
+        err = finishes(lambda: predict_tiled(model, image, out=target, journal=fifos[2], progress=False))
+        assert isinstance(err, ValueError) and "journal" in str(err) and "FIFO" in str(err)
+    finally:
+        _unblock(*waiting)
+    del out
+
+
+def _silent_server(reply: bytes | None = None) -> tuple[str, socket.socket]:
+    """A TCP server that accepts every connection and then says nothing (or only `reply`)."""
+    server = socket.create_server(("127.0.0.1", 0))
+    held = []
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            held.append(conn)
+            if reply is not None:
+                conn.sendall(reply)
+
+    threading.Thread(target=serve, daemon=True).start()
+    return f"tcp://127.0.0.1:{server.getsockname()[1]}", server
+
+
+def test_a_scheduler_that_accepts_and_never_speaks_is_given_up_on(ckpt, tmp_path, capsys, monkeypatch) -> None:
+    pytest.importorskip("distributed")
+    import time
+
+    from test_hostile_inputs import finishes
+
+    from unetgen.predict import distributed as unet_dask
+
+    image = _image(tmp_path)
+    monkeypatch.setattr(unet_dask, "SCHEDULER_TIMEOUT", 0.5, raising=False)  # (the base commit has none)
+    for reply, why in [(None, "sent nothing in 0.5 s"), (b"HTTP/1.1 400 Bad Request\r\n\r\n", "Dask's protocol")]:
+        address, server = _silent_server(reply)
+        with server:
+            start = time.monotonic()
+            code = finishes(
+                lambda address=address: main(_cli(ckpt, image, tmp_path / "o.zarr", "--scheduler", address))
+            )
+            assert code == 1 and time.monotonic() - start < 5
+            [line] = _errors(capsys)
+            assert f"tried {address}" in line and why in line and "memory" not in line, line
+
+
+@pytest.mark.parametrize(
+    "address, supported",
+    [("ucx://host:1234", "ucx"), ("tls://host:8786", "certificates"), ("inproc://x", "this very process"),
+     ("ws://h:1", "websocket"), ("tcp://h:99999", "Port out of range"), ("x" * 5000, "not an address"),
+     ("tcp://[::1", "IPv6"), ("tcp://h:1/path", "not HOST:PORT"), ("", "not an address")],
+)  # fmt: skip
+def test_scheduler_addresses_unetgen_cannot_use_are_refused_saying_what_is_supported(
+    ckpt, tmp_path, capsys, address, supported
+) -> None:
+    pytest.importorskip("distributed")
+    assert main(_cli(ckpt, _image(tmp_path), tmp_path / "o.zarr", "--scheduler", address)) == 2
+    line = [x for x in capsys.readouterr().err.splitlines() if "error:" in x][-1]
+    assert supported in line and "tcp://HOST:PORT" in line and len(line) < 1000
+    assert not (tmp_path / "o.zarr").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# unbounded work: records, chunks and strips are bounded before they are read
+
+
+def _forge(out, **fields) -> None:
+    record = dict(out.attrs["unetgen_progress"], **fields)
+    out.attrs["unetgen_progress"] = record
+
+
+def test_forged_progress_records_end_in_one_clear_error_without_inflating(model, tmp_path) -> None:
+    import tracemalloc
+
+    image = _image(tmp_path)
+    out = create_output(tmp_path / "out.zarr", model, image, tile_size=24)
+    predict_tiled(model, open_image(image), out=out, tile_size=24, progress=False)
+    bomb = base64.b64encode(zlib.compress(bytes(256 << 20), 9)).decode()  # 256 MiB of zeros, ~350 KB
+    forged = {
+        "a bomb": dict(done=bomb),
+        "too short (IndexError)": dict(done=base64.b64encode(zlib.compress(b"")).decode()),
+        "not a string (TypeError)": dict(done=5),
+        "not zlib (zlib.error)": dict(done=base64.b64encode(b"garbage!").decode()),
+        "not base64": dict(done="%%%"),
+        "bits beyond the last block": dict(done=base64.b64encode(zlib.compress(b"\xff")).decode()),
+    }
+    for name, fields in forged.items():
+        _forge(zarr.open_array(tmp_path / "out.zarr", mode="r+"), **fields)
+        tracemalloc.start()
+        with pytest.raises(ValueError, match="forged progress record") as info:
+            predict_tiled(model, open_image(image), out=open_output(tmp_path / "out.zarr"), tile_size=24)
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert peak < 32 << 20, (name, peak)
+        assert "resume=False" in str(info.value) and len(str(info.value)) < 400, name
+    zarr.open_array(tmp_path / "out.zarr", mode="r+").attrs["unetgen_progress"] = [1, 2, 3]
+    with pytest.raises(ValueError, match="a list, not a JSON object"):
+        predict_tiled(model, open_image(image), out=open_output(tmp_path / "out.zarr"), tile_size=24)
+    predict_tiled(model, open_image(image), out=open_output(tmp_path / "out.zarr"), tile_size=24, resume=False)
+
+
+def test_forged_journal_files_end_in_one_clear_error(model, tmp_path) -> None:
+    image, out = np.ones((1, 30, 30), np.float32), np.zeros((2, 30, 30), np.float32)
+    journal = tmp_path / "p.json"
+    for text, match in [
+        ("[" * 100_000 + "]" * 100_000, "not a unetgen progress record"),
+        ("[1, 2]", "a list, not a JSON object"),
+        ('"x"', "a str, not a JSON object"),
+        ("x" * (1 << 20), "more than a progress record"),
+        ("{", "not a unetgen progress record"),
+    ]:
+        journal.write_text(text)
+        with pytest.raises(ValueError, match=match):
+            predict_tiled(model, image, out=out, journal=journal, progress=False)
+
+
+def test_chunks_are_checked_before_they_are_read(tmp_path, capsys, ckpt) -> None:
+    outside = tmp_path / "secret.bin"
+    outside.write_bytes(b"x" * 100)
+    cases = {
+        "zero.zarr": ("/dev/zero", "points outside the store"),
+        "outside.zarr": (outside, "points outside the store"),
+        "sparse.zarr": (None, "more than the"),
+    }
+    for name, (target, message) in cases.items():
+        store = _image(tmp_path, name, shape=(1, 100, 100))
+        chunk = store / "c" / "0" / "0" / "0"
+        chunk.unlink()
+        if target is None:
+            with open(chunk, "wb") as f:
+                f.truncate(8 << 30)  # 8 GiB on paper, nothing on disk
+        else:
+            chunk.symlink_to(target)
+        with pytest.raises(ValueError, match=message):
+            open_image(store)[...]
+        assert main(_cli(ckpt, store, tmp_path / f"o-{name}", "--no-progress")) == 1
+        assert message in _errors(capsys)[0]
+
+
+def _sparse_tiff(path: Path, size: int, tile: int = 512, **options) -> None:
+    """A zlib TIFF of size x size zeros, written tile by tile (never whole in memory)."""
+    import tifffile
+
+    tiles = (np.zeros((tile, tile), np.uint8) for _ in range((-(-size // tile)) ** 2))
+    tifffile.imwrite(path, tiles, shape=(size, size), dtype="uint8", tile=(tile, tile), compression="zlib", **options)
+
+
+def test_a_small_tiff_of_many_pixels_is_refused_from_its_header(model, tmp_path, capsys) -> None:
+    import tracemalloc
+
+    pytest.importorskip("tifffile")
+    _sparse_tiff(tmp_path / "big.tif", 6000)  # 36 MB of pixels in ~150 KB
+    config = tmp_path / "c.json"
+    config.write_text(CONFIG.model_dump_json())
+    torch.save(model.state_dict(), tmp_path / "w.pt")
+    argv = ["predict", str(config), "--weights", str(tmp_path / "w.pt"), "--input", str(tmp_path / "big.tif")]
+    tracemalloc.start()
+    code = main([*argv, "--output", str(tmp_path / "o.npy"), "--memory-limit", "0.01"])
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert code == 1 and peak < 16 << 20, peak
+    [line] = _errors(capsys)
+    assert "holds 6000x6000 uint8 values" in line and "memory limit" in line and "out of core" in line
+
+
+def test_a_tiff_tile_larger_on_disk_than_its_pixels_is_refused(tmp_path) -> None:
+    tifffile = pytest.importorskip("tifffile")
+    from unetgen.predict.formats import read_image
+
+    tifffile.imwrite(tmp_path / "t.tif", np.zeros((512, 512), np.uint8), tile=(256, 256))
+    data = bytearray((tmp_path / "t.tif").read_bytes())
+    with tifffile.TiffFile(tmp_path / "t.tif") as tif:
+        tag = tif.pages[0].tags["TileByteCounts"]
+        assert tag.dtype == 4  # LONG: 4 bytes per count
+        offset, count = tag.valueoffset, tag.count
+    for k in range(count):  # every tile claims 4 GiB on disk, for 64 KiB of pixels
+        data[offset + 4 * k : offset + 4 * k + 4] = (2**32 - 1).to_bytes(4, "little")
+    (tmp_path / "t.tif").write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="damaged or forged"):
+        open_image(tmp_path / "t.tif")
+    with pytest.raises(ValueError, match="damaged or forged"):
+        read_image(tmp_path / "t.tif")
+
+
+def test_input_chunks_decoded_per_tile_count_against_the_memory_limit(model, tmp_path) -> None:
+    image = zarr.create_array(tmp_path / "one.zarr", shape=(1, 2000, 2000), chunks=(1, 2000, 2000), dtype="float32")
+    out = np.zeros((2, 2000, 2000), np.float32)
+    with pytest.raises(ValueError, match=r"input chunks decoded per tile: 15 MiB.*smaller chunks"):
+        predict_tiled(model, image, out=out, tile_size=24, memory_limit=8 << 20, progress=False)
+
+
+class _Huge:
+    """An image of any shape that reads as zeros, and a sink that discards: planning and the
+    block loop on them show what is held per block."""
+
+    def __init__(self, shape, dtype="float32") -> None:
+        self.shape, self.dtype = shape, np.dtype(dtype)
+
+    def __getitem__(self, index):
+        return np.zeros([1, *(s.stop - s.start for s in index[1:])], self.dtype)  # (C=1, *window)
+
+    def __setitem__(self, index, value) -> None:
+        pass
+
+
+def test_blocks_are_never_held_one_object_each(model) -> None:
+    import tracemalloc
+
+    from unetgen.predict.run import prepare, run
+
+    side = 2**13 * 3  # 3,072 x 3,072 = 9.4 M blocks of one tile
+    image, out = _Huge((1, side, side)), _Huge((2, side, side))
+    tracemalloc.start()
+    job, source, sink = prepare(model, image, out, tile_size=24)
+    seen = []
+
+    def stop(n, tile):
+        seen.append(tile)
+        raise StopIteration
+
+    with pytest.raises(StopIteration):
+        run(model, job, source, sink, callback=stop, progress=False)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert job.num_blocks > 5_000_000 and seen == [(0, 0)]
+    assert peak < 64 << 20, peak

@@ -337,9 +337,10 @@ def _greeting(host: str, port: int, timeout: float) -> str | None:
     return None
 
 
-def connect_scheduler(address: str, timeout: float = SCHEDULER_TIMEOUT) -> Any:
+def connect_scheduler(address: str, timeout: float | None = None) -> Any:
     """A `distributed.Client` of the Dask scheduler at `address` (``tcp://HOST:PORT``), connected
-    within about 3 x `timeout` seconds or a ValueError saying what was tried and what happened.
+    within about 3 x `timeout` seconds (default `SCHEDULER_TIMEOUT`), or a ValueError saying what
+    was tried and what happened.
 
     First a plain socket connects (bounded by `timeout`) and waits for the scheduler's greeting
     (a Dask scheduler speaks first; a server that accepts and stays silent, or answers in another
@@ -348,6 +349,7 @@ def connect_scheduler(address: str, timeout: float = SCHEDULER_TIMEOUT) -> Any:
     carries pickles, which run code (docs/limits.md)."""
     from distributed import Client
 
+    timeout = SCHEDULER_TIMEOUT if timeout is None else timeout
     host, port = scheduler_location(address)
     tried = f"tried tcp://{host}:{port} (from {short_repr(address)})"
     why = _greeting(host, port, timeout)
