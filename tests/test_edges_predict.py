@@ -563,3 +563,104 @@ def test_blocks_are_never_held_one_object_each(model) -> None:
     tracemalloc.stop()
     assert job.num_blocks > 5_000_000 and seen == [(0, 0)]
     assert peak < 64 << 20, peak
+
+
+# ---------------------------------------------------------------------------------------------
+# messages: each failure says what it is
+
+
+def _npy_header(path: Path, shape) -> None:
+    with open(path, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False, "shape": shape})
+        f.write(bytes(64))
+
+
+def _in_memory(model, tmp_path: Path, image: Path, output: Path) -> list[str]:
+    config = tmp_path / "c.json"
+    config.write_text(CONFIG.model_dump_json())
+    torch.save(model.state_dict(), tmp_path / "w.pt")
+    return ["predict", str(config), "--weights", str(tmp_path / "w.pt"), "--input", str(image), "--output", str(output)]
+
+
+@pytest.mark.parametrize("shape", [(-5, 30), (10**30,), (1, 10**30, 10**30), (2**62, 2**62), ("a", 3)])
+def test_npy_headers_that_lie_say_so(model, ckpt, tmp_path, capsys, shape) -> None:
+    from unetgen.predict.formats import read_image
+
+    path = tmp_path / "bad.npy"
+    _npy_header(path, shape)
+    for read in (open_image, read_image):
+        with pytest.raises(ValueError, match=r"cannot read the \.npy array: its header") as info:
+            read(path)
+        assert len(str(info.value)) < 400
+    for argv in (_cli(ckpt, path, tmp_path / "o.zarr"), _in_memory(model, tmp_path, path, tmp_path / "o.npy")):
+        assert main(argv) == 1
+        [line] = _errors(capsys)
+        assert "bad.npy: cannot read the .npy array: its header" in line
+
+
+def test_a_device_named_npy_is_not_a_regular_file(model, ckpt, tmp_path, capsys) -> None:
+    (tmp_path / "zero.npy").symlink_to("/dev/zero")
+    for argv in (
+        _cli(ckpt, tmp_path / "zero.npy", tmp_path / "o.zarr"),
+        _in_memory(model, tmp_path, tmp_path / "zero.npy", tmp_path / "o.npy"),
+    ):
+        assert main(argv) == 1
+        [line] = _errors(capsys)
+        assert "zero.npy is not a regular file (a character device)" in line and "pickle" not in line
+
+
+def test_a_full_disk_says_so_names_the_path_and_leaves_nothing(model, tmp_path, capsys, monkeypatch) -> None:
+    import shutil
+
+    np.save(tmp_path / "in.npy", np.ones((1, 30, 30), np.float32))
+    (tmp_path / "out").mkdir()
+    argv = _in_memory(model, tmp_path, tmp_path / "in.npy", tmp_path / "out" / "p.npy")
+
+    def short_write(file, array, **kwargs):  # what numpy raises when the disk fills up mid-write
+        file.write(b"\x93NUMPY")
+        raise OSError(f"{array.nbytes} requested and 0 written")
+
+    with monkeypatch.context() as mp:
+        mp.setattr(np, "save", short_write)
+        assert main(argv) == 1
+    [line] = _errors(capsys)
+    assert line.startswith(f"error: {tmp_path / 'out' / 'p.npy'}: No space left on device") and "None" not in line
+    assert list((tmp_path / "out").iterdir()) == []
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=100))
+    assert main(argv) == 1  # refused before writing
+    [line] = _errors(capsys)
+    assert "No space left on device: the prediction takes 11,296 bytes, 100 are free" in line
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_both_branches_refuse_a_missing_output_folder_naming_it(model, ckpt, tmp_path, capsys) -> None:
+    np.save(tmp_path / "in.npy", np.ones((1, 30, 30), np.float32))
+    for argv in (
+        _cli(ckpt, tmp_path / "in.npy", tmp_path / "no" / "such" / "o.zarr"),
+        _in_memory(model, tmp_path, tmp_path / "in.npy", tmp_path / "no" / "such" / "o.npy"),
+    ):
+        assert main(argv) == 1
+        [line] = _errors(capsys)
+        assert f"the folder {tmp_path / 'no'}" in line and "does not exist; create it first" in line
+    with pytest.raises(ValueError, match="does not exist; create it first"):
+        create_output(tmp_path / "no" / "o.zarr", model, np.ones((1, 30, 30), np.float32))
+    assert not (tmp_path / "no").exists()
+
+
+def test_a_resumed_run_says_so(model, ckpt, tmp_path, capsys) -> None:
+    image = _image(tmp_path)
+    out = create_output(tmp_path / "out.zarr", model, image, tile_size=24)
+    tiles = []
+
+    def stop(n, tile):
+        tiles.append(tile)
+        if len(tiles) == 20:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        predict_tiled(model, open_image(image), out=out, tile_size=24, callback=stop, progress=False)
+    done = zarr.open_array(tmp_path / "out.zarr", mode="r").attrs["unetgen_progress"]["completed"]
+    assert main(_cli(ckpt, image, tmp_path / "out.zarr", "--no-progress")) == 0
+    err = capsys.readouterr().err
+    assert f"resuming: {done} of 56 blocks done" in err and "56/56 blocks complete" in err
