@@ -9,6 +9,7 @@ import io
 import json
 import os
 import pickle
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -155,3 +156,37 @@ def run(argv: list[str]) -> tuple[int, str, str]:
         except SystemExit as exit:
             code = 0 if exit.code is None else exit.code
     return code, out.getvalue(), err.getvalue()
+
+
+def make_large_files(root: Path) -> dict[str, str]:
+    """Files for out-of-core prediction (a .zarr image, and the folders and arrays unetgen must
+    leave alone); empty when zarr is not installed. Returns name -> path, as `make_files`."""
+    try:
+        import zarr
+    except ImportError:
+        return {}
+    files: dict[str, Path] = {name: root / name for name in ("in.zarr", "theirs.zarr", "notes.zarr", "out.zarr")}
+    image = zarr.create_array(files["in.zarr"], shape=(1, 12, 13), chunks=(1, 8, 8), dtype="float32")
+    image[...] = np.random.default_rng(0).standard_normal((1, 12, 13)).astype(np.float32)
+    theirs = zarr.create_array(files["theirs.zarr"], shape=(3, 12, 13), chunks=(3, 12, 13), dtype="float32")
+    theirs[...] = 7
+    files["notes.zarr"].mkdir()
+    (files["notes.zarr"] / "thesis.txt").write_text("four years of work")
+    for name, broken in (("fifo.zarr", "zarr.json"), ("chunkfifo.zarr", "c/0/0/0")):
+        files[name] = root / name
+        shutil.copytree(files["in.zarr"], files[name])
+        (files[name] / broken).unlink()
+        os.mkfifo(files[name] / broken)
+    files["zero.npy"] = root / "zero.npy"
+    files["zero.npy"].symlink_to("/dev/zero")
+    files["negative.npy"] = root / "negative.npy"
+    with open(files["negative.npy"], "wb") as f:
+        np.lib.format.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False, "shape": (-12, 10**30)})
+    files["missing/out.zarr"] = root / "missing" / "out.zarr"
+    return {k: str(v) for k, v in files.items()}
+
+
+def sacred(files: dict[str, str]) -> dict[str, bytes]:
+    """The contents of the files no command may change: the inputs, and what unetgen did not make."""
+    keep = [Path(files[n]) for n in ("in.npy", "in.zarr", "theirs.zarr", "notes.zarr") if n in files]
+    return {str(p): p.read_bytes() for root in keep for p in sorted([root, *root.rglob("*")]) if p.is_file()}

@@ -1,9 +1,11 @@
 """Property test of the command line: argv drawn from a grammar of plausible mistakes over every
 subcommand (wrong, missing and odd files, huge, negative and zero numbers, sizes of the wrong
 rank, devices that do not exist, unknown flags, pickles as weights, outputs into missing
-folders...) ends in exit 0, 1 or 2, never in a traceback, and every failure says `error:`. The
-commands that write (draw -o, import -o) also keep their inputs and every file behind a symlink,
-and leave no temporary or partial file."""
+folders, out-of-core outputs over folders and arrays unetgen did not make or over the input,
+FIFOs inside zarr stores, scheduler addresses it cannot use...) ends in exit 0, 1 or 2, never in
+a traceback, and every failure says `error:`; no input, nor anything unetgen did not make,
+changes. The commands that write (draw -o, import -o) also keep every file behind a symlink and
+leave no temporary or partial file."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from cli_files import make_files, run
+from cli_files import make_files, make_large_files, run, sacred
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
@@ -26,16 +28,19 @@ CONFIGS = (["tiny.json", "tiny.safetensors", "tiny3d.json", "rgb.json", "aniso.j
            ["typo.yaml", "empty.yaml", "octal.yaml", "corrupt.safetensors", "missing.yaml", "missing.safetensors",
             "fifo.yaml", "fifo.safetensors", "dir.yaml", "in.npy", "w.pt", "text.txt", "/dev/null", "/dev/full",
             "nul", "long", "empty", "dash", "nopreset"])  # fmt: skip
-INPUTS = (["in.npy", "in.png", "in.tif", "batch.npy", "vol.npy", "rgb.png", "be.npy", "u16.npy"],
+INPUTS = (["in.npy", "in.png", "in.tif", "batch.npy", "vol.npy", "rgb.png", "be.npy", "u16.npy", "in.zarr"],
           ["in3.npy", "obj.npy", "str.npy", "cplx.npy", "nan.npy", "huge.npy", "empty.npy", "scalar.npy", "lying.npy",
            "truncated.npy", "png.npy", "evil.npy", "palette.png", "text.png", "rgb.tiff", "vol.tif", "image.bmp",
            "text.txt", "fifo.npy", "dir.npy", "missing.npy", "/dev/null", "nul", "long", "empty",
-           "tiny.safetensors"])  # fmt: skip
+           "tiny.safetensors", "fifo.zarr", "chunkfifo.zarr", "zero.npy", "negative.npy", "theirs.zarr",
+           "notes.zarr"])  # fmt: skip
 WEIGHTS = (["w.pt"], ["wrong.pt", "evil.pt", "tiny.safetensors", "tiny3d.safetensors", "corrupt.safetensors",
                       "fifo.pt", "missing.pt", "in.npy", "dir.npy", "/dev/null", "nul", "empty"])  # fmt: skip
-OUTPUTS = (["out.npy", "outdir/p.npy", "out2.npy"],
+OUTPUTS = (["out.npy", "outdir/p.npy", "out2.npy", "out.zarr"],
            ["missing/out.npy", "dir.npy", "full.npy", "fifo.npy", "noext", "/dev/full", "nul", "long", "empty",
-            "outdir"])  # fmt: skip
+            "outdir", "notes.zarr", "theirs.zarr", "in.zarr", "in.npy", "missing/out.zarr", "fifo.zarr"])  # fmt: skip
+SCHEDULERS = (["tcp://127.0.0.1:1"], ["ucx://h:1", "tls://h:8786", "inproc://x", "ws://h:1", "", "tcp://[::1", "::::",
+                                      "tcp://h:99999", "long", "nul"])  # fmt: skip
 SIZES = (["8", "12", "16", "13", "12x12", "16x16x16", "12x13", "12,12", "4_0"],
          ["1", "0", "-5", "abc", "1e3", "", "x", "8x8x8x8", " 12", "nan", "1" * 40, "1000000000000",
           "99999999999999999999999x1", "3x", "x3"])  # fmt: skip
@@ -69,9 +74,10 @@ _SLOTS: dict[str, list[tuple[str, Pool, bool]]] = {
                 ("--weights", WEIGHTS, True), ("--tile-size", SIZES, False), ("--batch-size", INTS, False),
                 ("--overlap", FRACTIONS, False), ("--blend", BLENDS, False), ("--device", DEVICES, False),
                 ("--memory-limit", GIBS, False), ("--output-type", OUTPUT_TYPES, False), ("--dry-run", ([""], [""]),
-                False)],
+                False), ("--restart", ([""], [""]), False), ("--block-size", SIZES, False),
+                ("--scheduler", SCHEDULERS, False)],
 }  # fmt: skip
-_SWITCHES = {"--dry-run", "--no-deep-supervision"}
+_SWITCHES = {"--dry-run", "--no-deep-supervision", "--restart"}
 _JUNK = [["--frobnicate"], ["--help"], ["-h"], ["--"], ["-"], ["--input-size"], ["extra"], ["--batch-size"],
          ["--batch-size", "2"], ["--weights", "w.pt"], ["--near", "12"]]  # fmt: skip
 _WEIGHTS_OF = {"tiny.json": "w.pt", "tiny3d.json": "tiny3d.pt", "rgb.json": "rgb.pt", "aniso.json": "aniso.pt"}
@@ -121,7 +127,8 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     with pytest.MonkeyPatch.context() as mp:
         mp.delenv("UNETGEN_DEBUG", raising=False)
         mp.chdir(tmp_path_factory.mktemp("cwd"))  # a relative path the grammar forgot to map lands here
-        yield make_files(tmp_path_factory.mktemp("fuzz"))
+        root = tmp_path_factory.mktemp("fuzz")
+        yield make_files(root) | make_large_files(root)
     torch.set_num_threads(threads)
 
 
@@ -133,6 +140,7 @@ def _alarm(signum, frame):
 @given(data=st.data())
 def test_any_command_line_ends_in_0_1_or_2_without_a_traceback(files: dict[str, str], data: st.DataObject) -> None:
     argv = data.draw(argvs(files), label="argv")
+    before = sacred(files)
     previous = signal.signal(signal.SIGALRM, _alarm)
     signal.alarm(60)
     try:
@@ -143,13 +151,14 @@ def test_any_command_line_ends_in_0_1_or_2_without_a_traceback(files: dict[str, 
     event(f"{argv[0]} exit {code}" + (" (wrote)" if "wrote " in err else ""))
     assert code in (0, 1, 2), (code, err)
     assert not os.listdir("."), f"wrote into the working directory: {os.listdir('.')}"
+    assert sacred(files) == before, "changed an input or something unetgen did not make"
     assert "Traceback" not in err and "Traceback" not in out
     lines = [line for line in err.splitlines() if line.strip()]
     assert all(len(line) <= 1200 for line in lines), "an unbounded message"
     if code == 2:
         assert sum("error: " in line for line in lines) == 1, err
     elif code == 1 and lines:
-        assert all(line.startswith(("error: ", "plan: ", "memory: ")) for line in lines), err
+        assert all(line.startswith(("error: ", "plan: ", "memory: ", "resuming: ")) for line in lines), err
         assert any(line.startswith("error: ") for line in lines)
         assert "internal error" not in err, err
     elif code == 1:  # an answer, not a failure: an invalid size (summary) or problems (validate) on stdout

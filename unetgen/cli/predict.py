@@ -6,15 +6,16 @@ docs/large-images.md)."""
 from __future__ import annotations
 
 import argparse
-import os
+import logging
 import pickle
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from ..config.documents import open_regular
 from ..config.unet_config import UNetConfig
-from .args import check_output, read_config, regular_file, spatial
+from .args import check_output, read_config, spatial
 from .errors import CommandError, UsageError, note, show
 
 # ---------------------------------------------------------------------------------------------
@@ -36,12 +37,13 @@ def _load_model(args: argparse.Namespace, cfg: UNetConfig) -> Any:
 
     from ..build import build_unet
     from ..checkpoint import load_unet, sniff
+    from ..predict.formats import open_regular_file
 
     if Path(args.config).suffix.lower() == ".safetensors":
         return load_unet(args.config, device=args.device)
     if args.weights is None:
         return None
-    regular_file(args.weights, "--weights")
+    open_regular_file(args.weights, "--weights").close()  # one regular-file check before sniffing
     found = sniff(args.weights)  # by content, whatever the suffix
     if found.kind not in ("safetensors", "torch", "pickle"):
         what = found.what or "a file unetgen does not recognise (neither safetensors nor torch.save's format)"
@@ -57,11 +59,13 @@ def _load_model(args: argparse.Namespace, cfg: UNetConfig) -> Any:
     model = build_unet(cfg, device=args.device)
     try:
         # an open file, not the path: torch.load reads a path ending in .safetensors as safetensors
-        with warnings.catch_warnings(), os.fdopen(open_regular(args.weights), "rb") as f:
+        with warnings.catch_warnings(), open_regular_file(args.weights, "--weights") as f:
             warnings.simplefilter("ignore")  # torch warns about pickle protocols before refusing
             state = torch.load(f, map_location=args.device or "cpu", weights_only=True)
         model.load_state_dict(state)
     except Exception as err:  # unpickling refused, not a zip, wrong keys or shapes, not a dict
+        if isinstance(err, ValueError) and str(err).startswith("--weights"):
+            raise  # not a regular file
         if isinstance(err, pickle.UnpicklingError):
             why = "it is a pickle that needs code to load, which is never run (torch.load weights_only=True)"
         else:
@@ -83,6 +87,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     import torch
 
     from ..predict.formats import image_format, read_image, write_image
+    from ..predict.ownership import check_apart
     from ..predict.plan import DEFAULT_MEMORY_LIMIT, check_memory, format_bytes, plan_tiles
     from ..predict.run import predict_tiled
     from ..predict.sources import check_image
@@ -92,8 +97,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     tile = None if args.tile_size is None else spatial(cfg, args.tile_size, "--tile-size")
     check_output(args.output)
     image_format(args.input, "--input")  # a readable file of a known format, before the model loads
+    check_apart(args.input, args.output, what="--output", source_what="--input")
+    limit = args.memory_limit if args.memory_limit is not None else DEFAULT_MEMORY_LIMIT
     model = _load_model(args, cfg)
-    image = read_image(args.input, "--input")
+    image = read_image(args.input, "--input", max_bytes=limit)  # refused from its header above the limit
     if image.dim() == cfg.spatial_dims and cfg.in_channels == 1:
         image = image.unsqueeze(0)  # a single-channel image without its channel axis
     dtype = next(model.parameters()).dtype if model is not None else torch.float32
@@ -101,7 +108,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
     options = dict(tile_size=tile, batch_size=args.batch_size, overlap=args.overlap)
     plan = plan_tiles(cfg, tuple(x.shape[2:]), **options, dtype=dtype)
     note(f"plan: {plan.summary()}")
-    limit = args.memory_limit if args.memory_limit is not None else DEFAULT_MEMORY_LIMIT
     images = x.shape[0]
     need = check_memory(cfg, plan, images=images, output_type=args.output_type, dtype=dtype, memory_limit=limit)
     note(f"memory: ~{format_bytes(need)} for tiles and result (limit {format_bytes(limit)}: --memory-limit)")
@@ -133,30 +139,58 @@ def _is_large(args: argparse.Namespace) -> bool:
 
 def cmd_predict_large(args: argparse.Namespace) -> int:
     """`predict` from a .zarr/.tif/.npy image into a .zarr output, block by block, resumable;
-    on a Dask cluster with --scheduler or --workers."""
+    on a Dask cluster with --scheduler or --workers. Checked before anything runs: the arguments,
+    the scheduler's address, the output's folder (never created) and that the output is not,
+    does not contain and does not sit inside the input; then one run at a time writes the output
+    (a lock beside it), and only an array unetgen made is ever resumed or, with --restart, removed."""
     from ..predict.journal import Journal
+    from ..predict.ownership import check_apart, check_folder
 
     _check_large_args(args)
+    check_folder(args.output, "--output")
+    check_apart(args.input, args.output, what="--output", source_what="--input")
     tile = args.tile_size[0] if args.tile_size is not None and len(args.tile_size) == 1 else args.tile_size
     block = args.block_size[0] if args.block_size is not None and len(args.block_size) == 1 else args.block_size
     output_type = getattr(args, "output_type", None) or "logits"
     plan_options = dict(tile_size=tile, batch_size=args.batch_size, overlap=args.overlap)
     options = dict(**plan_options, blend=args.blend, output_type=output_type, block_shape=block)
     try:
-        out = _predict_large(args, plan_options, options)
+        with _notes():
+            out = _predict_large(args, plan_options, options)
     except (ValueError, ImportError, OSError, TimeoutError) as err:  # zarr's, Dask's and the model's own words
         raise CommandError(str(err)) from err
     if out is None:  # --dry-run
         return 0
     record = out.attrs.get(Journal.KEY, {})
     note(
-        f"wrote {args.output}: shape {tuple(out.shape)}, {out.dtype}, chunks {tuple(out.chunks)}; "
+        f"wrote {show(args.output)}: shape {tuple(out.shape)}, {out.dtype}, chunks {tuple(out.chunks)}; "
         f"{record.get('completed', '?')}/{record.get('blocks', '?')} blocks complete"
     )
     return 0
 
 
+class _NoteHandler(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        note(self.format(record))
+
+
+@contextmanager
+def _notes() -> Iterator[None]:
+    """What prediction logs ("resuming: K of N blocks done", a lock taken over) as notes on stderr."""
+    logger = logging.getLogger("unetgen.predict")
+    handler, level = _NoteHandler(logging.INFO), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
 def _check_large_args(args: argparse.Namespace) -> None:
+    from ..predict.distributed import scheduler_location
+
     if not str(args.config).endswith(".safetensors") or args.weights is not None:
         raise UsageError("out-of-core prediction takes a .safetensors checkpoint (unetgen.save_unet) as CHECKPOINT")
     if not str(args.output).rstrip("/").endswith(".zarr"):
@@ -165,12 +199,18 @@ def _check_large_args(args: argparse.Namespace) -> None:
         raise UsageError("give --scheduler or --workers, not both")
     if args.workers is not None and args.workers < 1:
         raise UsageError(f"--workers {args.workers} must be a positive number of worker processes")
+    if args.scheduler is not None:
+        try:
+            scheduler_location(args.scheduler)
+        except ValueError as err:
+            raise UsageError(f"--scheduler: {err}") from None
 
 
 def _predict_large(args: argparse.Namespace, plan_options: dict[str, Any], options: dict[str, Any]) -> Any:
     """The written .zarr array, None for a dry run."""
     from ..checkpoint import load_unet
     from ..predict.arrays import create_output, open_image
+    from ..predict.ownership import output_lock
     from ..predict.plan import plan_tiles
     from ..predict.run import predict_tiled
 
@@ -184,40 +224,41 @@ def _predict_large(args: argparse.Namespace, plan_options: dict[str, Any], optio
     if args.scheduler is not None or args.workers is not None:
         del model  # the workers load their own
         return _predict_on_cluster(args, options)
-    out = create_output(
-        args.output,
-        model,
-        image,
-        output_type=options["output_type"],
-        block_shape=options["block_shape"],
-        overwrite=args.restart,
-        **plan_options,
-    )
-    predict_tiled(model, image, out=out, **options, resume=not args.restart, progress=not args.no_progress)
+    with output_lock(args.output):  # create (or reopen) and predict as one run
+        out = create_output(
+            args.output,
+            model,
+            image,
+            output_type=options["output_type"],
+            block_shape=options["block_shape"],
+            overwrite=args.restart,
+            **plan_options,
+        )
+        limit = {} if args.memory_limit is None else {"memory_limit": args.memory_limit}
+        predict_tiled(model, image, out=out, **options, **limit, resume=not args.restart, progress=not args.no_progress)
     return out
 
 
 def _predict_on_cluster(args: argparse.Namespace, options: dict[str, Any]) -> Any:
     """Predict on the Dask cluster at --scheduler, or on a local one of --workers processes."""
-    from ..predict.distributed import predict_distributed
+    from ..predict.distributed import connect_scheduler, predict_distributed
 
     client = None
     if args.scheduler is not None:
-        from distributed import Client
-
-        client = Client(args.scheduler, timeout="30s")
+        client = connect_scheduler(args.scheduler)
         note(f"dask dashboard: {client.dashboard_link}")
-    out = predict_distributed(
-        args.config,
-        args.input,
-        args.output,
-        client=client,
-        workers=args.workers,
-        **options,
-        device=args.device or "cpu",
-        resume=not args.restart,
-        progress=not args.no_progress,
-    )
-    if client is not None:
-        client.close()
-    return out
+    try:
+        return predict_distributed(
+            args.config,
+            args.input,
+            args.output,
+            client=client,
+            workers=args.workers,
+            **options,
+            device=args.device or "cpu",
+            resume=not args.restart,
+            progress=not args.no_progress,
+        )
+    finally:
+        if client is not None:
+            client.close()

@@ -42,6 +42,7 @@ __all__ = [
     "KeyPath",
     "ParseError",
     "check_limits",
+    "file_kind",
     "open_regular",
     "parse",
     "read_text",
@@ -107,14 +108,18 @@ def open_regular(path: str | os.PathLike[str]) -> int:
     return fd
 
 
-def _refuse_special(mode: int) -> None:
+def file_kind(mode: int) -> str | None:
+    """None for a regular file's `st_mode`, else what the file is, for messages: "a directory",
+    "a FIFO (named pipe)", "a character device", "a block device", "a socket"."""
     if stat.S_ISREG(mode):
-        return
-    kind = next(
-        (what for test, what in _KINDS if test(mode)),
-        "not a regular file",
-    )
-    raise ParseError(f"the path is {kind}, not a regular file")
+        return None
+    return next((what for test, what in _KINDS if test(mode)), "not a regular file")
+
+
+def _refuse_special(mode: int) -> None:
+    kind = file_kind(mode)
+    if kind is not None:
+        raise ParseError(f"the path is {kind}, not a regular file")
 
 
 _KINDS = (

@@ -13,9 +13,15 @@ Dask is an optional dependency: `pip install 'unetgen[large]'` (zarr, dask[distr
 
 from __future__ import annotations
 
+import functools
+import itertools
+import logging
 import os
+import socket
+import struct
 import sys
 import threading
+import urllib.parse
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,13 +32,25 @@ from torch import nn
 from tqdm import tqdm
 
 from ..checkpoint import load_unet
+from ..reprs import short_repr
 from .arrays import create_output, open_image, open_output
 from .journal import Journal
 from .options import Blend, OutputType
+from .ownership import check_apart, is_local, output_lock, storage_path
 from .plan import TilePlan
 from .run import Job, prepare, run
+from .sinks import stored_record
 
-__all__ = ["predict_distributed", "worker_model"]
+__all__ = [
+    "MAX_TASKS_IN_FLIGHT",
+    "SCHEDULER_TIMEOUT",
+    "connect_scheduler",
+    "predict_distributed",
+    "scheduler_location",
+    "worker_model",
+]
+
+log = logging.getLogger("unetgen.predict")
 
 _MODELS: dict[tuple[Any, ...], nn.Module] = {}
 _LOCK = threading.Lock()
@@ -138,55 +156,94 @@ def predict_distributed(
     Returns the zarr array.
     """
     try:
-        from distributed import as_completed
+        import distributed  # noqa: F401
     except ImportError:
         raise ImportError("distributed prediction needs Dask: pip install 'unetgen[large]'") from None
-    if not isinstance(blocks_per_task, int) or blocks_per_task < 1:
-        raise ValueError(f"blocks_per_task={blocks_per_task!r} must be a positive int")
+    if isinstance(blocks_per_task, bool) or not isinstance(blocks_per_task, int) or blocks_per_task < 1:
+        raise ValueError(f"blocks_per_task={short_repr(blocks_per_task)} must be a positive int")
     if client is not None and workers is not None:
         raise ValueError("give client or workers, not both: workers starts a local cluster")
     model = load_unet(checkpoint, device="cpu").eval()  # the plan and the fingerprint; tasks load their own
     source = open_image(image)
     plan_options = dict(tile_size=tile_size, batch_size=batch_size, overlap=overlap, memory_budget=memory_budget)
-    if isinstance(out, (str, os.PathLike)):
-        target = create_output(out, model, source, output_type=output_type, block_shape=block_shape, **plan_options)
-        out = str(Path(out).resolve())  # workers may run elsewhere: no relative paths
-    else:
-        target = out
-    options = dict(blend=blend, output_type=output_type, block_shape=block_shape)
-    job, _, _ = prepare(model, source, target, **plan_options, **options)
-    _check_aligned(job, target)
-    journal = Journal(target.attrs, job.fingerprint(model), job.num_blocks, resume=resume)
-    tasks = _tasks(job, journal, blocks_per_task)
-    del model
-    spec = str(Path(image).resolve()) if isinstance(image, (str, os.PathLike)) else source
-    args = (str(Path(checkpoint).resolve()), spec, out, job.plan, options)
-    futures = []
-    with _cluster(client, workers) as client:
-        try:
-            futures = [client.submit(_predict_blocks, *args, blocks, device, pure=False, retries=2) for blocks in tasks]
-            quiet = not progress or not sys.stderr.isatty()
-            total = sum(job.num_tiles(b) for blocks in tasks for b in blocks)
-            with tqdm(total=total, unit="tile", desc="predict", disable=quiet) as bar:
-                for future in as_completed(futures):
-                    done = future.result()
-                    for b in done:
-                        journal.mark(b)
-                    bar.update(sum(job.num_tiles(b) for b in done))
-                    if callback is not None:
-                        callback(done)
-        finally:
-            journal.flush()
-            client.cancel([f for f in futures if not f.done()])
+    with output_lock(Path(os.path.abspath(out)) if is_local(out) else storage_path(out)):
+        if is_local(out):
+            target = create_output(out, model, source, output_type=output_type, block_shape=block_shape, **plan_options)
+            out = str(Path(out).resolve())  # workers may run elsewhere: no relative paths
+        else:
+            target = out
+        check_apart(source, target)
+        options = dict(blend=blend, output_type=output_type, block_shape=block_shape)
+        job, _, _ = prepare(model, source, target, **plan_options, **options)
+        _check_aligned(job, target)
+        reread = functools.partial(stored_record, target)
+        journal = Journal(target.attrs, job.fingerprint(model), job.num_blocks, resume=resume, reread=reread)
+        if journal.resumed:
+            log.info("resuming: %d of %d blocks done", journal.resumed, job.num_blocks)
+        del model
+        spec = str(Path(image).resolve()) if isinstance(image, (str, os.PathLike)) else source
+        args = (str(Path(checkpoint).resolve()), spec, out, job.plan, options)
+        with _cluster(client, workers) as client:
+            _run_tasks(client, args, job, journal, blocks_per_task, device, progress and sys.stderr.isatty(), callback)
     return target
 
 
-def _tasks(job: Job, journal: Journal, blocks_per_task: int) -> list[list[int]]:
-    """The blocks of each task: whole groups (see `unetgen.tiling.run`) not yet in `journal`,
-    about `blocks_per_task` blocks per task."""
+MAX_TASKS_IN_FLIGHT = 1024
+"""Most tasks submitted to the scheduler at once; more are submitted as tasks complete, so the
+client holds O(this) futures, not one per block."""
+
+
+def _run_tasks(
+    client: Any,
+    args: tuple[Any, ...],
+    job: Job,
+    journal: Journal,
+    blocks_per_task: int,
+    device: str,
+    progress: bool,
+    callback: Callable[[Sequence[int]], None] | None,
+) -> None:
+    """Submit the tasks, at most `MAX_TASKS_IN_FLIGHT` at a time, recording each task's blocks in
+    `journal` as it completes; on any exception cancel what is in flight and keep the record."""
+    from distributed import as_completed
+
+    tasks = _tasks(job, journal, blocks_per_task)
+    total = (
+        sum(job.num_tiles(b) for blocks in _tasks(job, journal, blocks_per_task) for b in blocks) if progress else None
+    )
+    pending: set[Any] = set()
+
+    def submit(blocks: list[int]) -> Any:
+        future = client.submit(_predict_blocks, *args, blocks, device, pure=False, retries=2)
+        pending.add(future)
+        return future
+
+    queue = as_completed([submit(blocks) for blocks in itertools.islice(tasks, MAX_TASKS_IN_FLIGHT)])
+    try:
+        with tqdm(total=total, unit="tile", desc="predict", disable=not progress) as bar:
+            for future in queue:
+                pending.discard(future)
+                done = future.result()
+                for b in done:
+                    journal.mark(b)
+                bar.update(sum(job.num_tiles(b) for b in done))
+                if callback is not None:
+                    callback(done)
+                more = next(tasks, None)
+                if more is not None:
+                    queue.add(submit(more))
+    finally:
+        journal.flush()
+        client.cancel([f for f in pending if not f.done()])
+
+
+def _tasks(job: Job, journal: Journal, blocks_per_task: int) -> Iterator[list[int]]:
+    """The blocks of each task, lazily: whole groups (see `unetgen.tiling.run`) not yet in
+    `journal`, about `blocks_per_task` blocks per task."""
     groups = job.groups(done=journal)
     per_task = max(1, blocks_per_task // job.plan.batch_size)
-    return [[b for g in groups[i : i + per_task] for b in job.members(g)] for i in range(0, len(groups), per_task)]
+    while chunk := list(itertools.islice(groups, per_task)):
+        yield [b for g in chunk for b in job.members(g)]
 
 
 @contextmanager
@@ -205,3 +262,117 @@ def _cluster(client: Any, workers: int | None) -> Iterator[Any]:
     finally:
         client.close()
         cluster.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# connecting to a scheduler: bounded, and only over what unetgen can set up
+
+SCHEDULER_TIMEOUT = 30.0
+"""Seconds `connect_scheduler` waits for a scheduler: to connect, for its greeting and for the
+client's handshake, each."""
+_MAX_GREETING = 64 << 20  # a Dask scheduler's first message (its handshake) is a few hundred bytes
+_UNSUPPORTED = {
+    "tls": "needs certificates (distributed.Client(address, security=...)), which unetgen's CLI cannot pass",
+    "ucx": "needs ucx-py and a UCX network",
+    "inproc": "reaches only a scheduler inside this very process",
+    "ws": "needs the websocket comm set up on both sides",
+    "wss": "needs the websocket comm and certificates",
+}
+
+
+def scheduler_location(address: str) -> tuple[str, int]:
+    """(host, port) of a Dask scheduler address ``tcp://HOST:PORT`` or ``HOST:PORT`` (port 8786 by
+    default), or a ValueError saying what is supported (tcp only: other schemes need set-ups
+    unetgen cannot make; create the `distributed.Client` yourself and pass it as `client=`)."""
+    shown = short_repr(address)
+    supported = "unetgen connects to Dask schedulers over tcp://HOST:PORT (or HOST:PORT), e.g. tcp://head:8786"
+    if not isinstance(address, str) or not address.strip() or len(address) > 1000 or not address.isprintable():
+        raise ValueError(f"scheduler address {shown} is not an address; {supported}")
+    scheme, sep, rest = address.strip().partition("://")
+    scheme, rest = (scheme.lower(), rest) if sep else ("tcp", address.strip())
+    if scheme != "tcp":
+        why = _UNSUPPORTED.get(scheme, "is not a Dask protocol unetgen knows")
+        raise ValueError(
+            f"scheduler address {shown}: {scheme}:// {why}; {supported}. For other protocols create "
+            "distributed.Client(address, ...) yourself and pass it to "
+            "unetgen.distributed.predict_distributed(client=...)"
+        )
+    try:
+        parts = urllib.parse.urlsplit(f"tcp://{rest}")
+        host, port = parts.hostname, parts.port if parts.port is not None else 8786
+    except ValueError as err:
+        raise ValueError(f"scheduler address {shown}: {err}; {supported}") from None
+    if not host or parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
+        raise ValueError(f"scheduler address {shown} is not HOST:PORT; {supported}")
+    return host, port
+
+
+def _greeting(host: str, port: int, timeout: float) -> str | None:
+    """Connect to `host:port` and read the first 8 bytes a Dask scheduler sends (the length of
+    its handshake); None if it looks like one, else why not (each step bounded by `timeout`)."""
+    try:
+        sock = socket.create_connection((host, port), timeout=timeout)
+    except TimeoutError:
+        return f"no connection in {timeout:g} s"
+    except socket.gaierror as err:
+        return f"cannot resolve {short_repr(host)} ({err.strerror})"
+    except OSError as err:
+        return err.strerror or str(err)
+    header = b""
+    with sock:
+        try:
+            while len(header) < 8 and (part := sock.recv(8 - len(header))):
+                header += part
+        except TimeoutError:
+            return f"it accepted the connection but sent nothing in {timeout:g} s: not a Dask scheduler"
+        except OSError as err:
+            return err.strerror or str(err)
+    if len(header) < 8:
+        return "it closed the connection without a word: not a Dask scheduler"
+    (length,) = struct.unpack("<Q", header)
+    if not 0 < length <= _MAX_GREETING:
+        return (
+            f"it does not speak Dask's protocol (it began with {short_repr(header)}): is that a Dask scheduler's port?"
+        )
+    return None
+
+
+def connect_scheduler(address: str, timeout: float | None = None) -> Any:
+    """A `distributed.Client` of the Dask scheduler at `address` (``tcp://HOST:PORT``), connected
+    within about 3 x `timeout` seconds (default `SCHEDULER_TIMEOUT`), or a ValueError saying what
+    was tried and what happened.
+
+    First a plain socket connects (bounded by `timeout`) and waits for the scheduler's greeting
+    (a Dask scheduler speaks first; a server that accepts and stays silent, or answers in another
+    protocol, is refused here); then the client connects in a thread, given `timeout` seconds
+    and abandoned after twice that. Connecting to a scheduler means trusting it: Dask's protocol
+    carries pickles, which run code (docs/limits.md)."""
+    from distributed import Client
+
+    timeout = SCHEDULER_TIMEOUT if timeout is None else timeout
+    host, port = scheduler_location(address)
+    tried = f"tried tcp://{host}:{port} (from {short_repr(address)})"
+    why = _greeting(host, port, timeout)
+    if why is not None:
+        raise ValueError(f"cannot reach a Dask scheduler: {tried}: {why}")
+    result: dict[str, Any] = {}
+
+    def connect() -> None:
+        try:
+            result["client"] = Client(f"tcp://{host}:{port}", timeout=timeout)
+        except BaseException as err:  # reported to the caller below
+            result["error"] = err
+
+    thread = threading.Thread(target=connect, name="unetgen-connect-scheduler", daemon=True)
+    thread.start()
+    thread.join(2 * timeout)
+    if thread.is_alive():
+        raise ValueError(f"cannot reach a Dask scheduler: {tried}: no handshake in {timeout:g} s")
+    if "error" in result:
+        err = result["error"]
+        if isinstance(err, MemoryError):
+            why = "it answered in another protocol (Dask read an absurd message length)"
+        else:
+            why = short_repr(str(err) or type(err).__name__)
+        raise ValueError(f"cannot reach a Dask scheduler: {tried}: {why}") from None
+    return result["client"]

@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import logging
 import math
 import os
 import sys
@@ -44,11 +45,14 @@ from ..reprs import short_repr
 from .geometry import AxisBlocks, AxisTiles, axis_blocks, axis_tiles, default_block_shape
 from .journal import Journal
 from .options import Blend, OutputType, config_of, is_int_tuple, output_dtype, positive_ints
+from .ownership import check_apart, check_folder, output_lock, storage_path
 from .plan import TilePlan, check_memory, plan_tiles
 from .sinks import Sink, check_out
 from .sources import ArraySource, TensorSource, open_source, spatial_shape
 
 __all__ = ["Job", "predict_tiled", "prepare", "run"]
+
+log = logging.getLogger("unetgen.predict")
 
 
 @dataclass(frozen=True)
@@ -93,16 +97,23 @@ class Job:
         """The group of block `b`: `batch_size` consecutive blocks, batched together (see `run`)."""
         return b // self.plan.batch_size
 
-    def groups(self, todo: Iterable[int] | None = None, *, done: Container[int] | None = None) -> list[int]:
+    def groups(self, todo: Iterable[int] | None = None, *, done: Container[int] | None = None) -> Iterator[int]:
         """The groups of the blocks `todo` (default: all), in order, less those whose blocks are
-        all `done` (e.g. in a `Journal`)."""
+        all `done` (e.g. in a `Journal`): lazily, one at a time (O(1) memory for any block count)."""
         if todo is None:
-            groups = list(range(self.group(self.num_blocks - 1) + 1))
+            groups: Iterable[int] = range(self.group(self.num_blocks - 1) + 1)
         else:
             groups = sorted({self.group(b) for b in todo})
         if done is None:
-            return groups
-        return [g for g in groups if not all(b in done for b in self.members(g))]
+            return iter(groups)
+        return (g for g in groups if not all(b in done for b in self.members(g)))
+
+    def count_tiles(self, groups: Iterable[int] | None = None) -> int:
+        """Tiles computed for `groups` (default: every group, counted per axis in O(axes))."""
+        if groups is None:
+            per_axis = (sum(len(r) for r in axis.tiles) for axis in self.blocks)
+            return self.images * math.prod(per_axis)
+        return sum(self.num_tiles(b) for g in groups for b in self.members(g))
 
     def members(self, group: int) -> range:
         size = self.plan.batch_size
@@ -187,6 +198,7 @@ def prepare(
         dtype=dtype,
         memory_limit=memory_limit,
         allocate_result=out is None,
+        read_bytes=source.read_bytes(plan.tile_input) if isinstance(source, ArraySource) else 0,
     )
     channels_out = () if output_type == "labels" else (config.out_channels,)
     shape = ((images,) if batched else ()) + channels_out + spatial
@@ -234,16 +246,19 @@ def run(
     into the buffers of the blocks it meets; a block is converted to the output type and
     written when its last tile is in, then recorded in `journal`. A group with a block missing
     is computed whole. In flight: one batch of tiles and the blocks it touches."""
-    groups = job.groups(todo, done=journal)
-    total = sum(job.num_tiles(b) for g in groups for b in job.members(g))
     param = next(model.parameters())
     blocks = _OpenBlocks(job, sink, journal, param.dtype)
     plan, channels = job.plan, config_of(model).in_channels
-    shape = (max(1, min(plan.batch_size, total)), channels, *plan.tile_input)
+    shape = (max(1, min(plan.batch_size, job.count_tiles())), channels, *plan.tile_input)
     buffer = torch.empty(shape, dtype=param.dtype, device=param.device)
     was_training = model.training
     model.eval()
     quiet = not progress or not sys.stderr.isatty()
+    total = None
+    if not quiet:  # the bar's total: O(axes) for a whole run, one pass over the blocks otherwise
+        whole = todo is None and (journal is None or journal.completed == 0)
+        total = job.count_tiles() if whole else job.count_tiles(job.groups(todo, done=journal))
+    groups = job.groups(todo, done=journal)
     try:
         with torch.inference_mode(), tqdm(total=total, unit="tile", desc="predict", disable=quiet) as bar:
             for chunk in (chunk for g in groups for chunk in _batches(job.tiles(g), plan.batch_size)):
@@ -416,7 +431,14 @@ def predict_tiled(
     every second and when the run stops. A run started again with the same arguments skips the
     recorded blocks and completes with the result of an uninterrupted run (bit for bit with
     `batch_size=1`; batches may be grouped differently otherwise, a float round-off difference);
-    a record with another fingerprint is an error unless `resume=False`, which starts over.
+    a record with another fingerprint is an error unless `resume=False`, which starts over. A
+    resumed run logs "resuming: K of N blocks done" (logger ``unetgen.predict``, level INFO).
+
+    Ownership: `out` (and `journal`) is not, does not contain and does not sit inside the image
+    (paths resolved, arrays by their memory), and one run at a time writes it: a run holds the
+    lock ``OUT.lock`` beside a local `out` (or the journal) while it runs (`output_lock`); a
+    second run is refused, naming the first. Before each write of the record the stored record is
+    read back: one written by another run meanwhile stops this run (ValueError).
 
     `callback(n, tile)` is called after each tile (and after the block it completes is written);
     an exception from it stops the run (the record keeps the blocks completed so far).
@@ -429,6 +451,8 @@ def predict_tiled(
     `progress` is on and stderr is a terminal.
     """
     options = dict(tile_size=tile_size, batch_size=batch_size, overlap=overlap, memory_budget=memory_budget)
+    if out is not None:
+        check_apart(image, out)
     job, source, sink = prepare(
         model,
         image,
@@ -440,9 +464,20 @@ def predict_tiled(
         device=device,
         memory_limit=memory_limit,
     )
-    record = None
-    if journal is not None or sink.attrs is not None:
-        where = Path(journal) if journal is not None else sink.attrs
-        record = Journal(where, job.fingerprint(model), job.num_blocks, resume=resume)
-    run(model, job, source, sink, journal=record, callback=callback, progress=progress)
+    if journal is not None:
+        try:
+            check_folder(journal, "journal")
+        except ValueError as err:
+            raise ValueError(f"cannot write the progress record: {err}") from None
+        check_apart(image, journal, what="the journal")
+        check_apart(out, journal, what="the journal", source_what="the output")
+    with output_lock(storage_path(out) or (None if journal is None else storage_path(journal))):
+        record = None
+        if journal is not None or sink.attrs is not None:
+            where = Path(journal) if journal is not None else sink.attrs
+            reread = None if journal is not None else sink.stored_attrs
+            record = Journal(where, job.fingerprint(model), job.num_blocks, resume=resume, reread=reread)
+            if record.resumed:
+                log.info("resuming: %d of %d blocks done", record.resumed, job.num_blocks)
+        run(model, job, source, sink, journal=record, callback=callback, progress=progress)
     return sink.target if out is not None or job.batched else sink.target[0]

@@ -12,11 +12,12 @@ import torch
 from torch import nn
 
 from .geometry import axis_blocks, default_block_shape
+from .journal import Journal
 from .options import OutputType, config_of, output_dtype, positive_ints
 from .plan import TilePlan, plan_tiles
 from .sources import open_source, spatial_shape
 
-__all__ = ["Sink", "check_out", "output_layout"]
+__all__ = ["Sink", "check_out", "output_layout", "stored_record"]
 
 
 class Sink:
@@ -33,6 +34,10 @@ class Sink:
         attrs = getattr(self.target, "attrs", None)
         return attrs if isinstance(attrs, MutableMapping) else None
 
+    def stored_attrs(self) -> Any:
+        """The target's `Journal` record as stored now (`stored_record`)."""
+        return stored_record(self.target)
+
     def _index(self, n: int, region: Sequence[slice]) -> tuple[Any, ...]:
         return ((n,) if self.batched else ()) + (Ellipsis, *region)
 
@@ -48,6 +53,22 @@ class Sink:
         else:
             value = value.float() if value.dtype == torch.bfloat16 else value
             self.target[self._index(n, region)] = value.cpu().numpy()
+
+
+def stored_record(target: Any) -> Any:
+    """The `Journal` record of `target` as stored now, read again from its store (a zarr array's
+    `attrs` are cached when it is opened, so another writer's changes would go unseen); None if
+    it has none or cannot be read."""
+    store_path = getattr(target, "store_path", None)
+    attrs = getattr(target, "attrs", None)
+    if store_path is None:
+        return attrs.get(Journal.KEY) if isinstance(attrs, MutableMapping) else None
+    import zarr
+
+    try:
+        return zarr.open_array(store=store_path, mode="r").attrs.get(Journal.KEY)
+    except Exception:  # removed or replaced meanwhile (zarr raises several types): no record of this run
+        return None
 
 
 def check_out(out: Any, shape: tuple[int, ...], output_type: OutputType, out_channels: int) -> None:

@@ -74,6 +74,24 @@ class ArraySource:
     def __init__(self, array: Any, batched: bool, channels: bool, dtype: torch.dtype) -> None:
         self.array, self.batched, self.channels, self.dtype = array, batched, channels, dtype
 
+    def read_bytes(self, tile_input: Sequence[int]) -> int:
+        """The most bytes reading one tile window decodes: a chunked array (zarr, a TIFF's tiles or
+        strips) reads every chunk the window touches whole (all channels, one image); 0 for arrays
+        read in place (NumPy, memory maps)."""
+        chunks, shape = getattr(self.array, "chunks", None), tuple(self.array.shape)
+        if not is_int_tuple(tuple(chunks) if isinstance(chunks, Sequence) else None) or len(chunks) != len(shape):
+            return 0
+        lead = len(shape) - len(tile_input)
+        total = np.dtype(self.array.dtype).itemsize
+        for axis, (n, c) in enumerate(zip(shape, chunks, strict=True)):
+            if axis < lead:  # one image, every channel
+                touched = 1 if self.batched and axis == 0 else -(-n // c)
+            else:  # a window of (at most) the tile's input size, anywhere
+                span = min(tile_input[axis - lead], n)
+                touched = min(-(-n // c), -(-(span - 1) // c) + 1)
+            total *= touched * c
+        return total
+
     def read(self, n: int, reads: Sequence[tuple[int, int, torch.Tensor | None]]) -> torch.Tensor:
         window = tuple(slice(start, start + length) for start, length, _ in reads)
         lead = ((n,) if self.batched else ()) + ((slice(None),) if self.channels else ())

@@ -1,0 +1,123 @@
+"""zarr arrays on the local file system, read through checks: `CheckedStore` reads only regular
+files inside its folder (a symbolic link may point within the store, never outside it), through
+`unetgen.predict.formats.open_regular_file` (so a FIFO as ``zarr.json`` or as a chunk cannot
+block), and none larger on disk than it may be: metadata up to `MAX_METADATA_BYTES`, a chunk up
+to twice the bytes of its pixels plus 1 MiB (a chunk is read and decoded whole, so a sparse or
+endless file must be refused before it is read). Needs zarr (`pip install 'unetgen[large]'`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+from zarr.abc.store import ByteRequest, OffsetByteRequest, RangeByteRequest, SuffixByteRequest
+from zarr.core.buffer import Buffer, BufferPrototype, default_buffer_prototype
+from zarr.storage import LocalStore
+
+from ..reprs import short_path, short_text
+from .formats import open_regular_file
+
+__all__ = ["MAX_METADATA_BYTES", "CheckedStore", "chunk_limit", "open_checked"]
+
+MAX_METADATA_BYTES = 64 << 20
+"""Largest zarr metadata file read (``zarr.json``, ``.zarray``, ``.zattrs``, ...): an array's
+metadata is a few KiB; the progress record of a billion blocks is a few MiB."""
+_METADATA = frozenset({"zarr.json", ".zarray", ".zattrs", ".zgroup", ".zmetadata"})
+
+
+def chunk_limit(array: Any) -> int:
+    """The most bytes one stored chunk (a shard, when sharded) of `array` may take on disk: twice
+    its decoded size plus 1 MiB (no codec expands data that much)."""
+    shape = getattr(array, "shards", None) or array.chunks
+    return 2 * math.prod(shape) * np.dtype(array.dtype).itemsize + (1 << 20)
+
+
+class CheckedStore(LocalStore):
+    """A `zarr.storage.LocalStore` that reads only regular files inside its root, each within a
+    size bound (`chunk_bytes` for chunks once the array is known, `MAX_METADATA_BYTES` for the rest)."""
+
+    def __init__(self, root: Path | str, *, read_only: bool = False, chunk_bytes: int | None = None) -> None:
+        super().__init__(root, read_only=read_only)
+        self.chunk_bytes = chunk_bytes
+
+    def with_read_only(self, read_only: bool = False) -> CheckedStore:
+        return type(self)(self.root, read_only=read_only, chunk_bytes=self.chunk_bytes)
+
+    def _read(self, key: str, prototype: BufferPrototype, byte_range: ByteRequest | None) -> Buffer | None:
+        path = self.root / key
+        if not os.path.lexists(path):
+            return None
+        root, real = os.path.realpath(self.root), os.path.realpath(path)
+        where = f"zarr store {short_path(str(self.root))}: {short_path(key)}"
+        if os.path.commonpath([root, real]) != root:
+            raise ValueError(f"{where} points outside the store (to {short_path(real)}); unetgen reads nothing there")
+        metadata = os.path.basename(key) in _METADATA
+        limit = MAX_METADATA_BYTES if metadata or self.chunk_bytes is None else self.chunk_bytes
+        with open_regular_file(real, where) as f:
+            size = os.fstat(f.fileno()).st_size
+            if size > limit:
+                what = "metadata" if metadata else "chunk"
+                raise ValueError(
+                    f"{where}: a {what} file of {size:,} bytes, more than the {limit:,} bytes it can hold: "
+                    "the store is damaged or forged; unetgen does not read it"
+                )
+            return prototype.buffer.from_bytes(_read_range(f, size, byte_range))
+
+    async def get(
+        self, key: str, prototype: BufferPrototype | None = None, byte_range: ByteRequest | None = None
+    ) -> Buffer | None:
+        if not self._is_open:
+            await self._open()
+        return await asyncio.to_thread(self._read, key, prototype or default_buffer_prototype(), byte_range)
+
+    def get_sync(
+        self, key: str, *, prototype: BufferPrototype | None = None, byte_range: ByteRequest | None = None
+    ) -> Buffer | None:
+        self._ensure_open_sync()
+        return self._read(key, prototype or default_buffer_prototype(), byte_range)
+
+    async def get_partial_values(
+        self, prototype: BufferPrototype, key_ranges: Iterable[tuple[str, ByteRequest | None]]
+    ) -> list[Buffer | None]:
+        return list(await asyncio.gather(*(self.get(key, prototype, r) for key, r in key_ranges)))
+
+
+def _read_range(f: Any, size: int, byte_range: ByteRequest | None) -> bytes:
+    if byte_range is None:
+        return f.read(size + 1)
+    if isinstance(byte_range, RangeByteRequest):
+        f.seek(byte_range.start)
+        return f.read(max(0, byte_range.end - byte_range.start))
+    if isinstance(byte_range, OffsetByteRequest):
+        f.seek(byte_range.offset)
+    elif isinstance(byte_range, SuffixByteRequest):
+        f.seek(max(0, size - byte_range.suffix))
+    else:
+        raise TypeError(f"unexpected byte range {byte_range!r}")
+    return f.read()
+
+
+def open_checked(path: str | os.PathLike[str], what: str = "image", *, mode: str = "r") -> Any:
+    """The zarr array at the local folder `path` on a `CheckedStore` (mode "r" or "r+"), or a
+    ValueError naming `what`: a group, something that is not zarr, damaged metadata."""
+    where = f"{what} {short_path(str(path))}"
+    if not Path(path).is_dir():
+        raise ValueError(f"{where}: no zarr array there (not a folder)")
+    store = CheckedStore(path, read_only=mode == "r")
+    try:
+        array = zarr.open(store=store, mode=mode)
+    except (OSError, ValueError, KeyError, TypeError, RecursionError) as err:
+        if str(err).startswith(where) or str(err).startswith("zarr store"):
+            raise ValueError(str(err)) from None
+        raise ValueError(f"{where}: cannot open a zarr array: {short_text(str(err))}") from None
+    if not hasattr(array, "shape"):
+        raise ValueError(f"{where} is a zarr group: give the path of one array in it (e.g. {short_path(f'{path}/0')})")
+    array.store.chunk_bytes = chunk_limit(array)
+    return array
