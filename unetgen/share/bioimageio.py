@@ -57,7 +57,15 @@ from ..export import to_onnx, to_torchscript
 from ..model.unet import UNet
 from ..predict.preprocess import preprocess, to_model_layout
 from ..reprs import short_path, short_text
-from .info import ModelInfo, citation_lines, describe_preprocessing, input_sizes, model_info, output_names, size_lines
+from .info import (
+    ModelInfo,
+    closing_lines,
+    describe_preprocessing,
+    input_sizes,
+    model_info,
+    output_names,
+    size_lines,
+)
 from .padded import mirror_padded
 
 __all__ = [
@@ -325,15 +333,7 @@ def _readme(info: ModelInfo, config: Any, spec: Preprocessing | None, padded: bo
         "network, and compare bioimage.io's block-wise prediction with `unetgen.predict_tiled` away from the "
         "image border.",
         "",
-        *([info.documentation, ""] if info.documentation else []),
-        "## Licence",
-        "",
-        info.license,
-        "",
-        "## Citation",
-        "",
-        *citation_lines(info),
-        "",
+        *closing_lines(info),
     ]
     return "\n".join(lines)
 

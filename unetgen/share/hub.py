@@ -30,7 +30,7 @@ from ..config.preprocessing import Preprocessing, PreprocessingSource, check_cha
 from ..draw import draw_unet
 from ..model.unet import UNet
 from ..reprs import short_path
-from .info import ModelInfo, citation_lines, describe_preprocessing, model_info, output_names, size_lines
+from .info import ModelInfo, closing_lines, describe_preprocessing, model_info, output_names, size_lines
 
 __all__ = ["CONFIG", "PREPROCESSING", "WEIGHTS", "load_folder", "model_card", "save_folder"]
 
@@ -80,15 +80,7 @@ def model_card(model: UNet, spec: Preprocessing | None, info: ModelInfo, *, diag
         'model = unetgen.load_unet(".")  # this folder; or load_unet("model.safetensors")',
         "```",
         "",
-        *([info.documentation, ""] if info.documentation else []),
-        "## Licence",
-        "",
-        info.license,
-        "",
-        "## Citation",
-        "",
-        *citation_lines(info),
-        "",
+        *closing_lines(info),
     ]
     return "\n".join(lines)
 

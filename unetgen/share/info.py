@@ -192,3 +192,18 @@ def citation_lines(info: ModelInfo) -> list[str]:
         link = f" https://doi.org/{c.doi}" if c.doi else f" {c.url}" if c.url else ""
         out.append(f"- {c.text}.{link}")
     return [*out, f"- Built with unetgen {__version__}."]
+
+
+def closing_lines(info: ModelInfo) -> list[str]:
+    """The end of every model card (README): the documentation, the licence and the citation."""
+    return [
+        *([info.documentation, ""] if info.documentation else []),
+        "## Licence",
+        "",
+        info.license,
+        "",
+        "## Citation",
+        "",
+        *citation_lines(info),
+        "",
+    ]

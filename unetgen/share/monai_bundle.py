@@ -43,7 +43,15 @@ from ..config.preprocessing import (
     load_preprocessing,
 )
 from ..model.unet import UNet
-from .info import ModelInfo, citation_lines, describe_preprocessing, input_sizes, model_info, output_names, size_lines
+from .info import (
+    ModelInfo,
+    closing_lines,
+    describe_preprocessing,
+    input_sizes,
+    model_info,
+    output_names,
+    size_lines,
+)
 
 __all__ = ["METADATA_SCHEMA", "export_monai_bundle", "monai_transforms"]
 
@@ -244,15 +252,7 @@ def _readme(model: UNet, spec: Preprocessing | None, info: ModelInfo, padded: bo
         "",
         "`configs/inference.json` states it as MONAI transforms.",
         "",
-        *([info.documentation, ""] if info.documentation else []),
-        "## Licence",
-        "",
-        info.license,
-        "",
-        "## Citation",
-        "",
-        *citation_lines(info),
-        "",
+        *closing_lines(info),
     ]
     return "\n".join(lines)
 
