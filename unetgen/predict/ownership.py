@@ -247,8 +247,9 @@ def output_lock(target: str | os.PathLike[str] | None) -> Iterator[None]:
         yield
         return
     path = Path(os.path.abspath(target))
-    lock = path.with_name(path.name + LOCK_SUFFIX)
-    key, me = os.path.realpath(lock), threading.get_ident()
+    real = Path(os.path.realpath(path))  # one lock however the output is spelled (symlinked folders)
+    lock = real.with_name(real.name + LOCK_SUFFIX)
+    key, me = str(lock), threading.get_ident()
     with _GUARD:
         held = _HELD.get(key)
         if held is not None and held[0] != me:
