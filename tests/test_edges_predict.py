@@ -719,3 +719,10 @@ def test_damaged_zarr_metadata_and_chunks_end_in_one_clear_error(ckpt, tmp_path,
     assert "image window [0:16, 0:16] cannot be read" in line and "damaged" in line
     with pytest.raises(ValueError, match="image_shape"):
         plan_tiles(CONFIG, (10**30, 5))
+
+
+def test_a_record_of_too_many_blocks_is_refused_before_it_is_allocated() -> None:
+    from unetgen.predict.journal import Journal
+
+    with pytest.raises(ValueError, match=r"blocks; a progress record holds at most.*use larger blocks"):
+        Journal({}, "x", 10**15)  # a 125 TB bitmap

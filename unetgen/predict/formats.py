@@ -310,9 +310,11 @@ def _open_tiff(path: Path) -> Any:
         if str(err).startswith(named):
             raise
         raise ValueError(f"{named}: cannot read it as a TIFF image: {err}") from None
-    except (OSError, tifffile.TiffFileError, IndexError, KeyError) as err:
+    except Exception as err:  # tifffile raises TiffFileError, IndexError, KeyError, struct.error, ... on a bad file
         f.close()
-        raise ValueError(f"{named}: cannot read it as a TIFF image: {err}") from None
+        raise ValueError(
+            f"{named}: cannot read it as a TIFF image: {short_text(str(err) or type(err).__name__)}"
+        ) from None
     remember_path(store, path)
     return array
 

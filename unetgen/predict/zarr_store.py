@@ -27,9 +27,9 @@ from .options import is_int_tuple
 
 __all__ = ["MAX_METADATA_BYTES", "CheckedStore", "chunk_limit", "open_checked"]
 
-MAX_METADATA_BYTES = 64 << 20
+MAX_METADATA_BYTES = 128 << 20
 """Largest zarr metadata file read (``zarr.json``, ``.zarray``, ``.zattrs``, ...): an array's
-metadata is a few KiB; the progress record of a billion blocks is a few MiB."""
+metadata is a few KiB; the progress record of `Journal.MAX_BLOCKS` blocks takes at most ~86 MiB."""
 _METADATA = frozenset({"zarr.json", ".zarray", ".zattrs", ".zgroup", ".zmetadata"})
 
 
