@@ -726,3 +726,10 @@ def test_a_record_of_too_many_blocks_is_refused_before_it_is_allocated() -> None
 
     with pytest.raises(ValueError, match=r"blocks; a progress record holds at most.*use larger blocks"):
         Journal({}, "x", 10**15)  # a 125 TB bitmap
+
+
+def test_the_out_of_core_memory_estimate_comes_before_the_output_is_created(ckpt, tmp_path, capsys) -> None:
+    image = _image(tmp_path)
+    assert main(_cli(ckpt, image, tmp_path / "o.zarr", "--memory-limit", "0.000001")) == 1
+    assert "input chunks decoded per tile" in _errors(capsys)[0]
+    assert not (tmp_path / "o.zarr").exists() and not (tmp_path / "o.zarr.lock").exists()

@@ -106,7 +106,14 @@ def _shares_memory(source: Any, target: Any) -> bool:
     return False
 
 
-def check_apart(source: Any, target: Any, *, what: str = "the output", source_what: str = "the input") -> None:
+def check_apart(
+    source: Any,
+    target: Any,
+    *,
+    what: str = "the output",
+    source_what: str = "the input",
+    fix: str = "write the output elsewhere",
+) -> None:
     """A ValueError when `target` (where a prediction writes) is `source` (what it reads),
     contains it or sits inside it: paths compared resolved (symlinks, ``..``, hard links), arrays
     in memory by their storage. Unknown locations (object stores) are not compared."""
@@ -126,7 +133,7 @@ def check_apart(source: Any, target: Any, *, what: str = "the output", source_wh
         return
     raise ValueError(
         f"{what} {short_path(str(t))} {relation} {source_what} {short_path(str(s))}: unetgen never writes into, "
-        "over or around what it reads; write the output elsewhere"
+        f"over or around what it reads; {fix}"
     )
 
 
