@@ -246,6 +246,7 @@ def _read_png(path: str, what: str, max_bytes: int | None) -> np.ndarray:
 
 
 def _open_zarr(path: Path) -> Any:
+    import_zarr()  # an ImportError that says how to install it
     from .zarr_store import open_checked
 
     return open_checked(path, "image")

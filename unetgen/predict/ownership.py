@@ -212,6 +212,11 @@ def _take(lock: Path, target: Path) -> int:
                     f"{short_path(str(target))} is being written by {_describe(holder)} (lock file "
                     f"{short_path(str(lock))}): wait for that run to end, or write elsewhere"
                 ) from None
+            except OSError as err:  # a file system without locks (ENOLCK)
+                raise ValueError(
+                    f"cannot lock {short_path(str(lock))} ({err.strerror or err}): this file system does not "
+                    "support locks; write the output on a local disk"
+                ) from None
             current = os.stat(lock, follow_symlinks=False)
             if (current.st_dev, current.st_ino) != (os.fstat(fd).st_dev, os.fstat(fd).st_ino):
                 os.close(fd)
