@@ -183,6 +183,7 @@ def make_large_files(root: Path) -> dict[str, str]:
     with open(files["negative.npy"], "wb") as f:
         np.lib.format.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False, "shape": (-12, 10**30)})
     files["missing/out.zarr"] = root / "missing" / "out.zarr"
+    files["out2.zarr"] = root / "out2.zarr"
     return {k: str(v) for k, v in files.items()}
 
 

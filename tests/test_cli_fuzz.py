@@ -77,6 +77,15 @@ _SLOTS: dict[str, list[tuple[str, Pool, bool]]] = {
                 False), ("--restart", ([""], [""]), False), ("--block-size", SIZES, False),
                 ("--scheduler", SCHEDULERS, False)],
 }  # fmt: skip
+_SLOTS["predict_large"] = [  # `predict` out of core: a checkpoint, a .zarr output, the out-of-core options
+    ("", (["tiny.safetensors"], ["tiny3d.safetensors", "corrupt.safetensors", "fifo.safetensors", "tiny.json"]), True),
+    ("--input", (["in.zarr", "in.npy", "in.tif"], INPUTS[1]), True),
+    ("--output", (["out.zarr", "out2.zarr"], ["notes.zarr", "theirs.zarr", "in.zarr", "missing/out.zarr",
+                                             "fifo.zarr", "in.npy", "dir.npy", "outdir", "long", "nul"]), True),
+    ("--restart", ([""], [""]), True), ("--tile-size", SIZES, False),
+    ("--block-size", SIZES, False), ("--batch-size", INTS, False), ("--output-type", OUTPUT_TYPES, False),
+    ("--scheduler", SCHEDULERS, False), ("--memory-limit", GIBS, False), ("--dry-run", ([""], [""]), False),
+]  # fmt: skip
 _SWITCHES = {"--dry-run", "--no-deep-supervision", "--restart"}
 _JUNK = [["--frobnicate"], ["--help"], ["-h"], ["--"], ["-"], ["--input-size"], ["extra"], ["--batch-size"],
          ["--batch-size", "2"], ["--weights", "w.pt"], ["--near", "12"]]  # fmt: skip
@@ -94,7 +103,7 @@ def argvs(draw: st.DrawFn, files: dict[str, str]) -> list[str]:
         return draw(st.sampled_from([False] * (n - 1) + [True]))
 
     commands = ["summary", "sizes", "trace", "validate", "schema", "presets", "draw", "import", "plan",
-                "predict", "predict", "predict", "bad"]  # fmt: skip
+                "predict", "predict", "predict", "predict_large", "predict_large", "bad"]  # fmt: skip
     command = draw(st.sampled_from(commands))
     slots = [slot for slot in _SLOTS.get(command, []) if slot[2] or one_in(3)]
     mistakes = draw(st.sampled_from([0, 1, 1, 1, 2]))
@@ -117,7 +126,7 @@ def argvs(draw: st.DrawFn, files: dict[str, str]) -> list[str]:
         groups.append([files.get(v, v) for v in draw(st.sampled_from(_JUNK))])
     if one_in(5):  # options before positionals
         groups = draw(st.permutations(groups))
-    return [command, *(arg for group in groups for arg in group)]
+    return ["predict" if command == "predict_large" else command, *(arg for group in groups for arg in group)]
 
 
 @pytest.fixture(scope="module")

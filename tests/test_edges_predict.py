@@ -12,6 +12,7 @@ import base64
 import json
 import logging
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -664,3 +665,71 @@ def test_a_resumed_run_says_so(model, ckpt, tmp_path, capsys) -> None:
     assert main(_cli(ckpt, image, tmp_path / "out.zarr", "--no-progress")) == 0
     err = capsys.readouterr().err
     assert f"resuming: {done} of 56 blocks done" in err and "56/56 blocks complete" in err
+
+
+def test_an_ome_tiff_naming_other_files_is_read_alone(tmp_path) -> None:
+    """tifffile follows an OME-TIFF's references to other files by name, past the regular-file
+    check: a FIFO named there would block. unetgen reads the file it was given, alone."""
+    tifffile = pytest.importorskip("tifffile")
+    from test_hostile_inputs import finishes
+
+    from unetgen.predict.formats import read_image
+
+    plane = '<TiffData FirstZ="{z}" IFD="0" PlaneCount="1"><UUID FileName="{name}">urn:uuid:{u}</UUID></TiffData>'
+    ome = (
+        '<?xml version="1.0" encoding="UTF-8"?><OME xmlns="http://www.openmicroscopy.org/Schemas/OME/2016-06" '
+        'UUID="urn:uuid:11111111-1111-1111-1111-111111111111"><Image ID="Image:0"><Pixels ID="Pixels:0" '
+        'DimensionOrder="XYZCT" Type="uint8" SizeX="16" SizeY="16" SizeZ="2" SizeC="1" SizeT="1">'
+        '<Channel ID="Channel:0:0" SamplesPerPixel="1"/>'
+        + plane.format(z=0, name="a.ome.tif", u="11111111-1111-1111-1111-111111111111")
+        + plane.format(z=1, name="b.ome.tif", u="22222222-2222-2222-2222-222222222222")
+        + "</Pixels></Image></OME>"
+    )
+    tifffile.imwrite(tmp_path / "a.ome.tif", np.ones((16, 16), np.uint8), description=ome, metadata=None)
+    os.mkfifo(tmp_path / "b.ome.tif")
+    try:
+        assert tuple(finishes(lambda: open_image(tmp_path / "a.ome.tif")).shape) == (16, 16)
+        assert tuple(finishes(lambda: read_image(tmp_path / "a.ome.tif")).shape) == (16, 16)
+    finally:
+        _unblock(tmp_path / "b.ome.tif")
+
+
+def test_damaged_zarr_metadata_and_chunks_end_in_one_clear_error(ckpt, tmp_path, capsys) -> None:
+    from unetgen.predict.plan import plan_tiles
+
+    def forge(name: str, change) -> Path:
+        store = _image(tmp_path, name)
+        meta = json.loads((store / "zarr.json").read_text())
+        change(meta)
+        (store / "zarr.json").write_text(json.dumps(meta))
+        return store
+
+    cases = {
+        "huge.zarr": (lambda m: m.__setitem__("shape", [1, 10**30, 50]), "more than 2\\*\\*62 pixels"),
+        "zero.zarr": (lambda m: m["chunk_grid"]["configuration"].__setitem__("chunk_shape", [1, 0, 32]), "chunks"),
+    }
+    for name, (change, message) in cases.items():
+        assert main(_cli(ckpt, forge(name, change), tmp_path / f"o-{name}", "--no-progress")) == 1
+        [line] = _errors(capsys)
+        assert "internal error" not in line and re.search(message, line), line
+    garbage = _image(tmp_path, "garbage.zarr")
+    (garbage / "c" / "0" / "0" / "0").write_bytes(b"garbage" * 10)  # within size, not zstd
+    assert main(_cli(ckpt, garbage, tmp_path / "o-garbage.zarr", "--no-progress")) == 1
+    [line] = _errors(capsys)
+    assert "image window [0:16, 0:16] cannot be read" in line and "damaged" in line
+    with pytest.raises(ValueError, match="image_shape"):
+        plan_tiles(CONFIG, (10**30, 5))
+
+
+def test_a_record_of_too_many_blocks_is_refused_before_it_is_allocated() -> None:
+    from unetgen.predict.journal import Journal
+
+    with pytest.raises(ValueError, match=r"blocks; a progress record holds at most.*use larger blocks"):
+        Journal({}, "x", 10**15)  # a 125 TB bitmap
+
+
+def test_the_out_of_core_memory_estimate_comes_before_the_output_is_created(ckpt, tmp_path, capsys) -> None:
+    image = _image(tmp_path)
+    assert main(_cli(ckpt, image, tmp_path / "o.zarr", "--memory-limit", "0.000001")) == 1
+    assert "input chunks decoded per tile" in _errors(capsys)[0]
+    assert not (tmp_path / "o.zarr").exists() and not (tmp_path / "o.zarr.lock").exists()

@@ -211,14 +211,22 @@ def _predict_large(args: argparse.Namespace, plan_options: dict[str, Any], optio
     from ..checkpoint import load_unet
     from ..predict.arrays import create_output, open_image
     from ..predict.ownership import output_lock
-    from ..predict.plan import plan_tiles
+    from ..predict.plan import check_memory, format_bytes, plan_tiles
     from ..predict.run import predict_tiled
+    from ..predict.sources import ArraySource, open_source, spatial_shape
 
     model = load_unet(args.config, device=args.device or "cpu")
     image = open_image(args.input)
-    image_shape = tuple(image.shape[-model.config.spatial_dims :])
-    plan = plan_tiles(model, image_shape, **plan_options, dtype=next(model.parameters()).dtype)
+    dtype = next(model.parameters()).dtype
+    source, _, images = open_source(model.config, image, dtype)
+    plan = plan_tiles(model, spatial_shape(model.config, image), **plan_options, dtype=dtype)
     note(f"plan: {plan.summary()}")
+    limit = {} if args.memory_limit is None else {"memory_limit": args.memory_limit}
+    need = check_memory(  # before the output is created
+        model, plan, images=images, output_type=options["output_type"], dtype=dtype, allocate_result=False,
+        read_bytes=source.read_bytes(plan.tile_input) if isinstance(source, ArraySource) else 0, **limit,
+    )  # fmt: skip
+    note(f"memory: ~{format_bytes(need)} for the tiles in flight and the input chunks they read")
     if args.dry_run:
         return None
     if args.scheduler is not None or args.workers is not None:
@@ -234,7 +242,6 @@ def _predict_large(args: argparse.Namespace, plan_options: dict[str, Any], optio
             overwrite=args.restart,
             **plan_options,
         )
-        limit = {} if args.memory_limit is None else {"memory_limit": args.memory_limit}
         predict_tiled(model, image, out=out, **options, **limit, resume=not args.restart, progress=not args.no_progress)
     return out
 

@@ -203,6 +203,7 @@ def open_output(store: str | os.PathLike[str] | Any) -> Any:
     """A zarr output (from `create_output`) opened for writing, as workers open it."""
     if not is_local(store):
         return store if not isinstance(store, (str, os.PathLike)) else import_zarr().open_array(store, mode="r+")
+    import_zarr()
     from .zarr_store import open_checked
 
     return open_checked(store, "out", mode="r+")

@@ -246,12 +246,15 @@ def _read_png(path: str, what: str, max_bytes: int | None) -> np.ndarray:
 
 
 def _open_zarr(path: Path) -> Any:
+    import_zarr()  # an ImportError that says how to install it
     from .zarr_store import open_checked
 
     return open_checked(path, "image")
 
 
 _SLACK = 1 << 20  # bytes a chunk may hold beyond twice its pixels (headers, an incompressible tile)
+_ONE_FILE = False  # tifffile's _multifile: an OME-TIFF's references to other files are not followed
+# (tifffile would open them by name, past the regular-file check: a FIFO there would block)
 
 
 def _check_tiff(series: Any, named: str, max_bytes: int | None) -> None:
@@ -275,7 +278,7 @@ def _read_tiff(path: str, what: str, max_bytes: int | None) -> np.ndarray:
 
     named = _named(what, path)
     try:
-        with open_regular_file(path, what) as f, tifffile.TiffFile(f) as tif:
+        with open_regular_file(path, what) as f, tifffile.TiffFile(f, _multifile=_ONE_FILE) as tif:
             series = tif.series[0]
             _check_tiff(series, named, max_bytes)
             array, axes = series.asarray(), series.axes
@@ -298,19 +301,21 @@ def _open_tiff(path: Path) -> Any:
     named = _named("image", path)
     f = open_regular_file(path, "image")
     try:
-        with tifffile.TiffFile(f) as tif:
+        with tifffile.TiffFile(f, _multifile=_ONE_FILE) as tif:
             _check_tiff(tif.series[0].levels[0], named, None)
         f.seek(0)
-        store = tifffile.imread(f, aszarr=True, series=0, level=0)
+        store = tifffile.imread(f, aszarr=True, series=0, level=0, _multifile=_ONE_FILE)
         array = zarr.open(store, mode="r")
     except ValueError as err:
         f.close()
         if str(err).startswith(named):
             raise
         raise ValueError(f"{named}: cannot read it as a TIFF image: {err}") from None
-    except (OSError, tifffile.TiffFileError, IndexError, KeyError) as err:
+    except Exception as err:  # tifffile raises TiffFileError, IndexError, KeyError, struct.error, ... on a bad file
         f.close()
-        raise ValueError(f"{named}: cannot read it as a TIFF image: {err}") from None
+        raise ValueError(
+            f"{named}: cannot read it as a TIFF image: {short_text(str(err) or type(err).__name__)}"
+        ) from None
     remember_path(store, path)
     return array
 

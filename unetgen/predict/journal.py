@@ -48,6 +48,8 @@ class Journal:
     KEY = "unetgen_progress"
     INTERVAL = 1.0
     """Default seconds between writes of the record (blocks completed since are redone after a kill)."""
+    MAX_BLOCKS = 1 << 29
+    """Most blocks a record holds (a 64 MiB bitmap; a 10**12-pixel image in tiles of 116 has ~7.4e7)."""
 
     def __init__(
         self,
@@ -59,6 +61,11 @@ class Journal:
         interval: float | None = None,
         reread: Callable[[], Any] | None = None,
     ) -> None:
+        if total > self.MAX_BLOCKS:
+            raise ValueError(
+                f"this prediction has {total:,} blocks; a progress record holds at most {self.MAX_BLOCKS:,} "
+                "(one bit each): use larger blocks (block_shape=, CLI --block-size) or larger tiles"
+            )
         self.where, self.fingerprint, self.total = where, fingerprint, total
         self.interval = self.INTERVAL if interval is None else interval
         self.reread = reread

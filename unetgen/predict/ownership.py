@@ -106,7 +106,14 @@ def _shares_memory(source: Any, target: Any) -> bool:
     return False
 
 
-def check_apart(source: Any, target: Any, *, what: str = "the output", source_what: str = "the input") -> None:
+def check_apart(
+    source: Any,
+    target: Any,
+    *,
+    what: str = "the output",
+    source_what: str = "the input",
+    fix: str = "write the output elsewhere",
+) -> None:
     """A ValueError when `target` (where a prediction writes) is `source` (what it reads),
     contains it or sits inside it: paths compared resolved (symlinks, ``..``, hard links), arrays
     in memory by their storage. Unknown locations (object stores) are not compared."""
@@ -126,7 +133,7 @@ def check_apart(source: Any, target: Any, *, what: str = "the output", source_wh
         return
     raise ValueError(
         f"{what} {short_path(str(t))} {relation} {source_what} {short_path(str(s))}: unetgen never writes into, "
-        "over or around what it reads; write the output elsewhere"
+        f"over or around what it reads; {fix}"
     )
 
 
@@ -205,6 +212,11 @@ def _take(lock: Path, target: Path) -> int:
                     f"{short_path(str(target))} is being written by {_describe(holder)} (lock file "
                     f"{short_path(str(lock))}): wait for that run to end, or write elsewhere"
                 ) from None
+            except OSError as err:  # a file system without locks (ENOLCK)
+                raise ValueError(
+                    f"cannot lock {short_path(str(lock))} ({err.strerror or err}): this file system does not "
+                    "support locks; write the output on a local disk"
+                ) from None
             current = os.stat(lock, follow_symlinks=False)
             if (current.st_dev, current.st_ino) != (os.fstat(fd).st_dev, os.fstat(fd).st_ino):
                 os.close(fd)
@@ -247,8 +259,9 @@ def output_lock(target: str | os.PathLike[str] | None) -> Iterator[None]:
         yield
         return
     path = Path(os.path.abspath(target))
-    lock = path.with_name(path.name + LOCK_SUFFIX)
-    key, me = os.path.realpath(lock), threading.get_ident()
+    real = Path(os.path.realpath(path))  # one lock however the output is spelled (symlinked folders)
+    lock = real.with_name(real.name + LOCK_SUFFIX)
+    key, me = str(lock), threading.get_ident()
     with _GUARD:
         held = _HELD.get(key)
         if held is not None and held[0] != me:

@@ -25,6 +25,7 @@ __all__ = [
     "DEFAULT_MEMORY_BUDGET",
     "DEFAULT_MEMORY_LIMIT",
     "DEFAULT_OVERLAP",
+    "MAX_IMAGE_SIZE",
     "EvenStarts",
     "TilePlan",
     "check_memory",
@@ -41,6 +42,8 @@ DEFAULT_MEMORY_LIMIT = 16 << 30
 DEFAULT_OVERLAP = 0.25
 """Fraction of a tile shared with its neighbour, for same padding."""
 _CANDIDATES = 256  # tile sizes the automatic plan compares at most
+MAX_IMAGE_SIZE = 1 << 62
+"""Longest image axis `plan_tiles` plans (no array can hold more; tile counts stay below sys.maxsize)."""
 
 
 @dataclass(frozen=True)
@@ -303,13 +306,19 @@ def plan_tiles(
     pass as fit the budget, at most `batch_size` (the plan's `batch_size`). With `tile_size`
     given, `batch_size` is kept as given.
 
-    Planning runs nothing, allocates nothing and costs O(spatial axes) whatever the image size.
+    Planning runs nothing, allocates nothing and costs O(spatial axes) whatever the image size
+    (up to `MAX_IMAGE_SIZE`, 2**62 pixels per axis).
     Every option is checked (ints: Python, NumPy or torch integers, not bools; `overlap`: a real
     number in [0, 1)); a bad one is a `ValueError` naming it.
     """
     config = config_of(model) if isinstance(model, nn.Module) else resolve_config(model)
     dims = config.spatial_dims
     image_shape = positive_ints("image_shape", image_shape, dims, broadcast=False)
+    if max(image_shape) > MAX_IMAGE_SIZE:
+        raise ValueError(
+            f"image_shape={short_repr(image_shape)}: an axis of more than 2**62 pixels is not an image any array "
+            "can hold (a damaged header or metadata?); give the image's real size"
+        )
     batch_size = positive_int("batch_size", batch_size)
     dtype = float_dtype(dtype)
     if config.padding == "valid":

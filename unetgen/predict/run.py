@@ -469,8 +469,9 @@ def predict_tiled(
             check_folder(journal, "journal")
         except ValueError as err:
             raise ValueError(f"cannot write the progress record: {err}") from None
-        check_apart(image, journal, what="the journal")
-        check_apart(out, journal, what="the journal", source_what="the output")
+        fix = "give the journal another path"
+        check_apart(image, journal, what="the journal", fix=fix)
+        check_apart(out, journal, what="the journal", source_what="the output", fix=fix)
     with output_lock(storage_path(out) or (None if journal is None else storage_path(journal))):
         record = None
         if journal is not None or sink.attrs is not None:

@@ -13,6 +13,7 @@ import torch
 
 from ..analysis import shapes
 from ..config.unet_config import UNetConfig
+from ..reprs import short_text
 from .geometry import gather
 from .options import is_int_tuple
 
@@ -95,7 +96,14 @@ class ArraySource:
     def read(self, n: int, reads: Sequence[tuple[int, int, torch.Tensor | None]]) -> torch.Tensor:
         window = tuple(slice(start, start + length) for start, length, _ in reads)
         lead = ((n,) if self.batched else ()) + ((slice(None),) if self.channels else ())
-        w = np.ascontiguousarray(self.array[(*lead, *window)])
+        try:
+            w = np.ascontiguousarray(self.array[(*lead, *window)])
+        except ValueError:
+            raise  # already says what (a chunk refused by unetgen's checks)
+        except Exception as err:  # a codec's or library's own type (RuntimeError, zlib.error, ...) on a damaged file
+            where = ", ".join(f"{s.start}:{s.stop}" for s in window)
+            why = f"{type(err).__name__}: {short_text(str(err) or '')}"
+            raise ValueError(f"image window [{where}] cannot be read ({why}): the image file is damaged") from None
         x = torch.from_numpy(w if w.dtype.isnative else w.astype(w.dtype.newbyteorder("=")))
         x = (x if self.channels else x.unsqueeze(0)).to(self.dtype)
         if x.is_floating_point() and not torch.isfinite(x).all():

@@ -21,14 +21,15 @@ from zarr.abc.store import ByteRequest, OffsetByteRequest, RangeByteRequest, Suf
 from zarr.core.buffer import Buffer, BufferPrototype, default_buffer_prototype
 from zarr.storage import LocalStore
 
-from ..reprs import short_path, short_text
+from ..reprs import short_path, short_repr, short_text
 from .formats import open_regular_file
+from .options import is_int_tuple
 
 __all__ = ["MAX_METADATA_BYTES", "CheckedStore", "chunk_limit", "open_checked"]
 
-MAX_METADATA_BYTES = 64 << 20
+MAX_METADATA_BYTES = 128 << 20
 """Largest zarr metadata file read (``zarr.json``, ``.zarray``, ``.zattrs``, ...): an array's
-metadata is a few KiB; the progress record of a billion blocks is a few MiB."""
+metadata is a few KiB; the progress record of `Journal.MAX_BLOCKS` blocks takes at most ~86 MiB."""
 _METADATA = frozenset({"zarr.json", ".zarray", ".zattrs", ".zgroup", ".zmetadata"})
 
 
@@ -113,10 +114,15 @@ def open_checked(path: str | os.PathLike[str], what: str = "image", *, mode: str
     store = CheckedStore(path, read_only=mode == "r")
     try:
         array = zarr.open(store=store, mode=mode)
-    except (OSError, ValueError, KeyError, TypeError, RecursionError) as err:
-        if str(err).startswith(where) or str(err).startswith("zarr store"):
+        if hasattr(array, "shape") and not (is_int_tuple(tuple(array.chunks)) and min(array.chunks, default=1) > 0):
+            raise ValueError(f"chunks {short_repr(array.chunks)} are not positive sizes")
+    except Exception as err:  # zarr raises many types on forged metadata (OverflowError, ZeroDivisionError, ...)
+        if str(err).startswith((where, "zarr store")):
             raise ValueError(str(err)) from None
-        raise ValueError(f"{where}: cannot open a zarr array: {short_text(str(err))}") from None
+        why = short_text(str(err) or type(err).__name__)
+        raise ValueError(
+            f"{where}: cannot open a zarr array ({type(err).__name__}: {why}); its metadata is damaged"
+        ) from None
     if not hasattr(array, "shape"):
         raise ValueError(f"{where} is a zarr group: give the path of one array in it (e.g. {short_path(f'{path}/0')})")
     array.store.chunk_bytes = chunk_limit(array)
