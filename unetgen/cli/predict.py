@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config.unet_config import UNetConfig
-from .args import check_output, read_config, spatial
+from .args import axes_arg, check_output, read_config, spatial
 from .errors import CommandError, UsageError, note, show
 
 # ---------------------------------------------------------------------------------------------
@@ -78,6 +78,52 @@ def _load_model(args: argparse.Namespace, cfg: UNetConfig) -> Any:
 
 
 # ---------------------------------------------------------------------------------------------
+# how tiles are computed (unetgen.predict.inference): the fast path, autocast, test-time mirroring
+
+
+def add_inference_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("how tiles are computed (docs/tiling.md)")
+    g.add_argument(
+        "--no-optimize", action="store_true", help="run the model as it is (default: batch norm folded, channels-last)"
+    )
+    g.add_argument("--amp", choices=("bf16", "fp16"), default=None, help="autocast on CUDA (needs --device cuda)")
+    g.add_argument("--tta", choices=("flip",), default=None, help="test-time mirroring: average over flipped tiles")
+    g.add_argument(
+        "--tta-axes", type=axes_arg, default=None, metavar="AXES", help="spatial axes to flip, e.g. 0,1 (default all)"
+    )
+
+
+def _inference_options(args: argparse.Namespace, cfg: UNetConfig) -> dict[str, Any]:
+    """`predict_tiled`'s options for the flags above, checked against the config and the device."""
+    dims = cfg.spatial_dims
+    if args.tta_axes is not None:
+        if args.tta is None:
+            raise UsageError("--tta-axes needs --tta flip")
+        if max(args.tta_axes) >= dims:
+            example = ",".join(map(str, range(dims)))
+            raise UsageError(
+                f"--tta-axes {','.join(map(str, args.tta_axes))}: the config has {dims} spatial axes, "
+                f"numbered 0 to {dims - 1} (e.g. --tta-axes {example})"
+            )
+    if args.amp is not None and not str(args.device or "cpu").startswith("cuda"):
+        raise UsageError(
+            f"--amp {args.amp} runs on CUDA only (on CPU autocast is about 10x slower than float32); "
+            "add --device cuda or drop --amp"
+        )
+    return dict(optimize=not args.no_optimize, amp=args.amp, tta=args.tta, tta_axes=args.tta_axes)
+
+
+def _describe(options: dict[str, Any]) -> str:
+    fast = "fast path (batch norm folded, channels-last)" if options["optimize"] else "the model as it is"
+    amp = f", autocast {options['amp']}" if options["amp"] else ""
+    tta = ""
+    if options["tta"]:
+        axes = options["tta_axes"]
+        tta = f", test-time mirroring over {'every spatial axis' if axes is None else 'axes ' + str(list(axes))}"
+    return f"compute: {fast}{amp}{tta}"
+
+
+# ---------------------------------------------------------------------------------------------
 # predict
 
 
@@ -94,6 +140,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     _check_weights_arg(args)
     cfg = read_config(args.config)
+    inference = _inference_options(args, cfg)
     tile = None if args.tile_size is None else spatial(cfg, args.tile_size, "--tile-size")
     check_output(args.output)
     image_format(args.input, "--input")  # a readable file of a known format, before the model loads
@@ -111,6 +158,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     images = x.shape[0]
     need = check_memory(cfg, plan, images=images, output_type=args.output_type, dtype=dtype, memory_limit=limit)
     note(f"memory: ~{format_bytes(need)} for tiles and result (limit {format_bytes(limit)}: --memory-limit)")
+    note(_describe(inference))
     if args.dry_run:
         return 0
     result = predict_tiled(
@@ -121,6 +169,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         output_type=args.output_type,
         memory_limit=limit,
+        **inference,
     )
     write_image(args.output, result.cpu().numpy())
     dtype_name = str(result.dtype).removeprefix("torch.")
@@ -154,6 +203,7 @@ def cmd_predict_large(args: argparse.Namespace) -> int:
     output_type = getattr(args, "output_type", None) or "logits"
     plan_options = dict(tile_size=tile, batch_size=args.batch_size, overlap=args.overlap)
     options = dict(**plan_options, blend=args.blend, output_type=output_type, block_shape=block)
+    options.update(_inference_options(args, read_config(args.config)))
     try:
         with _notes():
             out = _predict_large(args, plan_options, options)
@@ -227,6 +277,7 @@ def _predict_large(args: argparse.Namespace, plan_options: dict[str, Any], optio
         read_bytes=source.read_bytes(plan.tile_input) if isinstance(source, ArraySource) else 0, **limit,
     )  # fmt: skip
     note(f"memory: ~{format_bytes(need)} for the tiles in flight and the input chunks they read")
+    note(_describe(options))
     if args.dry_run:
         return None
     if args.scheduler is not None or args.workers is not None:

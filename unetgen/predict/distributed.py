@@ -24,6 +24,7 @@ import threading
 import urllib.parse
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +35,9 @@ from tqdm import tqdm
 from ..checkpoint import load_unet
 from ..reprs import short_repr
 from .arrays import create_output, open_image, open_output
+from .inference import check_amp, check_optimize, inference_model, mirror_axes
 from .journal import Journal
-from .options import Blend, OutputType
+from .options import Amp, Blend, OutputType, Tta
 from .ownership import check_apart, is_local, output_lock, storage_path
 from .plan import TilePlan
 from .run import Job, prepare, run
@@ -67,16 +69,18 @@ def _checkpoint_key(checkpoint: str | os.PathLike[str]) -> tuple[str, int, int]:
     return str(path), stat.st_mtime_ns, stat.st_size
 
 
-def worker_model(checkpoint: str | os.PathLike[str], device: str = "cpu") -> nn.Module:
+def worker_model(checkpoint: str | os.PathLike[str], device: str = "cpu", optimize: bool = False) -> nn.Module:
     """The model in `checkpoint` on `device`, loaded once per process and kept while the file is
-    unchanged (same path, modification time and size); one model is kept at a time."""
+    unchanged (same path, modification time and size); one model is kept at a time. With
+    `optimize`, its inference fast path (`inference_model`), made once: the loaded model is not
+    kept beside it."""
     global loads
-    key = (*_checkpoint_key(checkpoint), str(device))
+    key = (*_checkpoint_key(checkpoint), str(device), optimize)
     with _LOCK:
         model = _MODELS.get(key)
         if model is None:
             _MODELS.clear()
-            model = _MODELS[key] = load_unet(checkpoint, device=device).eval()
+            model = _MODELS[key] = inference_model(load_unet(checkpoint, device=device).eval(), optimize)
             loads += 1
     return model
 
@@ -97,7 +101,7 @@ def _predict_blocks(
         torch.set_num_threads(max(1, get_worker().state.nthreads))
     except (ImportError, ValueError):
         pass  # not on a Dask worker
-    model = worker_model(checkpoint, device)
+    model = worker_model(checkpoint, device, optimize=options.get("optimize", True))
     job, source, sink = prepare(model, open_image(image), open_output(out), plan=plan, **options)
     run(model, job, source, sink, todo=blocks, progress=False)
     return list(blocks)
@@ -137,6 +141,10 @@ def predict_distributed(
     resume: bool = True,
     progress: bool = True,
     callback: Callable[[Sequence[int]], None] | None = None,
+    optimize: bool = True,
+    amp: Amp | None = None,
+    tta: Tta | None = None,
+    tta_axes: Sequence[int] | None = None,
 ) -> Any:
     """Predict `image` with the model in `checkpoint` on a Dask cluster, into the zarr array `out`.
 
@@ -153,7 +161,9 @@ def predict_distributed(
     completed blocks in `out`'s attributes; a run started again with the same arguments skips
     them (`resume`, as in `predict_tiled`). `callback(blocks)` is called on the client after each
     task; an exception from it (or Ctrl-C) cancels the remaining tasks and keeps the record.
-    Returns the zarr array.
+    `optimize` (default True: each worker process makes its model's inference fast path once,
+    see `worker_model`), `amp`, `tta` and `tta_axes` are `predict_tiled`'s (`amp` is checked on
+    the client against `device`). Returns the zarr array.
     """
     try:
         import distributed  # noqa: F401
@@ -164,6 +174,13 @@ def predict_distributed(
     if client is not None and workers is not None:
         raise ValueError("give client or workers, not both: workers starts a local cluster")
     model = load_unet(checkpoint, device="cpu").eval()  # the plan and the fingerprint; tasks load their own
+    if amp is not None:  # here the value and the device's type; on the workers their GPU too
+        try:
+            where = torch.device(device)
+        except (RuntimeError, TypeError, ValueError):
+            raise ValueError(f"device={short_repr(device)} is not a torch device, e.g. cpu or cuda") from None
+        check_amp(amp, where, next(model.parameters()).dtype)
+    check_optimize(optimize), mirror_axes(tta, tta_axes, model.config.spatial_dims)  # before the output is made
     source = open_image(image)
     plan_options = dict(tile_size=tile_size, batch_size=batch_size, overlap=overlap, memory_budget=memory_budget)
     with output_lock(Path(os.path.abspath(out)) if is_local(out) else storage_path(out)):
@@ -173,8 +190,11 @@ def predict_distributed(
         else:
             target = out
         check_apart(source, target)
-        options = dict(blend=blend, output_type=output_type, block_shape=block_shape)
-        job, _, _ = prepare(model, source, target, **plan_options, **options)
+        options = dict(blend=blend, output_type=output_type, block_shape=block_shape, optimize=optimize, tta=tta)
+        options.update(tta_axes=tta_axes)
+        job, _, _ = prepare(model, source, target, **plan_options, **options)  # checks all but amp
+        job = replace(job, amp=amp)  # the workers check it on their device
+        options.update(amp=amp)
         _check_aligned(job, target)
         reread = functools.partial(stored_record, target)
         journal = Journal(target.attrs, job.fingerprint(model), job.num_blocks, resume=resume, reread=reread)

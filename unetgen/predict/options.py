@@ -14,8 +14,10 @@ from ..config.unet_config import UNetConfig
 from ..reprs import short_repr
 
 __all__ = [
+    "Amp",
     "Blend",
     "OutputType",
+    "Tta",
     "as_index",
     "config_of",
     "float_dtype",
@@ -28,6 +30,8 @@ __all__ = [
 
 Blend = Literal["gaussian", "constant"]
 OutputType = Literal["logits", "probabilities", "labels"]
+Amp = Literal["bf16", "fp16"]  # autocast dtype on CUDA (unetgen.predict.inference)
+Tta = Literal["flip"]  # test-time mirroring (unetgen.predict.inference)
 
 
 def config_of(model: UNetConfig | nn.Module) -> UNetConfig:
