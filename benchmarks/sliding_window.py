@@ -247,7 +247,7 @@ def run_case(name: str, args: argparse.Namespace) -> list[dict[str, Any]]:
                 peak=statistics.median(peaks[k]),
             )
         )
-    summary = plan.summary()
+    summary = f"{plan.summary()}; whole-image logits in [{whole.min().item():.3g}, {whole.max().item():.3g}]"
     print(f"{name}: {summary}", file=sys.stderr, flush=True)
     rows[0]["plan"] = summary
     return rows
