@@ -46,6 +46,8 @@ __all__ = [
     "image_format",
     "import_zarr",
     "open_regular_file",
+    "as_tensor",
+    "is_ome_tiff",
     "read_image",
     "read_view",
     "write_image",
@@ -450,7 +452,13 @@ def read_image(
     else as stored); a ValueError naming `what` if it cannot be read or holds no numbers, or
     (checked from its header, before decoding) if its pixels would take more than `max_bytes`
     bytes of memory."""
-    array = np.asarray(read_view(path, what, max_bytes, axes=axes, layout=layout))
+    return as_tensor(read_view(path, what, max_bytes, axes=axes, layout=layout), what, path)
+
+
+def as_tensor(image: Any, what: str, path: str | os.PathLike[str]) -> torch.Tensor:
+    """`image` (a NumPy array or `read_view`'s view, in memory) as a tensor in native byte order; a
+    ValueError naming `what` and `path` if it holds no numbers torch can read."""
+    array = np.asarray(image)
     if array.dtype.kind not in "biufc":
         raise ValueError(f"{_named(what, path)} holds {array.dtype} values; give a numeric array")
     if not array.dtype.isnative:

@@ -77,7 +77,11 @@ def storage_path(target: Any) -> Path | None:
     store = getattr(target, "store", None)
     root = getattr(store, "root", None)
     if isinstance(root, Path):
-        return Path(os.path.abspath(root / str(getattr(target, "path", "") or "")))
+        inner = str(getattr(target, "path", "") or "")
+        mark = getattr(target, "attrs", {}).get("unetgen_output") if hasattr(target, "attrs") else None
+        if isinstance(mark, dict) and mark.get("layout") == "ome-zarr":  # the array of an output group:
+            inner = os.path.dirname(inner)  # the group is the output (unetgen.arrays.create_output)
+        return Path(os.path.abspath(root / inner))
     try:
         return _PATHS.get(store)
     except TypeError:  # not weakly referenceable: not one of ours
