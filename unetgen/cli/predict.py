@@ -107,7 +107,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if isinstance(view, LaidOut):
         if layout is None:
             check_fit(cfg, view)  # the file's (or --axes') axes against the network, named
-        note(describe(view, args.input))
+        note(describe(view))
     image = as_tensor(view, "--input", args.input)
     dtype = next(model.parameters()).dtype if model is not None else torch.float32
     x = check_image(cfg, image, dtype)
@@ -249,11 +249,11 @@ def _predict_large(args: argparse.Namespace, plan_options: dict[str, Any], optio
 
     model = load_unet(args.config, device=args.device or "cpu")
     layout = _spec_layout(model)
-    image = open_image(args.input, getattr(args, "axes", None), layout=layout)
+    image = open_image(args.input, getattr(args, "axes", None), layout=layout, what="--input")
     if isinstance(image, LaidOut):
         if layout is None:
             check_fit(model.config, image)  # before anything is planned or created
-        note(describe(image, args.input))
+        note(describe(image))
     dtype = next(model.parameters()).dtype
     source, _, images = open_source(model.config, image, dtype)
     plan = plan_tiles(model, spatial_shape(model.config, image), **plan_options, dtype=dtype)

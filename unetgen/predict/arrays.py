@@ -33,7 +33,7 @@ from .sinks import output_layout
 __all__ = ["MARKER", "create_output", "open_image", "open_output"]
 
 
-def open_image(source: Any, axes: Any = None, *, layout: str | None = None) -> Any:
+def open_image(source: Any, axes: Any = None, *, layout: str | None = None, what: str = "image") -> Any:
     """An array-like for `source` without reading its pixels: `.npy` -> a read-only memmap,
     `.zarr` (or a directory) -> a read-only zarr array, or the full-resolution level of the
     OME-Zarr image in that group, `.tif`/`.tiff` -> the first series' full resolution through
@@ -46,7 +46,7 @@ def open_image(source: Any, axes: Any = None, *, layout: str | None = None) -> A
     preprocessing spec's axes), with the axes and pixel size it was read with; otherwise (a
     `.npy`, a plain zarr array, a TIFF whose axes tifffile does not know: Q) the array as stored.
     Anything that is not a path (a tensor, a NumPy or zarr array) is returned as it is, laid out
-    by `axes` when given."""
+    by `axes` when given. Messages about the axes name the image as `what` (e.g. ``--input``)."""
     if not isinstance(source, (str, os.PathLike)):
         return source if axes is None else lay_out(source, None, given=axes, where="the image", layout=layout)
     path = Path(source)
@@ -59,7 +59,7 @@ def open_image(source: Any, axes: Any = None, *, layout: str | None = None) -> A
             f"{path}: unknown image format {suffix or '(no suffix)'}: give a {format_list('open', 'or')} file"
         )
     array, found = image_format.open(path)
-    return lay_out(array, found, given=axes, where=f"image {short_path(str(path))}", layout=layout)
+    return lay_out(array, found, given=axes, where=f"{what} {short_path(str(path))}", layout=layout)
 
 
 MARKER = "unetgen_output"
@@ -99,7 +99,8 @@ def create_output(
 
     An existing output that `create_output` made (it marks its groups and arrays: attribute
     `MARKER`) of the same shape, dtype and chunks is opened as it is (so that a prediction into
-    it resumes; a group's metadata is written again); another layout is an error unless
+    it resumes; a group's metadata is written again; a bare array made before unetgen wrote
+    OME-Zarr is resumed as the bare array it is); another layout is an error unless
     `overwrite`, which removes that output (its metadata and chunks, nothing else) and creates
     it again. Anything else at `store` (a folder of other files, a zarr array or group unetgen did
     not make) is never written or removed: ValueError. The store is not, does not contain and
@@ -253,16 +254,14 @@ def _reuse(
     shape, dtype, chunks = layout
     if old is _EMPTY_GROUP:
         raise ValueError(f"{short_path(str(store))} holds an empty output group: pass overwrite=True (CLI: --restart)")
-    in_group = str(getattr(old, "path", "") or "") == _LEVEL
-    if (tuple(old.shape), np.dtype(old.dtype), tuple(old.chunks)) != layout or in_group != (group is not None):
-        kinds = ("an OME-Zarr group's array", "an array") if in_group else ("an array", "an OME-Zarr group")
-        kind = f" as {kinds[1]}" if in_group != (group is not None) else ""
+    in_group = str(getattr(old, "path", "") or "") == _LEVEL  # else a bare array (unetgen before OME-Zarr)
+    if (tuple(old.shape), np.dtype(old.dtype), tuple(old.chunks)) != layout:
         raise ValueError(
-            f"{short_path(str(store))} holds {kinds[0]} of shape {tuple(old.shape)}, {old.dtype}, chunks "
-            f"{tuple(old.chunks)}; this prediction needs {shape}, {dtype}, chunks {chunks}{kind}: remove it, write "
+            f"{short_path(str(store))} holds an array of shape {tuple(old.shape)}, {old.dtype}, chunks "
+            f"{tuple(old.chunks)}; this prediction needs {shape}, {dtype}, chunks {chunks}: remove it, write "
             "elsewhere or pass overwrite=True (CLI: --restart)"
         )
-    if group is not None:  # the metadata of this run (the input's pixel size may have been given now)
+    if group is not None and in_group:  # the metadata of this run (the input's pixel size may be known now)
         _parent(old).attrs.update(group[0])
     return old
 

@@ -32,13 +32,12 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..config.preprocessing import AXES
-from ..reprs import short_arg, short_repr
+from ..reprs import short_repr
 
 __all__ = [
     "Axes",
@@ -75,7 +74,8 @@ class Axes:
     letters: str
     """One of ``b c z y x`` per stored axis, in stored order, each at most once (e.g. ``yxc``)."""
     said: str
-    """Who says so, for messages: ``image.tif has TIFF axes YXS``, ``--axes yxc``."""
+    """Who says so, for messages: ``TIFF axes YXS (3 samples)``, ``--axes yxc``; `lay_out` puts
+    the image's name first (``--input rgb.tif has TIFF axes YXS (3 samples)``)."""
     scale: tuple[tuple[str, float], ...] = ()
     """The pixel size along spatial axes, e.g. ``(("y", 0.5), ("x", 0.5))``; empty: not known."""
     unit: str | None = None
@@ -117,7 +117,7 @@ def given_axes(value: Any, shape: Sequence[int], where: str, what: str = "--axes
             f"{what} {letters} names {len(letters)} axes but {where} has {len(shape)} "
             f"(shape {'x'.join(map(str, shape))}): give one letter per stored axis"
         )
-    return Axes(letters, f"{what} {letters}")
+    return Axes(letters, f"{where} read with {what} {letters}")
 
 
 def _scale(scale: Mapping[str, float] | None) -> tuple[tuple[str, float], ...]:
@@ -133,7 +133,7 @@ def _unit(text: Any) -> str | None:
     return unit if unit in _NGFF_UNITS else None
 
 
-def tiff_axes(axes: str, shape: Sequence[int], where: str, physical: Mapping[str, Any] | None = None) -> Axes | None:
+def tiff_axes(axes: str, shape: Sequence[int], physical: Mapping[str, Any] | None = None) -> Axes | None:
     """The axes of a TIFF series whose tifffile axes are `axes` (e.g. ``YXS``, ``CZYX``); None when
     the file does not say (a letter other than X Y Z C S T, such as Q or I, or two channel axes).
     `physical`: OME's ``PhysicalSizeX``... of the image, when the file has them."""
@@ -149,11 +149,11 @@ def tiff_axes(axes: str, shape: Sequence[int], where: str, physical: Mapping[str
         if a in letters and isinstance(value, (int, float)) and math.isfinite(value) and value > 0:
             scale[a] = float(value)
             unit = unit or _unit((physical or {}).get(f"PhysicalSize{a.upper()}Unit", "µm"))
-    said = f"{where} has TIFF axes {axes}{samples}"
+    said = f"TIFF axes {axes}{samples}"
     return Axes(letters, said, _scale(scale) if unit else (), unit if scale else None, "T" in axes)
 
 
-def ngff_axes(axes: Any, scale: Sequence[float] | None, where: str) -> Axes | None:
+def ngff_axes(axes: Any, scale: Sequence[float] | None, level: str) -> Axes | None:
     """The axes of an OME-Zarr image from its multiscale `axes` (dicts with ``name`` and ``type``,
     or names in NGFF 0.3) and the full-resolution level's `scale`; None when they do not map onto
     b c z y x (a space axis named otherwise, two channel axes, an unknown type)."""
@@ -184,7 +184,8 @@ def ngff_axes(axes: Any, scale: Sequence[float] | None, where: str) -> Axes | No
     if scale is not None and len(scale) == len(letters):
         pixel = {a: float(s) for a, s in zip(letters, scale, strict=True) if a in SPATIAL}
     unit = _unit(next((u for u in units if u), None))
-    return Axes(letters, f"{where} has NGFF axes {','.join(names)}", _scale(pixel), unit, "b" in letters)
+    said = f"NGFF axes {','.join(names)} (OME-Zarr level {level})"
+    return Axes(letters, said, _scale(pixel), unit, "b" in letters)
 
 
 def model_layout(letters: str) -> str:
@@ -292,6 +293,8 @@ def lay_out(
     ``(N, C, *spatial)``). `array` itself when no axes are known. A ValueError when the axes
     cannot be arranged into `layout` (a spatial axis it lacks, channels it has none of)."""
     shape = tuple(int(s) for s in array.shape)
+    if found is not None:
+        found = replace(found, said=f"{where} has {found.said}")
     axes = given_axes(given, shape, where) if given is not None else found
     if axes is None:
         return array
@@ -319,11 +322,10 @@ def relay(image: Any, layout: str | None) -> Any:
     return lay_out(image.array, image.axes, layout=layout)
 
 
-def describe(image: Any, path: str | os.PathLike[str] | None = None) -> str | None:
+def describe(image: Any) -> str | None:
     """How the axes of `image` were decided, for the CLI's notes (None when no axes are known)."""
     if not isinstance(image, LaidOut):
         return None
     size = ", pixel size " + " x ".join(f"{v:g}" for _, v in image.axes.scale) if image.axes.scale else ""
     unit = f" {image.axes.unit}" if size and image.axes.unit else ""
-    name = f"{short_arg(Path(path).name)}: " if path is not None else ""
-    return f"{name}axes {image.axes.letters} ({image.axes.said}), read as {image.target}{size}{unit}"
+    return f"axes {image.axes.letters} ({image.axes.said}), read as {image.target}{size}{unit}"

@@ -250,8 +250,8 @@ def _read_png(path: str, what: str, max_bytes: int | None) -> tuple[np.ndarray, 
         raise ValueError(f"{named}: cannot read it as a PNG image: {err}") from None
     except Exception as err:  # Pillow raises many types: UnidentifiedImageError, DecompressionBombError, ...
         raise ValueError(f"{named}: cannot read it as a PNG image: {err}") from None
-    bands = f" ({array.shape[2]} bands)" if array.ndim == 3 else ""
-    return array, Axes("yxc" if array.ndim == 3 else "yx", f"{_named(what, path)} is a PNG image{bands}")
+    bands = f" with {array.shape[2]} bands" if array.ndim == 3 else ""
+    return array, Axes("yxc" if array.ndim == 3 else "yx", f"PNG axes YX{bands}")
 
 
 def _open_zarr(path: Path) -> tuple[Any, Axes | None]:
@@ -302,8 +302,8 @@ def _physical(tif: Any) -> dict[str, Any]:
         return {}
 
 
-def _tiff_axes(tif: Any, series: Any, named: str) -> Axes | None:
-    return tiff_axes(series.axes, tuple(series.shape), named, _physical(tif))
+def _tiff_axes(tif: Any, series: Any) -> Axes | None:
+    return tiff_axes(series.axes, tuple(series.shape), _physical(tif))
 
 
 def _read_tiff(path: str, what: str, max_bytes: int | None) -> tuple[np.ndarray, Axes | None]:
@@ -314,7 +314,7 @@ def _read_tiff(path: str, what: str, max_bytes: int | None) -> tuple[np.ndarray,
         with open_regular_file(path, what) as f, tifffile.TiffFile(f, _multifile=_ONE_FILE) as tif:
             series = tif.series[0]
             _check_tiff(series, named, max_bytes)
-            array, axes = series.asarray(), _tiff_axes(tif, series, named)
+            array, axes = series.asarray(), _tiff_axes(tif, series)
     except ValueError as err:
         if str(err).startswith(named):
             raise
@@ -337,7 +337,7 @@ def _open_tiff(path: Path) -> tuple[Any, Axes | None]:
         with tifffile.TiffFile(f, _multifile=_ONE_FILE) as tif:
             level = tif.series[0].levels[0]
             _check_tiff(level, named, None)
-            axes = _tiff_axes(tif, level, named)
+            axes = _tiff_axes(tif, level)
         f.seek(0)
         store = tifffile.imread(f, aszarr=True, series=0, level=0, _multifile=_ONE_FILE)
         array = zarr.open(store, mode="r")
@@ -383,8 +383,9 @@ def _write_tiff(path: str, array: np.ndarray, letters: str | None = None, axes: 
                 metadata[f"PhysicalSize{a.upper()}"] = size
                 metadata[f"PhysicalSize{a.upper()}Unit"] = _OME_UNITS.get(axes.unit or "", "µm")
     options = dict(photometric="minisblack", bigtiff=array.nbytes > (1 << 31), metadata=metadata or None)
-    with replacing(path) as f:
-        tifffile.imwrite(f, np.ascontiguousarray(array), ome=ome, **options)
+    with replacing(path) as f:  # tifffile's handle, named as the target (not the temporary's descriptor)
+        handle = tifffile.FileHandle(f, mode="wb", name=Path(path).name)
+        tifffile.imwrite(handle, np.ascontiguousarray(array), ome=ome, **options)
 
 
 _NPY = ImageFormat((".npy",), "NumPy", None, read=_read_npy, open=_open_npy, write=_write_npy)

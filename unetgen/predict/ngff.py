@@ -88,7 +88,7 @@ def find_image(group: Any, where: str) -> tuple[str, Axes | None] | None:
         outer = _scale(image.get("coordinateTransformations"), n, where)
         if scale is not None and outer is not None:
             scale = [a * b for a, b in zip(scale, outer, strict=True)]
-    return prefix + path, ngff_axes(axes, scale, f"{where} (OME-Zarr, level {prefix + path})")
+    return prefix + path, ngff_axes(axes, scale, prefix + path)
 
 
 def _axis(letter: str, axes: Axes | None, unit: str | None) -> dict[str, Any]:
