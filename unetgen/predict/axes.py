@@ -29,7 +29,6 @@ says its axes (the spec's normalisation then lays it out). An image whose axes a
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -245,18 +244,6 @@ class LaidOut:
         chunks = getattr(array, "chunks", None)
         if isinstance(chunks, tuple) and len(chunks) == len(stored) and all(isinstance(c, int) for c in chunks):
             self.chunks = tuple(chunks[axes.letters.index(a)] if a in axes.letters else 1 for a in target)
-        path = getattr(array, "filename", None)
-        if isinstance(path, (str, os.PathLike)):
-            self.filename = path
-
-    @property
-    def store(self) -> Any:
-        """The stored array's store (where it lives: `unetgen.predict.ownership.storage_path`)."""
-        return getattr(self.array, "store", None)
-
-    @property
-    def path(self) -> Any:
-        return getattr(self.array, "path", "")
 
     def __repr__(self) -> str:
         return f"LaidOut({self.axes.letters}->{self.target}, shape={self.shape}, dtype={self.dtype})"
