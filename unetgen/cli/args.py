@@ -84,11 +84,22 @@ def file_path(text: str) -> str:
 
 def npy_path(text: str) -> str:
     file_path(text)
-    if Path(text.rstrip("/")).suffix.lower() not in (".npy", ".zarr"):
+    if Path(text.rstrip("/")).suffix.lower() not in (".npy", ".zarr", ".tif", ".tiff"):
         raise argparse.ArgumentTypeError(
-            f"{show(text)} must end in .npy (a NumPy array) or .zarr (out of core), e.g. {show(text)}.npy"
+            f"{show(text)} must end in .npy (a NumPy array), .tif/.tiff (a TIFF; .ome.tif: an OME-TIFF) or .zarr "
+            f"(an OME-Zarr group, out of core), e.g. {show(text)}.npy"
         )
     return text
+
+
+def axes_arg(text: str) -> str:
+    """--axes: a layout in bioimage.io's letters (`unetgen.predict.axes.parse_axes`)."""
+    from ..predict.axes import parse_axes
+
+    try:
+        return parse_axes(text, "--axes")
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err).removeprefix("--axes=")) from None
 
 
 def yaml_path(text: str) -> str:
