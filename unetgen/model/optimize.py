@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.nn.utils.fusion import fuse_conv_bn_eval
+from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 from .unet import UNet
 
@@ -19,7 +19,8 @@ _LAYOUT = {2: torch.channels_last, 3: torch.channels_last_3d}
 
 def fold_batch_norm_(model: nn.Module) -> int:
     """Fold every BatchNorm that directly follows a conv in a `Sequential` into that conv (eval
-    statistics), replacing it by `Identity`. Returns the number of folded norms."""
+    statistics; the conv gets new weight and bias parameters), replacing it by `Identity`.
+    Returns the number of folded norms."""
     folded = 0
     for seq in model.modules():
         if not isinstance(seq, nn.Sequential):
@@ -27,7 +28,9 @@ def fold_batch_norm_(model: nn.Module) -> int:
         for i in range(len(seq) - 1):
             conv, norm = seq[i], seq[i + 1]
             if isinstance(conv, _CONVS) and isinstance(norm, _NORMS) and norm.track_running_stats:
-                seq[i] = fuse_conv_bn_eval(conv, norm)
+                # torch's fuse_conv_bn_eval, without its deep copy of the conv (weights included)
+                stats = (norm.running_mean, norm.running_var, norm.eps, norm.weight, norm.bias)
+                conv.weight, conv.bias = fuse_conv_bn_weights(conv.weight, conv.bias, *stats)
                 seq[i + 1] = nn.Identity()
                 folded += 1
     return folded
