@@ -72,7 +72,7 @@ class Job:
     out_dtype: str
     image_dtype: str
     mirror_axes: tuple[int, ...] = ()  # test-time mirroring: the spatial axes flipped (unetgen.predict.inference)
-    optimize: bool = False  # the inference fast path
+    optimize: bool = False  # the inference fast path (prepare's default: True)
     amp: Amp | None = None  # autocast on CUDA
 
     @property
@@ -388,8 +388,8 @@ def _probabilities(logits: torch.Tensor, channel_axis: int) -> torch.Tensor:
 def _finish(values: torch.Tensor, output_type: OutputType, blended: bool) -> torch.Tensor:
     """A finished block (C, *block) as `output_type`. `values` are logits, or (`blended`: same
     padding or test-time mirroring, output_type not logits) the per-tile probabilities, blended
-    or averaged. Labels lose the channel
-    axis: the argmax over the channels, or for one channel logit > 0 (probability > 0.5)."""
+    or averaged. Labels lose the channel axis: the argmax over the channels, or for one channel
+    logit > 0 (probability > 0.5)."""
     match output_type:
         case "logits":
             return values
