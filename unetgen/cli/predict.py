@@ -77,6 +77,13 @@ def _load_model(args: argparse.Namespace, cfg: UNetConfig) -> Any:
     return model.eval()
 
 
+def _spec(args: argparse.Namespace, model: Any) -> Any:
+    """The preprocessing spec stored with the model (None without one, or with --no-preprocessing)."""
+    from ..predict.preprocess import spec_of
+
+    return None if model is None or args.no_preprocessing else spec_of(model)
+
+
 # ---------------------------------------------------------------------------------------------
 # predict
 
@@ -89,6 +96,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from ..predict.formats import image_format, read_image, write_image
     from ..predict.ownership import check_apart
     from ..predict.plan import DEFAULT_MEMORY_LIMIT, check_memory, format_bytes, plan_tiles
+    from ..predict.preprocess import describe_prepared, prepare_input
     from ..predict.run import predict_tiled
     from ..predict.sources import check_image
 
@@ -101,15 +109,23 @@ def cmd_predict(args: argparse.Namespace) -> int:
     limit = args.memory_limit if args.memory_limit is not None else DEFAULT_MEMORY_LIMIT
     model = _load_model(args, cfg)
     image = read_image(args.input, "--input", max_bytes=limit)  # refused from its header above the limit
-    if image.dim() == cfg.spatial_dims and cfg.in_channels == 1:
-        image = image.unsqueeze(0)  # a single-channel image without its channel axis
     dtype = next(model.parameters()).dtype if model is not None else torch.float32
-    x = check_image(cfg, image, dtype)
+    spec = _spec(args, model)
+    if spec is not None:  # the raw image in the spec's layout; windows normalised as they are read
+        image = prepare_input(cfg, image, spec)
+        note(f"preprocessing: {describe_prepared(image)} (--no-preprocessing: the image as it is)")
+        images = image.shape[0] if image.ndim == cfg.spatial_dims + 2 else 1
+    else:
+        if image.dim() == cfg.spatial_dims and cfg.in_channels == 1:
+            image = image.unsqueeze(0)  # a single-channel image without its channel axis
+        images = check_image(cfg, image, dtype).shape[0]
     options = dict(tile_size=tile, batch_size=args.batch_size, overlap=args.overlap)
-    plan = plan_tiles(cfg, tuple(x.shape[2:]), **options, dtype=dtype)
+    plan = plan_tiles(cfg, tuple(image.shape[-cfg.spatial_dims :]), **options, dtype=dtype)
     note(f"plan: {plan.summary()}")
-    images = x.shape[0]
-    need = check_memory(cfg, plan, images=images, output_type=args.output_type, dtype=dtype, memory_limit=limit)
+    read = image.read_bytes(plan.tile_input) if spec is not None else 0  # the float windows
+    need = check_memory(
+        cfg, plan, images=images, output_type=args.output_type, dtype=dtype, memory_limit=limit, read_bytes=read
+    )
     note(f"memory: ~{format_bytes(need)} for tiles and result (limit {format_bytes(limit)}: --memory-limit)")
     if args.dry_run:
         return 0
@@ -121,6 +137,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         output_type=args.output_type,
         memory_limit=limit,
+        preprocessing=False,  # applied above, or turned off
     )
     write_image(args.output, result.cpu().numpy())
     dtype_name = str(result.dtype).removeprefix("torch.")
@@ -212,11 +229,16 @@ def _predict_large(args: argparse.Namespace, plan_options: dict[str, Any], optio
     from ..predict.arrays import create_output, open_image
     from ..predict.ownership import output_lock
     from ..predict.plan import check_memory, format_bytes, plan_tiles
+    from ..predict.preprocess import describe_prepared, prepare_input
     from ..predict.run import predict_tiled
     from ..predict.sources import ArraySource, open_source, spatial_shape
 
     model = load_unet(args.config, device=args.device or "cpu")
     image = open_image(args.input)
+    spec = _spec(args, model)
+    if spec is not None:  # measured once; every window normalised with the same numbers
+        image = prepare_input(model.config, image, spec)
+        note(f"preprocessing: {describe_prepared(image)} (--no-preprocessing: the image as it is)")
     dtype = next(model.parameters()).dtype
     source, _, images = open_source(model.config, image, dtype)
     plan = plan_tiles(model, spatial_shape(model.config, image), **plan_options, dtype=dtype)
@@ -242,7 +264,10 @@ def _predict_large(args: argparse.Namespace, plan_options: dict[str, Any], optio
             overwrite=args.restart,
             **plan_options,
         )
-        predict_tiled(model, image, out=out, **options, **limit, resume=not args.restart, progress=not args.no_progress)
+        predict_tiled(
+            model, image, out=out, **options, **limit, resume=not args.restart, progress=not args.no_progress,
+            preprocessing=False,  # applied above, or turned off
+        )  # fmt: skip
     return out
 
 
@@ -265,6 +290,7 @@ def _predict_on_cluster(args: argparse.Namespace, options: dict[str, Any]) -> An
             device=args.device or "cpu",
             resume=not args.restart,
             progress=not args.no_progress,
+            preprocessing=False if args.no_preprocessing else None,
         )
     finally:
         if client is not None:
