@@ -6,6 +6,7 @@ same-padding 3D net and the paper's network, and its block-wise prediction again
 
 from __future__ import annotations
 
+import io
 import zipfile
 from pathlib import Path
 
@@ -191,12 +192,43 @@ def test_bioimageio_model_test_same_3d(bioimageio_core, same_zip: Path) -> None:
     _passed(bioimageio_core.test_model(same_zip))
 
 
-def test_bioimageio_model_test_paper_network(bioimageio_core, tmp_path: Path) -> None:
-    """The paper's network (31 M parameters) at its smallest package input, one weight format."""
-    model = unetgen.build_unet(seed=0).eval()
-    path = export_bioimageio(model, tmp_path / "paper.zip", info=INFO, weight_formats=("torchscript",))
+def test_bioimageio_model_test_paper_geometry(bioimageio_core, tmp_path: Path) -> None:
+    """bioimage.io's whole model test on the paper's geometry: its network (four poolings, two 3x3
+    convs per level, 2x2 pooling, halo 92, inputs 196 + 16n) with 2 channels at the top instead
+    of 64, so that the model test's seven runs (the test tensors; sizes 196, 212 and 228 at batch
+    1 and 2) take a second, not a minute. The sizes and the mirror padding depend on the geometry
+    only; the paper's 31 M-parameter weights are checked below."""
+    paper = unetgen.UNetConfig()
+    model = unetgen.build_unet(paper.model_copy(update={"base_channels": 2}), seed=0).eval()
+    assert unetgen.halo(model.config) == unetgen.halo(paper) == (92, 92)
+    assert input_sizes(model.config, mirror_padded=True) == input_sizes(paper, mirror_padded=True)
+    path = export_bioimageio(model, tmp_path / "paper_geometry.zip", info=INFO, weight_formats=("torchscript",))
     assert rdf_json(path)["inputs"][0]["axes"][2]["size"] == {"min": 196, "step": 16}
     _passed(bioimageio_core.test_model(path))
+
+
+def test_bioimageio_paper_network_reproduces_its_test_output(bioimageio_core, tmp_path: Path) -> None:
+    """The paper's network itself (31 M parameters, 124 MB of TorchScript) at its smallest package
+    input: bioimage.io validates the package (the rdf and the files' hashes) and its prediction
+    pipeline reproduces the packaged test output within bioimage.io's own tolerance (one run;
+    the model test's other sizes and batches are the geometry's, tested above)."""
+    from bioimageio.core import load_description, predict
+    from bioimageio.spec.model.v0_5 import ReproducibilityTolerance
+
+    model = unetgen.build_unet(seed=0).eval()
+    assert sum(p.numel() for p in model.parameters()) > 31_000_000
+    path = export_bioimageio(model, tmp_path / "paper.zip", info=INFO, weight_formats=("torchscript",))
+    assert rdf_json(path)["inputs"][0]["axes"][2]["size"] == {"min": 196, "step": 16}
+    descr = load_description(path, perform_io_checks=True)
+    assert descr.validation_summary.status == "valid-format", descr.validation_summary.format()
+    with zipfile.ZipFile(path) as z:
+        test_input, test_output = (np.load(io.BytesIO(z.read(f"test_{t}.npy"))) for t in ("input", "output"))
+    assert test_input.shape == (1, 1, 196, 196)
+    theirs = predict(model=descr, inputs={"input": test_input}).members["output"].data.values
+    tolerance = ReproducibilityTolerance()
+    np.testing.assert_allclose(
+        theirs, test_output, rtol=tolerance.relative_tolerance, atol=tolerance.absolute_tolerance
+    )
 
 
 def test_bioimageio_blockwise_equals_predict_tiled(bioimageio_core, valid_zip: Path) -> None:

@@ -658,7 +658,7 @@ def describe_prepared(image: PreparedImage | PreparedBatch, channels: int = 4) -
     how = (
         f"all {voxels:,} voxels"
         if voxels <= EXACT_VOXELS
-        else f"a sample of at most {SAMPLE_BLOCKS} blocks of {voxels:,} voxels"
+        else f"a sample (at most {SAMPLE_BLOCKS} blocks) of its {voxels:,} voxels"
     )
     steps = ", ".join(step.type for step in spec.normalize) if spec is not None else ""
     shown = [" then ".join(_op_text(op, c) for op in normalizer.ops) for c in range(min(channels, normalizer.channels))]
