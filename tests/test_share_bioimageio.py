@@ -6,7 +6,6 @@ same-padding 3D net and the paper's network, and its block-wise prediction again
 
 from __future__ import annotations
 
-import io
 import zipfile
 from pathlib import Path
 
@@ -212,7 +211,8 @@ def test_bioimageio_paper_network_reproduces_its_test_output(bioimageio_core, tm
     input: bioimage.io validates the package (the rdf and the files' hashes) and its prediction
     pipeline reproduces the packaged test output within bioimage.io's own tolerance (one run;
     the model test's other sizes and batches are the geometry's, tested above)."""
-    from bioimageio.core import load_description, predict
+    from bioimageio.core import create_prediction_pipeline, load_description
+    from bioimageio.core.digest_spec import get_test_input_sample, get_test_output_sample
     from bioimageio.spec.model.v0_5 import ReproducibilityTolerance
 
     model = unetgen.build_unet(seed=0).eval()
@@ -221,14 +221,16 @@ def test_bioimageio_paper_network_reproduces_its_test_output(bioimageio_core, tm
     assert rdf_json(path)["inputs"][0]["axes"][2]["size"] == {"min": 196, "step": 16}
     descr = load_description(path, perform_io_checks=True)
     assert descr.validation_summary.status == "valid-format", descr.validation_summary.format()
-    with zipfile.ZipFile(path) as z:
-        test_input, test_output = (np.load(io.BytesIO(z.read(f"test_{t}.npy"))) for t in ("input", "output"))
-    assert test_input.shape == (1, 1, 196, 196)
-    theirs = predict(model=descr, inputs={"input": test_input}).members["output"].data.values
+    # what the model test's "Reproduce test outputs from test inputs" runs, once
+    with create_prediction_pipeline(bioimageio_model=descr, weight_format="torchscript") as pipeline:
+        sample = pipeline.predict_sample_without_blocking(
+            get_test_input_sample(descr), skip_input_padding=True, skip_output_cropping=True
+        )
+    theirs = sample.members["output"].data.values
+    expected = get_test_output_sample(descr).members["output"].data.values
+    assert theirs.shape == expected.shape == (1, 2, 196, 196)
     tolerance = ReproducibilityTolerance()
-    np.testing.assert_allclose(
-        theirs, test_output, rtol=tolerance.relative_tolerance, atol=tolerance.absolute_tolerance
-    )
+    np.testing.assert_allclose(theirs, expected, rtol=tolerance.relative_tolerance, atol=tolerance.absolute_tolerance)
 
 
 def test_bioimageio_blockwise_equals_predict_tiled(bioimageio_core, valid_zip: Path) -> None:
@@ -245,7 +247,9 @@ def test_bioimageio_blockwise_equals_predict_tiled(bioimageio_core, valid_zip: P
         blocksize_parameter=12,
     )
     theirs = sample.members["output"].data.values[0]
-    ours = unetgen.predict_tiled(model, torch.from_numpy(preprocess(raw[0, 0], model.preprocessing)), progress=False)
+    ours = unetgen.predict_tiled(model, raw[0, 0], progress=False)  # the package's spec, applied by predict_tiled
+    hand = torch.from_numpy(preprocess(raw[0, 0], model.preprocessing))
+    torch.testing.assert_close(ours, unetgen.predict_tiled(model, hand, progress=False, preprocessing=False))
     h = unetgen.halo(model.config)[0]
     inner = (slice(None), slice(h, -h), slice(h, -h))
     assert theirs.shape == tuple(ours.shape)

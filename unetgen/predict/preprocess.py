@@ -252,9 +252,8 @@ def _host(x: Any) -> np.ndarray:
 
 
 def _itemsize(array: Any) -> int:
-    if isinstance(array, torch.Tensor):
-        return array.element_size()
-    return np.dtype(array.dtype).itemsize
+    dtype = array.dtype
+    return dtype.itemsize if isinstance(dtype, torch.dtype) else np.dtype(dtype).itemsize
 
 
 class _Item:
