@@ -75,7 +75,7 @@ def test_new_user_case_cli_in_memory_and_out_of_core(user: dict, capsys: pytest.
     assert main([*base, "--output", str(tmp / "labels.npy"), "--no-progress"]) == 0
     assert np.array_equal(np.load(tmp / "labels.npy"), user["want"].numpy())
     assert main([*base, "--output", str(tmp / "labels.zarr"), "--no-progress"]) == 0
-    assert np.array_equal(zarr.open_array(tmp / "labels.zarr", mode="r")[...], user["want"].numpy())
+    assert np.array_equal(zarr.open_array(tmp / "labels.zarr" / "0", mode="r")[...], user["want"].numpy())
     err = capsys.readouterr().err
     assert err.count("preprocessing: axes zyx, scale_range measured on all 17,280 voxels") == 2, err
     # --no-preprocessing: the raw values as they are

@@ -92,6 +92,7 @@ def _predict_blocks(
     preprocessing: tuple[dict[str, Any], list[Normalizer | None]] | None,
     blocks: Sequence[int],
     device: str,
+    axes: str | None = None,
 ) -> list[int]:
     """One Dask task: predict `blocks` on this worker and write them into `out`; `preprocessing`
     is the spec (as JSON) with the numbers the client measured, applied as they are (never
@@ -103,10 +104,11 @@ def _predict_blocks(
     except (ImportError, ValueError):
         pass  # not on a Dask worker
     model = worker_model(checkpoint, device)
-    source = open_image(image)
-    if preprocessing is not None:
+    if preprocessing is None:
+        source = open_image(image, axes)
+    else:  # read in the spec's layout, as the client did
         spec, normalizers = Preprocessing.model_validate(preprocessing[0]), preprocessing[1]
-        source = prepare_input(model.config, source, spec, normalizers=normalizers)
+        source = prepare_input(model.config, open_image(image, axes, layout=spec.axes), spec, normalizers=normalizers)
     job, source, sink = prepare(model, source, open_output(out), plan=plan, **options)
     run(model, job, source, sink, todo=blocks, progress=False)
     return list(blocks)
@@ -146,12 +148,14 @@ def predict_distributed(
     resume: bool = True,
     progress: bool = True,
     callback: Callable[[Sequence[int]], None] | None = None,
+    axes: str | None = None,
     preprocessing: PreprocessingArg = None,
 ) -> Any:
     """Predict `image` with the model in `checkpoint` on a Dask cluster, into the zarr array `out`.
 
     `image`: a path (`.zarr`, `.npy`, `.tif`: see `unetgen.arrays.open_image`) or a zarr array,
-    readable by every worker (shared or object storage). `out`: a path, created with
+    readable by every worker (shared or object storage); `axes` as in `open_image` (the workers
+    read it so too). `out`: a path, created with
     `unetgen.arrays.create_output` if missing (one chunk per block), or a zarr array whose chunks
     hold whole blocks. `client`: a `distributed.Client` (e.g. `Client("tcp://host:8786")`);
     without it a `LocalCluster` of `workers` processes (default 1) with one thread each is
@@ -179,7 +183,7 @@ def predict_distributed(
         raise ValueError("give client or workers, not both: workers starts a local cluster")
     model = load_unet(checkpoint, device="cpu").eval()  # the plan and the fingerprint; tasks load their own
     spec = spec_of(model, preprocessing)
-    raw = open_image(image)
+    raw = open_image(image, axes, layout=None if spec is None else spec.axes)
     if is_local(out):
         check_apart(raw, out)  # before the output is created
     # measured once, here: the tasks get the numbers
@@ -207,7 +211,8 @@ def predict_distributed(
         where = str(Path(image).resolve()) if isinstance(image, (str, os.PathLike)) else raw
         args = (str(Path(checkpoint).resolve()), where, out, job.plan, options, sent)
         with _cluster(client, workers) as client:
-            _run_tasks(client, args, job, journal, blocks_per_task, device, progress and sys.stderr.isatty(), callback)
+            show = progress and sys.stderr.isatty()
+            _run_tasks(client, args, job, journal, blocks_per_task, device, show, callback, axes)
     return target
 
 
@@ -225,6 +230,7 @@ def _run_tasks(
     device: str,
     progress: bool,
     callback: Callable[[Sequence[int]], None] | None,
+    axes: str | None = None,
 ) -> None:
     """Submit the tasks, at most `MAX_TASKS_IN_FLIGHT` at a time, recording each task's blocks in
     `journal` as it completes; on any exception cancel what is in flight and keep the record."""
@@ -237,7 +243,7 @@ def _run_tasks(
     pending: set[Any] = set()
 
     def submit(blocks: list[int]) -> Any:
-        future = client.submit(_predict_blocks, *args, blocks, device, pure=False, retries=2)
+        future = client.submit(_predict_blocks, *args, blocks, device, axes, pure=False, retries=2)
         pending.add(future)
         return future
 

@@ -49,6 +49,7 @@ from ..config.preprocessing import (
 )
 from ..config.unet_config import UNetConfig
 from ..reprs import short_repr
+from .axes import LaidOut
 
 __all__ = [
     "EXACT_VOXELS",
@@ -381,6 +382,12 @@ class PreparedImage:
         array = getattr(self._image, "array", self._image)
         return array.array if isinstance(array, _Item) else array
 
+    @property
+    def axes(self) -> Any:
+        """The axes the raw image was read with (`unetgen.predict.axes.Axes`: its pixel size goes
+        into an OME-Zarr output), None when they are not known."""
+        return getattr(self.source, "axes", None)
+
     def __getitem__(self, key: Any) -> np.ndarray:
         key = key if isinstance(key, tuple) else (key,)
         if any(not isinstance(k, slice) for k in key):
@@ -414,6 +421,11 @@ class PreparedBatch:
         self.images, self.spec, self.source = tuple(images), spec, source
         self.shape = (len(self.images), *self.images[0].shape)
         self.ndim = len(self.shape)
+
+    @property
+    def axes(self) -> Any:
+        """As `PreparedImage.axes`."""
+        return getattr(self.source, "axes", None)
 
     @property
     def normalizers(self) -> tuple[Normalizer | None, ...]:
@@ -544,7 +556,14 @@ def _raw_axes(config: UNetConfig, image: Any, spec: Preprocessing) -> tuple[str,
     dims, ndim = config.spatial_dims, len(shape)
     spatial = _SPATIAL[3 - dims :]
     off = "or turn the preprocessing off (preprocessing=False, unetgen predict --no-preprocessing)"
-    if spec.axes is None:
+    if isinstance(image, LaidOut):  # the file said its axes (or axes= did): laid out as `target` says
+        axes, batched = image.target.removeprefix("b"), image.target.startswith("b")
+        if len(axes.replace("c", "")) != dims:
+            raise ValueError(
+                f"{image.axes.said}: a {len(axes.replace('c', ''))}D image, but the network is {dims}D; give the "
+                "image's axes (--axes, Python: axes=) or use a network of its dims"
+            )
+    elif spec.axes is None:
         if ndim == dims and config.in_channels == 1:
             axes, batched = spatial, False
         elif ndim in (dims + 1, dims + 2):
