@@ -36,6 +36,7 @@ largest that fits. Measured against real training steps: benchmarks/training_mem
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Callable, Sequence
@@ -561,7 +562,7 @@ def _conv_bytes(op: Conv, o: int, in_shape: Sequence[int], out_shape: Sequence[i
     ones = all(k == 1 for k in op.kernel) and all(s == 1 for s in op.stride)
     lead = batch * op.in_channels * math.prod(in_shape[:2])
     mkldnn = (not ones or batch >= 16 or w.threads > 1) and (
-        batch > 1 or lead > _NATIVE_CONV or all(k > 3 for k in op.kernel[-2:])
+        batch > 1 or lead > _NATIVE_CONV or (len(op.kernel) > 1 and all(k > 3 for k in op.kernel[-2:]))
     )
     blocked_in = batch * _padded(op.in_channels) * math.prod(in_shape) * item
     blocked_out = batch * _padded(op.out_channels) * math.prod(out_shape) * item
@@ -583,6 +584,21 @@ class _Inference:
     threads: int
 
 
+@functools.lru_cache(maxsize=64)
+def _schedule(config: UNetConfig) -> tuple[tuple[Op, ...], dict[int, int], dict[int, int]]:
+    """The ops of an inference pass (no deep-supervision heads), each op's storage key (an alias
+    shares its input's: crops, dropout in eval, in-place activations) and each key's lifetime
+    (`_lifetimes`; the input and the output live throughout). Do not mutate: cached per config."""
+    ops = tuple(op for op in network_ops(config) if not op.training_only)
+    keys: dict[int, int] = {INPUT: INPUT}
+    for op in ops:
+        alias = isinstance(op, (Crop, Drop)) or (isinstance(op, Act) and op.inplace)
+        keys[op.index] = keys[op.inputs[0]] if alias else op.index
+    last = _lifetimes(ops, keys)
+    last[INPUT] = last[keys[ops[-1].index]] = ops[-1].index + 1  # held by the caller: the input batch, the result
+    return ops, keys, last
+
+
 def _inference_peak(config: UNetConfig, shape: Sequence[int], w: _Inference) -> TileMemory:
     """The memory of one forward pass of `w.batch` samples in inference mode, replaying
     `UNet.forward` op by op: each op's output is allocated while its inputs and everything still
@@ -600,21 +616,16 @@ def _inference_peak(config: UNetConfig, shape: Sequence[int], w: _Inference) -> 
     interpolation, concatenations and sums hold only their output. With channels-last weights
     and input (`optimize_for_inference`) oneDNN's convs hold only their output. In-place
     activations, dropout (eval: the identity) and crops (views) allocate nothing."""
-    ops = [op for op in network_ops(config) if not op.training_only]
+    ops, keys, last = _schedule(config)
     out = op_shapes(config, shape)
     item = w.itemsize
+    every = network_ops(config)
 
     def nbytes(i: int) -> int:
         spatial = shape if i == INPUT else out[i]
-        channels = config.in_channels if i == INPUT else ops[i].out_channels
+        channels = config.in_channels if i == INPUT else every[i].out_channels
         return w.batch * channels * math.prod(spatial) * item
 
-    keys: dict[int, int] = {INPUT: INPUT}
-    for op in ops:
-        alias = isinstance(op, (Crop, Drop)) or (isinstance(op, Act) and op.inplace)
-        keys[op.index] = keys[op.inputs[0]] if alias else op.index
-    last = _lifetimes(ops, keys)
-    last[INPUT] = last[keys[ops[-1].index]] = len(ops)  # held by the caller: the input batch, the result
     size = {INPUT: nbytes(INPUT)}
     alive = {INPUT}
     peak = size[INPUT]
@@ -629,7 +640,7 @@ def _inference_peak(config: UNetConfig, shape: Sequence[int], w: _Inference) -> 
                 case Conv():
                     held, need = _conv_bytes(op, o, in_shape, out[op.index], w)
                     scratch = max(scratch, need)
-                    if x != INPUT and isinstance(ops[x], Crop):  # a conv copies a cropped (strided) view first
+                    if x != INPUT and isinstance(every[x], Crop):  # a conv copies a cropped (strided) view first
                         held += nbytes(x)
                 case Pool(mode="max"):
                     held = o + o // item * 8  # int64 indices
