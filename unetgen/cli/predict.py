@@ -93,15 +93,17 @@ def cmd_predict(args: argparse.Namespace) -> int:
         return cmd_predict_large(args)
     import torch
 
+    from ..predict.allocator import fix_mmap_threshold
     from ..predict.axes import LaidOut, check_fit, describe
     from ..predict.formats import as_tensor, image_format, read_view, write_image
     from ..predict.ownership import check_apart
-    from ..predict.plan import DEFAULT_MEMORY_LIMIT, check_memory, format_bytes, plan_tiles
+    from ..predict.plan import DEFAULT_MEMORY_LIMIT, check_memory, plan_tiles
     from ..predict.preprocess import describe_prepared, prepare_input
     from ..predict.run import predict_tiled
     from ..predict.sources import check_image
 
     _check_weights_arg(args)
+    fix_mmap_threshold()  # freed tensors go back to the system: the printed estimate holds
     cfg = read_config(args.config)
     tile = None if args.tile_size is None else spatial(cfg, args.tile_size, "--tile-size")
     check_output(args.output)
@@ -131,10 +133,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
     plan = plan_tiles(cfg, tuple(image.shape[-cfg.spatial_dims :]), **options, dtype=dtype)
     note(f"plan: {plan.summary()}")
     read = image.read_bytes(plan.tile_input) if spec is not None else 0  # the float windows
-    need = check_memory(
-        cfg, plan, images=images, output_type=args.output_type, dtype=dtype, memory_limit=limit, read_bytes=read
-    )
-    note(f"memory: ~{format_bytes(need)} for tiles and result (limit {format_bytes(limit)}: --memory-limit)")
+    options_memory = dict(
+        images=images, output_type=args.output_type, dtype=dtype, weights_loaded=model is not None,
+        read_bytes=read, chunked_input=spec is not None,
+    )  # fmt: skip
+    check_memory(cfg, plan, **options_memory, memory_limit=limit)  # type: ignore[arg-type]
+    _memory_note(cfg, plan, options_memory, limit)
     if args.dry_run:
         return 0
     result = predict_tiled(
@@ -177,6 +181,21 @@ def _output_axes(cfg: UNetConfig, view: Any, model: Any, output_type: str, ndim:
         scale = tuple((a, float(size[a])) for a in SPATIAL if a in size)
         found = Axes(spatial, "the preprocessing spec", scale, getattr(spec, "unit", None))
     return letters, found
+
+
+def _memory_note(cfg: UNetConfig, plan: Any, options: dict[str, Any], limit: int | None) -> None:
+    """The estimated peak of this process: what it holds now plus what the prediction adds."""
+    from ..predict.allocator import resident_bytes
+    from ..predict.plan import DEFAULT_MEMORY_LIMIT, estimate_memory, format_bytes
+
+    est = estimate_memory(cfg, plan, **options)
+    now = resident_bytes()
+    limit = DEFAULT_MEMORY_LIMIT if limit is None else limit
+    note(
+        f"memory: ~{format_bytes(now + est.total)} at the peak: {format_bytes(now)} this process holds now "
+        f"+ ~{format_bytes(est.total)} for the prediction ({est.summary()}); the prediction's share is "
+        f"limited to {format_bytes(limit)} (--memory-limit)"
+    )
 
 
 # --- out-of-core and distributed prediction (issue 14): a separate branch of `predict` -------
@@ -260,14 +279,16 @@ def _check_large_args(args: argparse.Namespace) -> None:
 def _predict_large(args: argparse.Namespace, plan_options: dict[str, Any], options: dict[str, Any]) -> Any:
     """The written .zarr array, None for a dry run."""
     from ..checkpoint import load_unet
+    from ..predict.allocator import fix_mmap_threshold
     from ..predict.arrays import create_output, open_image
     from ..predict.axes import LaidOut, check_fit, describe
     from ..predict.ownership import output_lock
-    from ..predict.plan import check_memory, format_bytes, plan_tiles
+    from ..predict.plan import check_memory, plan_tiles
     from ..predict.preprocess import describe_prepared, prepare_input
     from ..predict.run import predict_tiled
     from ..predict.sources import ArraySource, open_source, spatial_shape
 
+    fix_mmap_threshold()  # freed tensors go back to the system: the printed estimate holds
     model = load_unet(args.config, device=args.device or "cpu")
     layout = _spec_layout(args, model)
     image = open_image(args.input, getattr(args, "axes", None), layout=layout, what="--input")
@@ -284,11 +305,16 @@ def _predict_large(args: argparse.Namespace, plan_options: dict[str, Any], optio
     plan = plan_tiles(model, spatial_shape(model.config, image), **plan_options, dtype=dtype)
     note(f"plan: {plan.summary()}")
     limit = {} if args.memory_limit is None else {"memory_limit": args.memory_limit}
-    need = check_memory(  # before the output is created
-        model, plan, images=images, output_type=options["output_type"], dtype=dtype, allocate_result=False,
-        read_bytes=source.read_bytes(plan.tile_input) if isinstance(source, ArraySource) else 0, **limit,
+    chunked = isinstance(source, ArraySource)
+    estimate = dict(
+        images=images, output_type=options["output_type"], dtype=dtype, allocate_result=False,
+        read_bytes=source.read_bytes(plan.tile_input) if chunked else 0, chunked_input=chunked,
+        encoded_output=True, block_shape=options["block_shape"],
     )  # fmt: skip
-    note(f"memory: ~{format_bytes(need)} for the tiles in flight and the input chunks they read")
+    check_memory(model, plan, **estimate, **limit)  # before the output is created
+    _memory_note(model.config, plan, estimate, args.memory_limit)
+    if args.scheduler is not None or args.workers is not None:
+        note("memory: that is per process: the client and each Dask worker process hold their own")
     if args.dry_run:
         return None
     if args.scheduler is not None or args.workers is not None:
