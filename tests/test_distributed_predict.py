@@ -120,9 +120,22 @@ def test_cli_with_a_scheduler_address(tmp_path, capsys) -> None:
             "--output",
             str(tmp_path / "o.zarr"),
         ]
+        # a local run stopped part-way: the Dask run of the CLI resumes it, and says so
+        out = create_output(tmp_path / "o.zarr", model, pixels, tile_size=48)
+        tiles: list[object] = []
+
+        def stop(n, tile):
+            tiles.append(tile)
+            if len(tiles) == 2:
+                raise KeyboardInterrupt
+
+        with pytest.raises(KeyboardInterrupt):
+            predict_tiled(model, pixels, out=out, tile_size=48, callback=stop, progress=False)
+        record = zarr.open_array(tmp_path / "o.zarr").attrs["unetgen_progress"]
         assert main([*argv, "--tile-size", "48", "--scheduler", cluster.scheduler_address, "--no-progress"]) == 0
         assert main([*argv, "--scheduler", cluster.scheduler_address, "--workers", "2"]) == 2
     err = capsys.readouterr().err
+    assert f"resuming: {record['completed']} of {record['blocks']} blocks done" in err and record["completed"] > 0
     assert "blocks complete" in err and "error: give --scheduler or --workers, not both" in err
     want = predict_tiled(model, torch.from_numpy(pixels), tile_size=48)
     assert np.array_equal(zarr.open_array(tmp_path / "o.zarr" / "0")[...], want.numpy())

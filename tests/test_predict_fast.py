@@ -237,7 +237,7 @@ def test_worker_model_is_optimised_once(tmp_path) -> None:
     job, _, _ = predict_run.prepare(model, pixels, out, tile_size=80, output_type="probabilities", tta="flip")
     loads = unet_dask.loads
     for blocks in ([0, 1], list(range(2, job.num_blocks))):
-        unet_dask._predict_blocks(str(checkpoint), pixels, out, job.plan, options, blocks, "cpu")
+        unet_dask._predict_blocks(str(checkpoint), pixels, out, job.plan, options, None, blocks, "cpu")
     assert unet_dask.loads == loads + 1
     assert isinstance(unet_dask.worker_model(checkpoint, "cpu", optimize=True), InferenceUNet)
     want = predict_tiled(model, torch.from_numpy(pixels), tile_size=80, output_type="probabilities", tta="flip")

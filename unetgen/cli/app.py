@@ -82,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--memory-limit", type=gib, default=None, metavar="GIB", help="refuse above this (default 16)")
     p.add_argument("--dry-run", action="store_true", help="check everything, print the tile plan and stop")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--no-preprocessing", action="store_true", help="ignore the preprocessing stored with the model; predict as is"
+    )
     _add_large_options(p)
     add_inference_options(p)
     p.set_defaults(func=cmd_predict)

@@ -33,6 +33,7 @@ from torch import nn
 from tqdm import tqdm
 
 from ..checkpoint import load_unet
+from ..config.preprocessing import Preprocessing
 from ..reprs import short_repr
 from .arrays import create_output, open_image, open_output
 from .inference import check_amp, check_optimize, inference_model, mirror_axes
@@ -40,6 +41,7 @@ from .journal import Journal
 from .options import Amp, Blend, OutputType, Tta
 from .ownership import check_apart, is_local, output_lock, storage_path
 from .plan import TilePlan
+from .preprocess import Normalizer, PreprocessingArg, prepare_input, spec_of
 from .run import Job, prepare, run
 from .sinks import stored_record
 
@@ -91,11 +93,14 @@ def _predict_blocks(
     out: Any,
     plan: TilePlan,
     options: dict[str, Any],
+    preprocessing: tuple[dict[str, Any], list[Normalizer | None]] | None,
     blocks: Sequence[int],
     device: str,
     axes: str | None = None,
 ) -> list[int]:
-    """One Dask task: predict `blocks` on this worker and write them into `out`."""
+    """One Dask task: predict `blocks` on this worker and write them into `out`; `preprocessing`
+    is the spec (as JSON) with the numbers the client measured, applied as they are (never
+    measured again here)."""
     try:
         from distributed import get_worker
 
@@ -103,7 +108,12 @@ def _predict_blocks(
     except (ImportError, ValueError):
         pass  # not on a Dask worker
     model = worker_model(checkpoint, device, optimize=options.get("optimize", True))
-    job, source, sink = prepare(model, open_image(image, axes), open_output(out), plan=plan, **options)
+    if preprocessing is None:
+        source = open_image(image, axes)
+    else:  # read in the spec's layout, as the client did
+        spec, normalizers = Preprocessing.model_validate(preprocessing[0]), preprocessing[1]
+        source = prepare_input(model.config, open_image(image, axes, layout=spec.axes), spec, normalizers=normalizers)
+    job, source, sink = prepare(model, source, open_output(out), plan=plan, **options)
     run(model, job, source, sink, todo=blocks, progress=False)
     return list(blocks)
 
@@ -143,6 +153,7 @@ def predict_distributed(
     progress: bool = True,
     callback: Callable[[Sequence[int]], None] | None = None,
     axes: str | None = None,
+    preprocessing: PreprocessingArg = None,
     optimize: bool = True,
     amp: Amp | None = None,
     tta: Tta | None = None,
@@ -164,6 +175,10 @@ def predict_distributed(
     completed blocks in `out`'s attributes; a run started again with the same arguments skips
     them (`resume`, as in `predict_tiled`). `callback(blocks)` is called on the client after each
     task; an exception from it (or Ctrl-C) cancels the remaining tasks and keeps the record.
+    `preprocessing` as in `predict_tiled` (None: the spec stored in the checkpoint; False: none;
+    or a spec): the client measures each image's statistics once (`prepare_input`) and sends the
+    fixed numbers with every task, so that every block is normalised alike and no worker reads
+    the image to measure again; the numbers are part of the output's resume fingerprint.
     `optimize` (default True: each worker process makes its model's inference fast path once,
     see `worker_model`), `amp`, `tta` and `tta_axes` are `predict_tiled`'s (`amp` is checked on
     the client against `device`). Returns the zarr array.
@@ -179,12 +194,21 @@ def predict_distributed(
     model = load_unet(checkpoint, device="cpu").eval()  # the plan and the fingerprint; tasks load their own
     if amp is not None:  # here the value and the device's type; on the workers their GPU too
         try:
-            where = torch.device(device)
+            on = torch.device(device)
         except (RuntimeError, TypeError, ValueError):
             raise ValueError(f"device={short_repr(device)} is not a torch device, e.g. cpu or cuda") from None
-        check_amp(amp, where, next(model.parameters()).dtype)
+        check_amp(amp, on, next(model.parameters()).dtype)
     check_optimize(optimize), mirror_axes(tta, tta_axes, model.config.spatial_dims)  # before the output is made
-    source = open_image(image, axes)
+    spec = spec_of(model, preprocessing)
+    raw = open_image(image, axes, layout=None if spec is None else spec.axes)
+    if is_local(out):
+        check_apart(raw, out)  # before the output is created
+    # measured once, here: the tasks get the numbers
+    source = raw if spec is None else prepare_input(model.config, raw, spec)
+    sent = None
+    if spec is not None:
+        normalizers = list(getattr(source, "normalizers", None) or [source.normalizer])
+        sent = (spec.model_dump(mode="json"), normalizers)
     plan_options = dict(tile_size=tile_size, batch_size=batch_size, overlap=overlap, memory_budget=memory_budget)
     with output_lock(Path(os.path.abspath(out)) if is_local(out) else storage_path(out)):
         if is_local(out):
@@ -204,8 +228,8 @@ def predict_distributed(
         if journal.resumed:
             log.info("resuming: %d of %d blocks done", journal.resumed, job.num_blocks)
         del model
-        spec = str(Path(image).resolve()) if isinstance(image, (str, os.PathLike)) else source
-        args = (str(Path(checkpoint).resolve()), spec, out, job.plan, options)
+        where = str(Path(image).resolve()) if isinstance(image, (str, os.PathLike)) else raw
+        args = (str(Path(checkpoint).resolve()), where, out, job.plan, options, sent)
         with _cluster(client, workers) as client:
             show = progress and sys.stderr.isatty()
             _run_tasks(client, args, job, journal, blocks_per_task, device, show, callback, axes)

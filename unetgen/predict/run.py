@@ -48,6 +48,7 @@ from .journal import Journal
 from .options import Amp, Blend, OutputType, Tta, config_of, is_int_tuple, output_dtype, positive_ints
 from .ownership import check_apart, check_folder, output_lock, storage_path
 from .plan import TilePlan, check_memory, plan_tiles
+from .preprocess import PREPARED, PreprocessingArg, prepare_input, spec_of
 from .sinks import Sink, check_out
 from .sources import ArraySource, TensorSource, open_source, spatial_shape
 
@@ -71,6 +72,9 @@ class Job:
     out_shape: tuple[int, ...]
     out_dtype: str
     image_dtype: str
+    preprocessing: dict[str, Any] | None = None
+    """The spec applied, the raw image's shape and dtype and the measured numbers (`facts` of a
+    prepared image); None when the image is used as it is."""
     mirror_axes: tuple[int, ...] = ()  # test-time mirroring: the spatial axes flipped (unetgen.predict.inference)
     optimize: bool = False  # the inference fast path (prepare's default: True)
     amp: Amp | None = None  # autocast on CUDA
@@ -132,7 +136,8 @@ class Job:
 
     def fingerprint(self, model: nn.Module) -> str:
         """sha256 of everything the result depends on, the image's content aside: config, weights,
-        plan, blocks, options, image and output shapes and dtypes."""
+        plan, blocks, options, image and output shapes and dtypes, and the preprocessing applied
+        with its measured numbers (so a run resumed with another normalisation is refused)."""
         plan = self.plan
         h = hashlib.sha256()
         facts = dict(
@@ -152,6 +157,8 @@ class Job:
             optimize=self.optimize,
             amp=self.amp,
         )
+        if self.preprocessing is not None:  # absent without one: fingerprints of such runs as before
+            facts["preprocessing"] = self.preprocessing
         h.update(json.dumps(facts, sort_keys=True).encode())
         for name, tensor in sorted(model.state_dict().items()):
             h.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
@@ -233,7 +240,8 @@ def prepare(
         str(image.dtype).removeprefix("torch.") if isinstance(image, torch.Tensor) else str(np.dtype(image.dtype))
     )
     out_dtype = str(out.dtype).removeprefix("torch.") if isinstance(out, torch.Tensor) else str(np.dtype(out.dtype))
-    job = Job(plan, axes, blocks, images, batched, blend, output_type, tuple(out.shape), out_dtype, image_dtype)
+    facts = image.facts() if isinstance(image, PREPARED) else None
+    job = Job(plan, axes, blocks, images, batched, blend, output_type, tuple(out.shape), out_dtype, image_dtype, facts)
     job = replace(job, optimize=fast[0], amp=fast[1], mirror_axes=fast[2])
     return job, source, Sink(out, batched_out, in_place)
 
@@ -419,6 +427,7 @@ def predict_tiled(
     journal: str | os.PathLike[str] | None = None,
     callback: Callable[[int, tuple[int, ...]], None] | None = None,
     memory_limit: int | None = None,
+    preprocessing: PreprocessingArg = None,
     optimize: bool = True,
     amp: Amp | None = None,
     tta: Tta | None = None,
@@ -432,6 +441,16 @@ def predict_tiled(
     also be (*spatial). Array-likes are read one tile window at a time and checked for NaN and
     infinite values as they are read. The result is (out_channels, *spatial) or
     (N, out_channels, *spatial) (labels: without the channel axis): the image's own spatial size.
+
+    `preprocessing`: None (default) applies the model's own spec (`model.preprocessing`, which
+    `load_unet` sets from a checkpoint, model folder or bioimage.io package saved with one), False
+    none, a spec (`Preprocessing`, mapping or .json/.yaml file) that one. With a spec the image is
+    the raw image in the spec's `axes` layout (a leading image axis allowed), and
+    `unetgen.predict.preprocess.prepare_input` measures each image's statistics once (exact up to
+    `EXACT_VOXELS` voxels per channel, a bounded sample beyond) and normalises every tile window
+    with those numbers, in float32, whether the image is a tensor or read tile by tile; the
+    result's device is still the tensor's. A model without a spec (or False) predicts the image as
+    it is, as before. An image from `prepare_image`/`prepare_input` is used as it is.
 
     Valid padding: output tiles tile the image without overlap, each fed with the output tile
     plus the halo on every side, context outside the image mirrored (reflection without
@@ -503,6 +522,11 @@ def predict_tiled(
     options = dict(tile_size=tile_size, batch_size=batch_size, overlap=overlap, memory_budget=memory_budget)
     if out is not None:
         check_apart(image, out)
+    spec = spec_of(model, preprocessing)
+    if spec is not None and not isinstance(image, PREPARED):
+        if device is None and isinstance(image, torch.Tensor):
+            device = image.device  # the result where it would be without a spec
+        image = prepare_input(config_of(model), image, spec)  # lazy: windows normalised as read
     job, source, sink = prepare(
         model,
         image,
