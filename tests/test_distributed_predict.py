@@ -131,7 +131,7 @@ def test_cli_with_a_scheduler_address(tmp_path, capsys) -> None:
 
         with pytest.raises(KeyboardInterrupt):
             predict_tiled(model, pixels, out=out, tile_size=48, callback=stop, progress=False)
-        record = zarr.open_array(tmp_path / "o.zarr").attrs["unetgen_progress"]
+        record = out.attrs["unetgen_progress"]
         assert main([*argv, "--tile-size", "48", "--scheduler", cluster.scheduler_address, "--no-progress"]) == 0
         assert main([*argv, "--scheduler", cluster.scheduler_address, "--workers", "2"]) == 2
     err = capsys.readouterr().err
