@@ -352,12 +352,14 @@ def check_memory(
     memory_limit: int | None = None,
     allocate_result: bool = True,
     read_bytes: int = 0,
+    labelling_bytes: int = 0,
 ) -> int:
     """The estimated bytes `predict_tiled` needs for `images` images planned as `plan`: one batch
     of min(batch_size, images * tiles) tiles in flight (`estimate_tile_memory`) plus the result it
     allocates (`allocate_result`, i.e. no `out=` array; in `output_type`'s dtype) plus
     `read_bytes`, what reading one tile window decodes (the input chunks it touches, read whole:
-    `ArraySource.read_bytes`). Raises `ValueError` with the estimate when it exceeds
+    `ArraySource.read_bytes`) plus `labelling_bytes`, what turning class labels into instance labels
+    holds (`unetgen.predict.instances.labelling_bytes`). Raises `ValueError` with the estimate when it exceeds
     `memory_limit` (default `DEFAULT_MEMORY_LIMIT`, 16 GiB), before anything is allocated. Not
     counted: the image (it already exists) and the output blocks in flight (those one batch of
     tiles touches)."""
@@ -370,16 +372,22 @@ def check_memory(
     pixels = images * math.prod(plan.image_shape)
     result = 0
     if allocate_result:
-        channels = 1 if output_type == "labels" else config.out_channels
+        channels = 1 if output_type in ("labels", "instances") else config.out_channels
         result = pixels * channels * output_dtype(output_type, config.out_channels, dtype).itemsize
-    total = tiles + result + read_bytes
+    total = tiles + result + read_bytes + labelling_bytes
     if total > limit:
         fix = "use a smaller tile_size or batch_size"
         if result > tiles:
-            fix = "predict fewer images at once" + (", or output_type='labels'" if output_type != "labels" else "")
+            fix = "predict fewer images at once" + (
+                ", or output_type='labels'" if output_type not in ("labels", "instances") else ""
+            )
         if read_bytes > max(tiles, result):
             fix = "store the image in smaller chunks (tiles or strips about the tile's size)"
         reads = f"; input chunks decoded per tile: {format_bytes(read_bytes)}" if read_bytes else ""
+        if labelling_bytes:
+            reads += f"; instance labelling: {format_bytes(labelling_bytes)}"
+            if labelling_bytes > max(tiles, result, read_bytes):
+                fix = "write the instances to a .zarr output (labelled block by block), or use smaller blocks"
         raise ValueError(
             f"predicting needs about {format_bytes(total)} (tiles: {format_bytes(tiles)} for a batch of {batch} "
             f"tiles of {'x'.join(map(str, plan.tile_input))}; result: {format_bytes(result)}{reads}), more than "
