@@ -82,6 +82,8 @@ def _load_model(args: argparse.Namespace, cfg: UNetConfig) -> Any:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    if getattr(args, "min_size", 0) and getattr(args, "output_type", None) != "instances":
+        raise UsageError("--min-size applies to --output-type instances only")
     if _is_large(args):  # zarr/TIFF images, Dask: out-of-core, resumable (docs/large-images.md)
         return cmd_predict_large(args)
     import torch
@@ -109,7 +111,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
     plan = plan_tiles(cfg, tuple(x.shape[2:]), **options, dtype=dtype)
     note(f"plan: {plan.summary()}")
     images = x.shape[0]
-    need = check_memory(cfg, plan, images=images, output_type=args.output_type, dtype=dtype, memory_limit=limit)
+    labelling = 0
+    if args.output_type == "instances":
+        from ..predict.instances import labelling_bytes
+
+        labelling = labelling_bytes(tuple(x.shape[2:]), images=images, in_memory=True)
+    need = check_memory(cfg, plan, images=images, output_type=args.output_type, dtype=dtype, memory_limit=limit,
+                        labelling_bytes=labelling)  # fmt: skip
     note(f"memory: ~{format_bytes(need)} for tiles and result (limit {format_bytes(limit)}: --memory-limit)")
     if args.dry_run:
         return 0
@@ -121,8 +129,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         output_type=args.output_type,
         memory_limit=limit,
+        min_size=args.min_size,
     )
     write_image(args.output, result.cpu().numpy())
+    if args.output_type == "instances":
+        objects = [int(r.max()) for r in result.reshape(-1, *result.shape[-cfg.spatial_dims :]).cpu().numpy()]
+        note(f"instances: {objects[0] if len(objects) == 1 else objects} objects (face-connected foreground, "
+             f"min size {args.min_size})")  # fmt: skip
     dtype_name = str(result.dtype).removeprefix("torch.")
     note(f"wrote {show(args.output)}: {args.output_type}, shape {tuple(result.shape)}, {dtype_name}")
     return 0
@@ -154,6 +167,9 @@ def cmd_predict_large(args: argparse.Namespace) -> int:
     output_type = getattr(args, "output_type", None) or "logits"
     plan_options = dict(tile_size=tile, batch_size=args.batch_size, overlap=args.overlap)
     options = dict(**plan_options, blend=args.blend, output_type=output_type, block_shape=block)
+    min_size = getattr(args, "min_size", 0)
+    if output_type == "instances":
+        options["min_size"] = min_size
     try:
         with _notes():
             out = _predict_large(args, plan_options, options)
@@ -162,6 +178,9 @@ def cmd_predict_large(args: argparse.Namespace) -> int:
     if out is None:  # --dry-run
         return 0
     record = out.attrs.get(Journal.KEY, {})
+    found = out.attrs.get("unetgen_instances")
+    if output_type == "instances" and isinstance(found, dict):
+        note(f"instances: {found.get('objects')} objects (face-connected foreground, min size {min_size})")
     note(
         f"wrote {show(args.output)}: shape {tuple(out.shape)}, {out.dtype}, chunks {tuple(out.chunks)}; "
         f"{record.get('completed', '?')}/{record.get('blocks', '?')} blocks complete"
@@ -222,11 +241,21 @@ def _predict_large(args: argparse.Namespace, plan_options: dict[str, Any], optio
     plan = plan_tiles(model, spatial_shape(model.config, image), **plan_options, dtype=dtype)
     note(f"plan: {plan.summary()}")
     limit = {} if args.memory_limit is None else {"memory_limit": args.memory_limit}
+    labelling = 0
+    if options["output_type"] == "instances":
+        from ..predict.geometry import default_block_shape
+        from ..predict.instances import labelling_bytes
+
+        block = options["block_shape"] or default_block_shape(plan)
+        block = (block,) * len(plan.image_shape) if isinstance(block, int) else tuple(block)
+        labelling = labelling_bytes(plan.image_shape, in_memory=False, block_shape=block)
     need = check_memory(  # before the output is created
         model, plan, images=images, output_type=options["output_type"], dtype=dtype, allocate_result=False,
         read_bytes=source.read_bytes(plan.tile_input) if isinstance(source, ArraySource) else 0, **limit,
+        labelling_bytes=labelling,
     )  # fmt: skip
-    note(f"memory: ~{format_bytes(need)} for the tiles in flight and the input chunks they read")
+    what = ", the input chunks they read and the labelling of one block" if labelling else " and the input chunks they read"
+    note(f"memory: ~{format_bytes(need)} for the tiles in flight{what}")
     if args.dry_run:
         return None
     if args.scheduler is not None or args.workers is not None:

@@ -48,6 +48,7 @@ from scipy import ndimage
 from ..reprs import short_path
 
 __all__ = [
+    "ATTRIBUTE",
     "BLOCK_BYTES",
     "FRAGMENT_BYTES",
     "IN_MEMORY_BYTES",
@@ -68,6 +69,9 @@ to renumber them)."""
 FRAGMENT_BYTES = 96
 """Bytes per fragment (an object's part in one block) of the out-of-core merge tables: sizes,
 first voxels, the graph and its components."""
+ATTRIBUTE = "unetgen_instances"
+"""The attribute of an out-of-core instance output that says what it holds: the number of objects
+(a list for (N, *spatial) images), `min_size` and the connectivity."""
 MAX_FRAGMENTS = (1 << 31) - 2
 """Most fragments the out-of-core merge takes (dask-image labels with int32)."""
 _SLAB = 1 << 20  # voxels renumbered at a time in memory (bounds NumPy's int64 index copies)
@@ -352,7 +356,12 @@ def predict_instances(
     )
     common = dict(**plan_options, blend=blend, output_type="labels", progress=progress, memory_limit=memory_limit)
     if chunked:
-        return _predict_chunked(model, image, out, block, plan, min_size, common, resume, journal, callback)
+
+        def predict_classes(classes: Any) -> None:
+            predict_tiled(model, image, **common, out=classes, block_shape=block, resume=resume, journal=journal,
+                          callback=callback)  # fmt: skip
+
+        return predict_chunked(model, image, out, block, plan, min_size, resume, memory_limit, predict_classes)
     classes = predict_tiled(model, image, **common, device="cpu", block_shape=block_shape, journal=journal,
                             resume=resume, callback=callback)  # fmt: skip
     batch = classes if batched else classes[None]
@@ -376,22 +385,22 @@ def _ints(block: Any, spatial: Sequence[int]) -> tuple[int, ...]:
     return positive_ints("block_shape", block, len(spatial), broadcast=True)
 
 
-def _predict_chunked(
+def predict_chunked(
     model: Any,
     image: Any,
     out: Any,
     block: Any,
     plan: Any,
     min_size: int,
-    common: dict[str, Any],
     resume: bool,
-    journal: Any,
-    callback: Any,
+    memory_limit: int | None,
+    predict_classes: Callable[[Any], None],
 ) -> Any:
-    """Out of core: the class labels into the temporary beside `out`, then labelled into `out`."""
+    """Out of core: the class labels into the temporary beside `out` (by `predict_classes(array)`:
+    `predict_tiled` or a Dask cluster), then labelled into `out` block by block; the temporary is
+    removed when `out` is complete."""
     from .arrays import create_output
     from .ownership import output_lock, storage_path
-    from .run import predict_tiled
 
     out_path = storage_path(out)
     assert out_path is not None
@@ -399,12 +408,14 @@ def _predict_chunked(
     with output_lock(out_path):
         job, record = _open_record(model, image, out, block, plan, min_size, resume)
         if record.completed < job.num_blocks:
-            options = {k: v for k, v in common.items() if k in ("tile_size", "batch_size", "overlap", "memory_budget")}
+            if ATTRIBUTE in out.attrs:
+                del out.attrs[ATTRIBUTE]  # from an earlier run: true again only when this one completes
             classes = create_output(temp, model, image, output_type="labels", block_shape=block, plan=plan,
-                                    overwrite=not resume, **options)  # fmt: skip
-            predict_tiled(model, image, **common, out=classes, block_shape=block, resume=resume, journal=journal,
-                          callback=callback)  # fmt: skip
-            _label_job(job, classes, out, min_size, common.get("memory_limit"))
+                                    overwrite=not resume)  # fmt: skip
+            predict_classes(classes)
+            objects = _label_job(job, classes, out, min_size, memory_limit)
+            out.attrs[ATTRIBUTE] = {"objects": objects if job.batched else objects[0], "min_size": min_size,
+                                    "connectivity": "face"}  # fmt: skip
             for b in range(job.num_blocks):
                 record.mark(b)
             record.flush()
@@ -426,14 +437,18 @@ def _open_record(model: Any, image: Any, out: Any, block: Any, plan: Any, min_si
     return job, Journal(out.attrs, fingerprint, job.num_blocks, resume=resume, reread=reread)
 
 
-def _label_job(job: Any, classes: Any, out: Any, min_size: int, memory_limit: int | None) -> None:
-    """Label every image of `job` from `classes` into `out`, block by block."""
+def _label_job(job: Any, classes: Any, out: Any, min_size: int, memory_limit: int | None) -> list[int]:
+    """Label every image of `job` from `classes` into `out`, block by block: the objects of each."""
     per = math.prod(job.blocks_per_axis)
     bounds = [tuple(ax.bounds) for ax in job.blocks]
+    objects = []
     for n in range(job.images):
 
         def regions(n: int = n) -> Any:
             return (job.block(b)[1] for b in range(n * per, (n + 1) * per))
 
         image = n if job.batched else None
-        label_out_of_core(classes, out, regions, bounds, image=image, min_size=min_size, memory_limit=memory_limit)
+        objects.append(
+            label_out_of_core(classes, out, regions, bounds, image=image, min_size=min_size, memory_limit=memory_limit)
+        )
+    return objects
