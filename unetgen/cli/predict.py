@@ -254,7 +254,9 @@ def _predict_large(args: argparse.Namespace, plan_options: dict[str, Any], optio
         read_bytes=source.read_bytes(plan.tile_input) if isinstance(source, ArraySource) else 0, **limit,
         labelling_bytes=labelling,
     )  # fmt: skip
-    what = ", the input chunks they read and the labelling of one block" if labelling else " and the input chunks they read"
+    what = " and the input chunks they read"
+    if labelling:
+        what = ", the input chunks they read and the labelling of one block"
     note(f"memory: ~{format_bytes(need)} for the tiles in flight{what}")
     if args.dry_run:
         return None
