@@ -17,12 +17,15 @@ of fewer than `min_size` voxels are removed (set to 0) and the others numbered 1
   temporary zarr array beside the output (``.OUT.classes.zarr``, made by
   `unetgen.arrays.create_output`, so marked as unetgen's), then labelled block by block
   (`label_out_of_core`): each block's components (scipy) are written into the output as
-  fragments, dask-image's merge (``dask_image.ndmeasure``: the label adjacency graph over the
-  two-voxel faces between blocks, and its connected components) joins the fragments of one object
-  across blocks, and each block is rewritten with the final ids. The result equals the in-memory
-  labelling exactly (same ids, not just a permutation), whatever the blocks. The temporary is
-  removed when the output is complete; an interrupted run leaves it, and the next run with the
-  same arguments resumes its prediction.
+  fragments; the pairs of fragments that touch across the two-voxel faces between neighbouring
+  blocks are the edges of a graph whose connected components
+  (`scipy.sparse.csgraph.connected_components`) are the objects; each block is then rewritten
+  with the final ids. The result equals the in-memory labelling exactly (same ids, not just a
+  permutation), whatever the blocks. The temporary is removed when the output is complete; an
+  interrupted run leaves it, and the next run with the same arguments resumes its prediction.
+  (This is dask-image's ``ndmeasure.label`` scheme, run over unetgen's blocks in a loop:
+  ``ndmeasure.label`` itself keeps every labelled block until its relabelling, and its Dask graph
+  took about 150 KiB per block, so it is not used.)
 
 Memory (`labelling_bytes`, counted by `check_memory` before anything is allocated): in memory,
 the class labels and the foreground mask (`IN_MEMORY_BYTES` per voxel) beside the uint32 result;
@@ -34,7 +37,6 @@ block), checked against the limit when their number is known.
 from __future__ import annotations
 
 import functools
-import itertools
 import math
 import os
 from collections.abc import Callable, Sequence
@@ -59,22 +61,22 @@ __all__ = [
     "temporary_path",
 ]
 
-IN_MEMORY_BYTES = 2
+IN_MEMORY_BYTES = 3
 """Bytes per voxel that in-memory labelling holds beside the uint32 result: the predicted class
-labels (uint8) and the foreground mask (bool)."""
-BLOCK_BYTES = 32
+labels (uint8, uint16 beyond 256 classes) and the foreground mask (bool)."""
+BLOCK_BYTES = 24
 """Bytes per voxel of one block that out-of-core labelling holds at most (measured with
-tracemalloc: its class labels, mask, uint32 fragments, the int64 copies NumPy makes to count and
-to renumber them)."""
-FRAGMENT_BYTES = 96
+tracemalloc: 16-22 for its class labels, mask and uint32 fragments and the int64 copies NumPy
+makes to count and renumber them)."""
+FRAGMENT_BYTES = 192
 """Bytes per fragment (an object's part in one block) of the out-of-core merge tables: sizes,
-first voxels, the graph and its components."""
+first voxels, the touching pairs, the graph and its components (measured: 125-165)."""
 ATTRIBUTE = "unetgen_instances"
 """The attribute of an out-of-core instance output that says what it holds: the number of objects
 (a list for (N, *spatial) images), `min_size` and the connectivity."""
 MAX_FRAGMENTS = (1 << 31) - 2
-"""Most fragments the out-of-core merge takes (dask-image labels with int32)."""
-_SLAB = 1 << 20  # voxels renumbered at a time in memory (bounds NumPy's int64 index copies)
+"""Most fragments the out-of-core merge takes (scipy.sparse.csgraph indexes with int32)."""
+_SLAB = 1 << 16  # voxels renumbered at a time in memory (bounds NumPy's int64 index copies)
 
 
 def _structure(dims: int) -> np.ndarray:
@@ -151,46 +153,63 @@ def temporary_path(out_path: str | os.PathLike[str]) -> Path:
     return path.with_name(f".{path.name}.classes.zarr")
 
 
-class _ImageOf:
-    """Image `n` of a (N, *spatial) array (or the array itself), read as NumPy: for dask."""
+def _face_pairs(
+    out: Any,
+    lead: tuple[int, ...],
+    region: tuple[slice, ...],
+    bounds: Sequence[Sequence[int]],
+    index: tuple[int, ...],
+    offsets: np.ndarray,
+) -> list[np.ndarray]:
+    """The pairs of fragment ids (global, int64, shape (2, m)) that touch across the faces between
+    the block at grid `index` and its next neighbour on each axis: voxels face to face, both
+    foreground. Reads two voxel-thick slabs of `out` per face."""
+    pairs = []
+    here = offsets[index]
+    for axis, k in enumerate(index):
+        if k + 2 >= len(bounds[axis]):
+            continue  # the last block on this axis
+        stop = region[axis].stop
+        slab = list(region)
+        slab[axis] = slice(stop - 1, stop + 1)
+        faces = np.asarray(out[(*lead, *slab)])
+        a = np.take(faces, 0, axis=axis).astype(np.int64)
+        b = np.take(faces, 1, axis=axis).astype(np.int64)
+        touch = (a > 0) & (b > 0)
+        if touch.any():
+            there = offsets[(*index[:axis], k + 1, *index[axis + 1 :])]
+            found = np.unique(np.stack([a[touch] + here, b[touch] + there]), axis=1)
+            pairs.append(found)
+    return pairs
 
-    def __init__(self, array: Any, n: int | None) -> None:
-        self.array, self.n = array, n
-        shape = tuple(array.shape)
-        self.shape = shape if n is None else shape[1:]
-        self.dtype = np.dtype(array.dtype)
-        self.ndim = len(self.shape)
 
-    def __getitem__(self, key: Any) -> np.ndarray:
-        key = key if isinstance(key, tuple) else (key,)
-        return np.asarray(self.array[key if self.n is None else (self.n, *key)])
+def _merge(pairs: list[np.ndarray], total: int) -> np.ndarray:
+    """The object (0..K, numbered in the order of their least fragment) of each fragment 0..total
+    (0 is background): the connected components of the graph whose edges are the touching pairs
+    (`scipy.sparse.csgraph.connected_components`)."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
 
-
-def _fragment_ids(x: np.ndarray, offsets: np.ndarray, block_info: Any = None) -> np.ndarray:
-    """A block of fragment ids (block-local, 1..k) as ids unique over the image (offset by the
-    fragments of the blocks before it)."""
-    offset = offsets[tuple(block_info[0]["chunk-location"])]
-    return np.where(x > 0, x.astype(np.int64) + offset, 0)
-
-
-def _merge(out: Any, n: int | None, bounds: Sequence[Sequence[int]], offsets: np.ndarray, total: int) -> np.ndarray:
-    """The object (0..K) of each fragment 0..total (0 is background): dask-image's label adjacency
-    graph over the faces between blocks, and its connected components."""
-    try:
-        import dask.array as da
-        from dask_image.ndmeasure._utils._label import connected_components_delayed, label_adjacency_graph
-    except ImportError as err:
-        raise ImportError(
-            "out-of-core instance labels need dask-image (its merge of labels across blocks, "
-            f"dask_image.ndmeasure, 2024.5 or later; {err}): pip install 'unetgen[large]'"
-        ) from None
-    chunks = tuple(tuple(int(b) - int(a) for a, b in itertools.pairwise(ax)) for ax in bounds)
-    fragments = da.from_array(_ImageOf(out, n), chunks=chunks, asarray=False, lock=False, name=False)
-    fragments = fragments.map_blocks(functools.partial(_fragment_ids, offsets=offsets), dtype=np.int64)
-    graph = label_adjacency_graph(fragments, _structure(len(bounds)), total)
-    components = connected_components_delayed(graph).compute(scheduler="synchronous")
+    edges = np.concatenate(pairs, axis=1) if pairs else np.zeros((2, 0), np.int64)
+    graph = coo_matrix((np.ones(edges.shape[1], np.int8), (edges[0], edges[1])), shape=(total + 1, total + 1))
+    _, components = connected_components(graph.tocsr(), directed=False)
     assert components.shape == (total + 1,) and components[0] == 0  # node 0 (background) has no edges
     return components
+
+
+def _check_tables(total: int, memory_limit: int | None) -> None:
+    """The fragment tables of `total` fragments fit the merge and `memory_limit`, or a ValueError."""
+    if total > MAX_FRAGMENTS:
+        raise ValueError(
+            f"the foreground falls into more than {MAX_FRAGMENTS:,} parts of objects in blocks, more than the merge "
+            "takes (scipy's graphs count with int32): use larger blocks (block_shape=, CLI --block-size)"
+        )
+    need = total * FRAGMENT_BYTES
+    if memory_limit is not None and need > memory_limit:
+        raise ValueError(
+            f"joining the {total:,} parts of objects found so far across blocks needs about {need:,} bytes, more "
+            f"than memory_limit={memory_limit}: use larger blocks, or raise memory_limit if the machine has the memory"
+        )
 
 
 def label_out_of_core(
@@ -221,6 +240,7 @@ def label_out_of_core(
         k = int(ndimage.label(foreground, structure, output=local))
         del foreground
         counts.append(k)
+        _check_tables(sum(counts), memory_limit)
         if k:
             sizes.append(_counts(local, k)[1:])
             flat = local.reshape(-1)
@@ -229,22 +249,15 @@ def label_out_of_core(
             firsts.append(np.stack(np.unravel_index(first, local.shape), axis=1).astype(np.int64) + corner)
         out[(*lead, *region)] = local
     total = sum(counts)
-    if total > MAX_FRAGMENTS:
-        raise ValueError(
-            f"the foreground falls into {total:,} parts of objects in blocks, more than the {MAX_FRAGMENTS:,} "
-            "dask-image's merge takes: use larger blocks (block_shape=, CLI --block-size) or min_size"
-        )
-    need = total * FRAGMENT_BYTES
-    if memory_limit is not None and need > memory_limit:
-        raise ValueError(
-            f"joining {total:,} parts of objects across blocks needs about {need:,} bytes, more than "
-            f"memory_limit={memory_limit}: use larger blocks, or raise memory_limit if the machine has the memory"
-        )
     offsets = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)])
     table = np.zeros(total + 1, np.uint32)
     if total:
         grid = offsets[:-1].reshape([len(ax) - 1 for ax in bounds])
-        components = _merge(out, image, bounds, grid, total)
+        pairs: list[np.ndarray] = []
+        for index, region in zip(np.ndindex(*grid.shape), regions(), strict=True):
+            pairs += _face_pairs(out, lead, region, bounds, index, grid)
+        components = _merge(pairs, total)
+        del pairs
         objects = int(components.max())
         frag_sizes, frag_first = np.concatenate(sizes), np.concatenate(firsts)
         of = components[1:]
