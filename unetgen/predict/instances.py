@@ -388,7 +388,8 @@ def predict_instances(
         return result if batched else result[0]
     for n in range(images):
         labels = label_instances(batch[n], min_size)
-        out[(n,) if batched else ()] = torch.from_numpy(labels) if isinstance(out, torch.Tensor) else labels
+        value = torch.from_numpy(labels) if isinstance(out, torch.Tensor) else labels
+        out[(n, Ellipsis) if batched else Ellipsis] = value
     return out
 
 
