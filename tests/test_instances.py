@@ -210,6 +210,6 @@ def test_cli_instances(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
     assert main(["predict", *base, "--output", str(tmp_path / "b.zarr"), "--output-type", "instances",
                  "--min-size", "2"]) == 0  # fmt: skip
     assert f"instances: {a.max()} objects" in capsys.readouterr().err
-    np.testing.assert_array_equal(zarr.open_array(tmp_path / "b.zarr", mode="r")[...], a)
+    np.testing.assert_array_equal(zarr.open_array(tmp_path / "b.zarr" / "0", mode="r")[...], a)
     assert main(["predict", *base, "--output", str(tmp_path / "c.npy"), "--min-size", "2"]) == 2
     assert "error: --min-size applies to --output-type instances only" in capsys.readouterr().err

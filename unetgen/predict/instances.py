@@ -289,12 +289,12 @@ def label_out_of_core(
 def remove_temporary(path: Path) -> None:
     """Remove the class labels' temporary array at `path` (only an array unetgen made: its files,
     then the folder if nothing else is left in it)."""
-    from .arrays import _existing_local, _remove_array
+    from .arrays import _existing_local, _remove_output
 
     if not os.path.lexists(path):
         return
     if _existing_local(path) is not None:  # a ValueError for anything that is not unetgen's array
-        _remove_array(path)
+        _remove_output(path)
     try:
         path.rmdir()
     except OSError as err:
