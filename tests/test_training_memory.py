@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import config_dicts, valid_shapes
+from conftest import DROPOUTS, config_dicts, valid_shapes
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -158,9 +158,9 @@ def test_saved_tensors_equal_the_real_models(raw: dict, data: st.DataObject) -> 
 def test_saved_tensors_with_instance_norm_and_dropout(raw: dict, data: st.DataObject) -> None:
     if data.draw(st.booleans()):
         raw["norm"] = {"type": "instance", "affine": data.draw(st.booleans())}
-    placements = ["contracting_end", "bottleneck", "encoder", "decoder", "all"]
-    placement, spatial = data.draw(st.sampled_from(placements)), data.draw(st.booleans())
-    raw["dropout"] = {"rate": 0.5, "placement": placement, "spatial": spatial}
+    raw["dropout"] = {"rate": 0.5, **data.draw(st.sampled_from(DROPOUTS)), "spatial": data.draw(st.booleans())}
+    if raw["dropout"].get("after") == "norm" and raw.get("norm") == "none":
+        raw["dropout"]["after"] = "conv"
     config = UNetConfig.model_validate(raw)
     shape = shapes.min_input_shape(config)
     assert estimate(config, shape, 2) == measure(config, shape, 2)

@@ -65,6 +65,7 @@ from .ops import (
     Op,
     Pad,
     Pool,
+    Resize,
     Shuffle,
     Sigmoid,
     Sum,
@@ -294,7 +295,7 @@ class _Walk:
                 return self.dropout(op, x)
             case Pool():
                 return self.pool(op, x, shape)
-            case Interpolate() | Shuffle() | Pad() | Sum() | Cat():  # keep nothing (the shuffle copies a view)
+            case Interpolate() | Resize() | Shuffle() | Pad() | Sum() | Cat():  # keep nothing (shuffle: copies a view)
                 return self.new(op.out_channels, shape)
             case Sigmoid():  # keeps its output
                 y = self.new(op.out_channels, shape)

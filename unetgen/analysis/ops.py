@@ -51,7 +51,7 @@ from ..config.options import (
     ResidualBlock,
     TransposeUp,
 )
-from ..config.unet_config import Stage, UNetConfig
+from ..config.unet_config import Stage, UNetConfig, conv_steps
 
 __all__ = [
     "INPUT",
@@ -65,6 +65,7 @@ __all__ = [
     "Op",
     "Pad",
     "Pool",
+    "Resize",
     "Shuffle",
     "Sigmoid",
     "Sum",
@@ -102,8 +103,14 @@ class Op:
     """Runs only in training mode (the deep-supervision heads)."""
 
     def grid(self, axis: int) -> tuple[int, int, int]:
-        """(shrink, divide, multiply) on `axis`: the output size is (s - shrink) / divide * multiply."""
+        """(shrink, divide, multiply) on `axis`: the output size is (s - shrink) / divide * multiply
+        (+ `offset`)."""
         return 0, 1, 1
+
+    def offset(self, axis: int) -> int:
+        """Added to the size on `axis` after `grid`: the (in - 1) * stride + 1 of a transposed conv
+        without output padding (`size_by: nearest_resize`) is in * stride - (stride - 1)."""
+        return 0
 
     @property
     def parameters(self) -> int:
@@ -129,11 +136,17 @@ class Conv(Op):
 
     def grid(self, axis: int) -> tuple[int, int, int]:
         k, s, p = self.kernel[axis], self.stride[axis], self.padding[axis]
-        if self.transposed:  # (s_in - 1) * s - 2p + k + output_padding == s_in * s for every kind used
+        if self.transposed:  # (s_in - 1) * s - 2p + k + output_padding == s_in * s + offset
             return 0, 1, s
         if s == 1:
             return k - 1 - 2 * p, 1, 1
         return max(0, k - 2 * p - s), s, 1  # kernel = stride, or "same" padding: s_in / s
+
+    def offset(self, axis: int) -> int:
+        if not self.transposed:
+            return 0
+        k, s, p = self.kernel[axis], self.stride[axis], self.padding[axis]
+        return k - 2 * p - s + self.output_padding[axis]
 
     @property
     def parameters(self) -> int:
@@ -158,8 +171,8 @@ class NormOp(Op):
                 return 0
             case InstanceNorm():
                 return self.out_channels
-            case GroupNorm(num_groups=g):
-                return g
+            case GroupNorm():
+                return self.option.groups_for(self.out_channels)
             case LayerNorm():
                 return 1
         raise AssertionError(f"unhandled norm {self.option!r}")
@@ -224,6 +237,16 @@ class Interpolate(Op):
 
     def grid(self, axis: int) -> tuple[int, int, int]:
         return 0, 1, self.scale[axis]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Resize(Op):
+    """Nearest-neighbour resize growing each axis by `grow` (`layers.NearestResize`)."""
+
+    grow: tuple[int, ...]
+
+    def grid(self, axis: int) -> tuple[int, int, int]:
+        return -self.grow[axis], 1, 1
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -361,25 +384,56 @@ class _Walk:
         return self.act(f"{prefix}.{index}", x, inplace=inplace), index + 1
 
     def with_norm_act(
-        self, prefix: str, index: int, x: int, conv: Callable[[str, int], int], *, activate: bool = True
+        self,
+        prefix: str,
+        index: int,
+        x: int,
+        conv: Callable[[str, int], int],
+        *,
+        activate: bool = True,
+        dropout: bool = False,
+        after_conv: Callable[[str, int], int] | None = None,
     ) -> tuple[int, int]:
         """`conv(module, x)` with its norm and activation (`activate`) in the order of
-        `norm_position` (`layers.with_norm_act`), as modules `prefix.index`, ...: the last op and
-        the next free index."""
-        match self.config.norm_position:
-            case "before_activation":
-                x, index = conv(f"{prefix}.{index}", x), index + 1
-                x, index = self.norm_at(prefix, index, x)
-                return self.act_at(prefix, index, x) if activate else (x, index)
-            case "after_activation":
-                x, index = conv(f"{prefix}.{index}", x), index + 1
-                x, index = self.act_at(prefix, index, x) if activate else (x, index)
-                return self.norm_at(prefix, index, x)
-            case "before_conv":
-                x, index = self.norm_at(prefix, index, x)
-                x, index = conv(f"{prefix}.{index}", x), index + 1
-                return self.act_at(prefix, index, x) if activate else (x, index)
-        raise AssertionError(f"unhandled norm_position {self.config.norm_position!r}")
+        `norm_position` (`layers.with_norm_act`), with the config's dropout after each conv where
+        `dropout` (`placement: every_conv`) and `after_conv(module, x)` (a resize) right after the
+        conv, as modules `prefix.index`, ...: the last op and the next free index."""
+        after = self.config.conv_dropout if dropout else None
+        return self.steps(conv_steps(self.config.norm_position, pre=False, dropout_after=after), prefix, index, x,
+                          {"conv": conv}, activate=activate, after_conv=after_conv)  # fmt: skip
+
+    def steps(
+        self,
+        names: tuple[str, ...],
+        prefix: str,
+        index: int,
+        x: int,
+        parts: dict[str, Callable[[str, int], int]],
+        *,
+        activate: bool = True,
+        inplace: bool = True,
+        after_conv: Callable[[str, int], int] | None = None,
+    ) -> tuple[int, int]:
+        """The steps `names` of one conv (`unet_config.conv_steps`) as modules `prefix.index`, ...:
+        the norm (if any), the activation (if `activate`), the conv `parts["conv"]`, the dropout."""
+        for name in names:
+            match name:
+                case "conv":
+                    x, index = parts["conv"](f"{prefix}.{index}", x), index + 1
+                    if after_conv is not None:
+                        x, index = after_conv(f"{prefix}.{index}", x), index + 1
+                case "norm":
+                    x, index = self.norm_at(prefix, index, x)
+                case "act" if activate:
+                    x, index = self.act_at(prefix, index, x, inplace=inplace)
+                case "drop":
+                    x, index = self.drop(f"{prefix}.{index}", x), index + 1
+        return x, index
+
+    def drop(self, module: str, x: int) -> int:
+        d: Dropout = self.config.dropout
+        c = self.channels(x)
+        return self.add(Drop, module, (x,), c, c, rate=d.rate, spatial=d.spatial, source=d)
 
     # -- blocks, as `unetgen.model.blocks` builds them ------------------------------------
 
@@ -392,6 +446,8 @@ class _Walk:
         has_norm = not isinstance(c.norm, NoNorm)
         stride = stage.first_stride
         strided = any(s != 1 for s in stride)
+        if residual and option.shortcut == "input_projection" and stage.in_channels != stage.out_channels:
+            x = self.conv(f"{path}.project", x, stage.out_channels, 1, bias=True, source=option)
         h, index = x, 0
         last = len(stage.channels) - 1
         body = f"{path}.body"
@@ -408,14 +464,15 @@ class _Walk:
             )
             if pre:
                 # activation first (no norm, or norm_after): in place it would overwrite the block's input
-                h, index = self.norm_act(body, index, h, inplace=has_norm and not norm_after)
-                h, index = conv(f"{body}.{index}", h), index + 1
+                names = conv_steps(c.norm_position, pre=True, dropout_after=c.conv_dropout)
+                h, index = self.steps(names, body, index, h, {"conv": conv}, inplace=has_norm and not norm_after)
             else:  # a residual block's last conv is activated after the sum
-                h, index = self.with_norm_act(body, index, h, conv, activate=not (residual and j == last))
+                activate = not (residual and j == last)
+                h, index = self.with_norm_act(body, index, h, conv, activate=activate, dropout=True)
         if not residual:
             return h
         assert isinstance(option, ResidualBlock)
-        cin, cout = stage.in_channels, stage.out_channels
+        cin, cout = self.channels(x), stage.out_channels
         identity = x if strided else self.add(Crop, None, (x, h), cin, cin, source=option)
         s, k = identity, 0
         projected = False
@@ -467,15 +524,23 @@ class _Walk:
         cout, stride, option = lay.up_channels[i], lay.strides[i], c.up
         row = f"up{i}"
         match option:
-            case TransposeUp(bias=bias, kernel_size=k, norm_act=norm_act):
+            case TransposeUp(bias=bias, kernel_size=k, norm_act=norm_act, size_by=size_by):
+                resize = None
                 if k is None:  # kernel = stride: no padding
                     kw = dict(kernel=stride, padding=(0,) * n, output_padding=(0,) * n)
+                elif size_by == "nearest_resize":  # (in - 1) * stride + 1, then resized to in * stride
+                    kw = dict(kernel=(k,) * n, padding=(k // 2,) * n, output_padding=(0,) * n)
+                    grow = tuple(s - 1 for s in stride)
+                    resize = partial(self.resize, grow=grow, row=row, source=option)
                 else:  # padded by k // 2, output padding stride - 1: out = in * stride
                     kw = dict(kernel=(k,) * n, padding=(k // 2,) * n, output_padding=tuple(s - 1 for s in stride))
-                conv = partial(self.transposed, cout=cout, stride=stride, bias=bias, row=row, source=option, **kw)
+                conv_row = None if resize is not None else row
+                conv = partial(self.transposed, cout=cout, stride=stride, bias=bias, row=conv_row, source=option, **kw)
                 if not norm_act:
-                    return conv(path, x)
-                return self.with_norm_act(path, 0, x, conv)[0]
+                    if resize is None:
+                        return conv(path, x)
+                    return resize(f"{path}.1", conv(f"{path}.0", x))
+                return self.with_norm_act(path, 0, x, conv, after_conv=resize)[0]
             case NearestUp(conv=when) | LinearUp(conv=when):
                 if when == "always" or self.channels(x) != cout:  # the 1x1 conv runs first, on the coarser map
                     x = self.conv(f"{path}.1", x, cout, 1, source=option)
@@ -524,6 +589,10 @@ class _Walk:
                     )
                 return x
         raise AssertionError(f"unhandled up {option!r}")
+
+    def resize(self, module: str, x: int, *, grow: tuple[int, ...], row: str | None, source: object) -> int:
+        c = self.channels(x)
+        return self.add(Resize, module, (x,), c, c, grow=grow, row=row, source=source)
 
     def merge(self, path: str, skip: int, up: int, i: int) -> int:
         """The skip, centre-cropped to the up-sampled map, merged with it (`SkipMerge`)."""
@@ -586,7 +655,7 @@ def network_ops(config: UNetConfig) -> tuple[Op, ...]:
         if i == 0 and lay.stem is not None:  # conv, norm, activation before level 0's block
             w.part, stem, same = "stem", lay.stem, c.padding == "same"
             kw = dict(cout=stem.out_channels, kernel=stem.kernel, stride=stem.first_stride, same=same, bias=c.conv_bias)
-            x, _ = w.with_norm_act(f"{path}.stem", 0, x, partial(w.conv, row="stem", **kw))
+            x, _ = w.with_norm_act(f"{path}.stem", 0, x, partial(w.conv, row="stem", **kw), dropout=True)
         w.part = "bottleneck" if i == depth else "encoder"
         prefix = "bottleneck" if i == depth else f"enc{i}"
         x = w.block(f"{path}.block", prefix, stage, x, c.block, lay.encoder_dropout[i])
@@ -634,6 +703,6 @@ def op_shapes(config: UNetConfig, input_shape: Sequence[int]) -> tuple[tuple[int
             shrink, divide, multiply = op.grid(a)
             q, r = divmod(s - shrink, divide)
             assert r == 0 and q >= 1, f"{op.module or type(op).__name__}: size {s} is off the grid"
-            shape.append(q * multiply)
+            shape.append(q * multiply + op.offset(a))
         out.append(tuple(shape))
     return tuple(out)
