@@ -171,15 +171,18 @@ def _input_channels(model: nn.Module) -> tuple[int, str] | None:
     return None
 
 
-def main_output(model: nn.Module, x: torch.Tensor, name: str) -> torch.Tensor:
+def main_output(
+    model: nn.Module, x: torch.Tensor, name: str, call: Callable[[nn.Module, torch.Tensor], Any] | None = None
+) -> torch.Tensor:
     """The main output of `model` on `x` in eval mode, without gradients (the mode restored;
-    nnU-Net's list of outputs: its first); a forward that fails, or returns no tensor, is an
+    nnU-Net's list of outputs: its first); `call(model, x)` runs it where given (a peer's
+    logits, `registry.find_output`). A forward that fails, or returns no tensor, is an
     `UnsupportedModelError` naming `name`."""
     was_training = model.training
     try:
         model.eval()
         with torch.no_grad():
-            out: Any = model(x)
+            out: Any = model(x) if call is None else call(model, x)
     except InputShapeError:
         raise
     except Exception as err:  # the model's own code: any failure is a reason not to trust the copy
