@@ -17,8 +17,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
 
-from unetgen import count_parameters
-from unetgen.interop import UnsupportedModelError, convert, from_nnunet_plans, to_nnunet_architecture
+from unetgen import build_unet, count_parameters
+from unetgen.interop import UnsupportedModelError, convert, copy_weights, from_nnunet_plans, to_nnunet_architecture
 
 TOL = 1e-10  # float64 round-off over a few dozen layers
 
@@ -502,3 +502,32 @@ def test_nnunet_residual_unet() -> None:
             assert _max_diff(a, b) < TOL
     with pytest.raises(UnsupportedModelError, match="2 residual units"):
         convert(build(2))
+
+
+# ---------------------------------------------------------------------------------------------
+# copy_weights pairs what convert pairs
+
+
+@pytest.mark.parametrize("cls", ["ResidualEncoderUNet", "PlainConvUNet"])
+def test_copy_weights_pairs_nnunet_as_convert_does(cls: str) -> None:
+    """nnU-Net's residual units run their shortcut before their convs, and its deep-supervision
+    heads run in eval mode: copy_weights pairs them as convert does (the converter's order). A
+    target without the heads is refused at the first position where the two part."""
+    unet = pytest.importorskip("dynamic_network_architectures.architectures.unet")
+    common = {"conv_bias": True, "norm_op": nn.InstanceNorm2d, "norm_op_kwargs": {"affine": True},
+              "nonlin": nn.LeakyReLU, "deep_supervision": True}  # fmt: skip
+    if cls == "ResidualEncoderUNet":
+        peer = unet.ResidualEncoderUNet(1, 3, [2, 4, 6], nn.Conv2d, 3, [1, 2, 2], [1, 2, 2], 3, [1, 1], **common)
+    else:
+        peer = unet.PlainConvUNet(1, 3, [2, 4, 6], nn.Conv2d, 3, [1, 2, 2], 2, 3, 2, **common)
+    peer = _seeded(peer).double()
+    config = convert(peer).config
+    target = build_unet(config).double()
+    x = torch.randn(1, 1, 16, 16, dtype=torch.float64)
+    copy_weights(peer, target, x)
+    peer.train(), target.train()
+    with torch.no_grad():
+        for a, b in zip(peer(x), target(x), strict=True):  # the output and every head
+            assert _max_diff(a, b) < TOL
+    with pytest.raises(UnsupportedModelError, match=r"part at layer \d+: cannot pair source layer 'decoder\.seg"):
+        copy_weights(peer, build_unet(config.model_copy(update={"deep_supervision": []})).double(), x)

@@ -117,8 +117,12 @@ def copy_weights(source: nn.Module, target: nn.Module, example_input: torch.Tens
     `example_input` that is not a floating-point (N, C, *spatial) tensor either model can run
     (channels, dtype, device) is a `ValueError` naming what the models expect."""
     _check_example(source, target, example_input)
-    src_layers = _execution_order(source, example_input, "source")
-    tgt_layers = _execution_order(target, example_input, "target")
+    if isinstance(target, UNet):  # its op walk's order, the deep-supervision heads included (training only)
+        src_layers = _peer_order(source) or _execution_order(source, example_input, "source")
+        tgt_layers = unetgen_layers(target)
+    else:
+        src_layers = _execution_order(source, example_input, "source")
+        tgt_layers = _execution_order(target, example_input, "target")
     names_s = {m: n for n, m in source.named_modules()}
     names_t = {m: n for n, m in target.named_modules()}
     _check_pairs(src_layers, tgt_layers, names_s, names_t)
@@ -133,6 +137,18 @@ def copy_weights(source: nn.Module, target: nn.Module, example_input: torch.Tens
     shape = tuple(example_input.shape)
     theirs = main_output(source, example_input, "source", find_output(source))  # a known peer: its logits
     check_outputs_agree(theirs, main_output(target, example_input, "target"), "copy_weights", shape)
+
+
+def _peer_order(source: nn.Module) -> list[nn.Module] | None:
+    """A peer that `convert` knows: its parametric layers as its converter pairs them (nnU-Net's
+    residual units run their shortcut before their convs; its deep-supervision heads run in eval
+    mode too), or None where no converter reads it (then: execution order)."""
+    from .registry import find_converter  # the converters import this module
+
+    try:
+        return find_converter(source)(source, True)[1]
+    except (UnsupportedModelError, AttributeError, TypeError, IndexError, KeyError, ValueError):
+        return None
 
 
 def _check_example(source: Any, target: Any, x: Any) -> None:
@@ -246,18 +262,30 @@ def _check_pairs(
     names_s: dict[nn.Module, str],
     names_t: dict[nn.Module, str],
 ) -> None:
-    """As many layers on both sides, of the same kinds and shapes, pair by pair."""
-    if len(src_layers) != len(tgt_layers):
-        raise UnsupportedModelError(
-            f"source runs {len(src_layers)} parametric layers, target {len(tgt_layers)}: "
-            f"{_kinds(src_layers)} vs {_kinds(tgt_layers)}"
-        )
-    for s, t in zip(src_layers, tgt_layers, strict=True):
+    """As many layers on both sides, of the same kinds and shapes, pair by pair; else the first
+    position where the two differ, with both layers' names, kinds and shapes."""
+    for i, (s, t) in enumerate(zip(src_layers, tgt_layers, strict=False)):
         ss, st_ = _shape_signature(s), _shape_signature(t)
         if ss != st_:
-            raise UnsupportedModelError(
-                f"cannot pair source layer {names_s[s]!r} {ss} with target layer {names_t[t]!r} {st_}"
+            count = (
+                f"source runs {len(src_layers)} parametric layers, target {len(tgt_layers)}; "
+                if len(src_layers) != len(tgt_layers)
+                else ""
             )
+            raise UnsupportedModelError(
+                f"{count}the two part at layer {i}: cannot pair source layer {names_s[s]!r} {ss} with target layer "
+                f"{names_t[t]!r} {st_} (layers 0..{i - 1} pair)"
+            )
+    if len(src_layers) != len(tgt_layers):
+        n = min(len(src_layers), len(tgt_layers))
+        longer, which = (src_layers, "source") if len(src_layers) > n else (tgt_layers, "target")
+        names = names_s if which == "source" else names_t
+        extra = short_repr([f"{names[m]} {_shape_signature(m)}" for m in longer[n : n + 3]])
+        raise UnsupportedModelError(
+            f"source runs {len(src_layers)} parametric layers, target {len(tgt_layers)}: the first {n} pair, then "
+            f"the {which} has {len(longer) - n} more from layer {n}: {extra} (deep-supervision heads? a target "
+            "built without deep_supervision, or a source that runs its heads in eval mode)"
+        )
 
 
 def _run_hooked(
@@ -308,14 +336,16 @@ def _hint(model: nn.Module, x: torch.Tensor) -> str:
     return ""
 
 
-def _record_inputs(model: nn.Module, layers: list[nn.Module], x: torch.Tensor, which: str) -> list[torch.Tensor]:
+def _record_inputs(model: nn.Module, layers: list[nn.Module], x: torch.Tensor, which: str) -> list[torch.Tensor | None]:
+    """Each layer's input in one eval-mode forward of `x` (None: a layer eval mode does not run,
+    a unetgen deep-supervision head)."""
     inputs: dict[int, torch.Tensor] = {}
 
     def hook(m: nn.Module, args: tuple[Any, ...]) -> None:
         inputs.setdefault(id(m), args[0].detach().clone())
 
     _run_hooked(model, layers, hook, x, which)
-    return [inputs[id(m)] for m in layers]
+    return [inputs.get(id(m)) for m in layers]
 
 
 def _check_inputs(
@@ -336,6 +366,8 @@ def _check_inputs(
         tgt_in = _record_inputs(target, tgt_layers, x, "target")
         for k in range(start, len(tgt_layers)):
             a, b = src_in[k], tgt_in[k]
+            if a is None or b is None:  # not run in eval mode on one side: its output is checked in training only
+                continue
             if k in rotated:
                 a = torch.roll(a, -rotated[k], dims=1)
             if a.shape == b.shape and _close(a, b):
