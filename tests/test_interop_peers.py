@@ -310,8 +310,8 @@ def test_nnunet_batch_norm_relu_eval(nonlin_first: bool, affine: bool) -> None:
 
 def test_nnunet_refusals() -> None:
     unet = pytest.importorskip("dynamic_network_architectures.architectures.unet")
-    peer = unet.PlainConvUNet(
-        1, 3, [2, 4, 8], nn.Conv2d, 3, [1, 2, 2], 2, 2, 2, norm_op=nn.InstanceNorm2d, nonlin=nn.ReLU,
+    peer = unet.ResidualEncoderUNet(
+        1, 3, [2, 4, 8], nn.Conv2d, 3, [1, 2, 2], [1, 1, 1], 2, [1, 1], norm_op=nn.InstanceNorm2d, nonlin=nn.ReLU,
         dropout_op=nn.Dropout2d, dropout_op_kwargs={"p": 0.2},
     )  # fmt: skip
     with pytest.raises(UnsupportedModelError, match="dropout"):
@@ -531,3 +531,53 @@ def test_copy_weights_pairs_nnunet_as_convert_does(cls: str) -> None:
             assert _max_diff(a, b) < TOL
     with pytest.raises(UnsupportedModelError, match=r"part at layer \d+: cannot pair source layer 'decoder\.seg"):
         copy_weights(peer, build_unet(config.model_copy(update={"deep_supervision": []})).double(), x)
+
+
+# ---------------------------------------------------------------------------------------------
+# dropout after every conv (nnU-Net's dropout_op, MONAI's dropout): carried, the same in training
+
+
+def _train_equal(peer: nn.Module, ours: nn.Module, x: torch.Tensor) -> tuple[float, float]:
+    """Max abs difference of the (main) outputs in training mode with the same dropout seed, and
+    of the input gradients after one backward."""
+    peer.train(), ours.train()
+    outs = []
+    for m in (peer, ours):
+        xi = x.clone().requires_grad_(True)
+        torch.manual_seed(5)
+        out = m(xi)
+        out = out[0] if isinstance(out, (list, tuple)) else out
+        out.sum().backward()
+        outs.append((out.detach(), xi.grad))
+    return _max_diff(outs[0][0], outs[1][0]), _max_diff(outs[0][1], outs[1][1])
+
+
+@pytest.mark.parametrize("op", [nn.Dropout2d, nn.Dropout])
+def test_nnunet_dropout_is_carried(op: type) -> None:
+    unet = pytest.importorskip("dynamic_network_architectures.architectures.unet")
+    peer = unet.PlainConvUNet(
+        1, 3, [2, 4, 8], nn.Conv2d, 3, [1, 2, 2], 2, 2, 2, norm_op=nn.InstanceNorm2d,
+        norm_op_kwargs={"affine": True}, nonlin=nn.ReLU, dropout_op=op, dropout_op_kwargs={"p": 0.2},
+    )  # fmt: skip
+    ours, _ = _check_eval(peer, (2, 1, 16, 16))
+    d = ours.config.dropout
+    assert (d.placement, d.after, d.rate, d.spatial) == ("every_conv", "conv", 0.2, op is nn.Dropout2d)
+    assert max(_train_equal(peer, ours, torch.randn(2, 1, 16, 16, dtype=torch.float64))) < TOL
+    assert convert(peer, ignore_dropout=True).config.dropout.rate == 0
+
+
+@pytest.mark.parametrize("order", ["NDA", "DNA", "NAD"])
+def test_monai_basic_unet_dropout_is_carried(order: str) -> None:
+    nets = pytest.importorskip("monai.networks.nets")
+    peer = nets.BasicUNet(spatial_dims=2, features=(4, 4, 6, 8, 10, 4), norm="batch", dropout=0.25)
+    for m in peer.modules():  # MONAI's ADN order, as `adn_ordering` would build it
+        if type(m).__name__ == "ADN":
+            children = dict(m.named_children())
+            for name in list(children):
+                delattr(m, name)
+            for name in order:
+                m.add_module(name, children[name])
+    ours, _ = _check_eval(peer, (2, 1, 32, 16))
+    after = {"NDA": "norm", "DNA": "conv", "NAD": "activation"}[order]
+    assert (ours.config.dropout.placement, ours.config.dropout.after) == ("every_conv", after)
+    assert max(_train_equal(peer, ours, torch.randn(2, 1, 32, 16, dtype=torch.float64))) < TOL
