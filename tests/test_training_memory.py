@@ -100,6 +100,16 @@ OPTIONS = {  # (the config it needs, the option): each option the walk follows b
     "up norm_act": ({}, {"up": {"type": "transpose", "kernel_size": 3, "norm_act": True}}),
     "up pixelshuffle": ({}, {"up": "pixelshuffle"}),
     "up pixelshuffle, anisotropic": ({"strides": [[2, 1], 3]}, {"up": {"type": "pixelshuffle", "kernel_size": 1}}),
+    "group norm, one group below num_groups": (
+        {"norm": "layer"},
+        {"norm": {"type": "group", "num_groups": 4, "fewer_channels": "one_group"}},
+    ),
+    "input_projection": (RESIDUAL, {"block": {"type": "residual", "shortcut": "input_projection"}}),
+    # (up size_by: nearest_resize saves what the plain transposed conv saves: checked by the property test)
+    "dropout after every conv": (
+        {"stem": True},
+        {"dropout": {"rate": 0.2, "placement": "every_conv", "after": "norm", "spatial": True}},
+    ),
     "up norm_act after activation": (
         {"norm_position": "after_activation", "activation": "silu"},
         {"up": {"type": "transpose", "norm_act": True}},
