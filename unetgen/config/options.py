@@ -380,7 +380,7 @@ class Dropout(_Model):
 
     @model_validator(mode="after")
     def _after_needs_every_conv(self) -> Dropout:
-        if "after" in self.model_fields_set and self.placement != "every_conv":
+        if self.after != "activation" and self.placement != "every_conv":  # the default: a full dump round-trips
             raise ValueError(
                 f"dropout.after={self.after!r} places dropout inside each conv, which only "
                 f"placement='every_conv' does (placement={self.placement!r} drops out at the end of blocks); "
