@@ -52,6 +52,10 @@ BLOCKS = [
     {"type": "residual", "shortcut": "resnet_d", "preactivation": True},
     {"type": "residual", "shortcut": "input_projection"},
     {"type": "residual", "shortcut": "input_projection", "preactivation": True},
+    {"type": "residual", "shortcut": "input_projection", "excitation": "scse"},  # pytorch-3dunet's ResNetBlockSE
+    {"type": "plain", "excitation": {"type": "cse", "reduction": 4}},
+    {"type": "residual", "preactivation": True, "excitation": "sse"},
+    {"type": "residual", "post_activation": "elu", "excitation": {"type": "scse", "combine": "add", "reduction": 1}},
 ]
 DROPOUTS = [  # dropout at the end of blocks, or after every conv at each step
     *({"placement": p} for p in ("contracting_end", "bottleneck", "encoder", "decoder", "all")),

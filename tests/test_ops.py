@@ -17,7 +17,7 @@ from unetgen.model import layers
 
 NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm, nn.GroupNorm)
 ACT_TYPES = (nn.ReLU, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.PReLU)
-OWN_LAYERS = (layers.PixelShuffle, layers.NearestResize)
+OWN_LAYERS = (layers.PixelShuffle, layers.NearestResize, layers.ChannelLinear)
 DROP_TYPES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d)
 
 
@@ -48,6 +48,11 @@ def _describe_module(module: nn.Module, dims: int) -> tuple:
             return ("resize", module.grow)
         case nn.Sigmoid():
             return ("sigmoid",)
+        case nn.Linear():
+            return ("linear", module.in_features, module.out_features, module.bias is not None)
+        case nn.AdaptiveAvgPool1d() | nn.AdaptiveAvgPool2d() | nn.AdaptiveAvgPool3d():
+            size = module.output_size
+            return ("global_pool", size if isinstance(size, int) else tuple(size))
     if type(module).__name__.startswith("ConstantPad"):
         return ("pad",)
     raise AssertionError(f"a leaf module the guard does not know: {type(module).__name__}")
@@ -96,6 +101,10 @@ def _describe_op(op: ops.Op, dims: int) -> tuple:
             return ("resize", op.grow)
         case ops.Sigmoid():
             return ("sigmoid",)
+        case ops.Linear():
+            return ("linear", op.in_channels, op.out_channels, op.bias)
+        case ops.GlobalPool():
+            return ("global_pool", 1)
         case ops.Pad():
             return ("pad",)
     raise AssertionError(f"op {op!r} has no module")

@@ -59,7 +59,10 @@ from .ops import (
     Conv,
     Crop,
     Drop,
+    GlobalPool,
     Interpolate,
+    Linear,
+    Max,
     Mul,
     NormOp,
     Op,
@@ -304,6 +307,15 @@ class _Walk:
             case Mul():  # keeps both factors
                 self.save(_layer(op), self.keys[op.inputs[1]])
                 self.save(_layer(op), x)
+                return self.new(op.out_channels, shape)
+            case GlobalPool():  # a mean over space: keeps nothing
+                return self.new(op.out_channels, shape)
+            case Linear():  # keeps its input (flattened: a view), the weight is a parameter
+                self.save(_layer(op), x)
+                return self.new(op.out_channels, shape)
+            case Max():  # keeps both inputs
+                self.save(_layer(op), x)
+                self.save(_layer(op), self.keys[op.inputs[1]])
                 return self.new(op.out_channels, shape)
             case Crop():  # a view of its input
                 if op.part == "merge":

@@ -34,9 +34,12 @@ from ..config.options import (
     AvgPool,
     BatchNorm,
     Block,
+    ChannelExcitation,
+    ChannelSpatialExcitation,
     Concat,
     ConvDown,
     Dropout,
+    Excitation,
     FirstConvDown,
     GroupNorm,
     InstanceNorm,
@@ -48,7 +51,9 @@ from ..config.options import (
     Norm,
     PixelShuffleUp,
     PReLU,
+    ReLU,
     ResidualBlock,
+    SpatialExcitation,
     TransposeUp,
 )
 from ..config.unet_config import Stage, UNetConfig, conv_steps
@@ -59,7 +64,10 @@ __all__ = [
     "Cat",
     "Conv",
     "Crop",
+    "GlobalPool",
     "Interpolate",
+    "Linear",
+    "Max",
     "Mul",
     "NormOp",
     "Op",
@@ -270,8 +278,34 @@ class Pad(Op):
 
 
 @dataclass(frozen=True, kw_only=True)
+class GlobalPool(Op):
+    """Global average pooling: the mean over space of each channel, a map of size 1 per axis."""
+
+    def grid(self, axis: int) -> tuple[int, int, int]:
+        return 0, 1, 0  # s * 0 + 1 = 1
+
+    def offset(self, axis: int) -> int:
+        return 1
+
+
+@dataclass(frozen=True, kw_only=True)
+class Linear(Op):
+    """A fully connected layer over the channels of a (B, C, 1, ..., 1) map, with bias
+    (`layers.ChannelLinear`)."""
+
+    bias: bool = True
+
+    @property
+    def parameters(self) -> int:
+        return self.in_channels * self.out_channels + (self.out_channels if self.bias else 0)
+
+    def macs(self, in_shape: Sequence[int], out_shape: Sequence[int]) -> int:
+        return self.in_channels * self.out_channels
+
+
+@dataclass(frozen=True, kw_only=True)
 class Sigmoid(Op):
-    """The attention gate's sigmoid."""
+    """A sigmoid: the gate of an attention gate or of a squeeze-and-excitation."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -286,7 +320,13 @@ class Sum(Op):
 
 @dataclass(frozen=True, kw_only=True)
 class Mul(Op):
-    """`inputs[0]` times `inputs[1]`, broadcast over channels (the attention gate)."""
+    """`inputs[0]` times `inputs[1]`, the gate broadcast over channels (the attention gate, sSE)
+    or over space (cSE)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Max(Op):
+    """Element-wise maximum of its two inputs (scSE's combination)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -296,6 +336,9 @@ class Cat(Op):
 
 # ---------------------------------------------------------------------------------------------
 # the walk
+
+
+_SQUEEZE_ACT = ReLU()  # the activation between a squeeze-and-excitation's linear layers
 
 
 @dataclass
@@ -361,11 +404,14 @@ class _Walk:
         c = self.channels(x)
         return self.add(NormOp, module, (x,), c, c, option=option, source=option)
 
-    def act(self, module: str, x: int, *, inplace: bool = True) -> int:
-        option = self.config.activation
+    def act(
+        self, module: str, x: int, *, inplace: bool = True, option: Activation | None = None, source: object = None
+    ) -> int:
+        option = self.config.activation if option is None else option
         supported = not isinstance(option, (GELU, PReLU))  # layers.activation: torch has no in-place form
         c = self.channels(x)
-        return self.add(Act, module, (x,), c, c, option=option, inplace=inplace and supported, source=option)
+        source = option if source is None else source
+        return self.add(Act, module, (x,), c, c, option=option, inplace=inplace and supported, source=source)
 
     def norm_act(self, prefix: str, index: int, x: int, *, inplace: bool = True) -> tuple[int, int]:
         """Norm and activation in the config's order (`layers.norm_act`) before a pre-activation
@@ -470,7 +516,7 @@ class _Walk:
                 activate = not (residual and j == last)
                 h, index = self.with_norm_act(body, index, h, conv, activate=activate, dropout=True)
         if not residual:
-            return h
+            return h if option.excitation is None else self.excite(f"{path}.excite", h, option.excitation)
         assert isinstance(option, ResidualBlock)
         cin, cout = self.channels(x), stage.out_channels
         identity = x if strided else self.add(Crop, None, (x, h), cin, cin, source=option)
@@ -501,7 +547,33 @@ class _Walk:
         if projected and not pre and has_norm:
             s = self.norm(f"{path}.shortcut.{k}", s)  # type: ignore[assignment]
         h = self.add(Sum, None, (h, s), cout, cout, source=option)
-        return h if pre else self.act(f"{path}.post_act", h)
+        if not pre:
+            h = self.act(f"{path}.post_act", h, option=option.post_activation)
+        return h if option.excitation is None else self.excite(f"{path}.excite", h, option.excitation)
+
+    def excite(self, path: str, x: int, option: Excitation) -> int:
+        """Squeeze-and-excitation of `x` (`blocks.Excite`): cSE, then sSE, then their combination."""
+        c = self.channels(x)
+        gated: list[int] = []
+        match option:
+            case ChannelExcitation(reduction=r) | ChannelSpatialExcitation(reduction=r):
+                hidden, at = max(1, c // r), f"{path}.channel"
+                g = self.add(GlobalPool, f"{at}.0", (x,), c, c, source=option)
+                g = self.add(Linear, f"{at}.1", (g,), c, hidden, source=option)
+                g = self.act(f"{at}.2", g, inplace=False, option=_SQUEEZE_ACT, source=option)
+                g = self.add(Linear, f"{at}.3", (g,), hidden, c, source=option)
+                g = self.add(Sigmoid, f"{at}.4", (g,), c, c, source=option)  # (B, C, 1, ..., 1)
+                gated.append(self.add(Mul, None, (x, g), c, c, source=option))
+        match option:
+            case SpatialExcitation() | ChannelSpatialExcitation():
+                g = self.conv(f"{path}.spatial.0", x, 1, 1, source=option)
+                g = self.add(Sigmoid, f"{path}.spatial.1", (g,), 1, 1, source=option)  # (B, 1, *S)
+                gated.append(self.add(Mul, None, (x, g), c, c, source=option))
+        if len(gated) == 1:
+            return gated[0]
+        assert isinstance(option, ChannelSpatialExcitation)
+        combine = Max if option.combine == "max" else Sum
+        return self.add(combine, None, tuple(gated), c, c, source=option)
 
     def block(self, path: str, row_prefix: str, stage: Stage, x: int, option: Block, dropout: bool) -> int:
         """A level's block: one `ConvBlock` per unit (`blocks_per_level`), dropout after the last."""

@@ -198,7 +198,8 @@ def _rule(config: UNetConfig, axis: int) -> AxisRule:
     size = _affine_sizes(config, axis)
     period, offset = size[INPUT]
     head = size[len(ops) - 1]
-    b_min = max([1, *(-((beta - 1) // alpha) for alpha, beta in size.values())])  # every map >= 1
+    # every map >= 1 (alpha 0: a global pool's output, of size 1 whatever the input)
+    b_min = max([1, *(-((beta - 1) // alpha) for alpha, beta in size.values() if alpha)])
     enc = [0] * (config.depth + 1)
     dec = [0] * config.depth
     for op in ops:

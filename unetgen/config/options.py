@@ -174,6 +174,44 @@ Activation = Annotated[ReLU | LeakyReLU | ELU | GELU | SiLU | PReLU, Field(discr
 
 
 # ---------------------------------------------------------------------------------------------
+# squeeze-and-excitation
+
+
+class ChannelExcitation(_Model):
+    """Channel squeeze-and-excitation, cSE (Hu et al. 2018): a global average pool, a linear
+    layer to `channels // reduction` (at least 1) channels, ReLU, a linear layer back, a sigmoid;
+    the map is scaled per channel by the result."""
+
+    type: Literal["cse"] = "cse"
+    reduction: int = Field(2, ge=1, le=MAX_CHANNELS)
+    """The squeeze's reduction ratio r: the hidden layer has `channels // r` channels (at least 1)."""
+
+
+class SpatialExcitation(_Model):
+    """Spatial squeeze-and-excitation, sSE (Roy et al. 2018): a 1x1 conv (with bias) to one
+    channel and a sigmoid; the map is scaled per position by the result."""
+
+    type: Literal["sse"] = "sse"
+
+
+class ChannelSpatialExcitation(_Model):
+    """Concurrent spatial and channel squeeze-and-excitation, scSE (Roy et al. 2018): the cSE and
+    sSE recalibrations of the map, combined element-wise (`combine`)."""
+
+    type: Literal["scse"] = "scse"
+    reduction: int = Field(2, ge=1, le=MAX_CHANNELS)
+    """The cSE branch's reduction ratio r: its hidden layer has `channels // r` channels (at least 1)."""
+    combine: Literal["max", "add"] = "max"
+    """How the two recalibrated maps are combined: their element-wise maximum (Roy et al. 2019,
+    pytorch-3dunet's ChannelSpatialSELayer3D) or their sum (Roy et al. 2018, smp's SCSEModule)."""
+
+
+Excitation = Annotated[
+    ChannelExcitation | SpatialExcitation | ChannelSpatialExcitation, Field(discriminator="type"), BareString()
+]
+
+
+# ---------------------------------------------------------------------------------------------
 # block
 
 
@@ -183,6 +221,9 @@ class PlainBlock(_Model):
     type: Literal["plain"] = "plain"
     preactivation: bool = False
     """Order norm, activation, conv (He et al. 2016b) instead of conv, norm, activation."""
+    excitation: Excitation | None = None
+    """A squeeze-and-excitation block (`cse`, `sse` or `scse`) at the end of each unit (after its
+    last activation, before any block dropout); none by default."""
 
 
 class ResidualBlock(_Model):
@@ -200,6 +241,23 @@ class ResidualBlock(_Model):
     `input_projection` = where the channels change, a 1x1 conv with bias (no norm) first maps the
     unit's input to its output channels, and the convs and the identity both start from it
     (pytorch-3dunet's ResNetBlock; not with `down: first_conv`)."""
+    excitation: Excitation | None = None
+    """A squeeze-and-excitation block (`cse`, `sse` or `scse`) on each unit's output: after the sum
+    and its activation (pytorch-3dunet's ResNetBlockSE), before any block dropout; none by default."""
+    post_activation: Activation | None = None
+    """The activation after the sum, where it differs from the config's `activation` (which the
+    convs use): pytorch-3dunet's ResNetBlock with a LeakyReLU order activates its convs with slope
+    0.01 and the sum with 0.1. Default: the config's activation. Not with `preactivation`, which
+    has no activation after the sum."""
+
+    @model_validator(mode="after")
+    def _post_activation_needs_a_sum_activation(self) -> ResidualBlock:
+        if self.preactivation and self.post_activation is not None:
+            raise ValueError(
+                "block.post_activation is the activation after the residual sum, which a pre-activation block "
+                "(preactivation: true) does not have; remove post_activation or set preactivation: false"
+            )
+        return self
 
 
 Block = Annotated[PlainBlock | ResidualBlock, Field(discriminator="type"), BareString()]

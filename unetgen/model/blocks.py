@@ -16,10 +16,13 @@ from ..config.options import (
     AttentionGate,
     AvgPool,
     Block,
+    ChannelExcitation,
+    ChannelSpatialExcitation,
     Concat,
     ConvDown,
     Down,
     Dropout,
+    Excitation,
     FirstConvDown,
     LinearUp,
     MaxPool,
@@ -32,6 +35,7 @@ from ..config.options import (
     ReLU,
     ResidualBlock,
     SpatialDims,
+    SpatialExcitation,
     TransposeUp,
     Up,
 )
@@ -50,7 +54,8 @@ class ConvBlock(nn.Module):
     """`len(stage.channels)` convolutions with norm and activation, plain or residual, followed by
     optional dropout. With valid padding each k-wide conv shrinks the map by k - 1 per axis; the
     first conv has the stage's stride (`down: first_conv`, same padding only). A residual
-    block's identity path is `shortcut` (empty: the identity), then `post_act` after the sum."""
+    block's identity path is `shortcut` (empty: the identity), then `post_act` after the sum;
+    `excite` (the block's `excitation`) recalibrates the unit's output."""
 
     def __init__(
         self,
@@ -79,7 +84,9 @@ class ConvBlock(nn.Module):
         )
         if isinstance(block, ResidualBlock):
             self.shortcut = _shortcut(dims, stage, block, norm=norm, bias=bias)
-            self.post_act = None if block.preactivation else layers.activation(act, channels=stage.out_channels)
+            post = block.post_activation or act
+            self.post_act = None if block.preactivation else layers.activation(post, channels=stage.out_channels)
+        self.excite = Excite(dims, stage.out_channels, block.excitation) if block.excitation is not None else None
         self.dropout = dropout
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -93,9 +100,48 @@ class ConvBlock(nn.Module):
                 y = y + self.shortcut(center_crop(x, y.shape[2:]))
             if self.post_act is not None:
                 y = self.post_act(y)
+        if self.excite is not None:
+            y = self.excite(y)
         if self.dropout is not None:
             y = self.dropout(y)
         return y
+
+
+class Excite(nn.Module):
+    """Squeeze-and-excitation of a map of `channels` channels (`option`): `channel` (cSE: global
+    average pool, linear to `channels // reduction` (at least 1), ReLU, linear back, sigmoid:
+    a (B, C, 1, ..., 1) gate) and `spatial` (sSE: a 1x1 conv to one channel, sigmoid: a
+    (B, 1, *S) gate) each scale the map; scSE combines the two results (max or sum), cSE first."""
+
+    def __init__(self, dims: SpatialDims, channels: int, option: Excitation) -> None:
+        super().__init__()
+        self.option = option
+        self.channel = self.spatial = None
+        match option:
+            case ChannelExcitation(reduction=r) | ChannelSpatialExcitation(reduction=r):
+                hidden = max(1, channels // r)
+                self.channel = nn.Sequential(
+                    layers.GLOBAL_AVG_POOL[dims](1),
+                    layers.ChannelLinear(channels, hidden),
+                    nn.ReLU(),
+                    layers.ChannelLinear(hidden, channels),
+                    nn.Sigmoid(),
+                )
+        match option:
+            case SpatialExcitation() | ChannelSpatialExcitation():
+                self.spatial = nn.Sequential(layers.conv(dims, channels, 1, 1), nn.Sigmoid())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = x * self.channel(x) if self.channel is not None else None  # (B, C, *S): gate (B, C, 1, ..., 1)
+        s = x * self.spatial(x) if self.spatial is not None else None  # (B, C, *S): gate (B, 1, *S)
+        if c is None or s is None:
+            return c if s is None else s
+        match self.option:
+            case ChannelSpatialExcitation(combine="max"):
+                return torch.maximum(c, s)
+            case ChannelSpatialExcitation(combine="add"):
+                return c + s
+        raise AssertionError(f"unhandled excitation {self.option!r}")
 
 
 def _body(

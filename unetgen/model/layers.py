@@ -44,6 +44,11 @@ INSTANCE_NORM: dict[SpatialDims, type[nn.Module]] = {
     2: nn.InstanceNorm2d,
     3: nn.InstanceNorm3d,
 }
+GLOBAL_AVG_POOL: dict[SpatialDims, type[nn.Module]] = {
+    1: nn.AdaptiveAvgPool1d,
+    2: nn.AdaptiveAvgPool2d,
+    3: nn.AdaptiveAvgPool3d,
+}
 CHANNEL_DROPOUT: dict[SpatialDims, type[nn.Module]] = {1: nn.Dropout1d, 2: nn.Dropout2d, 3: nn.Dropout3d}
 INTERPOLATION: dict[SpatialDims, str] = {1: "linear", 2: "bilinear", 3: "trilinear"}
 
@@ -178,3 +183,14 @@ class PixelShuffle(nn.Module):
 
     def extra_repr(self) -> str:
         return f"factors={self.factors}"
+
+
+class ChannelLinear(nn.Linear):
+    """A linear layer over the channels of a (B, C, 1, ..., 1) map (a squeeze-and-excitation's
+    fully connected layers): `nn.Linear`'s weight (C_out, C_in) and bias, applied to the
+    flattened channels, the singleton spatial axes kept, so that it holds and computes what the
+    peers' `nn.Linear` do (pytorch-3dunet, MONAI)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ones = x.shape[2:]
+        return F.linear(x.flatten(1), self.weight, self.bias).view(x.shape[0], -1, *ones)  # (B, C_out, 1, ..., 1)
