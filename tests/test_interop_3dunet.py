@@ -14,11 +14,13 @@ import torch
 from torch import nn
 
 from unetgen import build_unet, count_parameters
+from unetgen.config import ChannelExcitation, ChannelSpatialExcitation, LeakyReLU
 from unetgen.interop import UnsupportedModelError, convert, copy_weights
 from unetgen.interop.pytorch3dunet import from_pytorch3dunet
 from unetgen.interop.weights import unetgen_layers
 
 M = pytest.importorskip("pytorch3dunet.unet3d.model", reason="pytorch-3dunet is not installed")
+BB = pytest.importorskip("pytorch3dunet.unet3d.buildingblocks")
 
 pytestmark = [
     pytest.mark.usefixtures("one_thread"),
@@ -53,7 +55,27 @@ CASES: list[tuple[str, Any, dict[str, Any], tuple[int, ...]]] = [
     ("ResidualUNet2D bcr, upsample deconv (concat)", M.ResidualUNet2D, {**SMALL, "layer_order": "bcr",
                                                                         "upsample": "deconv"}, (2, 1, 16, 16)),
     ("ResidualUNet2D gcrd", M.ResidualUNet2D, {**SMALL, "layer_order": "gcrd", "num_groups": 2}, (2, 1, 16, 16)),
+    ("ResidualUNet3D cl: LeakyReLU 0.01, 0.1 after the sum", M.ResidualUNet3D, {**SMALL, "layer_order": "cl"}, S3),
+    ("ResidualUNetSE3D default gcr, scSE", M.ResidualUNetSE3D, {**SMALL, "num_groups": 2}, S3),
+    ("ResidualUNetSE3D cbl, scSE", M.ResidualUNetSE3D, {**SMALL, "layer_order": "cbl"}, (2, 1, 8, 8, 8)),
+    ("ResidualUNetSE3D gcr, se_module cse", M.ResidualUNetSE3D, {**SMALL, "num_groups": 2, "se": "cse"}, S3),
+    ("ResidualUNetSE3D gce, se_module sse", M.ResidualUNetSE3D, {**SMALL, "layer_order": "gce", "num_groups": 2,
+                                                                 "se": "sse"}, S3),
 ]  # fmt: skip
+
+
+def _peer(cls: Any, kwargs: dict[str, Any]) -> nn.Module:
+    """`cls(**kwargs)`; with `se` (ResidualUNetSE3D), each block's squeeze-excitation module is the one
+    `ResNetBlockSE(..., se_module=se)` builds (ResidualUNetSE3D itself always builds 'scse')."""
+    kw = dict(kwargs)
+    se = kw.pop("se", None)
+    net = cls(**kw)
+    if se is not None:
+        for level in [*net.encoders, *net.decoders]:
+            block = level.basic_module
+            c = block.conv3.conv.out_channels
+            block.se_module = BB.ResNetBlockSE(c, c, order="cr", se_module=se).se_module
+    return net
 
 
 def _seeded(peer: nn.Module) -> nn.Module:
@@ -103,7 +125,7 @@ def compare(peer: nn.Module, shape: tuple[int, ...]) -> dict[str, Any]:
 @pytest.mark.parametrize(("name", "cls", "kwargs", "shape"), CASES, ids=[c[0] for c in CASES])
 def test_pytorch3dunet_is_exact(name: str, cls: Any, kwargs: dict[str, Any], shape: tuple[int, ...]) -> None:
     kw = {"in_channels": shape[1], "out_channels": 3, **kwargs}
-    r = compare(cls(**kw), shape)
+    r = compare(_peer(cls, kw), shape)
     assert r["params"][0] == r["params"][1]
     assert r["eval"] < TOL and r["train"] < TOL and r["grads"] < TOL, r
 
@@ -119,23 +141,28 @@ def test_pytorch3dunet_options_read() -> None:
     c = compare(M.ResidualUNet3D(1, 2, **SMALL, num_groups=2), S3)["config"]
     assert c.block.shortcut == "input_projection" and c.merge.type == "add"
     assert (c.up.kernel_size, c.up.size_by, c.up.bias) == (3, "nearest_resize", False)
+    c = convert(M.ResidualUNetSE3D(1, 2, **SMALL, layer_order="cl")).config
+    assert c.block.excitation == ChannelSpatialExcitation(reduction=1, combine="max")
+    assert c.activation == LeakyReLU(negative_slope=0.01) and c.block.post_activation == LeakyReLU(negative_slope=0.1)
+    c = convert(_peer(M.ResidualUNetSE3D, {"in_channels": 1, "out_channels": 2, **SMALL, "se": "cse"})).config
+    assert c.block.excitation == ChannelExcitation(reduction=1) and c.block.post_activation is None
 
 
 def test_copy_weights_pairs_pytorch3dunet() -> None:
     """copy_weights into a unetgen model built from the converted config: the same logits."""
-    peer = _seeded(M.ResidualUNet3D(1, 2, **SMALL, num_groups=2)).double().eval()
-    target = build_unet(convert(peer).config).double().eval()
-    x = torch.randn(S3, dtype=torch.float64)
-    copy_weights(peer, target, x)
-    with torch.no_grad():
-        assert float((peer(x, return_logits=True)[1] - target(x)).abs().max()) < TOL
+    for cls in (M.ResidualUNet3D, M.ResidualUNetSE3D):
+        peer = _seeded(cls(1, 2, **SMALL, num_groups=2)).double().eval()
+        target = build_unet(convert(peer).config).double().eval()
+        x = torch.randn(S3, dtype=torch.float64)
+        copy_weights(peer, target, x)
+        with torch.no_grad():
+            assert float((peer(x, return_logits=True)[1] - target(x)).abs().max()) < TOL
 
 
 @pytest.mark.parametrize(
     ("cls", "kwargs", "match"),
     [
-        (M.ResidualUNetSE3D, SMALL, "squeeze-excitation"),
-        (M.ResidualUNet3D, {**SMALL, "layer_order": "cl"}, "slope|0.1"),
+        (M.ResidualUNetSE3D, {**SMALL, "se": "other"}, "se_module"),
         (M.UNet2D, {**SMALL, "layer_order": "cb"}, "no activation"),
         (M.UNet2D, {**SMALL, "conv_padding": 0, "layer_order": "cr"}, "padding"),
         (M.UNet2D, {**SMALL, "layer_order": "dcr", "dropout_prob": 0.1}, "before every other layer"),
@@ -146,5 +173,9 @@ def test_pytorch3dunet_refusals_name_the_reason(cls: Any, kwargs: dict[str, Any]
     kw = {"in_channels": 1, "out_channels": 2, **kwargs}
     if kw.get("dropout_prob") is not None and kw.get("layer_order") == "cr":
         kw["layer_order"] = "crd"
+    se = kw.pop("se", None)
+    net = cls(**kw)
+    if se == "other":  # a block whose squeeze-excitation is not one pytorch-3dunet builds
+        net.encoders[0].basic_module.se_module = nn.Identity()
     with pytest.raises(UnsupportedModelError, match=match):
-        convert(cls(**kw))
+        convert(net)

@@ -110,6 +110,11 @@ OPTIONS = {  # (the config it needs, the option): each option the walk follows b
         {"stem": True},
         {"dropout": {"rate": 0.2, "placement": "every_conv", "after": "norm", "spatial": True}},
     ),
+    "excitation scse (max), post_activation": (
+        RESIDUAL,
+        {"block": {"type": "residual", "excitation": "scse", "post_activation": "leaky_relu"}},
+    ),
+    "excitation cse, plain": ({}, {"block": {"type": "plain", "excitation": {"type": "cse", "reduction": 2}}}),
     "up norm_act after activation": (
         {"norm_position": "after_activation", "activation": "silu"},
         {"up": {"type": "transpose", "norm_act": True}},

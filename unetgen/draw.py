@@ -36,6 +36,7 @@ from .analysis.ops import (
     NormOp,
     Op,
     Pool,
+    Resize,
     Shuffle,
     Sum,
     network_ops,
@@ -307,7 +308,7 @@ def _role(op: Op) -> str:
             return "head"
         case Conv(part="aux"):
             return "aux"
-        case Conv(transposed=True) | Interpolate() | Shuffle() | Pool(part="up"):
+        case Conv(transposed=True) | Interpolate() | Shuffle() | Pool(part="up") | Resize():
             return "up"
         case Conv():
             return "map"
@@ -494,9 +495,10 @@ def _down_text(net: _Net, size: str, each: str) -> str:
 def _up_text(net: _Net, size: str, factor: str, each: str) -> str:
     then = "".join(f", {_layer_text(op)}" for op in net.find("up", level=0) if isinstance(op, (NormOp, Act)))
     match net.rows(0, "up")[0].source:
-        case TransposeUp(kernel_size=k):
+        case TransposeUp(kernel_size=k, size_by=size_by):
             kernel = "kernel = stride" if k is None else f"kernel {k}"
-            return f"up-conv{size} (transposed conv, {kernel}{each}){then}"
+            resize = ", nearest resize to the stride" if k is not None and size_by == "nearest_resize" else ""
+            return f"up-conv{size} (transposed conv, {kernel}{each}){resize}{then}"
         case NearestUp(conv=when) | LinearUp(conv=when):
             [interpolate] = net.find("up", level=0, kind=Interpolate)
             conv1 = "conv 1x1" if when == "always" else "conv 1x1 where the channels change"

@@ -9,7 +9,11 @@ falls back to one group where a layer has fewer channels than `num_groups`: `few
 one_group`. Its `ResNetBlock` maps its input by a 1x1 conv (with bias) where the channels change
 and adds it to the two convs' output: `shortcut: input_projection`. Its `TransposeConvUpsampling`
 is a transposed conv with kernel 3, padding 1 and no output padding, resized (nearest) to the
-skip's size: `up: {type: transpose, kernel_size: 3, size_by: nearest_resize}`.
+skip's size: `up: {type: transpose, kernel_size: 3, size_by: nearest_resize}`. Its `ResNetBlock`
+activates the sum with its own `non_linearity` (LeakyReLU 0.1 in the `l` orders, whose convs use
+0.01): `post_activation` where it differs. `ResNetBlockSE` ends each block in its `se_module`:
+`excitation: {type: scse, combine: max}` (`ChannelSpatialSELayer3D`), `cse` or `sse`, its
+reduction ratio (1) carried; its `nn.Linear` layers pair with unetgen's `ChannelLinear`.
 
 pytorch-3dunet applies its `final_activation` (sigmoid or softmax, `is_segmentation=True`) in
 its forward, in training and eval mode alike; the converted model computes the logits (the
@@ -64,10 +68,6 @@ def from_pytorch3dunet(net: nn.Module, ignore_dropout: bool) -> Converted:
     if kinds not in ({"DoubleConv"}, {"ResNetBlock"}, {"ResNetBlockSE"}):
         raise UnsupportedModelError(f"{name}: basic modules {sorted(kinds)}; DoubleConv, ResNetBlock or ResNetBlockSE")
     residual = "DoubleConv" not in kinds
-    if "ResNetBlockSE" in kinds:
-        raise UnsupportedModelError(
-            f"{name}: its ResNetBlockSE ends in a squeeze-excitation (scSE) block, which unetgen does not have yet"
-        )
     units = [_unit(b, residual, f"{name}.{_where(i, depth)}") for i, b in enumerate(blocks)]
     singles = [s for u in units for s in u["singles"]]
     dims = net.final_conv.weight.dim() - 2
@@ -85,7 +85,8 @@ def from_pytorch3dunet(net: nn.Module, ignore_dropout: bool) -> Converted:
     }
     if residual:
         data["block"] = {"type": "residual", "shortcut": "input_projection"}
-        _check_post_activation(units, data["activation"], name)
+        data["block"] |= _post_activation(units, data["activation"], name)
+        data["block"] |= _excitation(units, name)
     data |= _down(encoders, dims, name)
     ups, up_data = _up(net, decoders, dims, data["strides"], name)
     data |= up_data
@@ -122,8 +123,38 @@ def _unit(block: nn.Module, residual: bool, where: str) -> dict[str, Any]:
     else:
         raise UnsupportedModelError(f"{where}.conv1: {type(project).__name__} is not a 1x1 conv or the identity")
     layers += [m for s in singles for m in s.children() if isinstance(m, PAIRED)]
+    se = getattr(block, "se_module", None)  # ResNetBlockSE: after the sum's activation
+    if se is not None:
+        layers += _se_layers(se, convs[-1].out_channels, where)
     return {"in_channels": cin, "channels": convs[-1].out_channels, "singles": singles, "layers": layers,
-            "post_act": block.non_linearity, "where": where}  # fmt: skip
+            "post_act": block.non_linearity, "se": se, "where": where}  # fmt: skip
+
+
+def _se_layers(se: nn.Module, channels: int, where: str) -> list[nn.Module]:
+    """The parametric layers of pytorch-3dunet's squeeze-excitation module in unetgen's order
+    (cSE's two linear layers, then sSE's 1x1 conv), checked to be what its constructor builds."""
+    match type(se).__name__:
+        case "ChannelSELayer3D" | "SpatialSELayer3D":
+            parts = [se]
+        case "ChannelSpatialSELayer3D":
+            parts = [se.cSE, se.sSE]
+        case kind:
+            raise UnsupportedModelError(f"{where}.se_module: {kind}; ChannelSELayer3D, SpatialSELayer3D or both")
+    out: list[nn.Module] = []
+    for part in parts:
+        if type(part).__name__ == "ChannelSELayer3D":
+            fcs, r = [part.fc1, part.fc2], part.reduction_ratio
+            hidden = max(1, channels // r)
+            shapes = [(fc.in_features, fc.out_features, fc.bias is not None) for fc in fcs]
+            if shapes != [(channels, hidden, True), (hidden, channels, True)]:
+                raise UnsupportedModelError(f"{where}.se_module: {part} is not the cSE of {channels} channels, r={r}")
+            out += fcs
+        else:
+            conv = part.conv
+            if conv.out_channels != 1 or conv.kernel_size != (1, 1, 1) or conv.bias is None:
+                raise UnsupportedModelError(f"{where}.se_module: {part} is not the sSE's 1x1 conv to one channel")
+            out.append(conv)
+    return out
 
 
 def _conv_of(single: nn.Module, where: str) -> nn.Module:
@@ -223,15 +254,33 @@ def _kernel(singles: list[nn.Module], dims: int, depth: int, name: str) -> dict[
     return {"kernel_size": k[0] if len(set(k)) == 1 else [list(k)] * (depth + 1)}
 
 
-def _check_post_activation(units: list[dict[str, Any]], act: dict[str, Any], name: str) -> None:
-    """A ResNetBlock activates after the sum with its own `non_linearity` (LeakyReLU: slope 0.1)."""
+def _post_activation(units: list[dict[str, Any]], act: dict[str, Any], name: str) -> dict[str, Any]:
+    """A ResNetBlock activates after the sum with its own `non_linearity` (the 'l' orders: LeakyReLU
+    with slope 0.1, where the convs' has 0.01): `post_activation` where it differs from the convs'."""
+    posts = [activation_from_module(u["post_act"], u["where"]) for u in units]
+    if any(p != posts[0] for p in posts):
+        raise UnsupportedModelError(f"{name}: the activations after the residual sums differ between blocks")
+    return {} if posts[0] == act else {"post_activation": posts[0]}
+
+
+def _excitation(units: list[dict[str, Any]], name: str) -> dict[str, Any]:
+    """ResNetBlockSE's `se_module` (the same kind and ratio in every block): `excitation`."""
+    options = set()
     for u in units:
-        post = activation_from_module(u["post_act"], u["where"])
-        if post != act:
-            raise UnsupportedModelError(
-                f"{u['where']}.non_linearity is {post} but its convs use {act}; unetgen activates after the sum "
-                "as after each conv (pytorch-3dunet's 'l' orders: LeakyReLU 0.01 in the convs, 0.1 after the sum)"
-            )
+        se = u["se"]
+        match type(se).__name__:
+            case "NoneType":
+                options.add(None)
+            case "ChannelSELayer3D":
+                options.add((("type", "cse"), ("reduction", se.reduction_ratio)))
+            case "SpatialSELayer3D":
+                options.add((("type", "sse"),))
+            case _:  # ChannelSpatialSELayer3D (checked by _se_layers): the maximum of the two
+                options.add((("type", "scse"), ("reduction", se.cSE.reduction_ratio), ("combine", "max")))
+    if len(options) != 1:
+        raise UnsupportedModelError(f"{name}: its blocks' squeeze-excitation modules differ")
+    option = options.pop()
+    return {} if option is None else {"excitation": dict(option)}
 
 
 def _down(encoders: list[nn.Module], dims: int, name: str) -> dict[str, Any]:

@@ -2,8 +2,8 @@
 
 A converter is a function ``(module, ignore_dropout) -> (config data, peer layers)``: the
 unetgen config (as plain data) of the network `module` computes, and the peer's layers with
-weights or statistics (convs, transposed convs, norms, PReLUs) in the order unetgen's model runs
-its own (`unetgen.analysis.ops.network_ops`). It registers the classes it handles by name and
+weights or statistics (convs, transposed convs, norms, PReLUs, linear layers) in the order
+unetgen's model runs its own (`unetgen.analysis.ops.network_ops`). It registers the classes it handles by name and
 module (a package: its submodules count too), and refuses whatever it cannot express exactly
 with `UnsupportedModelError`::
 

@@ -21,7 +21,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
 from torch.nn.modules.instancenorm import _InstanceNorm
 
-from ..analysis.ops import Act, Conv, NormOp, Op, network_ops
+from ..analysis.ops import Act, Conv, Linear, NormOp, Op, network_ops
 from ..analysis.shapes import InputShapeError
 from ..config.diagnostics import short_repr
 from ..config.options import PReLU
@@ -40,7 +40,7 @@ __all__ = [
     "unetgen_layers",
 ]
 
-PAIRED = (_ConvNd, _BatchNorm, _InstanceNorm, nn.GroupNorm, nn.PReLU)
+PAIRED = (_ConvNd, _BatchNorm, _InstanceNorm, nn.GroupNorm, nn.PReLU, nn.Linear)
 """The layer classes with weights or statistics that a weight copy pairs."""
 
 
@@ -59,6 +59,8 @@ def signature(m: nn.Module) -> tuple[Any, ...]:
         return ("group norm", m.num_groups, m.num_channels, m.eps, m.affine)
     if isinstance(m, nn.PReLU):
         return ("prelu", m.num_parameters)
+    if isinstance(m, nn.Linear):  # a squeeze-and-excitation's (unetgen's ChannelLinear keeps the singleton axes)
+        return ("linear", m.in_features, m.out_features, m.bias is not None)
     raise AssertionError(type(m))
 
 
@@ -68,7 +70,7 @@ def signature(m: nn.Module) -> tuple[Any, ...]:
 
 def _paired_op(op: Op) -> bool:
     """Whether the module of `op` has weights or statistics (a `PAIRED` layer)."""
-    return isinstance(op, (Conv, NormOp)) or (isinstance(op, Act) and isinstance(op.option, PReLU))
+    return isinstance(op, (Conv, NormOp, Linear)) or (isinstance(op, Act) and isinstance(op.option, PReLU))
 
 
 def unetgen_layers(model: UNet) -> list[nn.Module]:
@@ -108,7 +110,7 @@ def copy_paired(source: list[nn.Module], target: list[nn.Module], peer: str) -> 
 def copy_weights(source: nn.Module, target: nn.Module, example_input: torch.Tensor) -> None:
     """Copy the weights and buffers of `source` (any U-Net) into `target` (usually a unetgen
     `UNet` built to match) by pairing their parametric layers (convs, transposed convs, norms,
-    PReLUs) in forward-execution order on `example_input`, checking kinds and shapes, then
+    PReLUs, linear layers) in forward-execution order on `example_input`, checking kinds and shapes, then
     checking each pair numerically in eval mode: where a layer's input in `target` is the
     source's with its channel groups rotated (a concatenation in the other order), the input
     channels of the target's weight are permuted to match. Raises `UnsupportedModelError` naming
@@ -370,6 +372,8 @@ def _check_inputs(
                 continue
             if k in rotated:
                 a = torch.roll(a, -rotated[k], dims=1)
+            if isinstance(tgt_layers[k], nn.Linear) and a.numel() == b.numel():  # (B, C) vs (B, C, 1, ..., 1)
+                a = a.reshape(b.shape)
             if a.shape == b.shape and _close(a, b):
                 continue
             shift = None if k in rotated else _rotation(a, b)
