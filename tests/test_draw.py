@@ -170,7 +170,7 @@ LEGENDS = [
         ["scSE, reduction 2, max of the two) at the end of each encoder block", "then ELU", "(no padding), ReLU"],
     ),
     ({"block": {"type": "plain", "excitation": "sse"}}, ["squeeze-and-excitation (sSE) at the end of each block"]),
-    ({"up": {"type": "transpose", "kernel_size": 3, "size_by": "nearest_resize"}}, ["kernel 3), nearest resize to the stride"]),
+    ({"up": {"type": "transpose", "kernel_size": 3, "size_by": "nearest_resize"}}, ["kernel 3), nearest resize"]),
 ]
 
 

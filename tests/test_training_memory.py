@@ -115,6 +115,10 @@ OPTIONS = {  # (the config it needs, the option): each option the walk follows b
         {"block": {"type": "residual", "excitation": "scse", "post_activation": "leaky_relu"}},
     ),
     "excitation cse, plain": ({}, {"block": {"type": "plain", "excitation": {"type": "cse", "reduction": 2}}}),
+    "dropout every_conv in pre-activation units, no norm (none on the input)": (
+        {**PRE, "norm": "none"},
+        {"dropout": {"rate": 0.2, "placement": "every_conv", "after": "activation"}},
+    ),
     "up norm_act after activation": (
         {"norm_position": "after_activation", "activation": "silu"},
         {"up": {"type": "transpose", "norm_act": True}},

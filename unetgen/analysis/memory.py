@@ -275,7 +275,13 @@ class _Walk:
         return self.new(op.out_channels, shape)
 
     def dropout(self, op: Drop, x: int) -> int:
-        """Dropout keeps its random mask: one value per channel (`spatial`) or per element."""
+        """Dropout keeps its random mask: one value per channel (`spatial`) or per element; none on a
+        tensor that does not require grad (the input, after a pre-activation unit's first
+        activation with `placement: every_conv`)."""
+        if x in self.constant:
+            y = self.like(x)
+            self.constant.add(y)
+            return y
         self.side(_layer(op), self.batch * op.out_channels if op.spatial else self.sizes[x])
         return self.like(x)
 
