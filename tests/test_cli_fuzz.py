@@ -174,7 +174,7 @@ def test_any_command_line_ends_in_0_1_or_2_without_a_traceback(files: dict[str, 
     if code == 2:
         assert sum("error: " in line for line in lines) == 1, err
     elif code == 1 and lines:
-        notes = ("error: ", "plan: ", "memory: ", "resuming: ", "preprocessing: ", "compute: ", "axes ")
+        notes = ("error: ", "plan: ", "memory: ", "resuming: ", "preprocessing: ", "axes ", "instances: ", "compute: ")
         assert all(line.startswith(notes) for line in lines), err
         assert any(line.startswith("error: ") for line in lines)
         assert "internal error" not in err, err

@@ -466,7 +466,7 @@ def test_convert_probes_a_swapped_submodule() -> None:
 
 def test_convert_refuses_a_peer_whose_forward_fails() -> None:
     peer = _small_nnunet()
-    peer.encoder.stages[0][0].convs[0].all_modules.append(nn.Linear(3, 3))  # a shape error in its forward
+    peer.encoder.stages[0][0].convs[0].all_modules.append(nn.Flatten())  # a shape error in its forward (no parameters)
     with pytest.raises(UnsupportedModelError, match=r"its forward fails on an input of shape \(1, 2, 8, 8\)"):
         convert(peer)
 

@@ -59,12 +59,16 @@ from .ops import (
     Conv,
     Crop,
     Drop,
+    GlobalPool,
     Interpolate,
+    Linear,
+    Max,
     Mul,
     NormOp,
     Op,
     Pad,
     Pool,
+    Resize,
     Shuffle,
     Sigmoid,
     Sum,
@@ -273,7 +277,13 @@ class _Walk:
         return self.new(op.out_channels, shape)
 
     def dropout(self, op: Drop, x: int) -> int:
-        """Dropout keeps its random mask: one value per channel (`spatial`) or per element."""
+        """Dropout keeps its random mask: one value per channel (`spatial`) or per element; none on a
+        tensor that does not require grad (the input, after a pre-activation unit's first
+        activation with `placement: every_conv`)."""
+        if x in self.constant:
+            y = self.like(x)
+            self.constant.add(y)
+            return y
         self.side(_layer(op), self.batch * op.out_channels if op.spatial else self.sizes[x])
         return self.like(x)
 
@@ -296,7 +306,7 @@ class _Walk:
                 return self.dropout(op, x)
             case Pool():
                 return self.pool(op, x, shape)
-            case Interpolate() | Shuffle() | Pad() | Sum() | Cat():  # keep nothing (the shuffle copies a view)
+            case Interpolate() | Resize() | Shuffle() | Pad() | Sum() | Cat():  # keep nothing (shuffle: copies a view)
                 return self.new(op.out_channels, shape)
             case Sigmoid():  # keeps its output
                 y = self.new(op.out_channels, shape)
@@ -305,6 +315,15 @@ class _Walk:
             case Mul():  # keeps both factors
                 self.save(_layer(op), self.keys[op.inputs[1]])
                 self.save(_layer(op), x)
+                return self.new(op.out_channels, shape)
+            case GlobalPool():  # a mean over space: keeps nothing
+                return self.new(op.out_channels, shape)
+            case Linear():  # keeps its input (flattened: a view), the weight is a parameter
+                self.save(_layer(op), x)
+                return self.new(op.out_channels, shape)
+            case Max():  # keeps both inputs
+                self.save(_layer(op), x)
+                self.save(_layer(op), self.keys[op.inputs[1]])
                 return self.new(op.out_channels, shape)
             case Crop():  # a view of its input
                 if op.part == "merge":

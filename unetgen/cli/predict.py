@@ -139,6 +139,8 @@ def _describe(options: dict[str, Any]) -> str:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    if getattr(args, "min_size", 0) and getattr(args, "output_type", None) != "instances":
+        raise UsageError("--min-size applies to --output-type instances only")
     if _is_large(args):  # zarr/TIFF images, Dask: out-of-core, resumable (docs/large-images.md)
         return cmd_predict_large(args)
     import torch
@@ -184,12 +186,17 @@ def cmd_predict(args: argparse.Namespace) -> int:
     plan = plan_tiles(cfg, tuple(image.shape[-cfg.spatial_dims :]), **options, dtype=dtype)
     note(f"plan: {plan.summary()}")
     read = image.read_bytes(plan.tile_input) if spec is not None else 0  # the float windows
+    labelling = 0
+    if args.output_type == "instances":
+        from ..predict.instances import labelling_bytes
+
+        labelling = labelling_bytes(plan.image_shape, images=images, in_memory=True)
     options_memory = dict(
         images=images, output_type=args.output_type, dtype=dtype, weights_loaded=model is not None,
         read_bytes=read, chunked_input=spec is not None,
     )  # fmt: skip
-    check_memory(cfg, plan, **options_memory, memory_limit=limit)  # type: ignore[arg-type]
-    _memory_note(cfg, plan, options_memory, limit)
+    check_memory(cfg, plan, **options_memory, labelling_bytes=labelling, memory_limit=limit)  # type: ignore[arg-type]
+    _memory_note(cfg, plan, options_memory, limit, labelling)
     note(_describe(inference))
     if args.dry_run:
         return 0
@@ -202,10 +209,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
         output_type=args.output_type,
         memory_limit=limit,
         preprocessing=False,  # applied above, or turned off
+        min_size=args.min_size,
         **inference,
     )
     letters, pixel = _output_axes(cfg, view, model, args.output_type, result.dim())
     write_image(args.output, result.cpu().numpy(), letters, pixel)
+    if args.output_type == "instances":
+        objects = [int(r.max()) for r in result.reshape(-1, *result.shape[-cfg.spatial_dims :]).cpu().numpy()]
+        note(f"instances: {objects[0] if len(objects) == 1 else objects} objects (face-connected foreground, "
+             f"min size {args.min_size})")  # fmt: skip
     dtype_name = str(result.dtype).removeprefix("torch.")
     note(f"wrote {show(args.output)}: {args.output_type}, shape {tuple(result.shape)}, {dtype_name}")
     return 0
@@ -225,7 +237,7 @@ def _output_axes(cfg: UNetConfig, view: Any, model: Any, output_type: str, ndim:
     from ..predict.axes import SPATIAL, Axes, LaidOut
 
     spatial = view.axes.spatial if isinstance(view, LaidOut) else SPATIAL[-cfg.spatial_dims :]
-    letters = ("" if output_type == "labels" else "c") + spatial
+    letters = ("" if output_type in ("labels", "instances") else "c") + spatial
     letters = ("b" + letters) if ndim == len(letters) + 1 else letters
     found = view.axes if isinstance(view, LaidOut) else None
     spec = getattr(model, "preprocessing", None)
@@ -236,17 +248,20 @@ def _output_axes(cfg: UNetConfig, view: Any, model: Any, output_type: str, ndim:
     return letters, found
 
 
-def _memory_note(cfg: UNetConfig, plan: Any, options: dict[str, Any], limit: int | None) -> None:
-    """The estimated peak of this process: what it holds now plus what the prediction adds."""
+def _memory_note(cfg: UNetConfig, plan: Any, options: dict[str, Any], limit: int | None, labelling: int = 0) -> None:
+    """The estimated peak of this process: what it holds now plus what the prediction adds (and
+    `labelling`: what turning class labels into instances holds)."""
     from ..predict.allocator import resident_bytes
     from ..predict.plan import DEFAULT_MEMORY_LIMIT, estimate_memory, format_bytes
 
     est = estimate_memory(cfg, plan, **options)
+    total = est.total + labelling
+    parts = est.summary() + (f", instance labelling {format_bytes(labelling)}" if labelling else "")
     now = resident_bytes()
     limit = DEFAULT_MEMORY_LIMIT if limit is None else limit
     note(
-        f"memory: ~{format_bytes(now + est.total)} at the peak: {format_bytes(now)} this process holds now "
-        f"+ ~{format_bytes(est.total)} for the prediction ({est.summary()}); the prediction's share is "
+        f"memory: ~{format_bytes(now + total)} at the peak: {format_bytes(now)} this process holds now "
+        f"+ ~{format_bytes(total)} for the prediction ({parts}); the prediction's share is "
         f"limited to {format_bytes(limit)} (--memory-limit)"
     )
 
@@ -277,6 +292,9 @@ def cmd_predict_large(args: argparse.Namespace) -> int:
     output_type = getattr(args, "output_type", None) or "logits"
     plan_options = dict(tile_size=tile, batch_size=args.batch_size, overlap=args.overlap)
     options = dict(**plan_options, blend=args.blend, output_type=output_type, block_shape=block)
+    min_size = getattr(args, "min_size", 0)
+    if output_type == "instances":
+        options["min_size"] = min_size
     options.update(_inference_options(args, read_config(args.config)))
     try:
         with _notes():
@@ -286,6 +304,9 @@ def cmd_predict_large(args: argparse.Namespace) -> int:
     if out is None:  # --dry-run
         return 0
     record = out.attrs.get(Journal.KEY, {})
+    found = out.attrs.get("unetgen_instances")
+    if output_type == "instances" and isinstance(found, dict):
+        note(f"instances: {found.get('objects')} objects (face-connected foreground, min size {min_size})")
     note(
         f"wrote {show(args.output)}: shape {tuple(out.shape)}, {out.dtype}, chunks {tuple(out.chunks)}; "
         f"{record.get('completed', '?')}/{record.get('blocks', '?')} blocks complete"
@@ -360,13 +381,21 @@ def _predict_large(args: argparse.Namespace, plan_options: dict[str, Any], optio
     note(f"plan: {plan.summary()}")
     limit = {} if args.memory_limit is None else {"memory_limit": args.memory_limit}
     chunked = isinstance(source, ArraySource)
+    labelling = 0
+    if options["output_type"] == "instances":
+        from ..predict.geometry import default_block_shape
+        from ..predict.instances import labelling_bytes
+
+        block = options["block_shape"] or default_block_shape(plan)
+        block = (block,) * len(plan.image_shape) if isinstance(block, int) else tuple(block)
+        labelling = labelling_bytes(plan.image_shape, in_memory=False, block_shape=block)
     estimate = dict(
         images=images, output_type=options["output_type"], dtype=dtype, allocate_result=False,
         read_bytes=source.read_bytes(plan.tile_input) if chunked else 0, chunked_input=chunked,
         encoded_output=True, block_shape=options["block_shape"],
     )  # fmt: skip
-    check_memory(model, plan, **estimate, **limit)  # before the output is created
-    _memory_note(model.config, plan, estimate, args.memory_limit)
+    check_memory(model, plan, **estimate, **limit, labelling_bytes=labelling)  # before the output is created
+    _memory_note(model.config, plan, estimate, args.memory_limit, labelling)
     if args.scheduler is not None or args.workers is not None:
         note("memory: that is per process: the client and each Dask worker process hold their own")
     note(_describe(options))

@@ -38,12 +38,13 @@ from ..reprs import short_repr
 from .arrays import create_output, open_image, open_output
 from .inference import check_amp, check_optimize, inference_model, mirror_axes
 from .journal import Journal
-from .options import Amp, Blend, OutputType, Tta
+from .options import Amp, Blend, OutputType, Tta, check_min_size
 from .ownership import check_apart, is_local, output_lock, storage_path
-from .plan import TilePlan
+from .plan import TilePlan, plan_tiles
 from .preprocess import Normalizer, PreprocessingArg, prepare_input, spec_of
 from .run import Job, prepare, run
 from .sinks import stored_record
+from .sources import spatial_shape
 
 __all__ = [
     "MAX_TASKS_IN_FLIGHT",
@@ -154,6 +155,7 @@ def predict_distributed(
     callback: Callable[[Sequence[int]], None] | None = None,
     axes: str | None = None,
     preprocessing: PreprocessingArg = None,
+    min_size: int = 0,
     optimize: bool = True,
     amp: Amp | None = None,
     tta: Tta | None = None,
@@ -179,6 +181,9 @@ def predict_distributed(
     or a spec): the client measures each image's statistics once (`prepare_input`) and sends the
     fixed numbers with every task, so that every block is normalised alike and no worker reads
     the image to measure again; the numbers are part of the output's resume fingerprint.
+    `output_type="instances"` (with `min_size`): the cluster predicts the class labels into a
+    temporary zarr array beside `out` (on a local or shared disk), which this process then labels
+    into `out` block by block (`unetgen.predict.instances`) and removes.
     `optimize` (default True: each worker process makes its model's inference fast path once,
     see `worker_model`), `amp`, `tta` and `tta_axes` are `predict_tiled`'s (`amp` is checked on
     the client against `device`). Returns the zarr array.
@@ -191,6 +196,7 @@ def predict_distributed(
         raise ValueError(f"blocks_per_task={short_repr(blocks_per_task)} must be a positive int")
     if client is not None and workers is not None:
         raise ValueError("give client or workers, not both: workers starts a local cluster")
+    check_min_size(min_size, output_type)
     model = load_unet(checkpoint, device="cpu").eval()  # the plan and the fingerprint; tasks load their own
     if amp is not None:  # here the value and the device's type; on the workers their GPU too
         try:
@@ -210,6 +216,13 @@ def predict_distributed(
         normalizers = list(getattr(source, "normalizers", None) or [source.normalizer])
         sent = (spec.model_dump(mode="json"), normalizers)
     plan_options = dict(tile_size=tile_size, batch_size=batch_size, overlap=overlap, memory_budget=memory_budget)
+    if output_type == "instances":
+        everything = dict(
+            client=client, workers=workers, blend=blend, blocks_per_task=blocks_per_task, device=device,
+            resume=resume, progress=progress, callback=callback, axes=axes, preprocessing=preprocessing, **plan_options,
+            optimize=optimize, amp=amp, tta=tta, tta_axes=tta_axes,
+        )  # fmt: skip
+        return _predict_instances(checkpoint, model, image, source, out, block_shape, min_size, everything)
     with output_lock(Path(os.path.abspath(out)) if is_local(out) else storage_path(out)):
         if is_local(out):
             target = create_output(out, model, source, output_type=output_type, block_shape=block_shape, **plan_options)
@@ -234,6 +247,43 @@ def predict_distributed(
             show = progress and sys.stderr.isatty()
             _run_tasks(client, args, job, journal, blocks_per_task, device, show, callback, axes)
     return target
+
+
+def _predict_instances(
+    checkpoint: str | os.PathLike[str],
+    model: nn.Module,
+    image: Any,
+    source: Any,
+    out: Any,
+    block_shape: Any,
+    min_size: int,
+    options: dict[str, Any],
+) -> Any:
+    """Instances on a cluster: its class labels into the temporary beside `out`, labelled here."""
+    from .instances import predict_chunked, temporary_path
+
+    plan_keys = ("tile_size", "batch_size", "overlap", "memory_budget")
+    plan_options = {k: options[k] for k in plan_keys}
+    local = Path(os.path.abspath(out)) if is_local(out) else storage_path(out)
+    if local is None:
+        raise ValueError(
+            "output_type='instances' on a cluster writes its class labels to a temporary beside out: give out as "
+            "a path (or a zarr array) on a local or shared disk"
+        )
+    with output_lock(local):
+        target = out
+        if is_local(out):
+            target = create_output(out, model, source, output_type="instances", block_shape=block_shape, **plan_options)
+        check_apart(source, target)
+        block = block_shape if block_shape is not None else tuple(target.chunks)[-model.config.spatial_dims :]
+        dtype = next(model.parameters()).dtype
+        plan = plan_tiles(model, spatial_shape(model.config, source), **plan_options, dtype=dtype)
+        temp = str(temporary_path(local))  # a path: the workers open it themselves
+
+        def predict_classes(classes: Any) -> None:
+            predict_distributed(checkpoint, image, temp, output_type="labels", block_shape=block, **options)
+
+        return predict_chunked(model, source, target, block, plan, min_size, options["resume"], None, predict_classes)
 
 
 MAX_TASKS_IN_FLIGHT = 1024

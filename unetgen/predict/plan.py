@@ -455,7 +455,7 @@ def estimate_memory(
     in_place = allocate_result and output_type == "logits"
     pixels = images * math.prod(plan.image_shape)
     final = output_dtype(output_type, c_out, dtype).itemsize
-    result = pixels * (1 if output_type == "labels" else c_out) * final if allocate_result else 0
+    result = pixels * (1 if output_type in ("labels", "instances") else c_out) * final if allocate_result else 0
     shape = (
         None
         if block_shape is None
@@ -471,7 +471,7 @@ def estimate_memory(
             conversion = 0 if blended else c_out * block_px * item
         case _:
             conversion = 0
-    encoded = 2 * block_px * (1 if output_type == "labels" else c_out) * final if encoded_output else 0
+    encoded = 2 * block_px * (1 if output_type in ("labels", "instances") else c_out) * final if encoded_output else 0
     blocks = buffer + conversion + encoded + 2 * one_tile  # a tile's share, weighted (same padding)
     window = config.in_channels * math.prod(plan.tile_input) * item
     reads = read_bytes + (3 if chunked_input else 2) * window
@@ -501,13 +501,16 @@ def check_memory(
     memory_limit: int | None = None,
     allocate_result: bool = True,
     read_bytes: int = 0,
+    labelling_bytes: int = 0,
     **options: object,
 ) -> int:
     """The estimated peak bytes `predict_tiled` needs for `images` images planned as `plan`, on
     top of the process as it is (`estimate_memory`'s total; `options` are its other keywords).
     Raises `ValueError` with the estimate when it exceeds `memory_limit` (default
     `DEFAULT_MEMORY_LIMIT`, 16 GiB), before anything is allocated. Not counted: the image when
-    it is already in memory, the weights and the libraries (the process's baseline)."""
+    it is already in memory, the weights and the libraries (the process's baseline). `labelling_bytes`:
+    what turning class labels into instance labels holds (`unetgen.predict.instances.labelling_bytes`),
+    added to the peak."""
     limit = DEFAULT_MEMORY_LIMIT if memory_limit is None else positive_int("memory_limit", memory_limit)
     est = estimate_memory(
         model,
@@ -519,19 +522,26 @@ def check_memory(
         read_bytes=read_bytes,
         **options,  # type: ignore[arg-type]
     )
-    if est.total > limit:
+    total = est.total + labelling_bytes
+    if total > limit:
         batch = min(plan.batch_size, positive_int("images", images) * plan.num_tiles)
         tiles, result = est.tiles + est.predictions, est.result
         fix = "use a smaller tile_size or batch_size"
         if result > tiles:
-            fix = "predict fewer images at once" + (", or output_type='labels'" if output_type != "labels" else "")
+            fix = "predict fewer images at once" + (
+                ", or output_type='labels'" if output_type not in ("labels", "instances") else ""
+            )
         if read_bytes > max(tiles, result):
             fix = "store the image in smaller chunks (tiles or strips about the tile's size)"
         reads = f"; input chunks decoded per tile: {format_bytes(read_bytes)}" if read_bytes else ""
+        if labelling_bytes:
+            reads += f"; instance labelling: {format_bytes(labelling_bytes)}"
+            if labelling_bytes > max(tiles, result, read_bytes):
+                fix = "write the instances to a .zarr output (labelled block by block), or use smaller blocks"
         raise ValueError(
-            f"predicting needs about {format_bytes(est.total)} (tiles: {format_bytes(tiles)} for a batch of {batch} "
+            f"predicting needs about {format_bytes(total)} (tiles: {format_bytes(tiles)} for a batch of {batch} "
             f"tiles of {'x'.join(map(str, plan.tile_input))}; result: {format_bytes(result)}{reads}), more than "
             f"memory_limit={limit} bytes ({format_bytes(limit)}); {fix}, or raise memory_limit if the machine has "
             "the memory"
         )
-    return est.total
+    return total

@@ -45,7 +45,17 @@ from ..reprs import short_repr
 from .geometry import AxisBlocks, AxisTiles, axis_blocks, axis_tiles, default_block_shape
 from .inference import autocast, check_amp, check_optimize, inference_model, mirror_axes, mirror_flips
 from .journal import Journal
-from .options import Amp, Blend, OutputType, Tta, config_of, is_int_tuple, output_dtype, positive_ints
+from .options import (
+    Amp,
+    Blend,
+    OutputType,
+    Tta,
+    check_min_size,
+    config_of,
+    is_int_tuple,
+    output_dtype,
+    positive_ints,
+)
 from .ownership import check_apart, check_folder, output_lock, storage_path
 from .plan import TilePlan, check_memory, plan_tiles
 from .preprocess import PREPARED, PreprocessingArg, prepare_input, spec_of
@@ -194,7 +204,11 @@ def prepare(
     if blend not in ("gaussian", "constant"):
         raise ValueError(f"blend={short_repr(blend)} must be 'gaussian' or 'constant'")
     if output_type not in ("logits", "probabilities", "labels"):
-        raise ValueError(f"output_type={short_repr(output_type)} must be 'logits', 'probabilities' or 'labels'")
+        also = " (instances: predict_tiled, which labels the class labels it predicts)"
+        raise ValueError(
+            f"output_type={short_repr(output_type)} must be 'logits', 'probabilities' or 'labels'"
+            + (also if output_type == "instances" else "")
+        )
     try:
         target = None if device is None else torch.device(device)
     except (TypeError, ValueError, RuntimeError) as err:
@@ -428,6 +442,7 @@ def predict_tiled(
     callback: Callable[[int, tuple[int, ...]], None] | None = None,
     memory_limit: int | None = None,
     preprocessing: PreprocessingArg = None,
+    min_size: int = 0,
     optimize: bool = True,
     amp: Amp | None = None,
     tta: Tta | None = None,
@@ -462,8 +477,12 @@ def predict_tiled(
 
     `output_type`: "logits" (the model's output, its dtype), "probabilities" (softmax over the
     channels; sigmoid for one channel) or "labels" (argmax over the channels; logit > 0 for one
-    channel; uint8, or uint16 beyond 256 classes; no channel axis). Same padding blends the
-    tiles' probabilities (labels: the argmax of the blended probabilities, > 0.5 for one channel).
+    channel; uint8, or uint16 beyond 256 classes; no channel axis), or "instances" (the face-connected
+    components of the labels' foreground, every non-zero class; uint32 ids 1..n in raster order
+    of each object's first voxel, 0 background; objects of fewer than `min_size` voxels removed:
+    `unetgen.predict.instances`; a zarr `out` on a local disk is labelled block by block, equal to
+    the in-memory result). Same padding blends the tiles' probabilities (labels: the argmax of the
+    blended probabilities, > 0.5 for one channel).
 
     `out`: where to write the result, a writable array of the result's shape (a tensor, a NumPy
     array or memmap, a zarr array: `unetgen.arrays.create_output` makes one with aligned chunks);
@@ -520,6 +539,7 @@ def predict_tiled(
     The fingerprint of resumable runs includes `optimize`, `amp` and the mirrored axes.
     """
     options = dict(tile_size=tile_size, batch_size=batch_size, overlap=overlap, memory_budget=memory_budget)
+    check_min_size(min_size, output_type)
     if out is not None:
         check_apart(image, out)
     spec = spec_of(model, preprocessing)
@@ -527,6 +547,14 @@ def predict_tiled(
         if device is None and isinstance(image, torch.Tensor):
             device = image.device  # the result where it would be without a spec
         image = prepare_input(config_of(model), image, spec)  # lazy: windows normalised as read
+    if output_type == "instances":
+        from .instances import predict_instances
+
+        return predict_instances(
+            model, image, out=out, min_size=min_size, plan_options=options, blend=blend, block_shape=block_shape,
+            device=device, memory_limit=memory_limit, resume=resume, journal=journal, callback=callback,
+            progress=progress, inference=dict(optimize=optimize, amp=amp, tta=tta, tta_axes=tta_axes),
+        )  # fmt: skip
     job, source, sink = prepare(
         model,
         image,
