@@ -268,3 +268,14 @@ def test_cli_flags(tmp_path, capsys) -> None:
             assert main([*base, "--output", str(tmp_path / "c.npy"), *flags]) == 2
         assert message in capsys.readouterr().err
     assert not (tmp_path / "c.npy").exists() and math.isfinite(float(np.load(tmp_path / "b.npy").sum()))
+
+
+def test_instances_are_labelled_from_the_mirrored_prediction() -> None:
+    torch.manual_seed(3)
+    model = build_unet({"depth": 1, "base_channels": 2, "out_channels": 2, "padding": "same"}).eval()
+    image = torch.randn(1, 32, 32)
+    mirrored = predict_tiled(model, image, output_type="labels", tta="flip", progress=False)
+    plain = predict_tiled(model, image, output_type="labels", progress=False)
+    assert not torch.equal(mirrored, plain)  # so that the check below tells them apart
+    instances = predict_tiled(model, image, output_type="instances", tta="flip", progress=False)
+    assert torch.equal(instances.long() > 0, mirrored.long() > 0)
