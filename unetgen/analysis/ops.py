@@ -36,6 +36,7 @@ from ..config.options import (
     Block,
     Concat,
     ConvDown,
+    ConvHead,
     Dropout,
     FirstConvDown,
     GroupNorm,
@@ -49,6 +50,7 @@ from ..config.options import (
     PixelShuffleUp,
     PReLU,
     ResidualBlock,
+    TransposeHead,
     TransposeUp,
 )
 from ..config.unet_config import Stage, UNetConfig
@@ -282,6 +284,18 @@ class _Walk:
     level: int = 0
     part: Part = "encoder"
     segment: str | None = None
+    norm_option: Norm | None = None
+    """The norm of the convs walked now (a decoder block's `decoder_norm`); None: the config's."""
+    act_option: Activation | None = None
+    """The activation of the convs walked now; None: the config's."""
+
+    @property
+    def norm_type(self) -> Norm:
+        return self.norm_option if self.norm_option is not None else self.config.norm
+
+    @property
+    def act_type(self) -> Activation:
+        return self.act_option if self.act_option is not None else self.config.activation
 
     def add(self, cls: type[Op], module: str | None, inputs: tuple[int, ...], cin: int, cout: int, **kw: object) -> int:
         self.ops.append(
@@ -332,14 +346,14 @@ class _Walk:
         return self.add(Conv, module, (x,), self.channels(x), cout, transposed=True, **kw)  # type: ignore[arg-type]
 
     def norm(self, module: str, x: int) -> int | None:
-        option = self.config.norm
+        option = self.norm_type
         if isinstance(option, NoNorm):
             return None
         c = self.channels(x)
         return self.add(NormOp, module, (x,), c, c, option=option, source=option)
 
     def act(self, module: str, x: int, *, inplace: bool = True) -> int:
-        option = self.config.activation
+        option = self.act_type
         supported = not isinstance(option, (GELU, PReLU))  # layers.activation: torch has no in-place form
         c = self.channels(x)
         return self.add(Act, module, (x,), c, c, option=option, inplace=inplace and supported, source=option)
@@ -353,7 +367,7 @@ class _Walk:
 
     def norm_at(self, prefix: str, index: int, x: int) -> tuple[int, int]:
         """The norm (if any) as module `prefix.index`: the last op and the next free index."""
-        if isinstance(self.config.norm, NoNorm):
+        if isinstance(self.norm_type, NoNorm):
             return x, index
         return self.norm(f"{prefix}.{index}", x), index + 1  # type: ignore[return-value]
 
@@ -389,7 +403,8 @@ class _Walk:
         pre, residual = option.preactivation, isinstance(option, ResidualBlock)
         same = c.padding == "same"
         norm_after = c.norm_position == "after_activation"
-        has_norm = not isinstance(c.norm, NoNorm)
+        has_norm = not isinstance(self.norm_type, NoNorm)
+        after_sum = residual and option.last_activation == "after_sum"  # type: ignore[union-attr]
         stride = stage.first_stride
         strided = any(s != 1 for s in stride)
         h, index = x, 0
@@ -410,8 +425,8 @@ class _Walk:
                 # activation first (no norm, or norm_after): in place it would overwrite the block's input
                 h, index = self.norm_act(body, index, h, inplace=has_norm and not norm_after)
                 h, index = conv(f"{body}.{index}", h), index + 1
-            else:  # a residual block's last conv is activated after the sum
-                h, index = self.with_norm_act(body, index, h, conv, activate=not (residual and j == last))
+            else:  # a residual block's last conv is activated after the sum (`last_activation`)
+                h, index = self.with_norm_act(body, index, h, conv, activate=not (after_sum and j == last))
         if not residual:
             return h
         assert isinstance(option, ResidualBlock)
@@ -420,6 +435,12 @@ class _Walk:
         s, k = identity, 0
         projected = False
         match option.shortcut:
+            case "conv" if cin != cout or strided:  # the block's kernel where it strides, else 1x1; no norm
+                kernel = stage.kernel if strided else 1
+                s = self.conv(
+                    f"{path}.shortcut.0", s, cout, kernel, stride=stride, same=strided, bias=c.conv_bias, source=option
+                )
+                k = 1
             case "projection" if cin != cout or strided:
                 s = self.conv(f"{path}.shortcut.0", s, cout, 1, stride=stride, bias=c.conv_bias or pre, source=option)
                 k, projected = 1, True
@@ -444,7 +465,7 @@ class _Walk:
         if projected and not pre and has_norm:
             s = self.norm(f"{path}.shortcut.{k}", s)  # type: ignore[assignment]
         h = self.add(Sum, None, (h, s), cout, cout, source=option)
-        return h if pre else self.act(f"{path}.post_act", h)
+        return self.act(f"{path}.post_act", h) if after_sum and not pre else h
 
     def block(self, path: str, row_prefix: str, stage: Stage, x: int, option: Block, dropout: bool) -> int:
         """A level's block: one `ConvBlock` per unit (`blocks_per_level`), dropout after the last."""
@@ -467,15 +488,18 @@ class _Walk:
         cout, stride, option = lay.up_channels[i], lay.strides[i], c.up
         row = f"up{i}"
         match option:
-            case TransposeUp(bias=bias, kernel_size=k, norm_act=norm_act):
+            case TransposeUp(bias=bias, kernel_size=k, norm_act=norm_act, residual_unit=unit):
                 if k is None:  # kernel = stride: no padding
                     kw = dict(kernel=stride, padding=(0,) * n, output_padding=(0,) * n)
                 else:  # padded by k // 2, output padding stride - 1: out = in * stride
                     kw = dict(kernel=(k,) * n, padding=(k // 2,) * n, output_padding=tuple(s - 1 for s in stride))
-                conv = partial(self.transposed, cout=cout, stride=stride, bias=bias, row=row, source=option, **kw)
-                if not norm_act:
-                    return conv(path, x)
-                return self.with_norm_act(path, 0, x, conv)[0]
+                rows = dict(row=None) if unit else dict(row=row)
+                conv = partial(self.transposed, cout=cout, stride=stride, bias=bias, source=option, **kw, **rows)
+                up = f"{path}.up" if unit else path
+                x = conv(up, x) if not norm_act else self.with_norm_act(up, 0, x, conv)[0]
+                if unit:  # conv, norm, activation, added to the up-sampled map
+                    x = self.residual_unit(f"{path}.unit", x, c.layout.decoder[i].kernel, row=row, source=option)
+                return x
             case NearestUp(conv=when) | LinearUp(conv=when):
                 if when == "always" or self.channels(x) != cout:  # the 1x1 conv runs first, on the coarser map
                     x = self.conv(f"{path}.1", x, cout, 1, source=option)
@@ -525,6 +549,19 @@ class _Walk:
                 return x
         raise AssertionError(f"unhandled up {option!r}")
 
+    def residual_unit(
+        self, path: str, x: int, kernel: tuple[int, ...], *, activate: bool = True, row: str | None, source: object
+    ) -> int:
+        """`x` plus a same-padded conv of it (with its norm and activation if `activate`), as the
+        modules `path.0`, ...: MONAI's one-conv ResidualUnit after an up-sampling."""
+        cout = self.channels(x)
+        conv = partial(self.conv, cout=cout, kernel=kernel, same=True, bias=self.config.conv_bias, source=source)
+        if activate:
+            h = self.with_norm_act(path, 0, x, conv)[0]
+        else:
+            h = conv(f"{path}.0", x)
+        return self.add(Sum, None, (h, x), cout, cout, row=row, source=source)
+
     def merge(self, path: str, skip: int, up: int, i: int) -> int:
         """The skip, centre-cropped to the up-sampled map, merged with it (`SkipMerge`)."""
         option, row = self.config.merge, f"merge{i}"
@@ -538,15 +575,19 @@ class _Walk:
                 return self.add(Cat, None, (up, crop), cu + cs, cu + cs, row=row, source=option)
             case Concat():
                 return self.add(Cat, None, (crop, up), cs + cu, cs + cu, row=row, source=option)
-            case AttentionGate():
+            case AttentionGate(psi_norm=psi_norm, branch_order=order):
                 inter, gate = self.config.attention_channels[i], f"{path}.gate"
-                wx = self.conv(f"{gate}.w_x.0", crop, inter, 1, source=option)
-                wx = self.norm(f"{gate}.w_x.1", wx) or wx
-                wg = self.conv(f"{gate}.w_g.0", up, inter, 1, source=option)
-                wg = self.norm(f"{gate}.w_g.1", wg) or wg
+                projected = {}
+                for branch in ("w_x", "w_g") if order == "skip_first" else ("w_g", "w_x"):
+                    h = self.conv(f"{gate}.{branch}.0", crop if branch == "w_x" else up, inter, 1, source=option)
+                    projected[branch] = self.norm(f"{gate}.{branch}.1", h) or h
+                wx, wg = projected["w_x"], projected["w_g"]
                 a = self.act(f"{gate}.act", self.add(Sum, None, (wx, wg), inter, inter, source=option))
                 psi = self.conv(f"{gate}.psi.0", a, 1, 1, source=option)
-                alpha = self.add(Sigmoid, f"{gate}.psi.1", (psi,), 1, 1, source=option)  # (B, 1, *S) in [0, 1]
+                k = 1
+                if psi_norm and not isinstance(self.config.norm, NoNorm):
+                    psi, k = self.norm(f"{gate}.psi.1", psi), 2  # type: ignore[assignment]
+                alpha = self.add(Sigmoid, f"{gate}.psi.{k}", (psi,), 1, 1, source=option)  # (B, 1, *S) in [0, 1]
                 gated = self.add(Mul, None, (crop, alpha), cs, cs, source=option)
                 return self.add(Cat, None, (gated, up), cs + cu, cs + cu, row=row, source=option)
         raise AssertionError(f"unhandled merge {option!r}")
@@ -562,7 +603,8 @@ def network_ops(config: UNetConfig) -> tuple[Op, ...]:
     for i, stage in enumerate(lay.encoder):
         path = "bottleneck" if i == depth else f"encoder.{i}"
         w.level, w.segment = i, path
-        if i > 0 and not isinstance(c.down, FirstConvDown):  # first_conv: the block's first conv strides
+        same_level = i == depth and not c.resample_bottleneck  # no down-sampling into the bottleneck
+        if i > 0 and not isinstance(c.down, FirstConvDown) and not same_level:  # first_conv: the block's conv strides
             w.part, stride, ch, row = "down", lay.strides[i - 1], w.channels(x), f"down{i - 1}"
             match c.down:
                 case MaxPool() | AvgPool():
@@ -595,10 +637,12 @@ def network_ops(config: UNetConfig) -> tuple[Op, ...]:
     for i in reversed(range(depth)):
         path = f"decoder.{i}"
         w.level, w.segment, w.part = i, path, "up"
-        up = w.up(f"{path}.up", x, i)
+        up = x if i == depth - 1 and not c.resample_bottleneck else w.up(f"{path}.up", x, i)  # else as it is
         x = w.merge(f"{path}.merge", skips[i], up, i)
         w.part = "decoder"
+        w.norm_option, w.act_option = c.decoder_norm, c.decoder_activation
         x = w.block(f"{path}.block", f"dec{i}", lay.decoder[i], x, c.decoder_block_type, lay.decoder_dropout[i])
+        w.norm_option = w.act_option = None
         if i in c.deep_supervision:
             w.part, w.segment = "aux", None
             w.add(
@@ -615,7 +659,21 @@ def network_ops(config: UNetConfig) -> tuple[Op, ...]:
                 training_only=True,
             )
     w.level, w.segment, w.part = 0, None, "head"
-    w.conv("head", x, c.out_channels, 1, row="head")
+    match c.head:
+        case ConvHead(kernel_size=k):
+            w.conv("head", x, c.out_channels, k, same=c.padding == "same", row="head", source=c.head)
+        case TransposeHead(kernel_size=k, bias=bias, norm_act=norm_act, residual_unit=unit):
+            s, n = lay.stem_stride, c.spatial_dims  # up-samples level 0 by the stem stride: the input's resolution
+            conv = partial(
+                w.transposed, cout=c.out_channels, stride=s, kernel=(k,) * n, padding=(k // 2,) * n,
+                output_padding=tuple(v - 1 for v in s), bias=bias, row=None if unit else "head", source=c.head,
+            )  # fmt: skip
+            up = "head.up" if unit else "head"
+            x = conv(up, x) if not norm_act else w.with_norm_act(up, 0, x, conv)[0]
+            if unit:  # a conv alone (MONAI: the network's last conv), added to its input
+                w.residual_unit("head.unit", x, lay.encoder[0].kernel, activate=False, row="head", source=c.head)
+        case _:
+            raise AssertionError(f"unhandled head {c.head!r}")
     return tuple(w.ops)
 
 

@@ -184,11 +184,26 @@ class ResidualBlock(_Model):
     type: Literal["residual"] = "residual"
     preactivation: bool = False
     """Pre-activation residual unit (norm, activation, conv; no activation after the sum)."""
-    shortcut: Literal["projection", "resnet_d"] = "projection"
+    shortcut: Literal["projection", "resnet_d", "conv"] = "projection"
     """The identity path where channels or size change: `projection` = a 1x1 conv (strided like
     the block) + norm (He et al. 2016; MONAI's UnetResBlock); `resnet_d` = average pooling
     (kernel = stride, ceil mode) where the block strides, then a 1x1 conv without bias + norm
-    where the channels change (He et al. 2019, "ResNet-D"; nnU-Net's BasicBlockD)."""
+    where the channels change (He et al. 2019, "ResNet-D"; nnU-Net's BasicBlockD); `conv` = a conv
+    without norm: with the block's kernel, stride and same padding where the block strides, 1x1
+    where only the channels change (MONAI's ResidualUnit)."""
+    last_activation: Literal["after_sum", "before_sum"] = "after_sum"
+    """Where the last conv's activation goes: `after_sum` (He et al. 2016: norm, sum, activation)
+    or `before_sum` (every conv keeps its norm and activation and nothing follows the sum, as in
+    MONAI's ResidualUnit). Pre-activation blocks have neither."""
+
+    @model_validator(mode="after")
+    def _before_sum(self) -> ResidualBlock:
+        if self.preactivation and self.last_activation == "before_sum":
+            raise ValueError(
+                "block.last_activation='before_sum' is for post-activation blocks; a pre-activation block "
+                "(preactivation: true) has no activation around the sum: drop one of the two"
+            )
+        return self
 
 
 Block = Annotated[PlainBlock | ResidualBlock, Field(discriminator="type"), BareString()]
@@ -221,6 +236,13 @@ class AttentionGate(_Model):
     type: Literal["attention"] = "attention"
     inter_channels: int | None = Field(None, ge=1, le=MAX_CHANNELS)
     """Channels of the gate's intermediate map; default half the skip's channels (at least 1)."""
+    psi_norm: bool = False
+    """Normalise the one-channel map psi (the config's norm) before its sigmoid (MONAI's
+    AttentionUnet: batch norm there)."""
+    branch_order: Literal["skip_first", "gate_first"] = "skip_first"
+    """Which 1x1 projection runs first: the skip's (`skip_first`) or the gating map's
+    (`gate_first`, MONAI's AttentionUnet). The sum is the same; the order of the layers (and so
+    of a weight copy by execution order) differs."""
 
 
 Merge = Annotated[Concat | Add | AttentionGate, Field(discriminator="type"), BareString()]
@@ -272,6 +294,10 @@ class TransposeUp(_Model):
     norm_act: bool = False
     """Follow the transposed conv by the config's norm and activation (MONAI's UNet and
     AttentionUnet)."""
+    residual_unit: bool = False
+    """Then a residual unit on the up-sampled map, before the merge: a conv with the decoder
+    level's kernel (same padding) and the config's norm and activation, added to its input
+    (MONAI's UNet with num_res_units > 0). Needs `padding: same`."""
 
     @model_validator(mode="after")
     def _odd(self) -> TransposeUp:
@@ -329,6 +355,53 @@ class PixelShuffleUp(_Model):
 
 
 Up = Annotated[TransposeUp | NearestUp | LinearUp | PixelShuffleUp, Field(discriminator="type"), BareString()]
+
+
+# ---------------------------------------------------------------------------------------------
+# output head
+
+
+class ConvHead(_Model):
+    """A conv to `out_channels` at level 0's resolution (the paper: 1x1)."""
+
+    type: Literal["conv"] = "conv"
+    kernel_size: int = Field(1, ge=1, le=MAX_KERNEL)
+    """Kernel size (odd); padded as the config's `padding` says (segmentation_models_pytorch: 3)."""
+
+    @model_validator(mode="after")
+    def _odd(self) -> ConvHead:
+        if self.kernel_size % 2 == 0:
+            k = self.kernel_size
+            raise ValueError(f"head.kernel_size={k} must be odd so that the output stays centred; use {k + 1}")
+        return self
+
+
+class TransposeHead(_Model):
+    """A transposed conv to `out_channels` that up-samples level 0's map by `stem_stride`, so that
+    the output is at the input's resolution (MONAI's UNet: its last layer)."""
+
+    type: Literal["transpose"] = "transpose"
+    kernel_size: int = Field(3, ge=1, le=MAX_KERNEL)
+    """Kernel size (odd), padded by kernel_size // 2 with output padding stem_stride - 1."""
+    bias: bool = True
+    """Give the transposed conv a bias."""
+    norm_act: bool = False
+    """Follow it by the config's norm and activation (MONAI's UNet with num_res_units > 0)."""
+    residual_unit: bool = False
+    """Then a residual unit: a conv with level 0's kernel (same padding, no norm, no activation)
+    added to its input (MONAI's UNet with num_res_units > 0). Needs `padding: same`."""
+
+    @model_validator(mode="after")
+    def _odd(self) -> TransposeHead:
+        if self.kernel_size % 2 == 0:
+            k = self.kernel_size
+            raise ValueError(
+                f"head.kernel_size={k} must be odd so that the map grows by exactly the stride; use {k + 1}"
+            )
+        return self
+
+
+Head = Annotated[ConvHead | TransposeHead, Field(discriminator="type"), BareString()]
 
 
 # ---------------------------------------------------------------------------------------------

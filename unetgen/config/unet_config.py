@@ -33,11 +33,13 @@ from .options import (
     AttentionGate,
     Block,
     Concat,
+    ConvHead,
     Down,
     Dropout,
     DropoutShorthand,
     FirstConvDown,
     GroupNorm,
+    Head,
     MaxPool,
     Merge,
     NoNorm,
@@ -48,6 +50,7 @@ from .options import (
     ReLU,
     ResidualBlock,
     SpatialDims,
+    TransposeHead,
     TransposeUp,
     Up,
     _Model,
@@ -83,12 +86,13 @@ class Stage:
         for u in range(self.units):
             chans = self.channels[u * m : (u + 1) * m]
             out.append(Stage(cin, chans, self.kernel, self.stride if u == 0 else None))
-            cin = chans[-1]
+            cin = out[-1].out_channels
         return tuple(out)
 
     @property
     def out_channels(self) -> int:
-        return self.channels[-1]
+        """The channels of the last conv's output (a block of no convs passes its input on)."""
+        return self.channels[-1] if self.channels else self.in_channels
 
 
 @dataclass(frozen=True)
@@ -115,6 +119,7 @@ PerStage = int | tuple[int | tuple[int, ...], ...]
 Width = Annotated[int, Field(ge=1, le=MAX_CHANNELS)]
 ChannelSpec = tuple[Width | Annotated[tuple[Width, ...], Field(min_length=1)], ...]
 ConvCount = Annotated[int, Field(ge=1, le=MAX_CONVS)]
+DecoderConvCount = Annotated[int, Field(ge=0, le=MAX_CONVS)]
 BlockCount = Annotated[int, Field(ge=1, le=MAX_BLOCKS)]
 
 
@@ -145,9 +150,10 @@ class UNetConfig(_Model):
     convs_per_block: ConvCount | tuple[ConvCount, ...] = 2
     """Convolutions per encoder block (per unit with `blocks_per_level`): one int, or one per
     level including the bottleneck."""
-    decoder_convs_per_block: ConvCount | tuple[ConvCount, ...] | None = None
+    decoder_convs_per_block: DecoderConvCount | tuple[DecoderConvCount, ...] | None = None
     """Convolutions per decoder block: one int or one per level (level 0 first); default: as
-    the encoder block of the same level."""
+    the encoder block of the same level. 0: the level has no conv, its merged map goes on as it
+    is (MONAI's UNet); such a level's block must be plain."""
     blocks_per_level: BlockCount | tuple[BlockCount, ...] = 1
     """Blocks (units) per encoder level, each of `convs_per_block` convs: one int, or one per
     level including the bottleneck (nnU-Net ResEnc's n_blocks_per_stage, e.g. [1, 3, 4, 6, 6, 6]).
@@ -173,6 +179,11 @@ class UNetConfig(_Model):
     """Stride of the first conv of level 0 (MONAI DynUNet's strides[0]): one int or one per
     axis; the output is then at 1/stem_stride of the input's resolution. Only with
     `down: first_conv` (and so `padding: same`)."""
+    resample_bottleneck: bool = True
+    """`false`: the bottleneck works at the resolution of the deepest encoder level (MONAI's
+    UNet): the last entry of `strides` must be 1, nothing down-samples into the bottleneck and
+    decoder level depth-1 merges the bottleneck's output as it is (no up-sampling layer, whatever
+    `up` and `up_channels` say)."""
     padding: Padding = "valid"
     """`valid`: unpadded convs, each k x k conv shrinks the map by k-1 (the paper); `same`:
     zero padding keeps the size."""
@@ -182,6 +193,12 @@ class UNetConfig(_Model):
     """Conv bias; default on without norm and off with it."""
     activation: Activation = ReLU()
     """Non-linearity after each conv (after its norm, see `norm_position`)."""
+    decoder_norm: Norm | None = None
+    """Normalisation of the decoder blocks' convs (not of the up-sampling, the gates or the
+    heads); default: `norm` (MONAI's AttentionUnet: instance norm there, batch norm elsewhere)."""
+    decoder_activation: Activation | None = None
+    """Non-linearity of the decoder blocks' convs; default: `activation` (MONAI's AttentionUnet:
+    PReLU there, ReLU elsewhere)."""
     norm_position: NormPosition = "before_activation"
     """Where the norm sits: conv, norm, activation (`before_activation`, the usual order),
     conv, activation, norm (`after_activation`, e.g. jvanvugt's pytorch-unet with batch_norm;
@@ -210,6 +227,9 @@ class UNetConfig(_Model):
     """Dropout rate and placement; the paper puts it at the end of the contracting path. A number
     is the rate (`dropout: 0.2`), `0`, `false` or `null` mean no dropout, `true` the paper's
     (rate 0.5 at the end of the contracting path, the default)."""
+    head: Head = ConvHead()
+    """The output layer: a conv at level 0's resolution (`conv`, 1x1 by default: the paper) or a
+    transposed conv that up-samples by `stem_stride` (`transpose`: MONAI's UNet)."""
     deep_supervision: tuple[Annotated[int, Field(ge=1, le=MAX_DEPTH - 1)], ...] = ()
     """Decoder levels (1..depth-1, 0 is the main output) that get a 1x1 auxiliary head; in
     training mode `forward` then returns [main, aux(level) for each level in ascending order]."""
@@ -292,6 +312,8 @@ class UNetConfig(_Model):
         for i in reversed(range(d)):
             coarse[i] = below
             match self.up_channels:
+                case _ if i == d - 1 and not self.resample_bottleneck:  # not up-sampled: as it is
+                    ups[i] = below
                 case "skip":
                     ups[i] = encoder[i].out_channels
                 case "keep":
@@ -304,7 +326,7 @@ class UNetConfig(_Model):
             chans = _expand_convs(dec_widths[i], dec_convs[i])
             kernel = kernels[i + 1] if self.decoder_kernel == "level_below" else kernels[i]
             decoder.insert(0, Stage(ups[i] + skip, chans, kernel))
-            below = chans[-1]
+            below = decoder[0].out_channels  # the merged map itself where the level has no conv
         enc_drop, dec_drop = _dropout_levels(self.dropout, d)
         return Layout(
             tuple(encoder), strides, tuple(coarse), tuple(ups), tuple(decoder), stem_stride, stem, enc_drop, dec_drop
@@ -325,6 +347,16 @@ class UNetConfig(_Model):
     def decoder_block_type(self) -> PlainBlock | ResidualBlock:
         """The decoder's block option: `decoder_block`, or `block` when that is None."""
         return self.decoder_block if self.decoder_block is not None else self.block
+
+    @property
+    def decoder_norm_type(self) -> Norm:
+        """The decoder blocks' norm: `decoder_norm`, or `norm` when that is None."""
+        return self.decoder_norm if self.decoder_norm is not None else self.norm
+
+    @property
+    def decoder_activation_type(self) -> Activation:
+        """The decoder blocks' activation: `decoder_activation`, or `activation` when that is None."""
+        return self.decoder_activation if self.decoder_activation is not None else self.activation
 
     @property
     def conv_bias(self) -> bool:
@@ -572,6 +604,38 @@ def _check_deep_supervision_repeats(c: UNetConfig) -> None:
         raise ValueError(f"deep_supervision={_fmt(c.deep_supervision)} repeats a level")
 
 
+@rule("resample_bottleneck", "strides", needs=(_check_strides_length, _check_strides_axes))
+def _check_bottleneck_stride(c: UNetConfig) -> None:
+    last = c.strides[-1] if isinstance(c.strides, tuple) else c.strides
+    if not c.resample_bottleneck and any(s != 1 for s in _axes(last)):
+        want = [*(_listify(c.strides[:-1]) if isinstance(c.strides, tuple) else [c.strides] * (c.depth - 1)), 1]
+        raise ValueError(
+            f"resample_bottleneck=false keeps the bottleneck at the deepest level's resolution, but the last "
+            f"stride is {_fmt(last)}; make it 1 (strides: {_fmt(want)}) or set resample_bottleneck: true"
+        )
+
+
+@rule("decoder_convs_per_block", "decoder_block", reads=("block", "depth"), needs=(_check_decoder_convs_length,))
+def _check_empty_decoder_levels(c: UNetConfig) -> None:
+    if isinstance(c.decoder_block_type, ResidualBlock) and 0 in c._decoder_convs():
+        level = c._decoder_convs().index(0)
+        raise ValueError(
+            f"decoder level {level} has 0 convs (decoder_convs_per_block={_fmt(c.decoder_convs_per_block)}) but "
+            "a residual decoder block: a residual block needs at least one conv; use decoder_block: plain or "
+            "give the level convs"
+        )
+
+
+@rule("up", "head", "padding")
+def _check_residual_unit_padding(c: UNetConfig) -> None:
+    for name, option in (("up", c.up), ("head", c.head)):
+        if getattr(option, "residual_unit", False) and c.padding != "same":
+            raise ValueError(
+                f"{name}.residual_unit adds a conv's output to its input, which needs padding='same' "
+                f"(got '{c.padding}'); use padding: same or {name}.residual_unit: false"
+            )
+
+
 _LAYOUT = (
     *_LENGTHS,
     _check_channels_per_conv,
@@ -587,6 +651,7 @@ _LAYOUT = (
     _check_stem_stride_axes,
     _check_stem_stride_values,
     _check_stem_stride_down,
+    _check_bottleneck_stride,
 )
 """The rules that must have passed before the rules below compute the per-stage layout: every
 length, per-conv, per-axis and stem-stride rule."""
@@ -639,23 +704,52 @@ def _normed_channels(c: UNetConfig) -> set[int]:
     `norm_act` transposed conv's."""
     layout, first = c.layout, c.norm_position == "before_conv"
     units = [(u, c.block) for s in layout.encoder for u in s.split_units()]
-    units += [(u, c.decoder_block_type) for s in layout.decoder for u in s.split_units()]
-    normed: set[int] = set()
-    for u, block in units:
-        normed |= {u.in_channels, *u.channels[:-1]} if first or block.preactivation else set(u.channels)
-        if _projected(block, u) and not block.preactivation:  # the shortcut: conv, then norm
-            normed.add(u.out_channels)
+    if c.decoder_norm is None:  # else the decoder blocks have a norm of their own
+        units += [(u, c.decoder_block_type) for s in layout.decoder for u in s.split_units()]
+    normed = _units_normed(c, units)
     if layout.stem is not None:
         normed.add(layout.stem.in_channels if first else layout.stem.out_channels)
     if isinstance(c.merge, AttentionGate):
-        normed |= set(c.attention_channels)
+        normed |= set(c.attention_channels) | ({1} if c.merge.psi_norm else set())
+    ups = range(c.depth if c.resample_bottleneck else c.depth - 1)  # the levels that up-sample
     if isinstance(c.up, TransposeUp) and c.up.norm_act:
-        normed |= set(layout.coarse_channels if first else layout.up_channels)
+        normed |= {(layout.coarse_channels if first else layout.up_channels)[i] for i in ups}
+    if isinstance(c.up, TransposeUp) and c.up.residual_unit:
+        normed |= {layout.up_channels[i] for i in ups}
+    if isinstance(c.head, TransposeHead) and c.head.norm_act:
+        normed.add(layout.decoder[0].out_channels if first else c.out_channels)
     return normed
 
 
+def _units_normed(c: UNetConfig, units: list[tuple[Stage, Block]]) -> set[int]:
+    """The channel counts the norms of these block units see (`_normed_channels`)."""
+    first, normed = c.norm_position == "before_conv", set()
+    for u, block in units:
+        if not u.channels:  # a decoder level of no convs
+            continue
+        normed |= {u.in_channels, *u.channels[:-1]} if first or block.preactivation else set(u.channels)
+        if _projected(block, u) and not block.preactivation and block.shortcut != "conv":  # conv, then norm
+            normed.add(u.out_channels)
+    return normed
+
+
+@rule(
+    "decoder_norm", reads=(*_WIDTHS, "depth", "decoder_block", "merge", "up_channels", "norm_position"), needs=_LAYOUT
+)
+def _check_decoder_group_norm(c: UNetConfig) -> None:
+    if not isinstance(c.decoder_norm, GroupNorm):
+        return
+    units = [(u, c.decoder_block_type) for s in c.layout.decoder for u in s.split_units()]
+    g, normed = c.decoder_norm.num_groups, _units_normed(c, units)
+    if bad := sorted(ch for ch in normed if ch % g):
+        raise ValueError(
+            f"decoder_norm.num_groups={g} does not divide the channel count(s) {_fmt(tuple(bad))}; choose "
+            f"num_groups dividing every decoder channel count (e.g. {_common_divisor(normed)})"
+        )
+
+
 def _projected(block: Block, unit: Stage) -> bool:
-    """Whether a unit's shortcut ends in a 1x1 conv (so a norm follows it)."""
+    """Whether a unit's shortcut ends in a conv (a norm follows it, except with `shortcut: conv`)."""
     if not isinstance(block, ResidualBlock):
         return False
     if block.shortcut == "resnet_d":
