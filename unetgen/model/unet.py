@@ -116,7 +116,7 @@ class UNet(nn.Module):
                     c.decoder_block_type,
                     c.decoder_norm_type,
                     c.decoder_activation_type,
-                ),  # fmt: skip
+                ),
                 layers.conv(dims, lay.decoder[i].out_channels, c.out_channels, 1) if i in c.deep_supervision else None,
             )
             for i in range(c.depth)
