@@ -460,13 +460,19 @@ def from_attention_unet(net: nn.Module, ignore_dropout: bool) -> Converted:
         layers += _conv_adn(att.merge, f"{where} merge conv", ignore_dropout, merge_ref)
     layers.append(_bare_conv(reduce, "AttentionUnet output conv"))
     up_k = _isotropic(attention[0].upconv.up.conv.kernel_size, dims, "AttentionUnet up_kernel_size")
+    kernels = [list(b.conv[0].conv.kernel_size) for b in blocks]
+    if any(list(a.merge.conv.kernel_size) != kernels[i] for i, a in enumerate(attention)):
+        raise UnsupportedModelError(
+            f"AttentionUnet kernel_size={short_repr(net.kernel_size)}: its merge convs are 3x3 whatever kernel_size "
+            "says, and unetgen's decoder convs take their level's kernel; only kernel_size=3 converts"
+        )
     data: dict[str, Any] = {
         "spatial_dims": dims,
         "in_channels": int(net.in_channels),
         "out_channels": int(net.out_channels),
         "depth": n,
         "channels": [int(b.conv[-1].conv.out_channels) for b in blocks],
-        "kernel_size": [list(b.conv[0].conv.kernel_size) for b in blocks],
+        "kernel_size": kernels,
         "strides": [axes(b.conv[0].conv.stride, dims) for b in blocks[1:]],
         "padding": "same",
         "down": {"type": "first_conv"},
