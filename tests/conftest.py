@@ -118,10 +118,45 @@ def config_dicts(
             out["stem_stride"] = draw(st.sampled_from([2, 3]) | per_axis)
     if depth > 1:
         out["deep_supervision"] = draw(st.lists(st.integers(1, depth - 1), unique=True, max_size=2))
+    if draw(st.integers(0, 2)) == 0:
+        out |= draw(monai_options(out))
     blocks = [out["block"], out.get("decoder_block")]
     if out["norm_position"] == "before_conv" and any(isinstance(b, dict) and b.get("preactivation") for b in blocks):
         out["norm_position"] = "before_activation"  # pre-activation blocks normalise before the conv already
     return out
+
+
+MONAI_BLOCK = {"type": "residual", "shortcut": "conv", "last_activation": "before_sum"}
+
+
+@st.composite
+def monai_options(draw: st.DrawFn, out: dict[str, Any]) -> dict[str, Any]:
+    """The options MONAI's UNet and AttentionUnet need, over a drawn config `out`: decoder levels
+    of no conv (plain decoder blocks), a bottleneck at the deepest level's resolution, a conv or
+    transposed head, residual units after up-sampling, MONAI's residual unit, gate options and the
+    decoder blocks' own norm and activation."""
+    depth, d, same = out["depth"], out["spatial_dims"], out["padding"] == "same"
+    extra: dict[str, Any] = {"block": draw(st.sampled_from([out["block"], MONAI_BLOCK]))}
+    decoder = out.get("decoder_block") or extra["block"]
+    if decoder == "plain" and draw(st.booleans()):
+        extra["decoder_convs_per_block"] = draw(
+            st.just(0) | st.lists(st.integers(0, 1), min_size=depth, max_size=depth)
+        )
+    if draw(st.booleans()):  # the last stride 1: no down- or up-sampling around the bottleneck
+        extra["strides"] = [[2] * d] * (depth - 1) + [[1] * d]
+        extra["resample_bottleneck"] = False
+    heads = ["conv", {"type": "conv", "kernel_size": 3}, "transpose", {"type": "transpose", "kernel_size": 1}]
+    if same:
+        heads.append({"type": "transpose", "norm_act": True, "residual_unit": True})
+        if draw(st.booleans()):
+            extra["up"] = {"type": "transpose", "kernel_size": 3, "norm_act": True, "residual_unit": True}
+    extra["head"] = draw(st.sampled_from(heads))
+    if out["merge"] == "attention":
+        extra["merge"] = {"type": "attention", "psi_norm": draw(st.booleans()), "branch_order": "gate_first"}
+    if draw(st.booleans()):
+        extra["decoder_norm"] = draw(st.sampled_from(["none", "batch", {"type": "group", "num_groups": 1}]))
+        extra["decoder_activation"] = draw(st.sampled_from(["relu", "prelu", "elu"]))
+    return extra
 
 
 def configs(**kwargs: Any) -> st.SearchStrategy[UNetConfig]:
