@@ -60,4 +60,7 @@ def simulate(config: UNetConfig, size: int, axis: int = 0) -> int | None:
             x -= k - 1 if shrink else 0
             if x < 1:
                 return None
-    return x
+    if config.head.type == "transpose":  # up-sampled by the stem stride: the input's resolution
+        return x * stem
+    x -= config.head.kernel_size - 1 if shrink else 0
+    return x if x >= 1 else None

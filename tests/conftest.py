@@ -142,7 +142,7 @@ def monai_options(draw: st.DrawFn, out: dict[str, Any]) -> dict[str, Any]:
         extra["decoder_convs_per_block"] = draw(
             st.just(0) | st.lists(st.integers(0, 1), min_size=depth, max_size=depth)
         )
-    if draw(st.booleans()):  # the last stride 1: no down- or up-sampling around the bottleneck
+    if out["merge"] != "add" and draw(st.booleans()):  # the last stride 1: no resampling around the bottleneck
         extra["strides"] = [[2] * d] * (depth - 1) + [[1] * d]
         extra["resample_bottleneck"] = False
     heads = ["conv", {"type": "conv", "kernel_size": 3}, "transpose", {"type": "transpose", "kernel_size": 1}]

@@ -296,11 +296,11 @@ def _role(op: Op) -> str:
     match op:
         case Pool(part="down") | Conv(part="down"):
             return "pool"
-        case Conv(part="head"):
+        case Op(part="head"):  # a conv, or a sum (`head: {type: transpose, residual_unit: true}`)
             return "head"
         case Conv(part="aux"):
             return "aux"
-        case Conv(transposed=True) | Interpolate() | Shuffle() | Pool(part="up"):
+        case Conv(transposed=True) | Interpolate() | Shuffle() | Pool(part="up") | Sum(part="up"):
             return "up"
         case Conv():
             return "map"
@@ -576,10 +576,11 @@ def draw_unet(config: ConfigSource, input_shape: Sequence[int] | int | None = No
     config = load_config(config)
     ops = network_ops(config)
     bottleneck = [op for op in ops if op.part == "bottleneck" and op.row is not None]
-    if not any(op.part == "down" for op in ops) and len(bottleneck) < 2:
+    if not any(op.part == "down" and op.level == config.depth for op in ops) and len(bottleneck) < 2:
         raise ValueError(
-            "draw_unet needs two or more conv maps in the bottleneck with down='first_conv' (the down "
-            "arrow ends at the first, the up arrow leaves from the last, and no pooled map sits between); "
+            "draw_unet needs two or more conv maps in the bottleneck with down='first_conv' or "
+            "resample_bottleneck=false (the down arrow ends at the first, the up arrow leaves from the last, "
+            "and no pooled map sits between); "
             "draw it with 2 convs in the bottleneck (convs_per_block or blocks_per_level)"
         )
     shape = _input_shape(config, input_shape)
@@ -693,10 +694,11 @@ def _levels(net: _Net, cap: int) -> tuple[list[list[_Unit]], list[list[_Unit]]]:
 
 def _decoder_level(net: _Net, i: int, cap: int, dropout: bool) -> list[_Unit]:
     """The pair of the (cropped) copy and the up-sampled map, the block's convs, the heads."""
-    [up], [merged] = net.rows(i, "up"), net.rows(i, "merge")
+    ups, [merged] = net.rows(i, "up"), net.rows(i, "merge")
     [crop] = net.find("merge", level=i, kind=Crop)
     copy = _Box(_box_width(crop.out_channels), 0, net.shape(crop.index), None, "copy")
-    upbox = _Box(_box_width(up.out_channels), 0, net.shape(up.index), None, _role(up), size_label=False)
+    up = ups[0] if ups else net.ops[crop.inputs[1]]  # none: the bottleneck's map as it is (same resolution)
+    upbox = _Box(_box_width(up.out_channels), 0, net.shape(up.index), None, "up", size_label=False)
     gap = 14.0 if isinstance(merged, Sum) else 0.0  # room for the circled plus
     units = [_Unit([copy, upbox], merged.out_channels, inner_gap=gap)]
     units += _conv_units(net, net.rows(i, "decoder"), cap)
@@ -743,12 +745,14 @@ def _columns(enc: list[list[_Unit]], dec: list[list[_Unit]], centres: list[float
 
 
 def _last_map(units: list[_Unit]) -> int:
-    """The index of a row's last conv map (before the auxiliary and output heads)."""
-    return max(k for k, u in enumerate(units) if u.boxes[0].role == "map")
+    """The index of a row's last conv map (before the auxiliary and output heads); a decoder level
+    of no conv: 0, its merged pair."""
+    return max((k for k, u in enumerate(units) if u.boxes[0].role == "map"), default=0)
 
 
 def _last_conv(units: list[_Unit]) -> _Box:
-    return units[_last_map(units)].boxes[0]
+    """The last conv map of a row (of a decoder level of no conv: the up-sampled map of its pair)."""
+    return units[_last_map(units)].boxes[-1]
 
 
 def _place_decoder(dec: list[list[_Unit]], enc: list[list[_Unit]], centres: list[float], depth: int) -> None:

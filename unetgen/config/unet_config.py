@@ -679,6 +679,12 @@ def _check_add_merge(c: UNetConfig) -> None:
         return
     layout = c.layout
     for i, (up, skip) in enumerate(zip(layout.up_channels, layout.encoder, strict=False)):
+        if up != skip.out_channels and i == c.depth - 1 and not c.resample_bottleneck:
+            raise ValueError(
+                f"merge='add' needs equal channels, but decoder level {i} adds the bottleneck's output as it is "
+                f"(resample_bottleneck=false), {up} channels, to a skip of {skip.out_channels}; give the bottleneck "
+                f"{skip.out_channels} channels or use merge='concat'"
+            )
         if up != skip.out_channels:
             raise ValueError(
                 f"merge='add' needs equal channels, but at level {i} the up-sampled map has "
