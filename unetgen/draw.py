@@ -683,7 +683,8 @@ def _levels(net: _Net, cap: int) -> tuple[list[list[_Unit]], list[list[_Unit]]]:
         convs = _conv_units(net, net.rows(i, net.block(i)), cap)
         if not firsts:  # `down: first_conv`: the down arrow ends at the first (strided) conv map
             convs[0].boxes[0].label_right = True  # its label moves right of the arrow
-        convs[-1].boxes[0].dashed = i in enc_drop
+        if convs:  # none: level 0 is the stem alone (`blocks_per_level: [0, ...]`)
+            convs[-1].boxes[0].dashed = i in enc_drop
         enc.append([*firsts, *convs])
     dec = [_decoder_level(net, i, cap, dec_drop) for i in range(depth)]
     # the maps the up-sampling arrows leave from: their labels move right of the arrow

@@ -52,6 +52,7 @@ from ..config.options import (
     ResidualBlock,
     TransposeHead,
     TransposeUp,
+    UpsampleHead,
 )
 from ..config.unet_config import Stage, UNetConfig
 
@@ -210,10 +211,13 @@ class Pool(Op):
     kernel: tuple[int, ...]
     stride: tuple[int, ...]
     ceil_mode: bool = False
+    padding: tuple[int, ...] = ()
+    """Padding per axis (ResNet's stem pool: 1); empty: none."""
 
     def grid(self, axis: int) -> tuple[int, int, int]:
         k, s = self.kernel[axis], self.stride[axis]
-        return (k - 1, 1, 1) if s == 1 else (max(0, k - s), s, 1)
+        p = self.padding[axis] if self.padding else 0
+        return (k - 1 - 2 * p, 1, 1) if s == 1 else (max(0, k - 2 * p - s), s, 1)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -410,13 +414,14 @@ class _Walk:
         h, index = x, 0
         last = len(stage.channels) - 1
         body = f"{path}.body"
+        bottleneck = residual and option.bottleneck  # type: ignore[union-attr]
         for j, cout in enumerate(stage.channels):
             row = f"{row_prefix}.conv{first_row + j + 1}"
             conv = partial(
                 self.conv,
                 cout=cout,
-                kernel=stage.kernel,
-                stride=stride if j == 0 else 1,
+                kernel=1 if bottleneck and j != 1 else stage.kernel,  # 1x1, kxk (strided), 1x1
+                stride=stride if j == (1 if bottleneck else 0) else 1,
                 same=same,
                 bias=c.conv_bias,
                 row=row,
@@ -475,18 +480,35 @@ class _Walk:
             unit_path = f"{path}.{u}" if len(units) > 1 else path
             x = self.unit(unit_path, row_prefix, first, unit, x, option)
             first += len(unit.channels)
-        if dropout:
+        if dropout and units:  # a level of no units (the stem alone) has no dropout
             d: Dropout = self.config.dropout
             c = self.channels(x)
             last = f"{path}.{len(units) - 1}" if len(units) > 1 else path
             x = self.add(Drop, f"{last}.dropout", (x,), c, c, rate=d.rate, spatial=d.spatial, source=d)
         return x
 
-    def up(self, path: str, x: int, i: int) -> int:
-        """Decoder level `i`'s up-sampling (`unetgen.model.blocks.make_up`)."""
+    def head_up(self, x: int) -> int:
+        """`head: upsample`'s up-sampling of level 0's map by the stem stride, keeping its channels."""
+        lay = self.config.layout
+        return self.up("head.up", x, 0, cout=self.channels(x), stride=lay.stem_stride, row=None)
+
+    def up(
+        self,
+        path: str,
+        x: int,
+        i: int,
+        *,
+        cout: int | None = None,
+        stride: tuple[int, ...] | None = None,
+        row: str | None = "",
+    ) -> int:
+        """Decoder level `i`'s up-sampling (`unetgen.model.blocks.make_up`); `cout`, `stride` and
+        `row` given: the head's (`head: upsample`)."""
         c, lay, n = self.config, self.config.layout, self.config.spatial_dims
-        cout, stride, option = lay.up_channels[i], lay.strides[i], c.up
-        row = f"up{i}"
+        cout = lay.up_channels[i] if cout is None else cout
+        stride = lay.strides[i] if stride is None else stride
+        option = c.up
+        row = f"up{i}" if row == "" else row
         match option:
             case TransposeUp(bias=bias, kernel_size=k, norm_act=norm_act, residual_unit=unit):
                 if k is None:  # kernel = stride: no padding
@@ -604,6 +626,12 @@ def network_ops(config: UNetConfig) -> tuple[Op, ...]:
         path = "bottleneck" if i == depth else f"encoder.{i}"
         w.level, w.segment = i, path
         same_level = i == depth and not c.resample_bottleneck  # no down-sampling into the bottleneck
+        if i == 1 and isinstance(c.down, FirstConvDown) and c.down.first_step == "max_pool":  # ResNet's stem pool
+            w.part, stride, ch = "down", lay.strides[0], w.channels(x)
+            x = w.add(
+                Pool, f"{path}.down", (x,), ch, ch, mode="max", kernel=tuple(2 * s - 1 for s in stride),
+                stride=stride, padding=tuple(s - 1 for s in stride), row="down0", source=c.down,
+            )  # fmt: skip
         if i > 0 and not isinstance(c.down, FirstConvDown) and not same_level:  # first_conv: the block's conv strides
             w.part, stride, ch, row = "down", lay.strides[i - 1], w.channels(x), f"down{i - 1}"
             match c.down:
@@ -672,6 +700,16 @@ def network_ops(config: UNetConfig) -> tuple[Op, ...]:
             x = conv(up, x) if not norm_act else w.with_norm_act(up, 0, x, conv)[0]
             if unit:  # a conv alone (MONAI: the network's last conv), added to its input
                 w.residual_unit("head.unit", x, lay.encoder[0].kernel, activate=False, row="head", source=c.head)
+        case UpsampleHead(channels=widths, kernel_size=k):  # up-sampled by the stem stride, convs, output conv
+            w.part = "head"
+            x = w.head_up(x)
+            kernel, same = lay.decoder[0].kernel, c.padding == "same"
+            w.norm_option, w.act_option = c.decoder_norm, c.decoder_activation
+            for j, cout in enumerate(widths):
+                conv = partial(w.conv, cout=cout, kernel=kernel, same=same, bias=c.conv_bias, source=c.head)
+                x = w.with_norm_act(f"head.convs.{j}", 0, x, conv)[0]
+            w.norm_option = w.act_option = None
+            w.conv("head.out", x, c.out_channels, k, same=same, row="head", source=c.head)
         case _:
             raise AssertionError(f"unhandled head {c.head!r}")
     return tuple(w.ops)

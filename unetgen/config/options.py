@@ -191,6 +191,10 @@ class ResidualBlock(_Model):
     where the channels change (He et al. 2019, "ResNet-D"; nnU-Net's BasicBlockD); `conv` = a conv
     without norm: with the block's kernel, stride and same padding where the block strides, 1x1
     where only the channels change (MONAI's ResidualUnit)."""
+    bottleneck: bool = False
+    """A bottleneck unit (He et al. 2016; torchvision's `Bottleneck`): three convs, 1x1, the level's
+    kernel (carrying the stride), 1x1, with one width per conv (`channels: [[64, 64, 256], ...]`);
+    needs 3 convs per block."""
     last_activation: Literal["after_sum", "before_sum"] = "after_sum"
     """Where the last conv's activation goes: `after_sum` (He et al. 2016: norm, sum, activation)
     or `before_sum` (every conv keeps its norm and activation and nothing follows the sum, as in
@@ -276,6 +280,10 @@ class FirstConvDown(_Model):
     Needs `padding: same`."""
 
     type: Literal["first_conv"] = "first_conv"
+    first_step: Literal["conv", "max_pool"] = "conv"
+    """The first step down (level 0 to 1): in level 1's first conv (`conv`), or a max pool of
+    kernel 2*stride - 1 and padding stride - 1 before level 1's block (`max_pool`: ResNet's 3x3,
+    stride 2, padding 1 pool after its stem)."""
 
 
 Down = Annotated[MaxPool | AvgPool | ConvDown | FirstConvDown, Field(discriminator="type"), BareString()]
@@ -401,7 +409,28 @@ class TransposeHead(_Model):
         return self
 
 
-Head = Annotated[ConvHead | TransposeHead, Field(discriminator="type"), BareString()]
+class UpsampleHead(_Model):
+    """The output at the input's resolution: level 0's map up-sampled by `stem_stride` with the
+    config's `up` (keeping its channels), `channels` convs (decoder level 0's kernel, the decoder's
+    norm and activation), then a conv to `out_channels` (segmentation_models_pytorch's last
+    decoder block, which has no skip, and its segmentation head)."""
+
+    type: Literal["upsample"] = "upsample"
+    channels: tuple[Annotated[int, Field(ge=1, le=MAX_CHANNELS)], ...] = Field((), max_length=MAX_CONVS)
+    """Output channels of each conv after the up-sampling (none: the up-sampled map goes straight
+    to the output conv)."""
+    kernel_size: int = Field(1, ge=1, le=MAX_KERNEL)
+    """Kernel size (odd) of the output conv; padded as the config's `padding` says."""
+
+    @model_validator(mode="after")
+    def _odd(self) -> UpsampleHead:
+        if self.kernel_size % 2 == 0:
+            k = self.kernel_size
+            raise ValueError(f"head.kernel_size={k} must be odd so that the output stays centred; use {k + 1}")
+        return self
+
+
+Head = Annotated[ConvHead | TransposeHead | UpsampleHead, Field(discriminator="type"), BareString()]
 
 
 # ---------------------------------------------------------------------------------------------

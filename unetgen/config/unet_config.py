@@ -53,6 +53,7 @@ from .options import (
     TransposeHead,
     TransposeUp,
     Up,
+    UpsampleHead,
     _Model,
 )
 
@@ -80,7 +81,9 @@ class Stage:
         return self.stride if self.stride is not None else (1,) * len(self.kernel)
 
     def split_units(self) -> tuple[Stage, ...]:
-        """One single-unit stage per unit, in order."""
+        """One single-unit stage per unit, in order (none for a level of no units: the stem alone)."""
+        if self.units == 0:
+            return ()
         m = len(self.channels) // self.units
         out, cin = [], self.in_channels
         for u in range(self.units):
@@ -121,6 +124,7 @@ ChannelSpec = tuple[Width | Annotated[tuple[Width, ...], Field(min_length=1)], .
 ConvCount = Annotated[int, Field(ge=1, le=MAX_CONVS)]
 DecoderConvCount = Annotated[int, Field(ge=0, le=MAX_CONVS)]
 BlockCount = Annotated[int, Field(ge=1, le=MAX_BLOCKS)]
+LevelBlockCount = Annotated[int, Field(ge=0, le=MAX_BLOCKS)]
 
 
 class UNetConfig(_Model):
@@ -154,10 +158,12 @@ class UNetConfig(_Model):
     """Convolutions per decoder block: one int or one per level (level 0 first); default: as
     the encoder block of the same level. 0: the level has no conv, its merged map goes on as it
     is (MONAI's UNet); such a level's block must be plain."""
-    blocks_per_level: BlockCount | tuple[BlockCount, ...] = 1
+    blocks_per_level: BlockCount | tuple[LevelBlockCount, ...] = 1
     """Blocks (units) per encoder level, each of `convs_per_block` convs: one int, or one per
     level including the bottleneck (nnU-Net ResEnc's n_blocks_per_stage, e.g. [1, 3, 4, 6, 6, 6]).
-    Only the first unit of a level changes the channels and strides."""
+    Only the first unit of a level changes the channels and strides. Level 0 may have 0 with
+    `stem: true`: level 0 is then the stem alone, which carries `stem_stride` (ResNet's input
+    stem: `[0, 2, 2, 2, 2]`)."""
     stem: bool = False
     """One conv (level 0's kernel, in_channels -> level 0's channels) + norm + activation before
     level 0's blocks (nnU-Net ResEnc's stem)."""
@@ -294,16 +300,17 @@ class UNetConfig(_Model):
         encoder: list[Stage] = []
         cin = self.in_channels
         stem = None
-        if self.stem:
-            stem = Stage(cin, (_last(widths[0]),), kernels[0])
-            cin = stem.out_channels
         units = self.blocks_per_level
         units = units if isinstance(units, tuple) else (units,) * (d + 1)
         first_conv = isinstance(self.down, FirstConvDown)
         stem_stride = self.stem_stride if isinstance(self.stem_stride, tuple) else (self.stem_stride,) * n
+        if self.stem:  # the stem alone at level 0 (no units there) carries the stem stride
+            stem = Stage(cin, (_last(widths[0]),), kernels[0], stem_stride if units[0] == 0 and first_conv else None)
+            cin = stem.out_channels
+        pooled = first_conv and self.down.first_step == "max_pool"  # type: ignore[union-attr]
         for i in range(d + 1):
             chans = _expand_convs(widths[i], enc_convs[i])
-            stride = (stem_stride if i == 0 else strides[i - 1]) if first_conv else None
+            stride = (stem_stride if i == 0 else strides[i - 1]) if first_conv and not (pooled and i == 1) else None
             encoder.append(Stage(cin, chans * units[i], kernels[i], stride, units[i]))
             cin = chans[-1]
         dec_widths = self.decoder_channels or tuple(encoder[i].out_channels for i in range(d))
@@ -626,6 +633,31 @@ def _check_empty_decoder_levels(c: UNetConfig) -> None:
         )
 
 
+@rule("blocks_per_level", "stem", needs=(_check_blocks_length,))
+def _check_level_without_blocks(c: UNetConfig) -> None:
+    counts = c.blocks_per_level if isinstance(c.blocks_per_level, tuple) else ()
+    for i, n in enumerate(counts):
+        if n == 0 and (i > 0 or not c.stem):
+            where = "only level 0 may have none, and only with stem: true" if i > 0 else "set stem: true"
+            raise ValueError(
+                f"blocks_per_level[{i}]=0 leaves level {i} without convs; {where} (level 0 is then the stem alone)"
+            )
+
+
+@rule("block", "decoder_block", "convs_per_block", "decoder_convs_per_block", needs=_LENGTHS)
+def _check_bottleneck_units(c: UNetConfig) -> None:
+    for name, option, convs in (
+        ("block", c.block, c._encoder_convs()),
+        ("decoder_block", c.decoder_block_type, c._decoder_convs()),
+    ):
+        if isinstance(option, ResidualBlock) and option.bottleneck and any(n != 3 for n in convs):
+            what = "convs_per_block" if name == "block" else "decoder_convs_per_block"
+            raise ValueError(
+                f"{name}.bottleneck=true has three convs per unit (1x1, kxk, 1x1) but {what} gives "
+                f"{_fmt(convs)}; set {what}: 3"
+            )
+
+
 @rule("up", "head", "padding")
 def _check_residual_unit_padding(c: UNetConfig) -> None:
     for name, option in (("up", c.up), ("head", c.head)):
@@ -724,7 +756,17 @@ def _normed_channels(c: UNetConfig) -> set[int]:
         normed |= {layout.up_channels[i] for i in ups}
     if isinstance(c.head, TransposeHead) and c.head.norm_act:
         normed.add(layout.decoder[0].out_channels if first else c.out_channels)
+    if c.decoder_norm is None:
+        normed |= _head_normed(c)
     return normed
+
+
+def _head_normed(c: UNetConfig) -> set[int]:
+    """The channels the norms of `head: upsample`'s convs see (they take the decoder's norm)."""
+    if not isinstance(c.head, UpsampleHead) or not c.head.channels:
+        return set()
+    widths = (c.layout.decoder[0].out_channels, *c.head.channels)
+    return set(widths[:-1] if c.norm_position == "before_conv" else widths[1:])
 
 
 def _units_normed(c: UNetConfig, units: list[tuple[Stage, Block]]) -> set[int]:
@@ -746,7 +788,7 @@ def _check_decoder_group_norm(c: UNetConfig) -> None:
     if not isinstance(c.decoder_norm, GroupNorm):
         return
     units = [(u, c.decoder_block_type) for s in c.layout.decoder for u in s.split_units()]
-    g, normed = c.decoder_norm.num_groups, _units_normed(c, units)
+    g, normed = c.decoder_norm.num_groups, _units_normed(c, units) | _head_normed(c)
     if bad := sorted(ch for ch in normed if ch % g):
         raise ValueError(
             f"decoder_norm.num_groups={g} does not divide the channel count(s) {_fmt(tuple(bad))}; choose "

@@ -27,7 +27,7 @@ from ..config.diagnostics import short_repr
 from ..config.unet_config import UNetConfig
 from ..model.unet import UNet
 from ..reprs import short_text
-from . import monai, nnunet  # noqa: F401  (importing them registers their converters)
+from . import monai, nnunet, smp  # noqa: F401  (importing them registers their converters)
 from .options import UnsupportedModelError, flag, validated
 from .registry import find_converter
 from .weights import check_outputs_agree, copy_paired, main_output, unetgen_layers

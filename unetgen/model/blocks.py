@@ -35,6 +35,7 @@ from ..config.options import (
     TransposeHead,
     TransposeUp,
     Up,
+    UpsampleHead,
 )
 from ..config.unet_config import Stage
 from . import layers
@@ -106,12 +107,13 @@ def _body(
     conv is activated after the sum, so not here."""
     pre, norm_after = block.preactivation, position == "after_activation"
     residual = isinstance(block, ResidualBlock) and block.last_activation == "after_sum"  # activated after the sum
+    bottleneck = isinstance(block, ResidualBlock) and block.bottleneck  # 1x1, kxk (strided), 1x1
     out: list[nn.Module] = []
     cin = stage.in_channels
     for j, cout in enumerate(stage.channels):
-        conv = layers.conv(
-            dims, cin, cout, stage.kernel, stride=stage.first_stride if j == 0 else 1, same=same, bias=bias
-        )
+        kernel = 1 if bottleneck and j != 1 else stage.kernel
+        stride = stage.first_stride if j == (1 if bottleneck else 0) else 1
+        conv = layers.conv(dims, cin, cout, kernel, stride=stride, same=same, bias=bias)
         if pre:
             n = layers.norm(norm, dims, cin)
             # activation first (no norm, or norm_after): in place it would overwrite the block's
@@ -264,11 +266,27 @@ def make_head(
     norm: Norm,
     act: Activation,
     position: NormPosition,
+    up: Up | None = None,
+    decoder_kernel: tuple[int, ...] = (),
+    decoder_norm: Norm | None = None,
+    decoder_act: Activation | None = None,
 ) -> nn.Module:
-    """The output layer: a conv (`ConvHead`) or a transposed conv that up-samples by `stride`
+    """The output layer: a conv (`ConvHead`), a transposed conv that up-samples by `stride`
     (`TransposeHead`, with its norm and activation and residual unit of one bare conv:
-    `kernel`, `bias`)."""
+    `kernel`, `bias`), or `up` by `stride`, convs (`decoder_kernel`, `decoder_norm`,
+    `decoder_act`) and a conv (`UpsampleHead`)."""
     match option:
+        case UpsampleHead(channels=widths, kernel_size=k):
+            assert up is not None and decoder_norm is not None and decoder_act is not None
+            upsample = make_up(up, dims, cin, cin, stride, norm=norm, act=act, position=position, kernel=decoder_kernel,
+                               bias=bias)  # fmt: skip
+            convs, c = [], cin
+            for w in widths:
+                conv = layers.conv(dims, c, w, decoder_kernel, same=same, bias=bias)
+                a = layers.activation(decoder_act, channels=w)
+                convs.append(nn.Sequential(*layers.with_norm_act(conv, decoder_norm, dims, a, position)))
+                c = w
+            return UpsampleHeadModule(upsample, nn.ModuleList(convs), layers.conv(dims, c, cout, k, same=same))
         case ConvHead(kernel_size=k):
             return layers.conv(dims, cin, cout, k, same=same)
         case TransposeHead(kernel_size=k, bias=tbias, norm_act=norm_act, residual_unit=unit):
@@ -285,6 +303,26 @@ def make_head(
                 return up
             return ResidualUnitAfter(up, nn.Sequential(layers.conv(dims, cout, cout, kernel, same=True, bias=bias)))
     raise AssertionError(f"unhandled head {option!r}")
+
+
+class UpsampleHeadModule(nn.Module):
+    """`head: upsample`: `up`, each of `convs`, then `out`."""
+
+    def __init__(self, up: nn.Module, convs: nn.ModuleList, out: nn.Module) -> None:
+        super().__init__()
+        self.up, self.convs, self.out = up, convs, out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.up(x)  # (B, C, *(S * stem_stride))
+        for conv in self.convs:
+            x = conv(x)
+        return self.out(x)
+
+
+def stem_pool(dims: SpatialDims, stride: tuple[int, ...]) -> nn.Module:
+    """ResNet's pool after its stem: max pooling of kernel 2*stride - 1, padding stride - 1 (3/2/1)."""
+    kernel, padding = tuple(2 * s - 1 for s in stride), tuple(s - 1 for s in stride)
+    return layers.MAX_POOL[dims](kernel, stride, padding)
 
 
 class InterpolateUp(nn.Sequential):

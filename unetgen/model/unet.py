@@ -10,9 +10,10 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ..analysis import shapes
+from ..config.options import FirstConvDown
 from ..config.unet_config import UNetConfig
 from . import layers
-from .blocks import ConvBlock, SkipMerge, conv_norm_act, make_down, make_head, make_up, paper_init_
+from .blocks import ConvBlock, SkipMerge, conv_norm_act, make_down, make_head, make_up, paper_init_, stem_pool
 
 
 class EncoderLevel(nn.Module):
@@ -88,6 +89,8 @@ class UNet(nn.Module):
         def encoder_level(i: int) -> EncoderLevel:
             resampled = i > 0 and (i < c.depth or c.resample_bottleneck)
             down = make_down(c.down, dims, lay.encoder[i - 1].out_channels, lay.strides[i - 1]) if resampled else None
+            if i == 1 and isinstance(c.down, FirstConvDown) and c.down.first_step == "max_pool":
+                down = stem_pool(dims, lay.strides[0])
             stem = None
             if i == 0 and lay.stem is not None:
                 stem = conv_norm_act(
@@ -124,6 +127,8 @@ class UNet(nn.Module):
         self.head = make_head(
             c.head, dims, lay.decoder[0].out_channels, c.out_channels, same=same, stride=lay.stem_stride,
             kernel=lay.encoder[0].kernel, bias=c.conv_bias, norm=c.norm, act=c.activation, position=position,
+            up=c.up, decoder_kernel=lay.decoder[0].kernel, decoder_norm=c.decoder_norm_type,
+            decoder_act=c.decoder_activation_type,
         )  # fmt: skip
         if c.init == "paper":
             paper_init_(self)
