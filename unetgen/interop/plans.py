@@ -610,9 +610,9 @@ def _check_unet_extras(c: UNetConfig, data: Mapping[str, Any]) -> None:
         raise _refuse(data, "head", "its output is a 1x1 conv")
     if 0 in c._decoder_convs():
         raise _refuse(data, "decoder_convs_per_block", "every decoder stage has convs")
-    for field in ("decoder_norm", "decoder_activation"):
-        if data[field] is not None:
-            raise _refuse(data, field, "one norm and one activation throughout")
+    for name in ("decoder_norm", "decoder_activation"):
+        if data[name] is not None:
+            raise _refuse(data, name, "one norm and one activation throughout")
     if data["up"].get("residual_unit"):
         raise _refuse(data, "up", "nothing between its transposed conv and the concatenation")
     if data["block"].get("last_activation", "after_sum") != "after_sum":
