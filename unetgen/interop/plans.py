@@ -615,8 +615,12 @@ def _check_unet_extras(c: UNetConfig, data: Mapping[str, Any]) -> None:
             raise _refuse(data, name, "one norm and one activation throughout")
     if data["up"].get("residual_unit"):
         raise _refuse(data, "up", "nothing between its transposed conv and the concatenation")
-    if data["block"].get("last_activation", "after_sum") != "after_sum":
-        raise _refuse(data, "block", "its residual units activate after the sum")
+    if data["block"].get("last_activation", "after_sum") != "after_sum" or data["block"].get("bottleneck"):
+        raise _refuse(data, "block", "its residual units are two convs, activated after the sum")
+    if data["down"].get("first_step", "conv") != "conv":
+        raise _refuse(data, "down", "its first stage down-samples with a strided conv, not a pool")
+    if any(s.units == 0 for s in c.layout.encoder):
+        raise _refuse(data, "blocks_per_level", "every stage has at least one block")
 
 
 def _check_regularisation(c: UNetConfig, data: Mapping[str, Any]) -> None:
