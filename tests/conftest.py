@@ -156,6 +156,33 @@ def monai_options(draw: st.DrawFn, out: dict[str, Any]) -> dict[str, Any]:
     if draw(st.booleans()):
         extra["decoder_norm"] = draw(st.sampled_from(["none", "batch", {"type": "group", "num_groups": 1}]))
         extra["decoder_activation"] = draw(st.sampled_from(["relu", "prelu", "elu"]))
+    if draw(st.booleans()):  # segmentation_models_pytorch's ResNet U-Net
+        extra |= draw(resnet_options({**out, **extra}))
+    return extra
+
+
+@st.composite
+def resnet_options(draw: st.DrawFn, out: dict[str, Any]) -> dict[str, Any]:
+    """ResNet encoders (smp's Unet): the stem alone at level 0 (carrying the stem stride), the
+    stem pool, bottleneck units, and a head that up-samples and convolves."""
+    depth, extra = out["depth"], {}
+    if draw(st.booleans()):
+        extra["stem"] = True
+        units = out.get("blocks_per_level", 1)
+        units = units if isinstance(units, list) else [units] * (depth + 1)
+        extra["blocks_per_level"] = [0, *units[1:]]
+    if out["down"] == "first_conv" and draw(st.booleans()):
+        extra["down"] = {"type": "first_conv", "first_step": "max_pool"}
+    if draw(st.booleans()):
+        extra["block"] = {"type": "residual", "bottleneck": True}
+        extra["convs_per_block"] = 3
+        if "channels" in out:  # one width per level: the three convs share it
+            extra["channels"] = [c if isinstance(c, int) else c[-1] for c in out["channels"]]
+        if out.get("decoder_block") is None:  # else the decoder would have bottleneck units too
+            extra["decoder_block"] = "plain"
+    if draw(st.booleans()):
+        widths = draw(st.lists(st.sampled_from([2, 4]), max_size=2))
+        extra["head"] = {"type": "upsample", "channels": widths, "kernel_size": draw(st.sampled_from([1, 3]))}
     return extra
 
 
