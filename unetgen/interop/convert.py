@@ -1,7 +1,7 @@
 """`convert(module)`: an instantiated peer as a unetgen `UNet` with the peer's weights and buffers.
 
 The peer's class is looked up in the registry (`unetgen.interop.registry`); its converter
-(`unetgen.interop.nnunet`, `unetgen.interop.monai`) gives the config and the peer's parametric
+(`unetgen.interop.nnunet`, `unetgen.interop.monai`, `unetgen.interop.smp`) gives the config and the peer's parametric
 layers in unetgen's order; the model is built empty and the layers are checked pair by pair and
 copied (`unetgen.interop.weights`). Never an approximation: anything unetgen cannot express
 exactly raises `UnsupportedModelError` naming the layer and the missing feature.
@@ -45,8 +45,8 @@ def convert(module: nn.Module, *, ignore_dropout: bool = False) -> UNet:
     buffers copied (batch-norm running statistics too), in the peer's dtype and device.
 
     Supported: nnU-Net's (dynamic_network_architectures) `PlainConvUNet`, `ResidualEncoderUNet` and
-    `ResidualUNet` (one residual unit per decoder stage), MONAI's `BasicUNet` and `DynUNet`: the
-    classes registered with `unetgen.interop.registry.register_converter`. Anything unetgen cannot
+    `ResidualUNet` (one residual unit per decoder stage), MONAI's `BasicUNet`, `DynUNet`, `UNet` and
+    `AttentionUnet`, segmentation_models_pytorch's `Unet` with a ResNet encoder: the classes registered with `unetgen.interop.registry.register_converter`. Anything unetgen cannot
     express exactly raises `UnsupportedModelError` naming the layer and the missing feature.
     Dropout is refused unless `ignore_dropout=True`, which drops it: eval-mode outputs are then
     still exact, training differs. The result is in the peer's train/eval mode."""
