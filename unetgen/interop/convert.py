@@ -46,8 +46,9 @@ def convert(module: nn.Module, *, ignore_dropout: bool = False) -> UNet:
 
     Supported: nnU-Net's (dynamic_network_architectures) `PlainConvUNet`, `ResidualEncoderUNet` and
     `ResidualUNet` (one residual unit per decoder stage), MONAI's `BasicUNet`, `DynUNet`, `UNet` and
-    `AttentionUnet`, segmentation_models_pytorch's `Unet` with a ResNet encoder: the classes registered with `unetgen.interop.registry.register_converter`. Anything unetgen cannot
-    express exactly raises `UnsupportedModelError` naming the layer and the missing feature.
+    `AttentionUnet`, segmentation_models_pytorch's `Unet` with a ResNet encoder: the classes
+    registered with `unetgen.interop.registry.register_converter`. Anything unetgen cannot express
+    exactly raises `UnsupportedModelError` naming the layer and the missing feature.
     Dropout is refused unless `ignore_dropout=True`, which drops it: eval-mode outputs are then
     still exact, training differs. The result is in the peer's train/eval mode."""
     if not isinstance(module, nn.Module):
