@@ -409,6 +409,11 @@ class TransposeHead(_Model):
         return self
 
 
+def _list_to_tuple(value: Any) -> Any:
+    # a list inside an option of a union is refused by strict (JSON-document) validation otherwise
+    return tuple(value) if isinstance(value, list) else value
+
+
 class UpsampleHead(_Model):
     """The output at the input's resolution: level 0's map up-sampled by `stem_stride` with the
     config's `up` (keeping its channels), `channels` convs (decoder level 0's kernel, the decoder's
@@ -416,7 +421,9 @@ class UpsampleHead(_Model):
     decoder block, which has no skip, and its segmentation head)."""
 
     type: Literal["upsample"] = "upsample"
-    channels: tuple[Annotated[int, Field(ge=1, le=MAX_CHANNELS)], ...] = Field((), max_length=MAX_CONVS)
+    channels: Annotated[tuple[Annotated[int, Field(ge=1, le=MAX_CHANNELS)], ...], BeforeValidator(_list_to_tuple)] = (
+        Field((), max_length=MAX_CONVS)
+    )
     """Output channels of each conv after the up-sampling (none: the up-sampled map goes straight
     to the output conv)."""
     kernel_size: int = Field(1, ge=1, le=MAX_KERNEL)
