@@ -425,11 +425,13 @@ def _stride_words(config: UNetConfig) -> tuple[str, str, str]:
 def _block_text(net: _Net) -> str:
     """The block's conv (its kernel per level), norm and activation, in the order the first conv
     of level 0 and the layers around it run."""
-    kernels = [net.find(net.block(i), level=i, kind=Conv)[0].kernel for i in range(net.config.depth + 1)]
+    found = [net.find(net.block(i), level=i, kind=Conv) for i in range(net.config.depth + 1)]
+    kernels = [convs[0].kernel for convs in found if convs]  # none at level 0 when it is the stem alone
+    first = next(i for i, convs in enumerate(found) if convs)
     padding = " (no padding)" if net.config.padding == "valid" else " (zero padding)"
     conv = f"conv {_per_level(kernels, 'level')[0]}{padding}"
     steps: list[str] = []
-    for op in net.find(net.block(0), level=0):
+    for op in net.find(net.block(first), level=first):
         match op:
             case Conv(row=str()) if conv in steps:
                 break  # the block's next conv
