@@ -52,6 +52,8 @@ from .config.options import (
     BatchNorm,
     Concat,
     ConvDown,
+    ConvHead,
+    FirstConvDown,
     GroupNorm,
     InstanceNorm,
     LayerNorm,
@@ -64,7 +66,9 @@ from .config.options import (
     ReLU,
     ResidualBlock,
     SiLU,
+    TransposeHead,
     TransposeUp,
+    UpsampleHead,
 )
 from .config.unet_config import UNetConfig
 from .reprs import short_path
@@ -392,6 +396,20 @@ def _activation_text(option: object) -> str:
             raise TypeError(f"draw_unet has no legend entry for activation {type(other).__name__}; add one")
 
 
+def _head_text(config: UNetConfig) -> str:
+    """The output layer's legend entry (`head`)."""
+    match config.head:
+        case ConvHead(kernel_size=k):
+            return f"conv {k}x{k} (output)" if k > 1 else "conv 1x1 (output)"
+        case TransposeHead(kernel_size=k, norm_act=norm_act, residual_unit=unit):
+            extra = (", norm, activation" if norm_act else "") + (", plus a conv of itself" if unit else "")
+            return f"transposed conv {k}x{k} by the stem stride{extra} (output)"
+        case UpsampleHead(channels=widths, kernel_size=k):
+            convs = f", {len(widths)} conv(s) with norm and activation" if widths else ""
+            return f"up-sampling by the stem stride{convs}, conv {k}x{k} (output)"
+    raise TypeError(f"draw_unet has no legend entry for head {type(config.head).__name__}; add one")
+
+
 def _legend(net: _Net, compacted: bool) -> list[tuple[str, str]]:
     """(glyph, text) pairs; glyph is an arrow kind, 'box:<role>', 'residual', 'dropout', 'gate',
     'plus' or 'note'. Only what the network computes: an entry per kind of op it runs."""
@@ -401,7 +419,7 @@ def _legend(net: _Net, compacted: bool) -> list[tuple[str, str]]:
         *_merge_items(net),
         ("down", _down_text(net, size, each)),
         ("up", _up_text(net, size, factor, each)),
-        ("head", "conv 1x1 (output)"),
+        ("head", _head_text(net.config)),
     ]
     if net.find("aux"):
         items.append(("aux", "conv 1x1 auxiliary output (deep supervision, training only)"))
@@ -480,6 +498,9 @@ def _down_text(net: _Net, size: str, each: str) -> str:
             return f"average pool{size} (kernel = stride{each})"
         case ConvDown():
             return f"strided conv{size} (kernel = stride{each})"
+        case FirstConvDown():  # `first_step: max_pool`: ResNet's stem pool, then strided first convs
+            pool = f"max pool{size} (kernel 2*stride-1, padding stride-1)"
+            return f"{pool}, then stride in the first conv of each level below"
         case other:
             raise TypeError(f"draw_unet has no legend entry for down {type(other).__name__}; add one")
 
