@@ -62,3 +62,22 @@ def test_smp_refusals() -> None:
         convert(smp.Unet("resnet18", encoder_weights=None, activation="sigmoid"))
     with pytest.raises(UnsupportedModelError, match="decoder_use_norm=False"):
         convert(smp.Unet("resnet18", encoder_weights=None, decoder_use_norm=False))
+
+
+@pytest.mark.parametrize("encoder", ["resnet18", "resnet50"])
+def test_copy_weights_pairs_smp_unet(encoder: str) -> None:
+    """copy_weights (pairing by execution order) gives the converted config smp's weights."""
+    import torch
+
+    from tests.test_interop_peers import _seeded
+    from unetgen import build_unet
+    from unetgen.interop import copy_weights
+
+    smp = _smp()
+    peer = smp.Unet(encoder, encoder_weights=None, in_channels=1, classes=2, decoder_channels=(8, 6, 5, 4, 3))
+    peer = _seeded(peer).double().eval()
+    target = build_unet(convert(peer).config).double().eval()
+    x = torch.randn(1, 1, 32, 32, dtype=torch.float64)
+    copy_weights(peer, target, x)
+    with torch.no_grad():
+        assert float((peer(x) - target(x)).abs().max()) < 1e-10
