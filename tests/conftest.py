@@ -135,7 +135,8 @@ def config_dicts(
         out |= draw(monai_options(out))
     blocks = [out["block"], out.get("decoder_block")]
     projecting = any(isinstance(b, dict) and b.get("shortcut") == "input_projection" for b in blocks)
-    if out["down"] == "first_conv" and projecting:
+    down = out["down"] if isinstance(out["down"], str) else out["down"]["type"]
+    if down == "first_conv" and projecting:
         out["block"], out["decoder_block"] = "residual", None  # input_projection runs unstrided
     if out["norm_position"] == "before_conv" and any(isinstance(b, dict) and b.get("preactivation") for b in blocks):
         out["norm_position"] = "before_activation"  # pre-activation blocks normalise before the conv already
