@@ -67,6 +67,7 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run whose state is beside --output")
     p.add_argument("--restart", action="store_true", help="start over, replacing the files of a previous run")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-plot", action="store_true", help="no PNG of the curves (the CSV log has them)")
     p.set_defaults(func=cmd_train)
 
 
@@ -155,7 +156,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.resume and args.restart:
         raise UsageError("--resume continues a run and --restart starts it over: give one of them")
     loaded, output = _training(args)
-    result = train(loaded, output, resume=args.resume, restart=args.restart, progress=not args.no_progress, note=note)
+    result = train(
+        loaded,
+        output,
+        resume=args.resume,
+        restart=args.restart,
+        progress=not args.no_progress,
+        plot=not args.no_plot,
+        note=note,
+    )
     outs = result.outputs
     best = f", best {result.best:.4f} at step {result.best_step}" if result.best is not None else ""
     note(

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from .documents import KeyPath
@@ -74,11 +74,8 @@ class _Model(BaseModel):
 
 
 def _as_tuple(value: Any) -> Any:
-    """One string is a list of one; a list is a tuple (strict validation refuses a list behind a
-    before-validator); anything else is left for the type check."""
-    if isinstance(value, str):
-        return (value,)
-    return tuple(value) if isinstance(value, list) else value
+    """One string is a list of one."""
+    return (value,) if isinstance(value, str) else value
 
 
 def _list_to_tuple(value: Any) -> Any:
@@ -86,7 +83,10 @@ def _list_to_tuple(value: Any) -> Any:
 
 
 PathText = Annotated[str, Field(min_length=1, max_length=4096, pattern=r"^[^\x00]*$")]
-Paths = Annotated[tuple[PathText, ...], BeforeValidator(_as_tuple), Field(min_length=1, max_length=MAX_PATHS)]
+Paths = Annotated[
+    PathText | Annotated[tuple[PathText, ...], Field(min_length=1, max_length=MAX_PATHS)], AfterValidator(_as_tuple)
+]
+"""One path, or a list of them (read as a tuple)."""
 
 
 # ---------------------------------------------------------------------------------------------

@@ -221,11 +221,12 @@ def _patches(loaded: LoadedTraining, model: UNetConfig, data: TrainingData, note
                 ("patches", "size"), f"{list(size)} has {len(size)} sizes; the {dims}D model needs one or {dims}"
             )
         if not shapes.is_valid_input_shape(model, size):
-            near = shapes.nearest_valid_input_size(model, size)
+            near = [shapes.nearest_valid_input_size(model, size, direction=d) for d in ("down", "up")]
+            shown = " or ".join(dict.fromkeys("x".join(map(str, n)) for n in near))
             raise loaded.problem(
                 ("patches", "size"),
-                f"{'x'.join(map(str, size))} is not a valid input size of the model; the nearest valid: "
-                f"{'x'.join(map(str, near))} (unetgen sizes CONFIG lists them)",
+                f"{'x'.join(map(str, size))} is not a valid input size of the model; the nearest valid: {shown} "
+                "(unetgen sizes CONFIG lists them)",
             )
         return size, p.batch or 2
     smallest = tuple(min(s.target.shape[a] for s in data.train) for a in range(dims))
@@ -413,12 +414,14 @@ def train(
     resume: bool = False,
     restart: bool = False,
     progress: bool = True,
+    plot: bool = True,
     note: Note | None = None,
 ) -> TrainingResult:
     """Train the model of `source` (a `TrainingConfig`, a mapping, a training file or a
     `LoadedTraining`) and write the checkpoints, state, log and curves named after `output`
     (``NAME.safetensors``; see the module). `resume` continues the run whose state is there;
-    `restart` replaces a previous run's files (never anything else). Under `torchrun` (WORLD_SIZE >
+    `restart` replaces a previous run's files (never anything else); `plot=False` skips the PNG of
+    the curves (the CSV log has them). Under `torchrun` (WORLD_SIZE >
     1) it trains with DDP, process 0 validating and writing. Bad input is a `ConfigError` (with the
     file position of the field), `CheckpointError` or `ValueError` naming the fix."""
     say: Note = note or (lambda _text: None)
@@ -495,7 +498,7 @@ def train(
         )
     writer = rank == 0
     files = [p.name for p in paths.all]
-    plots = _Plots(paths.curves, say) if writer else None
+    plots = _Plots(paths.curves, say) if writer and plot else None
     metrics: dict[str, float] = {}
 
     def save(step: int, validated: bool) -> None:
