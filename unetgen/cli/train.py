@@ -165,6 +165,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         plot=not args.no_plot,
         note=note,
     )
+    if not result.writer:
+        return 0
     outs = result.outputs
     best = f", best {result.best:.4f} at step {result.best_step}" if result.best is not None else ""
     note(

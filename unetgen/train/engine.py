@@ -377,6 +377,8 @@ class TrainingResult:
     """The last validation's metrics (empty without validation)."""
     curves: bool = False
     """Whether the PNG of the curves was written (matplotlib installed)."""
+    writer: bool = True
+    """Whether this process wrote the files (process 0 under `torchrun`)."""
 
 
 def _device(cfg: TrainingConfig, local_rank: int) -> torch.device:
@@ -488,11 +490,13 @@ def train(
         opt.load_state_dict(state["optimizer"])
         start, best, best_step, history = int(state["step"]), state["best"], state["best_step"], list(state["history"])
     net: nn.Module = model
+    owned_group = False
     if world > 1:
         import torch.distributed as dist
 
         if not dist.is_initialized():
             dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+            owned_group = True
         net = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=False
         )
@@ -577,9 +581,15 @@ def train(
     finally:
         if bar is not None:
             bar.close()
+        if owned_group:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
     if start >= cfg.steps and writer:
         say(f"the run in {short_path(paths.state)} has done its {cfg.steps} steps already")
-    return TrainingResult(paths, cfg.steps, patch, batch, best, best_step, metrics, bool(plots and plots.wrote))
+    return TrainingResult(
+        paths, cfg.steps, patch, batch, best, best_step, metrics, bool(plots and plots.wrote), writer=writer
+    )
 
 
 def _trim_validation(data: TrainingData, patch: tuple[int, ...]) -> None:
