@@ -22,11 +22,12 @@ from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 from safetensors.torch import load_file
 
-from unetgen import build_unet, load_unet
+from unetgen import build_unet, load_unet, predict_tiled
 from unetgen.checkpoint import checkpoint_metadata, checkpoint_preprocessing
 from unetgen.cli import main
 from unetgen.config.io import ConfigError
 from unetgen.config.training import SCHEMA_PATH, TrainingConfig, load_training, schema_text
+from unetgen.predict.preprocess import preprocess
 from unetgen.train import Outputs, read_state, train
 from unetgen.train.metrics import class_scores, object_scores
 
@@ -42,7 +43,7 @@ def blobs(seed: int, shape: tuple[int, int] = (64, 64), count: int = 6) -> tuple
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[: shape[0], : shape[1]]
     labels = np.zeros(shape, np.uint16)
-    centres = [(20, 20), (20, 29)] + [tuple(rng.integers(8, s - 8) for s in shape) for _ in range(count - 2)]
+    centres = [(20, 20), (20, 29), (40, 54)] + [tuple(rng.integers(8, s - 8) for s in shape) for _ in range(count - 3)]
     for k, (cy, cx) in enumerate(centres, start=1):
         labels[((yy - cy) ** 2 + (xx - cx) ** 2 < 25) & (labels == 0)] = k
     image = (100 + 80 * (labels > 0) + rng.normal(0, 10, shape)).astype(np.uint16)
@@ -190,7 +191,17 @@ def test_cli_simple_form_trains_and_writes_everything(tmp_path: Path, capsys: py
     log = paths.log.read_text().splitlines()
     assert log[0] == "step,loss,lr,seconds,iou,dice,object_f1,separated" and len(log) == 4
     assert read_state(paths.state)["step"] == 3
-    assert load_unet(paths.last).config.base_channels == 2
+    # the validation of the held-out quarter scores what the whole image's prediction gives there
+    net = load_unet(paths.last)
+    with torch.no_grad():
+        whole = predict_tiled(net, torch.from_numpy(preprocess(image, spec)), progress=False).argmax(0).numpy()
+    cut = 64 - 16
+    fg, truth = whole[:, cut:] == 1, labels[:, cut:] > 0
+    iou = (fg & truth).sum() / (fg | truth).sum() if (fg | truth).any() else 1.0
+    assert float(log[-1].split(",")[4]) == pytest.approx(iou, abs=1e-5)
+    assert float(log[-1].split(",")[6]) == pytest.approx(
+        object_scores(fg, labels[:, cut:].astype(np.int64))["object_f1"]
+    )
     # the same again: refused, --resume has nothing left to do, --restart replaces only its own files
     capsys.readouterr()
     assert main(args) == 1

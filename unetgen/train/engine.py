@@ -453,7 +453,7 @@ def train(
     patch, batch = _patches(loaded, model_cfg, data, say)
     if state is not None:
         patch, batch = tuple(state["patch"]), int(state["batch"])
-    _trim_validation(data, patch)
+    _trim_validation(data, patch, model_cfg)
     if batch % world:
         raise ValueError(f"the batch of {batch} patches does not split among {world} processes; give patches.batch")
     device = _device(cfg, local_rank)
@@ -592,14 +592,18 @@ def train(
     )
 
 
-def _trim_validation(data: TrainingData, patch: tuple[int, ...]) -> None:
-    """Keep at most a patch of context in front of each validation region."""
+def _trim_validation(data: TrainingData, patch: tuple[int, ...], model: UNetConfig) -> None:
+    """Keep about a patch of context in front of each validation region, starting at a multiple of
+    the network's period along the axis (the product of its strides): a valid network's output
+    depends on where the pooling grid starts, so only such a start predicts the region exactly as
+    the whole image does."""
     if data.split_axis is None:
         return
     axis, context = data.split_axis, patch[data.split_axis]
+    period = shapes.axis_rule(model, axis).period
     for s in data.validation:
         cut = s.offset
-        start = max(0, cut - context)
+        start = max(0, cut - context) // period * period
         if start:
             index = [slice(None)] * s.target.ndim
             index[axis] = slice(start, None)
