@@ -79,7 +79,7 @@ def test_model_loaded_once_per_worker_process_and_resume(client, tmp_path) -> No
 
     with pytest.raises(KeyboardInterrupt):
         unet_dask.predict_distributed(checkpoint, image, tmp_path / "out.zarr", **options, callback=stop)
-    record = zarr.open_array(tmp_path / "out.zarr").attrs["unetgen_progress"]
+    record = zarr.open_array(tmp_path / "out.zarr" / "0").attrs["unetgen_progress"]
     assert 3 <= record["completed"] < record["blocks"]
     tasks.clear()
     out = unet_dask.predict_distributed(checkpoint, image, tmp_path / "out.zarr", **options, callback=tasks.append)
@@ -125,4 +125,4 @@ def test_cli_with_a_scheduler_address(tmp_path, capsys) -> None:
     err = capsys.readouterr().err
     assert "blocks complete" in err and "error: give --scheduler or --workers, not both" in err
     want = predict_tiled(model, torch.from_numpy(pixels), tile_size=48)
-    assert np.array_equal(zarr.open_array(tmp_path / "o.zarr")[...], want.numpy())
+    assert np.array_equal(zarr.open_array(tmp_path / "o.zarr" / "0")[...], want.numpy())

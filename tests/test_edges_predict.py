@@ -91,15 +91,15 @@ def test_restart_removes_only_the_array_files_of_an_output_unetgen_made(model, c
     image = _image(tmp_path)
     out = tmp_path / "out.zarr"
     assert main(_cli(ckpt, image, out, "--no-progress")) == 0
-    (out / "c" / "README").write_text("mine")  # a file of the user's, inside unetgen's array
+    (out / "0" / "c" / "README").write_text("mine")  # a file of the user's, inside unetgen's array
     assert main(_cli(ckpt, image, out, "--restart", "--no-progress")) == 1
-    assert "holds" in _errors(capsys)[0] and (out / "c" / "README").read_text() == "mine"
-    (out / "c" / "README").unlink()
+    assert "holds" in _errors(capsys)[0] and (out / "0" / "c" / "README").read_text() == "mine"
+    (out / "0" / "c" / "README").unlink()
     before = _snapshot(out)
     assert main(_cli(ckpt, image, out, "--restart", "--no-progress")) == 0  # its own array: recreated
     assert _snapshot(out).keys() == before.keys()
     want = predict_tiled(model, torch.from_numpy(zarr.open_array(image)[...]), tile_size=24, progress=False)
-    assert np.array_equal(zarr.open_array(out, mode="r")[...], want.numpy())
+    assert np.array_equal(zarr.open_array(out / "0", mode="r")[...], want.numpy())
 
 
 def test_create_output_overwrites_only_its_own_arrays(model, tmp_path) -> None:
@@ -202,7 +202,7 @@ def test_a_second_run_cannot_restart_an_output_being_written(model, tmp_path) ->
     predict_tiled(model, open_image(image), out=out, tile_size=24, callback=second_run, progress=False)
     assert refused and refused[0] and "is being written by" in refused[0][0]
     want = predict_tiled(model, torch.from_numpy(zarr.open_array(image)[...]), tile_size=24, progress=False)
-    record = zarr.open_array(tmp_path / "out.zarr", mode="r")
+    record = zarr.open_array(tmp_path / "out.zarr" / "0", mode="r")
     assert np.array_equal(record[...], want.numpy())
     assert record.attrs["unetgen_progress"]["completed"] == record.attrs["unetgen_progress"]["blocks"]
 
@@ -263,7 +263,7 @@ def test_a_record_replaced_by_another_writer_stops_the_run(model, tmp_path) -> N
     def other_writer(n, tile):  # a writer that ignores the lock (another machine): it resets the record
         calls.append(tile)
         if len(calls) == 2:
-            other = zarr.open_array(tmp_path / "out.zarr", mode="r+")
+            other = zarr.open_array(tmp_path / "out.zarr" / "0", mode="r+")
             record = dict(other.attrs["unetgen_progress"], run="someone else", completed=0)
             other.attrs["unetgen_progress"] = record
 
@@ -272,7 +272,7 @@ def test_a_record_replaced_by_another_writer_stops_the_run(model, tmp_path) -> N
     with pytest.raises(ValueError, match="another run replaced"), pytest.MonkeyPatch.context() as mp:
         mp.setattr(Journal, "INTERVAL", 0.0)
         predict_tiled(model, open_image(image), out=out, tile_size=24, callback=other_writer, progress=False)
-    assert zarr.open_array(tmp_path / "out.zarr", mode="r").attrs["unetgen_progress"]["run"] == "someone else"
+    assert zarr.open_array(tmp_path / "out.zarr" / "0", mode="r").attrs["unetgen_progress"]["run"] == "someone else"
 
 
 def test_the_journal_temporary_never_follows_a_planted_symlink(model, tmp_path) -> None:
@@ -425,7 +425,7 @@ def test_forged_progress_records_end_in_one_clear_error_without_inflating(model,
         "bits beyond the last block": dict(done=base64.b64encode(zlib.compress(b"\xff")).decode()),
     }
     for name, fields in forged.items():
-        _forge(zarr.open_array(tmp_path / "out.zarr", mode="r+"), **fields)
+        _forge(zarr.open_array(tmp_path / "out.zarr" / "0", mode="r+"), **fields)
         tracemalloc.start()
         with pytest.raises(ValueError, match="forged progress record") as info:
             predict_tiled(model, open_image(image), out=open_output(tmp_path / "out.zarr"), tile_size=24)
@@ -433,7 +433,7 @@ def test_forged_progress_records_end_in_one_clear_error_without_inflating(model,
         tracemalloc.stop()
         assert peak < 32 << 20, (name, peak)
         assert "resume=False" in str(info.value) and len(str(info.value)) < 400, name
-    zarr.open_array(tmp_path / "out.zarr", mode="r+").attrs["unetgen_progress"] = [1, 2, 3]
+    zarr.open_array(tmp_path / "out.zarr" / "0", mode="r+").attrs["unetgen_progress"] = [1, 2, 3]
     with pytest.raises(ValueError, match="a list, not a JSON object"):
         predict_tiled(model, open_image(image), out=open_output(tmp_path / "out.zarr"), tile_size=24)
     predict_tiled(model, open_image(image), out=open_output(tmp_path / "out.zarr"), tile_size=24, resume=False)
@@ -661,7 +661,7 @@ def test_a_resumed_run_says_so(model, ckpt, tmp_path, capsys) -> None:
 
     with pytest.raises(KeyboardInterrupt):
         predict_tiled(model, open_image(image), out=out, tile_size=24, callback=stop, progress=False)
-    done = zarr.open_array(tmp_path / "out.zarr", mode="r").attrs["unetgen_progress"]["completed"]
+    done = zarr.open_array(tmp_path / "out.zarr" / "0", mode="r").attrs["unetgen_progress"]["completed"]
     assert main(_cli(ckpt, image, tmp_path / "out.zarr", "--no-progress")) == 0
     err = capsys.readouterr().err
     assert f"resuming: {done} of 56 blocks done" in err and "56/56 blocks complete" in err
@@ -688,8 +688,8 @@ def test_an_ome_tiff_naming_other_files_is_read_alone(tmp_path) -> None:
     tifffile.imwrite(tmp_path / "a.ome.tif", np.ones((16, 16), np.uint8), description=ome, metadata=None)
     os.mkfifo(tmp_path / "b.ome.tif")
     try:
-        assert tuple(finishes(lambda: open_image(tmp_path / "a.ome.tif")).shape) == (16, 16)
-        assert tuple(finishes(lambda: read_image(tmp_path / "a.ome.tif")).shape) == (16, 16)
+        assert tuple(finishes(lambda: open_image(tmp_path / "a.ome.tif")).shape) == (1, 16, 16)  # YX: (C, H, W)
+        assert tuple(finishes(lambda: read_image(tmp_path / "a.ome.tif")).shape) == (1, 16, 16)
     finally:
         _unblock(tmp_path / "b.ome.tif")
 

@@ -215,7 +215,7 @@ def test_tiff_input(tmp_path) -> None:
     pixels = np.random.default_rng(0).integers(0, 60000, (130, 150), dtype=np.uint16)
     tifffile.imwrite(tmp_path / "image.tif", pixels, tile=(32, 32))
     image = open_image(tmp_path / "image.tif")
-    assert image.shape == (130, 150) and not isinstance(image, np.ndarray)
+    assert image.shape == (1, 130, 150) and not isinstance(image, np.ndarray)  # TIFF axes YX: laid out (C, H, W)
     out = create_output(tmp_path / "out.zarr", model, image, output_type="labels", tile_size=64)
     predict_tiled(model, image, out=out, output_type="labels", tile_size=64, progress=False)
     _assert_same(out[...], model, torch.from_numpy(pixels.astype(np.float32))[None], "labels", tile_size=64)
@@ -316,7 +316,7 @@ def test_cli_predicts_a_zarr_image_and_resumes(tmp_path, capsys) -> None:
     base = ["predict", str(ckpt), "--input", str(tmp_path / "in.zarr"), "--output", str(tmp_path / "out.zarr")]
     argv = [*base, "--tile-size", "64", "--output-type", "labels", "--no-progress"]
     assert main(argv) == 0
-    out = zarr.open_array(tmp_path / "out.zarr", mode="r")
+    out = zarr.open_array(tmp_path / "out.zarr" / "0", mode="r")
     _assert_same(out[...], model, torch.from_numpy(pixels), "labels", tile_size=64)
     assert main(argv) == 0  # everything recorded: nothing to do
     err = capsys.readouterr().err
@@ -372,7 +372,7 @@ KILL_SCRIPT = textwrap.dedent(
     Journal.INTERVAL = 0  # record every block: the kill then leaves a record to resume from
     torch.set_num_threads(1)
     model = load_unet(sys.argv[1])
-    image, out, after = np.load(sys.argv[2]), zarr.open_array(sys.argv[3], mode="r+"), int(sys.argv[4])
+    image, out, after = np.load(sys.argv[2]), zarr.open_array(sys.argv[3] + "/0", mode="r+"), int(sys.argv[4])
     seen = []
 
     def kill(n, tile):
@@ -404,7 +404,7 @@ def test_resume_after_the_process_was_killed(tmp_path) -> None:
         [*argv, str(tmp_path / "out.zarr"), "13"], capture_output=True, text=True, env=env, timeout=300
     )
     assert done.returncode == -9, done.stderr[-2000:]  # killed: no finally, no flush
-    record = zarr.open_array(tmp_path / "out.zarr").attrs["unetgen_progress"]
+    record = zarr.open_array(tmp_path / "out.zarr" / "0").attrs["unetgen_progress"]
     assert 0 < record["completed"] < record["blocks"]
     predict_tiled(model, image, out=out, **options, progress=False)  # resumes
     whole = np.zeros(out.shape, np.float32)

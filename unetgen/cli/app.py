@@ -14,7 +14,18 @@ import os
 import sys
 from collections.abc import Sequence
 
-from .args import Parser, device, file_path, fraction, gib, npy_path, positive_int, sizes_arg, yaml_path
+from .args import (
+    Parser,
+    axes_arg,
+    device,
+    file_path,
+    fraction,
+    gib,
+    npy_path,
+    positive_int,
+    sizes_arg,
+    yaml_path,
+)
 from .draw import cmd_draw
 from .errors import DEBUG_ENV, UsageError, report, report_broken_pipe, report_interrupt
 from .export import add_export_parser
@@ -53,7 +64,16 @@ def build_parser() -> argparse.ArgumentParser:
         required=True,
         help=".npy, .png or .tif: (C, *spatial), (N, C, *spatial) or (*spatial)",
     )
-    p.add_argument("--output", type=npy_path, required=True, help="where to write the prediction (.npy or .zarr)")
+    p.add_argument(
+        "--output", type=npy_path, required=True, help="where to write the prediction (.npy, .tif/.ome.tif or .zarr)"
+    )
+    p.add_argument(
+        "--axes",
+        type=axes_arg,
+        default=None,
+        help="the input's axes where its file does not say them (or says them wrong): yx, zyx, cyx, yxc, czyx, "
+        "zyxc, byx (a stack of 2D images) ...",
+    )
     p.add_argument("--output-type", choices=("logits", "probabilities", "labels"), default="logits")
     p.add_argument("--tile-size", type=sizes_arg, default=None, help="largest input tile, e.g. 572 or 572x572")
     p.add_argument("--batch-size", type=positive_int, default=1, help="tiles per forward pass")

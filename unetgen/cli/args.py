@@ -18,6 +18,7 @@ from ..analysis import shapes
 from ..checkpoint import checkpoint_config, sniff
 from ..config.io import SUFFIXES, load_config
 from ..config.unet_config import UNetConfig
+from ..predict.formats import check_regular_file
 from .errors import UsageError, show
 
 # ---------------------------------------------------------------------------------------------
@@ -83,11 +84,22 @@ def file_path(text: str) -> str:
 
 def npy_path(text: str) -> str:
     file_path(text)
-    if Path(text.rstrip("/")).suffix.lower() not in (".npy", ".zarr"):
+    if Path(text.rstrip("/")).suffix.lower() not in (".npy", ".zarr", ".tif", ".tiff"):
         raise argparse.ArgumentTypeError(
-            f"{show(text)} must end in .npy (a NumPy array) or .zarr (out of core), e.g. {show(text)}.npy"
+            f"{show(text)} must end in .npy (a NumPy array), .tif/.tiff (a TIFF; .ome.tif: an OME-TIFF) or .zarr "
+            f"(an OME-Zarr group, out of core), e.g. {show(text)}.npy"
         )
     return text
+
+
+def axes_arg(text: str) -> str:
+    """--axes: a layout in bioimage.io's letters (`unetgen.predict.axes.parse_axes`)."""
+    from ..predict.axes import parse_axes
+
+    try:
+        return parse_axes(text, "--axes")
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err).removeprefix("--axes=")) from None
 
 
 def yaml_path(text: str) -> str:
@@ -139,19 +151,9 @@ class Parser(argparse.ArgumentParser):
 
 
 def regular_file(path: str | Path, what: str) -> None:
-    """`path` is a regular file this process can read, else a ValueError naming `what` it is."""
-    try:
-        mode = os.stat(path).st_mode
-    except FileNotFoundError:
-        raise ValueError(f"{what} {show(str(path))}: no such file") from None
-    except (OSError, ValueError) as err:
-        raise ValueError(f"{what} {show(str(path))}: cannot read it ({getattr(err, 'strerror', err)})") from None
-    if stat.S_ISDIR(mode):
-        raise ValueError(f"{what} {show(str(path))} is a directory; give a file")
-    if not stat.S_ISREG(mode):
-        raise ValueError(f"{what} {show(str(path))} is not a regular file (a FIFO, device or socket); give a file")
-    if not os.access(path, os.R_OK):
-        raise ValueError(f"{what} {show(str(path))}: permission denied")
+    """`path` is a regular file this process can read, else a ValueError naming `what` it is: the
+    same check (and open) every file prediction reads goes through (`check_regular_file`)."""
+    check_regular_file(path, what)
 
 
 def read_config(name: str, what: str = "CONFIG") -> UNetConfig:

@@ -86,7 +86,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         return cmd_predict_large(args)
     import torch
 
-    from ..predict.formats import image_format, read_image, write_image
+    from ..predict.axes import LaidOut, check_fit, describe
+    from ..predict.formats import as_tensor, image_format, read_view, write_image
     from ..predict.ownership import check_apart
     from ..predict.plan import DEFAULT_MEMORY_LIMIT, check_memory, format_bytes, plan_tiles
     from ..predict.run import predict_tiled
@@ -100,9 +101,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
     check_apart(args.input, args.output, what="--output", source_what="--input")
     limit = args.memory_limit if args.memory_limit is not None else DEFAULT_MEMORY_LIMIT
     model = _load_model(args, cfg)
-    image = read_image(args.input, "--input", max_bytes=limit)  # refused from its header above the limit
-    if image.dim() == cfg.spatial_dims and cfg.in_channels == 1:
-        image = image.unsqueeze(0)  # a single-channel image without its channel axis
+    layout = _spec_layout(model)
+    axes = getattr(args, "axes", None)
+    view = read_view(args.input, "--input", max_bytes=limit, axes=axes, layout=layout)  # refused above the limit
+    if isinstance(view, LaidOut):
+        if layout is None:
+            check_fit(cfg, view)  # the file's (or --axes') axes against the network, named
+        note(describe(view))
+    image = as_tensor(view, "--input", args.input)
     dtype = next(model.parameters()).dtype if model is not None else torch.float32
     x = check_image(cfg, image, dtype)
     options = dict(tile_size=tile, batch_size=args.batch_size, overlap=args.overlap)
@@ -122,10 +128,35 @@ def cmd_predict(args: argparse.Namespace) -> int:
         output_type=args.output_type,
         memory_limit=limit,
     )
-    write_image(args.output, result.cpu().numpy())
+    letters, pixel = _output_axes(cfg, view, model, args.output_type, result.dim())
+    write_image(args.output, result.cpu().numpy(), letters, pixel)
     dtype_name = str(result.dtype).removeprefix("torch.")
     note(f"wrote {show(args.output)}: {args.output_type}, shape {tuple(result.shape)}, {dtype_name}")
     return 0
+
+
+def _spec_layout(model: Any) -> str | None:
+    """The layout of the model's preprocessing spec, when it says one (its normalisation lays the
+    image out from there: `unetgen.predict.preprocess`)."""
+    spec = getattr(model, "preprocessing", None)
+    return getattr(spec, "axes", None)
+
+
+def _output_axes(cfg: UNetConfig, view: Any, model: Any, output_type: str, ndim: int) -> tuple[str, Any]:
+    """The axes of the prediction (unetgen's layout) and where its pixel size comes from: the
+    input's axes when they say it, else the model's preprocessing spec."""
+    from ..predict.axes import SPATIAL, Axes, LaidOut
+
+    spatial = view.axes.spatial if isinstance(view, LaidOut) else SPATIAL[-cfg.spatial_dims :]
+    letters = ("" if output_type == "labels" else "c") + spatial
+    letters = ("b" + letters) if ndim == len(letters) + 1 else letters
+    found = view.axes if isinstance(view, LaidOut) else None
+    spec = getattr(model, "preprocessing", None)
+    size = getattr(spec, "pixel_size", None)
+    if (found is None or not found.scale) and size:
+        scale = tuple((a, float(size[a])) for a in SPATIAL if a in size)
+        found = Axes(spatial, "the preprocessing spec", scale, getattr(spec, "unit", None))
+    return letters, found
 
 
 # --- out-of-core and distributed prediction (issue 14): a separate branch of `predict` -------
@@ -210,13 +241,19 @@ def _predict_large(args: argparse.Namespace, plan_options: dict[str, Any], optio
     """The written .zarr array, None for a dry run."""
     from ..checkpoint import load_unet
     from ..predict.arrays import create_output, open_image
+    from ..predict.axes import LaidOut, check_fit, describe
     from ..predict.ownership import output_lock
     from ..predict.plan import check_memory, format_bytes, plan_tiles
     from ..predict.run import predict_tiled
     from ..predict.sources import ArraySource, open_source, spatial_shape
 
     model = load_unet(args.config, device=args.device or "cpu")
-    image = open_image(args.input)
+    layout = _spec_layout(model)
+    image = open_image(args.input, getattr(args, "axes", None), layout=layout, what="--input")
+    if isinstance(image, LaidOut):
+        if layout is None:
+            check_fit(model.config, image)  # before anything is planned or created
+        note(describe(image))
     dtype = next(model.parameters()).dtype
     source, _, images = open_source(model.config, image, dtype)
     plan = plan_tiles(model, spatial_shape(model.config, image), **plan_options, dtype=dtype)
@@ -261,6 +298,7 @@ def _predict_on_cluster(args: argparse.Namespace, options: dict[str, Any]) -> An
             args.output,
             client=client,
             workers=args.workers,
+            axes=getattr(args, "axes", None),
             **options,
             device=args.device or "cpu",
             resume=not args.restart,

@@ -89,6 +89,7 @@ def _predict_blocks(
     options: dict[str, Any],
     blocks: Sequence[int],
     device: str,
+    axes: str | None = None,
 ) -> list[int]:
     """One Dask task: predict `blocks` on this worker and write them into `out`."""
     try:
@@ -98,7 +99,7 @@ def _predict_blocks(
     except (ImportError, ValueError):
         pass  # not on a Dask worker
     model = worker_model(checkpoint, device)
-    job, source, sink = prepare(model, open_image(image), open_output(out), plan=plan, **options)
+    job, source, sink = prepare(model, open_image(image, axes), open_output(out), plan=plan, **options)
     run(model, job, source, sink, todo=blocks, progress=False)
     return list(blocks)
 
@@ -137,11 +138,13 @@ def predict_distributed(
     resume: bool = True,
     progress: bool = True,
     callback: Callable[[Sequence[int]], None] | None = None,
+    axes: str | None = None,
 ) -> Any:
     """Predict `image` with the model in `checkpoint` on a Dask cluster, into the zarr array `out`.
 
     `image`: a path (`.zarr`, `.npy`, `.tif`: see `unetgen.arrays.open_image`) or a zarr array,
-    readable by every worker (shared or object storage). `out`: a path, created with
+    readable by every worker (shared or object storage); `axes` as in `open_image` (the workers
+    read it so too). `out`: a path, created with
     `unetgen.arrays.create_output` if missing (one chunk per block), or a zarr array whose chunks
     hold whole blocks. `client`: a `distributed.Client` (e.g. `Client("tcp://host:8786")`);
     without it a `LocalCluster` of `workers` processes (default 1) with one thread each is
@@ -164,7 +167,7 @@ def predict_distributed(
     if client is not None and workers is not None:
         raise ValueError("give client or workers, not both: workers starts a local cluster")
     model = load_unet(checkpoint, device="cpu").eval()  # the plan and the fingerprint; tasks load their own
-    source = open_image(image)
+    source = open_image(image, axes)
     plan_options = dict(tile_size=tile_size, batch_size=batch_size, overlap=overlap, memory_budget=memory_budget)
     with output_lock(Path(os.path.abspath(out)) if is_local(out) else storage_path(out)):
         if is_local(out):
@@ -184,7 +187,8 @@ def predict_distributed(
         spec = str(Path(image).resolve()) if isinstance(image, (str, os.PathLike)) else source
         args = (str(Path(checkpoint).resolve()), spec, out, job.plan, options)
         with _cluster(client, workers) as client:
-            _run_tasks(client, args, job, journal, blocks_per_task, device, progress and sys.stderr.isatty(), callback)
+            show = progress and sys.stderr.isatty()
+            _run_tasks(client, args, job, journal, blocks_per_task, device, show, callback, axes)
     return target
 
 
@@ -202,6 +206,7 @@ def _run_tasks(
     device: str,
     progress: bool,
     callback: Callable[[Sequence[int]], None] | None,
+    axes: str | None = None,
 ) -> None:
     """Submit the tasks, at most `MAX_TASKS_IN_FLIGHT` at a time, recording each task's blocks in
     `journal` as it completes; on any exception cancel what is in flight and keep the record."""
@@ -214,7 +219,7 @@ def _run_tasks(
     pending: set[Any] = set()
 
     def submit(blocks: list[int]) -> Any:
-        future = client.submit(_predict_blocks, *args, blocks, device, pure=False, retries=2)
+        future = client.submit(_predict_blocks, *args, blocks, device, axes, pure=False, retries=2)
         pending.add(future)
         return future
 

@@ -32,8 +32,10 @@ from typing import Any, BinaryIO
 import numpy as np
 import torch
 
+from ..atomic import replacing
 from ..config import documents
 from ..reprs import short_arg, short_repr, short_text
+from .axes import Axes, lay_out, tiff_axes
 from .ownership import exclusive_temp, remember_path
 
 __all__ = [
@@ -44,7 +46,10 @@ __all__ = [
     "image_format",
     "import_zarr",
     "open_regular_file",
+    "as_tensor",
+    "is_ome_tiff",
     "read_image",
+    "read_view",
     "write_image",
 ]
 
@@ -60,13 +65,16 @@ class ImageFormat:
     """What reads it, as messages name it: NumPy, Pillow, tifffile, zarr."""
     module: str | None
     """The optional module `read` needs (None: NumPy, always installed)."""
-    read: Callable[[str, str, int | None], np.ndarray] | None = None
-    """`read(path, what, max_bytes)`: the whole image as a NumPy array, refused (before decoding)
-    if it would take more than `max_bytes` (None: no limit); errors name `what` (e.g. --input)."""
-    open: Callable[[Path], Any] | None = None
-    """`open(path)`: a read-only array-like, its pixels read only when sliced."""
-    write: Callable[[str, np.ndarray], None] | None = None
-    """`write(path, array)`: the array written to `path` exactly, whole or not at all."""
+    read: Callable[[str, str, int | None], tuple[np.ndarray, Axes | None]] | None = None
+    """`read(path, what, max_bytes)`: the whole image as a NumPy array as stored, and its axes
+    where the file says them (`unetgen.predict.axes`), refused (before decoding) if it would take
+    more than `max_bytes` (None: no limit); errors name `what` (e.g. --input)."""
+    open: Callable[[Path], tuple[Any, Axes | None]] | None = None
+    """`open(path)`: a read-only array-like, its pixels read only when sliced, and its axes."""
+    write: Callable[[str, np.ndarray, str | None, Axes | None], None] | None = None
+    """`write(path, array, letters, axes)`: the array written to `path` exactly, whole or not at
+    all; `letters` (unetgen's layout, e.g. ``cyx``) and `axes` (the input's, for its pixel size)
+    describe it where the format can say so (TIFF)."""
 
 
 def _named(what: str, path: str | os.PathLike[str]) -> str:
@@ -167,15 +175,15 @@ def _map_npy(path: str | os.PathLike[str], what: str, mode: str) -> np.ndarray:
             raise ValueError(f"{named}: cannot read the .npy array: {short_text(str(err))}") from None
 
 
-def _read_npy(path: str, what: str, max_bytes: int | None) -> np.ndarray:
+def _read_npy(path: str, what: str, max_bytes: int | None) -> tuple[np.ndarray, None]:
     array = _map_npy(path, what, "c")  # mapped: read tile by tile, never pickled
     if not array.dtype.isnative and max_bytes is not None and array.nbytes > max_bytes:
         raise ValueError(_too_large(_named(what, path), array.shape, array.dtype, max_bytes, " in native byte order"))
-    return array
+    return array, None  # a .npy file does not say its axes
 
 
-def _open_npy(path: Path) -> Any:
-    return _map_npy(path, "image", "r")
+def _open_npy(path: Path) -> tuple[Any, None]:
+    return _map_npy(path, "image", "r"), None
 
 
 def _too_large(named: str, shape: Any, dtype: Any, max_bytes: int, how: str = "") -> str:
@@ -187,7 +195,7 @@ def _too_large(named: str, shape: Any, dtype: Any, max_bytes: int, how: str = ""
     )
 
 
-def _write_npy(path: str, array: np.ndarray) -> None:
+def _write_npy(path: str, array: np.ndarray, letters: str | None = None, axes: Axes | None = None) -> None:
     """Write `array` to `path` exactly (no suffix added) through an exclusive temporary file
     beside it and a rename: a full disk (checked first) or any failure leaves nothing behind and
     the previous file, if any, as it was."""
@@ -222,7 +230,7 @@ def _write_npy(path: str, array: np.ndarray) -> None:
 _PNG_BYTES = {"I": 4, "F": 4, "I;16": 2}  # bytes per pixel and band; 1 for the others
 
 
-def _read_png(path: str, what: str, max_bytes: int | None) -> np.ndarray:
+def _read_png(path: str, what: str, max_bytes: int | None) -> tuple[np.ndarray, Axes]:
     from PIL import Image
 
     named = _named(what, path)
@@ -242,14 +250,16 @@ def _read_png(path: str, what: str, max_bytes: int | None) -> np.ndarray:
         raise ValueError(f"{named}: cannot read it as a PNG image: {err}") from None
     except Exception as err:  # Pillow raises many types: UnidentifiedImageError, DecompressionBombError, ...
         raise ValueError(f"{named}: cannot read it as a PNG image: {err}") from None
-    return np.moveaxis(array, -1, 0) if array.ndim == 3 else array  # (H, W, C) -> (C, H, W)
+    bands = f" with {array.shape[2]} bands" if array.ndim == 3 else ""
+    return array, Axes("yxc" if array.ndim == 3 else "yx", f"PNG axes YX{bands}")
 
 
-def _open_zarr(path: Path) -> Any:
+def _open_zarr(path: Path) -> tuple[Any, Axes | None]:
+    """A zarr array, or the full-resolution level of an OME-Zarr image (with its axes and scale)."""
     import_zarr()  # an ImportError that says how to install it
-    from .zarr_store import open_checked
+    from .zarr_store import open_image_array
 
-    return open_checked(path, "image")
+    return open_image_array(path, "image")
 
 
 _SLACK = 1 << 20  # bytes a chunk may hold beyond twice its pixels (headers, an incompressible tile)
@@ -273,7 +283,30 @@ def _check_tiff(series: Any, named: str, max_bytes: int | None) -> None:
             )
 
 
-def _read_tiff(path: str, what: str, max_bytes: int | None) -> np.ndarray:
+_MAX_OME_XML = 16 << 20  # an OME-XML description longer than this is not read for pixel sizes
+
+
+def _physical(tif: Any) -> dict[str, Any]:
+    """OME's PhysicalSizeX... of the first image of an OME-TIFF (empty for other TIFFs)."""
+    try:
+        text = tif.ome_metadata if tif.is_ome else None
+        if not text or len(text) > _MAX_OME_XML:
+            return {}
+        import tifffile
+
+        image = tifffile.xml2dict(text).get("OME", {}).get("Image")
+        image = image[0] if isinstance(image, list) and image else image
+        pixels = image.get("Pixels") if isinstance(image, dict) else None
+        return {k: v for k, v in pixels.items() if k.startswith("PhysicalSize")} if isinstance(pixels, dict) else {}
+    except Exception:  # damaged OME-XML: the pixel size is not known
+        return {}
+
+
+def _tiff_axes(tif: Any, series: Any) -> Axes | None:
+    return tiff_axes(series.axes, tuple(series.shape), _physical(tif))
+
+
+def _read_tiff(path: str, what: str, max_bytes: int | None) -> tuple[np.ndarray, Axes | None]:
     import tifffile
 
     named = _named(what, path)
@@ -281,17 +314,17 @@ def _read_tiff(path: str, what: str, max_bytes: int | None) -> np.ndarray:
         with open_regular_file(path, what) as f, tifffile.TiffFile(f, _multifile=_ONE_FILE) as tif:
             series = tif.series[0]
             _check_tiff(series, named, max_bytes)
-            array, axes = series.asarray(), series.axes
+            array, axes = series.asarray(), _tiff_axes(tif, series)
     except ValueError as err:
         if str(err).startswith(named):
             raise
         raise ValueError(f"{named}: cannot read it as a TIFF image: {err}") from None
     except Exception as err:  # tifffile raises TiffFileError, ValueError, IndexError, ... on a bad file
         raise ValueError(f"{named}: cannot read it as a TIFF image: {err}") from None
-    return np.moveaxis(array, axes.index("S"), 0) if "S" in axes else array  # samples (RGB) first
+    return array, axes
 
 
-def _open_tiff(path: Path) -> Any:
+def _open_tiff(path: Path) -> tuple[Any, Axes | None]:
     """The first series' full resolution, through tifffile's zarr store (reading the open file)."""
     try:
         import tifffile
@@ -302,7 +335,9 @@ def _open_tiff(path: Path) -> Any:
     f = open_regular_file(path, "image")
     try:
         with tifffile.TiffFile(f, _multifile=_ONE_FILE) as tif:
-            _check_tiff(tif.series[0].levels[0], named, None)
+            level = tif.series[0].levels[0]
+            _check_tiff(level, named, None)
+            axes = _tiff_axes(tif, level)
         f.seek(0)
         store = tifffile.imread(f, aszarr=True, series=0, level=0, _multifile=_ONE_FILE)
         array = zarr.open(store, mode="r")
@@ -317,13 +352,46 @@ def _open_tiff(path: Path) -> Any:
             f"{named}: cannot read it as a TIFF image: {short_text(str(err) or type(err).__name__)}"
         ) from None
     remember_path(store, path)
-    return array
+    return array, axes
+
+
+_OME_UNITS = {"micrometer": "µm", "nanometer": "nm", "millimeter": "mm", "centimeter": "cm", "meter": "m"}
+_OME_UNITS |= {"angstrom": "Å"}
+
+
+def is_ome_tiff(path: str | os.PathLike[str]) -> bool:
+    """`path` names an OME-TIFF (``.ome.tif``, ``.ome.tiff``)."""
+    return Path(path).name.lower().endswith((".ome.tif", ".ome.tiff"))
+
+
+def _write_tiff(path: str, array: np.ndarray, letters: str | None = None, axes: Axes | None = None) -> None:
+    """Write `array` to `path` through tifffile, through an exclusive temporary beside it renamed
+    over it (`unetgen.atomic.replacing`): an OME-TIFF (``.ome.tif``) with its axes and the pixel size
+    of `axes` when known, any other name a TIFF whose description records its axes (tifffile's)."""
+    try:
+        import tifffile
+    except ImportError:
+        raise ImportError("TIFF outputs need tifffile: pip install 'unetgen[images]'") from None
+    names = None
+    if letters is not None and len(letters) == array.ndim:
+        names = "".join({"b": "T"}.get(a, a.upper()) for a in letters)
+    metadata: dict[str, Any] = {} if names is None else {"axes": names}
+    ome = is_ome_tiff(path)
+    if ome and axes is not None and axes.scale and names is not None:
+        for a, size in axes.scale:
+            if a.upper() in names:
+                metadata[f"PhysicalSize{a.upper()}"] = size
+                metadata[f"PhysicalSize{a.upper()}Unit"] = _OME_UNITS.get(axes.unit or "", "µm")
+    options = dict(photometric="minisblack", bigtiff=array.nbytes > (1 << 31), metadata=metadata or None)
+    with replacing(path) as f:  # tifffile's handle, named as the target (not the temporary's descriptor)
+        handle = tifffile.FileHandle(f, mode="wb", name=Path(path).name)
+        tifffile.imwrite(handle, np.ascontiguousarray(array), ome=ome, **options)
 
 
 _NPY = ImageFormat((".npy",), "NumPy", None, read=_read_npy, open=_open_npy, write=_write_npy)
 _PNG = ImageFormat((".png",), "Pillow", "PIL", read=_read_png)
 _ZARR = ImageFormat((".zarr",), "zarr", "zarr", open=_open_zarr)
-_TIFF = ImageFormat((".tif", ".tiff"), "tifffile", "tifffile", read=_read_tiff, open=_open_tiff)
+_TIFF = ImageFormat((".tif", ".tiff"), "tifffile", "tifffile", read=_read_tiff, open=_open_tiff, write=_write_tiff)
 
 FORMATS: dict[str, ImageFormat] = {suffix: f for f in (_NPY, _PNG, _ZARR, _TIFF) for suffix in f.suffixes}
 """Every image format unetgen knows, by file suffix (lower case)."""
@@ -354,12 +422,44 @@ def image_format(path: str | os.PathLike[str], what: str = "image") -> ImageForm
     return f
 
 
-def read_image(path: str | os.PathLike[str], what: str = "image", max_bytes: int | None = None) -> torch.Tensor:
-    """The whole image in `path` as its reader gives it (a .npy file memory-mapped copy-on-write;
-    a PNG or TIFF with its colour samples first: (C, H, W)), as a tensor; a ValueError naming
-    `what` if it cannot be read or holds no numbers, or (checked from its header, before decoding)
-    if its pixels would take more than `max_bytes` bytes of memory."""
-    array = image_format(path, what).read(str(path), what, max_bytes)
+def read_view(
+    path: str | os.PathLike[str],
+    what: str = "image",
+    max_bytes: int | None = None,
+    *,
+    axes: Any = None,
+    layout: str | None = None,
+) -> Any:
+    """The whole image in `path`, read into memory: a `unetgen.predict.axes.LaidOut` view in
+    unetgen's layout ``(C, *spatial)`` (or a preprocessing spec's `layout`) when its axes are
+    known (`axes`: given, CLI --axes; else what the file says: a TIFF's, a PNG's), else the array
+    as stored (a .npy file memory-mapped copy-on-write). A ValueError naming `what` if it cannot
+    be read, or (checked from its header, before decoding) if its pixels would take more than
+    `max_bytes` bytes of memory."""
+    array, found = image_format(path, what).read(str(path), what, max_bytes)
+    return lay_out(array, found, given=axes, where=_named(what, path), layout=layout)
+
+
+def read_image(
+    path: str | os.PathLike[str],
+    what: str = "image",
+    max_bytes: int | None = None,
+    *,
+    axes: Any = None,
+    layout: str | None = None,
+) -> torch.Tensor:
+    """The whole image in `path` as a tensor (`read_view`: in unetgen's layout ``(C, *spatial)``
+    when its axes are known, e.g. an RGB TIFF (YXS) as (3, H, W), a grey one (YX) as (1, H, W);
+    else as stored); a ValueError naming `what` if it cannot be read or holds no numbers, or
+    (checked from its header, before decoding) if its pixels would take more than `max_bytes`
+    bytes of memory."""
+    return as_tensor(read_view(path, what, max_bytes, axes=axes, layout=layout), what, path)
+
+
+def as_tensor(image: Any, what: str, path: str | os.PathLike[str]) -> torch.Tensor:
+    """`image` (a NumPy array or `read_view`'s view, in memory) as a tensor in native byte order; a
+    ValueError naming `what` and `path` if it holds no numbers torch can read."""
+    array = np.asarray(image)
     if array.dtype.kind not in "biufc":
         raise ValueError(f"{_named(what, path)} holds {array.dtype} values; give a numeric array")
     if not array.dtype.isnative:
@@ -370,8 +470,12 @@ def read_image(path: str | os.PathLike[str], what: str = "image", max_bytes: int
         raise ValueError(f"{_named(what, path)} holds {array.dtype} values, which torch cannot read: {err}") from None
 
 
-def write_image(path: str | os.PathLike[str], array: np.ndarray) -> None:
-    """Write `array` to `path` in the format of its suffix, whole or not at all."""
+def write_image(
+    path: str | os.PathLike[str], array: np.ndarray, letters: str | None = None, axes: Axes | None = None
+) -> None:
+    """Write `array` to `path` in the format of its suffix, whole or not at all: `.npy`, or a TIFF
+    (`.tif`, `.tiff`; `.ome.tif` an OME-TIFF) that records its axes `letters` (unetgen's layout,
+    e.g. ``cyx``) and, as an OME-TIFF, the pixel size of the input's `axes` where known."""
     suffix = Path(path).suffix.lower()
     f = FORMATS.get(suffix)
     if f is None or f.write is None:
@@ -379,4 +483,4 @@ def write_image(path: str | os.PathLike[str], array: np.ndarray) -> None:
             f"{short_arg(str(path))}: cannot write {short_arg(suffix or '(no suffix)')} images; "
             f"unetgen writes {format_list('write', 'and')} (and .zarr with unetgen.arrays.create_output)"
         )
-    f.write(str(path), array)
+    f.write(str(path), array, letters, axes)

@@ -71,13 +71,18 @@ def storage_path(target: Any) -> Path | None:
         return Path(os.path.abspath(target))
     if isinstance(target, (str, bytes, os.PathLike)):
         return None
+    target = _stored(target)
     filename = getattr(target, "filename", None)
     if isinstance(target, np.memmap) and isinstance(filename, (str, os.PathLike)):
         return Path(os.path.abspath(filename))
     store = getattr(target, "store", None)
     root = getattr(store, "root", None)
     if isinstance(root, Path):
-        return Path(os.path.abspath(root / str(getattr(target, "path", "") or "")))
+        inner = str(getattr(target, "path", "") or "")
+        mark = getattr(target, "attrs", {}).get("unetgen_output") if hasattr(target, "attrs") else None
+        if isinstance(mark, dict) and mark.get("layout") == "ome-zarr":  # the array of an output group:
+            inner = os.path.dirname(inner)  # the group is the output (unetgen.arrays.create_output)
+        return Path(os.path.abspath(root / inner))
     try:
         return _PATHS.get(store)
     except TypeError:  # not weakly referenceable: not one of ours
@@ -97,7 +102,17 @@ def _same(a: Path, b: Path) -> bool:
         return False
 
 
+def _stored(image: Any) -> Any:
+    """The stored array behind a laid-out view (`unetgen.predict.axes.LaidOut`), else `image`."""
+    from .axes import LaidOut
+
+    while isinstance(image, LaidOut):
+        image = image.array
+    return image
+
+
 def _shares_memory(source: Any, target: Any) -> bool:
+    source, target = _stored(source), _stored(target)
     if isinstance(source, torch.Tensor) and isinstance(target, torch.Tensor):
         a, b = source.untyped_storage(), target.untyped_storage()
         return a.device == b.device and a.nbytes() > 0 and a.data_ptr() == b.data_ptr()

@@ -1,6 +1,11 @@
 """Where tiles are read from: a tensor (`TensorSource`: views, checked whole before the run by
 `check_image`) or any array-like that supports slicing (`ArraySource`: NumPy, a memory-mapped
-`.npy`, zarr, a TIFF through tifffile's zarr store; one window per tile, checked as it is read)."""
+`.npy`, zarr, a TIFF through tifffile's zarr store; one window per tile, checked as it is read).
+
+Tensors and array-likes are laid out alike: ``(C, *spatial)``, ``(N, C, *spatial)``, or
+``(*spatial)`` for a network with one input channel. An image opened with its axes
+(`unetgen.arrays.open_image`: a `unetgen.predict.axes.LaidOut` view) is checked against the
+network by those axes, and a mismatch names them and the fix (`check_fit`)."""
 
 from __future__ import annotations
 
@@ -14,30 +19,50 @@ import torch
 from ..analysis import shapes
 from ..config.unet_config import UNetConfig
 from ..reprs import short_text
+from .axes import LaidOut, check_fit
 from .geometry import gather
 from .options import is_int_tuple
 
 __all__ = ["ArraySource", "TensorSource", "check_image", "open_source", "spatial_shape"]
 
 
+def _dims_error(config: UNetConfig, shape: tuple[int, ...]) -> shapes.InputShapeError:
+    dims = config.spatial_dims
+    return shapes.InputShapeError(
+        f"image of shape {shape} has {len(shape)} dims but spatial_dims={dims} needs (C, *spatial) with "
+        f"{dims + 1} dims or (N, C, *spatial) with {dims + 2}"
+        + (f" or (*spatial) with {dims}" if config.in_channels == 1 else "")
+        + "; an image stored otherwise (channels last, a stack of 2D images) says so with axes= "
+        "(CLI: --axes, e.g. yxc, zyx, byx)"
+    )
+
+
+def _channels_error(config: UNetConfig, shape: tuple[int, ...], channels: int) -> ValueError:
+    axis = 1 if len(shape) == config.spatial_dims + 2 else 0
+    return ValueError(
+        f"image of shape {shape} has {channels} channels but in_channels={config.in_channels} (channels are axis "
+        f"{axis}); if its channels are elsewhere (e.g. last), say so with axes= "
+        "(CLI: --axes, e.g. yxc)"
+    )
+
+
 def check_image(config: UNetConfig, image: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
-    """(N, C, *spatial) view of a (C, *spatial) or (N, C, *spatial) image; a clear error if it has the
-    wrong number of dims or channels, is empty or complex, or holds values that are NaN or
-    infinite once cast to `dtype` (the model's dtype; default: the image's own, floats only), so a
-    float64 value beyond float32's range is caught. Reads the image in bounded chunks."""
+    """(N, C, *spatial) view of a (C, *spatial) or (N, C, *spatial) image, or of a (*spatial) one
+    for a network with one input channel; a clear error if it has the wrong number of dims or
+    channels, is empty or complex, or holds values that are NaN or infinite once cast to `dtype`
+    (the model's dtype; default: the image's own, floats only), so a float64 value beyond
+    float32's range is caught. Reads the image in bounded chunks."""
     if not isinstance(image, torch.Tensor):
         raise ValueError(f"image must be a torch.Tensor, got {type(image).__name__}")
     dims = config.spatial_dims
-    if image.dim() not in (dims + 1, dims + 2):
-        raise shapes.InputShapeError(
-            f"image of shape {tuple(image.shape)} has {image.dim()} dims but spatial_dims={dims} needs "
-            f"(C, *spatial) with {dims + 1} dims or (N, C, *spatial) with {dims + 2}"
-        )
-    x = image if image.dim() == dims + 2 else image.unsqueeze(0)
+    if image.dim() == dims and config.in_channels == 1:
+        x = image[None, None]  # (*spatial): one channel, as for array-likes
+    elif image.dim() not in (dims + 1, dims + 2):
+        raise _dims_error(config, tuple(image.shape))
+    else:
+        x = image if image.dim() == dims + 2 else image.unsqueeze(0)
     if x.shape[1] != config.in_channels:
-        raise ValueError(
-            f"image of shape {tuple(image.shape)} has {x.shape[1]} channels but in_channels={config.in_channels}"
-        )
+        raise _channels_error(config, tuple(image.shape), x.shape[1])
     if x.numel() == 0:
         raise ValueError(f"image of shape {tuple(image.shape)} is empty")
     if x.is_complex():
@@ -125,6 +150,8 @@ def _array_layout(config: UNetConfig, image: Any) -> tuple[bool, bool, int, tupl
     kind = np.dtype(image.dtype).kind
     if kind not in "biuf":
         raise ValueError(f"image of dtype {image.dtype} cannot be predicted: give real numbers (bool, int or float)")
+    if isinstance(image, LaidOut) and image.target.lstrip("b").startswith("c"):  # unetgen's layout, by its axes
+        check_fit(config, image)
     if len(shape) == dims + 2:
         batched, channels, images, c = True, True, shape[0], shape[1]
     elif len(shape) == dims + 1:
@@ -132,13 +159,9 @@ def _array_layout(config: UNetConfig, image: Any) -> tuple[bool, bool, int, tupl
     elif len(shape) == dims and config.in_channels == 1:
         batched, channels, images, c = False, False, 1, 1
     else:
-        raise shapes.InputShapeError(
-            f"image of shape {shape} has {len(shape)} dims but spatial_dims={dims} needs (C, *spatial) with "
-            f"{dims + 1} dims or (N, C, *spatial) with {dims + 2}"
-            + (" or (*spatial)" if config.in_channels == 1 else "")
-        )
+        raise _dims_error(config, shape)
     if c != config.in_channels:
-        raise ValueError(f"image of shape {shape} has {c} channels but in_channels={config.in_channels}")
+        raise _channels_error(config, shape, c)
     if math.prod(shape) == 0:
         raise ValueError(f"image of shape {shape} is empty")
     return batched, channels, images, shape[-dims:]

@@ -25,7 +25,7 @@ from ..reprs import short_path, short_repr, short_text
 from .formats import open_regular_file
 from .options import is_int_tuple
 
-__all__ = ["MAX_METADATA_BYTES", "CheckedStore", "chunk_limit", "open_checked"]
+__all__ = ["MAX_METADATA_BYTES", "CheckedStore", "chunk_limit", "open_checked", "open_image_array", "open_node"]
 
 MAX_METADATA_BYTES = 128 << 20
 """Largest zarr metadata file read (``zarr.json``, ``.zarray``, ``.zattrs``, ...): an array's
@@ -105,25 +105,86 @@ def _read_range(f: Any, size: int, byte_range: ByteRequest | None) -> bytes:
     return f.read()
 
 
-def open_checked(path: str | os.PathLike[str], what: str = "image", *, mode: str = "r") -> Any:
-    """The zarr array at the local folder `path` on a `CheckedStore` (mode "r" or "r+"), or a
-    ValueError naming `what`: a group, something that is not zarr, damaged metadata."""
+def open_node(path: str | os.PathLike[str], what: str = "image", *, mode: str = "r") -> Any:
+    """The zarr array or group at the local folder `path` on a `CheckedStore` (mode "r" or "r+"),
+    or a ValueError naming `what`: something that is not zarr, damaged metadata."""
     where = f"{what} {short_path(str(path))}"
     if not Path(path).is_dir():
         raise ValueError(f"{where}: no zarr array there (not a folder)")
     store = CheckedStore(path, read_only=mode == "r")
     try:
-        array = zarr.open(store=store, mode=mode)
-        if hasattr(array, "shape") and not (is_int_tuple(tuple(array.chunks)) and min(array.chunks, default=1) > 0):
-            raise ValueError(f"chunks {short_repr(array.chunks)} are not positive sizes")
+        node = zarr.open(store=store, mode=mode)
+        _check_chunks(node)
     except Exception as err:  # zarr raises many types on forged metadata (OverflowError, ZeroDivisionError, ...)
-        if str(err).startswith((where, "zarr store")):
-            raise ValueError(str(err)) from None
-        why = short_text(str(err) or type(err).__name__)
-        raise ValueError(
-            f"{where}: cannot open a zarr array ({type(err).__name__}: {why}); its metadata is damaged"
-        ) from None
+        raise _damaged(err, where) from None
+    return node
+
+
+def _check_chunks(node: Any) -> None:
+    if hasattr(node, "shape") and not (is_int_tuple(tuple(node.chunks)) and min(node.chunks, default=1) > 0):
+        raise ValueError(f"chunks {short_repr(node.chunks)} are not positive sizes")
+
+
+def _damaged(err: BaseException, where: str) -> ValueError:
+    if str(err).startswith((where, "zarr store")):
+        return ValueError(str(err))
+    why = short_text(str(err) or type(err).__name__)
+    return ValueError(f"{where}: cannot open a zarr array ({type(err).__name__}: {why}); its metadata is damaged")
+
+
+def member(group: Any, key: str, where: str) -> Any:
+    """The array `key` of `group` (opened through the group's checked store), or a ValueError."""
+    try:
+        node = group[key]
+        _check_chunks(node)
+    except KeyError:
+        raise ValueError(f"{where}: the group has no array {short_path(key)}") from None
+    except Exception as err:
+        raise _damaged(err, where) from None
+    if not hasattr(node, "shape"):
+        raise ValueError(f"{where}: {short_path(key)} is a group, not an array")
+    node.store.chunk_bytes = chunk_limit(node)
+    return node
+
+
+def open_checked(path: str | os.PathLike[str], what: str = "image", *, mode: str = "r") -> Any:
+    """The zarr array at the local folder `path` on a `CheckedStore` (mode "r" or "r+"), or a
+    ValueError naming `what`: a group, something that is not zarr, damaged metadata."""
+    array = open_node(path, what, mode=mode)
     if not hasattr(array, "shape"):
+        where = f"{what} {short_path(str(path))}"
         raise ValueError(f"{where} is a zarr group: give the path of one array in it (e.g. {short_path(f'{path}/0')})")
     array.store.chunk_bytes = chunk_limit(array)
     return array
+
+
+def open_image_array(path: str | os.PathLike[str], what: str = "image") -> tuple[Any, Any]:
+    """The zarr array at `path` read-only, or the full-resolution level of the OME-Zarr image in
+    the group at `path`, with its axes and pixel size (`unetgen.predict.ngff.find_image`; None for
+    a plain array); a ValueError for a group that holds no image."""
+    from .ngff import find_image
+
+    node = open_node(path, what)
+    if hasattr(node, "shape"):
+        node.store.chunk_bytes = chunk_limit(node)
+        return node, None
+    where = f"{what} {short_path(str(path))}"
+    try:
+        found = find_image(node, where)
+    except ValueError:
+        raise
+    except Exception as err:  # a damaged member's metadata
+        raise _damaged(err, where) from None
+    if found is None:
+        raise ValueError(
+            f"{where} is a zarr group without an OME-Zarr image (no multiscales): give the path of one array in it "
+            f"(e.g. {short_path(f'{path}/0')})"
+        )
+    level, axes = found
+    array = member(node, level, where)
+    if axes is not None and len(axes.letters) != array.ndim:
+        raise ValueError(
+            f"{where}: its OME-Zarr metadata names {len(axes.letters)} axes but level {level} has {array.ndim} dims: "
+            "the metadata is damaged"
+        )
+    return array, axes
