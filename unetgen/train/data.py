@@ -14,7 +14,7 @@ import numpy as np
 from ..config.preprocessing import Preprocessing
 from ..config.training import FileSplit, InstanceMasks, LoadedTraining, RegionSplit
 from ..config.unet_config import UNetConfig
-from ..predict.formats import read_image
+from ..predict.formats import read_view
 from ..predict.preprocess import preprocess
 from ..reprs import short_path
 from ..training import border_weight_map, separate_touching
@@ -135,16 +135,18 @@ def find_pairs(loaded: LoadedTraining) -> list[tuple[Path, Path]]:
     return pairs
 
 
-def _read(path: Path, what: str) -> np.ndarray:
+def _read(path: Path, what: str, layout: str | None = None) -> np.ndarray:
+    """The file's array: laid out as `layout` (a spec's axes) or as unetgen's ``(C, *spatial)``
+    where the file says its axes (a TIFF's, a PNG's, OME-Zarr's), else as stored."""
     if path.is_dir() or path.suffix.lower() == ".zarr":
         from ..predict.arrays import open_image
 
-        array = open_image(path)
+        array = open_image(path, layout=layout, what=what)
         need = math.prod(array.shape) * np.dtype(array.dtype).itemsize
         if need > MAX_IMAGE_BYTES:
             raise ValueError(f"{what} {short_path(path)}: {need / 2**30:.1f} GiB is more than training reads whole")
-        return np.asarray(array[...])
-    return read_image(path, what, max_bytes=MAX_IMAGE_BYTES).numpy()
+        return np.asarray(array[tuple(slice(None) for _ in array.shape)])
+    return np.asarray(read_view(path, what, MAX_IMAGE_BYTES, layout=layout))
 
 
 def _labels(mask: np.ndarray, path: Path, spatial: tuple[int, ...]) -> np.ndarray:
@@ -207,7 +209,7 @@ def load_data(loaded: LoadedTraining, model: UNetConfig, spec: Preprocessing) ->
         named = (spec.spatial_axes or "zyx"[-dims:])[-dims:]
         sampling = tuple(spec.pixel_size.get(a, 1.0) for a in named)  # type: ignore[call-overload]
     for k, (image_path, mask_path) in enumerate(pairs):
-        raw = _read(image_path, "image")
+        raw = _read(image_path, "image", spec.axes)
         if spec.axes is None and raw.ndim in (dims, dims + 1):
             spec = spec.model_copy(update={"axes": ("c" if raw.ndim == dims + 1 else "") + "zyx"[-dims:]})
         try:
@@ -220,7 +222,10 @@ def load_data(loaded: LoadedTraining, model: UNetConfig, spec: Preprocessing) ->
                 f"{dims} spatial axes) once laid out (data.axes={cfg.data.axes!r}); set data.axes to its layout, "
                 "e.g. zyx, cyx or yxc"
             )
-        labels = _labels(_read(mask_path, "mask"), mask_path, tuple(image.shape[1:]))
+        mask = _read(mask_path, "mask")
+        if mask.ndim == dims + 1 and mask.shape[0] == 1:  # a file that says its axes comes as (1, *spatial)
+            mask = mask[0]
+        labels = _labels(mask, mask_path, tuple(image.shape[1:]))
         _check_ids(labels, mask_path, model, isinstance(targets, InstanceMasks))
         name = image_path.name
         if isinstance(split, FileSplit) and k >= len(pairs) - held:
