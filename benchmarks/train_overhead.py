@@ -1,6 +1,6 @@
 """The overhead per step of `unetgen train`'s loop over a hand-written loop on the same pieces.
 
-    python -m benchmarks.train_overhead [--rounds 5] [--steps 40]
+    python -m benchmarks.train_overhead [--rounds 5] [--steps 40] [--cases example tiny]
 
 Both train the same model on the shipped nuclei image with the same pieces: `PatchSampler` with
 the paper's `elastic_deform`, `weighted_cross_entropy` with `border_weight_map`, Adam; the hand
@@ -53,7 +53,9 @@ def hand(config: dict[str, Any], patch: int, batch: int, steps: int) -> None:
     separated = separate_touching(labels)
     weights = border_weight_map(separated, w0=10.0, sigma=5.0)
     model = build_unet(config, seed=0).train()
-    sampler = PatchSampler(model.config, image, separated > 0, weights, patch_size=patch, seed=0, augment=elastic_deform)
+    sampler = PatchSampler(
+        model.config, image, separated > 0, weights, patch_size=patch, seed=0, augment=elastic_deform
+    )
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     for _ in range(steps):
         x, y, w = sampler.batch(batch)
@@ -91,6 +93,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=40, help="N: runs of N and 2N steps")
+    parser.add_argument("--cases", nargs="+", choices=("example", "tiny"), default=["example", "tiny"])
     args = parser.parse_args()
     torch.set_num_threads(1)
     n = args.steps
@@ -99,6 +102,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder, run = Path(tmp), 0
         for name, (config, patch, batch) in CASES.items():
+            if name.split()[0] not in args.cases:
+                continue
             hand(config, patch, batch, 2)  # warm-up: imports, first allocations
             engine(config, patch, batch, 2, folder, run := run + 1)
             per: dict[str, list[tuple[float, float]]] = {"hand": [], "engine": []}

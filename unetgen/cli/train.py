@@ -42,7 +42,10 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
     )
     g.add_argument("--axes", default=None, help="layout of the image files, e.g. zyx, cyx, yxc")
     g.add_argument(
-        "--pairing", choices=("name", "order"), default=None, help="pair masks by file name (default) or order"
+        "--pairing",
+        choices=("auto", "name", "order"),
+        default=None,
+        help="pair masks by file name or by order (default auto: by name when every name pairs)",
     )
     g.add_argument(
         "--validation",
