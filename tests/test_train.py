@@ -26,7 +26,7 @@ from unetgen import build_unet, load_unet, predict_tiled
 from unetgen.checkpoint import checkpoint_metadata, checkpoint_preprocessing
 from unetgen.cli import main
 from unetgen.config.io import ConfigError
-from unetgen.config.training import SCHEMA_PATH, TrainingConfig, load_training, schema_text
+from unetgen.config.training import SCHEMA_PATH, LoadedTraining, TrainingConfig, load_training, schema_text
 from unetgen.predict.preprocess import preprocess
 from unetgen.train import Outputs, read_state, train
 from unetgen.train.metrics import class_scores, object_scores
@@ -262,15 +262,17 @@ def test_kill_9_then_resume_ends_with_the_uninterrupted_weights(tmp_path: Path) 
                 proc.send_signal(signal.SIGKILL)
                 at = s["step"]
                 break
-            time.sleep(0.01)
+            time.sleep(0.05)
     finally:
         proc.kill()
         proc.wait()
     assert at is not None and 3 <= at < 12, f"not killed mid-run: {proc.stderr.read().decode()[-2000:]}"
     assert read_state(state)["step"] < 12
-    train(cfg, killed, resume=True, progress=False, plot=False)
+    loaded = load_training(cfg)  # the in-process runs save at the end only (save_every may differ)
+    quick = LoadedTraining(loaded.config.model_copy(update={"save_every": 12}), loaded.source, loaded.base)
+    train(quick, killed, resume=True, progress=False, plot=False)
     reference = tmp_path / "whole.safetensors"
-    train(cfg, reference, progress=False, plot=False)
+    train(quick, reference, progress=False, plot=False)
     for name in ("last", "best"):
         got, want = _weights(getattr(Outputs.of(killed), name)), _weights(getattr(Outputs.of(reference), name))
         assert got.keys() == want.keys()
