@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config.preprocessing import Preprocessing
+from ..config.preprocessing import AXES, Preprocessing
 from ..config.training import FileSplit, InstanceMasks, LoadedTraining, RegionSplit
 from ..config.unet_config import UNetConfig
 from ..predict.formats import read_view
@@ -135,9 +135,10 @@ def find_pairs(loaded: LoadedTraining) -> list[tuple[Path, Path]]:
     return pairs
 
 
-def _read(path: Path, what: str, layout: str | None = None) -> np.ndarray:
+def _read(path: Path, what: str, layout: str | None = None) -> tuple[np.ndarray, str | None]:
     """The file's array: laid out as `layout` (a spec's axes) or as unetgen's ``(C, *spatial)``
-    where the file says its axes (a TIFF's, a PNG's, OME-Zarr's), else as stored."""
+    where the file says its axes (a TIFF's, a PNG's, OME-Zarr's), else as stored; and the axes
+    the file says (None when it says none)."""
     if path.is_dir() or path.suffix.lower() == ".zarr":
         from ..predict.arrays import open_image
 
@@ -145,8 +146,14 @@ def _read(path: Path, what: str, layout: str | None = None) -> np.ndarray:
         need = math.prod(array.shape) * np.dtype(array.dtype).itemsize
         if need > MAX_IMAGE_BYTES:
             raise ValueError(f"{what} {short_path(path)}: {need / 2**30:.1f} GiB is more than training reads whole")
-        return np.asarray(array[tuple(slice(None) for _ in array.shape)])
-    return np.asarray(read_view(path, what, MAX_IMAGE_BYTES, layout=layout))
+        return np.asarray(array[tuple(slice(None) for _ in array.shape)]), _letters(array)
+    view = read_view(path, what, MAX_IMAGE_BYTES, layout=layout)
+    return np.asarray(view), _letters(view)
+
+
+def _letters(view: object) -> str | None:
+    letters = getattr(getattr(view, "axes", None), "letters", None)
+    return letters if isinstance(letters, str) else None
 
 
 def _labels(mask: np.ndarray, path: Path, spatial: tuple[int, ...]) -> np.ndarray:
@@ -209,8 +216,11 @@ def load_data(loaded: LoadedTraining, model: UNetConfig, spec: Preprocessing) ->
         named = (spec.spatial_axes or "zyx"[-dims:])[-dims:]
         sampling = tuple(spec.pixel_size.get(a, 1.0) for a in named)  # type: ignore[call-overload]
     for k, (image_path, mask_path) in enumerate(pairs):
-        raw = _read(image_path, "image", spec.axes)
-        if spec.axes is None and raw.ndim in (dims, dims + 1):
+        raw, said = _read(image_path, "image", spec.axes)
+        if spec.axes is None and said in AXES:  # the axes the first file says (a TIFF's, a PNG's)
+            spec = spec.model_copy(update={"axes": said})
+            raw, _ = _read(image_path, "image", said)  # read again in its own layout (the first file only)
+        if spec.axes is None and raw.ndim in (dims, dims + 1):  # else guessed from its rank
             spec = spec.model_copy(update={"axes": ("c" if raw.ndim == dims + 1 else "") + "zyx"[-dims:]})
         try:
             image = preprocess(raw, spec)
@@ -222,7 +232,7 @@ def load_data(loaded: LoadedTraining, model: UNetConfig, spec: Preprocessing) ->
                 f"{dims} spatial axes) once laid out (data.axes={cfg.data.axes!r}); set data.axes to its layout, "
                 "e.g. zyx, cyx or yxc"
             )
-        mask = _read(mask_path, "mask")
+        mask, _ = _read(mask_path, "mask")
         if mask.ndim == dims + 1 and mask.shape[0] == 1:  # a file that says its axes comes as (1, *spatial)
             mask = mask[0]
         labels = _labels(mask, mask_path, tuple(image.shape[1:]))
