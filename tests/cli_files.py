@@ -75,6 +75,8 @@ def make_files(root: Path) -> dict[str, str]:
     torch.save(model.state_dict(), path("w.pt"))
     torch.save({"nope": torch.zeros(1)}, path("wrong.pt"))
     save_unet(model, path("tiny.safetensors"))
+    # the same model with a preprocessing spec (unetgen predict applies it; --no-preprocessing does not)
+    save_unet(model, path("spec.safetensors"), preprocessing={"normalize": ["scale_range", {"type": "clip", "min": 0}]})
     save_unet(build_unet(TINY3D), path("tiny3d.safetensors"))
     for name, config in [("tiny3d.pt", TINY3D), ("rgb.pt", RGB), ("aniso.pt", ANISO)]:
         torch.save(build_unet(config).state_dict(), path(name))

@@ -27,6 +27,7 @@ NORMS = [
     "batch",
     {"type": "batch", "affine": False},
     {"type": "group", "num_groups": 1},
+    {"type": "group", "num_groups": 16, "fewer_channels": "one_group"},  # every layer narrower: one group
     "layer",
 ]  # instance: tested apart (1-pixel maps)
 PRELU_CHANNELS = {"type": "prelu", "num_parameters": "channels", "init": 0.1}
@@ -34,6 +35,8 @@ UPS = [
     "transpose",
     {"type": "transpose", "bias": False},
     {"type": "transpose", "kernel_size": 3, "norm_act": True},
+    {"type": "transpose", "kernel_size": 3, "size_by": "nearest_resize", "bias": False},
+    {"type": "transpose", "kernel_size": 5, "size_by": "nearest_resize", "norm_act": True},
     "nearest",
     {"type": "nearest", "conv": "when_channels_change"},
     "linear",
@@ -47,6 +50,16 @@ BLOCKS = [
     {"type": "residual", "preactivation": True},
     {"type": "residual", "shortcut": "resnet_d"},
     {"type": "residual", "shortcut": "resnet_d", "preactivation": True},
+    {"type": "residual", "shortcut": "input_projection"},
+    {"type": "residual", "shortcut": "input_projection", "preactivation": True},
+    {"type": "residual", "shortcut": "input_projection", "excitation": "scse"},  # pytorch-3dunet's ResNetBlockSE
+    {"type": "plain", "excitation": {"type": "cse", "reduction": 4}},
+    {"type": "residual", "preactivation": True, "excitation": "sse"},
+    {"type": "residual", "post_activation": "elu", "excitation": {"type": "scse", "combine": "add", "reduction": 1}},
+]
+DROPOUTS = [  # dropout at the end of blocks, or after every conv at each step
+    *({"placement": p} for p in ("contracting_end", "bottleneck", "encoder", "decoder", "all")),
+    *({"placement": "every_conv", "after": a} for a in ("conv", "norm", "activation")),
 ]
 
 
@@ -119,6 +132,9 @@ def config_dicts(
     if depth > 1:
         out["deep_supervision"] = draw(st.lists(st.integers(1, depth - 1), unique=True, max_size=2))
     blocks = [out["block"], out.get("decoder_block")]
+    projecting = any(isinstance(b, dict) and b.get("shortcut") == "input_projection" for b in blocks)
+    if out["down"] == "first_conv" and projecting:
+        out["block"], out["decoder_block"] = "residual", None  # input_projection runs unstrided
     if out["norm_position"] == "before_conv" and any(isinstance(b, dict) and b.get("preactivation") for b in blocks):
         out["norm_position"] = "before_activation"  # pre-activation blocks normalise before the conv already
     return out

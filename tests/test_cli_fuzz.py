@@ -24,7 +24,8 @@ pytest.importorskip("PIL")
 pytest.importorskip("tifffile")
 
 # each pool: what a user means to pass, then the mistakes
-CONFIGS = (["tiny.json", "tiny.safetensors", "tiny3d.json", "rgb.json", "aniso.json", "tiny3d.safetensors"],
+CONFIGS = (["tiny.json", "tiny.safetensors", "tiny3d.json", "rgb.json", "aniso.json", "tiny3d.safetensors",
+            "spec.safetensors"],
            ["typo.yaml", "empty.yaml", "octal.yaml", "corrupt.safetensors", "missing.yaml", "missing.safetensors",
             "fifo.yaml", "fifo.safetensors", "dir.yaml", "in.npy", "w.pt", "text.txt", "/dev/null", "/dev/full",
             "nul", "long", "empty", "dash", "nopreset"])  # fmt: skip
@@ -75,18 +76,20 @@ _SLOTS: dict[str, list[tuple[str, Pool, bool]]] = {
                 ("--overlap", FRACTIONS, False), ("--blend", BLENDS, False), ("--device", DEVICES, False),
                 ("--memory-limit", GIBS, False), ("--output-type", OUTPUT_TYPES, False), ("--dry-run", ([""], [""]),
                 False), ("--restart", ([""], [""]), False), ("--block-size", SIZES, False),
-                ("--scheduler", SCHEDULERS, False)],
+                ("--scheduler", SCHEDULERS, False), ("--no-preprocessing", ([""], [""]), False)],
 }  # fmt: skip
 _SLOTS["predict_large"] = [  # `predict` out of core: a checkpoint, a .zarr output, the out-of-core options
-    ("", (["tiny.safetensors"], ["tiny3d.safetensors", "corrupt.safetensors", "fifo.safetensors", "tiny.json"]), True),
+    ("", (["tiny.safetensors", "spec.safetensors"],
+          ["tiny3d.safetensors", "corrupt.safetensors", "fifo.safetensors", "tiny.json"]), True),
     ("--input", (["in.zarr", "in.npy", "in.tif"], INPUTS[1]), True),
     ("--output", (["out.zarr", "out2.zarr"], ["notes.zarr", "theirs.zarr", "in.zarr", "missing/out.zarr",
                                              "fifo.zarr", "in.npy", "dir.npy", "outdir", "long", "nul"]), True),
     ("--restart", ([""], [""]), True), ("--tile-size", SIZES, False),
     ("--block-size", SIZES, False), ("--batch-size", INTS, False), ("--output-type", OUTPUT_TYPES, False),
     ("--scheduler", SCHEDULERS, False), ("--memory-limit", GIBS, False), ("--dry-run", ([""], [""]), False),
+    ("--no-preprocessing", ([""], [""]), False),
 ]  # fmt: skip
-_SWITCHES = {"--dry-run", "--no-deep-supervision", "--restart"}
+_SWITCHES = {"--dry-run", "--no-deep-supervision", "--restart", "--no-preprocessing"}
 _JUNK = [["--frobnicate"], ["--help"], ["-h"], ["--"], ["-"], ["--input-size"], ["extra"], ["--batch-size"],
          ["--batch-size", "2"], ["--weights", "w.pt"], ["--near", "12"]]  # fmt: skip
 _WEIGHTS_OF = {"tiny.json": "w.pt", "tiny3d.json": "tiny3d.pt", "rgb.json": "rgb.pt", "aniso.json": "aniso.pt"}
@@ -167,7 +170,8 @@ def test_any_command_line_ends_in_0_1_or_2_without_a_traceback(files: dict[str, 
     if code == 2:
         assert sum("error: " in line for line in lines) == 1, err
     elif code == 1 and lines:
-        assert all(line.startswith(("error: ", "plan: ", "memory: ", "resuming: ")) for line in lines), err
+        notes = ("error: ", "plan: ", "memory: ", "resuming: ", "preprocessing: ", "axes ", "instances: ")
+        assert all(line.startswith(notes) for line in lines), err
         assert any(line.startswith("error: ") for line in lines)
         assert "internal error" not in err, err
     elif code == 1:  # an answer, not a failure: an invalid size (summary) or problems (validate) on stdout

@@ -55,6 +55,9 @@ def test_frozen_and_hashable() -> None:
         ({"kernel_size": [[3, 3, 3]] * 5}, r"kernel_size\[0\]=\[3, 3, 3\] has 3 values but spatial_dims=2"),
         ({"strides": [2, 2, 2]}, "strides has 3 entries but needs 4"),
         ({"dropout": {"rate": 1.5}}, "dropout.rate"),
+        ({"block": {"type": "residual", "preactivation": True, "post_activation": "elu"}}, "post_activation"),
+        ({"block": {"type": "plain", "excitation": {"type": "cse", "reduction": 0}}}, "reduction"),
+        ({"block": {"type": "plain", "excitation": "se"}}, "cse"),
     ],
 )
 def test_refused_with_the_field_named(fields: dict, message: str) -> None:

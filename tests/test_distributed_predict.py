@@ -120,9 +120,43 @@ def test_cli_with_a_scheduler_address(tmp_path, capsys) -> None:
             "--output",
             str(tmp_path / "o.zarr"),
         ]
+        # a local run stopped part-way: the Dask run of the CLI resumes it, and says so
+        out = create_output(tmp_path / "o.zarr", model, pixels, tile_size=48)
+        tiles: list[object] = []
+
+        def stop(n, tile):
+            tiles.append(tile)
+            if len(tiles) == 2:
+                raise KeyboardInterrupt
+
+        with pytest.raises(KeyboardInterrupt):
+            predict_tiled(model, pixels, out=out, tile_size=48, callback=stop, progress=False)
+        record = out.attrs["unetgen_progress"]
         assert main([*argv, "--tile-size", "48", "--scheduler", cluster.scheduler_address, "--no-progress"]) == 0
         assert main([*argv, "--scheduler", cluster.scheduler_address, "--workers", "2"]) == 2
     err = capsys.readouterr().err
+    assert f"resuming: {record['completed']} of {record['blocks']} blocks done" in err and record["completed"] > 0
     assert "blocks complete" in err and "error: give --scheduler or --workers, not both" in err
     want = predict_tiled(model, torch.from_numpy(pixels), tile_size=48)
     assert np.array_equal(zarr.open_array(tmp_path / "o.zarr" / "0")[...], want.numpy())
+
+
+def test_instances_on_a_cluster_equal_in_memory(client, tmp_path) -> None:
+    """output_type="instances": the workers predict the class labels into the temporary beside
+    the output, this process labels them block by block: the in-memory instances, ids and all."""
+    torch.manual_seed(0)
+    config = UNetConfig(spatial_dims=2, depth=2, base_channels=4, out_channels=2, dropout={"rate": 0})
+    checkpoint = save_unet(build_unet(config), tmp_path / "model.safetensors")
+    model = load_unet(checkpoint)
+    pixels = np.random.default_rng(2).standard_normal((1, 70, 57), dtype=np.float32) * 3
+    np.save(tmp_path / "image.npy", pixels)
+    options = dict(tile_size=60, min_size=2)
+    out = unet_dask.predict_distributed(
+        checkpoint, tmp_path / "image.npy", tmp_path / "out.zarr", client=client, **options, output_type="instances",
+        progress=False,
+    )  # fmt: skip
+    want = predict_tiled(model, torch.from_numpy(pixels), output_type="instances", **options, progress=False)
+    assert out.dtype == np.uint32 and np.prod(out.cdata_shape) > 4
+    np.testing.assert_array_equal(out[...], want.numpy())
+    assert out.attrs["unetgen_instances"]["objects"] == int(want.long().max()) > 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["image.npy", "model.safetensors", "out.zarr"]

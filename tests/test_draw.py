@@ -165,6 +165,12 @@ LEGENDS = [
     ({"merge": "attention", "deep_supervision": [1, 2]}, ["attention gate", "deep supervision"]),
     ({"dropout": {"rate": 0.2, "spatial": True}}, ["channel dropout 0.2"]),
     ({"convs_per_block": 5}, ["xN: N convs in a row"]),
+    (
+        {"block": {"type": "residual", "excitation": "scse", "post_activation": "elu"}, "decoder_block": "plain"},
+        ["scSE, reduction 2, max of the two) at the end of each encoder block", "then ELU", "(no padding), ReLU"],
+    ),
+    ({"block": {"type": "plain", "excitation": "sse"}}, ["squeeze-and-excitation (sSE) at the end of each block"]),
+    ({"up": {"type": "transpose", "kernel_size": 3, "size_by": "nearest_resize"}}, ["kernel 3), nearest resize"]),
 ]
 
 

@@ -17,8 +17,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
 
-from unetgen import count_parameters
-from unetgen.interop import UnsupportedModelError, convert, from_nnunet_plans, to_nnunet_architecture
+from unetgen import build_unet, count_parameters
+from unetgen.interop import UnsupportedModelError, convert, copy_weights, from_nnunet_plans, to_nnunet_architecture
 
 TOL = 1e-10  # float64 round-off over a few dozen layers
 
@@ -310,8 +310,8 @@ def test_nnunet_batch_norm_relu_eval(nonlin_first: bool, affine: bool) -> None:
 
 def test_nnunet_refusals() -> None:
     unet = pytest.importorskip("dynamic_network_architectures.architectures.unet")
-    peer = unet.PlainConvUNet(
-        1, 3, [2, 4, 8], nn.Conv2d, 3, [1, 2, 2], 2, 2, 2, norm_op=nn.InstanceNorm2d, nonlin=nn.ReLU,
+    peer = unet.ResidualEncoderUNet(
+        1, 3, [2, 4, 8], nn.Conv2d, 3, [1, 2, 2], [1, 1, 1], 2, [1, 1], norm_op=nn.InstanceNorm2d, nonlin=nn.ReLU,
         dropout_op=nn.Dropout2d, dropout_op_kwargs={"p": 0.2},
     )  # fmt: skip
     with pytest.raises(UnsupportedModelError, match="dropout"):
@@ -502,3 +502,82 @@ def test_nnunet_residual_unet() -> None:
             assert _max_diff(a, b) < TOL
     with pytest.raises(UnsupportedModelError, match="2 residual units"):
         convert(build(2))
+
+
+# ---------------------------------------------------------------------------------------------
+# copy_weights pairs what convert pairs
+
+
+@pytest.mark.parametrize("cls", ["ResidualEncoderUNet", "PlainConvUNet"])
+def test_copy_weights_pairs_nnunet_as_convert_does(cls: str) -> None:
+    """nnU-Net's residual units run their shortcut before their convs, and its deep-supervision
+    heads run in eval mode: copy_weights pairs them as convert does (the converter's order). A
+    target without the heads is refused at the first position where the two part."""
+    unet = pytest.importorskip("dynamic_network_architectures.architectures.unet")
+    common = {"conv_bias": True, "norm_op": nn.InstanceNorm2d, "norm_op_kwargs": {"affine": True},
+              "nonlin": nn.LeakyReLU, "deep_supervision": True}  # fmt: skip
+    if cls == "ResidualEncoderUNet":
+        peer = unet.ResidualEncoderUNet(1, 3, [2, 4, 6], nn.Conv2d, 3, [1, 2, 2], [1, 2, 2], 3, [1, 1], **common)
+    else:
+        peer = unet.PlainConvUNet(1, 3, [2, 4, 6], nn.Conv2d, 3, [1, 2, 2], 2, 3, 2, **common)
+    peer = _seeded(peer).double()
+    config = convert(peer).config
+    target = build_unet(config).double()
+    x = torch.randn(1, 1, 16, 16, dtype=torch.float64)
+    copy_weights(peer, target, x)
+    peer.train(), target.train()
+    with torch.no_grad():
+        for a, b in zip(peer(x), target(x), strict=True):  # the output and every head
+            assert _max_diff(a, b) < TOL
+    with pytest.raises(UnsupportedModelError, match=r"part at layer \d+: cannot pair source layer 'decoder\.seg"):
+        copy_weights(peer, build_unet(config.model_copy(update={"deep_supervision": []})).double(), x)
+
+
+# ---------------------------------------------------------------------------------------------
+# dropout after every conv (nnU-Net's dropout_op, MONAI's dropout): carried, the same in training
+
+
+def _train_equal(peer: nn.Module, ours: nn.Module, x: torch.Tensor) -> tuple[float, float]:
+    """Max abs difference of the (main) outputs in training mode with the same dropout seed, and
+    of the input gradients after one backward."""
+    peer.train(), ours.train()
+    outs = []
+    for m in (peer, ours):
+        xi = x.clone().requires_grad_(True)
+        torch.manual_seed(5)
+        out = m(xi)
+        out = out[0] if isinstance(out, (list, tuple)) else out
+        out.sum().backward()
+        outs.append((out.detach(), xi.grad))
+    return _max_diff(outs[0][0], outs[1][0]), _max_diff(outs[0][1], outs[1][1])
+
+
+@pytest.mark.parametrize("op", [nn.Dropout2d, nn.Dropout])
+def test_nnunet_dropout_is_carried(op: type) -> None:
+    unet = pytest.importorskip("dynamic_network_architectures.architectures.unet")
+    peer = unet.PlainConvUNet(
+        1, 3, [2, 4, 8], nn.Conv2d, 3, [1, 2, 2], 2, 2, 2, norm_op=nn.InstanceNorm2d,
+        norm_op_kwargs={"affine": True}, nonlin=nn.ReLU, dropout_op=op, dropout_op_kwargs={"p": 0.2},
+    )  # fmt: skip
+    ours, _ = _check_eval(peer, (2, 1, 16, 16))
+    d = ours.config.dropout
+    assert (d.placement, d.after, d.rate, d.spatial) == ("every_conv", "conv", 0.2, op is nn.Dropout2d)
+    assert max(_train_equal(peer, ours, torch.randn(2, 1, 16, 16, dtype=torch.float64))) < TOL
+    assert convert(peer, ignore_dropout=True).config.dropout.rate == 0
+
+
+@pytest.mark.parametrize("order", ["NDA", "DNA", "NAD"])
+def test_monai_basic_unet_dropout_is_carried(order: str) -> None:
+    nets = pytest.importorskip("monai.networks.nets")
+    peer = nets.BasicUNet(spatial_dims=2, features=(4, 4, 6, 8, 10, 4), norm="batch", dropout=0.25)
+    for m in peer.modules():  # MONAI's ADN order, as `adn_ordering` would build it
+        if type(m).__name__ == "ADN":
+            children = dict(m.named_children())
+            for name in list(children):
+                delattr(m, name)
+            for name in order:
+                m.add_module(name, children[name])
+    ours, _ = _check_eval(peer, (2, 1, 32, 16))
+    after = {"NDA": "norm", "DNA": "conv", "NAD": "activation"}[order]
+    assert (ours.config.dropout.placement, ours.config.dropout.after) == ("every_conv", after)
+    assert max(_train_equal(peer, ours, torch.randn(2, 1, 32, 16, dtype=torch.float64))) < TOL

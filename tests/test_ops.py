@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
 
-from tests.conftest import config_dicts, valid_shapes
+from tests.conftest import DROPOUTS, config_dicts, valid_shapes
 from tests.small import small_presets
 from unetgen import UNetConfig, build_unet, shapes
 from unetgen.analysis import ops
@@ -17,6 +17,7 @@ from unetgen.model import layers
 
 NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm, nn.GroupNorm)
 ACT_TYPES = (nn.ReLU, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.PReLU)
+OWN_LAYERS = (layers.PixelShuffle, layers.NearestResize, layers.ChannelLinear)
 DROP_TYPES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d)
 
 
@@ -29,7 +30,8 @@ def _describe_module(module: nn.Module, dims: int) -> tuple:
             return ("conv", module.transposed, module.kernel_size, module.stride, module.padding, bias, extra)
         case _ if isinstance(module, NORM_TYPES):
             affine = module.weight is not None
-            return ("norm", type(module).__name__.rstrip("123d"), affine)
+            groups = module.num_groups if isinstance(module, nn.GroupNorm) else None
+            return ("norm", type(module).__name__.rstrip("123d"), affine, groups)
         case _ if isinstance(module, ACT_TYPES):
             return ("act", type(module).__name__, getattr(module, "inplace", False))
         case _ if isinstance(module, DROP_TYPES):
@@ -42,8 +44,15 @@ def _describe_module(module: nn.Module, dims: int) -> tuple:
             return ("interpolate", module.mode)
         case layers.PixelShuffle():
             return ("shuffle", module.factors)
+        case layers.NearestResize():
+            return ("resize", module.grow)
         case nn.Sigmoid():
             return ("sigmoid",)
+        case nn.Linear():
+            return ("linear", module.in_features, module.out_features, module.bias is not None)
+        case nn.AdaptiveAvgPool1d() | nn.AdaptiveAvgPool2d() | nn.AdaptiveAvgPool3d():
+            size = module.output_size
+            return ("global_pool", size if isinstance(size, int) else tuple(size))
     if type(module).__name__.startswith("ConstantPad"):
         return ("pad",)
     raise AssertionError(f"a leaf module the guard does not know: {type(module).__name__}")
@@ -68,7 +77,8 @@ def _describe_op(op: ops.Op, dims: int) -> tuple:
                 "GroupNorm": "GroupNorm",
                 "LayerNorm": "GroupNorm",
             }
-            return ("norm", names[type(op.option).__name__], op.affine)
+            groups = op.groups if names[type(op.option).__name__] == "GroupNorm" else None
+            return ("norm", names[type(op.option).__name__], op.affine, groups)
         case ops.Act():
             names = {
                 "ReLU": "ReLU",
@@ -87,8 +97,14 @@ def _describe_op(op: ops.Op, dims: int) -> tuple:
             return ("interpolate", op.mode)
         case ops.Shuffle():
             return ("shuffle", op.factors)
+        case ops.Resize():
+            return ("resize", op.grow)
         case ops.Sigmoid():
             return ("sigmoid",)
+        case ops.Linear():
+            return ("linear", op.in_channels, op.out_channels, op.bias)
+        case ops.GlobalPool():
+            return ("global_pool", 1)
         case ops.Pad():
             return ("pad",)
     raise AssertionError(f"op {op!r} has no module")
@@ -96,7 +112,7 @@ def _describe_op(op: ops.Op, dims: int) -> tuple:
 
 def _is_layer(module: nn.Module) -> bool:
     """A torch layer (or unetgen's N-d pixel shuffle), not one of the model's containers."""
-    own = type(module).__module__.startswith("torch.") or isinstance(module, layers.PixelShuffle)
+    own = type(module).__module__.startswith("torch.") or isinstance(module, OWN_LAYERS)
     container = isinstance(module, (nn.Sequential, nn.ModuleList))  # an empty Sequential: the identity
     return own and not container and not list(module.children())
 
@@ -152,8 +168,9 @@ def check_ops_match_model(config: UNetConfig, shape: tuple[int, ...]) -> None:
 def test_ops_match_the_model(data: st.DataObject) -> None:
     raw = data.draw(config_dicts(max_depth=3))
     if data.draw(st.booleans()):  # dropout everywhere it can be, element-wise or per channel
-        placement = data.draw(st.sampled_from(["contracting_end", "bottleneck", "encoder", "decoder", "all"]))
-        raw["dropout"] = {"rate": 0.25, "placement": placement, "spatial": data.draw(st.booleans())}
+        raw["dropout"] = {"rate": 0.25, **data.draw(st.sampled_from(DROPOUTS)), "spatial": data.draw(st.booleans())}
+        if raw["dropout"].get("after") == "norm" and raw.get("norm") == "none":
+            raw["dropout"]["after"] = "conv"
     if data.draw(st.booleans()) and raw.get("norm") != "none":
         raw["norm"] = data.draw(st.sampled_from(["instance", {"type": "instance", "affine": True}]))
     config = UNetConfig.model_validate(raw)

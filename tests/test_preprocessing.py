@@ -32,6 +32,7 @@ from unetgen.predict.preprocess import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiles of tiny networks: one thread is faster
 
 
 def test_committed_schema_is_current_and_validates_a_spec() -> None:

@@ -20,7 +20,7 @@ def test_ci_runs_the_readme_test_command() -> None:
     ci = (ROOT / ".ci" / "run").read_text()
     command = (
         'pip install -e ".[test]" torch==2.13.0 && pip install --no-deps dynamic-network-architectures==0.4.4 '
-        "&& python -m pytest -q"
+        "pytorch3dunet==1.9.6 && python -m pytest -q"
     )
     assert command in readme
     assert command in ci.splitlines()[-1]

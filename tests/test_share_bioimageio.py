@@ -191,12 +191,46 @@ def test_bioimageio_model_test_same_3d(bioimageio_core, same_zip: Path) -> None:
     _passed(bioimageio_core.test_model(same_zip))
 
 
-def test_bioimageio_model_test_paper_network(bioimageio_core, tmp_path: Path) -> None:
-    """The paper's network (31 M parameters) at its smallest package input, one weight format."""
-    model = unetgen.build_unet(seed=0).eval()
-    path = export_bioimageio(model, tmp_path / "paper.zip", info=INFO, weight_formats=("torchscript",))
+def test_bioimageio_model_test_paper_geometry(bioimageio_core, tmp_path: Path) -> None:
+    """bioimage.io's whole model test on the paper's geometry: its network (four poolings, two 3x3
+    convs per level, 2x2 pooling, halo 92, inputs 196 + 16n) with 2 channels at the top instead
+    of 64, so that the model test's seven runs (the test tensors; sizes 196, 212 and 228 at batch
+    1 and 2) take a second, not a minute. The sizes and the mirror padding depend on the geometry
+    only; the paper's 31 M-parameter weights are checked below."""
+    paper = unetgen.UNetConfig()
+    model = unetgen.build_unet(paper.model_copy(update={"base_channels": 2}), seed=0).eval()
+    assert unetgen.halo(model.config) == unetgen.halo(paper) == (92, 92)
+    assert input_sizes(model.config, mirror_padded=True) == input_sizes(paper, mirror_padded=True)
+    path = export_bioimageio(model, tmp_path / "paper_geometry.zip", info=INFO, weight_formats=("torchscript",))
     assert rdf_json(path)["inputs"][0]["axes"][2]["size"] == {"min": 196, "step": 16}
     _passed(bioimageio_core.test_model(path))
+
+
+def test_bioimageio_paper_network_reproduces_its_test_output(bioimageio_core, tmp_path: Path) -> None:
+    """The paper's network itself (31 M parameters, 124 MB of TorchScript) at its smallest package
+    input: bioimage.io validates the package (the rdf and the files' hashes) and its prediction
+    pipeline reproduces the packaged test output within bioimage.io's own tolerance (one run;
+    the model test's other sizes and batches are the geometry's, tested above)."""
+    from bioimageio.core import create_prediction_pipeline, load_description
+    from bioimageio.core.digest_spec import get_test_input_sample, get_test_output_sample
+    from bioimageio.spec.model.v0_5 import ReproducibilityTolerance
+
+    model = unetgen.build_unet(seed=0).eval()
+    assert sum(p.numel() for p in model.parameters()) > 31_000_000
+    path = export_bioimageio(model, tmp_path / "paper.zip", info=INFO, weight_formats=("torchscript",))
+    assert rdf_json(path)["inputs"][0]["axes"][2]["size"] == {"min": 196, "step": 16}
+    descr = load_description(path, perform_io_checks=True)
+    assert descr.validation_summary.status == "valid-format", descr.validation_summary.format()
+    # what the model test's "Reproduce test outputs from test inputs" runs, once
+    with create_prediction_pipeline(bioimageio_model=descr, weight_format="torchscript") as pipeline:
+        sample = pipeline.predict_sample_without_blocking(
+            get_test_input_sample(descr), skip_input_padding=True, skip_output_cropping=True
+        )
+    theirs = sample.members["output"].data.values
+    expected = get_test_output_sample(descr).members["output"].data.values
+    assert theirs.shape == expected.shape == (1, 2, 196, 196)
+    tolerance = ReproducibilityTolerance()
+    np.testing.assert_allclose(theirs, expected, rtol=tolerance.relative_tolerance, atol=tolerance.absolute_tolerance)
 
 
 def test_bioimageio_blockwise_equals_predict_tiled(bioimageio_core, valid_zip: Path) -> None:
@@ -213,7 +247,9 @@ def test_bioimageio_blockwise_equals_predict_tiled(bioimageio_core, valid_zip: P
         blocksize_parameter=12,
     )
     theirs = sample.members["output"].data.values[0]
-    ours = unetgen.predict_tiled(model, torch.from_numpy(preprocess(raw[0, 0], model.preprocessing)), progress=False)
+    ours = unetgen.predict_tiled(model, raw[0, 0], progress=False)  # the package's spec, applied by predict_tiled
+    hand = torch.from_numpy(preprocess(raw[0, 0], model.preprocessing))
+    torch.testing.assert_close(ours, unetgen.predict_tiled(model, hand, progress=False, preprocessing=False))
     h = unetgen.halo(model.config)[0]
     inner = (slice(None), slice(h, -h), slice(h, -h))
     assert theirs.shape == tuple(ours.shape)

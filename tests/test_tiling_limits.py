@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from unetgen import UNetConfig, build_unet, load_config, plan_tiles, predict_tiled
 from unetgen.analysis import shapes
-from unetgen.predict.plan import DEFAULT_MEMORY_BUDGET, EvenStarts, check_memory
+from unetgen.predict.plan import DEFAULT_MEMORY_BUDGET, EvenStarts, check_memory, estimate_memory
 from unetgen.predict.sources import check_image
 
 TINY = UNetConfig(depth=2, base_channels=2, channel_multiplier=1, in_channels=2, init="torch")
@@ -110,10 +110,11 @@ def test_memory_is_estimated_and_refused_before_anything_is_allocated(monkeypatc
         predict_tiled(tiny, image, memory_limit=1000, progress=False)
     assert predict_tiled(tiny, image, memory_limit=10**9, progress=False).shape == (2, 40, 40)
     plan = plan_tiles(TINY, (3000, 3000), tile_size=60)
-    tiles_only = check_memory(TINY, plan, allocate_result=False)
-    assert check_memory(TINY, plan) == tiles_only + 2 * 3000 * 3000 * 4  # float32 logits, 2 channels
-    assert check_memory(TINY, plan, output_type="labels") == tiles_only + 3000 * 3000  # uint8 labels
-    with pytest.raises(ValueError, match=r"tiles: 140 KiB for a batch of 1 tiles of 60x60; result: 69 MiB"):
+    assert estimate_memory(TINY, plan, allocate_result=False).result == 0
+    assert estimate_memory(TINY, plan).result == 2 * 3000 * 3000 * 4  # float32 logits, 2 channels
+    assert estimate_memory(TINY, plan, output_type="labels").result == 3000 * 3000  # uint8 labels
+    assert check_memory(TINY, plan) == estimate_memory(TINY, plan).total
+    with pytest.raises(ValueError, match=r"tiles: \d+ KiB for a batch of 1 tiles of 60x60; result: 69 MiB"):
         check_memory(TINY, plan, memory_limit=2**26)
     for bad in (True, 0, -5, 1.5, "16G"):
         with pytest.raises(ValueError, match=r"memory_limit=.* must be a positive int"):

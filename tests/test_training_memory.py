@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import config_dicts, valid_shapes
+from conftest import DROPOUTS, config_dicts, valid_shapes
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -100,6 +100,25 @@ OPTIONS = {  # (the config it needs, the option): each option the walk follows b
     "up norm_act": ({}, {"up": {"type": "transpose", "kernel_size": 3, "norm_act": True}}),
     "up pixelshuffle": ({}, {"up": "pixelshuffle"}),
     "up pixelshuffle, anisotropic": ({"strides": [[2, 1], 3]}, {"up": {"type": "pixelshuffle", "kernel_size": 1}}),
+    "group norm, one group below num_groups": (
+        {"norm": "layer"},
+        {"norm": {"type": "group", "num_groups": 4, "fewer_channels": "one_group"}},
+    ),
+    "input_projection": (RESIDUAL, {"block": {"type": "residual", "shortcut": "input_projection"}}),
+    # (up size_by: nearest_resize saves what the plain transposed conv saves: checked by the property test)
+    "dropout after every conv": (
+        {"stem": True},
+        {"dropout": {"rate": 0.2, "placement": "every_conv", "after": "norm", "spatial": True}},
+    ),
+    "excitation scse (max), post_activation": (
+        RESIDUAL,
+        {"block": {"type": "residual", "excitation": "scse", "post_activation": "leaky_relu"}},
+    ),
+    "excitation cse, plain": ({}, {"block": {"type": "plain", "excitation": {"type": "cse", "reduction": 2}}}),
+    "dropout every_conv in pre-activation units, no norm (none on the input)": (
+        {**PRE, "norm": "none"},
+        {"dropout": {"rate": 0.2, "placement": "every_conv", "after": "activation"}},
+    ),
     "up norm_act after activation": (
         {"norm_position": "after_activation", "activation": "silu"},
         {"up": {"type": "transpose", "norm_act": True}},
@@ -158,9 +177,9 @@ def test_saved_tensors_equal_the_real_models(raw: dict, data: st.DataObject) -> 
 def test_saved_tensors_with_instance_norm_and_dropout(raw: dict, data: st.DataObject) -> None:
     if data.draw(st.booleans()):
         raw["norm"] = {"type": "instance", "affine": data.draw(st.booleans())}
-    placements = ["contracting_end", "bottleneck", "encoder", "decoder", "all"]
-    placement, spatial = data.draw(st.sampled_from(placements)), data.draw(st.booleans())
-    raw["dropout"] = {"rate": 0.5, "placement": placement, "spatial": spatial}
+    raw["dropout"] = {"rate": 0.5, **data.draw(st.sampled_from(DROPOUTS)), "spatial": data.draw(st.booleans())}
+    if raw["dropout"].get("after") == "norm" and raw.get("norm") == "none":
+        raw["dropout"]["after"] = "conv"
     config = UNetConfig.model_validate(raw)
     shape = shapes.min_input_shape(config)
     assert estimate(config, shape, 2) == measure(config, shape, 2)

@@ -36,6 +36,7 @@ from .analysis.ops import (
     NormOp,
     Op,
     Pool,
+    Resize,
     Shuffle,
     Sum,
     network_ops,
@@ -50,6 +51,8 @@ from .config.options import (
     AttentionGate,
     AvgPool,
     BatchNorm,
+    ChannelExcitation,
+    ChannelSpatialExcitation,
     Concat,
     ConvDown,
     GroupNorm,
@@ -64,6 +67,7 @@ from .config.options import (
     ReLU,
     ResidualBlock,
     SiLU,
+    SpatialExcitation,
     TransposeUp,
 )
 from .config.unet_config import UNetConfig
@@ -277,6 +281,10 @@ class _Net:
             op for op in self.ops if op.part in parts and (level is None or op.level == level) and isinstance(op, kind)
         ]
 
+    def residual_sums(self, *parts: str, level: int | None = None) -> list[Sum]:
+        """The residual sums in `parts` (at `level`), not a squeeze-and-excitation's (scSE, add)."""
+        return [op for op in self.find(*parts, level=level, kind=Sum) if isinstance(op.source, ResidualBlock)]
+
     def rows(self, level: int, *parts: str) -> list[Op]:
         """The ops at `level` in `parts` that end a `shapes.trace` row: one box each."""
         return [op for op in self.find(*parts, level=level) if op.row is not None]
@@ -300,7 +308,7 @@ def _role(op: Op) -> str:
             return "head"
         case Conv(part="aux"):
             return "aux"
-        case Conv(transposed=True) | Interpolate() | Shuffle() | Pool(part="up"):
+        case Conv(transposed=True) | Interpolate() | Shuffle() | Pool(part="up") | Resize():
             return "up"
         case Conv():
             return "map"
@@ -394,7 +402,7 @@ def _activation_text(option: object) -> str:
 
 def _legend(net: _Net, compacted: bool) -> list[tuple[str, str]]:
     """(glyph, text) pairs; glyph is an arrow kind, 'box:<role>', 'residual', 'dropout', 'gate',
-    'plus' or 'note'. Only what the network computes: an entry per kind of op it runs."""
+    'plus', 'excite' or 'note'. Only what the network computes: an entry per kind of op it runs."""
     size, factor, each = _stride_words(net.config)
     items = [
         ("conv", _block_text(net)),
@@ -405,7 +413,7 @@ def _legend(net: _Net, compacted: bool) -> list[tuple[str, str]]:
     ]
     if net.find("aux"):
         items.append(("aux", "conv 1x1 auxiliary output (deep supervision, training only)"))
-    items += _residual_items(net) + _dropout_items(net)
+    items += _residual_items(net) + _excitation_items(net) + _dropout_items(net)
     if compacted:
         items.append(("note", "xN: N convs in a row (the maps between are not drawn)"))
     items.append(("box:map", "feature map: channels above, size at the lower left"))
@@ -435,10 +443,12 @@ def _block_text(net: _Net) -> str:
                 break  # the block's next conv
             case Conv(row=str()):
                 text = conv
-            case NormOp() | Act():
+            case Act(module=str(module)) if module.endswith(".post_act"):
+                continue  # after the residual sum: in the residual entry
+            case NormOp() | Act() if not _excites(op):
                 text = _layer_text(op)
             case _:
-                continue  # the residual shortcut and sum, dropout
+                continue  # the residual shortcut and sum, squeeze-and-excitation, dropout
         if text not in steps:
             steps.append(text)
     return ", ".join(steps)
@@ -485,9 +495,10 @@ def _down_text(net: _Net, size: str, each: str) -> str:
 def _up_text(net: _Net, size: str, factor: str, each: str) -> str:
     then = "".join(f", {_layer_text(op)}" for op in net.find("up", level=0) if isinstance(op, (NormOp, Act)))
     match net.rows(0, "up")[0].source:
-        case TransposeUp(kernel_size=k):
+        case TransposeUp(kernel_size=k, size_by=size_by):
             kernel = "kernel = stride" if k is None else f"kernel {k}"
-            return f"up-conv{size} (transposed conv, {kernel}{each}){then}"
+            resize = ", nearest resize to the stride" if k is not None and size_by == "nearest_resize" else ""
+            return f"up-conv{size} (transposed conv, {kernel}{each}){resize}{then}"
         case NearestUp(conv=when) | LinearUp(conv=when):
             [interpolate] = net.find("up", level=0, kind=Interpolate)
             conv1 = "conv 1x1" if when == "always" else "conv 1x1 where the channels change"
@@ -500,15 +511,46 @@ def _up_text(net: _Net, size: str, factor: str, each: str) -> str:
 
 
 def _residual_items(net: _Net) -> list[tuple[str, str]]:
-    sums = net.find(*BLOCKS, kind=Sum)
+    sums = net.residual_sums(*BLOCKS)
     if not sums:
         return []
     match sums[0].source:
-        case ResidualBlock(preactivation=pre):
+        case ResidualBlock(preactivation=pre, post_activation=post):
             kind = "pre-activation residual" if pre else "residual"
-            return [("residual", f"{kind} block: input added to output (1x1 conv if channels change)")]
+            then = "" if post is None else f", then {_activation_text(post)}"
+            return [("residual", f"{kind} block: input added to output (1x1 conv if channels change){then}")]
         case other:
             raise TypeError(f"draw_unet has no legend entry for block {type(other).__name__}; add one")
+
+
+def _excites(op: Op) -> bool:
+    return isinstance(op.source, (ChannelExcitation, SpatialExcitation, ChannelSpatialExcitation))
+
+
+def _excitation_items(net: _Net) -> list[tuple[str, str]]:
+    """One entry per kind of squeeze-and-excitation the blocks end in."""
+    seen: dict[object, set[str]] = {}  # option -> "encoder" and/or "decoder"
+    for op in net.find(*BLOCKS):
+        if _excites(op):
+            seen.setdefault(op.source, set()).add("decoder" if op.part == "decoder" else "encoder")
+    items = []
+    for option, parts in seen.items():
+        where = "block" if len(parts) == 2 else f"{next(iter(parts))} block"
+        items.append(("excite", f"{_excitation_text(option)} at the end of each {where}"))
+    return items
+
+
+def _excitation_text(option: object) -> str:
+    match option:
+        case ChannelExcitation(reduction=r):
+            what = f"channel squeeze-and-excitation (cSE, reduction {r})"
+        case SpatialExcitation():
+            what = "spatial squeeze-and-excitation (sSE)"
+        case ChannelSpatialExcitation(reduction=r, combine=combine):
+            what = f"channel and spatial squeeze-and-excitation (scSE, reduction {r}, {combine} of the two)"
+        case other:
+            raise TypeError(f"draw_unet has no legend entry for excitation {type(other).__name__}; add one")
+    return what
 
 
 def _dropout_items(net: _Net) -> list[tuple[str, str]]:
@@ -611,15 +653,15 @@ def _render(net: _Net, given: bool, cap: int) -> tuple[ET.Element, float, float]
     depth = net.config.depth
     enc, dec = _levels(net, cap)
     merges = [_merge(net, i) for i in range(depth)]
-    residual = bool(net.find(*BLOCKS, kind=Sum))  # room for the brackets over the blocks
+    residual = bool(net.residual_sums(*BLOCKS))  # room for the brackets over the blocks
     centres, y = _rows(enc, dec, residual, top=MARGIN + 2 * TITLE_FONT + 14)
     _columns(enc, dec, centres, merges)
     body = ET.Element("g", {"font-family": FONT, "fill": BLACK})
     scene = _Scene(body)
     for i in range(depth + 1):
-        _draw_row(scene, enc[i], centres[i], bool(net.find(net.block(i), level=i, kind=Sum)))
+        _draw_row(scene, enc[i], centres[i], bool(net.residual_sums(net.block(i), level=i)))
         if i < depth:
-            _draw_row(scene, dec[i], centres[i], bool(net.find("decoder", level=i, kind=Sum)))
+            _draw_row(scene, dec[i], centres[i], bool(net.residual_sums("decoder", level=i)))
     strides = net.config.layout.strides
     varies = _per_level(strides, "step")[1]
     for i in range(depth):
@@ -882,6 +924,8 @@ def _draw_legend(scene: _Scene, items: list[tuple[str, str]], left: float, top: 
             _gate(parent, x + 18, mid)
         elif glyph == "plus":
             _plus(parent, x + 18, mid)
+        elif glyph == "excite":
+            scene.text(x + 18, mid + NOTE_FONT / 2 - 1, "SE", NOTE_FONT, anchor="middle", fill=PURPLE)
         elif glyph == "note":
             scene.text(x + 18, mid + NOTE_FONT / 2 - 1, "xN", NOTE_FONT, anchor="middle", fill=BLUE)
         scene.text(x + GLYPH_W + 8, mid + LEGEND_FONT / 2 - 2, text, LEGEND_FONT)

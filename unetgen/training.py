@@ -22,6 +22,7 @@ from scipy import ndimage
 from .analysis import shapes
 from .analysis.arguments import as_count, as_flag, as_real
 from .config.io import ConfigSource, resolve_config
+from .config.preprocessing import Preprocessing, PreprocessingSource, load_preprocessing
 from .config.unet_config import UNetConfig
 from .reprs import int_text, short_repr
 
@@ -322,7 +323,15 @@ class PatchSampler:
     axis; `shapes.nearest_valid_input_size` finds one; `plan_training` picks the largest that fits
     a memory budget), and a sample at most `MAX_PATCH_BYTES`. `augment(image, target, weights,
     rng)` runs on the input-sized patch before cropping, e.g. `elastic_deform`, and returns the
-    three arrays in the same shapes. `seed` is None or an int >= 0. Iterate for endless samples,
+    three arrays in the same shapes. `seed` is None or an int >= 0.
+
+    `preprocessing` (a `Preprocessing` spec, a mapping or a .json/.yaml file; None: the images as
+    they are): the images are raw, in the spec's `axes` layout, and each is normalised once,
+    up front, with the numbers `predict_tiled` would measure on it
+    (`unetgen.predict.preprocess.prepare_input`: exact up to `EXACT_VOXELS` voxels per channel, a
+    bounded sample beyond), so that a model trained here and saved with
+    ``save_unet(..., preprocessing=spec)`` sees its inputs at prediction as it saw them in
+    training. Targets and weight maps keep the spatial layout of the spec's axes. Iterate for endless samples,
     or call `batch(n)` for stacked ``(n, ...)`` tensors. Every argument is checked: a
     `ValueError` (`InputShapeError` for sizes) names it.
     """
@@ -338,6 +347,7 @@ class PatchSampler:
         target_size: Literal["output", "input"] = "output",
         augment: Augment | None = None,
         seed: int | None = None,
+        preprocessing: PreprocessingSource | None = None,
     ) -> None:
         config = resolve_config(config)
         size = _patch_shape(config, patch_size)
@@ -350,6 +360,8 @@ class PatchSampler:
         self.halo = shapes.halo(config)
         self.sample_bytes = math.prod(size) * (4 * config.in_channels + 8 + 4)  # input, int64 target, weights
         self._check_bytes(1)
+        if preprocessing is not None:
+            images = _preprocessed(config, images, load_preprocessing(preprocessing))
         self.images, self.targets, self.weights = self._data(images, targets, weights)
         self.augment = augment
         self.rng = np.random.default_rng(None if seed is None else as_count("seed", seed, minimum=0))
@@ -442,6 +454,25 @@ class PatchSampler:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         while True:
             yield self.sample()
+
+
+def _preprocessed(config: UNetConfig, images: Any, spec: Preprocessing) -> Any:
+    """`images` (one, or a list or tuple) laid out and normalised as `predict_tiled` does."""
+    from .predict.preprocess import prepare_input, spec_of
+
+    applied = spec_of(None, spec)
+    if applied is None:
+        return images
+
+    def one(image: Any, name: str) -> np.ndarray:
+        try:
+            return np.asarray(prepare_input(config, image, applied)[:])
+        except (ValueError, TypeError) as err:
+            raise ValueError(f"{name}: {err}") from None
+
+    if isinstance(images, (list, tuple)):
+        return [one(image, f"images[{i}]") for i, image in enumerate(images)]
+    return one(images, "images")
 
 
 def _grid_limit(pixels: int, dims: int) -> int:

@@ -36,7 +36,7 @@ largest that fits. Measured against real training steps: benchmarks/training_mem
 
 from __future__ import annotations
 
-import itertools
+import functools
 import math
 import re
 from collections.abc import Callable, Sequence
@@ -59,12 +59,16 @@ from .ops import (
     Conv,
     Crop,
     Drop,
+    GlobalPool,
     Interpolate,
+    Linear,
+    Max,
     Mul,
     NormOp,
     Op,
     Pad,
     Pool,
+    Resize,
     Shuffle,
     Sigmoid,
     Sum,
@@ -75,6 +79,7 @@ from .ops import (
 __all__ = [
     "OPTIMIZER_STATE",
     "SavedTensor",
+    "TileMemory",
     "TrainingMemory",
     "TrainingPlan",
     "estimate_tile_memory",
@@ -82,6 +87,7 @@ __all__ = [
     "parse_bytes",
     "plan_training",
     "saved_activations",
+    "tile_memory",
 ]
 
 OPTIMIZER_STATE = {"sgd": 0, "momentum": 1, "adam": 2, "adamw": 2}
@@ -271,7 +277,13 @@ class _Walk:
         return self.new(op.out_channels, shape)
 
     def dropout(self, op: Drop, x: int) -> int:
-        """Dropout keeps its random mask: one value per channel (`spatial`) or per element."""
+        """Dropout keeps its random mask: one value per channel (`spatial`) or per element; none on a
+        tensor that does not require grad (the input, after a pre-activation unit's first
+        activation with `placement: every_conv`)."""
+        if x in self.constant:
+            y = self.like(x)
+            self.constant.add(y)
+            return y
         self.side(_layer(op), self.batch * op.out_channels if op.spatial else self.sizes[x])
         return self.like(x)
 
@@ -294,7 +306,7 @@ class _Walk:
                 return self.dropout(op, x)
             case Pool():
                 return self.pool(op, x, shape)
-            case Interpolate() | Shuffle() | Pad() | Sum() | Cat():  # keep nothing (the shuffle copies a view)
+            case Interpolate() | Resize() | Shuffle() | Pad() | Sum() | Cat():  # keep nothing (shuffle: copies a view)
                 return self.new(op.out_channels, shape)
             case Sigmoid():  # keeps its output
                 y = self.new(op.out_channels, shape)
@@ -303,6 +315,15 @@ class _Walk:
             case Mul():  # keeps both factors
                 self.save(_layer(op), self.keys[op.inputs[1]])
                 self.save(_layer(op), x)
+                return self.new(op.out_channels, shape)
+            case GlobalPool():  # a mean over space: keeps nothing
+                return self.new(op.out_channels, shape)
+            case Linear():  # keeps its input (flattened: a view), the weight is a parameter
+                self.save(_layer(op), x)
+                return self.new(op.out_channels, shape)
+            case Max():  # keeps both inputs
+                self.save(_layer(op), x)
+                self.save(_layer(op), self.keys[op.inputs[1]])
                 return self.new(op.out_channels, shape)
             case Crop():  # a view of its input
                 if op.part == "merge":
@@ -499,27 +520,224 @@ def _backward_peak(w: _Walk, kept: dict[int, int], size: dict[int, int], first: 
     return peak
 
 
-def estimate_tile_memory(
-    config: ConfigSource, tile_input: Sequence[int], batch_size: int = 1, dtype: torch.dtype = torch.float32
-) -> int:
-    """Estimated peak activation bytes of one forward pass in inference mode over `batch_size`
-    tiles: the input tile, every skip map (all are held until the pass ends) and the largest step
-    between consecutive stages (the ops that end a `shapes.trace` row), counted as its input twice
-    (CPU convolutions copy their input into a blocked layout) plus its output. On CPU the measured
-    peak of the paper's network is within 10% of this (see docs/tiling.md); fixed costs (weights,
-    libraries) are not included. Raises `InputShapeError` for an invalid tile."""
+def _padded(channels: int) -> int:
+    """Channels of oneDNN's blocked layout (`BLOCK`)."""
+    return -(-channels // BLOCK) * BLOCK
+
+
+def _scopes(ops: Sequence[Op]) -> list[tuple[str, ...]]:
+    """Per op, the module calls it runs inside whose frames hold their argument until they
+    return: its level (`segment`) and its conv block (``encoder.0.block`` or, with several
+    blocks per level, ``encoder.0.block.1``). Ops without a module (crops, sums, concatenations)
+    run in the block of the op before them, if they are in the same segment."""
+    scopes: list[tuple[str, ...]] = []
+    block: str | None = None
+    for op in ops:
+        if op.module is not None:
+            m = re.match(r"(.*?\.block(?:\.\d+)?)(?:\.|$)", op.module)
+            block = m.group(1) if m and op.segment is not None and m.group(1).startswith(op.segment) else None
+        elif scopes and ops[len(scopes) - 1].segment != op.segment:
+            block = None
+        scopes.append(tuple(s for s in (op.segment, block) if s is not None))
+    return scopes
+
+
+def _lifetimes(ops: Sequence[Op], keys: dict[int, int]) -> dict[int, int]:
+    """Storage key -> the index of the last op during which it exists. A tensor lives until its
+    last reader ends, and until the end of every module call that received it as an argument
+    (Python frames hold a module's input until it returns: a level holds its input, a conv block
+    holds its input through the block; `nn.Sequential` lets go of each step's input)."""
+    scopes = _scopes(ops)
+    ends: dict[str, int] = {}
+    members: dict[str, set[int]] = {}
+    for op, scope in zip(ops, scopes, strict=True):
+        for s in scope:
+            ends[s] = op.index
+            members.setdefault(s, set()).add(op.index)
+    last: dict[int, int] = {}
+    for op, scope in zip(ops, scopes, strict=True):
+        for i in op.inputs:
+            k = keys[i]
+            end = op.index
+            for s in scope:
+                if i not in members[s]:  # an argument of the call `s`: held until it returns
+                    end = max(end, ends[s])
+            last[k] = max(last.get(k, -1), end)
+    return last
+
+
+_NATIVE_CONV = 20480
+"""torch's `use_mkldnn` (aten/src/ATen/native/Convolution.cpp) leaves a float32 CPU conv to its
+native im2col kernel when N x C x the first two spatial sizes of its input are at most this (and
+the batch is 1, the kernel at most 3 wide): small maps, and in 3D most one-channel inputs."""
+
+
+def _conv_bytes(op: Conv, o: int, in_shape: Sequence[int], out_shape: Sequence[int], w: _Inference) -> tuple[int, int]:
+    """(bytes a convolution allocates and holds while it runs, its output included; bytes of
+    oneDNN's scratchpad it needs), on CPU. oneDNN keeps its scratchpad after the conv (one
+    buffer per thread, grown to the largest need and never shrunk); measured: about 4 output
+    maps of the conv's size for an output channel count off the `BLOCK` grid, little otherwise."""
+    batch, item = w.batch, w.itemsize
+    ones = all(k == 1 for k in op.kernel) and all(s == 1 for s in op.stride)
+    lead = batch * op.in_channels * math.prod(in_shape[:2])
+    mkldnn = (not ones or batch >= 16 or w.threads > 1) and (
+        batch > 1 or lead > _NATIVE_CONV or (len(op.kernel) > 1 and all(k > 3 for k in op.kernel[-2:]))
+    )
+    blocked_in = batch * _padded(op.in_channels) * math.prod(in_shape) * item
+    blocked_out = batch * _padded(op.out_channels) * math.prod(out_shape) * item
+    if op.transposed:
+        return (o if w.channels_last and mkldnn else 3 * o + blocked_in), 0
+    if not mkldnn:  # im2col: a column of kernel taps x input channels per output position
+        return o + (0 if ones else batch * op.in_channels * math.prod(op.kernel) * math.prod(out_shape) * item), 0
+    if w.channels_last:
+        return o, 0
+    scratch = 0 if op.out_channels % BLOCK == 0 else 4 * batch * math.prod(out_shape) * item
+    return blocked_in + blocked_out, scratch
+
+
+@dataclass(frozen=True)
+class _Inference:
+    batch: int
+    itemsize: int
+    channels_last: bool
+    threads: int
+
+
+@functools.lru_cache(maxsize=64)
+def _schedule(config: UNetConfig) -> tuple[tuple[Op, ...], dict[int, int], dict[int, int]]:
+    """The ops of an inference pass (no deep-supervision heads), each op's storage key (an alias
+    shares its input's: crops, dropout in eval, in-place activations) and each key's lifetime
+    (`_lifetimes`; the input and the output live throughout). Do not mutate: cached per config."""
+    ops = tuple(op for op in network_ops(config) if not op.training_only)
+    keys: dict[int, int] = {INPUT: INPUT}
+    for op in ops:
+        alias = isinstance(op, (Crop, Drop)) or (isinstance(op, Act) and op.inplace)
+        keys[op.index] = keys[op.inputs[0]] if alias else op.index
+    last = _lifetimes(ops, keys)
+    last[INPUT] = last[keys[ops[-1].index]] = ops[-1].index + 1  # held by the caller: the input batch, the result
+    return ops, keys, last
+
+
+def _inference_peak(config: UNetConfig, shape: Sequence[int], w: _Inference) -> TileMemory:
+    """The memory of one forward pass of `w.batch` samples in inference mode, replaying
+    `UNet.forward` op by op: each op's output is allocated while its inputs and everything still
+    needed later are alive (skips, the inputs of the level and block being run), plus what the
+    op itself holds meanwhile.
+
+    Measured on CPU (one thread, fresh processes, glibc's mmap threshold fixed:
+    benchmarks/predict_memory.py): a convolution that oneDNN runs on a contiguous (NCHW) map
+    holds a copy of its input in the channel-blocked layout and a blocked output (`BLOCK`
+    channels); with an output channel count off that grid it also grows oneDNN's scratchpad,
+    which stays (about four output maps). One that torch runs natively (`_NATIVE_CONV`) holds
+    an im2col buffer of kernel taps x input channels per output position. A transposed conv
+    holds about three outputs and the blocked input; max pooling its output and int64
+    indices; a conv of a crop (a strided view) first copies it; 1x1 convs, norms,
+    interpolation, concatenations and sums hold only their output. With channels-last weights
+    and input (`optimize_for_inference`) oneDNN's convs hold only their output. In-place
+    activations, dropout (eval: the identity) and crops (views) allocate nothing."""
+    ops, keys, last = _schedule(config)
+    out = op_shapes(config, shape)
+    item = w.itemsize
+    every = network_ops(config)
+
+    def nbytes(i: int) -> int:
+        spatial = shape if i == INPUT else out[i]
+        channels = config.in_channels if i == INPUT else every[i].out_channels
+        return w.batch * channels * math.prod(spatial) * item
+
+    size = {INPUT: nbytes(INPUT)}
+    alive = {INPUT}
+    peak = size[INPUT]
+    scratch = 0  # oneDNN's scratchpad, kept once grown
+    for op in ops:
+        k = keys[op.index]
+        if k == op.index:
+            size[k] = o = nbytes(op.index)
+            x = op.inputs[0]
+            in_shape = shape if x == INPUT else out[x]
+            match op:
+                case Conv():
+                    held, need = _conv_bytes(op, o, in_shape, out[op.index], w)
+                    scratch = max(scratch, need)
+                    if x != INPUT and isinstance(every[x], Crop):  # a conv copies a cropped (strided) view first
+                        held += nbytes(x)
+                case Pool(mode="max"):
+                    held = o + o // item * 8  # int64 indices
+                case Shuffle():
+                    held = 2 * o  # a permuted copy, then the contiguous output
+                case _:
+                    held = o
+            peak = max(peak, sum(size[a] for a in alive) + held)
+            alive.add(k)
+        alive = {a for a in alive if last.get(a, -1) > op.index}
+    if w.channels_last:  # `InferenceUNet` copies a many-channel input and output between the layouts
+        copies = (config.in_channels > 1) * size[INPUT] + (ops[-1].out_channels > 1) * size[keys[ops[-1].index]]
+        peak = max(peak, size[INPUT] + size[keys[ops[-1].index]] + copies)
+    return TileMemory(input=size[INPUT], output=size[keys[ops[-1].index]], peak=peak, scratchpad=scratch)
+
+
+@dataclass(frozen=True)
+class TileMemory:
+    """Bytes of one forward pass over a batch of tiles in inference mode (`tile_memory`)."""
+
+    input: int
+    """The input batch."""
+    output: int
+    """The output batch (the logits)."""
+    peak: int
+    """The most bytes alive at once during the pass, the input included: tensors and what the
+    ops hold while they run (blocked copies, im2col buffers, pooling indices)."""
+    scratchpad: int
+    """oneDNN's scratchpad the pass grows on CPU; it stays allocated after the pass."""
+
+    @property
+    def total(self) -> int:
+        """The peak of a pass that runs with the scratchpad already grown (every pass but the first)."""
+        return self.peak + self.scratchpad
+
+
+def tile_memory(
+    config: ConfigSource,
+    tile_input: Sequence[int],
+    batch_size: int = 1,
+    dtype: torch.dtype = torch.float32,
+    *,
+    channels_last: bool = False,
+    threads: int | None = None,
+) -> TileMemory:
+    """The parts of `estimate_tile_memory` (`TileMemory`). `channels_last`: the model runs in
+    channels-last layout (`optimize_for_inference`), whose convolutions need no blocked copies;
+    `threads`: torch's intra-op threads (default `torch.get_num_threads()`; with one thread torch
+    runs 1x1 convs natively, with more through oneDNN). Raises `InputShapeError` for an invalid
+    tile, `ValueError` for a bad argument."""
     config = resolve_config(config)
     shape = _input_shape(config, tile_input)
     batch_size, dtype = as_count("batch_size", batch_size), as_float_dtype("dtype", dtype)
-    ops, out = network_ops(config), op_shapes(config, shape)
+    threads = torch.get_num_threads() if threads is None else as_count("threads", threads)
+    return _inference_peak(
+        config, shape, _Inference(batch_size, dtype.itemsize, as_flag("channels_last", channels_last), threads)
+    )
 
-    def numel(i: int) -> int:
-        return config.in_channels * math.prod(shape) if i == INPUT else ops[i].out_channels * math.prod(out[i])
 
-    skips = sum(numel(op.inputs[0]) for op in ops if isinstance(op, Crop) and op.part == "merge")
-    stages = [numel(INPUT)] + [numel(op.index) for op in ops if op.row is not None]
-    step = max(2 * a + b for a, b in itertools.pairwise(stages))
-    return (numel(INPUT) + skips + step) * batch_size * dtype.itemsize
+def estimate_tile_memory(
+    config: ConfigSource,
+    tile_input: Sequence[int],
+    batch_size: int = 1,
+    dtype: torch.dtype = torch.float32,
+    *,
+    channels_last: bool = False,
+    threads: int | None = None,
+) -> int:
+    """Estimated peak bytes of one forward pass in inference mode over `batch_size` tiles, the
+    input batch included, with oneDNN's scratchpad grown (`tile_memory`'s total): the largest,
+    over the ops in the order `UNet.forward` runs them, of every tensor alive at that op (the
+    input, the skips, the inputs of the level and block being run) plus what the op allocates
+    and holds meanwhile (a CPU convolution's channel-blocked copies or im2col buffer: see
+    `_inference_peak`). Measured against forward passes on CPU (benchmarks/predict_memory.py:
+    within a few percent with glibc's mmap threshold fixed). Fixed costs (weights, libraries)
+    are not included; `unetgen.predict.plan.estimate_memory` adds what a whole prediction
+    holds. Raises `InputShapeError` for an invalid tile."""
+    return tile_memory(config, tile_input, batch_size, dtype, channels_last=channels_last, threads=threads).total
 
 
 # ---------------------------------------------------------------------------------------------

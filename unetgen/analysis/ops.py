@@ -34,9 +34,12 @@ from ..config.options import (
     AvgPool,
     BatchNorm,
     Block,
+    ChannelExcitation,
+    ChannelSpatialExcitation,
     Concat,
     ConvDown,
     Dropout,
+    Excitation,
     FirstConvDown,
     GroupNorm,
     InstanceNorm,
@@ -48,10 +51,12 @@ from ..config.options import (
     Norm,
     PixelShuffleUp,
     PReLU,
+    ReLU,
     ResidualBlock,
+    SpatialExcitation,
     TransposeUp,
 )
-from ..config.unet_config import Stage, UNetConfig
+from ..config.unet_config import Stage, UNetConfig, conv_steps
 
 __all__ = [
     "INPUT",
@@ -59,12 +64,16 @@ __all__ = [
     "Cat",
     "Conv",
     "Crop",
+    "GlobalPool",
     "Interpolate",
+    "Linear",
+    "Max",
     "Mul",
     "NormOp",
     "Op",
     "Pad",
     "Pool",
+    "Resize",
     "Shuffle",
     "Sigmoid",
     "Sum",
@@ -102,8 +111,14 @@ class Op:
     """Runs only in training mode (the deep-supervision heads)."""
 
     def grid(self, axis: int) -> tuple[int, int, int]:
-        """(shrink, divide, multiply) on `axis`: the output size is (s - shrink) / divide * multiply."""
+        """(shrink, divide, multiply) on `axis`: the output size is (s - shrink) / divide * multiply
+        (+ `offset`)."""
         return 0, 1, 1
+
+    def offset(self, axis: int) -> int:
+        """Added to the size on `axis` after `grid`: the (in - 1) * stride + 1 of a transposed conv
+        without output padding (`size_by: nearest_resize`) is in * stride - (stride - 1)."""
+        return 0
 
     @property
     def parameters(self) -> int:
@@ -129,11 +144,17 @@ class Conv(Op):
 
     def grid(self, axis: int) -> tuple[int, int, int]:
         k, s, p = self.kernel[axis], self.stride[axis], self.padding[axis]
-        if self.transposed:  # (s_in - 1) * s - 2p + k + output_padding == s_in * s for every kind used
+        if self.transposed:  # (s_in - 1) * s - 2p + k + output_padding == s_in * s + offset
             return 0, 1, s
         if s == 1:
             return k - 1 - 2 * p, 1, 1
         return max(0, k - 2 * p - s), s, 1  # kernel = stride, or "same" padding: s_in / s
+
+    def offset(self, axis: int) -> int:
+        if not self.transposed:
+            return 0
+        k, s, p = self.kernel[axis], self.stride[axis], self.padding[axis]
+        return k - 2 * p - s + self.output_padding[axis]
 
     @property
     def parameters(self) -> int:
@@ -158,8 +179,8 @@ class NormOp(Op):
                 return 0
             case InstanceNorm():
                 return self.out_channels
-            case GroupNorm(num_groups=g):
-                return g
+            case GroupNorm():
+                return self.option.groups_for(self.out_channels)
             case LayerNorm():
                 return 1
         raise AssertionError(f"unhandled norm {self.option!r}")
@@ -227,6 +248,16 @@ class Interpolate(Op):
 
 
 @dataclass(frozen=True, kw_only=True)
+class Resize(Op):
+    """Nearest-neighbour resize growing each axis by `grow` (`layers.NearestResize`)."""
+
+    grow: tuple[int, ...]
+
+    def grid(self, axis: int) -> tuple[int, int, int]:
+        return -self.grow[axis], 1, 1
+
+
+@dataclass(frozen=True, kw_only=True)
 class Shuffle(Op):
     """N-d pixel shuffle: channels to space by `factors`."""
 
@@ -247,8 +278,34 @@ class Pad(Op):
 
 
 @dataclass(frozen=True, kw_only=True)
+class GlobalPool(Op):
+    """Global average pooling: the mean over space of each channel, a map of size 1 per axis."""
+
+    def grid(self, axis: int) -> tuple[int, int, int]:
+        return 0, 1, 0  # s * 0 + 1 = 1
+
+    def offset(self, axis: int) -> int:
+        return 1
+
+
+@dataclass(frozen=True, kw_only=True)
+class Linear(Op):
+    """A fully connected layer over the channels of a (B, C, 1, ..., 1) map, with bias
+    (`layers.ChannelLinear`)."""
+
+    bias: bool = True
+
+    @property
+    def parameters(self) -> int:
+        return self.in_channels * self.out_channels + (self.out_channels if self.bias else 0)
+
+    def macs(self, in_shape: Sequence[int], out_shape: Sequence[int]) -> int:
+        return self.in_channels * self.out_channels
+
+
+@dataclass(frozen=True, kw_only=True)
 class Sigmoid(Op):
-    """The attention gate's sigmoid."""
+    """A sigmoid: the gate of an attention gate or of a squeeze-and-excitation."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -263,7 +320,13 @@ class Sum(Op):
 
 @dataclass(frozen=True, kw_only=True)
 class Mul(Op):
-    """`inputs[0]` times `inputs[1]`, broadcast over channels (the attention gate)."""
+    """`inputs[0]` times `inputs[1]`, the gate broadcast over channels (the attention gate, sSE)
+    or over space (cSE)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Max(Op):
+    """Element-wise maximum of its two inputs (scSE's combination)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -273,6 +336,9 @@ class Cat(Op):
 
 # ---------------------------------------------------------------------------------------------
 # the walk
+
+
+_SQUEEZE_ACT = ReLU()  # the activation between a squeeze-and-excitation's linear layers
 
 
 @dataclass
@@ -338,11 +404,14 @@ class _Walk:
         c = self.channels(x)
         return self.add(NormOp, module, (x,), c, c, option=option, source=option)
 
-    def act(self, module: str, x: int, *, inplace: bool = True) -> int:
-        option = self.config.activation
+    def act(
+        self, module: str, x: int, *, inplace: bool = True, option: Activation | None = None, source: object = None
+    ) -> int:
+        option = self.config.activation if option is None else option
         supported = not isinstance(option, (GELU, PReLU))  # layers.activation: torch has no in-place form
         c = self.channels(x)
-        return self.add(Act, module, (x,), c, c, option=option, inplace=inplace and supported, source=option)
+        source = option if source is None else source
+        return self.add(Act, module, (x,), c, c, option=option, inplace=inplace and supported, source=source)
 
     def norm_act(self, prefix: str, index: int, x: int, *, inplace: bool = True) -> tuple[int, int]:
         """Norm and activation in the config's order (`layers.norm_act`) before a pre-activation
@@ -361,25 +430,56 @@ class _Walk:
         return self.act(f"{prefix}.{index}", x, inplace=inplace), index + 1
 
     def with_norm_act(
-        self, prefix: str, index: int, x: int, conv: Callable[[str, int], int], *, activate: bool = True
+        self,
+        prefix: str,
+        index: int,
+        x: int,
+        conv: Callable[[str, int], int],
+        *,
+        activate: bool = True,
+        dropout: bool = False,
+        after_conv: Callable[[str, int], int] | None = None,
     ) -> tuple[int, int]:
         """`conv(module, x)` with its norm and activation (`activate`) in the order of
-        `norm_position` (`layers.with_norm_act`), as modules `prefix.index`, ...: the last op and
-        the next free index."""
-        match self.config.norm_position:
-            case "before_activation":
-                x, index = conv(f"{prefix}.{index}", x), index + 1
-                x, index = self.norm_at(prefix, index, x)
-                return self.act_at(prefix, index, x) if activate else (x, index)
-            case "after_activation":
-                x, index = conv(f"{prefix}.{index}", x), index + 1
-                x, index = self.act_at(prefix, index, x) if activate else (x, index)
-                return self.norm_at(prefix, index, x)
-            case "before_conv":
-                x, index = self.norm_at(prefix, index, x)
-                x, index = conv(f"{prefix}.{index}", x), index + 1
-                return self.act_at(prefix, index, x) if activate else (x, index)
-        raise AssertionError(f"unhandled norm_position {self.config.norm_position!r}")
+        `norm_position` (`layers.with_norm_act`), with the config's dropout after each conv where
+        `dropout` (`placement: every_conv`) and `after_conv(module, x)` (a resize) right after the
+        conv, as modules `prefix.index`, ...: the last op and the next free index."""
+        after = self.config.conv_dropout if dropout else None
+        return self.steps(conv_steps(self.config.norm_position, pre=False, dropout_after=after), prefix, index, x,
+                          {"conv": conv}, activate=activate, after_conv=after_conv)  # fmt: skip
+
+    def steps(
+        self,
+        names: tuple[str, ...],
+        prefix: str,
+        index: int,
+        x: int,
+        parts: dict[str, Callable[[str, int], int]],
+        *,
+        activate: bool = True,
+        inplace: bool = True,
+        after_conv: Callable[[str, int], int] | None = None,
+    ) -> tuple[int, int]:
+        """The steps `names` of one conv (`unet_config.conv_steps`) as modules `prefix.index`, ...:
+        the norm (if any), the activation (if `activate`), the conv `parts["conv"]`, the dropout."""
+        for name in names:
+            match name:
+                case "conv":
+                    x, index = parts["conv"](f"{prefix}.{index}", x), index + 1
+                    if after_conv is not None:
+                        x, index = after_conv(f"{prefix}.{index}", x), index + 1
+                case "norm":
+                    x, index = self.norm_at(prefix, index, x)
+                case "act" if activate:
+                    x, index = self.act_at(prefix, index, x, inplace=inplace)
+                case "drop":
+                    x, index = self.drop(f"{prefix}.{index}", x), index + 1
+        return x, index
+
+    def drop(self, module: str, x: int) -> int:
+        d: Dropout = self.config.dropout
+        c = self.channels(x)
+        return self.add(Drop, module, (x,), c, c, rate=d.rate, spatial=d.spatial, source=d)
 
     # -- blocks, as `unetgen.model.blocks` builds them ------------------------------------
 
@@ -392,6 +492,8 @@ class _Walk:
         has_norm = not isinstance(c.norm, NoNorm)
         stride = stage.first_stride
         strided = any(s != 1 for s in stride)
+        if residual and option.shortcut == "input_projection" and stage.in_channels != stage.out_channels:
+            x = self.conv(f"{path}.project", x, stage.out_channels, 1, bias=True, source=option)
         h, index = x, 0
         last = len(stage.channels) - 1
         body = f"{path}.body"
@@ -408,14 +510,15 @@ class _Walk:
             )
             if pre:
                 # activation first (no norm, or norm_after): in place it would overwrite the block's input
-                h, index = self.norm_act(body, index, h, inplace=has_norm and not norm_after)
-                h, index = conv(f"{body}.{index}", h), index + 1
+                names = conv_steps(c.norm_position, pre=True, dropout_after=c.conv_dropout)
+                h, index = self.steps(names, body, index, h, {"conv": conv}, inplace=has_norm and not norm_after)
             else:  # a residual block's last conv is activated after the sum
-                h, index = self.with_norm_act(body, index, h, conv, activate=not (residual and j == last))
+                activate = not (residual and j == last)
+                h, index = self.with_norm_act(body, index, h, conv, activate=activate, dropout=True)
         if not residual:
-            return h
+            return h if option.excitation is None else self.excite(f"{path}.excite", h, option.excitation)
         assert isinstance(option, ResidualBlock)
-        cin, cout = stage.in_channels, stage.out_channels
+        cin, cout = self.channels(x), stage.out_channels
         identity = x if strided else self.add(Crop, None, (x, h), cin, cin, source=option)
         s, k = identity, 0
         projected = False
@@ -444,7 +547,33 @@ class _Walk:
         if projected and not pre and has_norm:
             s = self.norm(f"{path}.shortcut.{k}", s)  # type: ignore[assignment]
         h = self.add(Sum, None, (h, s), cout, cout, source=option)
-        return h if pre else self.act(f"{path}.post_act", h)
+        if not pre:
+            h = self.act(f"{path}.post_act", h, option=option.post_activation)
+        return h if option.excitation is None else self.excite(f"{path}.excite", h, option.excitation)
+
+    def excite(self, path: str, x: int, option: Excitation) -> int:
+        """Squeeze-and-excitation of `x` (`blocks.Excite`): cSE, then sSE, then their combination."""
+        c = self.channels(x)
+        gated: list[int] = []
+        match option:
+            case ChannelExcitation(reduction=r) | ChannelSpatialExcitation(reduction=r):
+                hidden, at = max(1, c // r), f"{path}.channel"
+                g = self.add(GlobalPool, f"{at}.0", (x,), c, c, source=option)
+                g = self.add(Linear, f"{at}.1", (g,), c, hidden, source=option)
+                g = self.act(f"{at}.2", g, inplace=False, option=_SQUEEZE_ACT, source=option)
+                g = self.add(Linear, f"{at}.3", (g,), hidden, c, source=option)
+                g = self.add(Sigmoid, f"{at}.4", (g,), c, c, source=option)  # (B, C, 1, ..., 1)
+                gated.append(self.add(Mul, None, (x, g), c, c, source=option))
+        match option:
+            case SpatialExcitation() | ChannelSpatialExcitation():
+                g = self.conv(f"{path}.spatial.0", x, 1, 1, source=option)
+                g = self.add(Sigmoid, f"{path}.spatial.1", (g,), 1, 1, source=option)  # (B, 1, *S)
+                gated.append(self.add(Mul, None, (x, g), c, c, source=option))
+        if len(gated) == 1:
+            return gated[0]
+        assert isinstance(option, ChannelSpatialExcitation)
+        combine = Max if option.combine == "max" else Sum
+        return self.add(combine, None, tuple(gated), c, c, source=option)
 
     def block(self, path: str, row_prefix: str, stage: Stage, x: int, option: Block, dropout: bool) -> int:
         """A level's block: one `ConvBlock` per unit (`blocks_per_level`), dropout after the last."""
@@ -467,15 +596,23 @@ class _Walk:
         cout, stride, option = lay.up_channels[i], lay.strides[i], c.up
         row = f"up{i}"
         match option:
-            case TransposeUp(bias=bias, kernel_size=k, norm_act=norm_act):
+            case TransposeUp(bias=bias, kernel_size=k, norm_act=norm_act, size_by=size_by):
+                resize = None
                 if k is None:  # kernel = stride: no padding
                     kw = dict(kernel=stride, padding=(0,) * n, output_padding=(0,) * n)
+                elif size_by == "nearest_resize":  # (in - 1) * stride + 1, then resized to in * stride
+                    kw = dict(kernel=(k,) * n, padding=(k // 2,) * n, output_padding=(0,) * n)
+                    grow = tuple(s - 1 for s in stride)
+                    resize = partial(self.resize, grow=grow, row=row, source=option)
                 else:  # padded by k // 2, output padding stride - 1: out = in * stride
                     kw = dict(kernel=(k,) * n, padding=(k // 2,) * n, output_padding=tuple(s - 1 for s in stride))
-                conv = partial(self.transposed, cout=cout, stride=stride, bias=bias, row=row, source=option, **kw)
+                conv_row = None if resize is not None else row
+                conv = partial(self.transposed, cout=cout, stride=stride, bias=bias, row=conv_row, source=option, **kw)
                 if not norm_act:
-                    return conv(path, x)
-                return self.with_norm_act(path, 0, x, conv)[0]
+                    if resize is None:
+                        return conv(path, x)
+                    return resize(f"{path}.1", conv(f"{path}.0", x))
+                return self.with_norm_act(path, 0, x, conv, after_conv=resize)[0]
             case NearestUp(conv=when) | LinearUp(conv=when):
                 if when == "always" or self.channels(x) != cout:  # the 1x1 conv runs first, on the coarser map
                     x = self.conv(f"{path}.1", x, cout, 1, source=option)
@@ -524,6 +661,10 @@ class _Walk:
                     )
                 return x
         raise AssertionError(f"unhandled up {option!r}")
+
+    def resize(self, module: str, x: int, *, grow: tuple[int, ...], row: str | None, source: object) -> int:
+        c = self.channels(x)
+        return self.add(Resize, module, (x,), c, c, grow=grow, row=row, source=source)
 
     def merge(self, path: str, skip: int, up: int, i: int) -> int:
         """The skip, centre-cropped to the up-sampled map, merged with it (`SkipMerge`)."""
@@ -586,7 +727,7 @@ def network_ops(config: UNetConfig) -> tuple[Op, ...]:
         if i == 0 and lay.stem is not None:  # conv, norm, activation before level 0's block
             w.part, stem, same = "stem", lay.stem, c.padding == "same"
             kw = dict(cout=stem.out_channels, kernel=stem.kernel, stride=stem.first_stride, same=same, bias=c.conv_bias)
-            x, _ = w.with_norm_act(f"{path}.stem", 0, x, partial(w.conv, row="stem", **kw))
+            x, _ = w.with_norm_act(f"{path}.stem", 0, x, partial(w.conv, row="stem", **kw), dropout=True)
         w.part = "bottleneck" if i == depth else "encoder"
         prefix = "bottleneck" if i == depth else f"enc{i}"
         x = w.block(f"{path}.block", prefix, stage, x, c.block, lay.encoder_dropout[i])
@@ -634,6 +775,6 @@ def op_shapes(config: UNetConfig, input_shape: Sequence[int]) -> tuple[tuple[int
             shrink, divide, multiply = op.grid(a)
             q, r = divmod(s - shrink, divide)
             assert r == 0 and q >= 1, f"{op.module or type(op).__name__}: size {s} is off the grid"
-            shape.append(q * multiply)
+            shape.append(q * multiply + op.offset(a))
         out.append(tuple(shape))
     return tuple(out)

@@ -198,7 +198,8 @@ def _rule(config: UNetConfig, axis: int) -> AxisRule:
     size = _affine_sizes(config, axis)
     period, offset = size[INPUT]
     head = size[len(ops) - 1]
-    b_min = max([1, *(-((beta - 1) // alpha) for alpha, beta in size.values())])  # every map >= 1
+    # every map >= 1 (alpha 0: a global pool's output, of size 1 whatever the input)
+    b_min = max([1, *(-((beta - 1) // alpha) for alpha, beta in size.values() if alpha)])
     enc = [0] * (config.depth + 1)
     dec = [0] * config.depth
     for op in ops:
@@ -223,7 +224,7 @@ def _affine_sizes(config: UNetConfig, axis: int) -> dict[int, tuple[int, int]]:
     while at != INPUT:  # back along the encoder path: s_in = s_out / multiply * divide + shrink
         shrink, divide, multiply = ops[at].grid(axis)
         alpha, beta = size[at]
-        assert multiply == 1, "no up-sampling before the bottleneck"
+        assert multiply == 1 and ops[at].offset(axis) == 0, "no up-sampling before the bottleneck"
         at = ops[at].inputs[0]
         size[at] = (alpha * divide, beta * divide + shrink)
     for op in ops:  # every other op forwards, in order (its inputs come before it)
@@ -235,7 +236,7 @@ def _affine_sizes(config: UNetConfig, axis: int) -> dict[int, tuple[int, int]]:
         alpha, beta = size[op.inputs[0]]
         shrink, divide, multiply = op.grid(axis)
         assert alpha % divide == 0 and (beta - shrink) % divide == 0, f"inexact division at {op.module}"
-        size[op.index] = (alpha // divide * multiply, (beta - shrink) // divide * multiply)
+        size[op.index] = (alpha // divide * multiply, (beta - shrink) // divide * multiply + op.offset(axis))
     return size
 
 

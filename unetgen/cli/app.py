@@ -21,6 +21,7 @@ from .args import (
     file_path,
     fraction,
     gib,
+    nonnegative_int,
     npy_path,
     positive_int,
     sizes_arg,
@@ -74,7 +75,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="the input's axes where its file does not say them (or says them wrong): yx, zyx, cyx, yxc, czyx, "
         "zyxc, byx (a stack of 2D images) ...",
     )
-    p.add_argument("--output-type", choices=("logits", "probabilities", "labels"), default="logits")
+    p.add_argument("--output-type", choices=("logits", "probabilities", "labels", "instances"), default="logits")
+    p.add_argument(
+        "--min-size",
+        type=nonnegative_int,
+        default=0,
+        metavar="VOXELS",
+        help="--output-type instances: remove objects of fewer voxels (default 0: keep all)",
+    )
     p.add_argument("--tile-size", type=sizes_arg, default=None, help="largest input tile, e.g. 572 or 572x572")
     p.add_argument("--batch-size", type=positive_int, default=1, help="tiles per forward pass")
     p.add_argument("--overlap", type=fraction, default=None, help="tile overlap for padding=same (default 0.25)")
@@ -83,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--memory-limit", type=gib, default=None, metavar="GIB", help="refuse above this (default 16)")
     p.add_argument("--dry-run", action="store_true", help="check everything, print the tile plan and stop")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--no-preprocessing", action="store_true", help="ignore the preprocessing stored with the model; predict as is"
+    )
     _add_large_options(p)
     p.set_defaults(func=cmd_predict)
 
@@ -157,7 +168,7 @@ def _add_large_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--block-size", type=sizes_arg, default=None, help="output pixels per block/chunk, e.g. 2048")
     g.add_argument("--restart", action="store_true", help="discard the progress recorded in --output; start over")
     if "--output-type" not in p._option_string_actions:  # issue 10b adds the same option for .npy outputs
-        g.add_argument("--output-type", choices=("logits", "probabilities", "labels"), default="logits")
+        g.add_argument("--output-type", choices=("logits", "probabilities", "labels", "instances"), default="logits")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

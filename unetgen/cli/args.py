@@ -39,6 +39,13 @@ def positive_int(text: str) -> int:
     return n
 
 
+def nonnegative_int(text: str) -> int:
+    n = _int(text)
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"{show(text)} must be a non-negative integer (0, 1, 2, ...)")
+    return n
+
+
 def sizes_arg(text: str) -> tuple[int, ...]:
     """``572``, ``572x572`` or ``80,512,512``: positive ints, one per axis (or one for every axis)."""
     parts = text.strip().lower().replace(",", "x").split("x")

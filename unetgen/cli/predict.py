@@ -77,23 +77,35 @@ def _load_model(args: argparse.Namespace, cfg: UNetConfig) -> Any:
     return model.eval()
 
 
+def _spec(args: argparse.Namespace, model: Any) -> Any:
+    """The preprocessing spec stored with the model (None without one, or with --no-preprocessing)."""
+    from ..predict.preprocess import spec_of
+
+    return None if model is None or args.no_preprocessing else spec_of(model)
+
+
 # ---------------------------------------------------------------------------------------------
 # predict
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    if getattr(args, "min_size", 0) and getattr(args, "output_type", None) != "instances":
+        raise UsageError("--min-size applies to --output-type instances only")
     if _is_large(args):  # zarr/TIFF images, Dask: out-of-core, resumable (docs/large-images.md)
         return cmd_predict_large(args)
     import torch
 
+    from ..predict.allocator import fix_mmap_threshold
     from ..predict.axes import LaidOut, check_fit, describe
     from ..predict.formats import as_tensor, image_format, read_view, write_image
     from ..predict.ownership import check_apart
-    from ..predict.plan import DEFAULT_MEMORY_LIMIT, check_memory, format_bytes, plan_tiles
+    from ..predict.plan import DEFAULT_MEMORY_LIMIT, check_memory, plan_tiles
+    from ..predict.preprocess import describe_prepared, prepare_input
     from ..predict.run import predict_tiled
     from ..predict.sources import check_image
 
     _check_weights_arg(args)
+    fix_mmap_threshold()  # freed tensors go back to the system: the printed estimate holds
     cfg = read_config(args.config)
     tile = None if args.tile_size is None else spatial(cfg, args.tile_size, "--tile-size")
     check_output(args.output)
@@ -101,7 +113,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     check_apart(args.input, args.output, what="--output", source_what="--input")
     limit = args.memory_limit if args.memory_limit is not None else DEFAULT_MEMORY_LIMIT
     model = _load_model(args, cfg)
-    layout = _spec_layout(model)
+    layout = _spec_layout(args, model)
     axes = getattr(args, "axes", None)
     view = read_view(args.input, "--input", max_bytes=limit, axes=axes, layout=layout)  # refused above the limit
     if isinstance(view, LaidOut):
@@ -110,13 +122,30 @@ def cmd_predict(args: argparse.Namespace) -> int:
         note(describe(view))
     image = as_tensor(view, "--input", args.input)
     dtype = next(model.parameters()).dtype if model is not None else torch.float32
-    x = check_image(cfg, image, dtype)
+    spec = _spec(args, model)
+    if spec is not None:  # the raw image in the spec's layout; windows normalised as they are read
+        image = prepare_input(cfg, image, spec)
+        note(f"preprocessing: {describe_prepared(image)} (--no-preprocessing: the image as it is)")
+        images = image.shape[0] if image.ndim == cfg.spatial_dims + 2 else 1
+    else:
+        if image.dim() == cfg.spatial_dims and cfg.in_channels == 1:
+            image = image.unsqueeze(0)  # a single-channel image without its channel axis
+        images = check_image(cfg, image, dtype).shape[0]
     options = dict(tile_size=tile, batch_size=args.batch_size, overlap=args.overlap)
-    plan = plan_tiles(cfg, tuple(x.shape[2:]), **options, dtype=dtype)
+    plan = plan_tiles(cfg, tuple(image.shape[-cfg.spatial_dims :]), **options, dtype=dtype)
     note(f"plan: {plan.summary()}")
-    images = x.shape[0]
-    need = check_memory(cfg, plan, images=images, output_type=args.output_type, dtype=dtype, memory_limit=limit)
-    note(f"memory: ~{format_bytes(need)} for tiles and result (limit {format_bytes(limit)}: --memory-limit)")
+    read = image.read_bytes(plan.tile_input) if spec is not None else 0  # the float windows
+    labelling = 0
+    if args.output_type == "instances":
+        from ..predict.instances import labelling_bytes
+
+        labelling = labelling_bytes(plan.image_shape, images=images, in_memory=True)
+    options_memory = dict(
+        images=images, output_type=args.output_type, dtype=dtype, weights_loaded=model is not None,
+        read_bytes=read, chunked_input=spec is not None,
+    )  # fmt: skip
+    check_memory(cfg, plan, **options_memory, labelling_bytes=labelling, memory_limit=limit)  # type: ignore[arg-type]
+    _memory_note(cfg, plan, options_memory, limit, labelling)
     if args.dry_run:
         return 0
     result = predict_tiled(
@@ -127,19 +156,26 @@ def cmd_predict(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         output_type=args.output_type,
         memory_limit=limit,
+        preprocessing=False,  # applied above, or turned off
+        min_size=args.min_size,
     )
     letters, pixel = _output_axes(cfg, view, model, args.output_type, result.dim())
     write_image(args.output, result.cpu().numpy(), letters, pixel)
+    if args.output_type == "instances":
+        objects = [int(r.max()) for r in result.reshape(-1, *result.shape[-cfg.spatial_dims :]).cpu().numpy()]
+        note(f"instances: {objects[0] if len(objects) == 1 else objects} objects (face-connected foreground, "
+             f"min size {args.min_size})")  # fmt: skip
     dtype_name = str(result.dtype).removeprefix("torch.")
     note(f"wrote {show(args.output)}: {args.output_type}, shape {tuple(result.shape)}, {dtype_name}")
     return 0
 
 
-def _spec_layout(model: Any) -> str | None:
-    """The layout of the model's preprocessing spec, when it says one (its normalisation lays the
-    image out from there: `unetgen.predict.preprocess`)."""
-    spec = getattr(model, "preprocessing", None)
-    return getattr(spec, "axes", None)
+def _spec_layout(args: argparse.Namespace, model: Any) -> str | None:
+    """The layout of the model's preprocessing spec, when it says one and is applied (its
+    normalisation lays the image out from there: `unetgen.predict.preprocess`); None with
+    --no-preprocessing (the image read in unetgen's layout)."""
+    spec = _spec(args, model)
+    return None if spec is None else spec.axes
 
 
 def _output_axes(cfg: UNetConfig, view: Any, model: Any, output_type: str, ndim: int) -> tuple[str, Any]:
@@ -148,7 +184,7 @@ def _output_axes(cfg: UNetConfig, view: Any, model: Any, output_type: str, ndim:
     from ..predict.axes import SPATIAL, Axes, LaidOut
 
     spatial = view.axes.spatial if isinstance(view, LaidOut) else SPATIAL[-cfg.spatial_dims :]
-    letters = ("" if output_type == "labels" else "c") + spatial
+    letters = ("" if output_type in ("labels", "instances") else "c") + spatial
     letters = ("b" + letters) if ndim == len(letters) + 1 else letters
     found = view.axes if isinstance(view, LaidOut) else None
     spec = getattr(model, "preprocessing", None)
@@ -157,6 +193,24 @@ def _output_axes(cfg: UNetConfig, view: Any, model: Any, output_type: str, ndim:
         scale = tuple((a, float(size[a])) for a in SPATIAL if a in size)
         found = Axes(spatial, "the preprocessing spec", scale, getattr(spec, "unit", None))
     return letters, found
+
+
+def _memory_note(cfg: UNetConfig, plan: Any, options: dict[str, Any], limit: int | None, labelling: int = 0) -> None:
+    """The estimated peak of this process: what it holds now plus what the prediction adds (and
+    `labelling`: what turning class labels into instances holds)."""
+    from ..predict.allocator import resident_bytes
+    from ..predict.plan import DEFAULT_MEMORY_LIMIT, estimate_memory, format_bytes
+
+    est = estimate_memory(cfg, plan, **options)
+    total = est.total + labelling
+    parts = est.summary() + (f", instance labelling {format_bytes(labelling)}" if labelling else "")
+    now = resident_bytes()
+    limit = DEFAULT_MEMORY_LIMIT if limit is None else limit
+    note(
+        f"memory: ~{format_bytes(now + total)} at the peak: {format_bytes(now)} this process holds now "
+        f"+ ~{format_bytes(total)} for the prediction ({parts}); the prediction's share is "
+        f"limited to {format_bytes(limit)} (--memory-limit)"
+    )
 
 
 # --- out-of-core and distributed prediction (issue 14): a separate branch of `predict` -------
@@ -185,6 +239,9 @@ def cmd_predict_large(args: argparse.Namespace) -> int:
     output_type = getattr(args, "output_type", None) or "logits"
     plan_options = dict(tile_size=tile, batch_size=args.batch_size, overlap=args.overlap)
     options = dict(**plan_options, blend=args.blend, output_type=output_type, block_shape=block)
+    min_size = getattr(args, "min_size", 0)
+    if output_type == "instances":
+        options["min_size"] = min_size
     try:
         with _notes():
             out = _predict_large(args, plan_options, options)
@@ -193,6 +250,9 @@ def cmd_predict_large(args: argparse.Namespace) -> int:
     if out is None:  # --dry-run
         return 0
     record = out.attrs.get(Journal.KEY, {})
+    found = out.attrs.get("unetgen_instances")
+    if output_type == "instances" and isinstance(found, dict):
+        note(f"instances: {found.get('objects')} objects (face-connected foreground, min size {min_size})")
     note(
         f"wrote {show(args.output)}: shape {tuple(out.shape)}, {out.dtype}, chunks {tuple(out.chunks)}; "
         f"{record.get('completed', '?')}/{record.get('blocks', '?')} blocks complete"
@@ -240,30 +300,50 @@ def _check_large_args(args: argparse.Namespace) -> None:
 def _predict_large(args: argparse.Namespace, plan_options: dict[str, Any], options: dict[str, Any]) -> Any:
     """The written .zarr array, None for a dry run."""
     from ..checkpoint import load_unet
+    from ..predict.allocator import fix_mmap_threshold
     from ..predict.arrays import create_output, open_image
     from ..predict.axes import LaidOut, check_fit, describe
     from ..predict.ownership import output_lock
-    from ..predict.plan import check_memory, format_bytes, plan_tiles
+    from ..predict.plan import check_memory, plan_tiles
+    from ..predict.preprocess import describe_prepared, prepare_input
     from ..predict.run import predict_tiled
     from ..predict.sources import ArraySource, open_source, spatial_shape
 
+    fix_mmap_threshold()  # freed tensors go back to the system: the printed estimate holds
     model = load_unet(args.config, device=args.device or "cpu")
-    layout = _spec_layout(model)
+    layout = _spec_layout(args, model)
     image = open_image(args.input, getattr(args, "axes", None), layout=layout, what="--input")
     if isinstance(image, LaidOut):
         if layout is None:
             check_fit(model.config, image)  # before anything is planned or created
         note(describe(image))
+    spec = _spec(args, model)
+    if spec is not None:  # measured once; every window normalised with the same numbers
+        image = prepare_input(model.config, image, spec)
+        note(f"preprocessing: {describe_prepared(image)} (--no-preprocessing: the image as it is)")
     dtype = next(model.parameters()).dtype
     source, _, images = open_source(model.config, image, dtype)
     plan = plan_tiles(model, spatial_shape(model.config, image), **plan_options, dtype=dtype)
     note(f"plan: {plan.summary()}")
     limit = {} if args.memory_limit is None else {"memory_limit": args.memory_limit}
-    need = check_memory(  # before the output is created
-        model, plan, images=images, output_type=options["output_type"], dtype=dtype, allocate_result=False,
-        read_bytes=source.read_bytes(plan.tile_input) if isinstance(source, ArraySource) else 0, **limit,
+    chunked = isinstance(source, ArraySource)
+    labelling = 0
+    if options["output_type"] == "instances":
+        from ..predict.geometry import default_block_shape
+        from ..predict.instances import labelling_bytes
+
+        block = options["block_shape"] or default_block_shape(plan)
+        block = (block,) * len(plan.image_shape) if isinstance(block, int) else tuple(block)
+        labelling = labelling_bytes(plan.image_shape, in_memory=False, block_shape=block)
+    estimate = dict(
+        images=images, output_type=options["output_type"], dtype=dtype, allocate_result=False,
+        read_bytes=source.read_bytes(plan.tile_input) if chunked else 0, chunked_input=chunked,
+        encoded_output=True, block_shape=options["block_shape"],
     )  # fmt: skip
-    note(f"memory: ~{format_bytes(need)} for the tiles in flight and the input chunks they read")
+    check_memory(model, plan, **estimate, **limit, labelling_bytes=labelling)  # before the output is created
+    _memory_note(model.config, plan, estimate, args.memory_limit, labelling)
+    if args.scheduler is not None or args.workers is not None:
+        note("memory: that is per process: the client and each Dask worker process hold their own")
     if args.dry_run:
         return None
     if args.scheduler is not None or args.workers is not None:
@@ -279,7 +359,10 @@ def _predict_large(args: argparse.Namespace, plan_options: dict[str, Any], optio
             overwrite=args.restart,
             **plan_options,
         )
-        predict_tiled(model, image, out=out, **options, **limit, resume=not args.restart, progress=not args.no_progress)
+        predict_tiled(
+            model, image, out=out, **options, **limit, resume=not args.restart, progress=not args.no_progress,
+            preprocessing=False,  # applied above, or turned off
+        )  # fmt: skip
     return out
 
 
@@ -303,6 +386,7 @@ def _predict_on_cluster(args: argparse.Namespace, options: dict[str, Any]) -> An
             device=args.device or "cpu",
             resume=not args.restart,
             progress=not args.no_progress,
+            preprocessing=False if args.no_preprocessing else None,
         )
     finally:
         if client is not None:

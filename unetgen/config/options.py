@@ -101,6 +101,14 @@ class GroupNorm(_Model):
     """Number of channel groups; must divide the channels of every normalised layer."""
     eps: float = Field(1e-5, gt=0, le=1)
     """Added to the variance for numerical stability."""
+    fewer_channels: Literal["refuse", "one_group"] = "refuse"
+    """A layer with fewer channels than `num_groups`: the config is refused (`refuse`), or that
+    layer is normalised as one group, i.e. layer norm (`one_group`, pytorch-3dunet's rule). Layers
+    with at least `num_groups` channels use `num_groups`, which must divide them either way."""
+
+    def groups_for(self, channels: int) -> int:
+        """The groups of a norm layer over `channels` channels."""
+        return 1 if self.fewer_channels == "one_group" and channels < self.num_groups else self.num_groups
 
 
 class LayerNorm(_Model):
@@ -166,6 +174,44 @@ Activation = Annotated[ReLU | LeakyReLU | ELU | GELU | SiLU | PReLU, Field(discr
 
 
 # ---------------------------------------------------------------------------------------------
+# squeeze-and-excitation
+
+
+class ChannelExcitation(_Model):
+    """Channel squeeze-and-excitation, cSE (Hu et al. 2018): a global average pool, a linear
+    layer to `channels // reduction` (at least 1) channels, ReLU, a linear layer back, a sigmoid;
+    the map is scaled per channel by the result."""
+
+    type: Literal["cse"] = "cse"
+    reduction: int = Field(2, ge=1, le=MAX_CHANNELS)
+    """The squeeze's reduction ratio r: the hidden layer has `channels // r` channels (at least 1)."""
+
+
+class SpatialExcitation(_Model):
+    """Spatial squeeze-and-excitation, sSE (Roy et al. 2018): a 1x1 conv (with bias) to one
+    channel and a sigmoid; the map is scaled per position by the result."""
+
+    type: Literal["sse"] = "sse"
+
+
+class ChannelSpatialExcitation(_Model):
+    """Concurrent spatial and channel squeeze-and-excitation, scSE (Roy et al. 2018): the cSE and
+    sSE recalibrations of the map, combined element-wise (`combine`)."""
+
+    type: Literal["scse"] = "scse"
+    reduction: int = Field(2, ge=1, le=MAX_CHANNELS)
+    """The cSE branch's reduction ratio r: its hidden layer has `channels // r` channels (at least 1)."""
+    combine: Literal["max", "add"] = "max"
+    """How the two recalibrated maps are combined: their element-wise maximum (Roy et al. 2019,
+    pytorch-3dunet's ChannelSpatialSELayer3D) or their sum (Roy et al. 2018, smp's SCSEModule)."""
+
+
+Excitation = Annotated[
+    ChannelExcitation | SpatialExcitation | ChannelSpatialExcitation, Field(discriminator="type"), BareString()
+]
+
+
+# ---------------------------------------------------------------------------------------------
 # block
 
 
@@ -175,6 +221,9 @@ class PlainBlock(_Model):
     type: Literal["plain"] = "plain"
     preactivation: bool = False
     """Order norm, activation, conv (He et al. 2016b) instead of conv, norm, activation."""
+    excitation: Excitation | None = None
+    """A squeeze-and-excitation block (`cse`, `sse` or `scse`) at the end of each unit (after its
+    last activation, before any block dropout); none by default."""
 
 
 class ResidualBlock(_Model):
@@ -184,11 +233,31 @@ class ResidualBlock(_Model):
     type: Literal["residual"] = "residual"
     preactivation: bool = False
     """Pre-activation residual unit (norm, activation, conv; no activation after the sum)."""
-    shortcut: Literal["projection", "resnet_d"] = "projection"
+    shortcut: Literal["projection", "resnet_d", "input_projection"] = "projection"
     """The identity path where channels or size change: `projection` = a 1x1 conv (strided like
     the block) + norm (He et al. 2016; MONAI's UnetResBlock); `resnet_d` = average pooling
     (kernel = stride, ceil mode) where the block strides, then a 1x1 conv without bias + norm
-    where the channels change (He et al. 2019, "ResNet-D"; nnU-Net's BasicBlockD)."""
+    where the channels change (He et al. 2019, "ResNet-D"; nnU-Net's BasicBlockD);
+    `input_projection` = where the channels change, a 1x1 conv with bias (no norm) first maps the
+    unit's input to its output channels, and the convs and the identity both start from it
+    (pytorch-3dunet's ResNetBlock; not with `down: first_conv`)."""
+    excitation: Excitation | None = None
+    """A squeeze-and-excitation block (`cse`, `sse` or `scse`) on each unit's output: after the sum
+    and its activation (pytorch-3dunet's ResNetBlockSE), before any block dropout; none by default."""
+    post_activation: Activation | None = None
+    """The activation after the sum, where it differs from the config's `activation` (which the
+    convs use): pytorch-3dunet's ResNetBlock with a LeakyReLU order activates its convs with slope
+    0.01 and the sum with 0.1. Default: the config's activation. Not with `preactivation`, which
+    has no activation after the sum."""
+
+    @model_validator(mode="after")
+    def _post_activation_needs_a_sum_activation(self) -> ResidualBlock:
+        if self.preactivation and self.post_activation is not None:
+            raise ValueError(
+                "block.post_activation is the activation after the residual sum, which a pre-activation block "
+                "(preactivation: true) does not have; remove post_activation or set preactivation: false"
+            )
+        return self
 
 
 Block = Annotated[PlainBlock | ResidualBlock, Field(discriminator="type"), BareString()]
@@ -272,12 +341,24 @@ class TransposeUp(_Model):
     norm_act: bool = False
     """Follow the transposed conv by the config's norm and activation (MONAI's UNet and
     AttentionUnet)."""
+    size_by: Literal["output_padding", "nearest_resize"] = "output_padding"
+    """With `kernel_size`, how the conv's own output, (in - 1) * stride + 1, reaches in * stride:
+    `output_padding` = torch's output padding of stride - 1 (the conv computes the extra rows;
+    MONAI), or `nearest_resize` = no output padding, then a nearest-neighbour resize to
+    in * stride (for stride 2 it repeats the first row of each axis; pytorch-3dunet's
+    TransposeConvUpsampling). The resize comes right after the conv, before any norm_act."""
 
     @model_validator(mode="after")
     def _odd(self) -> TransposeUp:
         if self.kernel_size is not None and self.kernel_size % 2 == 0:
             k = self.kernel_size
             raise ValueError(f"up.kernel_size={k} must be odd so that the map grows by exactly the stride; use {k + 1}")
+        if self.size_by == "nearest_resize" and self.kernel_size is None:
+            raise ValueError(
+                "up.size_by='nearest_resize' resizes the output of a transposed conv with kernel_size; without "
+                "kernel_size (kernel = stride) the map grows by exactly the stride: set kernel_size (e.g. 3) or "
+                "leave size_by at output_padding"
+            )
         return self
 
 
@@ -336,16 +417,34 @@ Up = Annotated[TransposeUp | NearestUp | LinearUp | PixelShuffleUp, Field(discri
 
 
 class Dropout(_Model):
-    """Dropout after the convolutions of chosen blocks."""
+    """Dropout after the convolutions of chosen blocks, or after every conv."""
 
     rate: float = Field(0.5, ge=0, lt=1)
     """Probability of zeroing an element; 0 disables dropout."""
-    placement: Literal["contracting_end", "bottleneck", "encoder", "decoder", "all"] = "contracting_end"
+    placement: Literal["contracting_end", "bottleneck", "encoder", "decoder", "all", "every_conv"] = "contracting_end"
     """Where: `contracting_end` = the last encoder level and the bottleneck (the paper's "drop-out
     layers at the end of the contracting path", as in its Caffe model); `bottleneck`; every
-    `encoder` block including the bottleneck; every `decoder` block; or `all` blocks."""
+    `encoder` block including the bottleneck; every `decoder` block; or `all` blocks (each at the
+    end of the block); `every_conv` = inside every block, after each of its convs and the stem's
+    (not projections, up-sampling or heads), at the step `after` names (nnU-Net's `dropout_op`,
+    MONAI's `dropout`, pytorch-3dunet's `d` in `layer_order`)."""
     spatial: bool = False
     """Drop whole channels (`Dropout2d`/`Dropout3d`) instead of single elements."""
+    after: Literal["conv", "norm", "activation"] = "activation"
+    """With `placement: every_conv`: the step of each conv that the dropout follows: the `conv`
+    itself (nnU-Net's ConvDropoutNormReLU), its `norm` (MONAI's default ADN order, "NDA") or its
+    `activation` (pytorch-3dunet's `crd`); where a conv is not activated (the last conv of a
+    residual unit, activated after the sum), the dropout stays where the activation would be."""
+
+    @model_validator(mode="after")
+    def _after_needs_every_conv(self) -> Dropout:
+        if self.after != "activation" and self.placement != "every_conv":  # the default: a full dump round-trips
+            raise ValueError(
+                f"dropout.after={self.after!r} places dropout inside each conv, which only "
+                f"placement='every_conv' does (placement={self.placement!r} drops out at the end of blocks); "
+                "set placement: every_conv or remove after"
+            )
+        return self
 
 
 class DropoutShorthand:

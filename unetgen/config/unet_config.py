@@ -327,6 +327,13 @@ class UNetConfig(_Model):
         return self.decoder_block if self.decoder_block is not None else self.block
 
     @property
+    def conv_dropout(self) -> str | None:
+        """The step of every block conv that dropout follows (`dropout.placement: every_conv`, a
+        rate above 0): "conv", "norm" or "activation"; None otherwise."""
+        d = self.dropout
+        return d.after if d.placement == "every_conv" and d.rate > 0 else None
+
+    @property
     def conv_bias(self) -> bool:
         """Whether convs followed by a norm have a bias: `bias`, or on exactly when norm is none."""
         return self.bias if self.bias is not None else isinstance(self.norm, NoNorm)
@@ -557,6 +564,27 @@ def _check_norm_before_conv(c: UNetConfig) -> None:
         )
 
 
+@rule("block", "decoder_block", "down")
+def _check_input_projection(c: UNetConfig) -> None:
+    blocks = (c.block, c.decoder_block_type)
+    if isinstance(c.down, FirstConvDown) and any(_input_projection(b) for b in blocks):
+        raise ValueError(
+            "shortcut='input_projection' maps a unit's input with an unstrided 1x1 conv before its convs, but "
+            "down='first_conv' strides the first conv of each level; use down: max, avg or conv with it, or "
+            "shortcut: projection"
+        )
+
+
+@rule("dropout", "norm")
+def _check_dropout_after_norm(c: UNetConfig) -> None:
+    d = c.dropout
+    if d.placement == "every_conv" and d.after == "norm" and isinstance(c.norm, NoNorm) and d.rate > 0:
+        raise ValueError(
+            "dropout.after='norm' drops out after each conv's norm, but norm is none; use dropout.after: conv "
+            "or activation, or set a norm"
+        )
+
+
 @rule("depth", "deep_supervision")
 def _check_deep_supervision_levels(c: UNetConfig) -> None:
     for level in c.deep_supervision:
@@ -601,7 +629,7 @@ def _check_group_norm(c: UNetConfig) -> None:
     if not isinstance(c.norm, GroupNorm):
         return
     g, normed = c.norm.num_groups, _normed_channels(c)
-    if bad := sorted(ch for ch in normed if ch % g):
+    if bad := sorted(ch for ch in normed if ch % c.norm.groups_for(ch)):
         raise ValueError(
             f"norm.num_groups={g} does not divide the channel count(s) {_fmt(tuple(bad))}; choose "
             f"num_groups dividing every channel count (e.g. {_common_divisor(normed)})"
@@ -642,7 +670,8 @@ def _normed_channels(c: UNetConfig) -> set[int]:
     units += [(u, c.decoder_block_type) for s in layout.decoder for u in s.split_units()]
     normed: set[int] = set()
     for u, block in units:
-        normed |= {u.in_channels, *u.channels[:-1]} if first or block.preactivation else set(u.channels)
+        cin = u.out_channels if _input_projection(block) else u.in_channels  # the convs see the projected input
+        normed |= {cin, *u.channels[:-1]} if first or block.preactivation else set(u.channels)
         if _projected(block, u) and not block.preactivation:  # the shortcut: conv, then norm
             normed.add(u.out_channels)
     if layout.stem is not None:
@@ -654,9 +683,33 @@ def _normed_channels(c: UNetConfig) -> set[int]:
     return normed
 
 
+def _input_projection(block: Block) -> bool:
+    """Whether the block maps its input by a 1x1 conv before its convs (`shortcut: input_projection`)."""
+    return isinstance(block, ResidualBlock) and block.shortcut == "input_projection"
+
+
+def conv_steps(position: NormPosition, *, pre: bool, dropout_after: str | None = None) -> tuple[str, ...]:
+    """The steps of one conv of a block in the order they run: "norm", "conv", "act" and, where
+    `dropout_after` names one of "conv", "norm" or "activation", "drop" right after it. `pre`:
+    a pre-activation unit (norm and activation before the conv). Callers leave out the norm where
+    there is none and the activation where the conv is not activated (the drop stays in place)."""
+    if pre:
+        steps = ["act", "norm", "conv"] if position == "after_activation" else ["norm", "act", "conv"]
+    else:
+        steps = {
+            "before_activation": ["conv", "norm", "act"],
+            "after_activation": ["conv", "act", "norm"],
+            "before_conv": ["norm", "conv", "act"],
+        }[position]
+    if dropout_after is not None:
+        at = steps.index("act" if dropout_after == "activation" else dropout_after)
+        steps.insert(at + 1, "drop")
+    return tuple(steps)
+
+
 def _projected(block: Block, unit: Stage) -> bool:
     """Whether a unit's shortcut ends in a 1x1 conv (so a norm follows it)."""
-    if not isinstance(block, ResidualBlock):
+    if not isinstance(block, ResidualBlock) or block.shortcut == "input_projection":
         return False
     if block.shortcut == "resnet_d":
         return unit.in_channels != unit.out_channels
@@ -669,7 +722,7 @@ def _projected(block: Block, unit: Stage) -> bool:
 
 def _dropout_levels(dropout: Dropout, depth: int) -> tuple[tuple[bool, ...], tuple[bool, ...]]:
     """Which encoder levels (0..depth, the last the bottleneck) and decoder levels end in dropout."""
-    if dropout.rate == 0:
+    if dropout.rate == 0 or dropout.placement == "every_conv":  # every_conv: inside the blocks, not at their ends
         return (False,) * (depth + 1), (False,) * depth
     match dropout.placement:
         case "contracting_end":  # the paper: the last encoder level and the bottleneck

@@ -27,9 +27,9 @@ from ..config.diagnostics import short_repr
 from ..config.unet_config import UNetConfig
 from ..model.unet import UNet
 from ..reprs import short_text
-from . import monai, nnunet  # noqa: F401  (importing them registers their converters)
+from . import monai, nnunet, pytorch3dunet  # noqa: F401  (importing them registers their converters)
 from .options import UnsupportedModelError, flag, validated
-from .registry import find_converter
+from .registry import find_converter, find_output
 from .weights import check_outputs_agree, copy_paired, main_output, unetgen_layers
 
 __all__ = ["MAX_PROBE_ELEMENTS", "check_same_function", "convert"]
@@ -114,7 +114,7 @@ def check_same_function(peer: nn.Module, target: UNet, name: str) -> None:
         return
     x = torch.randn((1, config.in_channels, *size), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     x = x.to(device=ref.device, dtype=ref.dtype)
-    theirs = main_output(peer, x, name)
+    theirs = main_output(peer, x, name, find_output(peer))
     check_outputs_agree(theirs, main_output(target, x, "the converted model"), name, tuple(x.shape))
 
 

@@ -73,10 +73,10 @@ def from_basic_unet(net: nn.Module, ignore_dropout: bool) -> Converted:
     ups = [net.upcat_1, net.upcat_2, net.upcat_3, net.upcat_4]  # decoder level 0 first
     first = net.conv_0.conv_0
     dims = first.conv.weight.dim() - 2
-    norm, act = _adn(first, "BasicUNet.conv_0.conv_0", ignore_dropout)
+    norm, act = _adn(first, "BasicUNet.conv_0.conv_0", True)  # dropout: carried below (_basic_unet_dropout)
     layers = []
     for i, two in enumerate(levels):
-        layers += _two_convs(two, f"BasicUNet level {i}", ignore_dropout, act)
+        layers += _two_convs(two, f"BasicUNet level {i}", True, act)
     _check_pooling(net, dims)
     features = [two.conv_1.conv.out_channels for two in levels]
     decoder = [up.convs.conv_1.conv.out_channels for up in ups]
@@ -86,7 +86,7 @@ def from_basic_unet(net: nn.Module, ignore_dropout: bool) -> Converted:
         where = f"BasicUNet.upcat_{i + 1}"
         if samplings[i].option != samplings[0].option:
             raise UnsupportedModelError(f"{where}: mixed up-sampling modes")
-        layers += samplings[i].layers + _two_convs(ups[i].convs, f"{where}.convs", ignore_dropout, act)
+        layers += samplings[i].layers + _two_convs(ups[i].convs, f"{where}.convs", True, act)
     layers.append(net.final_conv)
     data: dict[str, Any] = {
         "spatial_dims": dims,
@@ -99,12 +99,37 @@ def from_basic_unet(net: nn.Module, ignore_dropout: bool) -> Converted:
         "norm": norm_from_module(norm, "BasicUNet"),
         "bias": first.conv.bias is not None,
         "activation": activation_from_module(act, "BasicUNet"),
-        "dropout": {"rate": 0.0},
+        "dropout": _basic_unet_dropout([*levels, *(up.convs for up in ups)], ignore_dropout),
         "up_channels": [s.channels for s in samplings],
         "init": "torch",
         "up": samplings[0].option,
     }
     return data, layers
+
+
+def _basic_unet_dropout(twos: list[nn.Module], ignore_dropout: bool) -> dict[str, Any]:
+    """BasicUNet's `dropout`: in the ADN of every conv, after the step before its D (MONAI's
+    default order NDA: after the norm), carried as `placement: every_conv`."""
+    found = set()
+    for two in twos:
+        for conv in (two.conv_0, two.conv_1):
+            adn = getattr(conv, "adn", None)
+            names = [n for n, _ in adn.named_children()] if adn is not None else []
+            drop = getattr(adn, "D", None)
+            if drop is None or drop.p == 0:
+                found.add(None)
+                continue
+            if type(drop) is not nn.Dropout:
+                raise UnsupportedModelError(f"BasicUNet: dropout {type(drop).__name__}; only nn.Dropout is carried")
+            before = names[: names.index("D")]
+            after = {"N": "norm", "A": "activation"}[before[-1]] if before else "conv"
+            found.add((drop.p, after))
+    if found == {None} or ignore_dropout:
+        return {"rate": 0.0}
+    if len(found) > 1:
+        raise UnsupportedModelError(f"BasicUNet: dropout differs between convs ({short_repr(sorted(map(str, found)))})")
+    p, after = found.pop()
+    return {"rate": p, "placement": "every_conv", "after": after}
 
 
 def _two_convs(two: nn.Module, where: str, ignore_dropout: bool, act_ref: nn.Module | None) -> list[nn.Module]:
@@ -242,8 +267,8 @@ def _check_dynunet(net: nn.Module, strides: list[list[int]], ignore_dropout: boo
     active = [m for m in net.modules() if isinstance(m, (_DropoutNd, nn.AlphaDropout)) and m.p > 0]
     if active and not ignore_dropout:
         raise UnsupportedModelError(
-            f"DynUNet dropout={short_repr(net.dropout)}: dropout after every conv; unetgen drops out after "
-            f"blocks {_DROPOUT_HINT}"
+            f"DynUNet dropout={short_repr(net.dropout)}: dropout after every conv, the residual projections and "
+            f"the output heads too; unetgen's dropout.placement every_conv leaves those out {_DROPOUT_HINT}"
         )
 
 

@@ -15,6 +15,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.instancenorm import _InstanceNorm
 
+from ..config.diagnostics import short_repr
 from .options import UnsupportedModelError, activation_option, axes, norm_from_module
 from .plans import NNUNetSpec
 from .registry import Converted, register_converter
@@ -31,12 +32,35 @@ def from_nnunet_module(net: nn.Module, ignore_dropout: bool) -> Converted:
     res_decoder = _residual_decoder(net)
     residual = type(net).__name__ in ("ResidualEncoderUNet", "ResidualUNet")
     dims = _conv_dims(net)
+    dropout = {"rate": 0.0} if residual or ignore_dropout else _plain_dropout(net, dims)
+    ignore_dropout = ignore_dropout or not residual  # a plain net's dropout is carried
     stem = _stem_layers(net, ignore_dropout) if residual else []
     stages = _encoder_units(net, residual, ignore_dropout)
     layers = [*stem, *(m for units in stages for unit in units for m in unit)]
     layers += _decoder_layers(net, res_decoder, ignore_dropout)
     spec = _spec(net, dims, layers, [len(units) for units in stages], residual, res_decoder)
-    return spec.config_dict(), layers
+    return spec.config_dict() | {"dropout": dropout}, layers
+
+
+def _plain_dropout(net: nn.Module, dims: int) -> dict[str, Any]:
+    """PlainConvUNet's `dropout_op`: after every conv of every stage (ConvDropoutNormReLU: conv,
+    dropout, norm, non-linearity), carried as `placement: every_conv, after: conv`. (A residual
+    unit's second conv has none: refused there, see `_cdnr_layers`.)"""
+    found = set()
+    for m in net.modules():
+        if type(m).__name__ == "ConvDropoutNormReLU":
+            drop = getattr(m, "dropout", None)
+            found.add(None if drop is None or drop.p == 0 else (type(drop), drop.p))
+    if found == {None}:
+        return {"rate": 0.0}
+    channel = {1: nn.Dropout1d, 2: nn.Dropout2d, 3: nn.Dropout3d}[dims]
+    if len(found) > 1 or next(iter(found))[0] not in (nn.Dropout, channel):
+        raise UnsupportedModelError(
+            f"{type(net).__name__}: dropout_op {short_repr(sorted(map(str, found)))}: unetgen carries one nn.Dropout "
+            f"or {channel.__name__} after every conv"
+        )
+    cls, p = found.pop()
+    return {"rate": p, "placement": "every_conv", "after": "conv", "spatial": cls is channel}
 
 
 def _conv_dims(net: nn.Module) -> int:
@@ -159,7 +183,8 @@ def _cdnr_layers(cdnr: nn.Module, ignore_dropout: bool, where: str) -> list[nn.M
     drop = getattr(cdnr, "dropout", None)
     if drop is not None and drop.p > 0 and not ignore_dropout:
         raise UnsupportedModelError(
-            f"{where}: dropout p={drop.p} after the conv; unetgen drops out after blocks (convert(..., "
+            f"{where}: dropout p={drop.p} after the first conv of each residual unit only (BasicBlockD's second "
+            "conv has none); unetgen's dropout.placement every_conv drops out after every conv (convert(..., "
             "ignore_dropout=True) drops it: eval outputs stay exact)"
         )
     return [m for m in cdnr.all_modules if isinstance(m, PAIRED)]

@@ -2,8 +2,8 @@
 
 A converter is a function ``(module, ignore_dropout) -> (config data, peer layers)``: the
 unetgen config (as plain data) of the network `module` computes, and the peer's layers with
-weights or statistics (convs, transposed convs, norms, PReLUs) in the order unetgen's model runs
-its own (`unetgen.analysis.ops.network_ops`). It registers the classes it handles by name and
+weights or statistics (convs, transposed convs, norms, PReLUs, linear layers) in the order
+unetgen's model runs its own (`unetgen.analysis.ops.network_ops`). It registers the classes it handles by name and
 module (a package: its submodules count too), and refuses whatever it cannot express exactly
 with `UnsupportedModelError`::
 
@@ -25,11 +25,23 @@ from torch import nn
 from ..reprs import short_repr
 from .options import UnsupportedModelError
 
-__all__ = ["Converted", "Converter", "PeerClass", "find_converter", "register_converter", "register_refusal"]
+__all__ = [
+    "Converted",
+    "Converter",
+    "PeerClass",
+    "PeerOutput",
+    "find_converter",
+    "find_output",
+    "register_converter",
+    "register_refusal",
+]
 
 Converted = tuple[dict[str, Any], list[nn.Module]]
 """What a converter returns: the config data and the peer's parametric layers in unetgen's order."""
 Converter = Callable[[nn.Module, bool], Converted]
+PeerOutput = Callable[[nn.Module, Any], Any]
+"""How to run a peer for the output its converted model computes, ``(module, x) -> output``: for
+a peer that applies a final sigmoid or softmax in its forward, its logits."""
 
 
 @dataclass(frozen=True)
@@ -46,18 +58,32 @@ class PeerClass:
 
 _CONVERTERS: dict[PeerClass, Converter] = {}
 _REFUSALS: dict[PeerClass, str] = {}
+_OUTPUTS: dict[PeerClass, PeerOutput] = {}
 
 
-def register_converter(module: str, *names: str) -> Callable[[Converter], Converter]:
-    """Decorator: register a converter for the classes `names` defined in `module` or below it."""
+def register_converter(module: str, *names: str, output: PeerOutput | None = None) -> Callable[[Converter], Converter]:
+    """Decorator: register a converter for the classes `names` defined in `module` or below it;
+    `output` runs such a peer for what the converted model computes (default: calling it)."""
     _check_names("register_converter", module, names)
+    if output is not None and not callable(output):
+        raise ValueError(f"register_converter: output={short_repr(output)} must be callable (module, x) -> output")
 
     def register(converter: Converter) -> Converter:
         for name in names:
             _CONVERTERS[PeerClass(module, name)] = converter
+            if output is not None:
+                _OUTPUTS[PeerClass(module, name)] = output
         return converter
 
     return register
+
+
+def find_output(module: nn.Module) -> PeerOutput | None:
+    """The registered way to run `module` for its converted model's output, or None (call it)."""
+    for peer, output in _OUTPUTS.items():
+        if peer.matches(type(module)):
+            return output
+    return None
 
 
 def register_refusal(module: str, *names: str, reason: str) -> None:

@@ -21,13 +21,14 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
 from torch.nn.modules.instancenorm import _InstanceNorm
 
-from ..analysis.ops import Act, Conv, NormOp, Op, network_ops
+from ..analysis.ops import Act, Conv, Linear, NormOp, Op, network_ops
 from ..analysis.shapes import InputShapeError
 from ..config.diagnostics import short_repr
 from ..config.options import PReLU
 from ..model.unet import UNet
 from ..reprs import short_text
 from .options import UnsupportedModelError
+from .registry import find_output
 
 __all__ = [
     "PAIRED",
@@ -39,7 +40,7 @@ __all__ = [
     "unetgen_layers",
 ]
 
-PAIRED = (_ConvNd, _BatchNorm, _InstanceNorm, nn.GroupNorm, nn.PReLU)
+PAIRED = (_ConvNd, _BatchNorm, _InstanceNorm, nn.GroupNorm, nn.PReLU, nn.Linear)
 """The layer classes with weights or statistics that a weight copy pairs."""
 
 
@@ -58,6 +59,8 @@ def signature(m: nn.Module) -> tuple[Any, ...]:
         return ("group norm", m.num_groups, m.num_channels, m.eps, m.affine)
     if isinstance(m, nn.PReLU):
         return ("prelu", m.num_parameters)
+    if isinstance(m, nn.Linear):  # a squeeze-and-excitation's (unetgen's ChannelLinear keeps the singleton axes)
+        return ("linear", m.in_features, m.out_features, m.bias is not None)
     raise AssertionError(type(m))
 
 
@@ -67,7 +70,7 @@ def signature(m: nn.Module) -> tuple[Any, ...]:
 
 def _paired_op(op: Op) -> bool:
     """Whether the module of `op` has weights or statistics (a `PAIRED` layer)."""
-    return isinstance(op, (Conv, NormOp)) or (isinstance(op, Act) and isinstance(op.option, PReLU))
+    return isinstance(op, (Conv, NormOp, Linear)) or (isinstance(op, Act) and isinstance(op.option, PReLU))
 
 
 def unetgen_layers(model: UNet) -> list[nn.Module]:
@@ -107,7 +110,7 @@ def copy_paired(source: list[nn.Module], target: list[nn.Module], peer: str) -> 
 def copy_weights(source: nn.Module, target: nn.Module, example_input: torch.Tensor) -> None:
     """Copy the weights and buffers of `source` (any U-Net) into `target` (usually a unetgen
     `UNet` built to match) by pairing their parametric layers (convs, transposed convs, norms,
-    PReLUs) in forward-execution order on `example_input`, checking kinds and shapes, then
+    PReLUs, linear layers) in forward-execution order on `example_input`, checking kinds and shapes, then
     checking each pair numerically in eval mode: where a layer's input in `target` is the
     source's with its channel groups rotated (a concatenation in the other order), the input
     channels of the target's weight are permuted to match. Raises `UnsupportedModelError` naming
@@ -116,8 +119,12 @@ def copy_weights(source: nn.Module, target: nn.Module, example_input: torch.Tens
     `example_input` that is not a floating-point (N, C, *spatial) tensor either model can run
     (channels, dtype, device) is a `ValueError` naming what the models expect."""
     _check_example(source, target, example_input)
-    src_layers = _execution_order(source, example_input, "source")
-    tgt_layers = _execution_order(target, example_input, "target")
+    if isinstance(target, UNet):  # its op walk's order, the deep-supervision heads included (training only)
+        src_layers = _peer_order(source) or _execution_order(source, example_input, "source")
+        tgt_layers = unetgen_layers(target)
+    else:
+        src_layers = _execution_order(source, example_input, "source")
+        tgt_layers = _execution_order(target, example_input, "target")
     names_s = {m: n for n, m in source.named_modules()}
     names_t = {m: n for n, m in target.named_modules()}
     _check_pairs(src_layers, tgt_layers, names_s, names_t)
@@ -130,8 +137,20 @@ def copy_weights(source: nn.Module, target: nn.Module, example_input: torch.Tens
                 tgt_state[key].copy_(value)
     _check_inputs(source, target, src_layers, tgt_layers, example_input, names_s, names_t)
     shape = tuple(example_input.shape)
-    check_outputs_agree(main_output(source, example_input, "source"), main_output(target, example_input, "target"),
-                        "copy_weights", shape)  # fmt: skip
+    theirs = main_output(source, example_input, "source", find_output(source))  # a known peer: its logits
+    check_outputs_agree(theirs, main_output(target, example_input, "target"), "copy_weights", shape)
+
+
+def _peer_order(source: nn.Module) -> list[nn.Module] | None:
+    """A peer that `convert` knows: its parametric layers as its converter pairs them (nnU-Net's
+    residual units run their shortcut before their convs; its deep-supervision heads run in eval
+    mode too), or None where no converter reads it (then: execution order)."""
+    from .registry import find_converter  # the converters import this module
+
+    try:
+        return find_converter(source)(source, True)[1]
+    except (UnsupportedModelError, AttributeError, TypeError, IndexError, KeyError, ValueError):
+        return None
 
 
 def _check_example(source: Any, target: Any, x: Any) -> None:
@@ -171,15 +190,18 @@ def _input_channels(model: nn.Module) -> tuple[int, str] | None:
     return None
 
 
-def main_output(model: nn.Module, x: torch.Tensor, name: str) -> torch.Tensor:
+def main_output(
+    model: nn.Module, x: torch.Tensor, name: str, call: Callable[[nn.Module, torch.Tensor], Any] | None = None
+) -> torch.Tensor:
     """The main output of `model` on `x` in eval mode, without gradients (the mode restored;
-    nnU-Net's list of outputs: its first); a forward that fails, or returns no tensor, is an
+    nnU-Net's list of outputs: its first); `call(model, x)` runs it where given (a peer's
+    logits, `registry.find_output`). A forward that fails, or returns no tensor, is an
     `UnsupportedModelError` naming `name`."""
     was_training = model.training
     try:
         model.eval()
         with torch.no_grad():
-            out: Any = model(x)
+            out: Any = model(x) if call is None else call(model, x)
     except InputShapeError:
         raise
     except Exception as err:  # the model's own code: any failure is a reason not to trust the copy
@@ -242,18 +264,30 @@ def _check_pairs(
     names_s: dict[nn.Module, str],
     names_t: dict[nn.Module, str],
 ) -> None:
-    """As many layers on both sides, of the same kinds and shapes, pair by pair."""
-    if len(src_layers) != len(tgt_layers):
-        raise UnsupportedModelError(
-            f"source runs {len(src_layers)} parametric layers, target {len(tgt_layers)}: "
-            f"{_kinds(src_layers)} vs {_kinds(tgt_layers)}"
-        )
-    for s, t in zip(src_layers, tgt_layers, strict=True):
+    """As many layers on both sides, of the same kinds and shapes, pair by pair; else the first
+    position where the two differ, with both layers' names, kinds and shapes."""
+    for i, (s, t) in enumerate(zip(src_layers, tgt_layers, strict=False)):
         ss, st_ = _shape_signature(s), _shape_signature(t)
         if ss != st_:
-            raise UnsupportedModelError(
-                f"cannot pair source layer {names_s[s]!r} {ss} with target layer {names_t[t]!r} {st_}"
+            count = (
+                f"source runs {len(src_layers)} parametric layers, target {len(tgt_layers)}; "
+                if len(src_layers) != len(tgt_layers)
+                else ""
             )
+            raise UnsupportedModelError(
+                f"{count}the two part at layer {i}: cannot pair source layer {names_s[s]!r} {ss} with target layer "
+                f"{names_t[t]!r} {st_} (layers 0..{i - 1} pair)"
+            )
+    if len(src_layers) != len(tgt_layers):
+        n = min(len(src_layers), len(tgt_layers))
+        longer, which = (src_layers, "source") if len(src_layers) > n else (tgt_layers, "target")
+        names = names_s if which == "source" else names_t
+        extra = short_repr([f"{names[m]} {_shape_signature(m)}" for m in longer[n : n + 3]])
+        raise UnsupportedModelError(
+            f"source runs {len(src_layers)} parametric layers, target {len(tgt_layers)}: the first {n} pair, then "
+            f"the {which} has {len(longer) - n} more from layer {n}: {extra} (deep-supervision heads? a target "
+            "built without deep_supervision, or a source that runs its heads in eval mode)"
+        )
 
 
 def _run_hooked(
@@ -304,14 +338,16 @@ def _hint(model: nn.Module, x: torch.Tensor) -> str:
     return ""
 
 
-def _record_inputs(model: nn.Module, layers: list[nn.Module], x: torch.Tensor, which: str) -> list[torch.Tensor]:
+def _record_inputs(model: nn.Module, layers: list[nn.Module], x: torch.Tensor, which: str) -> list[torch.Tensor | None]:
+    """Each layer's input in one eval-mode forward of `x` (None: a layer eval mode does not run,
+    a unetgen deep-supervision head)."""
     inputs: dict[int, torch.Tensor] = {}
 
     def hook(m: nn.Module, args: tuple[Any, ...]) -> None:
         inputs.setdefault(id(m), args[0].detach().clone())
 
     _run_hooked(model, layers, hook, x, which)
-    return [inputs[id(m)] for m in layers]
+    return [inputs.get(id(m)) for m in layers]
 
 
 def _check_inputs(
@@ -332,8 +368,12 @@ def _check_inputs(
         tgt_in = _record_inputs(target, tgt_layers, x, "target")
         for k in range(start, len(tgt_layers)):
             a, b = src_in[k], tgt_in[k]
+            if a is None or b is None:  # not run in eval mode on one side: its output is checked in training only
+                continue
             if k in rotated:
                 a = torch.roll(a, -rotated[k], dims=1)
+            if isinstance(tgt_layers[k], nn.Linear) and a.numel() == b.numel():  # (B, C) vs (B, C, 1, ..., 1)
+                a = a.reshape(b.shape)
             if a.shape == b.shape and _close(a, b):
                 continue
             shift = None if k in rotated else _rotation(a, b)

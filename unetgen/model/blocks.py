@@ -5,6 +5,7 @@ Each block receives only the slice of the config it needs."""
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import torch
 from torch import nn
@@ -15,9 +16,13 @@ from ..config.options import (
     AttentionGate,
     AvgPool,
     Block,
+    ChannelExcitation,
+    ChannelSpatialExcitation,
     Concat,
     ConvDown,
     Down,
+    Dropout,
+    Excitation,
     FirstConvDown,
     LinearUp,
     MaxPool,
@@ -30,10 +35,11 @@ from ..config.options import (
     ReLU,
     ResidualBlock,
     SpatialDims,
+    SpatialExcitation,
     TransposeUp,
     Up,
 )
-from ..config.unet_config import Stage
+from ..config.unet_config import Stage, conv_steps
 from . import layers
 
 
@@ -48,7 +54,8 @@ class ConvBlock(nn.Module):
     """`len(stage.channels)` convolutions with norm and activation, plain or residual, followed by
     optional dropout. With valid padding each k-wide conv shrinks the map by k - 1 per axis; the
     first conv has the stage's stride (`down: first_conv`, same padding only). A residual
-    block's identity path is `shortcut` (empty: the identity), then `post_act` after the sum."""
+    block's identity path is `shortcut` (empty: the identity), then `post_act` after the sum;
+    `excite` (the block's `excitation`) recalibrates the unit's output."""
 
     def __init__(
         self,
@@ -62,17 +69,29 @@ class ConvBlock(nn.Module):
         block: Block,
         dropout: nn.Module | None = None,
         position: NormPosition = "before_activation",
+        conv_dropout: Dropout | None = None,
     ) -> None:
         super().__init__()
         self.residual = isinstance(block, ResidualBlock)
         self.strided = any(s != 1 for s in stage.first_stride)
-        self.body = _body(dims, stage, same=same, norm=norm, act=act, bias=bias, block=block, position=position)
+        self.project = None
+        if isinstance(block, ResidualBlock) and block.shortcut == "input_projection":
+            if stage.in_channels != stage.out_channels:  # the convs and the identity start from its output
+                self.project = layers.conv(dims, stage.in_channels, stage.out_channels, 1, bias=True)
+                stage = replace(stage, in_channels=stage.out_channels)
+        self.body = _body(
+            dims, stage, same=same, norm=norm, act=act, bias=bias, block=block, position=position, dropout=conv_dropout
+        )
         if isinstance(block, ResidualBlock):
             self.shortcut = _shortcut(dims, stage, block, norm=norm, bias=bias)
-            self.post_act = None if block.preactivation else layers.activation(act, channels=stage.out_channels)
+            post = block.post_activation or act
+            self.post_act = None if block.preactivation else layers.activation(post, channels=stage.out_channels)
+        self.excite = Excite(dims, stage.out_channels, block.excitation) if block.excitation is not None else None
         self.dropout = dropout
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.project is not None:
+            x = self.project(x)  # (B, C_out, *S)
         y = self.body(x)  # (B, C_out, *(S - sum(k - 1)))
         if self.residual:
             if self.strided:  # same padding (config rule): the strided shortcut gives y's shape
@@ -81,9 +100,48 @@ class ConvBlock(nn.Module):
                 y = y + self.shortcut(center_crop(x, y.shape[2:]))
             if self.post_act is not None:
                 y = self.post_act(y)
+        if self.excite is not None:
+            y = self.excite(y)
         if self.dropout is not None:
             y = self.dropout(y)
         return y
+
+
+class Excite(nn.Module):
+    """Squeeze-and-excitation of a map of `channels` channels (`option`): `channel` (cSE: global
+    average pool, linear to `channels // reduction` (at least 1), ReLU, linear back, sigmoid:
+    a (B, C, 1, ..., 1) gate) and `spatial` (sSE: a 1x1 conv to one channel, sigmoid: a
+    (B, 1, *S) gate) each scale the map; scSE combines the two results (max or sum), cSE first."""
+
+    def __init__(self, dims: SpatialDims, channels: int, option: Excitation) -> None:
+        super().__init__()
+        self.option = option
+        self.channel = self.spatial = None
+        match option:
+            case ChannelExcitation(reduction=r) | ChannelSpatialExcitation(reduction=r):
+                hidden = max(1, channels // r)
+                self.channel = nn.Sequential(
+                    layers.GLOBAL_AVG_POOL[dims](1),
+                    layers.ChannelLinear(channels, hidden),
+                    nn.ReLU(),
+                    layers.ChannelLinear(hidden, channels),
+                    nn.Sigmoid(),
+                )
+        match option:
+            case SpatialExcitation() | ChannelSpatialExcitation():
+                self.spatial = nn.Sequential(layers.conv(dims, channels, 1, 1), nn.Sigmoid())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = x * self.channel(x) if self.channel is not None else None  # (B, C, *S): gate (B, C, 1, ..., 1)
+        s = x * self.spatial(x) if self.spatial is not None else None  # (B, C, *S): gate (B, 1, *S)
+        if c is None or s is None:
+            return c if s is None else s
+        match self.option:
+            case ChannelSpatialExcitation(combine="max"):
+                return torch.maximum(c, s)
+            case ChannelSpatialExcitation(combine="add"):
+                return c + s
+        raise AssertionError(f"unhandled excitation {self.option!r}")
 
 
 def _body(
@@ -96,10 +154,12 @@ def _body(
     bias: bool,
     block: Block,
     position: NormPosition,
+    dropout: Dropout | None = None,
 ) -> nn.Sequential:
-    """A block's convs with their norms and activations; the first conv has the stage's stride.
-    A pre-activation block runs norm and activation before each conv; a residual block's last
-    conv is activated after the sum, so not here."""
+    """A block's convs with their norms and activations (and `dropout` after each conv's step
+    `dropout.after`: `placement: every_conv`); the first conv has the stage's stride. A
+    pre-activation block runs norm and activation before each conv; a residual block's last conv
+    is activated after the sum, so not here."""
     pre, norm_after = block.preactivation, position == "after_activation"
     residual = isinstance(block, ResidualBlock)
     out: list[nn.Module] = []
@@ -113,10 +173,14 @@ def _body(
             # activation first (no norm, or norm_after): in place it would overwrite the block's
             # input, which may be a skip or the identity
             a = layers.activation(act, inplace=n is not None and not norm_after, channels=cin)
-            out += [*layers.norm_act(n, a, after=norm_after), conv]
+            after = dropout.after if dropout is not None else None
+            parts = {"norm": n, "act": a, "conv": conv}
+            for step in conv_steps(position, pre=True, dropout_after=after):
+                m = layers.dropout_layer(dropout, dims) if step == "drop" else parts[step]  # type: ignore[arg-type]
+                out += [m] if m is not None else []
         else:
             a = None if residual and j == len(stage.channels) - 1 else layers.activation(act, channels=cout)
-            out += layers.with_norm_act(conv, norm, dims, a, position)
+            out += layers.with_norm_act(conv, norm, dims, a, position, dropout)
         cin = cout
     return nn.Sequential(*out)
 
@@ -151,12 +215,14 @@ def conv_norm_act(
     act: Activation,
     bias: bool,
     position: NormPosition = "before_activation",
+    dropout: Dropout | None = None,
 ) -> nn.Sequential:
     """One conv of `stage` (its kernel and first stride) with norm and activation in the order of
-    `position`: the stem."""
+    `position` (and `dropout`, `placement: every_conv`): the stem."""
     cin, cout = stage.in_channels, stage.out_channels
     conv = layers.conv(dims, cin, cout, stage.kernel, stride=stage.first_stride, same=same, bias=bias)
-    return nn.Sequential(*layers.with_norm_act(conv, norm, dims, layers.activation(act, channels=cout), position))
+    a = layers.activation(act, channels=cout)
+    return nn.Sequential(*layers.with_norm_act(conv, norm, dims, a, position, dropout))
 
 
 def make_down(option: Down, dims: SpatialDims, channels: int, stride: tuple[int, ...]) -> nn.Module | None:
@@ -191,19 +257,22 @@ def make_up(
     """Up-sampling by `stride` from `cin` to `cout` channels; `norm`, `act` and `position`
     serve a transposed conv with `norm_act`."""
     match option:
-        case TransposeUp(bias=bias, kernel_size=k, norm_act=norm_act):
+        case TransposeUp(bias=bias, kernel_size=k, norm_act=norm_act, size_by=size_by):
+            resize = None
             if k is None:  # kernel = stride: no padding
                 conv = layers.CONV_TRANSPOSE[dims](cin, cout, stride, stride=stride, bias=bias)
+            elif size_by == "nearest_resize":  # (in - 1) * stride + 1, resized to in * stride (pytorch-3dunet)
+                conv = layers.CONV_TRANSPOSE[dims](cin, cout, k, stride=stride, padding=k // 2, bias=bias)
+                resize = layers.NearestResize(tuple(s - 1 for s in stride))
             else:  # padded by k // 2, output padding stride - 1: out = in * stride (MONAI's rule)
                 extra = tuple(s - 1 for s in stride)
                 conv = layers.CONV_TRANSPOSE[dims](
                     cin, cout, k, stride=stride, padding=k // 2, output_padding=extra, bias=bias
                 )
             if not norm_act:
-                return conv
-            return nn.Sequential(
-                *layers.with_norm_act(conv, norm, dims, layers.activation(act, channels=cout), position)
-            )
+                return conv if resize is None else nn.Sequential(conv, resize)
+            a = layers.activation(act, channels=cout)
+            return nn.Sequential(*layers.with_norm_act(conv, norm, dims, a, position, after_conv=resize))
         case NearestUp(conv=when) | LinearUp(conv=when):
             if isinstance(option, LinearUp):
                 mode, corners = layers.INTERPOLATION[dims], option.align_corners

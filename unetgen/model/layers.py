@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..config.options import (
@@ -13,6 +14,7 @@ from ..config.options import (
     GELU,
     Activation,
     BatchNorm,
+    Dropout,
     GroupNorm,
     InstanceNorm,
     LayerNorm,
@@ -25,6 +27,7 @@ from ..config.options import (
     SiLU,
     SpatialDims,
 )
+from ..config.unet_config import conv_steps
 
 CONV: dict[SpatialDims, type[nn.Module]] = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
 CONV_TRANSPOSE: dict[SpatialDims, type[nn.Module]] = {
@@ -40,6 +43,11 @@ INSTANCE_NORM: dict[SpatialDims, type[nn.Module]] = {
     1: nn.InstanceNorm1d,
     2: nn.InstanceNorm2d,
     3: nn.InstanceNorm3d,
+}
+GLOBAL_AVG_POOL: dict[SpatialDims, type[nn.Module]] = {
+    1: nn.AdaptiveAvgPool1d,
+    2: nn.AdaptiveAvgPool2d,
+    3: nn.AdaptiveAvgPool3d,
 }
 CHANNEL_DROPOUT: dict[SpatialDims, type[nn.Module]] = {1: nn.Dropout1d, 2: nn.Dropout2d, 3: nn.Dropout3d}
 INTERPOLATION: dict[SpatialDims, str] = {1: "linear", 2: "bilinear", 3: "trilinear"}
@@ -67,20 +75,53 @@ def norm_act(norm: nn.Module | None, act: nn.Module, *, after: bool) -> list[nn.
 
 
 def with_norm_act(
-    conv: nn.Module, option: Norm, dims: SpatialDims, act: nn.Module | None, position: NormPosition
+    conv: nn.Module,
+    option: Norm,
+    dims: SpatialDims,
+    act: nn.Module | None,
+    position: NormPosition,
+    dropout: Dropout | None = None,
+    *,
+    after_conv: nn.Module | None = None,
 ) -> list[nn.Module]:
     """`conv` with its norm and activation (None: none, e.g. before a residual sum) in the order
     of `position`: conv, norm, act; conv, act, norm; or norm, conv, act (the norm then sees the
-    conv's input channels)."""
+    conv's input channels); with `dropout` (`placement: every_conv`), its dropout after the step
+    `dropout.after` names (`unet_config.conv_steps`); `after_conv` (a resize) right after the conv."""
     cin, cout = conv.in_channels, conv.out_channels
-    match position:
-        case "before_activation":
-            steps = (conv, norm(option, dims, cout), act)
-        case "after_activation":
-            steps = (conv, act, norm(option, dims, cout))
-        case "before_conv":
-            steps = (norm(option, dims, cin), conv, act)
-    return [m for m in steps if m is not None]
+    out: list[nn.Module | None] = []
+    for step in conv_steps(position, pre=False, dropout_after=dropout.after if dropout is not None else None):
+        match step:
+            case "conv":
+                out += [conv, after_conv]
+            case "norm":
+                out.append(norm(option, dims, cin if position == "before_conv" else cout))
+            case "act":
+                out.append(act)
+            case "drop":
+                out.append(dropout_layer(dropout, dims))  # type: ignore[arg-type]
+    return [m for m in out if m is not None]
+
+
+def dropout_layer(option: Dropout, dims: SpatialDims) -> nn.Module:
+    """The dropout of `option`: of single elements, or of whole channels (`spatial`)."""
+    return CHANNEL_DROPOUT[dims](option.rate) if option.spatial else nn.Dropout(option.rate)
+
+
+class NearestResize(nn.Module):
+    """Nearest-neighbour resize that grows each spatial axis by `grow` (torch's `interpolate` to
+    that size): the size fix of a transposed conv with `size_by: nearest_resize`."""
+
+    def __init__(self, grow: tuple[int, ...]) -> None:
+        super().__init__()
+        self.grow = tuple(grow)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        size = [s + g for s, g in zip(x.shape[2:], self.grow, strict=True)]
+        return F.interpolate(x, size=size, mode="nearest")  # (B, C, *(S + grow))
+
+    def extra_repr(self) -> str:
+        return f"grow={self.grow}"
 
 
 def norm(option: Norm, dims: SpatialDims, channels: int) -> nn.Module | None:
@@ -92,8 +133,8 @@ def norm(option: Norm, dims: SpatialDims, channels: int) -> nn.Module | None:
             return BATCH_NORM[dims](channels, eps=eps, momentum=momentum, affine=affine)
         case InstanceNorm(affine=affine, eps=eps):
             return INSTANCE_NORM[dims](channels, eps=eps, affine=affine)
-        case GroupNorm(num_groups=groups, eps=eps):
-            return nn.GroupNorm(groups, channels, eps=eps)
+        case GroupNorm(eps=eps):
+            return nn.GroupNorm(option.groups_for(channels), channels, eps=eps)
         case LayerNorm(eps=eps):
             return nn.GroupNorm(1, channels, eps=eps)
     raise AssertionError(f"unhandled norm {option!r}")
@@ -142,3 +183,14 @@ class PixelShuffle(nn.Module):
 
     def extra_repr(self) -> str:
         return f"factors={self.factors}"
+
+
+class ChannelLinear(nn.Linear):
+    """A linear layer over the channels of a (B, C, 1, ..., 1) map (a squeeze-and-excitation's
+    fully connected layers): `nn.Linear`'s weight (C_out, C_in) and bias, applied to the
+    flattened channels, the singleton spatial axes kept, so that it holds and computes what the
+    peers' `nn.Linear` do (pytorch-3dunet, MONAI)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ones = x.shape[2:]
+        return F.linear(x.flatten(1), self.weight, self.bias).view(x.shape[0], -1, *ones)  # (B, C_out, 1, ..., 1)

@@ -67,11 +67,14 @@ class UNet(nn.Module):
                 return None
             return layers.CHANNEL_DROPOUT[dims](d.rate) if d.spatial else nn.Dropout(d.rate)
 
+        conv_dropout = c.dropout if c.conv_dropout is not None else None  # dropout after every conv
+
         def block(stage, drop: bool, option=c.block) -> nn.Module:
             units = [
                 ConvBlock(
                     dims, unit, same=same, norm=c.norm, act=c.activation, bias=c.conv_bias, block=option,
                     dropout=dropout(drop) if u == stage.units - 1 else None, position=position,
+                    conv_dropout=conv_dropout,
                 )
                 for u, unit in enumerate(stage.split_units())
             ]  # fmt: skip
@@ -86,8 +89,9 @@ class UNet(nn.Module):
             stem = None
             if i == 0 and lay.stem is not None:
                 stem = conv_norm_act(
-                    dims, lay.stem, same=same, norm=c.norm, act=c.activation, bias=c.conv_bias, position=position
-                )
+                    dims, lay.stem, same=same, norm=c.norm, act=c.activation, bias=c.conv_bias, position=position,
+                    dropout=conv_dropout,
+                )  # fmt: skip
             return EncoderLevel(down, block(lay.encoder[i], lay.encoder_dropout[i]), stem)
 
         # Modules in execution order, one per level, so that torchinfo prints one row per level.

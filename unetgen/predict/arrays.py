@@ -147,7 +147,7 @@ def _group_metadata(
     spatial = SPATIAL[-config.spatial_dims :]
     if config.spatial_dims < 2:
         return None
-    channels = "" if output_type == "labels" else "c"
+    channels = "" if output_type in ("labels", "instances") else "c"
     letters = ("b" if len(shape) == len(channels) + len(spatial) + 1 else "") + channels + spatial
     axes = getattr(image, "axes", None)
     axes = axes if isinstance(axes, Axes) else None
@@ -159,7 +159,7 @@ def _group_metadata(
         axes=axes,
         pixel_size=pixel,
         unit=getattr(spec, "unit", None),
-        labels=output_type == "labels",
+        labels=output_type in ("labels", "instances"),
         name=name,
     )
     return attrs | {MARKER: _GROUP_MARK}, dimension_names(letters, axes)

@@ -32,14 +32,17 @@ from torch import nn
 from tqdm import tqdm
 
 from ..checkpoint import load_unet
+from ..config.preprocessing import Preprocessing
 from ..reprs import short_repr
 from .arrays import create_output, open_image, open_output
 from .journal import Journal
-from .options import Blend, OutputType
+from .options import Blend, OutputType, check_min_size
 from .ownership import check_apart, is_local, output_lock, storage_path
-from .plan import TilePlan
+from .plan import TilePlan, plan_tiles
+from .preprocess import Normalizer, PreprocessingArg, prepare_input, spec_of
 from .run import Job, prepare, run
 from .sinks import stored_record
+from .sources import spatial_shape
 
 __all__ = [
     "MAX_TASKS_IN_FLIGHT",
@@ -87,11 +90,14 @@ def _predict_blocks(
     out: Any,
     plan: TilePlan,
     options: dict[str, Any],
+    preprocessing: tuple[dict[str, Any], list[Normalizer | None]] | None,
     blocks: Sequence[int],
     device: str,
     axes: str | None = None,
 ) -> list[int]:
-    """One Dask task: predict `blocks` on this worker and write them into `out`."""
+    """One Dask task: predict `blocks` on this worker and write them into `out`; `preprocessing`
+    is the spec (as JSON) with the numbers the client measured, applied as they are (never
+    measured again here)."""
     try:
         from distributed import get_worker
 
@@ -99,7 +105,12 @@ def _predict_blocks(
     except (ImportError, ValueError):
         pass  # not on a Dask worker
     model = worker_model(checkpoint, device)
-    job, source, sink = prepare(model, open_image(image, axes), open_output(out), plan=plan, **options)
+    if preprocessing is None:
+        source = open_image(image, axes)
+    else:  # read in the spec's layout, as the client did
+        spec, normalizers = Preprocessing.model_validate(preprocessing[0]), preprocessing[1]
+        source = prepare_input(model.config, open_image(image, axes, layout=spec.axes), spec, normalizers=normalizers)
+    job, source, sink = prepare(model, source, open_output(out), plan=plan, **options)
     run(model, job, source, sink, todo=blocks, progress=False)
     return list(blocks)
 
@@ -139,6 +150,8 @@ def predict_distributed(
     progress: bool = True,
     callback: Callable[[Sequence[int]], None] | None = None,
     axes: str | None = None,
+    preprocessing: PreprocessingArg = None,
+    min_size: int = 0,
 ) -> Any:
     """Predict `image` with the model in `checkpoint` on a Dask cluster, into the zarr array `out`.
 
@@ -156,6 +169,13 @@ def predict_distributed(
     completed blocks in `out`'s attributes; a run started again with the same arguments skips
     them (`resume`, as in `predict_tiled`). `callback(blocks)` is called on the client after each
     task; an exception from it (or Ctrl-C) cancels the remaining tasks and keeps the record.
+    `preprocessing` as in `predict_tiled` (None: the spec stored in the checkpoint; False: none;
+    or a spec): the client measures each image's statistics once (`prepare_input`) and sends the
+    fixed numbers with every task, so that every block is normalised alike and no worker reads
+    the image to measure again; the numbers are part of the output's resume fingerprint.
+    `output_type="instances"` (with `min_size`): the cluster predicts the class labels into a
+    temporary zarr array beside `out` (on a local or shared disk), which this process then labels
+    into `out` block by block (`unetgen.predict.instances`) and removes.
     Returns the zarr array.
     """
     try:
@@ -166,9 +186,25 @@ def predict_distributed(
         raise ValueError(f"blocks_per_task={short_repr(blocks_per_task)} must be a positive int")
     if client is not None and workers is not None:
         raise ValueError("give client or workers, not both: workers starts a local cluster")
+    check_min_size(min_size, output_type)
     model = load_unet(checkpoint, device="cpu").eval()  # the plan and the fingerprint; tasks load their own
-    source = open_image(image, axes)
+    spec = spec_of(model, preprocessing)
+    raw = open_image(image, axes, layout=None if spec is None else spec.axes)
+    if is_local(out):
+        check_apart(raw, out)  # before the output is created
+    # measured once, here: the tasks get the numbers
+    source = raw if spec is None else prepare_input(model.config, raw, spec)
+    sent = None
+    if spec is not None:
+        normalizers = list(getattr(source, "normalizers", None) or [source.normalizer])
+        sent = (spec.model_dump(mode="json"), normalizers)
     plan_options = dict(tile_size=tile_size, batch_size=batch_size, overlap=overlap, memory_budget=memory_budget)
+    if output_type == "instances":
+        everything = dict(
+            client=client, workers=workers, blend=blend, blocks_per_task=blocks_per_task, device=device,
+            resume=resume, progress=progress, callback=callback, axes=axes, preprocessing=preprocessing, **plan_options,
+        )  # fmt: skip
+        return _predict_instances(checkpoint, model, image, source, out, block_shape, min_size, everything)
     with output_lock(Path(os.path.abspath(out)) if is_local(out) else storage_path(out)):
         if is_local(out):
             target = create_output(out, model, source, output_type=output_type, block_shape=block_shape, **plan_options)
@@ -184,12 +220,49 @@ def predict_distributed(
         if journal.resumed:
             log.info("resuming: %d of %d blocks done", journal.resumed, job.num_blocks)
         del model
-        spec = str(Path(image).resolve()) if isinstance(image, (str, os.PathLike)) else source
-        args = (str(Path(checkpoint).resolve()), spec, out, job.plan, options)
+        where = str(Path(image).resolve()) if isinstance(image, (str, os.PathLike)) else raw
+        args = (str(Path(checkpoint).resolve()), where, out, job.plan, options, sent)
         with _cluster(client, workers) as client:
             show = progress and sys.stderr.isatty()
             _run_tasks(client, args, job, journal, blocks_per_task, device, show, callback, axes)
     return target
+
+
+def _predict_instances(
+    checkpoint: str | os.PathLike[str],
+    model: nn.Module,
+    image: Any,
+    source: Any,
+    out: Any,
+    block_shape: Any,
+    min_size: int,
+    options: dict[str, Any],
+) -> Any:
+    """Instances on a cluster: its class labels into the temporary beside `out`, labelled here."""
+    from .instances import predict_chunked, temporary_path
+
+    plan_keys = ("tile_size", "batch_size", "overlap", "memory_budget")
+    plan_options = {k: options[k] for k in plan_keys}
+    local = Path(os.path.abspath(out)) if is_local(out) else storage_path(out)
+    if local is None:
+        raise ValueError(
+            "output_type='instances' on a cluster writes its class labels to a temporary beside out: give out as "
+            "a path (or a zarr array) on a local or shared disk"
+        )
+    with output_lock(local):
+        target = out
+        if is_local(out):
+            target = create_output(out, model, source, output_type="instances", block_shape=block_shape, **plan_options)
+        check_apart(source, target)
+        block = block_shape if block_shape is not None else tuple(target.chunks)[-model.config.spatial_dims :]
+        dtype = next(model.parameters()).dtype
+        plan = plan_tiles(model, spatial_shape(model.config, source), **plan_options, dtype=dtype)
+        temp = str(temporary_path(local))  # a path: the workers open it themselves
+
+        def predict_classes(classes: Any) -> None:
+            predict_distributed(checkpoint, image, temp, output_type="labels", block_shape=block, **options)
+
+        return predict_chunked(model, source, target, block, plan, min_size, options["resume"], None, predict_classes)
 
 
 MAX_TASKS_IN_FLIGHT = 1024

@@ -125,7 +125,7 @@ class Journal:
         if record.get("fingerprint") != self.fingerprint or record.get("blocks") != self.total:
             raise ValueError(
                 f"{self._name()} holds a prediction made with other arguments (another model, plan, "
-                "output type or image shape): pass resume=False (CLI: --restart) to overwrite it, "
+                "output type, image shape or preprocessing): pass resume=False (CLI: --restart) to overwrite it, "
                 "or write to another output"
             )
         encoded = record.get("done")

@@ -14,10 +14,12 @@ from ..config.unet_config import UNetConfig
 from ..reprs import short_repr
 
 __all__ = [
+    "OUTPUT_TYPES",
     "Blend",
     "OutputType",
     "as_index",
     "config_of",
+    "check_min_size",
     "float_dtype",
     "fraction",
     "is_int_tuple",
@@ -27,7 +29,8 @@ __all__ = [
 ]
 
 Blend = Literal["gaussian", "constant"]
-OutputType = Literal["logits", "probabilities", "labels"]
+OutputType = Literal["logits", "probabilities", "labels", "instances"]
+OUTPUT_TYPES = ("logits", "probabilities", "labels", "instances")
 
 
 def config_of(model: UNetConfig | nn.Module) -> UNetConfig:
@@ -94,7 +97,7 @@ def is_int_tuple(value: Any) -> bool:
 
 
 def output_dtype(output_type: OutputType, out_channels: int, dtype: torch.dtype = torch.float32) -> torch.dtype:
-    """The dtype of a prediction of `output_type`: the model's dtype, or uint8/uint16 labels."""
+    """The dtype of a prediction of `output_type`: the model's dtype, uint8/uint16 labels, uint32 instances."""
     match output_type:
         case "logits" | "probabilities":
             return dtype
@@ -102,4 +105,19 @@ def output_dtype(output_type: OutputType, out_channels: int, dtype: torch.dtype 
             if out_channels > 1 << 16:
                 raise ValueError(f"output_type='labels' holds at most 65536 classes, the model has {out_channels}")
             return torch.uint8 if out_channels <= 256 else torch.uint16
-    raise ValueError(f"output_type={output_type!r} must be 'logits', 'probabilities' or 'labels'")
+        case "instances":
+            return torch.uint32
+    raise ValueError(f"output_type={output_type!r} must be 'logits', 'probabilities', 'labels' or 'instances'")
+
+
+def check_min_size(min_size: Any, output_type: str) -> int:
+    """`min_size` (voxels; objects smaller are removed) as a non-negative int; only instances have it."""
+    try:
+        size = as_index(min_size)
+    except TypeError:
+        size = -1
+    if size < 0:
+        raise ValueError(f"min_size={short_repr(min_size)} must be a non-negative int (voxels; 0 keeps every object)")
+    if size and output_type != "instances":
+        raise ValueError(f"min_size={size} applies to output_type='instances' only, not {output_type!r}")
+    return size

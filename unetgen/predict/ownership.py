@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from ..reprs import short_path
+from .preprocess import raw_image
 
 __all__ = [
     "LOCK_SUFFIX",
@@ -131,7 +132,9 @@ def check_apart(
 ) -> None:
     """A ValueError when `target` (where a prediction writes) is `source` (what it reads),
     contains it or sits inside it: paths compared resolved (symlinks, ``..``, hard links), arrays
-    in memory by their storage. Unknown locations (object stores) are not compared."""
+    in memory by their storage. Unknown locations (object stores) are not compared. A prepared
+    image (`prepare_input`) is compared by the raw image it reads."""
+    source = raw_image(source)
     if _shares_memory(source, target):
         raise ValueError(f"{what} shares its memory with {source_what}: give a separate array to write into")
     s, t = storage_path(source), storage_path(target)

@@ -4,6 +4,7 @@ Planning runs nothing, allocates nothing and costs O(spatial axes) whatever the 
 
 from __future__ import annotations
 
+import itertools
 import math
 import numbers
 import operator
@@ -14,8 +15,8 @@ from typing import Literal, overload
 import torch
 from torch import nn
 
-from ..analysis import shapes
-from ..analysis.memory import estimate_tile_memory
+from ..analysis import costs, shapes
+from ..analysis.memory import estimate_tile_memory, tile_memory
 from ..config.io import resolve_config
 from ..config.unet_config import UNetConfig
 from ..reprs import short_repr
@@ -27,8 +28,10 @@ __all__ = [
     "DEFAULT_OVERLAP",
     "MAX_IMAGE_SIZE",
     "EvenStarts",
+    "MemoryEstimate",
     "TilePlan",
     "check_memory",
+    "estimate_memory",
     "estimate_tile_memory",
     "format_bytes",
     "plan_tiles",
@@ -42,6 +45,10 @@ DEFAULT_MEMORY_LIMIT = 16 << 30
 DEFAULT_OVERLAP = 0.25
 """Fraction of a tile shared with its neighbour, for same padding."""
 _CANDIDATES = 256  # tile sizes the automatic plan compares at most
+_PLAN_THREADS = 2
+"""The plans estimate tiles for multi-threaded torch (which runs 1x1 convs through oneDNN, a
+little more memory than one thread), whatever this process's thread count: a plan (and so a
+resumable run's fingerprint) must not depend on it."""
 MAX_IMAGE_SIZE = 1 << 62
 """Longest image axis `plan_tiles` plans (no array can hold more; tile counts stay below sys.maxsize)."""
 
@@ -98,8 +105,9 @@ class TilePlan:
     """Most tiles run through the network at once (the automatic plan lowers it to what fits its
     memory budget); fewer when the images have fewer tiles."""
     memory_bytes: int
-    """Estimated peak activation memory of one batch of min(batch_size, num_tiles) tiles (not
-    counting the image and the result: `check_memory` adds those)."""
+    """Estimated peak memory of the forward pass over one batch of min(batch_size, num_tiles)
+    tiles (`estimate_tile_memory`, for multi-threaded torch), not counting the result, the
+    blocks and the reads (`estimate_memory` adds those)."""
     memory_budget: int | None
     """The budget the tile size was chosen for; None when the tile size was given."""
 
@@ -216,7 +224,9 @@ def _plan(
     starts = tuple(s for _, s in axes)
     num_tiles = math.prod(len(s) for s in starts)
     if budget is not None:  # automatic plan: batch_size is the most tiles per pass, as many as fit the budget
-        batch_size = min(batch_size, max(1, budget // estimate_tile_memory(config, tile_input, 1, dtype)))
+        batch_size = min(
+            batch_size, max(1, budget // estimate_tile_memory(config, tile_input, 1, dtype, threads=_PLAN_THREADS))
+        )
     return TilePlan(
         image_shape=image_shape,
         padding=config.padding,
@@ -226,7 +236,7 @@ def _plan(
         starts=starts,
         overlap=overlap,
         batch_size=batch_size,
-        memory_bytes=estimate_tile_memory(config, tile_input, min(batch_size, num_tiles), dtype),
+        memory_bytes=estimate_tile_memory(config, tile_input, min(batch_size, num_tiles), dtype, threads=_PLAN_THREADS),
         memory_budget=budget,
     )
 
@@ -272,7 +282,7 @@ def _auto_plan(
         if tuple(tile) in plans:
             continue
         plans[tuple(tile)] = plan = _plan(config, image_shape, tuple(tile), overlap, batch_size, budget, dtype)
-        if estimate_tile_memory(config, tile, 1, dtype) > budget and plan.memory_bytes > budget:
+        if estimate_tile_memory(config, tile, 1, dtype, threads=_PLAN_THREADS) > budget and plan.memory_bytes > budget:
             break  # larger tiles need more memory still (a plan may use a smaller tile than asked)
     fitting = [p for p in plans.values() if p.memory_bytes <= budget]
     if not fitting:
@@ -342,6 +352,145 @@ def plan_tiles(
     return _auto_plan(config, image_shape, overlap, batch_size, budget, dtype)
 
 
+RUNTIME_BYTES = 48 << 20
+"""What a process adds when it first predicts, beyond the tensors: oneDNN's generated kernels and
+primitive cache, torch's thread pool, zarr's and the codecs' buffers (measured: 20-40 MiB)."""
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Estimated peak bytes of one prediction (`estimate_memory`) **on top of the process as it
+    is when the prediction starts**: the Python interpreter, torch and the other libraries, the
+    model's weights and an image already in memory are that baseline, not part of the estimate
+    (the CLI measures the baseline and prints both). The parts are not all alive at once; the
+    peak (`total`) is what is held throughout (the result, the input batch, oneDNN's scratchpad,
+    a block whose tiles span batches, `runtime`, `weights`) plus the largest of three phases:
+    the forward pass (with the previous batch's prediction still referenced), reading a tile
+    window, and finishing a block (the batch's prediction, the block's float buffer, its
+    conversion to the output type and its encoding)."""
+
+    tiles: int
+    """The forward pass over one batch of tiles, the input batch and oneDNN's scratchpad
+    included (`estimate_tile_memory`)."""
+    predictions: int
+    """A batch of the network's outputs held beside the next pass (and its probabilities when
+    same padding blends them)."""
+    reads: int
+    """Reading one tile window: the input chunks it touches, decoded whole, and its copies."""
+    blocks: int
+    """One output block being finished: its float buffer, the conversion and the encoded chunk."""
+    result: int
+    """The result allocated in memory (none when writing into `out`)."""
+    runtime: int
+    """oneDNN's kernels, torch's threads, I/O buffers: `RUNTIME_BYTES`."""
+    weights: int
+    """Weights not loaded yet (a CLI dry run without weights), else 0."""
+    total: int
+    """The estimated peak on top of the baseline."""
+
+    def summary(self) -> str:
+        parts = [
+            ("tiles", self.tiles),
+            ("predictions", self.predictions),
+            ("input reads", self.reads),
+            ("output blocks", self.blocks),
+            ("result", self.result),
+            ("runtime", self.runtime),
+            ("weights", self.weights),
+        ]
+        return ", ".join(f"{name} {format_bytes(n)}" for name, n in parts if n)
+
+
+def _block_pixels(plan: TilePlan, block_shape: Sequence[int] | None, in_place_same: bool) -> tuple[int, int]:
+    """(pixels of the largest output block, most tiles it needs) as `prepare` lays the blocks out."""
+    from .geometry import axis_blocks, default_block_shape  # geometry builds on this module
+
+    if in_place_same:
+        block = plan.image_shape
+    else:
+        block = tuple(block_shape) if block_shape is not None else default_block_shape(plan)
+    pixels, tiles = 1, 1
+    for a, length in enumerate(block):
+        layout = axis_blocks(plan, a, length)
+        pixels *= max(hi - lo for lo, hi in itertools.pairwise(layout.bounds))
+        tiles *= max(len(r) for r in layout.tiles)
+    return pixels, tiles
+
+
+def estimate_memory(
+    model: UNetConfig | nn.Module,
+    plan: TilePlan,
+    *,
+    images: int = 1,
+    output_type: OutputType = "logits",
+    dtype: torch.dtype = torch.float32,
+    allocate_result: bool = True,
+    read_bytes: int = 0,
+    chunked_input: bool = False,
+    encoded_output: bool = False,
+    block_shape: int | Sequence[int] | None = None,
+    channels_last: bool = False,
+    threads: int | None = None,
+    weights_loaded: bool = True,
+) -> MemoryEstimate:
+    """The peak bytes `predict_tiled` needs for `images` images planned as `plan`, on top of the
+    process as it is when it starts (`MemoryEstimate`): the forward pass of one batch of
+    min(batch_size, images * tiles) tiles (`tile_memory`), the result it allocates
+    (`allocate_result`, i.e. no `out=` array; in `output_type`'s dtype), `read_bytes` (what reading
+    one tile window decodes: `ArraySource.read_bytes`) and the window's copies (`chunked_input`:
+    read from an array-like, cast and mirrored), the output blocks (`block_shape`, default as
+    `predict_tiled` lays them out; `encoded_output`: written into a zarr array, which encodes each
+    chunk), `RUNTIME_BYTES` and, unless `weights_loaded`, the weights. `channels_last` and
+    `threads` as in `tile_memory`. Measured against whole runs of `unetgen predict`
+    (benchmarks/predict_memory.py): the printed baseline plus this bounds the peak RSS within
+    25% with glibc's mmap threshold fixed, as the CLI fixes it (docs/large-images.md)."""
+    config = config_of(model)
+    images = positive_int("images", images)
+    dtype = float_dtype(dtype)
+    item = dtype.itemsize
+    batch = min(plan.batch_size, images * plan.num_tiles)
+    tm = tile_memory(config, plan.tile_input, batch, dtype, channels_last=channels_last, threads=threads)
+    c_out = config.out_channels
+    blended = plan.padding == "same" and output_type != "logits"
+    in_place = allocate_result and output_type == "logits"
+    pixels = images * math.prod(plan.image_shape)
+    final = output_dtype(output_type, c_out, dtype).itemsize
+    result = pixels * (1 if output_type in ("labels", "instances") else c_out) * final if allocate_result else 0
+    shape = (
+        None
+        if block_shape is None
+        else positive_ints("block_shape", block_shape, len(plan.image_shape), broadcast=True)
+    )
+    block_px, block_tiles = _block_pixels(plan, shape, in_place and plan.padding == "same")
+    one_tile = c_out * math.prod(plan.tile_output) * item
+    buffer = 0 if in_place else c_out * block_px * item  # a block of logits in a tensor result is the result itself
+    match output_type:
+        case "labels":
+            conversion = block_px * (8 if c_out > 1 else 1) + block_px * final  # argmax's int64, then the labels
+        case "probabilities":
+            conversion = 0 if blended else c_out * block_px * item
+        case _:
+            conversion = 0
+    encoded = 2 * block_px * (1 if output_type in ("labels", "instances") else c_out) * final if encoded_output else 0
+    blocks = buffer + conversion + encoded + 2 * one_tile  # a tile's share, weighted (same padding)
+    window = config.in_channels * math.prod(plan.tile_input) * item
+    reads = read_bytes + (3 if chunked_input else 2) * window
+    predictions = tm.output * (2 if blended else 1)
+    weights = 0 if weights_loaded else costs.count_parameters(config) * item
+    held = result + tm.input + tm.scratchpad + (buffer if block_tiles > 1 else 0) + RUNTIME_BYTES + weights
+    phases = (tm.peak - tm.input + predictions, reads, predictions + blocks)
+    return MemoryEstimate(
+        tiles=tm.total,
+        predictions=predictions,
+        reads=reads,
+        blocks=blocks,
+        result=result,
+        runtime=RUNTIME_BYTES,
+        weights=weights,
+        total=held + max(phases),
+    )
+
+
 def check_memory(
     model: UNetConfig | nn.Module,
     plan: TilePlan,
@@ -352,34 +501,43 @@ def check_memory(
     memory_limit: int | None = None,
     allocate_result: bool = True,
     read_bytes: int = 0,
+    labelling_bytes: int = 0,
+    **options: object,
 ) -> int:
-    """The estimated bytes `predict_tiled` needs for `images` images planned as `plan`: one batch
-    of min(batch_size, images * tiles) tiles in flight (`estimate_tile_memory`) plus the result it
-    allocates (`allocate_result`, i.e. no `out=` array; in `output_type`'s dtype) plus
-    `read_bytes`, what reading one tile window decodes (the input chunks it touches, read whole:
-    `ArraySource.read_bytes`). Raises `ValueError` with the estimate when it exceeds
-    `memory_limit` (default `DEFAULT_MEMORY_LIMIT`, 16 GiB), before anything is allocated. Not
-    counted: the image (it already exists) and the output blocks in flight (those one batch of
-    tiles touches)."""
-    config = config_of(model)
+    """The estimated peak bytes `predict_tiled` needs for `images` images planned as `plan`, on
+    top of the process as it is (`estimate_memory`'s total; `options` are its other keywords).
+    Raises `ValueError` with the estimate when it exceeds `memory_limit` (default
+    `DEFAULT_MEMORY_LIMIT`, 16 GiB), before anything is allocated. Not counted: the image when
+    it is already in memory, the weights and the libraries (the process's baseline). `labelling_bytes`:
+    what turning class labels into instance labels holds (`unetgen.predict.instances.labelling_bytes`),
+    added to the peak."""
     limit = DEFAULT_MEMORY_LIMIT if memory_limit is None else positive_int("memory_limit", memory_limit)
-    images = positive_int("images", images)
-    dtype = float_dtype(dtype)
-    batch = min(plan.batch_size, images * plan.num_tiles)
-    tiles = estimate_tile_memory(config, plan.tile_input, batch, dtype)
-    pixels = images * math.prod(plan.image_shape)
-    result = 0
-    if allocate_result:
-        channels = 1 if output_type == "labels" else config.out_channels
-        result = pixels * channels * output_dtype(output_type, config.out_channels, dtype).itemsize
-    total = tiles + result + read_bytes
+    est = estimate_memory(
+        model,
+        plan,
+        images=images,
+        output_type=output_type,
+        dtype=dtype,
+        allocate_result=allocate_result,
+        read_bytes=read_bytes,
+        **options,  # type: ignore[arg-type]
+    )
+    total = est.total + labelling_bytes
     if total > limit:
+        batch = min(plan.batch_size, positive_int("images", images) * plan.num_tiles)
+        tiles, result = est.tiles + est.predictions, est.result
         fix = "use a smaller tile_size or batch_size"
         if result > tiles:
-            fix = "predict fewer images at once" + (", or output_type='labels'" if output_type != "labels" else "")
+            fix = "predict fewer images at once" + (
+                ", or output_type='labels'" if output_type not in ("labels", "instances") else ""
+            )
         if read_bytes > max(tiles, result):
             fix = "store the image in smaller chunks (tiles or strips about the tile's size)"
         reads = f"; input chunks decoded per tile: {format_bytes(read_bytes)}" if read_bytes else ""
+        if labelling_bytes:
+            reads += f"; instance labelling: {format_bytes(labelling_bytes)}"
+            if labelling_bytes > max(tiles, result, read_bytes):
+                fix = "write the instances to a .zarr output (labelled block by block), or use smaller blocks"
         raise ValueError(
             f"predicting needs about {format_bytes(total)} (tiles: {format_bytes(tiles)} for a batch of {batch} "
             f"tiles of {'x'.join(map(str, plan.tile_input))}; result: {format_bytes(result)}{reads}), more than "

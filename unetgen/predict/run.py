@@ -44,9 +44,10 @@ from tqdm import tqdm
 from ..reprs import short_repr
 from .geometry import AxisBlocks, AxisTiles, axis_blocks, axis_tiles, default_block_shape
 from .journal import Journal
-from .options import Blend, OutputType, config_of, is_int_tuple, output_dtype, positive_ints
+from .options import Blend, OutputType, check_min_size, config_of, is_int_tuple, output_dtype, positive_ints
 from .ownership import check_apart, check_folder, output_lock, storage_path
 from .plan import TilePlan, check_memory, plan_tiles
+from .preprocess import PREPARED, PreprocessingArg, prepare_input, spec_of
 from .sinks import Sink, check_out
 from .sources import ArraySource, TensorSource, open_source, spatial_shape
 
@@ -70,6 +71,9 @@ class Job:
     out_shape: tuple[int, ...]
     out_dtype: str
     image_dtype: str
+    preprocessing: dict[str, Any] | None = None
+    """The spec applied, the raw image's shape and dtype and the measured numbers (`facts` of a
+    prepared image); None when the image is used as it is."""
 
     @property
     def blocks_per_axis(self) -> tuple[int, ...]:
@@ -128,7 +132,8 @@ class Job:
 
     def fingerprint(self, model: nn.Module) -> str:
         """sha256 of everything the result depends on, the image's content aside: config, weights,
-        plan, blocks, options, image and output shapes and dtypes."""
+        plan, blocks, options, image and output shapes and dtypes, and the preprocessing applied
+        with its measured numbers (so a run resumed with another normalisation is refused)."""
         plan = self.plan
         h = hashlib.sha256()
         facts = dict(
@@ -145,6 +150,8 @@ class Job:
             out_dtype=self.out_dtype,
             image_dtype=self.image_dtype,
         )
+        if self.preprocessing is not None:  # absent without one: fingerprints of such runs as before
+            facts["preprocessing"] = self.preprocessing
         h.update(json.dumps(facts, sort_keys=True).encode())
         for name, tensor in sorted(model.state_dict().items()):
             h.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
@@ -176,7 +183,11 @@ def prepare(
     if blend not in ("gaussian", "constant"):
         raise ValueError(f"blend={short_repr(blend)} must be 'gaussian' or 'constant'")
     if output_type not in ("logits", "probabilities", "labels"):
-        raise ValueError(f"output_type={short_repr(output_type)} must be 'logits', 'probabilities' or 'labels'")
+        also = " (instances: predict_tiled, which labels the class labels it predicts)"
+        raise ValueError(
+            f"output_type={short_repr(output_type)} must be 'logits', 'probabilities' or 'labels'"
+            + (also if output_type == "instances" else "")
+        )
     try:
         target = None if device is None else torch.device(device)
     except (TypeError, ValueError, RuntimeError) as err:
@@ -221,7 +232,8 @@ def prepare(
         str(image.dtype).removeprefix("torch.") if isinstance(image, torch.Tensor) else str(np.dtype(image.dtype))
     )
     out_dtype = str(out.dtype).removeprefix("torch.") if isinstance(out, torch.Tensor) else str(np.dtype(out.dtype))
-    job = Job(plan, axes, blocks, images, batched, blend, output_type, tuple(out.shape), out_dtype, image_dtype)
+    facts = image.facts() if isinstance(image, PREPARED) else None
+    job = Job(plan, axes, blocks, images, batched, blend, output_type, tuple(out.shape), out_dtype, image_dtype, facts)
     return job, source, Sink(out, batched_out, in_place)
 
 
@@ -389,6 +401,8 @@ def predict_tiled(
     journal: str | os.PathLike[str] | None = None,
     callback: Callable[[int, tuple[int, ...]], None] | None = None,
     memory_limit: int | None = None,
+    preprocessing: PreprocessingArg = None,
+    min_size: int = 0,
 ) -> Any:
     """Predict an image of any size with a unetgen `UNet`, tile by tile (the overlap-tile strategy).
 
@@ -398,6 +412,16 @@ def predict_tiled(
     also be (*spatial). Array-likes are read one tile window at a time and checked for NaN and
     infinite values as they are read. The result is (out_channels, *spatial) or
     (N, out_channels, *spatial) (labels: without the channel axis): the image's own spatial size.
+
+    `preprocessing`: None (default) applies the model's own spec (`model.preprocessing`, which
+    `load_unet` sets from a checkpoint, model folder or bioimage.io package saved with one), False
+    none, a spec (`Preprocessing`, mapping or .json/.yaml file) that one. With a spec the image is
+    the raw image in the spec's `axes` layout (a leading image axis allowed), and
+    `unetgen.predict.preprocess.prepare_input` measures each image's statistics once (exact up to
+    `EXACT_VOXELS` voxels per channel, a bounded sample beyond) and normalises every tile window
+    with those numbers, in float32, whether the image is a tensor or read tile by tile; the
+    result's device is still the tensor's. A model without a spec (or False) predicts the image as
+    it is, as before. An image from `prepare_image`/`prepare_input` is used as it is.
 
     Valid padding: output tiles tile the image without overlap, each fed with the output tile
     plus the halo on every side, context outside the image mirrored (reflection without
@@ -409,8 +433,12 @@ def predict_tiled(
 
     `output_type`: "logits" (the model's output, its dtype), "probabilities" (softmax over the
     channels; sigmoid for one channel) or "labels" (argmax over the channels; logit > 0 for one
-    channel; uint8, or uint16 beyond 256 classes; no channel axis). Same padding blends the
-    tiles' probabilities (labels: the argmax of the blended probabilities, > 0.5 for one channel).
+    channel; uint8, or uint16 beyond 256 classes; no channel axis), or "instances" (the face-connected
+    components of the labels' foreground, every non-zero class; uint32 ids 1..n in raster order
+    of each object's first voxel, 0 background; objects of fewer than `min_size` voxels removed:
+    `unetgen.predict.instances`; a zarr `out` on a local disk is labelled block by block, equal to
+    the in-memory result). Same padding blends the tiles' probabilities (labels: the argmax of the
+    blended probabilities, > 0.5 for one channel).
 
     `out`: where to write the result, a writable array of the result's shape (a tensor, a NumPy
     array or memmap, a zarr array: `unetgen.arrays.create_output` makes one with aligned chunks);
@@ -451,8 +479,22 @@ def predict_tiled(
     `progress` is on and stderr is a terminal.
     """
     options = dict(tile_size=tile_size, batch_size=batch_size, overlap=overlap, memory_budget=memory_budget)
+    check_min_size(min_size, output_type)
     if out is not None:
         check_apart(image, out)
+    spec = spec_of(model, preprocessing)
+    if spec is not None and not isinstance(image, PREPARED):
+        if device is None and isinstance(image, torch.Tensor):
+            device = image.device  # the result where it would be without a spec
+        image = prepare_input(config_of(model), image, spec)  # lazy: windows normalised as read
+    if output_type == "instances":
+        from .instances import predict_instances
+
+        return predict_instances(
+            model, image, out=out, min_size=min_size, plan_options=options, blend=blend, block_shape=block_shape,
+            device=device, memory_limit=memory_limit, resume=resume, journal=journal, callback=callback,
+            progress=progress,
+        )  # fmt: skip
     job, source, sink = prepare(
         model,
         image,

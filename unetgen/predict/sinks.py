@@ -85,6 +85,10 @@ def check_out(out: Any, shape: tuple[int, ...], output_type: OutputType, out_cha
     else:
         kind, top = np.dtype(out.dtype).kind, None
         top = np.iinfo(out.dtype).max if kind in "iu" else None
+    if output_type == "instances":
+        if kind not in "iu" or top is None or top < (1 << 31) - 1:
+            raise ValueError(f"out of dtype {out.dtype} cannot hold instance labels: use uint32")
+        return
     if output_type != "labels" and kind != "f":
         raise ValueError(f"out of dtype {out.dtype} cannot hold {output_type}: use a float dtype")
     if output_type == "labels" and (top is None or top < max(out_channels - 1, 1)):
@@ -108,7 +112,7 @@ def output_layout(
     _, batched, images = open_source(config, image, dtype)
     spatial = spatial_shape(config, image)
     plan = plan if plan is not None else plan_tiles(config, spatial, **options, dtype=dtype)
-    channels = () if output_type == "labels" else (config.out_channels,)
+    channels = () if output_type in ("labels", "instances") else (config.out_channels,)
     block = positive_ints(
         "block_shape", default_block_shape(plan) if block_shape is None else block_shape, len(spatial), broadcast=True
     )

@@ -22,6 +22,7 @@ from ..reprs import short_text
 from .axes import LaidOut, check_fit
 from .geometry import gather
 from .options import is_int_tuple
+from .preprocess import PREPARED
 
 __all__ = ["ArraySource", "TensorSource", "check_image", "open_source", "spatial_shape"]
 
@@ -103,7 +104,9 @@ class ArraySource:
     def read_bytes(self, tile_input: Sequence[int]) -> int:
         """The most bytes reading one tile window decodes: a chunked array (zarr, a TIFF's tiles or
         strips) reads every chunk the window touches whole (all channels, one image); 0 for arrays
-        read in place (NumPy, memory maps)."""
+        read in place (NumPy, memory maps); a prepared image (`prepare_input`) says its own."""
+        if isinstance(self.array, PREPARED):  # the raw read, the float window and its normalisation
+            return self.array.read_bytes(tile_input)
         chunks, shape = getattr(self.array, "chunks", None), tuple(self.array.shape)
         if not is_int_tuple(tuple(chunks) if isinstance(chunks, Sequence) else None) or len(chunks) != len(shape):
             return 0

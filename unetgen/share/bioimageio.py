@@ -451,7 +451,9 @@ def _place(root: Path, target: Path) -> Path:
         return target
     with atomic.replacing(target) as out, zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED) as z:
         for f in sorted(root.iterdir()):  # an exclusive temporary beside the target, renamed onto it
-            z.write(f, f.name)
+            # weights are stored: deflate gains ~7 % on float weights and took 17 s for the paper's 124 MB
+            stored = f.suffix in (".pt", ".onnx")
+            z.write(f, f.name, compress_type=zipfile.ZIP_STORED if stored else None)
     return target
 
 
