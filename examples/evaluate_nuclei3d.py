@@ -9,8 +9,8 @@ The training held out the last 30 % of the x axis (18 of 57 columns); the scores
 IoU and object F1 at IoU 0.5 (`unetgen.train.metrics`) on those columns. Otsu's threshold is taken
 over the whole raw stack (as a user would), on the raw values and after a Gaussian blur of 1 pixel
 (0.5 along z). The model predicts the raw stack with the preprocessing stored in its checkpoint
-(`predict_tiled` on `preprocess(raw, model.preprocessing)`); `--prediction` scores a labels file
-written by `unetgen predict --output-type labels` too.
+(`predict_tiled` applies `model.preprocessing`); `--prediction` scores a labels file written by
+`unetgen predict CHECKPOINT --input examples/data/nuclei3d_image.tif --output-type labels` too.
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ import torch
 from scipy import ndimage
 
 from unetgen import load_unet, predict_tiled
-from unetgen.predict.preprocess import preprocess
 from unetgen.train.metrics import object_scores
 
 DATA = Path(__file__).parent / "data"
@@ -67,10 +66,9 @@ def main() -> None:
     t = otsu(blurred)
     print(f"| Otsu after a Gaussian blur | {scores((blurred > t)[held], labels[held])} |")
     model = load_unet(args.checkpoint)
-    x = torch.from_numpy(preprocess(raw, model.preprocessing))
-    with torch.no_grad():
-        fg = predict_tiled(model, x, progress=False).argmax(0).numpy() == 1
-    print(f"| unetgen train (stored preprocessing, predict_tiled) | {scores(fg[held], labels[held])} |")
+    with torch.no_grad():  # predict_tiled applies the preprocessing stored in the checkpoint
+        fg = predict_tiled(model, raw, progress=False).argmax(0).numpy() == 1
+    print(f"| unetgen train, predict_tiled (stored preprocessing) | {scores(fg[held], labels[held])} |")
     if args.prediction:
         predicted = np.load(args.prediction)
         print(f"| unetgen predict {Path(args.prediction).name} | {scores((predicted == 1)[held], labels[held])} |")

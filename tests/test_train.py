@@ -27,7 +27,6 @@ from unetgen.checkpoint import checkpoint_metadata, checkpoint_preprocessing
 from unetgen.cli import main
 from unetgen.config.io import ConfigError
 from unetgen.config.training import SCHEMA_PATH, LoadedTraining, TrainingConfig, load_training, schema_text
-from unetgen.predict.preprocess import preprocess
 from unetgen.train import Outputs, read_state, train
 from unetgen.train.metrics import class_scores, object_scores
 
@@ -194,7 +193,7 @@ def test_cli_simple_form_trains_and_writes_everything(tmp_path: Path, capsys: py
     # the validation of the held-out quarter scores what the whole image's prediction gives there
     net = load_unet(paths.last)
     with torch.no_grad():
-        whole = predict_tiled(net, torch.from_numpy(preprocess(image, spec)), progress=False).argmax(0).numpy()
+        whole = predict_tiled(net, image, progress=False).argmax(0).numpy()  # applies the stored spec
     cut = 64 - 16
     fg, truth = whole[:, cut:] == 1, labels[:, cut:] > 0
     iou = (fg & truth).sum() / (fg | truth).sum() if (fg | truth).any() else 1.0

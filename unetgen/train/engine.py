@@ -342,7 +342,9 @@ def _validate(
     net.eval()
     with torch.no_grad():
         for s in data.validation:
-            logits = predict_tiled(net, torch.from_numpy(s.image), tile_size=patch, progress=False, device=device)
+            logits = predict_tiled(
+                net, torch.from_numpy(s.image), tile_size=patch, progress=False, device=device, preprocessing=False
+            )  # the images are normalised already
             pred = logits.argmax(0).cpu().numpy()
             index = [slice(None)] * pred.ndim
             if data.split_axis is not None:
