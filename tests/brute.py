@@ -33,14 +33,23 @@ def simulate(config: UNetConfig, size: int, axis: int = 0) -> int | None:
     skips = []
     x = size
     if config.stem:  # one conv with level 0's kernel before level 0
+        if per_level(config.blocks_per_level, 0) == 0 and first_conv:  # the stem alone: it strides
+            x = -(-x // stem)
         x -= ks[0] - 1 if shrink else 0
         if x < 1:
             return None
+    bottleneck = config.block.type == "residual" and config.block.bottleneck  # only the middle conv is k x k
     for level in range(config.depth + 1):
-        for j in range(per_level(config.blocks_per_level, level) * per_level(config.convs_per_block, level)):
-            if first_conv and j == 0:
+        pooled = first_conv and config.down.first_step == "max_pool" and level == 1
+        if pooled:  # ResNet's stem pool: kernel 2s - 1, padding s - 1: ceil(x / s) outputs
+            x = -(-x // ss[0])
+        convs = per_level(config.convs_per_block, level)
+        for j in range(per_level(config.blocks_per_level, level) * convs):
+            if first_conv and j == 0 and not pooled:
                 s = stem if level == 0 else ss[level - 1]
                 x = -(-x // s)  # a strided conv padded by k // 2: ceil(x / s) outputs
+            if bottleneck and j % convs != 1:  # a 1x1 conv
+                continue
             x -= ks[level] - 1 if shrink else 0
             if x < 1:
                 return None
@@ -56,8 +65,18 @@ def simulate(config: UNetConfig, size: int, axis: int = 0) -> int | None:
         if skips[level] < x or (skips[level] - x) % 2:
             return None
         k = ks[level + 1] if config.decoder_kernel == "level_below" else ks[level]
-        for _ in lay.decoder[level].channels:
+        dec = config.decoder_block or config.block
+        for j, _ in enumerate(lay.decoder[level].channels):
+            if dec.type == "residual" and dec.bottleneck and j % 3 != 1:  # a 1x1 conv
+                continue
             x -= k - 1 if shrink else 0
             if x < 1:
                 return None
-    return x
+    if config.head.type == "transpose":  # up-sampled by the stem stride: the input's resolution
+        return x * stem
+    if config.head.type == "upsample":  # up-sampled by the stem stride, then convs with decoder level 0's kernel
+        x *= stem
+        k = ks[1] if config.decoder_kernel == "level_below" else ks[0]
+        x -= (k - 1) * len(config.head.channels) if shrink else 0
+    x -= config.head.kernel_size - 1 if shrink else 0
+    return x if x >= 1 else None

@@ -131,13 +131,76 @@ def config_dicts(
             out["stem_stride"] = draw(st.sampled_from([2, 3]) | per_axis)
     if depth > 1:
         out["deep_supervision"] = draw(st.lists(st.integers(1, depth - 1), unique=True, max_size=2))
+    if draw(st.integers(0, 2)) == 0:
+        out |= draw(monai_options(out))
     blocks = [out["block"], out.get("decoder_block")]
     projecting = any(isinstance(b, dict) and b.get("shortcut") == "input_projection" for b in blocks)
-    if out["down"] == "first_conv" and projecting:
+    down = out["down"] if isinstance(out["down"], str) else out["down"]["type"]
+    if down == "first_conv" and projecting:
         out["block"], out["decoder_block"] = "residual", None  # input_projection runs unstrided
     if out["norm_position"] == "before_conv" and any(isinstance(b, dict) and b.get("preactivation") for b in blocks):
         out["norm_position"] = "before_activation"  # pre-activation blocks normalise before the conv already
     return out
+
+
+MONAI_BLOCK = {"type": "residual", "shortcut": "conv", "last_activation": "before_sum"}
+
+
+@st.composite
+def monai_options(draw: st.DrawFn, out: dict[str, Any]) -> dict[str, Any]:
+    """The options MONAI's UNet and AttentionUnet need, over a drawn config `out`: decoder levels
+    of no conv (plain decoder blocks), a bottleneck at the deepest level's resolution, a conv or
+    transposed head, residual units after up-sampling, MONAI's residual unit, gate options and the
+    decoder blocks' own norm and activation."""
+    depth, d, same = out["depth"], out["spatial_dims"], out["padding"] == "same"
+    extra: dict[str, Any] = {"block": draw(st.sampled_from([out["block"], MONAI_BLOCK]))}
+    decoder = out.get("decoder_block") or extra["block"]
+    if decoder == "plain" and draw(st.booleans()):
+        extra["decoder_convs_per_block"] = draw(
+            st.just(0) | st.lists(st.integers(0, 1), min_size=depth, max_size=depth)
+        )
+    if out["merge"] != "add" and draw(st.booleans()):  # the last stride 1: no resampling around the bottleneck
+        extra["strides"] = [[2] * d] * (depth - 1) + [[1] * d]
+        extra["resample_bottleneck"] = False
+    heads = ["conv", {"type": "conv", "kernel_size": 3}, "transpose", {"type": "transpose", "kernel_size": 1}]
+    if same:
+        heads.append({"type": "transpose", "norm_act": True, "residual_unit": True})
+        if draw(st.booleans()):
+            extra["up"] = {"type": "transpose", "kernel_size": 3, "norm_act": True, "residual_unit": True}
+    extra["head"] = draw(st.sampled_from(heads))
+    if out["merge"] == "attention":
+        extra["merge"] = {"type": "attention", "psi_norm": draw(st.booleans()), "branch_order": "gate_first"}
+    if draw(st.booleans()):
+        extra["decoder_norm"] = draw(st.sampled_from(["none", "batch", {"type": "group", "num_groups": 1}]))
+        extra["decoder_activation"] = draw(st.sampled_from(["relu", "prelu", "elu"]))
+    if draw(st.booleans()):  # segmentation_models_pytorch's ResNet U-Net
+        extra |= draw(resnet_options({**out, **extra}))
+    return extra
+
+
+@st.composite
+def resnet_options(draw: st.DrawFn, out: dict[str, Any]) -> dict[str, Any]:
+    """ResNet encoders (smp's Unet): the stem alone at level 0 (carrying the stem stride), the
+    stem pool, bottleneck units, and a head that up-samples and convolves."""
+    depth, extra = out["depth"], {}
+    if draw(st.booleans()):
+        extra["stem"] = True
+        units = out.get("blocks_per_level", 1)
+        units = units if isinstance(units, list) else [units] * (depth + 1)
+        extra["blocks_per_level"] = [0, *units[1:]]
+    if out["down"] == "first_conv" and draw(st.booleans()):
+        extra["down"] = {"type": "first_conv", "first_step": "max_pool"}
+    if draw(st.booleans()):
+        extra["block"] = {"type": "residual", "bottleneck": True}
+        extra["convs_per_block"] = 3
+        if "channels" in out:  # one width per level: the three convs share it
+            extra["channels"] = [c if isinstance(c, int) else c[-1] for c in out["channels"]]
+        if out.get("decoder_block") is None:  # else the decoder would have bottleneck units too
+            extra["decoder_block"] = "plain"
+    if draw(st.booleans()):
+        widths = draw(st.lists(st.sampled_from([2, 4]), max_size=2))
+        extra["head"] = {"type": "upsample", "channels": widths, "kernel_size": draw(st.sampled_from([1, 3]))}
+    return extra
 
 
 def configs(**kwargs: Any) -> st.SearchStrategy[UNetConfig]:

@@ -32,10 +32,14 @@ def wide_configs(draw: st.DrawFn, *, instance_norm: bool = True) -> UNetConfig:
         d["channels"] = [draw(st.lists(width, min_size=1, max_size=1)) * 2 for _ in range(depth + 1)]
         d["convs_per_block"] = 2
         d.pop("base_channels", None), d.pop("channel_multiplier", None)
+        if isinstance(d["block"], dict) and d["block"].get("bottleneck"):  # three convs per unit
+            d["block"] = "residual"
     d["decoder_convs_per_block"] = draw(st.lists(st.integers(1, 2), min_size=depth, max_size=depth))
     if depth > 1:
         d["deep_supervision"] = draw(st.lists(st.integers(1, depth - 1), max_size=1))
     d["strides"] = [draw(st.lists(st.integers(1, 2), min_size=dims, max_size=dims)) for _ in range(depth)]
+    if not d.get("resample_bottleneck", True):  # the bottleneck at the deepest level's resolution: last stride 1
+        d["strides"][-1] = [1] * dims
     return UNetConfig.model_validate(d)
 
 

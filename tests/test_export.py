@@ -14,6 +14,23 @@ from small import small_presets
 from unetgen import UNetConfig, build_unet, output_shape
 from unetgen.export import example_input, to_onnx, to_torchscript
 
+MONAI_UNET = {  # MONAI's UNet with num_res_units=2 and AttentionUnet's gate and decoder norm
+    "depth": 2, "channels": [2, 3, 4], "strides": [[2, 2], [1, 1]], "stem_stride": 2, "resample_bottleneck": False,
+    "padding": "same", "down": "first_conv", "decoder_convs_per_block": 0, "norm": "batch", "activation": "prelu",
+    "block": {"type": "residual", "shortcut": "conv", "last_activation": "before_sum"}, "decoder_block": "plain",
+    "up": {"type": "transpose", "kernel_size": 3, "norm_act": True, "residual_unit": True},
+    "head": {"type": "transpose", "norm_act": True, "residual_unit": True},
+    "merge": {"type": "attention", "psi_norm": True, "branch_order": "gate_first"}, "decoder_norm": "instance",
+}  # fmt: skip
+RESNET_UNET = {  # segmentation_models_pytorch's Unet with a ResNet-50-style encoder
+    "depth": 2, "channels": [4, [2, 2, 4], [2, 2, 6]], "blocks_per_level": [0, 1, 2], "convs_per_block": 3,
+    "stem": True, "stem_stride": 2, "kernel_size": [7, 3, 3], "down": {"type": "first_conv", "first_step": "max_pool"},
+    "padding": "same", "norm": "batch", "block": {"type": "residual", "bottleneck": True}, "decoder_block": "plain",
+    "decoder_channels": [3, 4], "decoder_convs_per_block": 2, "decoder_kernel": "level_below",
+    "up": {"type": "nearest", "conv": "when_channels_change"}, "up_channels": "keep",
+    "merge": {"type": "concat", "order": "up_first"},
+    "head": {"type": "upsample", "channels": [2, 2], "kernel_size": 3},
+}  # fmt: skip
 VARIANTS = {
     "residual-attention-linear-2d": {
         "depth": 2,
@@ -70,6 +87,8 @@ VARIANTS = {
         "norm": "instance",
     },
     "add-1d": {"spatial_dims": 1, "depth": 3, "base_channels": 2, "merge": "add", "up": "linear", "out_channels": 3},
+    "monai-unet-2d": MONAI_UNET,
+    "resnet-unet-2d": RESNET_UNET,
 }
 CASES = {**{f"preset:{k}": v for k, v in small_presets().items()}, **VARIANTS}
 

@@ -320,13 +320,6 @@ def test_nnunet_refusals() -> None:
         convert(nn.Sequential(nn.Conv2d(1, 1, 3)))
 
 
-def test_monai_unet_is_refused_with_the_reason() -> None:
-    nets = pytest.importorskip("monai.networks.nets")
-    peer = nets.UNet(2, 1, 2, channels=(4, 8, 16), strides=(2, 2))
-    with pytest.raises(UnsupportedModelError, match="merges at the coarse resolution"):
-        convert(peer)
-
-
 def test_nnunet_strided_first_stage_round_trip() -> None:
     """strides[0] != 1 (output at reduced resolution): stem_stride, both ways."""
     unet = pytest.importorskip("dynamic_network_architectures.architectures.unet")

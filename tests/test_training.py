@@ -208,7 +208,8 @@ def _copyable(raw: dict) -> UNetConfig:
         "down": "avg",
         "up": "transpose",
     }
-    for key in ("up_channels", "stem", "stem_stride", "blocks_per_level", "decoder_block", "norm_position"):
+    for key in ("up_channels", "stem", "stem_stride", "blocks_per_level", "decoder_block", "norm_position", "head",
+                "decoder_norm", "decoder_activation"):  # fmt: skip
         raw.pop(key, None)
     return UNetConfig.model_validate(raw)
 

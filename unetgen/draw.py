@@ -55,6 +55,8 @@ from .config.options import (
     ChannelSpatialExcitation,
     Concat,
     ConvDown,
+    ConvHead,
+    FirstConvDown,
     GroupNorm,
     InstanceNorm,
     LayerNorm,
@@ -68,7 +70,9 @@ from .config.options import (
     ResidualBlock,
     SiLU,
     SpatialExcitation,
+    TransposeHead,
     TransposeUp,
+    UpsampleHead,
 )
 from .config.unet_config import UNetConfig
 from .reprs import short_path
@@ -304,11 +308,11 @@ def _role(op: Op) -> str:
     match op:
         case Pool(part="down") | Conv(part="down"):
             return "pool"
-        case Conv(part="head"):
+        case Op(part="head"):  # a conv, or a sum (`head: {type: transpose, residual_unit: true}`)
             return "head"
         case Conv(part="aux"):
             return "aux"
-        case Conv(transposed=True) | Interpolate() | Shuffle() | Pool(part="up") | Resize():
+        case Conv(transposed=True) | Interpolate() | Shuffle() | Pool(part="up") | Resize() | Sum(part="up"):
             return "up"
         case Conv():
             return "map"
@@ -400,6 +404,20 @@ def _activation_text(option: object) -> str:
             raise TypeError(f"draw_unet has no legend entry for activation {type(other).__name__}; add one")
 
 
+def _head_text(config: UNetConfig) -> str:
+    """The output layer's legend entry (`head`)."""
+    match config.head:
+        case ConvHead(kernel_size=k):
+            return f"conv {k}x{k} (output)" if k > 1 else "conv 1x1 (output)"
+        case TransposeHead(kernel_size=k, norm_act=norm_act, residual_unit=unit):
+            extra = (", norm, activation" if norm_act else "") + (", plus a conv of itself" if unit else "")
+            return f"transposed conv {k}x{k} by the stem stride{extra} (output)"
+        case UpsampleHead(channels=widths, kernel_size=k):
+            convs = f", {len(widths)} conv(s) with norm and activation" if widths else ""
+            return f"up-sampling by the stem stride{convs}, conv {k}x{k} (output)"
+    raise TypeError(f"draw_unet has no legend entry for head {type(config.head).__name__}; add one")
+
+
 def _legend(net: _Net, compacted: bool) -> list[tuple[str, str]]:
     """(glyph, text) pairs; glyph is an arrow kind, 'box:<role>', 'residual', 'dropout', 'gate',
     'plus', 'excite' or 'note'. Only what the network computes: an entry per kind of op it runs."""
@@ -409,7 +427,7 @@ def _legend(net: _Net, compacted: bool) -> list[tuple[str, str]]:
         *_merge_items(net),
         ("down", _down_text(net, size, each)),
         ("up", _up_text(net, size, factor, each)),
-        ("head", "conv 1x1 (output)"),
+        ("head", _head_text(net.config)),
     ]
     if net.find("aux"):
         items.append(("aux", "conv 1x1 auxiliary output (deep supervision, training only)"))
@@ -433,11 +451,13 @@ def _stride_words(config: UNetConfig) -> tuple[str, str, str]:
 def _block_text(net: _Net) -> str:
     """The block's conv (its kernel per level), norm and activation, in the order the first conv
     of level 0 and the layers around it run."""
-    kernels = [net.find(net.block(i), level=i, kind=Conv)[0].kernel for i in range(net.config.depth + 1)]
+    found = [net.find(net.block(i), level=i, kind=Conv) for i in range(net.config.depth + 1)]
+    kernels = [convs[0].kernel for convs in found if convs]  # none at level 0 when it is the stem alone
+    first = next(i for i, convs in enumerate(found) if convs)
     padding = " (no padding)" if net.config.padding == "valid" else " (zero padding)"
     conv = f"conv {_per_level(kernels, 'level')[0]}{padding}"
     steps: list[str] = []
-    for op in net.find(net.block(0), level=0):
+    for op in net.find(net.block(first), level=first):
         match op:
             case Conv(row=str()) if conv in steps:
                 break  # the block's next conv
@@ -488,6 +508,9 @@ def _down_text(net: _Net, size: str, each: str) -> str:
             return f"average pool{size} (kernel = stride{each})"
         case ConvDown():
             return f"strided conv{size} (kernel = stride{each})"
+        case FirstConvDown():  # `first_step: max_pool`: ResNet's stem pool, then strided first convs
+            pool = f"max pool{size} (kernel 2*stride-1, padding stride-1)"
+            return f"{pool}, then stride in the first conv of each level below"
         case other:
             raise TypeError(f"draw_unet has no legend entry for down {type(other).__name__}; add one")
 
@@ -618,10 +641,11 @@ def draw_unet(config: ConfigSource, input_shape: Sequence[int] | int | None = No
     config = load_config(config)
     ops = network_ops(config)
     bottleneck = [op for op in ops if op.part == "bottleneck" and op.row is not None]
-    if not any(op.part == "down" for op in ops) and len(bottleneck) < 2:
+    if not any(op.part == "down" and op.level == config.depth for op in ops) and len(bottleneck) < 2:
         raise ValueError(
-            "draw_unet needs two or more conv maps in the bottleneck with down='first_conv' (the down "
-            "arrow ends at the first, the up arrow leaves from the last, and no pooled map sits between); "
+            "draw_unet needs two or more conv maps in the bottleneck with down='first_conv' or "
+            "resample_bottleneck=false (the down arrow ends at the first, the up arrow leaves from the last, "
+            "and no pooled map sits between); "
             "draw it with 2 convs in the bottleneck (convs_per_block or blocks_per_level)"
         )
     shape = _input_shape(config, input_shape)
@@ -724,7 +748,8 @@ def _levels(net: _Net, cap: int) -> tuple[list[list[_Unit]], list[list[_Unit]]]:
         convs = _conv_units(net, net.rows(i, net.block(i)), cap)
         if not firsts:  # `down: first_conv`: the down arrow ends at the first (strided) conv map
             convs[0].boxes[0].label_right = True  # its label moves right of the arrow
-        convs[-1].boxes[0].dashed = i in enc_drop
+        if convs:  # none: level 0 is the stem alone (`blocks_per_level: [0, ...]`)
+            convs[-1].boxes[0].dashed = i in enc_drop
         enc.append([*firsts, *convs])
     dec = [_decoder_level(net, i, cap, dec_drop) for i in range(depth)]
     # the maps the up-sampling arrows leave from: their labels move right of the arrow
@@ -735,10 +760,11 @@ def _levels(net: _Net, cap: int) -> tuple[list[list[_Unit]], list[list[_Unit]]]:
 
 def _decoder_level(net: _Net, i: int, cap: int, dropout: bool) -> list[_Unit]:
     """The pair of the (cropped) copy and the up-sampled map, the block's convs, the heads."""
-    [up], [merged] = net.rows(i, "up"), net.rows(i, "merge")
+    ups, [merged] = net.rows(i, "up"), net.rows(i, "merge")
     [crop] = net.find("merge", level=i, kind=Crop)
     copy = _Box(_box_width(crop.out_channels), 0, net.shape(crop.index), None, "copy")
-    upbox = _Box(_box_width(up.out_channels), 0, net.shape(up.index), None, _role(up), size_label=False)
+    up = ups[0] if ups else net.ops[crop.inputs[1]]  # none: the bottleneck's map as it is (same resolution)
+    upbox = _Box(_box_width(up.out_channels), 0, net.shape(up.index), None, "up", size_label=False)
     gap = 14.0 if isinstance(merged, Sum) else 0.0  # room for the circled plus
     units = [_Unit([copy, upbox], merged.out_channels, inner_gap=gap)]
     units += _conv_units(net, net.rows(i, "decoder"), cap)
@@ -785,12 +811,14 @@ def _columns(enc: list[list[_Unit]], dec: list[list[_Unit]], centres: list[float
 
 
 def _last_map(units: list[_Unit]) -> int:
-    """The index of a row's last conv map (before the auxiliary and output heads)."""
-    return max(k for k, u in enumerate(units) if u.boxes[0].role == "map")
+    """The index of a row's last conv map (before the auxiliary and output heads); a decoder level
+    of no conv: 0, its merged pair."""
+    return max((k for k, u in enumerate(units) if u.boxes[0].role == "map"), default=0)
 
 
 def _last_conv(units: list[_Unit]) -> _Box:
-    return units[_last_map(units)].boxes[0]
+    """The last conv map of a row (of a decoder level of no conv: the up-sampled map of its pair)."""
+    return units[_last_map(units)].boxes[-1]
 
 
 def _place_decoder(dec: list[list[_Unit]], enc: list[list[_Unit]], centres: list[float], depth: int) -> None:

@@ -491,7 +491,7 @@ def elastic_deform(
     weights: np.ndarray,
     rng: np.random.Generator,
     *,
-    sigma: float = 10.0,
+    sigma: float | Sequence[float] = 10.0,
     points: int = 3,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The paper's augmentation: random displacement vectors on a coarse `points` x `points` grid,
@@ -499,7 +499,8 @@ def elastic_deform(
     cubic B-splines (bicubic); the image is resampled with cubic, the label image with nearest
     (order 0) and the weight map with linear interpolation, all with the same displacement and
     mirrored borders. `image` is (C, *spatial), `target` and `weights` (*spatial), 1D to 3D;
-    `rng` a `numpy.random.Generator`; `sigma` a finite number >= 0; `points` an int >= 1 whose
+    `rng` a `numpy.random.Generator`; `sigma` a finite number >= 0, or one per spatial axis (for
+    anisotropic data: smaller along a coarsely sampled axis); `points` an int >= 1 whose
     grid (``points**dims``) has at most as many points as the image has pixels. A bad argument is
     a `ValueError` naming it."""
     image, target, weights = _array(image, "image"), _array(target, "target"), _array(weights, "weights")
@@ -511,9 +512,20 @@ def elastic_deform(
         )
     if not isinstance(rng, np.random.Generator):
         raise ValueError(f"rng={short_repr(rng)} must be a numpy.random.Generator, e.g. np.random.default_rng(0)")
-    sigma = as_real("sigma", sigma, minimum=0)
+    per_axis = not (isinstance(sigma, (str, bytes)) or not hasattr(sigma, "__len__") or getattr(sigma, "ndim", 1) == 0)
+    if per_axis and len(sigma) != len(spatial):
+        raise ValueError(
+            f"sigma={short_repr(sigma)} has {len(sigma)} values but the image has {len(spatial)} spatial axes; "
+            "give one number for every axis or one per axis"
+        )
+    sigmas = [as_real(f"sigma[{i}]", s, minimum=0) for i, s in enumerate(sigma)] if per_axis else None
+    sigma = 0.0 if per_axis else as_real("sigma", sigma, minimum=0)
     points = as_count("points", points, minimum=1, maximum=_grid_limit(target.size, target.ndim))
-    coarse = rng.normal(0.0, sigma, size=(len(spatial), *(points,) * len(spatial)))
+    grid = (len(spatial), *(points,) * len(spatial))
+    if sigmas is None:
+        coarse = rng.normal(0.0, sigma, size=grid)
+    else:  # numpy's normal(0, s) is s * standard normal: per-axis sigmas scale one draw
+        coarse = rng.normal(0.0, 1.0, size=grid) * np.asarray(sigmas).reshape(-1, *(1,) * len(spatial))
     at = np.meshgrid(*(np.linspace(0, points - 1, n) for n in spatial), indexing="ij")
     shift = [ndimage.map_coordinates(c, at, order=3, mode="nearest") for c in coarse]
     coords = [np.arange(n, dtype=float).reshape([-1 if a == b else 1 for b in range(len(spatial))]) + d

@@ -38,6 +38,7 @@ from ..config.options import (
     ChannelSpatialExcitation,
     Concat,
     ConvDown,
+    ConvHead,
     Dropout,
     Excitation,
     FirstConvDown,
@@ -54,7 +55,9 @@ from ..config.options import (
     ReLU,
     ResidualBlock,
     SpatialExcitation,
+    TransposeHead,
     TransposeUp,
+    UpsampleHead,
 )
 from ..config.unet_config import Stage, UNetConfig, conv_steps
 
@@ -229,10 +232,13 @@ class Pool(Op):
     kernel: tuple[int, ...]
     stride: tuple[int, ...]
     ceil_mode: bool = False
+    padding: tuple[int, ...] = ()
+    """Padding per axis (ResNet's stem pool: 1); empty: none."""
 
     def grid(self, axis: int) -> tuple[int, int, int]:
         k, s = self.kernel[axis], self.stride[axis]
-        return (k - 1, 1, 1) if s == 1 else (max(0, k - s), s, 1)
+        p = self.padding[axis] if self.padding else 0
+        return (k - 1 - 2 * p, 1, 1) if s == 1 else (max(0, k - 2 * p - s), s, 1)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -348,6 +354,18 @@ class _Walk:
     level: int = 0
     part: Part = "encoder"
     segment: str | None = None
+    norm_option: Norm | None = None
+    """The norm of the convs walked now (a decoder block's `decoder_norm`); None: the config's."""
+    act_option: Activation | None = None
+    """The activation of the convs walked now; None: the config's."""
+
+    @property
+    def norm_type(self) -> Norm:
+        return self.norm_option if self.norm_option is not None else self.config.norm
+
+    @property
+    def act_type(self) -> Activation:
+        return self.act_option if self.act_option is not None else self.config.activation
 
     def add(self, cls: type[Op], module: str | None, inputs: tuple[int, ...], cin: int, cout: int, **kw: object) -> int:
         self.ops.append(
@@ -398,7 +416,7 @@ class _Walk:
         return self.add(Conv, module, (x,), self.channels(x), cout, transposed=True, **kw)  # type: ignore[arg-type]
 
     def norm(self, module: str, x: int) -> int | None:
-        option = self.config.norm
+        option = self.norm_type
         if isinstance(option, NoNorm):
             return None
         c = self.channels(x)
@@ -407,7 +425,7 @@ class _Walk:
     def act(
         self, module: str, x: int, *, inplace: bool = True, option: Activation | None = None, source: object = None
     ) -> int:
-        option = self.config.activation if option is None else option
+        option = self.act_type if option is None else option
         supported = not isinstance(option, (GELU, PReLU))  # layers.activation: torch has no in-place form
         c = self.channels(x)
         source = option if source is None else source
@@ -422,7 +440,7 @@ class _Walk:
 
     def norm_at(self, prefix: str, index: int, x: int) -> tuple[int, int]:
         """The norm (if any) as module `prefix.index`: the last op and the next free index."""
-        if isinstance(self.config.norm, NoNorm):
+        if isinstance(self.norm_type, NoNorm):
             return x, index
         return self.norm(f"{prefix}.{index}", x), index + 1  # type: ignore[return-value]
 
@@ -484,12 +502,13 @@ class _Walk:
     # -- blocks, as `unetgen.model.blocks` builds them ------------------------------------
 
     def unit(self, path: str, row_prefix: str, first_row: int, stage: Stage, x: int, option: Block) -> int:
-        """One `ConvBlock` at `path`: its body, then the residual shortcut and sum."""
+        """One `ConvBlock` at `path`: its body, then the residual shortcut and sum, then any excitation."""
         c = self.config
         pre, residual = option.preactivation, isinstance(option, ResidualBlock)
         same = c.padding == "same"
         norm_after = c.norm_position == "after_activation"
-        has_norm = not isinstance(c.norm, NoNorm)
+        has_norm = not isinstance(self.norm_type, NoNorm)
+        after_sum = residual and option.last_activation == "after_sum"  # type: ignore[union-attr]
         stride = stage.first_stride
         strided = any(s != 1 for s in stride)
         if residual and option.shortcut == "input_projection" and stage.in_channels != stage.out_channels:
@@ -497,13 +516,14 @@ class _Walk:
         h, index = x, 0
         last = len(stage.channels) - 1
         body = f"{path}.body"
+        bottleneck = residual and option.bottleneck  # type: ignore[union-attr]
         for j, cout in enumerate(stage.channels):
             row = f"{row_prefix}.conv{first_row + j + 1}"
             conv = partial(
                 self.conv,
                 cout=cout,
-                kernel=stage.kernel,
-                stride=stride if j == 0 else 1,
+                kernel=1 if bottleneck and j != 1 else stage.kernel,  # 1x1, kxk (strided), 1x1
+                stride=stride if j == (1 if bottleneck else 0) else 1,
                 same=same,
                 bias=c.conv_bias,
                 row=row,
@@ -512,8 +532,8 @@ class _Walk:
                 # activation first (no norm, or norm_after): in place it would overwrite the block's input
                 names = conv_steps(c.norm_position, pre=True, dropout_after=c.conv_dropout)
                 h, index = self.steps(names, body, index, h, {"conv": conv}, inplace=has_norm and not norm_after)
-            else:  # a residual block's last conv is activated after the sum
-                activate = not (residual and j == last)
+            else:  # a residual block's last conv is activated after the sum (`last_activation`)
+                activate = not (after_sum and j == last)
                 h, index = self.with_norm_act(body, index, h, conv, activate=activate, dropout=True)
         if not residual:
             return h if option.excitation is None else self.excite(f"{path}.excite", h, option.excitation)
@@ -523,6 +543,12 @@ class _Walk:
         s, k = identity, 0
         projected = False
         match option.shortcut:
+            case "conv" if cin != cout or strided:  # the block's kernel where it strides, else 1x1; no norm
+                kernel = stage.kernel if strided else 1
+                s = self.conv(
+                    f"{path}.shortcut.0", s, cout, kernel, stride=stride, same=strided, bias=c.conv_bias, source=option
+                )
+                k = 1
             case "projection" if cin != cout or strided:
                 s = self.conv(f"{path}.shortcut.0", s, cout, 1, stride=stride, bias=c.conv_bias or pre, source=option)
                 k, projected = 1, True
@@ -547,7 +573,7 @@ class _Walk:
         if projected and not pre and has_norm:
             s = self.norm(f"{path}.shortcut.{k}", s)  # type: ignore[assignment]
         h = self.add(Sum, None, (h, s), cout, cout, source=option)
-        if not pre:
+        if after_sum and not pre:
             h = self.act(f"{path}.post_act", h, option=option.post_activation)
         return h if option.excitation is None else self.excite(f"{path}.excite", h, option.excitation)
 
@@ -583,36 +609,56 @@ class _Walk:
             unit_path = f"{path}.{u}" if len(units) > 1 else path
             x = self.unit(unit_path, row_prefix, first, unit, x, option)
             first += len(unit.channels)
-        if dropout:
+        if dropout and units:  # a level of no units (the stem alone) has no dropout
             d: Dropout = self.config.dropout
             c = self.channels(x)
             last = f"{path}.{len(units) - 1}" if len(units) > 1 else path
             x = self.add(Drop, f"{last}.dropout", (x,), c, c, rate=d.rate, spatial=d.spatial, source=d)
         return x
 
-    def up(self, path: str, x: int, i: int) -> int:
-        """Decoder level `i`'s up-sampling (`unetgen.model.blocks.make_up`)."""
+    def head_up(self, x: int) -> int:
+        """`head: upsample`'s up-sampling of level 0's map by the stem stride, keeping its channels."""
+        lay = self.config.layout
+        return self.up("head.up", x, 0, cout=self.channels(x), stride=lay.stem_stride, row=None)
+
+    def up(
+        self,
+        path: str,
+        x: int,
+        i: int,
+        *,
+        cout: int | None = None,
+        stride: tuple[int, ...] | None = None,
+        row: str | None = "",
+    ) -> int:
+        """Decoder level `i`'s up-sampling (`unetgen.model.blocks.make_up`); `cout`, `stride` and
+        `row` given: the head's (`head: upsample`)."""
         c, lay, n = self.config, self.config.layout, self.config.spatial_dims
-        cout, stride, option = lay.up_channels[i], lay.strides[i], c.up
-        row = f"up{i}"
+        cout = lay.up_channels[i] if cout is None else cout
+        stride = lay.strides[i] if stride is None else stride
+        option = c.up
+        row = f"up{i}" if row == "" else row
         match option:
-            case TransposeUp(bias=bias, kernel_size=k, norm_act=norm_act, size_by=size_by):
+            case TransposeUp(bias=bias, kernel_size=k, norm_act=norm_act, size_by=size_by, residual_unit=unit):
                 resize = None
                 if k is None:  # kernel = stride: no padding
                     kw = dict(kernel=stride, padding=(0,) * n, output_padding=(0,) * n)
                 elif size_by == "nearest_resize":  # (in - 1) * stride + 1, then resized to in * stride
                     kw = dict(kernel=(k,) * n, padding=(k // 2,) * n, output_padding=(0,) * n)
                     grow = tuple(s - 1 for s in stride)
-                    resize = partial(self.resize, grow=grow, row=row, source=option)
+                    resize = partial(self.resize, grow=grow, row=None if unit else row, source=option)
                 else:  # padded by k // 2, output padding stride - 1: out = in * stride
                     kw = dict(kernel=(k,) * n, padding=(k // 2,) * n, output_padding=tuple(s - 1 for s in stride))
-                conv_row = None if resize is not None else row
+                conv_row = None if resize is not None or unit else row
                 conv = partial(self.transposed, cout=cout, stride=stride, bias=bias, row=conv_row, source=option, **kw)
+                up = f"{path}.up" if unit else path
                 if not norm_act:
-                    if resize is None:
-                        return conv(path, x)
-                    return resize(f"{path}.1", conv(f"{path}.0", x))
-                return self.with_norm_act(path, 0, x, conv, after_conv=resize)[0]
+                    x = conv(up, x) if resize is None else resize(f"{up}.1", conv(f"{up}.0", x))
+                else:
+                    x = self.with_norm_act(up, 0, x, conv, after_conv=resize)[0]
+                if unit:  # conv, norm, activation, added to the up-sampled map
+                    x = self.residual_unit(f"{path}.unit", x, c.layout.decoder[i].kernel, row=row, source=option)
+                return x
             case NearestUp(conv=when) | LinearUp(conv=when):
                 if when == "always" or self.channels(x) != cout:  # the 1x1 conv runs first, on the coarser map
                     x = self.conv(f"{path}.1", x, cout, 1, source=option)
@@ -666,6 +712,19 @@ class _Walk:
         c = self.channels(x)
         return self.add(Resize, module, (x,), c, c, grow=grow, row=row, source=source)
 
+    def residual_unit(
+        self, path: str, x: int, kernel: tuple[int, ...], *, activate: bool = True, row: str | None, source: object
+    ) -> int:
+        """`x` plus a same-padded conv of it (with its norm and activation if `activate`), as the
+        modules `path.0`, ...: MONAI's one-conv ResidualUnit after an up-sampling."""
+        cout = self.channels(x)
+        conv = partial(self.conv, cout=cout, kernel=kernel, same=True, bias=self.config.conv_bias, source=source)
+        if activate:
+            h = self.with_norm_act(path, 0, x, conv)[0]
+        else:
+            h = conv(f"{path}.0", x)
+        return self.add(Sum, None, (h, x), cout, cout, row=row, source=source)
+
     def merge(self, path: str, skip: int, up: int, i: int) -> int:
         """The skip, centre-cropped to the up-sampled map, merged with it (`SkipMerge`)."""
         option, row = self.config.merge, f"merge{i}"
@@ -679,15 +738,19 @@ class _Walk:
                 return self.add(Cat, None, (up, crop), cu + cs, cu + cs, row=row, source=option)
             case Concat():
                 return self.add(Cat, None, (crop, up), cs + cu, cs + cu, row=row, source=option)
-            case AttentionGate():
+            case AttentionGate(psi_norm=psi_norm, branch_order=order):
                 inter, gate = self.config.attention_channels[i], f"{path}.gate"
-                wx = self.conv(f"{gate}.w_x.0", crop, inter, 1, source=option)
-                wx = self.norm(f"{gate}.w_x.1", wx) or wx
-                wg = self.conv(f"{gate}.w_g.0", up, inter, 1, source=option)
-                wg = self.norm(f"{gate}.w_g.1", wg) or wg
+                projected = {}
+                for branch in ("w_x", "w_g") if order == "skip_first" else ("w_g", "w_x"):
+                    h = self.conv(f"{gate}.{branch}.0", crop if branch == "w_x" else up, inter, 1, source=option)
+                    projected[branch] = self.norm(f"{gate}.{branch}.1", h) or h
+                wx, wg = projected["w_x"], projected["w_g"]
                 a = self.act(f"{gate}.act", self.add(Sum, None, (wx, wg), inter, inter, source=option))
                 psi = self.conv(f"{gate}.psi.0", a, 1, 1, source=option)
-                alpha = self.add(Sigmoid, f"{gate}.psi.1", (psi,), 1, 1, source=option)  # (B, 1, *S) in [0, 1]
+                k = 1
+                if psi_norm and not isinstance(self.config.norm, NoNorm):
+                    psi, k = self.norm(f"{gate}.psi.1", psi), 2  # type: ignore[assignment]
+                alpha = self.add(Sigmoid, f"{gate}.psi.{k}", (psi,), 1, 1, source=option)  # (B, 1, *S) in [0, 1]
                 gated = self.add(Mul, None, (crop, alpha), cs, cs, source=option)
                 return self.add(Cat, None, (gated, up), cs + cu, cs + cu, row=row, source=option)
         raise AssertionError(f"unhandled merge {option!r}")
@@ -703,7 +766,14 @@ def network_ops(config: UNetConfig) -> tuple[Op, ...]:
     for i, stage in enumerate(lay.encoder):
         path = "bottleneck" if i == depth else f"encoder.{i}"
         w.level, w.segment = i, path
-        if i > 0 and not isinstance(c.down, FirstConvDown):  # first_conv: the block's first conv strides
+        same_level = i == depth and not c.resample_bottleneck  # no down-sampling into the bottleneck
+        if i == 1 and isinstance(c.down, FirstConvDown) and c.down.first_step == "max_pool":  # ResNet's stem pool
+            w.part, stride, ch = "down", lay.strides[0], w.channels(x)
+            x = w.add(
+                Pool, f"{path}.down", (x,), ch, ch, mode="max", kernel=tuple(2 * s - 1 for s in stride),
+                stride=stride, padding=tuple(s - 1 for s in stride), row="down0", source=c.down,
+            )  # fmt: skip
+        if i > 0 and not isinstance(c.down, FirstConvDown) and not same_level:  # first_conv: the block's conv strides
             w.part, stride, ch, row = "down", lay.strides[i - 1], w.channels(x), f"down{i - 1}"
             match c.down:
                 case MaxPool() | AvgPool():
@@ -736,10 +806,12 @@ def network_ops(config: UNetConfig) -> tuple[Op, ...]:
     for i in reversed(range(depth)):
         path = f"decoder.{i}"
         w.level, w.segment, w.part = i, path, "up"
-        up = w.up(f"{path}.up", x, i)
+        up = x if i == depth - 1 and not c.resample_bottleneck else w.up(f"{path}.up", x, i)  # else as it is
         x = w.merge(f"{path}.merge", skips[i], up, i)
         w.part = "decoder"
+        w.norm_option, w.act_option = c.decoder_norm, c.decoder_activation
         x = w.block(f"{path}.block", f"dec{i}", lay.decoder[i], x, c.decoder_block_type, lay.decoder_dropout[i])
+        w.norm_option = w.act_option = None
         if i in c.deep_supervision:
             w.part, w.segment = "aux", None
             w.add(
@@ -756,7 +828,31 @@ def network_ops(config: UNetConfig) -> tuple[Op, ...]:
                 training_only=True,
             )
     w.level, w.segment, w.part = 0, None, "head"
-    w.conv("head", x, c.out_channels, 1, row="head")
+    match c.head:
+        case ConvHead(kernel_size=k):
+            w.conv("head", x, c.out_channels, k, same=c.padding == "same", row="head", source=c.head)
+        case TransposeHead(kernel_size=k, bias=bias, norm_act=norm_act, residual_unit=unit):
+            s, n = lay.stem_stride, c.spatial_dims  # up-samples level 0 by the stem stride: the input's resolution
+            conv = partial(
+                w.transposed, cout=c.out_channels, stride=s, kernel=(k,) * n, padding=(k // 2,) * n,
+                output_padding=tuple(v - 1 for v in s), bias=bias, row=None if unit else "head", source=c.head,
+            )  # fmt: skip
+            up = "head.up" if unit else "head"
+            x = conv(up, x) if not norm_act else w.with_norm_act(up, 0, x, conv)[0]
+            if unit:  # a conv alone (MONAI: the network's last conv), added to its input
+                w.residual_unit("head.unit", x, lay.encoder[0].kernel, activate=False, row="head", source=c.head)
+        case UpsampleHead(channels=widths, kernel_size=k):  # up-sampled by the stem stride, convs, output conv
+            w.part = "head"
+            x = w.head_up(x)
+            kernel, same = lay.decoder[0].kernel, c.padding == "same"
+            w.norm_option, w.act_option = c.decoder_norm, c.decoder_activation
+            for j, cout in enumerate(widths):
+                conv = partial(w.conv, cout=cout, kernel=kernel, same=same, bias=c.conv_bias, source=c.head)
+                x = w.with_norm_act(f"head.convs.{j}", 0, x, conv)[0]
+            w.norm_option = w.act_option = None
+            w.conv("head.out", x, c.out_channels, k, same=same, row="head", source=c.head)
+        case _:
+            raise AssertionError(f"unhandled head {c.head!r}")
     return tuple(w.ops)
 
 

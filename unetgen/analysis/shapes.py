@@ -214,11 +214,12 @@ def _rule(config: UNetConfig, axis: int) -> AxisRule:
 def _affine_sizes(config: UNetConfig, axis: int) -> dict[int, tuple[int, int]]:
     """Every op's output size on `axis` as (alpha, beta): alpha*b + beta (`INPUT`: the input)."""
     ops = network_ops(config)
-    pivot = next(
-        op.index
+    entering = [
+        op
         for op in ops
         if op.level == config.depth and (op.part == "down" or (op.part == "bottleneck" and isinstance(op, Conv)))
-    )
+    ]  # the down-sampling into the bottleneck: its strided op (a bottleneck unit's second conv), else its first
+    pivot = next((op.index for op in entering if op.grid(axis)[1] != 1), entering[0].index)
     size: dict[int, tuple[int, int]] = {pivot: (1, 0)}
     at = pivot
     while at != INPUT:  # back along the encoder path: s_in = s_out / multiply * divide + shrink

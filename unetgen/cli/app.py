@@ -1,4 +1,4 @@
-"""The `unetgen` command line: inspect configs, their shapes and their valid input sizes; predict; export.
+"""The `unetgen` command line: inspect configs, their shapes and their valid input sizes; predict; train; export.
 
 `build_parser` wires every command (``cmd_*`` in the command modules) to its arguments; `main`
 runs one. A command prints its answer on stdout and returns its exit status (0, or 1 when the
@@ -34,6 +34,7 @@ from .imports import cmd_import
 from .inspect import LISTED_SIZES, cmd_presets, cmd_schema, cmd_sizes, cmd_summary, cmd_trace, cmd_validate
 from .plan import cmd_plan
 from .predict import add_inference_options, cmd_predict
+from .train import add_train_parser
 
 __all__ = ["DEBUG_ENV", "LISTED_SIZES", "UsageError", "build_parser", "main"]
 
@@ -134,6 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--optimizer", choices=("adam", "adamw", "momentum", "sgd"), default="adam")
     p.set_defaults(func=cmd_plan)
+
+    add_train_parser(sub)
     return parser
 
 

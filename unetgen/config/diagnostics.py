@@ -296,6 +296,8 @@ def _model_at(loc: tuple[str | int, ...], model: type[BaseModel]) -> type[BaseMo
     parts = [part for part in loc if not isinstance(part, int)]
     while parts:
         part = parts.pop(0)
+        if isinstance(part, str) and part not in model.model_fields and re.search(rf"\b{model.__name__}\b", part):
+            continue  # pydantic's label of a union's branch that is this model
         field = model.model_fields.get(part) if isinstance(part, str) else None
         options = _models_in(field.annotation) if field is not None else []
         if not options:

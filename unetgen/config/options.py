@@ -233,29 +233,45 @@ class ResidualBlock(_Model):
     type: Literal["residual"] = "residual"
     preactivation: bool = False
     """Pre-activation residual unit (norm, activation, conv; no activation after the sum)."""
-    shortcut: Literal["projection", "resnet_d", "input_projection"] = "projection"
+    shortcut: Literal["projection", "resnet_d", "conv", "input_projection"] = "projection"
     """The identity path where channels or size change: `projection` = a 1x1 conv (strided like
     the block) + norm (He et al. 2016; MONAI's UnetResBlock); `resnet_d` = average pooling
     (kernel = stride, ceil mode) where the block strides, then a 1x1 conv without bias + norm
-    where the channels change (He et al. 2019, "ResNet-D"; nnU-Net's BasicBlockD);
-    `input_projection` = where the channels change, a 1x1 conv with bias (no norm) first maps the
-    unit's input to its output channels, and the convs and the identity both start from it
-    (pytorch-3dunet's ResNetBlock; not with `down: first_conv`)."""
+    where the channels change (He et al. 2019, "ResNet-D"; nnU-Net's BasicBlockD); `conv` = a conv
+    without norm: with the block's kernel, stride and same padding where the block strides, 1x1
+    where only the channels change (MONAI's ResidualUnit); `input_projection` = where the channels
+    change, a 1x1 conv with bias (no norm) first maps the unit's input to its output channels, and
+    the convs and the identity both start from it (pytorch-3dunet's ResNetBlock; not with
+    `down: first_conv`)."""
+    bottleneck: bool = False
+    """A bottleneck unit (He et al. 2016; torchvision's `Bottleneck`): three convs, 1x1, the level's
+    kernel (carrying the stride), 1x1, with one width per conv (`channels: [[64, 64, 256], ...]`);
+    needs 3 convs per block."""
+    last_activation: Literal["after_sum", "before_sum"] = "after_sum"
+    """Where the last conv's activation goes: `after_sum` (He et al. 2016: norm, sum, activation)
+    or `before_sum` (every conv keeps its norm and activation and nothing follows the sum, as in
+    MONAI's ResidualUnit). Pre-activation blocks have neither."""
     excitation: Excitation | None = None
     """A squeeze-and-excitation block (`cse`, `sse` or `scse`) on each unit's output: after the sum
     and its activation (pytorch-3dunet's ResNetBlockSE), before any block dropout; none by default."""
     post_activation: Activation | None = None
     """The activation after the sum, where it differs from the config's `activation` (which the
     convs use): pytorch-3dunet's ResNetBlock with a LeakyReLU order activates its convs with slope
-    0.01 and the sum with 0.1. Default: the config's activation. Not with `preactivation`, which
-    has no activation after the sum."""
+    0.01 and the sum with 0.1. Default: the config's activation. Not with `preactivation` or
+    `last_activation: before_sum`, which have no activation after the sum."""
 
     @model_validator(mode="after")
-    def _post_activation_needs_a_sum_activation(self) -> ResidualBlock:
-        if self.preactivation and self.post_activation is not None:
+    def _activation_around_the_sum(self) -> ResidualBlock:
+        if self.preactivation and self.last_activation == "before_sum":
+            raise ValueError(
+                "block.last_activation='before_sum' is for post-activation blocks; a pre-activation block "
+                "(preactivation: true) has no activation around the sum: drop one of the two"
+            )
+        if self.post_activation is not None and (self.preactivation or self.last_activation == "before_sum"):
             raise ValueError(
                 "block.post_activation is the activation after the residual sum, which a pre-activation block "
-                "(preactivation: true) does not have; remove post_activation or set preactivation: false"
+                "(preactivation: true) or last_activation='before_sum' does not have; remove post_activation, or "
+                "set preactivation: false and last_activation: after_sum"
             )
         return self
 
@@ -290,6 +306,13 @@ class AttentionGate(_Model):
     type: Literal["attention"] = "attention"
     inter_channels: int | None = Field(None, ge=1, le=MAX_CHANNELS)
     """Channels of the gate's intermediate map; default half the skip's channels (at least 1)."""
+    psi_norm: bool = False
+    """Normalise the one-channel map psi (the config's norm) before its sigmoid (MONAI's
+    AttentionUnet: batch norm there)."""
+    branch_order: Literal["skip_first", "gate_first"] = "skip_first"
+    """Which 1x1 projection runs first: the skip's (`skip_first`) or the gating map's
+    (`gate_first`, MONAI's AttentionUnet). The sum is the same; the order of the layers (and so
+    of a weight copy by execution order) differs."""
 
 
 Merge = Annotated[Concat | Add | AttentionGate, Field(discriminator="type"), BareString()]
@@ -323,6 +346,10 @@ class FirstConvDown(_Model):
     Needs `padding: same`."""
 
     type: Literal["first_conv"] = "first_conv"
+    first_step: Literal["conv", "max_pool"] = "conv"
+    """The first step down (level 0 to 1): in level 1's first conv (`conv`), or a max pool of
+    kernel 2*stride - 1 and padding stride - 1 before level 1's block (`max_pool`: ResNet's 3x3,
+    stride 2, padding 1 pool after its stem)."""
 
 
 Down = Annotated[MaxPool | AvgPool | ConvDown | FirstConvDown, Field(discriminator="type"), BareString()]
@@ -347,6 +374,10 @@ class TransposeUp(_Model):
     MONAI), or `nearest_resize` = no output padding, then a nearest-neighbour resize to
     in * stride (for stride 2 it repeats the first row of each axis; pytorch-3dunet's
     TransposeConvUpsampling). The resize comes right after the conv, before any norm_act."""
+    residual_unit: bool = False
+    """Then a residual unit on the up-sampled map, before the merge: a conv with the decoder
+    level's kernel (same padding) and the config's norm and activation, added to its input
+    (MONAI's UNet with num_res_units > 0). Needs `padding: same`."""
 
     @model_validator(mode="after")
     def _odd(self) -> TransposeUp:
@@ -410,6 +441,81 @@ class PixelShuffleUp(_Model):
 
 
 Up = Annotated[TransposeUp | NearestUp | LinearUp | PixelShuffleUp, Field(discriminator="type"), BareString()]
+
+
+# ---------------------------------------------------------------------------------------------
+# output head
+
+
+class ConvHead(_Model):
+    """A conv to `out_channels` at level 0's resolution (the paper: 1x1)."""
+
+    type: Literal["conv"] = "conv"
+    kernel_size: int = Field(1, ge=1, le=MAX_KERNEL)
+    """Kernel size (odd); padded as the config's `padding` says (segmentation_models_pytorch: 3)."""
+
+    @model_validator(mode="after")
+    def _odd(self) -> ConvHead:
+        if self.kernel_size % 2 == 0:
+            k = self.kernel_size
+            raise ValueError(f"head.kernel_size={k} must be odd so that the output stays centred; use {k + 1}")
+        return self
+
+
+class TransposeHead(_Model):
+    """A transposed conv to `out_channels` that up-samples level 0's map by `stem_stride`, so that
+    the output is at the input's resolution (MONAI's UNet: its last layer)."""
+
+    type: Literal["transpose"] = "transpose"
+    kernel_size: int = Field(3, ge=1, le=MAX_KERNEL)
+    """Kernel size (odd), padded by kernel_size // 2 with output padding stem_stride - 1."""
+    bias: bool = True
+    """Give the transposed conv a bias."""
+    norm_act: bool = False
+    """Follow it by the config's norm and activation (MONAI's UNet with num_res_units > 0)."""
+    residual_unit: bool = False
+    """Then a residual unit: a conv with level 0's kernel (same padding, no norm, no activation)
+    added to its input (MONAI's UNet with num_res_units > 0). Needs `padding: same`."""
+
+    @model_validator(mode="after")
+    def _odd(self) -> TransposeHead:
+        if self.kernel_size % 2 == 0:
+            k = self.kernel_size
+            raise ValueError(
+                f"head.kernel_size={k} must be odd so that the map grows by exactly the stride; use {k + 1}"
+            )
+        return self
+
+
+def _list_to_tuple(value: Any) -> Any:
+    # a list inside an option of a union is refused by strict (JSON-document) validation otherwise
+    return tuple(value) if isinstance(value, list) else value
+
+
+class UpsampleHead(_Model):
+    """The output at the input's resolution: level 0's map up-sampled by `stem_stride` with the
+    config's `up` (keeping its channels), `channels` convs (decoder level 0's kernel, the decoder's
+    norm and activation), then a conv to `out_channels` (segmentation_models_pytorch's last
+    decoder block, which has no skip, and its segmentation head)."""
+
+    type: Literal["upsample"] = "upsample"
+    channels: Annotated[tuple[Annotated[int, Field(ge=1, le=MAX_CHANNELS)], ...], BeforeValidator(_list_to_tuple)] = (
+        Field((), max_length=MAX_CONVS)
+    )
+    """Output channels of each conv after the up-sampling (none: the up-sampled map goes straight
+    to the output conv)."""
+    kernel_size: int = Field(1, ge=1, le=MAX_KERNEL)
+    """Kernel size (odd) of the output conv; padded as the config's `padding` says."""
+
+    @model_validator(mode="after")
+    def _odd(self) -> UpsampleHead:
+        if self.kernel_size % 2 == 0:
+            k = self.kernel_size
+            raise ValueError(f"head.kernel_size={k} must be odd so that the output stays centred; use {k + 1}")
+        return self
+
+
+Head = Annotated[ConvHead | TransposeHead | UpsampleHead, Field(discriminator="type"), BareString()]
 
 
 # ---------------------------------------------------------------------------------------------

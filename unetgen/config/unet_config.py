@@ -33,11 +33,13 @@ from .options import (
     AttentionGate,
     Block,
     Concat,
+    ConvHead,
     Down,
     Dropout,
     DropoutShorthand,
     FirstConvDown,
     GroupNorm,
+    Head,
     MaxPool,
     Merge,
     NoNorm,
@@ -48,8 +50,10 @@ from .options import (
     ReLU,
     ResidualBlock,
     SpatialDims,
+    TransposeHead,
     TransposeUp,
     Up,
+    UpsampleHead,
     _Model,
 )
 
@@ -77,18 +81,21 @@ class Stage:
         return self.stride if self.stride is not None else (1,) * len(self.kernel)
 
     def split_units(self) -> tuple[Stage, ...]:
-        """One single-unit stage per unit, in order."""
+        """One single-unit stage per unit, in order (none for a level of no units: the stem alone)."""
+        if self.units == 0:
+            return ()
         m = len(self.channels) // self.units
         out, cin = [], self.in_channels
         for u in range(self.units):
             chans = self.channels[u * m : (u + 1) * m]
             out.append(Stage(cin, chans, self.kernel, self.stride if u == 0 else None))
-            cin = chans[-1]
+            cin = out[-1].out_channels
         return tuple(out)
 
     @property
     def out_channels(self) -> int:
-        return self.channels[-1]
+        """The channels of the last conv's output (a block of no convs passes its input on)."""
+        return self.channels[-1] if self.channels else self.in_channels
 
 
 @dataclass(frozen=True)
@@ -115,7 +122,9 @@ PerStage = int | tuple[int | tuple[int, ...], ...]
 Width = Annotated[int, Field(ge=1, le=MAX_CHANNELS)]
 ChannelSpec = tuple[Width | Annotated[tuple[Width, ...], Field(min_length=1)], ...]
 ConvCount = Annotated[int, Field(ge=1, le=MAX_CONVS)]
+DecoderConvCount = Annotated[int, Field(ge=0, le=MAX_CONVS)]
 BlockCount = Annotated[int, Field(ge=1, le=MAX_BLOCKS)]
+LevelBlockCount = Annotated[int, Field(ge=0, le=MAX_BLOCKS)]
 
 
 class UNetConfig(_Model):
@@ -145,13 +154,16 @@ class UNetConfig(_Model):
     convs_per_block: ConvCount | tuple[ConvCount, ...] = 2
     """Convolutions per encoder block (per unit with `blocks_per_level`): one int, or one per
     level including the bottleneck."""
-    decoder_convs_per_block: ConvCount | tuple[ConvCount, ...] | None = None
+    decoder_convs_per_block: DecoderConvCount | tuple[DecoderConvCount, ...] | None = None
     """Convolutions per decoder block: one int or one per level (level 0 first); default: as
-    the encoder block of the same level."""
-    blocks_per_level: BlockCount | tuple[BlockCount, ...] = 1
+    the encoder block of the same level. 0: the level has no conv, its merged map goes on as it
+    is (MONAI's UNet); such a level's block must be plain."""
+    blocks_per_level: BlockCount | tuple[LevelBlockCount, ...] = 1
     """Blocks (units) per encoder level, each of `convs_per_block` convs: one int, or one per
     level including the bottleneck (nnU-Net ResEnc's n_blocks_per_stage, e.g. [1, 3, 4, 6, 6, 6]).
-    Only the first unit of a level changes the channels and strides."""
+    Only the first unit of a level changes the channels and strides. Level 0 may have 0 with
+    `stem: true`: level 0 is then the stem alone, which carries `stem_stride` (ResNet's input
+    stem: `[0, 2, 2, 2, 2]`)."""
     stem: bool = False
     """One conv (level 0's kernel, in_channels -> level 0's channels) + norm + activation before
     level 0's blocks (nnU-Net ResEnc's stem)."""
@@ -173,6 +185,11 @@ class UNetConfig(_Model):
     """Stride of the first conv of level 0 (MONAI DynUNet's strides[0]): one int or one per
     axis; the output is then at 1/stem_stride of the input's resolution. Only with
     `down: first_conv` (and so `padding: same`)."""
+    resample_bottleneck: bool = True
+    """`false`: the bottleneck works at the resolution of the deepest encoder level (MONAI's
+    UNet): the last entry of `strides` must be 1, nothing down-samples into the bottleneck and
+    decoder level depth-1 merges the bottleneck's output as it is (no up-sampling layer, whatever
+    `up` and `up_channels` say)."""
     padding: Padding = "valid"
     """`valid`: unpadded convs, each k x k conv shrinks the map by k-1 (the paper); `same`:
     zero padding keeps the size."""
@@ -182,6 +199,12 @@ class UNetConfig(_Model):
     """Conv bias; default on without norm and off with it."""
     activation: Activation = ReLU()
     """Non-linearity after each conv (after its norm, see `norm_position`)."""
+    decoder_norm: Norm | None = None
+    """Normalisation of the decoder blocks' convs (not of the up-sampling, the gates or the
+    heads); default: `norm` (MONAI's AttentionUnet: instance norm there, batch norm elsewhere)."""
+    decoder_activation: Activation | None = None
+    """Non-linearity of the decoder blocks' convs; default: `activation` (MONAI's AttentionUnet:
+    PReLU there, ReLU elsewhere)."""
     norm_position: NormPosition = "before_activation"
     """Where the norm sits: conv, norm, activation (`before_activation`, the usual order),
     conv, activation, norm (`after_activation`, e.g. jvanvugt's pytorch-unet with batch_norm;
@@ -210,6 +233,9 @@ class UNetConfig(_Model):
     """Dropout rate and placement; the paper puts it at the end of the contracting path. A number
     is the rate (`dropout: 0.2`), `0`, `false` or `null` mean no dropout, `true` the paper's
     (rate 0.5 at the end of the contracting path, the default)."""
+    head: Head = ConvHead()
+    """The output layer: a conv at level 0's resolution (`conv`, 1x1 by default: the paper) or a
+    transposed conv that up-samples by `stem_stride` (`transpose`: MONAI's UNet)."""
     deep_supervision: tuple[Annotated[int, Field(ge=1, le=MAX_DEPTH - 1)], ...] = ()
     """Decoder levels (1..depth-1, 0 is the main output) that get a 1x1 auxiliary head; in
     training mode `forward` then returns [main, aux(level) for each level in ascending order]."""
@@ -274,16 +300,17 @@ class UNetConfig(_Model):
         encoder: list[Stage] = []
         cin = self.in_channels
         stem = None
-        if self.stem:
-            stem = Stage(cin, (_last(widths[0]),), kernels[0])
-            cin = stem.out_channels
         units = self.blocks_per_level
         units = units if isinstance(units, tuple) else (units,) * (d + 1)
         first_conv = isinstance(self.down, FirstConvDown)
         stem_stride = self.stem_stride if isinstance(self.stem_stride, tuple) else (self.stem_stride,) * n
+        if self.stem:  # the stem alone at level 0 (no units there) carries the stem stride
+            stem = Stage(cin, (_last(widths[0]),), kernels[0], stem_stride if units[0] == 0 and first_conv else None)
+            cin = stem.out_channels
+        pooled = first_conv and self.down.first_step == "max_pool"  # type: ignore[union-attr]
         for i in range(d + 1):
             chans = _expand_convs(widths[i], enc_convs[i])
-            stride = (stem_stride if i == 0 else strides[i - 1]) if first_conv else None
+            stride = (stem_stride if i == 0 else strides[i - 1]) if first_conv and not (pooled and i == 1) else None
             encoder.append(Stage(cin, chans * units[i], kernels[i], stride, units[i]))
             cin = chans[-1]
         dec_widths = self.decoder_channels or tuple(encoder[i].out_channels for i in range(d))
@@ -292,6 +319,8 @@ class UNetConfig(_Model):
         for i in reversed(range(d)):
             coarse[i] = below
             match self.up_channels:
+                case _ if i == d - 1 and not self.resample_bottleneck:  # not up-sampled: as it is
+                    ups[i] = below
                 case "skip":
                     ups[i] = encoder[i].out_channels
                 case "keep":
@@ -304,7 +333,7 @@ class UNetConfig(_Model):
             chans = _expand_convs(dec_widths[i], dec_convs[i])
             kernel = kernels[i + 1] if self.decoder_kernel == "level_below" else kernels[i]
             decoder.insert(0, Stage(ups[i] + skip, chans, kernel))
-            below = chans[-1]
+            below = decoder[0].out_channels  # the merged map itself where the level has no conv
         enc_drop, dec_drop = _dropout_levels(self.dropout, d)
         return Layout(
             tuple(encoder), strides, tuple(coarse), tuple(ups), tuple(decoder), stem_stride, stem, enc_drop, dec_drop
@@ -332,6 +361,16 @@ class UNetConfig(_Model):
         rate above 0): "conv", "norm" or "activation"; None otherwise."""
         d = self.dropout
         return d.after if d.placement == "every_conv" and d.rate > 0 else None
+
+    @property
+    def decoder_norm_type(self) -> Norm:
+        """The decoder blocks' norm: `decoder_norm`, or `norm` when that is None."""
+        return self.decoder_norm if self.decoder_norm is not None else self.norm
+
+    @property
+    def decoder_activation_type(self) -> Activation:
+        """The decoder blocks' activation: `decoder_activation`, or `activation` when that is None."""
+        return self.decoder_activation if self.decoder_activation is not None else self.activation
 
     @property
     def conv_bias(self) -> bool:
@@ -600,6 +639,63 @@ def _check_deep_supervision_repeats(c: UNetConfig) -> None:
         raise ValueError(f"deep_supervision={_fmt(c.deep_supervision)} repeats a level")
 
 
+@rule("resample_bottleneck", "strides", needs=(_check_strides_length, _check_strides_axes))
+def _check_bottleneck_stride(c: UNetConfig) -> None:
+    last = c.strides[-1] if isinstance(c.strides, tuple) else c.strides
+    if not c.resample_bottleneck and any(s != 1 for s in _axes(last)):
+        want = [*(_listify(c.strides[:-1]) if isinstance(c.strides, tuple) else [c.strides] * (c.depth - 1)), 1]
+        raise ValueError(
+            f"resample_bottleneck=false keeps the bottleneck at the deepest level's resolution, but the last "
+            f"stride is {_fmt(last)}; make it 1 (strides: {_fmt(want)}) or set resample_bottleneck: true"
+        )
+
+
+@rule("decoder_convs_per_block", "decoder_block", reads=("block", "depth"), needs=(_check_decoder_convs_length,))
+def _check_empty_decoder_levels(c: UNetConfig) -> None:
+    if isinstance(c.decoder_block_type, ResidualBlock) and 0 in c._decoder_convs():
+        level = c._decoder_convs().index(0)
+        raise ValueError(
+            f"decoder level {level} has 0 convs (decoder_convs_per_block={_fmt(c.decoder_convs_per_block)}) but "
+            "a residual decoder block: a residual block needs at least one conv; use decoder_block: plain or "
+            "give the level convs"
+        )
+
+
+@rule("blocks_per_level", "stem", needs=(_check_blocks_length,))
+def _check_level_without_blocks(c: UNetConfig) -> None:
+    counts = c.blocks_per_level if isinstance(c.blocks_per_level, tuple) else ()
+    for i, n in enumerate(counts):
+        if n == 0 and (i > 0 or not c.stem):
+            where = "only level 0 may have none, and only with stem: true" if i > 0 else "set stem: true"
+            raise ValueError(
+                f"blocks_per_level[{i}]=0 leaves level {i} without convs; {where} (level 0 is then the stem alone)"
+            )
+
+
+@rule("block", "decoder_block", "convs_per_block", "decoder_convs_per_block", needs=_LENGTHS)
+def _check_bottleneck_units(c: UNetConfig) -> None:
+    for name, option, convs in (
+        ("block", c.block, c._encoder_convs()),
+        ("decoder_block", c.decoder_block_type, c._decoder_convs()),
+    ):
+        if isinstance(option, ResidualBlock) and option.bottleneck and any(n != 3 for n in convs):
+            what = "convs_per_block" if name == "block" else "decoder_convs_per_block"
+            raise ValueError(
+                f"{name}.bottleneck=true has three convs per unit (1x1, kxk, 1x1) but {what} gives "
+                f"{_fmt(convs)}; set {what}: 3"
+            )
+
+
+@rule("up", "head", "padding")
+def _check_residual_unit_padding(c: UNetConfig) -> None:
+    for name, option in (("up", c.up), ("head", c.head)):
+        if getattr(option, "residual_unit", False) and c.padding != "same":
+            raise ValueError(
+                f"{name}.residual_unit adds a conv's output to its input, which needs padding='same' "
+                f"(got '{c.padding}'); use padding: same or {name}.residual_unit: false"
+            )
+
+
 _LAYOUT = (
     *_LENGTHS,
     _check_channels_per_conv,
@@ -615,6 +711,7 @@ _LAYOUT = (
     _check_stem_stride_axes,
     _check_stem_stride_values,
     _check_stem_stride_down,
+    _check_bottleneck_stride,
 )
 """The rules that must have passed before the rules below compute the per-stage layout: every
 length, per-conv, per-axis and stem-stride rule."""
@@ -642,6 +739,12 @@ def _check_add_merge(c: UNetConfig) -> None:
         return
     layout = c.layout
     for i, (up, skip) in enumerate(zip(layout.up_channels, layout.encoder, strict=False)):
+        if up != skip.out_channels and i == c.depth - 1 and not c.resample_bottleneck:
+            raise ValueError(
+                f"merge='add' needs equal channels, but decoder level {i} adds the bottleneck's output as it is "
+                f"(resample_bottleneck=false), {up} channels, to a skip of {skip.out_channels}; give the bottleneck "
+                f"{skip.out_channels} channels or use merge='concat'"
+            )
         if up != skip.out_channels:
             raise ValueError(
                 f"merge='add' needs equal channels, but at level {i} the up-sampled map has "
@@ -667,19 +770,22 @@ def _normed_channels(c: UNetConfig) -> set[int]:
     `norm_act` transposed conv's."""
     layout, first = c.layout, c.norm_position == "before_conv"
     units = [(u, c.block) for s in layout.encoder for u in s.split_units()]
-    units += [(u, c.decoder_block_type) for s in layout.decoder for u in s.split_units()]
-    normed: set[int] = set()
-    for u, block in units:
-        cin = u.out_channels if _input_projection(block) else u.in_channels  # the convs see the projected input
-        normed |= {cin, *u.channels[:-1]} if first or block.preactivation else set(u.channels)
-        if _projected(block, u) and not block.preactivation:  # the shortcut: conv, then norm
-            normed.add(u.out_channels)
+    if c.decoder_norm is None:  # else the decoder blocks have a norm of their own
+        units += [(u, c.decoder_block_type) for s in layout.decoder for u in s.split_units()]
+    normed = _units_normed(c, units)
     if layout.stem is not None:
         normed.add(layout.stem.in_channels if first else layout.stem.out_channels)
     if isinstance(c.merge, AttentionGate):
-        normed |= set(c.attention_channels)
+        normed |= set(c.attention_channels) | ({1} if c.merge.psi_norm else set())
+    ups = range(c.depth if c.resample_bottleneck else c.depth - 1)  # the levels that up-sample
     if isinstance(c.up, TransposeUp) and c.up.norm_act:
-        normed |= set(layout.coarse_channels if first else layout.up_channels)
+        normed |= {(layout.coarse_channels if first else layout.up_channels)[i] for i in ups}
+    if isinstance(c.up, TransposeUp) and c.up.residual_unit:
+        normed |= {layout.up_channels[i] for i in ups}
+    if isinstance(c.head, TransposeHead) and c.head.norm_act:
+        normed.add(layout.decoder[0].out_channels if first else c.out_channels)
+    if c.decoder_norm is None:
+        normed |= _head_normed(c)
     return normed
 
 
@@ -707,8 +813,44 @@ def conv_steps(position: NormPosition, *, pre: bool, dropout_after: str | None =
     return tuple(steps)
 
 
+def _head_normed(c: UNetConfig) -> set[int]:
+    """The channels the norms of `head: upsample`'s convs see (they take the decoder's norm)."""
+    if not isinstance(c.head, UpsampleHead) or not c.head.channels:
+        return set()
+    widths = (c.layout.decoder[0].out_channels, *c.head.channels)
+    return set(widths[:-1] if c.norm_position == "before_conv" else widths[1:])
+
+
+def _units_normed(c: UNetConfig, units: list[tuple[Stage, Block]]) -> set[int]:
+    """The channel counts the norms of these block units see (`_normed_channels`)."""
+    first, normed = c.norm_position == "before_conv", set()
+    for u, block in units:
+        if not u.channels:  # a decoder level of no convs
+            continue
+        cin = u.out_channels if _input_projection(block) else u.in_channels  # the convs see the projected input
+        normed |= {cin, *u.channels[:-1]} if first or block.preactivation else set(u.channels)
+        if _projected(block, u) and not block.preactivation and block.shortcut != "conv":  # conv, then norm
+            normed.add(u.out_channels)
+    return normed
+
+
+@rule(
+    "decoder_norm", reads=(*_WIDTHS, "depth", "decoder_block", "merge", "up_channels", "norm_position"), needs=_LAYOUT
+)
+def _check_decoder_group_norm(c: UNetConfig) -> None:
+    if not isinstance(c.decoder_norm, GroupNorm):
+        return
+    units = [(u, c.decoder_block_type) for s in c.layout.decoder for u in s.split_units()]
+    g, normed = c.decoder_norm.num_groups, _units_normed(c, units) | _head_normed(c)
+    if bad := sorted(ch for ch in normed if ch % c.decoder_norm.groups_for(ch)):
+        raise ValueError(
+            f"decoder_norm.num_groups={g} does not divide the channel count(s) {_fmt(tuple(bad))}; choose "
+            f"num_groups dividing every decoder channel count (e.g. {_common_divisor(normed)})"
+        )
+
+
 def _projected(block: Block, unit: Stage) -> bool:
-    """Whether a unit's shortcut ends in a 1x1 conv (so a norm follows it)."""
+    """Whether a unit's shortcut ends in a conv (a norm follows it, except with `shortcut: conv`)."""
     if not isinstance(block, ResidualBlock) or block.shortcut == "input_projection":
         return False
     if block.shortcut == "resnet_d":

@@ -1,7 +1,7 @@
 """`convert(module)`: an instantiated peer as a unetgen `UNet` with the peer's weights and buffers.
 
 The peer's class is looked up in the registry (`unetgen.interop.registry`); its converter
-(`unetgen.interop.nnunet`, `unetgen.interop.monai`) gives the config and the peer's parametric
+(`unetgen.interop.nnunet`, `unetgen.interop.monai`, `unetgen.interop.smp`) gives the config and the peer's parametric
 layers in unetgen's order; the model is built empty and the layers are checked pair by pair and
 copied (`unetgen.interop.weights`). Never an approximation: anything unetgen cannot express
 exactly raises `UnsupportedModelError` naming the layer and the missing feature.
@@ -27,7 +27,7 @@ from ..config.diagnostics import short_repr
 from ..config.unet_config import UNetConfig
 from ..model.unet import UNet
 from ..reprs import short_text
-from . import monai, nnunet, pytorch3dunet  # noqa: F401  (importing them registers their converters)
+from . import monai, nnunet, pytorch3dunet, smp  # noqa: F401  (importing them registers their converters)
 from .options import UnsupportedModelError, flag, validated
 from .registry import find_converter, find_output
 from .weights import check_outputs_agree, copy_paired, main_output, unetgen_layers
@@ -45,9 +45,10 @@ def convert(module: nn.Module, *, ignore_dropout: bool = False) -> UNet:
     buffers copied (batch-norm running statistics too), in the peer's dtype and device.
 
     Supported: nnU-Net's (dynamic_network_architectures) `PlainConvUNet`, `ResidualEncoderUNet` and
-    `ResidualUNet` (one residual unit per decoder stage), MONAI's `BasicUNet` and `DynUNet`: the
-    classes registered with `unetgen.interop.registry.register_converter`. Anything unetgen cannot
-    express exactly raises `UnsupportedModelError` naming the layer and the missing feature.
+    `ResidualUNet` (one residual unit per decoder stage), MONAI's `BasicUNet`, `DynUNet`, `UNet` and
+    `AttentionUnet`, segmentation_models_pytorch's `Unet` with a ResNet encoder: the classes
+    registered with `unetgen.interop.registry.register_converter`. Anything unetgen cannot express
+    exactly raises `UnsupportedModelError` naming the layer and the missing feature.
     Dropout is refused unless `ignore_dropout=True`, which drops it: eval-mode outputs are then
     still exact, training differs. The result is in the peer's train/eval mode."""
     if not isinstance(module, nn.Module):

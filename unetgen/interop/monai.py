@@ -1,5 +1,5 @@
-"""The converters of MONAI's `BasicUNet` and `DynUNet`, and the reason for refusing its `UNet`
-and `AttentionUnet`.
+"""The converters of MONAI's `BasicUNet`, `DynUNet`, `UNet` and `AttentionUnet`, and the reason
+for refusing its `CheckpointUNet`.
 
 Each converter reads the network into unetgen config data and lists its parametric layers in the
 order unetgen's model runs its own: the encoder levels, then the decoder levels from the deepest
@@ -20,16 +20,14 @@ from .options import UP_FIRST, UnsupportedModelError, activation_from_module, ax
 from .registry import Converted, register_converter, register_refusal
 from .weights import PAIRED
 
-__all__ = ["from_basic_unet", "from_dynunet"]
+__all__ = ["from_attention_unet", "from_basic_unet", "from_dynunet", "from_monai_unet"]
 
 register_refusal(
     "monai",
-    "UNet",
-    "Unet",
-    "AttentionUnet",
-    reason="is a different topology: it merges at the coarse resolution before each up-sampling (no conv "
-    "between merge and transposed conv), has no full-resolution conv and up-samples with kernel-3 transposed "
-    "convs + norm + activation; see docs/interop.md",
+    "CheckpointUNet",
+    reason="wraps every level in activation-checkpointing wrappers, which unetgen does not copy: build "
+    "monai.networks.nets.UNet with the same arguments, load the state dict, convert that, and set "
+    "checkpointing: true on the config",
 )
 
 _DROPOUT_HINT = "(convert(..., ignore_dropout=True) drops it: eval outputs stay exact)"
@@ -296,3 +294,225 @@ def _dyn_block_layers(blk: nn.Module, where: str) -> list[nn.Module]:
     if hasattr(blk, "conv3"):
         out += [blk.conv3.conv, blk.norm3]
     return [m for m in out if isinstance(m, PAIRED)]
+
+
+# =============================================================================================
+# UNet and AttentionUnet: MONAI's `Convolution` (conv + ADN) and `ResidualUnit`
+
+
+@dataclass(frozen=True)
+class _Adn:
+    """What every `Convolution` of a network must share: its norm and activation options and
+    whether the norm comes after the activation."""
+
+    norm: dict[str, Any]
+    activation: dict[str, Any]
+    after: bool
+
+
+def _adn_of(conv: nn.Module, where: str, ignore_dropout: bool) -> _Adn:
+    norm, act = _adn_or_after(conv, where, ignore_dropout)
+    names = [n for n, _ in conv.adn.named_children()]
+    after = norm is not None and names.index("N") > names.index("A")
+    return _Adn(norm_from_module(norm, where), activation_from_module(act, where), after)
+
+
+def _adn_or_after(conv: nn.Module, where: str, ignore_dropout: bool) -> tuple[nn.Module | None, nn.Module | None]:
+    """(norm, activation) of a MONAI `Convolution` (a norm after the activation allowed); dropout refused."""
+    adn = getattr(conv, "adn", None)
+    if adn is None:
+        raise UnsupportedModelError(f"{where}: a conv without norm or activation where unetgen has them")
+    drop = getattr(adn, "D", None)
+    if drop is not None and getattr(drop, "p", 0) > 0 and not ignore_dropout:
+        raise UnsupportedModelError(
+            f"{where}: {type(drop).__name__}(p={drop.p}) after each conv; unetgen drops out after blocks "
+            + _DROPOUT_HINT
+        )
+    return getattr(adn, "N", None), getattr(adn, "A", None)
+
+
+def _conv_adn(conv: nn.Module, where: str, ignore_dropout: bool, ref: _Adn) -> list[nn.Module]:
+    """The paired layers of a `Convolution` with its ADN, in unetgen's order (conv, then norm and
+    PReLU in the order of the ADN); its norm and activation must be `ref`'s."""
+    if _adn_of(conv, where, ignore_dropout) != ref:
+        raise UnsupportedModelError(f"{where}: its norm or activation differs from the network's first conv's")
+    norm, act = conv.adn.N if "N" in conv.adn._modules else None, getattr(conv.adn, "A", None)
+    steps = [act, norm] if ref.after else [norm, act]
+    return [conv.conv, *(m for m in steps if m is not None and isinstance(m, PAIRED))]
+
+
+def _bare_conv(conv: nn.Module, where: str) -> nn.Module:
+    """The conv of a `Convolution` built with conv_only."""
+    if getattr(conv, "adn", None) is not None:
+        raise UnsupportedModelError(f"{where}: norm or activation where MONAI's layer is a conv only")
+    return conv.conv
+
+
+def _isotropic(value: Any, dims: int, what: str) -> int:
+    v = axes(value, dims)
+    if len(set(v)) != 1:
+        raise UnsupportedModelError(f"{what}={short_repr(value)}: unetgen's transposed convs have one kernel size")
+    return v[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# UNet
+
+
+@register_converter("monai", "UNet")
+def from_monai_unet(net: nn.Module, ignore_dropout: bool) -> Converted:
+    """The config data and the parametric layers (in unetgen's order) of a MONAI UNet
+    (`num_res_units` 0, or more: residual units in the encoder and after each up-sampling)."""
+    dims, nru = int(net.dimensions), int(net.num_res_units)
+    downs, ups, node = [], [], net.model
+    while True:  # Sequential(down, SkipConnection(sub), up), down to the bottom layer
+        down, skip, up = node
+        downs.append(down)
+        ups.append(up)
+        sub = skip.submodule
+        if isinstance(sub, nn.Sequential) and len(sub) == 3 and type(sub[1]).__name__ == "SkipConnection":
+            node = sub
+            continue
+        bottom = sub
+        break
+    n = len(downs)  # depth: the bottom layer is the bottleneck, at the deepest level's resolution
+    first = downs[0].conv.unit0 if nru > 0 else downs[0]
+    ref = _adn_of(first, "UNet.model.0", ignore_dropout)
+    strides = [axes(_first_conv(d, nru).stride, dims) for d in downs]
+    kernel = list(_first_conv(downs[0], nru).kernel_size)
+    up_k = _isotropic(net.up_kernel_size, dims, "UNet up_kernel_size")
+    layers: list[nn.Module] = []
+    for i, d in enumerate([*downs, bottom]):
+        layers += _unet_down(d, f"UNet level {i}", nru, ignore_dropout, ref)
+    for i in reversed(range(n - 1)):  # decoder level i up-samples with MONAI's up layer of level i + 1
+        layers += _unet_up(ups[i + 1], f"UNet up layer {i + 1}", nru, ignore_dropout, ref, top=False)
+    layers += _unet_up(ups[0], "UNet up layer 0", nru, ignore_dropout, ref, top=True)
+    bias = _first_conv(downs[0], nru).bias is not None
+    data: dict[str, Any] = {
+        "spatial_dims": dims,
+        "in_channels": int(net.in_channels),
+        "out_channels": int(net.out_channels),
+        "depth": n,
+        "channels": [int(c) for c in net.channels[: n + 1]],
+        "kernel_size": [kernel] * (n + 1),
+        "strides": [*strides[1:], [1] * dims],
+        "stem_stride": strides[0],
+        "resample_bottleneck": False,
+        "padding": "same",
+        "down": {"type": "first_conv"},
+        "convs_per_block": max(1, nru),
+        "decoder_convs_per_block": 0,
+        "block": {"type": "residual", "shortcut": "conv", "last_activation": "before_sum"} if nru else "plain",
+        "decoder_block": "plain",
+        "norm": ref.norm,
+        "activation": ref.activation,
+        "norm_position": "after_activation" if ref.after else "before_activation",
+        "bias": bias,
+        "up": {"type": "transpose", "kernel_size": up_k, "bias": bias, "norm_act": True, "residual_unit": nru > 0},
+        "head": {"type": "transpose", "kernel_size": up_k, "bias": bias, "norm_act": nru > 0, "residual_unit": nru > 0},
+        "dropout": {"rate": 0.0},
+        "init": "torch",
+    }
+    return data, layers
+
+
+def _first_conv(down: nn.Module, nru: int) -> nn.Module:
+    """The first conv of a down layer: a `Convolution`'s, or a `ResidualUnit`'s first unit's."""
+    return down.conv.unit0.conv if nru > 0 else down.conv
+
+
+def _unet_down(d: nn.Module, where: str, nru: int, ignore_dropout: bool, ref: _Adn) -> list[nn.Module]:
+    """A down (or the bottom) layer: a `Convolution`, or a `ResidualUnit` of `nru` convs and its
+    shortcut (identity, or a conv)."""
+    if nru == 0:
+        return _conv_adn(d, where, ignore_dropout, ref)
+    units = list(d.conv.children())
+    if len(units) != nru:
+        raise UnsupportedModelError(f"{where}: {len(units)} subunits but num_res_units={nru}")
+    out = [m for j, u in enumerate(units) for m in _conv_adn(u, f"{where} unit {j}", ignore_dropout, ref)]
+    return out + ([d.residual] if isinstance(d.residual, _ConvNd) else [])
+
+
+def _unet_up(up: nn.Module, where: str, nru: int, ignore_dropout: bool, ref: _Adn, *, top: bool) -> list[nn.Module]:
+    """An up layer: a transposed `Convolution` (conv only at the top without residual units),
+    then with `nru` > 0 a one-conv `ResidualUnit` (conv only at the top) with identity shortcut."""
+    if nru == 0:
+        return [_bare_conv(up, where)] if top else _conv_adn(up, where, ignore_dropout, ref)
+    t, ru = up
+    units = list(ru.conv.children())
+    if len(units) != 1 or not isinstance(ru.residual, nn.Identity):
+        raise UnsupportedModelError(f"{where}: the residual unit after up-sampling is not one conv with identity")
+    unit = [_bare_conv(units[0], f"{where} unit")] if top else _conv_adn(units[0], f"{where} unit", ignore_dropout, ref)
+    return _conv_adn(t, where, ignore_dropout, ref) + unit
+
+
+# ---------------------------------------------------------------------------------------------
+# AttentionUnet
+
+
+@register_converter("monai", "AttentionUnet")
+def from_attention_unet(net: nn.Module, ignore_dropout: bool) -> Converted:
+    """The config data and the parametric layers (in unetgen's order) of a MONAI AttentionUnet:
+    batch norm and ReLU everywhere but the conv after each merge (instance norm and PReLU)."""
+    dims = int(net.dimensions)
+    head, layer, reduce = net.model
+    blocks, attention = [head], []
+    while True:  # AttentionLayer(submodule=Sequential(ConvBlock, AttentionLayer) | ConvBlock)
+        attention.append(layer)
+        sub = layer.submodule
+        if isinstance(sub, nn.Sequential):
+            blocks.append(sub[0])
+            layer = sub[1]
+            continue
+        blocks.append(sub)
+        break
+    n = len(attention)
+    ref = _adn_of(head.conv[0], "AttentionUnet.model.0", ignore_dropout)
+    merge_ref = _adn_of(attention[0].merge, "AttentionUnet merge conv", ignore_dropout)
+    layers: list[nn.Module] = []
+    for i, blk in enumerate(blocks):
+        for j, conv in enumerate(blk.conv):
+            layers += _conv_adn(conv, f"AttentionUnet level {i} conv {j}", ignore_dropout, ref)
+    for i in reversed(range(n)):
+        att, where = attention[i], f"AttentionUnet decoder level {i}"
+        layers += _conv_adn(att.upconv.up, f"{where} up", ignore_dropout, ref)
+        gate = att.attention
+        skip_channels = blocks[i].conv[-1].conv.out_channels
+        if gate.W_x[0].conv.out_channels != max(1, skip_channels // 2):
+            raise UnsupportedModelError(f"{where}: attention channels other than half the skip's")
+        for branch in (gate.W_g, gate.W_x, gate.psi):
+            layers += [_bare_conv(branch[0], f"{where} gate"), branch[1]]
+        layers += _conv_adn(att.merge, f"{where} merge conv", ignore_dropout, merge_ref)
+    layers.append(_bare_conv(reduce, "AttentionUnet output conv"))
+    up_k = _isotropic(attention[0].upconv.up.conv.kernel_size, dims, "AttentionUnet up_kernel_size")
+    kernels = [list(b.conv[0].conv.kernel_size) for b in blocks]
+    if any(list(a.merge.conv.kernel_size) != kernels[i] for i, a in enumerate(attention)):
+        raise UnsupportedModelError(
+            f"AttentionUnet kernel_size={short_repr(net.kernel_size)}: its merge convs are 3x3 whatever kernel_size "
+            "says, and unetgen's decoder convs take their level's kernel; only kernel_size=3 converts"
+        )
+    data: dict[str, Any] = {
+        "spatial_dims": dims,
+        "in_channels": int(net.in_channels),
+        "out_channels": int(net.out_channels),
+        "depth": n,
+        "channels": [int(b.conv[-1].conv.out_channels) for b in blocks],
+        "kernel_size": kernels,
+        "strides": [axes(b.conv[0].conv.stride, dims) for b in blocks[1:]],
+        "padding": "same",
+        "down": {"type": "first_conv"},
+        "decoder_convs_per_block": 1,
+        "norm": ref.norm,
+        "activation": ref.activation,
+        "decoder_norm": merge_ref.norm,
+        "decoder_activation": merge_ref.activation,
+        "norm_position": "after_activation" if ref.after else "before_activation",
+        "bias": head.conv[0].conv.bias is not None,
+        "merge": {"type": "attention", "psi_norm": True, "branch_order": "gate_first"},
+        "up": {"type": "transpose", "kernel_size": up_k, "norm_act": True},
+        "dropout": {"rate": 0.0},
+        "init": "torch",
+    }
+    if merge_ref.after != ref.after:
+        raise UnsupportedModelError("AttentionUnet: the merge convs order norm and activation unlike the others")
+    return data, layers

@@ -554,6 +554,7 @@ def to_nnunet_architecture(config: UNetConfig | Mapping[str, Any] | str | Path) 
     _check_widths(c, data)
     _check_regularisation(c, data)
     residual = _check_blocks(c, data)
+    _check_unet_extras(c, data)
     cls = "ResidualEncoderUNet" if residual else "PlainConvUNet"
     return {
         "network_class_name": NNUNET_CLASSES[cls],
@@ -599,6 +600,27 @@ def _check_widths(c: UNetConfig, data: Mapping[str, Any]) -> None:
         raise _refuse(data, "decoder_channels", "a decoder level has the channels of its skip")
     if data.get("decoder_kernel", "same_level") != "same_level":
         raise _refuse(data, "decoder_kernel", "a decoder level uses the kernel of its skip's level")
+
+
+def _check_unet_extras(c: UNetConfig, data: Mapping[str, Any]) -> None:
+    """Options that none of nnU-Net's networks has (those of MONAI's UNet and AttentionUnet)."""
+    if not c.resample_bottleneck:
+        raise _refuse(data, "resample_bottleneck", "every stage but the first down-samples")
+    if data["head"] != {"type": "conv", "kernel_size": 1}:
+        raise _refuse(data, "head", "its output is a 1x1 conv")
+    if 0 in c._decoder_convs():
+        raise _refuse(data, "decoder_convs_per_block", "every decoder stage has convs")
+    for name in ("decoder_norm", "decoder_activation"):
+        if data[name] is not None:
+            raise _refuse(data, name, "one norm and one activation throughout")
+    if data["up"].get("residual_unit"):
+        raise _refuse(data, "up", "nothing between its transposed conv and the concatenation")
+    if data["block"].get("last_activation", "after_sum") != "after_sum" or data["block"].get("bottleneck"):
+        raise _refuse(data, "block", "its residual units are two convs, activated after the sum")
+    if data["down"].get("first_step", "conv") != "conv":
+        raise _refuse(data, "down", "its first stage down-samples with a strided conv, not a pool")
+    if any(s.units == 0 for s in c.layout.encoder):
+        raise _refuse(data, "blocks_per_level", "every stage has at least one block")
 
 
 def _check_regularisation(c: UNetConfig, data: Mapping[str, Any]) -> None:

@@ -20,10 +20,12 @@ from ..config.options import (
     ChannelSpatialExcitation,
     Concat,
     ConvDown,
+    ConvHead,
     Down,
     Dropout,
     Excitation,
     FirstConvDown,
+    Head,
     LinearUp,
     MaxPool,
     Merge,
@@ -36,8 +38,10 @@ from ..config.options import (
     ResidualBlock,
     SpatialDims,
     SpatialExcitation,
+    TransposeHead,
     TransposeUp,
     Up,
+    UpsampleHead,
 )
 from ..config.unet_config import Stage, conv_steps
 from . import layers
@@ -84,8 +88,9 @@ class ConvBlock(nn.Module):
         )
         if isinstance(block, ResidualBlock):
             self.shortcut = _shortcut(dims, stage, block, norm=norm, bias=bias)
+            after = not block.preactivation and block.last_activation == "after_sum"
             post = block.post_activation or act
-            self.post_act = None if block.preactivation else layers.activation(post, channels=stage.out_channels)
+            self.post_act = layers.activation(post, channels=stage.out_channels) if after else None
         self.excite = Excite(dims, stage.out_channels, block.excitation) if block.excitation is not None else None
         self.dropout = dropout
 
@@ -161,13 +166,14 @@ def _body(
     pre-activation block runs norm and activation before each conv; a residual block's last conv
     is activated after the sum, so not here."""
     pre, norm_after = block.preactivation, position == "after_activation"
-    residual = isinstance(block, ResidualBlock)
+    residual = isinstance(block, ResidualBlock) and block.last_activation == "after_sum"  # activated after the sum
+    bottleneck = isinstance(block, ResidualBlock) and block.bottleneck  # 1x1, kxk (strided), 1x1
     out: list[nn.Module] = []
     cin = stage.in_channels
     for j, cout in enumerate(stage.channels):
-        conv = layers.conv(
-            dims, cin, cout, stage.kernel, stride=stage.first_stride if j == 0 else 1, same=same, bias=bias
-        )
+        kernel = 1 if bottleneck and j != 1 else stage.kernel
+        stride = stage.first_stride if j == (1 if bottleneck else 0) else 1
+        conv = layers.conv(dims, cin, cout, kernel, stride=stride, same=same, bias=bias)
         if pre:
             n = layers.norm(norm, dims, cin)
             # activation first (no norm, or norm_after): in place it would overwrite the block's
@@ -193,6 +199,10 @@ def _shortcut(dims: SpatialDims, stage: Stage, block: ResidualBlock, *, norm: No
     pre, strided = block.preactivation, any(s != 1 for s in stride)
     proj: list[nn.Module] = []
     match block.shortcut:
+        case "conv" if cin != cout or strided:  # no norm: the block's kernel where it strides, else 1x1
+            return nn.Sequential(
+                layers.conv(dims, cin, cout, stage.kernel if strided else 1, stride=stride, same=strided, bias=bias)
+            )
         case "projection" if cin != cout or strided:
             proj.append(layers.conv(dims, cin, cout, 1, stride=stride, bias=bias or pre))
         case "resnet_d":
@@ -253,9 +263,17 @@ def make_up(
     norm: Norm = _NO_NORM,
     act: Activation = _RELU,
     position: NormPosition = "before_activation",
+    kernel: tuple[int, ...] = (),
+    bias: bool = True,
 ) -> nn.Module:
     """Up-sampling by `stride` from `cin` to `cout` channels; `norm`, `act` and `position`
-    serve a transposed conv with `norm_act`."""
+    serve a transposed conv with `norm_act`, `kernel` and `bias` the conv of its `residual_unit`."""
+    if isinstance(option, TransposeUp) and option.residual_unit:
+        up = make_up(option.model_copy(update={"residual_unit": False}), dims, cin, cout, stride, norm=norm, act=act,
+                     position=position)  # fmt: skip
+        conv = layers.conv(dims, cout, cout, kernel, same=True, bias=bias)
+        unit = layers.with_norm_act(conv, norm, dims, layers.activation(act, channels=cout), position)
+        return ResidualUnitAfter(up, nn.Sequential(*unit))
     match option:
         case TransposeUp(bias=bias, kernel_size=k, norm_act=norm_act, size_by=size_by):
             resize = None
@@ -291,6 +309,91 @@ def make_up(
     raise AssertionError(f"unhandled up {option!r}")
 
 
+class ResidualUnitAfter(nn.Module):
+    """`up`, then its output plus `unit` of it (MONAI's one-conv ResidualUnit after an
+    up-sampling, and after the transposed-conv head)."""
+
+    def __init__(self, up: nn.Module, unit: nn.Module) -> None:
+        super().__init__()
+        self.up, self.unit = up, unit
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.up(x)  # (B, C, *(S * stride))
+        return y + self.unit(y)
+
+
+def make_head(
+    option: Head,
+    dims: SpatialDims,
+    cin: int,
+    cout: int,
+    *,
+    same: bool,
+    stride: tuple[int, ...],
+    kernel: tuple[int, ...],
+    bias: bool,
+    norm: Norm,
+    act: Activation,
+    position: NormPosition,
+    up: Up | None = None,
+    decoder_kernel: tuple[int, ...] = (),
+    decoder_norm: Norm | None = None,
+    decoder_act: Activation | None = None,
+) -> nn.Module:
+    """The output layer: a conv (`ConvHead`), a transposed conv that up-samples by `stride`
+    (`TransposeHead`, with its norm and activation and residual unit of one bare conv:
+    `kernel`, `bias`), or `up` by `stride`, convs (`decoder_kernel`, `decoder_norm`,
+    `decoder_act`) and a conv (`UpsampleHead`)."""
+    match option:
+        case UpsampleHead(channels=widths, kernel_size=k):
+            assert up is not None and decoder_norm is not None and decoder_act is not None
+            upsample = make_up(up, dims, cin, cin, stride, norm=norm, act=act, position=position, kernel=decoder_kernel,
+                               bias=bias)  # fmt: skip
+            convs, c = [], cin
+            for w in widths:
+                conv = layers.conv(dims, c, w, decoder_kernel, same=same, bias=bias)
+                a = layers.activation(decoder_act, channels=w)
+                convs.append(nn.Sequential(*layers.with_norm_act(conv, decoder_norm, dims, a, position)))
+                c = w
+            return UpsampleHeadModule(upsample, nn.ModuleList(convs), layers.conv(dims, c, cout, k, same=same))
+        case ConvHead(kernel_size=k):
+            return layers.conv(dims, cin, cout, k, same=same)
+        case TransposeHead(kernel_size=k, bias=tbias, norm_act=norm_act, residual_unit=unit):
+            extra = tuple(s - 1 for s in stride)
+            t = layers.CONV_TRANSPOSE[dims](
+                cin, cout, k, stride=stride, padding=k // 2, output_padding=extra, bias=tbias
+            )
+            up: nn.Module = t
+            if norm_act:
+                up = nn.Sequential(
+                    *layers.with_norm_act(t, norm, dims, layers.activation(act, channels=cout), position)
+                )
+            if not unit:
+                return up
+            return ResidualUnitAfter(up, nn.Sequential(layers.conv(dims, cout, cout, kernel, same=True, bias=bias)))
+    raise AssertionError(f"unhandled head {option!r}")
+
+
+class UpsampleHeadModule(nn.Module):
+    """`head: upsample`: `up`, each of `convs`, then `out`."""
+
+    def __init__(self, up: nn.Module, convs: nn.ModuleList, out: nn.Module) -> None:
+        super().__init__()
+        self.up, self.convs, self.out = up, convs, out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.up(x)  # (B, C, *(S * stem_stride))
+        for conv in self.convs:
+            x = conv(x)
+        return self.out(x)
+
+
+def stem_pool(dims: SpatialDims, stride: tuple[int, ...]) -> nn.Module:
+    """ResNet's pool after its stem: max pooling of kernel 2*stride - 1, padding stride - 1 (3/2/1)."""
+    kernel, padding = tuple(2 * s - 1 for s in stride), tuple(s - 1 for s in stride)
+    return layers.MAX_POOL[dims](kernel, stride, padding)
+
+
 class InterpolateUp(nn.Sequential):
     """Interpolation and an optional 1x1 conv, held as (upsample, conv) but run conv first: a
     1x1 conv commutes with nearest and (bi/tri)linear interpolation (whose weights sum to 1), and
@@ -309,19 +412,37 @@ class Gate(nn.Module):
     """Additive attention gate (Oktay et al. 2018): the skip x is weighted by
     sigmoid(psi(act(W_x x + W_g g))), where g is the up-sampled coarser map."""
 
-    def __init__(self, dims: SpatialDims, skip: int, gate: int, inter: int, norm: Norm, act: Activation) -> None:
+    def __init__(
+        self,
+        dims: SpatialDims,
+        skip: int,
+        gate: int,
+        inter: int,
+        norm: Norm,
+        act: Activation,
+        *,
+        psi_norm: bool = False,
+        gate_first: bool = False,
+    ) -> None:
         super().__init__()
 
-        def project(cin: int, cout: int) -> nn.Sequential:
-            n = layers.norm(norm, dims, cout)
+        def project(cin: int, cout: int, normed: bool = True) -> nn.Sequential:
+            n = layers.norm(norm, dims, cout) if normed else None
             return nn.Sequential(*[m for m in (layers.conv(dims, cin, cout, 1), n) if m is not None])
 
+        self.gate_first = gate_first
         self.w_x, self.w_g = project(skip, inter), project(gate, inter)
         self.act = layers.activation(act, channels=inter)
-        self.psi = nn.Sequential(layers.conv(dims, inter, 1, 1), nn.Sigmoid())  # (B, 1, *S) gate in [0, 1]
+        self.psi = nn.Sequential(*project(inter, 1, psi_norm), nn.Sigmoid())  # (B, 1, *S) gate in [0, 1]
 
     def forward(self, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-        alpha = self.psi(self.act(self.w_x(x) + self.w_g(g)))  # (B, 1, *S)
+        if self.gate_first:  # the same sum; the layers run in the other order
+            wg = self.w_g(g)
+            wx = self.w_x(x)
+        else:
+            wx = self.w_x(x)
+            wg = self.w_g(g)
+        alpha = self.psi(self.act(wx + wg))  # (B, 1, *S)
         return x * alpha
 
 
@@ -335,7 +456,8 @@ class SkipMerge(nn.Module):
         self.option = option
         self.gate = None
         if isinstance(option, AttentionGate):
-            self.gate = Gate(dims, skip, up, inter, norm, act)
+            first = option.branch_order == "gate_first"
+            self.gate = Gate(dims, skip, up, inter, norm, act, psi_norm=option.psi_norm, gate_first=first)
 
     def forward(self, skip: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
         skip = center_crop(skip, up.shape[2:])  # (B, C_skip, *up.shape[2:]), a view

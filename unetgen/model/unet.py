@@ -10,9 +10,10 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ..analysis import shapes
+from ..config.options import FirstConvDown
 from ..config.unet_config import UNetConfig
 from . import layers
-from .blocks import ConvBlock, SkipMerge, conv_norm_act, make_down, make_up, paper_init_
+from .blocks import ConvBlock, SkipMerge, conv_norm_act, make_down, make_head, make_up, paper_init_, stem_pool
 
 
 class EncoderLevel(nn.Module):
@@ -36,12 +37,13 @@ class DecoderLevel(nn.Module):
     """One decoder level: up-sample the coarser map, merge it with the skip, convolve; `aux` is
     the level's deep-supervision head (applied by `UNet.forward` in training mode), if any."""
 
-    def __init__(self, up: nn.Module, merge: SkipMerge, block: ConvBlock, aux: nn.Module | None = None) -> None:
+    def __init__(self, up: nn.Module | None, merge: SkipMerge, block: ConvBlock, aux: nn.Module | None = None) -> None:
         super().__init__()
         self.up, self.merge, self.block, self.aux = up, merge, block, aux
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
-        x = self.up(x)  # (B, C_up, *(S * stride))
+        if self.up is not None:  # None: a bottleneck at this level's resolution (`resample_bottleneck: false`)
+            x = self.up(x)  # (B, C_up, *(S * stride))
         x = self.merge(skip, x)  # (B, C_skip + C_up, ...) for concat
         return self.block(x)  # (B, C_level, *(S' - shrink))
 
@@ -69,10 +71,10 @@ class UNet(nn.Module):
 
         conv_dropout = c.dropout if c.conv_dropout is not None else None  # dropout after every conv
 
-        def block(stage, drop: bool, option=c.block) -> nn.Module:
+        def block(stage, drop: bool, option=c.block, norm=c.norm, act=c.activation) -> nn.Module:
             units = [
                 ConvBlock(
-                    dims, unit, same=same, norm=c.norm, act=c.activation, bias=c.conv_bias, block=option,
+                    dims, unit, same=same, norm=norm, act=act, bias=c.conv_bias, block=option,
                     dropout=dropout(drop) if u == stage.units - 1 else None, position=position,
                     conv_dropout=conv_dropout,
                 )
@@ -80,12 +82,18 @@ class UNet(nn.Module):
             ]  # fmt: skip
             return units[0] if len(units) == 1 else nn.Sequential(*units)
 
-        def up(i: int) -> nn.Module:
+        def up(i: int) -> nn.Module | None:
+            if i == c.depth - 1 and not c.resample_bottleneck:
+                return None
             coarse, channels, stride = lay.coarse_channels[i], lay.up_channels[i], lay.strides[i]
-            return make_up(c.up, dims, coarse, channels, stride, norm=c.norm, act=c.activation, position=position)
+            return make_up(c.up, dims, coarse, channels, stride, norm=c.norm, act=c.activation, position=position,
+                           kernel=lay.decoder[i].kernel, bias=c.conv_bias)  # fmt: skip
 
         def encoder_level(i: int) -> EncoderLevel:
-            down = make_down(c.down, dims, lay.encoder[i - 1].out_channels, lay.strides[i - 1]) if i > 0 else None
+            resampled = i > 0 and (i < c.depth or c.resample_bottleneck)
+            down = make_down(c.down, dims, lay.encoder[i - 1].out_channels, lay.strides[i - 1]) if resampled else None
+            if i == 1 and isinstance(c.down, FirstConvDown) and c.down.first_step == "max_pool":
+                down = stem_pool(dims, lay.strides[0])
             stem = None
             if i == 0 and lay.stem is not None:
                 stem = conv_norm_act(
@@ -109,12 +117,23 @@ class UNet(nn.Module):
                     c.activation,
                     inter=c.attention_channels[i] if c.attention_channels else 0,
                 ),
-                block(lay.decoder[i], lay.decoder_dropout[i], c.decoder_block_type),
+                block(
+                    lay.decoder[i],
+                    lay.decoder_dropout[i],
+                    c.decoder_block_type,
+                    c.decoder_norm_type,
+                    c.decoder_activation_type,
+                ),
                 layers.conv(dims, lay.decoder[i].out_channels, c.out_channels, 1) if i in c.deep_supervision else None,
             )
             for i in range(c.depth)
         )
-        self.head = layers.conv(dims, lay.decoder[0].out_channels, c.out_channels, 1)
+        self.head = make_head(
+            c.head, dims, lay.decoder[0].out_channels, c.out_channels, same=same, stride=lay.stem_stride,
+            kernel=lay.encoder[0].kernel, bias=c.conv_bias, norm=c.norm, act=c.activation, position=position,
+            up=c.up, decoder_kernel=lay.decoder[0].kernel, decoder_norm=c.decoder_norm_type,
+            decoder_act=c.decoder_activation_type,
+        )  # fmt: skip
         if c.init == "paper":
             paper_init_(self)
 

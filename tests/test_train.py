@@ -1,0 +1,303 @@
+"""`unetgen train` (issue 22): the training schema, the engine and the command. Tiny models (base
+2), small images and few steps; the kill -9 / resume equality and the 2-process DDP equality run
+real subprocesses (`python -m unetgen train`, `torchrun`)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from jsonschema import Draft202012Validator
+from safetensors.torch import load_file
+
+from unetgen import build_unet, load_unet, predict_tiled
+from unetgen.checkpoint import checkpoint_metadata, checkpoint_preprocessing
+from unetgen.cli import main
+from unetgen.config.io import ConfigError
+from unetgen.config.training import SCHEMA_PATH, LoadedTraining, TrainingConfig, load_training, schema_text
+from unetgen.train import Outputs, read_state, train
+from unetgen.train.metrics import class_scores, object_scores
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+ROOT = Path(__file__).resolve().parents[1]
+TINY = {"depth": 2, "base_channels": 2, "dropout": 0, "init": "torch"}
+SCHEMA = Draft202012Validator(json.loads(schema_text()))
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+
+
+def blobs(seed: int, shape: tuple[int, int] = (64, 64), count: int = 6) -> tuple[np.ndarray, np.ndarray]:
+    """A uint16 image of bright discs and their instance labels (two of them touching)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    labels = np.zeros(shape, np.uint16)
+    centres = [(20, 20), (20, 29), (40, 54)] + [tuple(rng.integers(8, s - 8) for s in shape) for _ in range(count - 3)]
+    for k, (cy, cx) in enumerate(centres, start=1):
+        labels[((yy - cy) ** 2 + (xx - cx) ** 2 < 25) & (labels == 0)] = k
+    image = (100 + 80 * (labels > 0) + rng.normal(0, 10, shape)).astype(np.uint16)
+    return image, labels
+
+
+def write_data(folder: Path, n: int = 2) -> tuple[Path, Path]:
+    images, masks = folder / "images", folder / "masks"
+    images.mkdir()
+    masks.mkdir()
+    for i in range(n):
+        image, labels = blobs(i)
+        np.save(images / f"cell{i}.npy", image)
+        np.save(masks / f"cell{i}.npy", labels)
+    return images, masks
+
+
+def training_file(folder: Path, **fields: Any) -> Path:
+    doc = {
+        "data": {"images": "images", "masks": "masks", "validation": {"type": "region", "fraction": 0.25}},
+        "model": TINY,
+        "patches": {"size": 48, "batch": 2},
+        "targets": "instances",
+        "augmentation": {"elastic": {"sigma": 3, "points": 3}},
+        "steps": 6,
+        "validate_every": 3,
+        "save_every": 2,
+        **fields,
+    }
+    path = folder / "training.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# the schema
+
+
+def test_committed_schema_is_current_and_validates_a_file(tmp_path: Path) -> None:
+    committed = (ROOT / SCHEMA_PATH).read_text()
+    assert committed == schema_text(), f"{SCHEMA_PATH} is stale; regenerate it from schema_text()"
+    schema = json.loads(committed)
+    Draft202012Validator.check_schema(schema)
+    doc = yaml.safe_load(training_file(tmp_path).read_text())
+    assert not list(Draft202012Validator(schema).iter_errors(doc))
+    assert list(Draft202012Validator(schema).iter_errors({**doc, "loss": {"smooth": 1}}))  # no type
+    assert "Ronneberger" in schema["$defs"]["WeightMap"]["description"]
+    assert "momentum 0.99" in schema["$defs"]["SGD"]["description"]
+
+
+def test_every_problem_at_once_with_file_line_column(tmp_path: Path) -> None:
+    path = tmp_path / "t.yaml"
+    path.write_text(
+        "data:\n  images: a\n  masks: b\n  validation: {type: region, fraction: 2}\n"
+        "model: {depth: 3, base_channel: 8}\nloss: dicee\noptimizer: {type: sgd, momentum: 1.5}\nsteps: '10'\n"
+    )
+    with pytest.raises(ConfigError) as info:
+        load_training(path)
+    lines = str(info.value).splitlines()
+    assert len(lines) == 5
+    assert lines[0].startswith(f"{path}:4:") and "data.validation.fraction" in lines[0]
+    assert "model.base_channel: unknown field 'base_channel'; did you mean 'base_channels'?" in lines[1]
+    assert "did you mean 'dice'?" in lines[2] and lines[2].startswith(f"{path}:6:1:")
+    assert "optimizer.momentum" in lines[3] and "steps" in lines[4]
+    path.write_text(
+        "data: {images: a, masks: b, axes: yx}\nmodel: unet\npreprocessing: {axes: zyx}\nbest_metric: object_f1\n"
+    )
+    with pytest.raises(ConfigError) as info:
+        load_training(path)
+    assert [line.split(": ")[1] for line in str(info.value).splitlines()] == ["preprocessing.axes", "best_metric"]
+
+
+NAMES = st.sampled_from(["a.tif", "images", "x/y.npy"])
+OPTIONS = {
+    "validation": st.sampled_from(
+        ["none", "files", "region", {"type": "files", "count": 2}, {"type": "region", "fraction": 0.5, "axis": "y"}]
+    ),
+    "targets": st.sampled_from(["classes", "instances", {"type": "instances", "separate": False, "weight_map": None},
+                                {"type": "instances", "weight_map": {"w0": 0, "sigma": 2, "class_weights": "none"}}]),
+    "loss": st.sampled_from(["cross_entropy", "dice", {"type": "dice_cross_entropy", "dice": 0.5}]),
+    "optimizer": st.sampled_from(["sgd", "adam", "adamw", {"type": "sgd", "lr": 0.1, "nesterov": True}]),
+    "schedule": st.sampled_from(["constant", "poly", {"type": "poly", "exponent": 2}]),
+    "augmentation": st.sampled_from([{}, {"flips": False, "rot90": False, "intensity": None, "elastic": None},
+                                     {"elastic": {"sigma": [1, 4, 4], "points": 2, "probability": 0.5}}]),
+    "patches": st.sampled_from([{}, {"size": 188}, {"size": [16, 64, 64], "batch": 3}, {"memory": "512MiB"}]),
+}  # fmt: skip
+
+
+@settings(max_examples=25)
+@given(st.fixed_dictionaries({"images": NAMES, "masks": NAMES}), st.fixed_dictionaries({}, optional=OPTIONS))
+def test_drawn_files_validate_round_trip_and_match_the_schema(data: dict, options: dict) -> None:
+    """Every option as a file writes it: pydantic accepts it strictly, the JSON Schema agrees, and
+    the dumped config reads back equal."""
+    validation = options.pop("validation", None)
+    doc = {
+        "data": {**data, **({"validation": validation} if validation else {})},
+        "model": "ronneberger2015",
+        **options,
+    }
+    assert not list(SCHEMA.iter_errors(doc))
+    config = TrainingConfig.model_validate_json(json.dumps(doc), strict=True)
+    again = TrainingConfig.model_validate_json(config.model_dump_json(), strict=True)
+    assert again == config
+
+
+# ---------------------------------------------------------------------------------------------
+# metrics
+
+
+def test_metrics_by_hand() -> None:
+    truth = np.zeros((8, 8), np.int64)
+    truth[1:3, 1:3], truth[1:3, 3:5], truth[5:7, 5:7] = 1, 2, 3  # 1 and 2 touch
+    pred = np.zeros((8, 8), bool)
+    pred[1:3, 1:3] = pred[1:3, 4:5] = True  # 1 exact, 2 half (IoU 0.5: no match), 3 missed
+    scores = object_scores(pred, truth)
+    assert scores["object_f1"] == pytest.approx(2 * 1 / (3 + 2))
+    assert scores["separated"] == 1.0 and scores["pairs"] == 1  # 2 is owned by a component (half of it)
+    merged = object_scores(truth > 0, truth)
+    assert merged["separated"] == 0.0 and merged["object_f1"] == pytest.approx(2 * 1 / (3 + 2))
+    c = class_scores(np.array([0, 1, 1, 2]), np.array([0, 1, 2, 2]), 3)
+    assert c["iou_1"] == pytest.approx(1 / 2) and c["dice_2"] == pytest.approx(2 / 3)
+    assert c["iou"] == pytest.approx(0.5)
+
+
+# ---------------------------------------------------------------------------------------------
+# the command
+
+
+def test_cli_simple_form_trains_and_writes_everything(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    image, labels = blobs(0)
+    np.save(tmp_path / "img.npy", image)
+    np.save(tmp_path / "lab.npy", labels)
+    (tmp_path / "tiny.json").write_text(json.dumps(TINY))
+    out = tmp_path / "run" / "m.safetensors"
+    out.parent.mkdir()
+    args = ["train", str(tmp_path / "tiny.json"), "--images", str(tmp_path / "img.npy"), "--masks",
+            str(tmp_path / "lab.npy"), "--targets", "instances", "--output", str(out), "--steps", "3",
+            "--patch", "48", "--no-progress"]  # fmt: skip
+    assert main(args) == 0
+    paths = Outputs.of(out)
+    assert all(p.exists() for p in (paths.best, paths.last, paths.state, paths.log))
+    spec = checkpoint_preprocessing(paths.last)
+    assert spec is not None and spec.axes == "yx" and spec.normalize[0].type == "scale_range"
+    assert checkpoint_metadata(paths.best)["unetgen_train"]["step"] == 3
+    log = paths.log.read_text().splitlines()
+    assert log[0] == "step,loss,lr,seconds,iou,dice,object_f1,separated" and len(log) == 4
+    assert read_state(paths.state)["step"] == 3
+    # the validation of the held-out quarter scores what the whole image's prediction gives there
+    net = load_unet(paths.last)
+    with torch.no_grad():
+        whole = predict_tiled(net, image, progress=False).argmax(0).numpy()  # applies the stored spec
+    cut = 64 - 16
+    fg, truth = whole[:, cut:] == 1, labels[:, cut:] > 0
+    iou = (fg & truth).sum() / (fg | truth).sum() if (fg | truth).any() else 1.0
+    assert float(log[-1].split(",")[4]) == pytest.approx(iou, abs=1e-5)
+    assert float(log[-1].split(",")[6]) == pytest.approx(
+        object_scores(fg, labels[:, cut:].astype(np.int64))["object_f1"]
+    )
+    # the same again: refused, --resume has nothing left to do, --restart replaces only its own files
+    capsys.readouterr()
+    assert main(args) == 1
+    assert "--resume to continue it or --restart" in capsys.readouterr().err
+    assert main([*args, "--resume"]) == 0
+    (tmp_path / "run" / "m.curves.png").unlink(missing_ok=True)
+    (tmp_path / "run" / "m.log.csv").write_text("mine")
+    paths.state.unlink()
+    assert main([*args, "--restart"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("error:") == 1 and "was not written by this training run" in err
+    assert (tmp_path / "run" / "m.log.csv").read_text() == "mine"
+
+
+def test_cli_refuses_outputs_among_inputs_and_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    images, masks = write_data(tmp_path)
+    cfg = training_file(tmp_path)
+    for output, words in [
+        (images / "m.safetensors", "sits inside the input"),
+        (tmp_path / "m.txt", "NAME.safetensors"),
+    ]:
+        assert main(["train", str(cfg), "--output", str(output), "--no-progress", "--no-plot"]) == 1
+        err = capsys.readouterr().err
+        assert err.count("error:") == 1 and words in err, err
+    assert main(["train", str(cfg), "--images", "x.npy"]) == 2
+    assert "go with a MODEL" in capsys.readouterr().err
+    np.save(masks / "cell1.npy", np.full((64, 64), 0.5))
+    assert main(["train", str(cfg), "--output", str(tmp_path / "m.safetensors"), "--no-progress", "--no-plot"]) == 1
+    assert "holds float64 values" in capsys.readouterr().err
+    np.save(masks / "cell1.npy", blobs(1)[1])
+    bad = training_file(tmp_path, patches={"size": 50})
+    assert main(["train", str(bad), "--output", str(tmp_path / "m.safetensors"), "--no-progress", "--no-plot"]) == 1
+    err = capsys.readouterr().err
+    assert f"{bad}:" in err and "patches.size" in err and "nearest valid: 48x48 or 52x52" in err
+
+
+# ---------------------------------------------------------------------------------------------
+# resume after kill -9, and DDP
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(path))
+
+
+def test_kill_9_then_resume_ends_with_the_uninterrupted_weights(tmp_path: Path) -> None:
+    write_data(tmp_path)
+    cfg = training_file(tmp_path, steps=12, save_every=1, validate_every=6)
+    killed = tmp_path / "killed.safetensors"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "unetgen", "train", str(cfg), "--output", str(killed), "--no-progress", "--no-plot"],
+        env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    state, at = Outputs.of(killed).state, None
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            if state.exists() and (s := read_state(state)) is not None and s["step"] >= 3:
+                proc.send_signal(signal.SIGKILL)
+                at = s["step"]
+                break
+            time.sleep(0.05)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert at is not None and 3 <= at < 12, f"not killed mid-run: {proc.stderr.read().decode()[-2000:]}"
+    assert read_state(state)["step"] < 12
+    loaded = load_training(cfg)  # the in-process runs save at the end only (save_every may differ)
+    quick = LoadedTraining(loaded.config.model_copy(update={"save_every": 12}), loaded.source, loaded.base)
+    train(quick, killed, resume=True, progress=False, plot=False)
+    reference = tmp_path / "whole.safetensors"
+    train(quick, reference, progress=False, plot=False)
+    for name in ("last", "best"):
+        got, want = _weights(getattr(Outputs.of(killed), name)), _weights(getattr(Outputs.of(reference), name))
+        assert got.keys() == want.keys()
+        for key in want:
+            assert torch.equal(got[key], want[key]), f"{name}: {key}"
+    got_log = [line.split(",")[:3] for line in Outputs.of(killed).log.read_text().splitlines()]
+    want_log = [line.split(",")[:3] for line in Outputs.of(reference).log.read_text().splitlines()]
+    assert got_log == want_log  # step, loss, lr of every step: the same run
+
+
+def test_torchrun_two_processes_match_one_process(tmp_path: Path) -> None:
+    write_data(tmp_path)
+    cfg = training_file(tmp_path, steps=3, save_every=3, validate_every=3, patches={"size": 48, "batch": 4},
+                        augmentation={"intensity": None})  # fmt: skip
+    ddp = tmp_path / "ddp.safetensors"
+    run = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         "-m", "unetgen", "train", str(cfg), "--output", str(ddp), "--no-progress", "--no-plot"],
+        env=ENV, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    one = tmp_path / "one.safetensors"
+    train(cfg, one, progress=False, plot=False)
+    got, want = _weights(Outputs.of(ddp).last), _weights(Outputs.of(one).last)
+    assert got.keys() == want.keys()
+    for key in want:
+        torch.testing.assert_close(got[key], want[key], rtol=1e-4, atol=1e-5, msg=key)
+    initial = build_unet(TINY, seed=0).state_dict()
+    assert any(not torch.equal(initial[k], want[k]) for k in want)  # it trained
