@@ -43,7 +43,7 @@ def no_debug(monkeypatch: pytest.MonkeyPatch) -> None:
 def _error_lines(err: str) -> list[str]:
     lines = [line for line in err.splitlines() if line.strip()]
     assert "Traceback" not in err
-    assert all(line.startswith(("error: ", "plan: ", "memory: ")) for line in lines), err
+    assert all(line.startswith(("error: ", "plan: ", "memory: ", "compute: ")) for line in lines), err
     return [line for line in lines if line.startswith("error: ")]
 
 

@@ -54,6 +54,8 @@ DRAWINGS = (["d.svg"], ["fifo.svg", "missing/d.svg", "dir.npy", "/dev/full", "no
 PLANS = (["plans.json"], ["plans_v2.json", "tiny.json", "missing.yaml", "fifo.yaml", "dir.yaml", "nul", "empty"])
 YAMLS = (["m.yaml", "outdir/m.yml"], ["m.json", "noext", "missing/m.yaml", "dir.npy", "/dev/full", "fifo.yaml", "nul"])
 OUTPUT_TYPES = (["logits", "probabilities", "labels"], ["argmax", "LABELS"])
+TTAS = (["flip"], ["rotate", "FLIP", ""])
+TTA_AXES = (["0", "1", "0,1"], ["2", "0,0", "-1", "x", "", "1,0,2"])
 
 
 Pool = tuple[list[str], list[str]]
@@ -76,7 +78,8 @@ _SLOTS: dict[str, list[tuple[str, Pool, bool]]] = {
                 ("--overlap", FRACTIONS, False), ("--blend", BLENDS, False), ("--device", DEVICES, False),
                 ("--memory-limit", GIBS, False), ("--output-type", OUTPUT_TYPES, False), ("--dry-run", ([""], [""]),
                 False), ("--restart", ([""], [""]), False), ("--block-size", SIZES, False),
-                ("--scheduler", SCHEDULERS, False), ("--no-preprocessing", ([""], [""]), False)],
+                ("--scheduler", SCHEDULERS, False), ("--no-preprocessing", ([""], [""]), False),
+                ("--no-optimize", ([""], [""]), False), ("--tta", TTAS, False), ("--tta-axes", TTA_AXES, False)],
 }  # fmt: skip
 _SLOTS["predict_large"] = [  # `predict` out of core: a checkpoint, a .zarr output, the out-of-core options
     ("", (["tiny.safetensors", "spec.safetensors"],
@@ -88,8 +91,9 @@ _SLOTS["predict_large"] = [  # `predict` out of core: a checkpoint, a .zarr outp
     ("--block-size", SIZES, False), ("--batch-size", INTS, False), ("--output-type", OUTPUT_TYPES, False),
     ("--scheduler", SCHEDULERS, False), ("--memory-limit", GIBS, False), ("--dry-run", ([""], [""]), False),
     ("--no-preprocessing", ([""], [""]), False),
+    ("--no-optimize", ([""], [""]), False), ("--tta", TTAS, False), ("--tta-axes", TTA_AXES, False),
 ]  # fmt: skip
-_SWITCHES = {"--dry-run", "--no-deep-supervision", "--restart", "--no-preprocessing"}
+_SWITCHES = {"--dry-run", "--no-deep-supervision", "--restart", "--no-preprocessing", "--no-optimize"}
 _JUNK = [["--frobnicate"], ["--help"], ["-h"], ["--"], ["-"], ["--input-size"], ["extra"], ["--batch-size"],
          ["--batch-size", "2"], ["--weights", "w.pt"], ["--near", "12"]]  # fmt: skip
 _WEIGHTS_OF = {"tiny.json": "w.pt", "tiny3d.json": "tiny3d.pt", "rgb.json": "rgb.pt", "aniso.json": "aniso.pt"}
@@ -170,7 +174,7 @@ def test_any_command_line_ends_in_0_1_or_2_without_a_traceback(files: dict[str, 
     if code == 2:
         assert sum("error: " in line for line in lines) == 1, err
     elif code == 1 and lines:
-        notes = ("error: ", "plan: ", "memory: ", "resuming: ", "preprocessing: ", "axes ", "instances: ")
+        notes = ("error: ", "plan: ", "memory: ", "resuming: ", "preprocessing: ", "axes ", "instances: ", "compute: ")
         assert all(line.startswith(notes) for line in lines), err
         assert any(line.startswith("error: ") for line in lines)
         assert "internal error" not in err, err

@@ -55,3 +55,14 @@ def test_input_checks_survive() -> None:
     fast = optimize_for_inference(build_unet({"depth": 2, "base_channels": 2}))
     with pytest.raises(shapes.InputShapeError, match="nearest valid"):
         fast(torch.zeros(1, 1, 50, 50))
+
+
+def test_the_copy_shares_what_it_does_not_change_and_stays_in_eval_mode() -> None:
+    model = build_unet({"depth": 1, "base_channels": 2, "spatial_dims": 1, "norm": "batch"})  # 1D: no relayout
+    fast = optimize_for_inference(model)
+    original = {p.data_ptr() for p in model.parameters()}
+    shared = [p for p in fast.parameters() if p.data_ptr() in original]
+    assert shared and len(shared) < len(list(fast.parameters()))  # folded convs have their own weights
+    assert all(p.requires_grad for p in model.parameters()) and not any(p.requires_grad for p in fast.parameters())
+    fast.train()  # its batch-norm statistics may be the model's own storage: they must never move
+    assert not any(m.training for m in fast.modules()) and model.training

@@ -33,7 +33,7 @@ from .export import add_export_parser
 from .imports import cmd_import
 from .inspect import LISTED_SIZES, cmd_presets, cmd_schema, cmd_sizes, cmd_summary, cmd_trace, cmd_validate
 from .plan import cmd_plan
-from .predict import cmd_predict
+from .predict import add_inference_options, cmd_predict
 from .train import add_train_parser
 
 __all__ = ["DEBUG_ENV", "LISTED_SIZES", "UsageError", "build_parser", "main"]
@@ -95,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-preprocessing", action="store_true", help="ignore the preprocessing stored with the model; predict as is"
     )
     _add_large_options(p)
+    add_inference_options(p)
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("validate", help="check config files; one FILE:LINE:COLUMN: field: message line per problem")

@@ -60,6 +60,20 @@ def sizes_arg(text: str) -> tuple[int, ...]:
     return sizes
 
 
+def spatial_axes_arg(text: str) -> tuple[int, ...]:
+    """``0,1`` (or ``0x1``): spatial axes, non-negative ints, the first spatial axis 0."""
+    parts = text.strip().lower().replace("x", ",").split(",")
+    try:
+        axes = tuple(int(p.strip()) for p in parts)
+    except ValueError:
+        axes = ()
+    if not axes or min(axes) < 0 or len(set(axes)) != len(axes):
+        raise argparse.ArgumentTypeError(
+            f"{show(text)} is not a list of spatial axes; give distinct axes counted from 0, e.g. 0,1 (2D) or 1,2"
+        )
+    return axes
+
+
 def _float(text: str) -> float:
     """`text` as a float, NaN (refused by every range check) when it is not a number."""
     try:

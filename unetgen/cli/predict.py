@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config.unet_config import UNetConfig
-from .args import check_output, read_config, spatial
+from .args import check_output, read_config, spatial, spatial_axes_arg
 from .errors import CommandError, UsageError, note, show
 
 # ---------------------------------------------------------------------------------------------
@@ -85,6 +85,56 @@ def _spec(args: argparse.Namespace, model: Any) -> Any:
 
 
 # ---------------------------------------------------------------------------------------------
+# how tiles are computed (unetgen.predict.inference): the fast path, autocast, test-time mirroring
+
+
+def add_inference_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("how tiles are computed (docs/tiling.md)")
+    g.add_argument(
+        "--no-optimize", action="store_true", help="run the model as it is (default: batch norm folded, channels-last)"
+    )
+    g.add_argument("--amp", choices=("bf16", "fp16"), default=None, help="autocast on CUDA (needs --device cuda)")
+    g.add_argument("--tta", choices=("flip",), default=None, help="test-time mirroring: average over flipped tiles")
+    g.add_argument(
+        "--tta-axes",
+        type=spatial_axes_arg,
+        default=None,
+        metavar="AXES",
+        help="spatial axes to flip, e.g. 0,1 (default all)",
+    )
+
+
+def _inference_options(args: argparse.Namespace, cfg: UNetConfig) -> dict[str, Any]:
+    """`predict_tiled`'s options for the flags above, checked against the config and the device."""
+    dims = cfg.spatial_dims
+    if args.tta_axes is not None:
+        if args.tta is None:
+            raise UsageError("--tta-axes needs --tta flip")
+        if max(args.tta_axes) >= dims:
+            example = ",".join(map(str, range(dims)))
+            raise UsageError(
+                f"--tta-axes {','.join(map(str, args.tta_axes))}: the config has {dims} spatial axes, "
+                f"numbered 0 to {dims - 1} (e.g. --tta-axes {example})"
+            )
+    if args.amp is not None and not str(args.device or "cpu").startswith("cuda"):
+        raise UsageError(
+            f"--amp {args.amp} runs on CUDA only (on CPU autocast is about 10x slower than float32); "
+            "add --device cuda or drop --amp"
+        )
+    return dict(optimize=not args.no_optimize, amp=args.amp, tta=args.tta, tta_axes=args.tta_axes)
+
+
+def _describe(options: dict[str, Any]) -> str:
+    fast = "fast path (batch norm folded, channels-last)" if options["optimize"] else "the model as it is"
+    amp = f", autocast {options['amp']}" if options["amp"] else ""
+    tta = ""
+    if options["tta"]:
+        axes = options["tta_axes"]
+        tta = f", test-time mirroring over {'every spatial axis' if axes is None else 'axes ' + str(list(axes))}"
+    return f"compute: {fast}{amp}{tta}"
+
+
+# ---------------------------------------------------------------------------------------------
 # predict
 
 
@@ -107,6 +157,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     _check_weights_arg(args)
     fix_mmap_threshold()  # freed tensors go back to the system: the printed estimate holds
     cfg = read_config(args.config)
+    inference = _inference_options(args, cfg)
     tile = None if args.tile_size is None else spatial(cfg, args.tile_size, "--tile-size")
     check_output(args.output)
     image_format(args.input, "--input")  # a readable file of a known format, before the model loads
@@ -146,6 +197,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     )  # fmt: skip
     check_memory(cfg, plan, **options_memory, labelling_bytes=labelling, memory_limit=limit)  # type: ignore[arg-type]
     _memory_note(cfg, plan, options_memory, limit, labelling)
+    note(_describe(inference))
     if args.dry_run:
         return 0
     result = predict_tiled(
@@ -158,6 +210,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         memory_limit=limit,
         preprocessing=False,  # applied above, or turned off
         min_size=args.min_size,
+        **inference,
     )
     letters, pixel = _output_axes(cfg, view, model, args.output_type, result.dim())
     write_image(args.output, result.cpu().numpy(), letters, pixel)
@@ -242,6 +295,7 @@ def cmd_predict_large(args: argparse.Namespace) -> int:
     min_size = getattr(args, "min_size", 0)
     if output_type == "instances":
         options["min_size"] = min_size
+    options.update(_inference_options(args, read_config(args.config)))
     try:
         with _notes():
             out = _predict_large(args, plan_options, options)
@@ -344,6 +398,7 @@ def _predict_large(args: argparse.Namespace, plan_options: dict[str, Any], optio
     _memory_note(model.config, plan, estimate, args.memory_limit, labelling)
     if args.scheduler is not None or args.workers is not None:
         note("memory: that is per process: the client and each Dask worker process hold their own")
+    note(_describe(options))
     if args.dry_run:
         return None
     if args.scheduler is not None or args.workers is not None:

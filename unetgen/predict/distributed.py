@@ -24,6 +24,7 @@ import threading
 import urllib.parse
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +36,9 @@ from ..checkpoint import load_unet
 from ..config.preprocessing import Preprocessing
 from ..reprs import short_repr
 from .arrays import create_output, open_image, open_output
+from .inference import check_amp, check_optimize, inference_model, mirror_axes
 from .journal import Journal
-from .options import Blend, OutputType, check_min_size
+from .options import Amp, Blend, OutputType, Tta, check_min_size
 from .ownership import check_apart, is_local, output_lock, storage_path
 from .plan import TilePlan, plan_tiles
 from .preprocess import Normalizer, PreprocessingArg, prepare_input, spec_of
@@ -70,16 +72,18 @@ def _checkpoint_key(checkpoint: str | os.PathLike[str]) -> tuple[str, int, int]:
     return str(path), stat.st_mtime_ns, stat.st_size
 
 
-def worker_model(checkpoint: str | os.PathLike[str], device: str = "cpu") -> nn.Module:
+def worker_model(checkpoint: str | os.PathLike[str], device: str = "cpu", optimize: bool = False) -> nn.Module:
     """The model in `checkpoint` on `device`, loaded once per process and kept while the file is
-    unchanged (same path, modification time and size); one model is kept at a time."""
+    unchanged (same path, modification time and size); one model is kept at a time. With
+    `optimize`, its inference fast path (`inference_model`), made once: the loaded model is not
+    kept beside it."""
     global loads
-    key = (*_checkpoint_key(checkpoint), str(device))
+    key = (*_checkpoint_key(checkpoint), str(device), optimize)
     with _LOCK:
         model = _MODELS.get(key)
         if model is None:
             _MODELS.clear()
-            model = _MODELS[key] = load_unet(checkpoint, device=device).eval()
+            model = _MODELS[key] = inference_model(load_unet(checkpoint, device=device).eval(), optimize)
             loads += 1
     return model
 
@@ -104,7 +108,7 @@ def _predict_blocks(
         torch.set_num_threads(max(1, get_worker().state.nthreads))
     except (ImportError, ValueError):
         pass  # not on a Dask worker
-    model = worker_model(checkpoint, device)
+    model = worker_model(checkpoint, device, optimize=options.get("optimize", True))
     if preprocessing is None:
         source = open_image(image, axes)
     else:  # read in the spec's layout, as the client did
@@ -152,6 +156,10 @@ def predict_distributed(
     axes: str | None = None,
     preprocessing: PreprocessingArg = None,
     min_size: int = 0,
+    optimize: bool = True,
+    amp: Amp | None = None,
+    tta: Tta | None = None,
+    tta_axes: Sequence[int] | None = None,
 ) -> Any:
     """Predict `image` with the model in `checkpoint` on a Dask cluster, into the zarr array `out`.
 
@@ -176,7 +184,9 @@ def predict_distributed(
     `output_type="instances"` (with `min_size`): the cluster predicts the class labels into a
     temporary zarr array beside `out` (on a local or shared disk), which this process then labels
     into `out` block by block (`unetgen.predict.instances`) and removes.
-    Returns the zarr array.
+    `optimize` (default True: each worker process makes its model's inference fast path once,
+    see `worker_model`), `amp`, `tta` and `tta_axes` are `predict_tiled`'s (`amp` is checked on
+    the client against `device`). Returns the zarr array.
     """
     try:
         import distributed  # noqa: F401
@@ -188,6 +198,13 @@ def predict_distributed(
         raise ValueError("give client or workers, not both: workers starts a local cluster")
     check_min_size(min_size, output_type)
     model = load_unet(checkpoint, device="cpu").eval()  # the plan and the fingerprint; tasks load their own
+    if amp is not None:  # here the value and the device's type; on the workers their GPU too
+        try:
+            on = torch.device(device)
+        except (RuntimeError, TypeError, ValueError):
+            raise ValueError(f"device={short_repr(device)} is not a torch device, e.g. cpu or cuda") from None
+        check_amp(amp, on, next(model.parameters()).dtype)
+    check_optimize(optimize), mirror_axes(tta, tta_axes, model.config.spatial_dims)  # before the output is made
     spec = spec_of(model, preprocessing)
     raw = open_image(image, axes, layout=None if spec is None else spec.axes)
     if is_local(out):
@@ -203,6 +220,7 @@ def predict_distributed(
         everything = dict(
             client=client, workers=workers, blend=blend, blocks_per_task=blocks_per_task, device=device,
             resume=resume, progress=progress, callback=callback, axes=axes, preprocessing=preprocessing, **plan_options,
+            optimize=optimize, amp=amp, tta=tta, tta_axes=tta_axes,
         )  # fmt: skip
         return _predict_instances(checkpoint, model, image, source, out, block_shape, min_size, everything)
     with output_lock(Path(os.path.abspath(out)) if is_local(out) else storage_path(out)):
@@ -212,8 +230,11 @@ def predict_distributed(
         else:
             target = out
         check_apart(source, target)
-        options = dict(blend=blend, output_type=output_type, block_shape=block_shape)
-        job, _, _ = prepare(model, source, target, **plan_options, **options)
+        options = dict(blend=blend, output_type=output_type, block_shape=block_shape, optimize=optimize, tta=tta)
+        options.update(tta_axes=tta_axes)
+        job, _, _ = prepare(model, source, target, **plan_options, **options)  # checks all but amp
+        job = replace(job, amp=amp)  # the workers check it on their device
+        options.update(amp=amp)
         _check_aligned(job, target)
         reread = functools.partial(stored_record, target)
         journal = Journal(target.attrs, job.fingerprint(model), job.num_blocks, resume=resume, reread=reread)

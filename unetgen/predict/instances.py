@@ -331,9 +331,11 @@ def predict_instances(
     journal: Any,
     callback: Any,
     progress: bool,
+    inference: dict[str, Any] | None = None,
 ) -> Any:
     """`predict_tiled(..., output_type="instances")`: the class labels, then their instances (see
-    the module docstring); the arguments are checked and the memory estimated first."""
+    the module docstring); the arguments are checked and the memory estimated first. `inference`:
+    `predict_tiled`'s optimize, amp, tta and tta_axes, for the class labels."""
     from .options import check_min_size, config_of, is_int_tuple
     from .ownership import check_apart
     from .plan import check_memory, plan_tiles
@@ -368,6 +370,7 @@ def predict_instances(
         ),
     )
     common = dict(**plan_options, blend=blend, output_type="labels", progress=progress, memory_limit=memory_limit)
+    common.update(inference or {})
     if chunked:
 
         def predict_classes(classes: Any) -> None:

@@ -14,9 +14,11 @@ from ..config.unet_config import UNetConfig
 from ..reprs import short_repr
 
 __all__ = [
+    "Amp",
     "OUTPUT_TYPES",
     "Blend",
     "OutputType",
+    "Tta",
     "as_index",
     "config_of",
     "check_min_size",
@@ -31,6 +33,8 @@ __all__ = [
 Blend = Literal["gaussian", "constant"]
 OutputType = Literal["logits", "probabilities", "labels", "instances"]
 OUTPUT_TYPES = ("logits", "probabilities", "labels", "instances")
+Amp = Literal["bf16", "fp16"]  # autocast dtype on CUDA (unetgen.predict.inference)
+Tta = Literal["flip"]  # test-time mirroring (unetgen.predict.inference)
 
 
 def config_of(model: UNetConfig | nn.Module) -> UNetConfig:

@@ -32,7 +32,7 @@ import math
 import os
 import sys
 from collections.abc import Callable, Container, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -43,8 +43,19 @@ from tqdm import tqdm
 
 from ..reprs import short_repr
 from .geometry import AxisBlocks, AxisTiles, axis_blocks, axis_tiles, default_block_shape
+from .inference import autocast, check_amp, check_optimize, inference_model, mirror_axes, mirror_flips
 from .journal import Journal
-from .options import Blend, OutputType, check_min_size, config_of, is_int_tuple, output_dtype, positive_ints
+from .options import (
+    Amp,
+    Blend,
+    OutputType,
+    Tta,
+    check_min_size,
+    config_of,
+    is_int_tuple,
+    output_dtype,
+    positive_ints,
+)
 from .ownership import check_apart, check_folder, output_lock, storage_path
 from .plan import TilePlan, check_memory, plan_tiles
 from .preprocess import PREPARED, PreprocessingArg, prepare_input, spec_of
@@ -74,6 +85,9 @@ class Job:
     preprocessing: dict[str, Any] | None = None
     """The spec applied, the raw image's shape and dtype and the measured numbers (`facts` of a
     prepared image); None when the image is used as it is."""
+    mirror_axes: tuple[int, ...] = ()  # test-time mirroring: the spatial axes flipped (unetgen.predict.inference)
+    optimize: bool = False  # the inference fast path (prepare's default: True)
+    amp: Amp | None = None  # autocast on CUDA
 
     @property
     def blocks_per_axis(self) -> tuple[int, ...]:
@@ -149,6 +163,9 @@ class Job:
             out_shape=self.out_shape,
             out_dtype=self.out_dtype,
             image_dtype=self.image_dtype,
+            tta_axes=list(self.mirror_axes) if self.mirror_axes else None,
+            optimize=self.optimize,
+            amp=self.amp,
         )
         if self.preprocessing is not None:  # absent without one: fingerprints of such runs as before
             facts["preprocessing"] = self.preprocessing
@@ -174,6 +191,10 @@ def prepare(
     device: torch.device | str | None = None,
     plan: TilePlan | None = None,
     memory_limit: int | None = None,
+    optimize: bool = True,
+    amp: Amp | None = None,
+    tta: Tta | None = None,
+    tta_axes: Sequence[int] | None = None,
 ) -> tuple[Job, TensorSource | ArraySource, Sink]:
     """Check the arguments of `predict_tiled` and plan the work (the tiles, the blocks, where to
     read and write) without running the model; `plan` skips planning (workers get the client's).
@@ -194,6 +215,7 @@ def prepare(
         raise ValueError(f"device={short_repr(device)} is not a torch device: {err}") from None
     param = next(model.parameters())
     dtype, work = param.dtype, param.device
+    fast = check_optimize(optimize), check_amp(amp, work, dtype), mirror_axes(tta, tta_axes, dims)
     final = output_dtype(output_type, config.out_channels, dtype)
     source, batched, images = open_source(config, image, dtype)
     spatial = spatial_shape(config, image)
@@ -234,6 +256,7 @@ def prepare(
     out_dtype = str(out.dtype).removeprefix("torch.") if isinstance(out, torch.Tensor) else str(np.dtype(out.dtype))
     facts = image.facts() if isinstance(image, PREPARED) else None
     job = Job(plan, axes, blocks, images, batched, blend, output_type, tuple(out.shape), out_dtype, image_dtype, facts)
+    job = replace(job, optimize=fast[0], amp=fast[1], mirror_axes=fast[2])
     return job, source, Sink(out, batched_out, in_place)
 
 
@@ -257,7 +280,11 @@ def run(
     Each tile's output is put (valid padding) or added with its blend weights (same padding)
     into the buffers of the blocks it meets; a block is converted to the output type and
     written when its last tile is in, then recorded in `journal`. A group with a block missing
-    is computed whole. In flight: one batch of tiles and the blocks it touches."""
+    is computed whole. In flight: one batch of tiles and the blocks it touches.
+
+    `model` is run as `inference_model(model, job.optimize)`: with the fast path, a copy made once
+    per call (a model already optimised, e.g. a Dask worker's cached one, runs as given)."""
+    model = inference_model(model, job.optimize)
     param = next(model.parameters())
     blocks = _OpenBlocks(job, sink, journal, param.dtype)
     plan, channels = job.plan, config_of(model).in_channels
@@ -294,12 +321,23 @@ def _predict_batch(
     buffer: torch.Tensor,
     blended: bool,
 ) -> torch.Tensor:
-    """The model's output for one batch of tiles (`Job.tiles` items), read into `buffer`; with
-    `blended` (same padding, output_type not logits) as probabilities, which are blended."""
+    """The model's output for one batch of tiles (`Job.tiles` items), read into `buffer`, in the
+    model's dtype (autocast with `job.amp`); with `blended` (output_type not logits, and same
+    padding or test-time mirroring) as probabilities, which are blended or averaged. Test-time
+    mirroring: the mean over every flip of `job.mirror_axes` (identity first), each flipped back."""
     for j, (_, n, _, tile) in enumerate(chunk):
         buffer[j].copy_(source.read(n, [job.axes[a].read[k] for a, k in enumerate(tile)]))
-    pred = model(buffer[: len(chunk)])
-    return _probabilities(pred, 1) if blended else pred
+    x, total = buffer[: len(chunk)], None
+    flips = mirror_flips(job.mirror_axes)
+    for dims in flips:
+        with autocast(job.amp, x.device):
+            pred = model(x.flip(dims) if dims else x)
+        pred = pred.to(buffer.dtype)
+        pred = _probabilities(pred, 1) if blended else pred
+        pred = pred.flip(dims) if dims else pred
+        total = pred if total is None else total.add_(pred)
+    assert total is not None
+    return total.div_(len(flips)) if len(flips) > 1 else total
 
 
 class _OpenBlocks:
@@ -309,7 +347,8 @@ class _OpenBlocks:
 
     def __init__(self, job: Job, sink: Sink, journal: Journal | None, dtype: torch.dtype) -> None:
         self.job, self.sink, self.journal, self.dtype = job, sink, journal, dtype
-        self.blended = job.plan.padding == "same" and job.output_type != "logits"
+        # the tiles give probabilities: blended (same padding) or averaged over flips (tta)
+        self.blended = job.output_type != "logits" and (job.plan.padding == "same" or bool(job.mirror_axes))
         self.open: dict[int, list[Any]] = {}
 
     def put(self, b: int, n: int, region: tuple[slice, ...], tile: tuple[int, ...], pred: torch.Tensor) -> None:
@@ -370,8 +409,9 @@ def _probabilities(logits: torch.Tensor, channel_axis: int) -> torch.Tensor:
 
 def _finish(values: torch.Tensor, output_type: OutputType, blended: bool) -> torch.Tensor:
     """A finished block (C, *block) as `output_type`. `values` are logits, or (`blended`: same
-    padding, output_type not logits) the blended per-tile probabilities. Labels lose the channel
-    axis: the argmax over the channels, or for one channel logit > 0 (probability > 0.5)."""
+    padding or test-time mirroring, output_type not logits) the per-tile probabilities, blended
+    or averaged. Labels lose the channel axis: the argmax over the channels, or for one channel
+    logit > 0 (probability > 0.5)."""
     match output_type:
         case "logits":
             return values
@@ -403,6 +443,10 @@ def predict_tiled(
     memory_limit: int | None = None,
     preprocessing: PreprocessingArg = None,
     min_size: int = 0,
+    optimize: bool = True,
+    amp: Amp | None = None,
+    tta: Tta | None = None,
+    tta_axes: Sequence[int] | None = None,
 ) -> Any:
     """Predict an image of any size with a unetgen `UNet`, tile by tile (the overlap-tile strategy).
 
@@ -477,6 +521,22 @@ def predict_tiled(
     is checked first (a `ValueError` naming it). Runs under `torch.inference_mode()` in eval
     mode, then restores the model's training mode. A tqdm progress bar counts the tiles when
     `progress` is on and stderr is a terminal.
+
+    How tiles are computed (`unetgen.predict.inference`, docs/tiling.md):
+
+    - `optimize` (default True): a unetgen `UNet` runs as `optimize_for_inference(model)`, a copy
+      made once per call with batch norm folded and channels-last layout (its own copy of the
+      conv weights for 2D/3D models: the parameter memory once more; `optimize=False` runs the
+      model itself); the model is never changed. Results equal the eager model's to float
+      rounding. An `InferenceUNet` or a compiled model runs as given.
+    - `amp` ("bf16" or "fp16"): the forward under `torch.autocast` on CUDA; tile outputs are cast
+      back to the model's dtype. Refused for models not on CUDA or not float32.
+    - `tta="flip"`: test-time mirroring over `tta_axes` (spatial axes, default all): 2**k
+      forward passes per tile, the flipped-back predictions averaged (probabilities for
+      "probabilities" and "labels", logits for "logits"). Valid padding stays exact: the result
+      equals the same average over whole-image forward passes of the flipped mirror-padded image.
+
+    The fingerprint of resumable runs includes `optimize`, `amp` and the mirrored axes.
     """
     options = dict(tile_size=tile_size, batch_size=batch_size, overlap=overlap, memory_budget=memory_budget)
     check_min_size(min_size, output_type)
@@ -493,7 +553,7 @@ def predict_tiled(
         return predict_instances(
             model, image, out=out, min_size=min_size, plan_options=options, blend=blend, block_shape=block_shape,
             device=device, memory_limit=memory_limit, resume=resume, journal=journal, callback=callback,
-            progress=progress,
+            progress=progress, inference=dict(optimize=optimize, amp=amp, tta=tta, tta_axes=tta_axes),
         )  # fmt: skip
     job, source, sink = prepare(
         model,
@@ -505,6 +565,10 @@ def predict_tiled(
         block_shape=block_shape,
         device=device,
         memory_limit=memory_limit,
+        optimize=optimize,
+        amp=amp,
+        tta=tta,
+        tta_axes=tta_axes,
     )
     if journal is not None:
         try:
