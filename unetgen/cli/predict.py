@@ -193,7 +193,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         labelling = labelling_bytes(plan.image_shape, images=images, in_memory=True)
     options_memory = dict(
         images=images, output_type=args.output_type, dtype=dtype, weights_loaded=model is not None,
-        read_bytes=read, chunked_input=spec is not None,
+        read_bytes=read, chunked_input=spec is not None, optimize=inference["optimize"],
+        mirrored=inference["tta"] is not None,
     )  # fmt: skip
     check_memory(cfg, plan, **options_memory, labelling_bytes=labelling, memory_limit=limit)  # type: ignore[arg-type]
     _memory_note(cfg, plan, options_memory, limit, labelling)
@@ -392,7 +393,8 @@ def _predict_large(args: argparse.Namespace, plan_options: dict[str, Any], optio
     estimate = dict(
         images=images, output_type=options["output_type"], dtype=dtype, allocate_result=False,
         read_bytes=source.read_bytes(plan.tile_input) if chunked else 0, chunked_input=chunked,
-        encoded_output=True, block_shape=options["block_shape"],
+        encoded_output=True, block_shape=options["block_shape"], optimize=options["optimize"],
+        mirrored=options["tta"] is not None,
     )  # fmt: skip
     check_memory(model, plan, **estimate, **limit, labelling_bytes=labelling)  # before the output is created
     _memory_note(model.config, plan, estimate, args.memory_limit, labelling)

@@ -432,6 +432,8 @@ def estimate_memory(
     channels_last: bool = False,
     threads: int | None = None,
     weights_loaded: bool = True,
+    optimize: bool = False,
+    mirrored: bool = False,
 ) -> MemoryEstimate:
     """The peak bytes `predict_tiled` needs for `images` images planned as `plan`, on top of the
     process as it is when it starts (`MemoryEstimate`): the forward pass of one batch of
@@ -441,17 +443,20 @@ def estimate_memory(
     read from an array-like, cast and mirrored), the output blocks (`block_shape`, default as
     `predict_tiled` lays them out; `encoded_output`: written into a zarr array, which encodes each
     chunk), `RUNTIME_BYTES` and, unless `weights_loaded`, the weights. `channels_last` and
-    `threads` as in `tile_memory`. Measured against whole runs of `unetgen predict`
-    (benchmarks/predict_memory.py): the printed baseline plus this bounds the peak RSS within
+    `threads` as in `tile_memory`. `optimize`: the inference fast path (`predict_tiled`'s default):
+    channels-last tiles, and its copy of the weights beside the model's (counted whole: an upper
+    bound, as the copy shares the tensors it does not change). `mirrored`: test-time mirroring,
+    a flipped copy of the batch and the running mean beside each flip's prediction. Measured
+    against whole runs of `unetgen predict` (benchmarks/predict_memory.py): the printed baseline plus this bounds the peak RSS within
     25% with glibc's mmap threshold fixed, as the CLI fixes it (docs/large-images.md)."""
     config = config_of(model)
     images = positive_int("images", images)
     dtype = float_dtype(dtype)
     item = dtype.itemsize
     batch = min(plan.batch_size, images * plan.num_tiles)
-    tm = tile_memory(config, plan.tile_input, batch, dtype, channels_last=channels_last, threads=threads)
+    tm = tile_memory(config, plan.tile_input, batch, dtype, channels_last=channels_last or optimize, threads=threads)
     c_out = config.out_channels
-    blended = plan.padding == "same" and output_type != "logits"
+    blended = (plan.padding == "same" or mirrored) and output_type != "logits"
     in_place = allocate_result and output_type == "logits"
     pixels = images * math.prod(plan.image_shape)
     final = output_dtype(output_type, c_out, dtype).itemsize
@@ -476,9 +481,11 @@ def estimate_memory(
     window = config.in_channels * math.prod(plan.tile_input) * item
     reads = read_bytes + (3 if chunked_input else 2) * window
     predictions = tm.output * (2 if blended else 1)
-    weights = 0 if weights_loaded else costs.count_parameters(config) * item
+    parameters = costs.count_parameters(config) * item
+    weights = (0 if weights_loaded else parameters) + (parameters if optimize else 0)
     held = result + tm.input + tm.scratchpad + (buffer if block_tiles > 1 else 0) + RUNTIME_BYTES + weights
-    phases = (tm.peak - tm.input + predictions, reads, predictions + blocks)
+    flips = tm.input + tm.output if mirrored else 0  # the flipped batch; the mean beside the next prediction
+    phases = (tm.peak - tm.input + predictions + flips, reads, predictions + blocks)
     return MemoryEstimate(
         tiles=tm.total,
         predictions=predictions,

@@ -232,6 +232,8 @@ def prepare(
         memory_limit=memory_limit,
         allocate_result=out is None,
         read_bytes=source.read_bytes(plan.tile_input) if isinstance(source, ArraySource) else 0,
+        optimize=fast[0],
+        mirrored=bool(fast[2]),
     )
     channels_out = () if output_type == "labels" else (config.out_channels,)
     shape = ((images,) if batched else ()) + channels_out + spatial
