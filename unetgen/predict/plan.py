@@ -447,8 +447,9 @@ def estimate_memory(
     channels-last tiles, and its copy of the weights beside the model's (counted whole: an upper
     bound, as the copy shares the tensors it does not change). `mirrored`: test-time mirroring,
     a flipped copy of the batch and the running mean beside each flip's prediction. Measured
-    against whole runs of `unetgen predict` (benchmarks/predict_memory.py): the printed baseline plus this bounds the peak RSS within
-    25% with glibc's mmap threshold fixed, as the CLI fixes it (docs/large-images.md)."""
+    against whole runs of `unetgen predict` (benchmarks/predict_memory.py): the printed baseline
+    plus this bounds the peak RSS within 25% with glibc's mmap threshold fixed, as the CLI fixes
+    it (docs/large-images.md)."""
     config = config_of(model)
     images = positive_int("images", images)
     dtype = float_dtype(dtype)
