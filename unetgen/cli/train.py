@@ -127,6 +127,9 @@ def _training(args: argparse.Namespace) -> tuple[LoadedTraining, str]:
         output = args.output or os.fspath(Path(args.source).with_suffix(".safetensors"))
         return loaded, output
     if args.images is None or args.masks is None:
+        suffix = Path(args.source).suffix.lower()
+        if suffix in (".yaml", ".yml", ".json") and not os.path.lexists(args.source):
+            raise ValueError(f"{show(args.source)}: no such file (a training file, or a model config with --images)")
         raise UsageError(
             f"{show(args.source)} is not a training file (a .yaml/.json with a data: section), so it is the model: "
             "give --images and --masks (and --output)"
