@@ -50,6 +50,8 @@ CASES: dict[str, dict[str, Any]] = {
     "3d-ooc-probs": dict(net=NET3D, size=160, branch="ooc", output_type="probabilities"),
     "2d-same-ooc-probs": dict(net=SAME2D, size=2048, branch="ooc", output_type="probabilities"),
     "2d-tiles-mem-logits": dict(net=NET2D_8, size=2048, branch="memory", output_type="logits", tile=572),
+    "2d-mem-probs-tta": dict(net=NET2D_8, size=2048, branch="memory", output_type="probabilities", tta=True),
+    "3d-ooc-labels-tta": dict(net=NET3D, size=128, branch="ooc", output_type="labels", tta=True),
     "issue-8192": dict(net=NET2D_8, size=8192, branch="ooc", output_type="labels"),
 }
 DEFAULT = [c for c in CASES if c != "issue-8192"]
@@ -122,6 +124,8 @@ def run_case(name: str, allocator: str, folder: Path, dry_run: bool = False) -> 
     out = folder / ("out.npy" if case["branch"] == "memory" else "out.zarr")
     argv = ["predict", str(ckpt), "--input", str(image), "--output", str(out), "--no-progress"]
     argv += ["--output-type", case["output_type"]]
+    if case.get("tta"):
+        argv += ["--tta", "flip"]
     if case.get("tile"):
         argv += ["--tile-size", str(case["tile"])]
     if case["branch"] == "ooc":
