@@ -283,7 +283,9 @@ def _predict_instances(
         def predict_classes(classes: Any) -> None:
             predict_distributed(checkpoint, image, temp, output_type="labels", block_shape=block, **options)
 
-        return predict_chunked(model, source, target, block, plan, min_size, options["resume"], None, predict_classes)
+        return predict_chunked(
+            model, source, target, block, plan, min_size, options["resume"], None, predict_classes, prepare
+        )
 
 
 MAX_TASKS_IN_FLIGHT = 1024

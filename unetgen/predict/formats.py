@@ -33,9 +33,9 @@ import numpy as np
 import torch
 
 from ..atomic import replacing
-from ..config import documents
 from ..reprs import short_arg, short_repr, short_text
 from .axes import Axes, lay_out, tiff_axes
+from .files import _named, check_regular_file, open_regular_file
 from .ownership import exclusive_temp, remember_path
 
 __all__ = [
@@ -75,39 +75,6 @@ class ImageFormat:
     """`write(path, array, letters, axes)`: the array written to `path` exactly, whole or not at
     all; `letters` (unetgen's layout, e.g. ``cyx``) and `axes` (the input's, for its pixel size)
     describe it where the format can say so (TIFF)."""
-
-
-def _named(what: str, path: str | os.PathLike[str]) -> str:
-    return f"{what} {short_arg(str(path))}"
-
-
-def open_regular_file(path: str | os.PathLike[str], what: str = "image") -> BinaryIO:
-    """`path` opened for binary reading if it is a regular file; a ValueError naming `what`
-    otherwise. The one check every file prediction reads goes through (images, weights, progress
-    records, zarr metadata and chunks): `unetgen.config.documents.open_regular` refuses a FIFO
-    (it would block), a device (it could be endless), a socket or a directory before opening,
-    opens non-blocking and checks the open descriptor again."""
-    named = _named(what, path)
-    try:
-        kind = documents.file_kind(os.stat(path).st_mode)
-    except FileNotFoundError:
-        raise ValueError(f"{named}: no such file") from None
-    except (OSError, ValueError, TypeError) as err:
-        raise ValueError(f"{named}: cannot read it ({getattr(err, 'strerror', None) or err})") from None
-    if kind == "a directory":
-        raise ValueError(f"{named} is a directory; give a file")
-    if kind is not None:
-        raise ValueError(f"{named} is not a regular file ({kind}); give a file")
-    try:
-        fd = documents.open_regular(path)
-    except documents.ParseError as err:
-        raise ValueError(f"{named}: {err.message}") from None
-    return open(os.fspath(path), "rb", opener=lambda _name, _flags: fd)  # the caller closes it
-
-
-def check_regular_file(path: str | os.PathLike[str], what: str = "image") -> None:
-    """`path` is a readable regular file (`open_regular_file`), or a ValueError naming `what`."""
-    open_regular_file(path, what).close()
 
 
 def import_zarr() -> Any:

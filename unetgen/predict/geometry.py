@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from .options import Blend
-from .plan import TilePlan
+from .tileplan import TilePlan
 
 __all__ = [
     "GAUSSIAN_SIGMA",

@@ -332,14 +332,16 @@ def predict_instances(
     callback: Any,
     progress: bool,
     inference: dict[str, Any] | None = None,
+    predict: Callable[..., Any],
+    prepare: Callable[..., Any],
 ) -> Any:
     """`predict_tiled(..., output_type="instances")`: the class labels, then their instances (see
     the module docstring); the arguments are checked and the memory estimated first. `inference`:
-    `predict_tiled`'s optimize, amp, tta and tta_axes, for the class labels."""
+    `predict_tiled`'s optimize, amp, tta and tta_axes, for the class labels. `predict` and
+    `prepare` are `unetgen.predict.run`'s (which calls this: passed in, not imported)."""
     from .options import check_min_size, config_of, is_int_tuple
     from .ownership import check_apart
     from .plan import check_memory, plan_tiles
-    from .run import predict_tiled
     from .sinks import check_out
     from .sources import ArraySource, open_source, spatial_shape
 
@@ -374,11 +376,11 @@ def predict_instances(
     if chunked:
 
         def predict_classes(classes: Any) -> None:
-            predict_tiled(model, image, **common, out=classes, block_shape=block, resume=resume, journal=journal,
+            predict(model, image, **common, out=classes, block_shape=block, resume=resume, journal=journal,
                           callback=callback)  # fmt: skip
 
-        return predict_chunked(model, image, out, block, plan, min_size, resume, memory_limit, predict_classes)
-    classes = predict_tiled(model, image, **common, device="cpu", block_shape=block_shape, journal=journal,
+        return predict_chunked(model, image, out, block, plan, min_size, resume, memory_limit, predict_classes, prepare)
+    classes = predict(model, image, **common, device="cpu", block_shape=block_shape, journal=journal,
                             resume=resume, callback=callback)  # fmt: skip
     batch = classes if batched else classes[None]
     if out is None:
@@ -412,6 +414,7 @@ def predict_chunked(
     resume: bool,
     memory_limit: int | None,
     predict_classes: Callable[[Any], None],
+    prepare: Callable[..., Any],
 ) -> Any:
     """Out of core: the class labels into the temporary beside `out` (by `predict_classes(array)`:
     `predict_tiled` or a Dask cluster), then labelled into `out` block by block; the temporary is
@@ -423,7 +426,7 @@ def predict_chunked(
     assert out_path is not None
     temp = temporary_path(out_path)
     with output_lock(out_path):
-        job, record = _open_record(model, image, out, block, plan, min_size, resume)
+        job, record = _open_record(model, image, out, block, plan, min_size, resume, prepare)
         if record.completed < job.num_blocks:
             if ATTRIBUTE in out.attrs:
                 del out.attrs[ATTRIBUTE]  # from an earlier run: true again only when this one completes
@@ -440,12 +443,13 @@ def predict_chunked(
     return out
 
 
-def _open_record(model: Any, image: Any, out: Any, block: Any, plan: Any, min_size: int, resume: bool) -> Any:
+def _open_record(
+    model: Any, image: Any, out: Any, block: Any, plan: Any, min_size: int, resume: bool, prepare: Callable[..., Any]
+) -> Any:
     """The block layout of `out` and its progress record (all blocks or none: complete when labelled)."""
     import hashlib
 
     from .journal import Journal
-    from .run import prepare
     from .sinks import stored_record
 
     job, _, _ = prepare(model, image, out, output_type="labels", block_shape=block, plan=plan)

@@ -556,6 +556,7 @@ def predict_tiled(
             model, image, out=out, min_size=min_size, plan_options=options, blend=blend, block_shape=block_shape,
             device=device, memory_limit=memory_limit, resume=resume, journal=journal, callback=callback,
             progress=progress, inference=dict(optimize=optimize, amp=amp, tta=tta, tta_axes=tta_axes),
+            predict=predict_tiled, prepare=prepare,
         )  # fmt: skip
     job, source, sink = prepare(
         model,

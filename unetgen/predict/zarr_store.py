@@ -22,7 +22,7 @@ from zarr.core.buffer import Buffer, BufferPrototype, default_buffer_prototype
 from zarr.storage import LocalStore
 
 from ..reprs import short_path, short_repr, short_text
-from .formats import open_regular_file
+from .files import open_regular_file
 from .options import is_int_tuple
 
 __all__ = ["MAX_METADATA_BYTES", "CheckedStore", "chunk_limit", "open_checked", "open_image_array", "open_node"]
