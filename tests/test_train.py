@@ -115,6 +115,19 @@ def test_every_problem_at_once_with_file_line_column(tmp_path: Path) -> None:
     assert [line.split(": ")[1] for line in str(info.value).splitlines()] == ["preprocessing.axes", "best_metric"]
 
 
+def test_validate_checks_training_files(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """`unetgen validate` reads a file with a data: section as a training file: its problems as
+    FILE:LINE:COL lines (exit 1), a good one beside a model config passes (exit 0)."""
+    good = training_file(tmp_path)
+    assert main(["validate", str(good), str(ROOT / "examples" / "ronneberger2015.yaml")]) == 0
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data: {images: a, masks: b}\nmodel: unet\nstepz: 3\nloss: dicee\n")
+    assert main(["validate", str(bad)]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith(f"{bad}:3:1: stepz: unknown field 'stepz'; did you mean 'steps'?"), lines
+    assert lines[1].startswith(f"{bad}:4:") and "did you mean 'dice'?" in lines[1]
+
+
 NAMES = st.sampled_from(["a.tif", "images", "x/y.npy"])
 OPTIONS = {
     "validation": st.sampled_from(

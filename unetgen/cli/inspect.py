@@ -103,12 +103,20 @@ def _halo_text(rule: shapes.AxisRule) -> str:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    """One `FILE:LINE:COLUMN: field.path: message` line per problem; exit 1 if any."""
+    """One `FILE:LINE:COLUMN: field.path: message` line per problem; exit 1 if any. A file with a
+    `data:` section is a training file (`unetgen train`), checked against `TrainingConfig`."""
+    from ..config.io import parse_file
+    from ..config.training import load_training
+
     ok = True
     for name in args.files:
         try:
             regular_file(name, "config file")
-            load_config(Path(name))
+            value = parse_file(name).value if Path(name).suffix.lower() in (".yaml", ".yml", ".json") else None
+            if isinstance(value, dict) and "data" in value:
+                load_training(name)
+            else:
+                load_config(Path(name))
         except ConfigError as err:
             ok = False
             for line in err.problems or [f"{name}:1:1: (file): {err}"]:
