@@ -733,3 +733,29 @@ def test_the_out_of_core_memory_estimate_comes_before_the_output_is_created(ckpt
     assert main(_cli(ckpt, image, tmp_path / "o.zarr", "--memory-limit", "0.000001")) == 1
     assert "input chunks decoded per tile" in _errors(capsys)[0]
     assert not (tmp_path / "o.zarr").exists() and not (tmp_path / "o.zarr.lock").exists()
+
+
+def test_a_link_planted_in_an_output_redirects_no_write(tmp_path: Path) -> None:
+    """A resumable output with its chunk folder replaced by a symbolic link to a folder unetgen did
+    not make: resuming refuses before writing through the link, and that folder stays as it was."""
+    model = build_unet({"spatial_dims": 2, "depth": 2, "base_channels": 2, "dropout": 0})
+    image = np.random.default_rng(0).random((1, 64, 64), dtype=np.float32)
+    out = create_output(tmp_path / "o.zarr", model, image, tile_size=44)
+
+    def stop(n: int, tile: tuple[int, ...]) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        predict_tiled(model, image, out=out, tile_size=44, callback=stop, progress=False)
+    victim = tmp_path / "theirs"
+    victim.mkdir()
+    (victim / "keep.txt").write_text("not unetgen's")
+    chunks = tmp_path / "o.zarr" / "0" / "c"
+    for entry in sorted(chunks.rglob("*"), reverse=True):
+        entry.rmdir() if entry.is_dir() else entry.unlink()
+    chunks.rmdir()
+    chunks.symlink_to(victim, target_is_directory=True)
+    again = create_output(tmp_path / "o.zarr", model, image, tile_size=44)
+    with pytest.raises(ValueError, match=r"is a symbolic link; unetgen writes only files of its own"):
+        predict_tiled(model, image, out=again, tile_size=44, progress=False)
+    assert [p.name for p in victim.iterdir()] == ["keep.txt"] and (victim / "keep.txt").read_text() == "not unetgen's"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import math
 import os
+import stat
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -70,6 +71,44 @@ class CheckedStore(LocalStore):
                     "the store is damaged or forged; unetgen does not read it"
                 )
             return prototype.buffer.from_bytes(_read_range(f, size, byte_range))
+
+    def _check_write(self, key: str) -> None:
+        """A write or removal of `key` stays inside the store: no symbolic link on the way (one
+        planted in an output would redirect its chunks onto another file) and nothing there but a
+        folder or a regular file (a FIFO would block the write)."""
+        where = f"zarr store {short_path(str(self.root))}: {short_path(key)}"
+        path = Path(self.root)
+        parts = Path(key).parts
+        for i, part in enumerate(parts):
+            path = path / part
+            try:
+                mode = os.lstat(path).st_mode
+            except FileNotFoundError:
+                return
+            except OSError as err:
+                raise ValueError(f"{where}: cannot check it ({err.strerror})") from None
+            if stat.S_ISLNK(mode):
+                raise ValueError(
+                    f"{where}: {short_path(str(path))} is a symbolic link; unetgen writes only files of its own "
+                    "inside the output: remove the link, or write the output elsewhere"
+                )
+            last = i == len(parts) - 1
+            if not (stat.S_ISDIR(mode) if not last else stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+                raise ValueError(
+                    f"{where}: {short_path(str(path))} is not a regular file or folder; unetgen does not write it"
+                )
+
+    async def _set(self, key: str, value: Buffer, exclusive: bool = False) -> None:
+        await asyncio.to_thread(self._check_write, key)
+        await super()._set(key, value, exclusive=exclusive)
+
+    async def delete(self, key: str) -> None:
+        await asyncio.to_thread(self._check_write, key)
+        await super().delete(key)
+
+    async def delete_dir(self, prefix: str) -> None:
+        await asyncio.to_thread(self._check_write, prefix)
+        await super().delete_dir(prefix)
 
     async def get(
         self, key: str, prototype: BufferPrototype | None = None, byte_range: ByteRequest | None = None
