@@ -4,7 +4,9 @@ Otsu's threshold (the classical baseline), on the columns the training held out.
     unetgen train examples/training/nuclei3d.yaml --output nuclei3d.safetensors
     python examples/evaluate_nuclei3d.py nuclei3d.safetensors [--prediction labels.npy]
 
-Data: examples/data/nuclei3d_image.tif and nuclei3d_labels.tif (see examples/data/README.md).
+Data: examples/data/nuclei3d_image.tif and nuclei3d_labels.tif (see examples/data/README.md), or
+any other zyx stack and labels given with --image, --labels and --blur (the real-data run:
+examples/training/cells3d_nuclei.yaml, see docs/training.md).
 The training held out the last 30 % of the x axis (18 of 57 columns); the scores are foreground
 IoU and object F1 at IoU 0.5 (`unetgen.train.metrics`) on those columns. Otsu's threshold is taken
 over the whole raw stack (as a user would), on the raw values and after a Gaussian blur of 1 pixel
@@ -53,18 +55,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoint", help="the .safetensors unetgen train wrote")
     parser.add_argument("--prediction", default=None, help="a labels .npy from unetgen predict --output-type labels")
+    parser.add_argument("--image", default=str(DATA / "nuclei3d_image.tif"), help="the raw zyx stack")
+    parser.add_argument("--labels", default=str(DATA / "nuclei3d_labels.tif"), help="its instance labels")
+    parser.add_argument("--blur", default="0.5,1,1", help="the Gaussian sigma (z,y,x voxels) before Otsu")
     args = parser.parse_args()
-    raw = tifffile.imread(DATA / "nuclei3d_image.tif")
-    labels = tifffile.imread(DATA / "nuclei3d_labels.tif").astype(np.int64)
+    raw = tifffile.imread(args.image)
+    labels = tifffile.imread(args.labels).astype(np.int64)
+    sigma = tuple(float(v) for v in args.blur.split(","))
     cut = raw.shape[-1] - math.ceil(HELD_OUT * raw.shape[-1])
     held = (..., slice(cut, None))
     print(f"held out: x >= {cut} ({raw.shape[-1] - cut} of {raw.shape[-1]} columns)")
     print("| method | foreground IoU | object F1 (IoU 0.5) |\n|---|---:|---:|")
     t = otsu(raw)
     print(f"| Otsu ({t:.0f}) | {scores((raw > t)[held], labels[held])} |")
-    blurred = ndimage.gaussian_filter(raw.astype(np.float32), (0.5, 1, 1))
+    blurred = ndimage.gaussian_filter(raw.astype(np.float32), sigma)
     t = otsu(blurred)
-    print(f"| Otsu after a Gaussian blur | {scores((blurred > t)[held], labels[held])} |")
+    print(f"| Otsu after a Gaussian blur {sigma} | {scores((blurred > t)[held], labels[held])} |")
     model = load_unet(args.checkpoint)
     with torch.no_grad():  # predict_tiled applies the preprocessing stored in the checkpoint
         fg = predict_tiled(model, raw, progress=False).argmax(0).numpy() == 1
