@@ -158,11 +158,13 @@ class Patches(_Model):
     """The input patch size: one valid input size for every spatial axis, or one per axis (none:
     the largest that fits `memory`, from the memory planner, `unetgen plan`)."""
     batch: Annotated[int, Field(ge=1, le=4096)] | None = None
-    """Patches per step (none: the planner's choice, 2 unless the whole image fits in memory;
-    2 when `size` is given). Under `torchrun` the batch is split among the processes."""
+    """Patches per step (none: the planner's choice, 2 unless the whole image fits in memory, then
+    more, up to as many patches as cover 5 % of the training pixels; 2 when `size` is given). Under
+    `torchrun` the batch is split among the processes."""
     memory: Annotated[str, Field(max_length=40, pattern=r"^\s*[0-9]+(\.[0-9]+)?\s*[a-zA-Z]{0,3}\s*$")] = "2GiB"
-    """The memory budget of one training step, e.g. `2GiB`, `512MiB`, `16GB` (used to choose the
-    patch and batch when they are not given)."""
+    """The memory budget of one training step, e.g. `2GiB`, `512MiB`, `16GB`: it chooses the patch
+    and batch when they are not given, and a given patch and batch whose step needs more (as
+    `estimate_training_memory` counts it) are refused before anything is allocated."""
 
 
 class Intensity(_Model):
