@@ -268,8 +268,13 @@ def _patches(loaded: LoadedTraining, model: UNetConfig, data: TrainingData, note
                 ("patches", "size"), f"{list(size)} has {len(size)} sizes; the {dims}D model needs one or {dims}"
             )
         if not shapes.is_valid_input_shape(model, size):
-            near = [shapes.nearest_valid_input_size(model, size, direction=d) for d in ("down", "up")]
-            shown = " or ".join(dict.fromkeys("x".join(map(str, n)) for n in near))
+            near = []
+            for direction in ("down", "up"):
+                try:
+                    near.append(shapes.nearest_valid_input_size(model, size, direction=direction))
+                except shapes.InputShapeError:  # none below (or above) on some axis
+                    pass
+            shown = " or ".join(dict.fromkeys("x".join(map(str, n)) for n in near)) or "none"
             raise loaded.problem(
                 ("patches", "size"),
                 f"{'x'.join(map(str, size))} is not a valid input size of the model; the nearest valid: {shown} "
@@ -293,6 +298,11 @@ def _patches(loaded: LoadedTraining, model: UNetConfig, data: TrainingData, note
     return plan.patch_input, plan.batch_size
 
 
+def _bytes(n: int) -> str:
+    """A number of bytes in words: GiB from 1 GiB on, else MiB, else bytes."""
+    return f"{n / 2**30:,.2f} GiB" if n >= 2**30 else f"{n / 2**20:.2f} MiB" if n >= 2**20 else f"{n:,} bytes"
+
+
 def _check_memory(loaded: LoadedTraining, model: UNetConfig, size: tuple[int, ...], batch: int) -> None:
     """Refuse a given patch and batch whose training step needs more than `patches.memory` (the
     estimate of `estimate_training_memory`, before anything is allocated)."""
@@ -303,8 +313,8 @@ def _check_memory(loaded: LoadedTraining, model: UNetConfig, size: tuple[int, ..
         where = ("patches", "size") if "size" in cfg.patches.model_fields_set else ("patches",)
         raise loaded.problem(
             where,
-            f"patches of {'x'.join(map(str, size))}, batch {batch}, need "
-            f"{(need.parameters + need.total) / 2**30:.2f} GiB per training step, more than patches.memory "
+            f"patches of {'x'.join(map(str, size))}, batch {batch}, need {_bytes(need.parameters + need.total)} per "
+            f"training step (parameters included), more than patches.memory "
             f"{cfg.patches.memory}; give a smaller patches.size or batch (or none, for the largest that fits), or "
             "a larger patches.memory",
         )
@@ -529,6 +539,11 @@ def train(
             f"{short_path(paths.state)} was written by a run with another configuration; resume with the same one "
             "(only steps, validate_every, save_every and device may change) or --restart"
         )
+    device = _device(cfg, local_rank)  # the checks that need no data before reading it
+    try:
+        parse_bytes(cfg.patches.memory)
+    except ValueError as err:
+        raise loaded.problem(("patches", "memory"), str(err)) from None
     spec = _spec(loaded, stored_spec, model_cfg)
     data = load_data(loaded, model_cfg, spec)
     spec = data.spec
@@ -538,7 +553,6 @@ def train(
     _trim_validation(data, patch, model_cfg)
     if batch % world:
         raise ValueError(f"the batch of {batch} patches does not split among {world} processes; give patches.batch")
-    device = _device(cfg, local_rank)
     deep = bool(model_cfg.deep_supervision)
     weights = [s.weights for s in data.train]
     sampler = PatchSampler(
