@@ -272,7 +272,6 @@ def make_train_files(root: Path) -> dict[str, str]:
                  "linked.safetensors", "lost.safetensors"):  # fmt: skip
         path(name)
     files["outdir/t.safetensors"] = root / "outdir" / "t.safetensors"
-    files["timgs/t.safetensors"] = root / "timgs" / "t.safetensors"
     files["missing/t.safetensors"] = root / "missing" / "t.safetensors"
     return {k: str(v) for k, v in files.items()}
 

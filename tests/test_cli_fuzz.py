@@ -106,7 +106,7 @@ T_MASKS = (["tmasks", "tmask.npy", "tmask.png"],
             "nan.npy", "str.npy", "obj.npy", "fifo.npy", "missing.npy", "truncated.npy", "/dev/null",
             "empty"])  # fmt: skip
 T_OUTPUTS = (["new.safetensors", "new.safetensors", "t.safetensors", "t2.safetensors", "outdir/t.safetensors"],
-             ["timgs/t.safetensors", "tiny.safetensors", "theirs.safetensors", "alien.safetensors",
+             ["IMAGES/t.safetensors", "tiny.safetensors", "theirs.safetensors", "alien.safetensors",
               "forged.safetensors", "linked.safetensors", "lost.safetensors", "fifo.safetensors", "tdir.safetensors",
               "full.safetensors", "missing/t.safetensors", "in.npy", "/dev/full", "nul", "long", "empty",
               "noext"])  # fmt: skip
@@ -178,6 +178,9 @@ def argvs(draw: st.DrawFn, files: dict[str, str]) -> list[str]:
             value = _WEIGHTS_OF[config]
         if value == "new.safetensors":  # a name no run has used (the others hold a run: --resume, --restart)
             value = str(Path(files["t.safetensors"]).with_name(f"new{next(_FRESH)}.safetensors"))
+        if value == "IMAGES/t.safetensors":  # inside the folder of images (else the model checkpoint)
+            inside = Path(files.get(str(config), "")) / "t.safetensors"
+            value = str(inside) if config and os.path.isdir(inside.parent) else "tiny.safetensors"
         value = files.get(value, value)
         groups.append([value] if not flag else [flag] if flag in _SWITCHES else [flag, value])
     if one_in(8):

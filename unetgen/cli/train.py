@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config.io import SUFFIXES, ConfigError, parse_file
-from ..config.training import LoadedTraining, load_training
+from ..config.training import MAX_STEPS, LoadedTraining, load_training
 from .args import file_path, nonnegative_int, positive_int, sizes_arg
 from .errors import UsageError, note, show
 
@@ -61,7 +61,7 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
         help="the checkpoint to write, NAME.safetensors (beside it: NAME.last.safetensors, NAME.state.pt, "
         "NAME.log.csv, NAME.curves.png)",
     )
-    p.add_argument("--steps", type=positive_int, default=None, help="optimiser steps")
+    p.add_argument("--steps", type=steps_arg, default=None, help="optimiser steps")
     p.add_argument("--memory", default=None, help="memory budget that chooses the patch, e.g. 2GiB")
     p.add_argument("--patch", type=sizes_arg, default=None, help="input patch size, e.g. 188 or 16x64x64")
     p.add_argument("--batch", type=positive_int, default=None, help="patches per step")
@@ -72,6 +72,14 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--no-plot", action="store_true", help="no PNG of the curves (the CSV log has them)")
     p.set_defaults(func=cmd_train)
+
+
+def steps_arg(text: str) -> int:
+    """--steps: an int from 1 to `MAX_STEPS`."""
+    n = positive_int(text)
+    if n > MAX_STEPS:
+        raise argparse.ArgumentTypeError(f"{show(text)} is too many: a run has at most {MAX_STEPS:,} steps")
+    return n
 
 
 def seed_arg(text: str) -> int:
