@@ -238,7 +238,7 @@ def make_train_files(root: Path) -> dict[str, str]:
     path("tsame.json").write_text(TSAME.model_dump_json())
     small = {"elastic": {"sigma": 2, "points": 2}}
     train = {"data": {"images": "timgs", "masks": "tmasks"}, "model": "tsame.json", "patches": {"size": 16, "batch": 2},
-             "augmentation": small, "steps": 2, "validate_every": 1, "save_every": 1}  # fmt: skip
+             "augmentation": small, "steps": 2, "validate_every": 2, "save_every": 2}  # fmt: skip
     docs = {
         "train.yaml": train,
         "train-inst.yaml": {**train, "targets": {"type": "instances", "weight_map": {"w0": 5, "sigma": 2}},
