@@ -505,3 +505,22 @@ def test_a_resumed_log_drops_the_rows_after_the_saved_state(tmp_path: Path) -> N
     assert log.stat().st_ino != inode  # replaced once, not written over
     assert _rows(log) == _rows(Outputs.of(whole).log) and len(_rows(log)) == 5
     assert [float(r[1]) for r in _rows(log)[1:]] == [r["loss"] for r in read_state(Outputs.of(whole).state)["history"]]
+
+
+def test_a_state_that_does_not_fit_and_a_gpu_that_is_not_there(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A state of this format and configuration whose tensors do not fit the model (torch's
+    RuntimeError was an internal error) and a GPU index past the machine's GPUs (it failed in
+    torch on first use) are ValueErrors naming the file or the device and the fix."""
+    path = small_file(tmp_path, steps=1)
+    out = tmp_path / "m.safetensors"
+    train(path, out, progress=False, plot=False)
+    state = torch.load(Outputs.of(out).state, weights_only=True)
+    state["model"] = {name: t[..., :1] for name, t in state["model"].items()}
+    torch.save(state, Outputs.of(out).state)
+    with pytest.raises(ValueError, match=r"m.state.pt does not fit the model of this configuration \(.*--restart"):
+        train(small_file(tmp_path, steps=2), out, resume=True, progress=False, plot=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(ValueError, match=r"device 'cuda:7': this machine has 2 CUDA GPUs \(cuda:0 to cuda:1\)"):
+        train(small_file(tmp_path, device="cuda:7"), tmp_path / "g.safetensors", progress=False, plot=False)
+    assert not Outputs.of(tmp_path / "g.safetensors").state.exists()

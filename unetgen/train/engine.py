@@ -482,6 +482,12 @@ def _device(cfg: TrainingConfig, local_rank: int) -> torch.device:
             raise ValueError(f"device {name!r}: this torch has no CUDA GPU available; use device: cpu")
         if name == "cuda":
             name = f"cuda:{local_rank}"
+        count = torch.cuda.device_count()
+        if int(name.split(":")[1]) >= count:
+            raise ValueError(
+                f"device {name!r}: this machine has {count} CUDA GPU{'s' if count != 1 else ''} (cuda:0 to "
+                f"cuda:{count - 1}); give one of them, cuda (the local rank's under torchrun) or cpu"
+            )
     elif name == "mps" and not torch.backends.mps.is_available():
         raise ValueError("device 'mps': not available in this torch build; use device: cpu")
     return torch.device(name)
@@ -581,8 +587,15 @@ def train(
     )  # fmt: skip
     start, best, best_step, history = 0, None, None, []
     if state is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
+        try:
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError, KeyError, TypeError) as err:  # torch's words for tensors that do not fit
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+            raise ValueError(
+                f"{short_path(paths.state)} does not fit the model of this configuration ({first}); it was not "
+                "written by this run: give --output another name, or --restart to replace it"
+            ) from None
         start, best, best_step, history = int(state["step"]), state["best"], state["best_step"], list(state["history"])
     net: nn.Module = model
     owned_group = False
