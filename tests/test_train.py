@@ -360,6 +360,14 @@ def test_checks_against_the_patch_come_before_any_file(tmp_path: Path) -> None:
         ({"patches": {"size": 16, "memory": "8XB"}}, "patches.memory", "not a size"),
         ({"device": "meta"}, "device", "'meta' is not a device unetgen trains on; give cpu"),
     ]
+    small_file(tmp_path)
+    image = np.load(tmp_path / "images" / "c1.npy").astype(np.float32)  # a NaN in an image of a folder
+    image[3, 4] = np.nan
+    np.save(tmp_path / "images" / "c1.npy", image)
+    with pytest.raises(ValueError, match=r"image .*c1.npy holds 1 NaN or infinite values; replace them"):
+        train(small_file(tmp_path), tmp_path / "m.safetensors", progress=False, plot=False)
+    assert _written(tmp_path) == []
+    np.save(tmp_path / "images" / "c1.npy", blobs(1, (24, 24), count=3)[0])
     for fields, where, words in cases:
         path = small_file(tmp_path, **fields)
         with pytest.raises(ConfigError) as info:
@@ -519,6 +527,8 @@ def test_a_state_that_does_not_fit_and_a_gpu_that_is_not_there(tmp_path: Path, m
     torch.save(state, Outputs.of(out).state)
     with pytest.raises(ValueError, match=r"m.state.pt does not fit the model of this configuration \(.*--restart"):
         train(small_file(tmp_path, steps=2), out, resume=True, progress=False, plot=False)
+    with pytest.raises(ValueError, match="pass one of them"):
+        train(path, out, resume=True, restart=True)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     with pytest.raises(ValueError, match=r"device 'cuda:7': this machine has 2 CUDA GPUs \(cuda:0 to cuda:1\)"):

@@ -525,6 +525,8 @@ def train(
     1) it trains with DDP, process 0 validating and writing. Bad input is a `ConfigError` (with the
     file position of the field), `CheckpointError` or `ValueError` naming the fix."""
     say: Note = note or (lambda _text: None)
+    if resume and restart:
+        raise ValueError("resume=True continues a run and restart=True starts it over: pass one of them")
     loaded = source if isinstance(source, LoadedTraining) else load_training(source)
     cfg = loaded.config
     paths = Outputs.of(output)
