@@ -2,10 +2,12 @@
 subcommand (wrong, missing and odd files, huge, negative and zero numbers, sizes of the wrong
 rank, devices that do not exist, unknown flags, pickles as weights, outputs into missing
 folders, out-of-core outputs over folders and arrays unetgen did not make or over the input,
-FIFOs inside zarr stores, scheduler addresses it cannot use...) ends in exit 0, 1 or 2, never in
-a traceback, and every failure says `error:`; no input, nor anything unetgen did not make,
-changes. The commands that write (draw -o, import -o) also keep every file behind a symlink and
-leave no temporary or partial file."""
+FIFOs inside zarr stores, scheduler addresses it cannot use; for `unetgen train` masks of another
+shape, dtype or ids, NaN images, folders with nothing or with more masks than images, training
+files with wrong fields, outputs inside the images or beside a log, a state or a symlink unetgen
+did not write...) ends in exit 0, 1 or 2, never in a traceback, and every failure says `error:`;
+no input, nor anything unetgen did not make, changes, and no temporary is left. The commands that
+write (draw -o, import -o) also keep every file behind a symlink and leave no partial file."""
 
 from __future__ import annotations
 
@@ -20,6 +22,8 @@ import torch
 from cli_files import make_files, make_large_files, make_train_files, run, sacred
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
+
+from unetgen.train import Outputs, read_state
 
 pytest.importorskip("PIL")
 pytest.importorskip("tifffile")
@@ -240,6 +244,10 @@ def test_any_command_line_ends_in_0_1_or_2_without_a_traceback(files: dict[str, 
         assert "wrote " in err
     if code == 0 and argv[0] == "train" and not {"-h", "--help"} & set(argv):
         assert "wrote " in err or "has done its" in err, err
+        written = Outputs.of(argv[argv.index("--output") + 1]) if "--output" in argv else None
+        if written is not None:  # a complete run: its state reads back, its log holds a row per step
+            state = read_state(written.state)
+            assert state is not None and written.log.read_text().count("\n") == 1 + state["step"], err
     root = Path(files["in.npy"]).parent  # temporaries are made beside their target: in the folders written to
     assert not [n for d in (root, root / "outdir") for n in os.listdir(d) if n.endswith(".tmp")], "a temporary was left"
 
