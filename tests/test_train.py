@@ -534,3 +534,22 @@ def test_a_state_that_does_not_fit_and_a_gpu_that_is_not_there(tmp_path: Path, m
     with pytest.raises(ValueError, match=r"device 'cuda:7': this machine has 2 CUDA GPUs \(cuda:0 to cuda:1\)"):
         train(small_file(tmp_path, device="cuda:7"), tmp_path / "g.safetensors", progress=False, plot=False)
     assert not Outputs.of(tmp_path / "g.safetensors").state.exists()
+
+
+def test_touching_pairs_against_a_loop_over_voxels() -> None:
+    """`touching_pairs` (one key per pair and np.unique, no Python set of every touching voxel:
+    4 s for a 40x128x128 stack of small objects before, 0.5 s now) finds the pairs a plain loop
+    over each voxel's 26 neighbours finds."""
+    from unetgen.train.metrics import touching_pairs
+
+    labels = np.random.default_rng(0).integers(0, 6, (5, 6, 7))
+    want = set()
+    for z, y, x in np.ndindex(*labels.shape):
+        for dz, dy, dx in np.ndindex(3, 3, 3):
+            n = (z + dz - 1, y + dy - 1, x + dx - 1)
+            if all(0 <= c < s for c, s in zip(n, labels.shape, strict=True)):
+                a, b = int(labels[z, y, x]), int(labels[n])
+                if a and b and a != b:
+                    want.add((min(a, b), max(a, b)))
+    assert touching_pairs(labels) == want and len(want) == 10  # every pair of the ids 1..5
+    assert touching_pairs(labels.astype(np.uint16) * 1000) == {(a * 1000, b * 1000) for a, b in want}
