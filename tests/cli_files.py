@@ -189,7 +189,103 @@ def make_large_files(root: Path) -> dict[str, str]:
     return {k: str(v) for k, v in files.items()}
 
 
+# for `unetgen train`: the inputs and the files beside an output that unetgen did not write
+TRAIN_SACRED = ("timgs", "tmasks", "timg.npy", "tmask.npy", "tsame.json", "tiny.json", "tiny.safetensors", "train.yaml",
+                "train-inst.yaml", "train-none.yaml", "theirs.log.csv", "alien.state.pt", "forged.state.pt",
+                "linked.curves.png", "lost.last.safetensors")  # fmt: skip
+TSAME = UNetConfig(depth=1, base_channels=2, channel_multiplier=1, out_channels=2, padding="same", init="torch")
+
+
+def make_train_files(root: Path) -> dict[str, str]:
+    """Files for `unetgen train`: tiny image and mask pairs (24x24; as files, folders, PNG and
+    TIFF), a tiny same-padded model, training files of 2 steps; and the mistakes: masks of
+    another shape, of fractions or of ids the model lacks, NaN images, folders with nothing or
+    with more masks than images, training files with unknown or impossible fields, and outputs
+    beside files unetgen did not write (a log, a state that is not unetgen's, a forged one, a
+    dangling symlink, a symlink to /dev/full, a directory). Returns name -> path, as `make_files`."""
+    import yaml
+    from PIL import Image
+
+    files: dict[str, Path] = {}
+
+    def path(name: str) -> Path:
+        files[name] = root / name
+        return files[name]
+
+    rng = np.random.default_rng(3)
+    yy, xx = np.mgrid[:24, :24]
+    for folder in ("timgs", "tmasks", "tempty", "tnotes", "tmasks3"):
+        path(folder).mkdir()
+    (files["tnotes"] / "readme.txt").write_text("not an image")
+    for k, name in enumerate(("a", "b")):
+        mask = (((yy - 8 - 6 * k) ** 2 + (xx - 9) ** 2) < 20).astype(np.uint8)
+        mask[16:21, 14:22] = 1
+        image = (50 + 100 * (mask > 0) + rng.normal(0, 10, mask.shape)).astype(np.float32)
+        np.save(files["timgs"] / f"{name}.npy", image)
+        np.save(files["tmasks"] / f"{name}.npy", mask)
+        np.save(files["tmasks3"] / f"{name}.npy", mask)
+        if k == 0:
+            np.save(path("timg.npy"), image)
+            np.save(path("tmask.npy"), mask)
+            Image.fromarray(image.clip(0, 255).astype(np.uint8)).save(path("timg.png"))
+            Image.fromarray(mask).save(path("tmask.png"))
+            np.save(path("tmask_shape.npy"), mask[:20])
+            np.save(path("tmask_float.npy"), mask + np.float32(0.5))
+            np.save(path("tmask_ids.npy"), mask * 4)
+            np.save(path("tmask_neg.npy"), mask.astype(np.int8) - 1)
+            np.save(path("tnan.npy"), np.where(mask > 0, np.nan, image).astype(np.float32))
+    np.save(files["tmasks3"] / "c.npy", mask)
+    path("tsame.json").write_text(TSAME.model_dump_json())
+    small = {"elastic": {"sigma": 2, "points": 2}}
+    train = {"data": {"images": "timgs", "masks": "tmasks"}, "model": "tsame.json", "patches": {"size": 16, "batch": 2},
+             "augmentation": small, "steps": 2, "validate_every": 2, "save_every": 2}  # fmt: skip
+    docs = {
+        "train.yaml": train,
+        "train-inst.yaml": {**train, "targets": {"type": "instances", "weight_map": {"w0": 5, "sigma": 2}},
+                            "data": {**train["data"], "validation": {"type": "files", "count": 1}}},
+        "train-none.yaml": {**train, "data": {**train["data"], "validation": "none"}, "loss": "dice_cross_entropy",
+                            "optimizer": {"type": "sgd", "lr": 0.01}, "schedule": "poly", "augmentation": {}},
+        "train-typo.yaml": {**train, "stepz": 2, "loss": "dicee"},
+        "train-missing.yaml": {**train, "data": {"images": "nowhere", "masks": "tmasks"}},
+        "train-empty.yaml": {**train, "data": {"images": "tempty", "masks": "tmasks"}},
+        "train-points.yaml": {**train, "augmentation": {"elastic": {"points": 32}}},
+        "train-sigma.yaml": {**train, "augmentation": {"elastic": {"sigma": [1, 2, 3]}}},
+        "train-patch.yaml": {**train, "patches": {"size": 17}},
+        "train-memory.yaml": {**train, "patches": {"size": 20000, "memory": "1GiB"}},
+        "train-f1.yaml": {**train, "best_metric": "object_f1"},
+        "train-split.yaml": {**train, "data": {"images": "timg.npy", "masks": "tmask.npy", "validation": "files"}},
+        "train-masks.yaml": {**train, "data": {"images": "timg.npy", "masks": "tmask_float.npy"}},
+        "train-model.yaml": {**train, "model": "tiny3d.json"},
+    }  # fmt: skip
+    for name, doc in docs.items():
+        path(name).write_text(yaml.safe_dump(doc))
+    path("train-text.yaml").write_text("data: [1, 2\nmodel: {")
+    # outputs beside what unetgen did not write
+    path("theirs.log.csv").write_text("step,loss\n1,0.5\n")
+    path("alien.state.pt").write_bytes(b"my own notes, not a torch file")
+    torch.save({"format": "unetgen-train-state", "step": "3", "files": 7, "model": {}}, path("forged.state.pt"))
+    path("linked.curves.png").symlink_to(root / "nowhere.png")  # dangling: not unetgen's to replace
+    path("lost.last.safetensors").symlink_to(root / "tiny.safetensors")
+    path("tdir.safetensors").mkdir()
+    path("full.safetensors").symlink_to("/dev/full")
+    for name in ("t.safetensors", "t2.safetensors", "theirs.safetensors", "alien.safetensors", "forged.safetensors",
+                 "linked.safetensors", "lost.safetensors"):  # fmt: skip
+        path(name)
+    files["outdir/t.safetensors"] = root / "outdir" / "t.safetensors"
+    files["missing/t.safetensors"] = root / "missing" / "t.safetensors"
+    return {k: str(v) for k, v in files.items()}
+
+
 def sacred(files: dict[str, str]) -> dict[str, bytes]:
-    """The contents of the files no command may change: the inputs, and what unetgen did not make."""
-    keep = [Path(files[n]) for n in ("in.npy", "in.zarr", "theirs.zarr", "notes.zarr") if n in files]
-    return {str(p): p.read_bytes() for root in keep for p in sorted([root, *root.rglob("*")]) if p.is_file()}
+    """The contents of the files no command may change: the inputs, and what unetgen did not make
+    (a symlink by where it points)."""
+    names = ("in.npy", "in.zarr", "theirs.zarr", "notes.zarr", *TRAIN_SACRED)
+    keep = [Path(files[n]) for n in names if n in files]
+    out = {}
+    for root in keep:
+        for p in sorted([root, *root.rglob("*")]):
+            if p.is_symlink():
+                out[str(p)] = os.readlink(p).encode()
+            elif p.is_file():
+                out[str(p)] = p.read_bytes()
+    return out

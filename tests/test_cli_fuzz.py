@@ -2,13 +2,16 @@
 subcommand (wrong, missing and odd files, huge, negative and zero numbers, sizes of the wrong
 rank, devices that do not exist, unknown flags, pickles as weights, outputs into missing
 folders, out-of-core outputs over folders and arrays unetgen did not make or over the input,
-FIFOs inside zarr stores, scheduler addresses it cannot use...) ends in exit 0, 1 or 2, never in
-a traceback, and every failure says `error:`; no input, nor anything unetgen did not make,
-changes. The commands that write (draw -o, import -o) also keep every file behind a symlink and
-leave no temporary or partial file."""
+FIFOs inside zarr stores, scheduler addresses it cannot use; for `unetgen train` masks of another
+shape, dtype or ids, NaN images, folders with nothing or with more masks than images, training
+files with wrong fields, outputs inside the images or beside a log, a state or a symlink unetgen
+did not write...) ends in exit 0, 1 or 2, never in a traceback, and every failure says `error:`;
+no input, nor anything unetgen did not make, changes, and no temporary is left. The commands that
+write (draw -o, import -o) also keep every file behind a symlink and leave no partial file."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 from collections.abc import Iterator
@@ -16,9 +19,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from cli_files import make_files, make_large_files, run, sacred
+from cli_files import make_files, make_large_files, make_train_files, run, sacred
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
+
+from unetgen.train import Outputs, read_state
 
 pytest.importorskip("PIL")
 pytest.importorskip("tifffile")
@@ -93,9 +98,53 @@ _SLOTS["predict_large"] = [  # `predict` out of core: a checkpoint, a .zarr outp
     ("--no-preprocessing", ([""], [""]), False),
     ("--no-optimize", ([""], [""]), False), ("--tta", TTAS, False), ("--tta-axes", TTA_AXES, False),
 ]  # fmt: skip
-_SWITCHES = {"--dry-run", "--no-deep-supervision", "--restart", "--no-preprocessing", "--no-optimize"}
+# `train` (issue 22): the simple form and the training-file form; a few tiny steps per run
+T_MODELS = (["tsame.json", "tiny.json", "tiny.safetensors"],
+            ["typo.yaml", "corrupt.safetensors", "fifo.yaml", "fifo.safetensors", "dir.yaml", "missing.safetensors",
+             "in.npy", "w.pt", "rgb.json", "tiny3d.json", "nopreset", "/dev/null", "nul", "long", "empty"])  # fmt: skip
+T_IMAGES = (["timgs", "timg.npy", "timg.png"],
+            ["tnan.npy", "tempty", "tnotes", "fifo.npy", "dir.npy", "missing.npy", "in3.npy", "vol.npy", "cplx.npy",
+             "lying.npy", "evil.npy", "text.png", "/dev/null", "nul", "long", "empty"])  # fmt: skip
+T_MASKS = (["tmasks", "tmask.npy", "tmask.png"],
+           ["tmask_shape.npy", "tmask_float.npy", "tmask_ids.npy", "tmask_neg.npy", "tmasks3", "tempty", "tnotes",
+            "nan.npy", "str.npy", "obj.npy", "fifo.npy", "missing.npy", "truncated.npy", "/dev/null",
+            "empty"])  # fmt: skip
+T_OUTPUTS = (["new.safetensors", "new.safetensors", "t.safetensors", "t2.safetensors", "outdir/t.safetensors"],
+             ["IMAGES/t.safetensors", "tiny.safetensors", "theirs.safetensors", "alien.safetensors",
+              "forged.safetensors", "linked.safetensors", "lost.safetensors", "fifo.safetensors", "tdir.safetensors",
+              "full.safetensors", "missing/t.safetensors", "in.npy", "/dev/full", "nul", "long", "empty",
+              "noext"])  # fmt: skip
+T_FILES = (["train.yaml", "train-inst.yaml", "train-none.yaml"],
+           ["train-typo.yaml", "train-missing.yaml", "train-empty.yaml", "train-points.yaml", "train-sigma.yaml",
+            "train-patch.yaml", "train-memory.yaml", "train-f1.yaml", "train-split.yaml", "train-masks.yaml",
+            "train-model.yaml", "train-text.yaml", "fifo.yaml", "dir.yaml", "empty.yaml", "missing.yaml"])  # fmt: skip
+T_STEPS = (["1", "2"], ["0", "-1", "1000000000000", "9" * 30, "abc", "1e3", ""])
+T_PATCHES = (["16", "20", "24x16"], ["17", "1", "0", "16x16x16", "99999", "abc", ""])
+T_MEMORY = (["64MiB", "1GiB"], ["0", "1B", "-1GiB", "1e30GiB", "99999999999999999999TiB", "8XB", "nan", ""])
+T_BATCH = (["1", "2"], ["0", "-1", "99999", "abc"])
+T_DEVICES = (["cpu"], ["cuda:7", "cuda:-1", "cpu:0", "meta", "nonsense", "mps", ""])
+_TRAIN_COMMON: list[tuple[str, Pool, bool]] = [
+    ("--steps", T_STEPS, False), ("--memory", T_MEMORY, False), ("--patch", T_PATCHES, False),
+    ("--batch", T_BATCH, False), ("--seed", (["0", "7"], ["-1", "9" * 30, "abc"]), False),
+    ("--device", T_DEVICES, False), ("--resume", ([""], [""]), False), ("--restart", ([""], [""]), False),
+    ("--no-plot", ([""], [""]), True), ("--no-progress", ([""], [""]), True),
+]  # fmt: skip
+_SLOTS["train"] = [
+    ("", T_MODELS, True), ("--images", T_IMAGES, True), ("--masks", T_MASKS, True), ("--output", T_OUTPUTS, True),
+    ("--steps", T_STEPS, True), ("--targets", (["classes", "instances"], ["objects", ""]), False),
+    ("--axes", (["yx"], ["zyx", "yxc", "qq", ""]), False),
+    ("--pairing", (["auto", "name", "order"], ["random", ""]), False),
+    ("--validation", (["0", "0.25"], ["1", "-0.1", "nan", "0.99", "abc"]), False),
+    *_TRAIN_COMMON[1:],
+]  # fmt: skip
+_SLOTS["train_file"] = [("", T_FILES, True), ("--output", T_OUTPUTS, True), *_TRAIN_COMMON]
+_SWITCHES = {"--dry-run", "--no-deep-supervision", "--restart", "--no-preprocessing", "--no-optimize", "--resume",
+             "--no-plot", "--no-progress"}  # fmt: skip
+_KEEP = {"-o", "--steps", "--no-progress"}  # never left out: a default in the cwd, 1000 steps, a progress bar
 _JUNK = [["--frobnicate"], ["--help"], ["-h"], ["--"], ["-"], ["--input-size"], ["extra"], ["--batch-size"],
          ["--batch-size", "2"], ["--weights", "w.pt"], ["--near", "12"]]  # fmt: skip
+_FRESH = itertools.count()
+_MASKS_OF = {"timgs": "tmasks", "timg.npy": "tmask.npy", "timg.png": "tmask.png"}
 _WEIGHTS_OF = {"tiny.json": "w.pt", "tiny3d.json": "tiny3d.pt", "rgb.json": "rgb.pt", "aniso.json": "aniso.pt"}
 
 
@@ -110,7 +159,8 @@ def argvs(draw: st.DrawFn, files: dict[str, str]) -> list[str]:
         return draw(st.sampled_from([False] * (n - 1) + [True]))
 
     commands = ["summary", "sizes", "trace", "validate", "schema", "presets", "draw", "import", "plan",
-                "predict", "predict", "predict", "predict_large", "predict_large", "bad"]  # fmt: skip
+                "predict", "predict", "predict", "predict_large", "predict_large", "train", "train_file",
+                "bad"]  # fmt: skip
     command = draw(st.sampled_from(commands))
     slots = [slot for slot in _SLOTS.get(command, []) if slot[2] or one_in(3)]
     mistakes = draw(st.sampled_from([0, 1, 1, 1, 2]))
@@ -118,22 +168,31 @@ def argvs(draw: st.DrawFn, files: dict[str, str]) -> list[str]:
     groups: list[list[str]] = []
     config = None
     for i, (flag, pool, required) in enumerate(slots):
-        if i in wrong and required and flag != "-o" and one_in(4):
-            continue  # a required argument left out (not draw's -o: its default would land in the cwd)
+        if i in wrong and required and flag not in _KEEP and one_in(4):
+            continue  # a required argument left out (not: draw's -o, whose default would land in the cwd; train's
+            # --steps, whose default is 1000 steps, and --no-progress: a bar would mix with the error lines)
         value = draw(st.sampled_from(pool[1] if i in wrong else pool[0]))
-        if flag == "" and command == "predict":
+        if (flag == "" and command == "predict") or flag == "--images":
             config = value
+        if flag == "--masks" and i not in wrong and config in _MASKS_OF:  # the masks that pair with the images
+            value = _MASKS_OF[config]
         if flag == "--weights" and i not in wrong:  # the weights that fit the config, none for a checkpoint
             if config not in _WEIGHTS_OF:
                 continue
             value = _WEIGHTS_OF[config]
+        if value == "new.safetensors":  # a name no run has used (the others hold a run: --resume, --restart)
+            value = str(Path(files["t.safetensors"]).with_name(f"new{next(_FRESH)}.safetensors"))
+        if value == "IMAGES/t.safetensors":  # inside the folder of images (else the model checkpoint)
+            inside = Path(files.get(str(config), "")) / "t.safetensors"
+            value = str(inside) if config and os.path.isdir(inside.parent) else "tiny.safetensors"
         value = files.get(value, value)
         groups.append([value] if not flag else [flag] if flag in _SWITCHES else [flag, value])
     if one_in(8):
         groups.append([files.get(v, v) for v in draw(st.sampled_from(_JUNK))])
     if one_in(5):  # options before positionals
         groups = draw(st.permutations(groups))
-    return ["predict" if command == "predict_large" else command, *(arg for group in groups for arg in group)]
+    name = {"predict_large": "predict", "train_file": "train"}.get(command, command)
+    return [name, *(arg for group in groups for arg in group)]
 
 
 @pytest.fixture(scope="module")
@@ -144,7 +203,8 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
         mp.delenv("UNETGEN_DEBUG", raising=False)
         mp.chdir(tmp_path_factory.mktemp("cwd"))  # a relative path the grammar forgot to map lands here
         root = tmp_path_factory.mktemp("fuzz")
-        yield make_files(root) | make_large_files(root)
+        files = make_files(root) | make_large_files(root)
+        yield files | make_train_files(root)
     torch.set_num_threads(threads)
 
 
@@ -182,6 +242,14 @@ def test_any_command_line_ends_in_0_1_or_2_without_a_traceback(files: dict[str, 
         assert argv[0] in ("summary", "validate") and out
     if code == 0 and argv[0] == "predict" and "--dry-run" not in argv and not {"-h", "--help"} & set(argv):
         assert "wrote " in err
+    if code == 0 and argv[0] == "train" and not {"-h", "--help"} & set(argv):
+        assert "wrote " in err or "has done its" in err, err
+        written = Outputs.of(argv[argv.index("--output") + 1]) if "--output" in argv else None
+        if written is not None:  # a complete run: its state reads back, its log holds a row per step
+            state = read_state(written.state)
+            assert state is not None and written.log.read_text().count("\n") == 1 + state["step"], err
+    root = Path(files["in.npy"]).parent  # temporaries are made beside their target: in the folders written to
+    assert not [n for d in (root, root / "outdir") for n in os.listdir(d) if n.endswith(".tmp")], "a temporary was left"
 
 
 # --- the commands that write a file (draw -o, import -o) and plan: outputs over symlinks, folders,

@@ -4,6 +4,7 @@ real subprocesses (`python -m unetgen train`, `torchrun`)."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -314,3 +315,241 @@ def test_torchrun_two_processes_match_one_process(tmp_path: Path) -> None:
         torch.testing.assert_close(got[key], want[key], rtol=1e-4, atol=1e-5, msg=key)
     initial = build_unet(TINY, seed=0).state_dict()
     assert any(not torch.equal(initial[k], want[k]) for k in want)  # it trained
+
+
+# ---------------------------------------------------------------------------------------------
+# what the command-line fuzz found (tests/test_cli_fuzz.py): each kind of bug, once
+
+
+SMALL = {"depth": 1, "base_channels": 2, "channel_multiplier": 1, "padding": "same", "init": "torch"}
+
+
+def small_file(folder: Path, name: str = "small.yaml", **fields: Any) -> Path:
+    """A training file of two 24x24 pairs, a same-padded model of base 2, patches 16 and a few steps."""
+    if not (folder / "images").exists():
+        images, masks = folder / "images", folder / "masks"
+        images.mkdir()
+        masks.mkdir()
+        for i in range(2):
+            image, labels = blobs(i, (24, 24), count=3)
+            np.save(images / f"c{i}.npy", image)
+            np.save(masks / f"c{i}.npy", (labels > 0).astype(np.uint8))
+    doc = {
+        "data": {"images": "images", "masks": "masks", "validation": "none"},
+        "model": SMALL, "patches": {"size": 16, "batch": 2}, "augmentation": {"elastic": None},
+        "steps": 2, "save_every": 1, **fields,
+    }  # fmt: skip
+    path = folder / name
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def _written(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.is_file() and p.suffix not in (".yaml", ".npy"))
+
+
+def test_checks_against_the_patch_come_before_any_file(tmp_path: Path) -> None:
+    """An elastic grid finer than the patch, and a given patch and batch whose step needs more than
+    patches.memory, are the training file's errors (field, FILE:LINE), found before anything is
+    written (they failed in the loop, or allocated the patches, after the state was written)."""
+    cases = [
+        ({"augmentation": {"elastic": {"points": 32}}}, "augmentation.elastic.points", "fewer points"),
+        ({"augmentation": {"elastic": {"sigma": [1, 2, 3]}}}, "augmentation.elastic.sigma", "one or 2"),
+        ({"patches": {"size": 20000, "memory": "1GiB"}}, "patches.size", "more than patches.memory 1GiB"),
+        ({"patches": {"size": 1}}, "patches.size", "nearest valid: 2x2"),
+        ({"patches": {"size": 16, "memory": "8XB"}}, "patches.memory", "not a size"),
+        ({"device": "meta"}, "device", "'meta' is not a device unetgen trains on; give cpu"),
+    ]
+    small_file(tmp_path)
+    image = np.load(tmp_path / "images" / "c1.npy").astype(np.float32)  # a NaN in an image of a folder
+    image[3, 4] = np.nan
+    np.save(tmp_path / "images" / "c1.npy", image)
+    with pytest.raises(ValueError, match=r"image .*c1.npy holds 1 NaN or infinite values; replace them"):
+        train(small_file(tmp_path), tmp_path / "m.safetensors", progress=False, plot=False)
+    assert _written(tmp_path) == []
+    np.save(tmp_path / "images" / "c1.npy", blobs(1, (24, 24), count=3)[0])
+    for fields, where, words in cases:
+        path = small_file(tmp_path, **fields)
+        with pytest.raises(ConfigError) as info:
+            train(path, tmp_path / "m.safetensors", progress=False, plot=False)
+        message = str(info.value)
+        assert message.startswith(f"{path}:") and f": {where}: " in message and words in message, message
+        assert _written(tmp_path) == [], message
+
+
+def test_a_run_that_fails_in_its_first_step_leaves_no_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nothing is written until the first step has gone through (a state at step 0 left behind
+    made the same command refuse to run again without --restart)."""
+    path = small_file(tmp_path)
+
+    def boom(self: Any) -> Any:
+        raise ValueError("the sampler failed")
+
+    monkeypatch.setattr("unetgen.train.engine.PatchSampler.sample", boom)
+    with pytest.raises(ValueError, match="the sampler failed"):
+        train(path, tmp_path / "m.safetensors", progress=False, plot=False)
+    assert _written(tmp_path) == []
+    monkeypatch.undo()
+    train(path, tmp_path / "m.safetensors", progress=False, plot=False)  # the same command runs
+    assert _written(tmp_path) == ["m.last.safetensors", "m.log.csv", "m.safetensors", "m.state.pt"]
+
+
+def test_the_planned_batch_of_a_small_image_stays_small(tmp_path: Path) -> None:
+    """Where the whole image fits, the planner raises the batch (up to 4096: 25 s per step of a
+    24x24 image); the engine keeps it to 5 % of the training pixels per step, at least 2."""
+    path = small_file(tmp_path, patches={"memory": "1GiB"}, steps=1)
+    notes: list[str] = []
+    result = train(path, tmp_path / "m.safetensors", progress=False, plot=False, note=notes.append)
+    assert result.batch == 2 and result.patch == (24, 24), notes
+    assert notes[0].startswith("plan: patch 24x24 -> 24x24, batch 2:")
+
+
+def test_outputs_beside_what_unetgen_did_not_write(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A state file that names the format but holds other fields (forged), a symlink among the
+    outputs (dangling or not), a model path that is a FIFO or a folder: one error line, exit 1,
+    nothing changed (a forged state was an internal error; a dangling symlink was replaced)."""
+    path = small_file(tmp_path)
+    args = ["train", str(path), "--no-progress", "--no-plot", "--output"]
+    torch.save({"format": "unetgen-train-state", "step": "3", "files": 7}, tmp_path / "forged.state.pt")
+    (tmp_path / "linked.curves.png").symlink_to(tmp_path / "nowhere.png")
+    (tmp_path / "victim.txt").write_text("years of work")
+    (tmp_path / "lost.last.safetensors").symlink_to(tmp_path / "victim.txt")
+    (tmp_path / "sym.state.pt").symlink_to(tmp_path / "forged.state.pt")
+    for name, words in [
+        ("forged", "forged.state.pt exists and is not a unetgen training state (its fields version, step"),
+        ("linked", "linked.curves.png exists and was not written by this training run"),
+        ("lost", "lost.last.safetensors exists and was not written by this training run"),
+        ("sym", "sym.state.pt exists and is not a unetgen training state (it is a symbolic link)"),
+    ]:
+        assert main([*args, str(tmp_path / f"{name}.safetensors")]) == 1
+        err = capsys.readouterr().err
+        assert err.count("error:") == 1 and words in err, err
+    assert os.readlink(tmp_path / "linked.curves.png") == str(tmp_path / "nowhere.png")
+    assert (tmp_path / "lost.last.safetensors").is_symlink()
+    assert (tmp_path / "victim.txt").read_text() == "years of work"
+    assert read_state(tmp_path / "forged.state.pt") is None
+    os.mkfifo(tmp_path / "fifo.safetensors")
+    (tmp_path / "dir.yaml").mkdir()
+    for model, words in [("fifo.safetensors", "is not a regular file"), ("dir.yaml", "is a directory")]:
+        argv = ["train", model, "--images", "images", "--masks", "masks", "--output", str(tmp_path / "m.safetensors")]
+        with pytest.MonkeyPatch.context() as mp:
+            mp.chdir(tmp_path)
+            assert main([*argv, "--steps", "1", "--no-progress"]) == 1
+        err = capsys.readouterr().err
+        assert err.count("error:") == 1 and f"model: {model} {words}" in err, err
+
+
+def test_command_line_values_are_refused_in_words(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """--seed and --steps out of range are usage errors naming the option (a 30-digit number was
+    "(config): a number has about 31 digits"); an option over a training file is named as the
+    command line, not as "<training>"; device and memory are refused in words, not as a regex."""
+    path = small_file(tmp_path)
+    base = ["train", str(path), "--output", str(tmp_path / "m.safetensors"), "--no-progress"]
+    for option, value, words in [
+        ("--seed", "9" * 30, "argument --seed: " + "9" * 30 + " is too large"),
+        ("--steps", "9" * 30, "argument --steps: " + "9" * 30 + " is too many"),
+        ("--seed", "-1", "argument --seed: -1 must be a non-negative integer"),
+    ]:
+        with pytest.raises(SystemExit) as exit:
+            main([*base, option, value])
+        assert exit.value.code == 2 and words in capsys.readouterr().err
+    assert main([*base, "--device", "cpu:0"]) == 1
+    err = capsys.readouterr().err
+    assert err == (
+        f"error: the command line (over {path}): device: 'cpu:0' is not a device unetgen trains on; give cpu, "
+        "cuda, cuda:N (the GPU's index), mps or auto\n"
+    )
+    assert main([*base, "--memory", "1e30GiB"]) == 1
+    assert "patches.memory: '1e30GiB' is not a memory size; write e.g. 2GiB" in capsys.readouterr().err
+    assert _written(tmp_path) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# the CSV log: appended, and cut back to the saved state at resume
+
+
+def _rows(path: Path) -> list[list[str]]:
+    return [line.split(",")[:3] for line in path.read_text().splitlines()]  # step, loss, lr
+
+
+def test_the_log_is_appended_not_rewritten_per_save(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Opened once: the same file (inode) at every save, each save's rows after the last ones; a
+    resumed run appends to the same file when it holds the saved state's rows."""
+    from unetgen.train import engine
+
+    path = small_file(tmp_path, steps=3)
+    out = tmp_path / "m.safetensors"
+    log = Outputs.of(out).log
+    seen: list[tuple[int, bytes]] = []
+    real = engine.atomic.write_bytes
+
+    def spy(target: Any, data: Any) -> Path:
+        if Path(target) == Outputs.of(out).state and log.exists():
+            seen.append((log.stat().st_ino, log.read_bytes()))
+        return real(target, data)
+
+    monkeypatch.setattr(engine.atomic, "write_bytes", spy)
+    train(path, out, progress=False, plot=False)
+    assert len(seen) == 3 and len({ino for ino, _ in seen}) == 1  # one file for the whole run
+    assert all(b.startswith(a) and b.count(b"\n") == a.count(b"\n") + 1 for (_, a), (_, b) in itertools.pairwise(seen))
+    train(small_file(tmp_path, steps=5), out, resume=True, progress=False, plot=False)
+    assert log.stat().st_ino == seen[0][0] and log.read_bytes().startswith(seen[-1][1])
+    assert [r[0] for r in _rows(log)] == ["step", "1", "2", "3", "4", "5"]
+
+
+def test_a_resumed_log_drops_the_rows_after_the_saved_state(tmp_path: Path) -> None:
+    """Rows logged after the last saved state (a run killed between the log and the state) are
+    dropped once, at resume, by a renamed temporary: the log reads as the uninterrupted run's,
+    every loss bit for bit (floats written as repr)."""
+    whole = tmp_path / "whole.safetensors"
+    train(small_file(tmp_path, steps=4), whole, progress=False, plot=False)
+    cut = tmp_path / "cut.safetensors"
+    train(small_file(tmp_path, steps=2), cut, progress=False, plot=False)
+    log = Outputs.of(cut).log
+    with open(log, "a") as f:
+        f.write("3,0.123,0.001,9.9\n")  # logged, then killed before the state of step 3 was written
+    inode = log.stat().st_ino
+    train(small_file(tmp_path, steps=4), cut, resume=True, progress=False, plot=False)
+    assert log.stat().st_ino != inode  # replaced once, not written over
+    assert _rows(log) == _rows(Outputs.of(whole).log) and len(_rows(log)) == 5
+    assert [float(r[1]) for r in _rows(log)[1:]] == [r["loss"] for r in read_state(Outputs.of(whole).state)["history"]]
+
+
+def test_a_state_that_does_not_fit_and_a_gpu_that_is_not_there(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A state of this format and configuration whose tensors do not fit the model (torch's
+    RuntimeError was an internal error) and a GPU index past the machine's GPUs (it failed in
+    torch on first use) are ValueErrors naming the file or the device and the fix."""
+    path = small_file(tmp_path, steps=1)
+    out = tmp_path / "m.safetensors"
+    train(path, out, progress=False, plot=False)
+    state = torch.load(Outputs.of(out).state, weights_only=True)
+    state["model"] = {name: t[..., :1] for name, t in state["model"].items()}
+    torch.save(state, Outputs.of(out).state)
+    with pytest.raises(ValueError, match=r"m.state.pt does not fit the model of this configuration \(.*--restart"):
+        train(small_file(tmp_path, steps=2), out, resume=True, progress=False, plot=False)
+    with pytest.raises(ValueError, match="pass one of them"):
+        train(path, out, resume=True, restart=True)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(ValueError, match=r"device 'cuda:7': this machine has 2 CUDA GPUs \(cuda:0 to cuda:1\)"):
+        train(small_file(tmp_path, device="cuda:7"), tmp_path / "g.safetensors", progress=False, plot=False)
+    assert not Outputs.of(tmp_path / "g.safetensors").state.exists()
+
+
+def test_touching_pairs_against_a_loop_over_voxels() -> None:
+    """`touching_pairs` (one key per pair and np.unique, no Python set of every touching voxel:
+    4 s for a 40x128x128 stack of small objects before, 0.5 s now) finds the pairs a plain loop
+    over each voxel's 26 neighbours finds."""
+    from unetgen.train.metrics import touching_pairs
+
+    labels = np.random.default_rng(0).integers(0, 6, (5, 6, 7))
+    want = set()
+    for z, y, x in np.ndindex(*labels.shape):
+        for dz, dy, dx in np.ndindex(3, 3, 3):
+            n = (z + dz - 1, y + dy - 1, x + dx - 1)
+            if all(0 <= c < s for c, s in zip(n, labels.shape, strict=True)):
+                a, b = int(labels[z, y, x]), int(labels[n])
+                if a and b and a != b:
+                    want.add((min(a, b), max(a, b)))
+    assert touching_pairs(labels) == want and len(want) == 10  # every pair of the ids 1..5
+    assert touching_pairs(labels.astype(np.uint16) * 1000) == {(a * 1000, b * 1000) for a, b in want}

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from ..config.io import SUFFIXES, ConfigError, parse_file
-from ..config.training import LoadedTraining, load_training
-from .args import file_path, positive_int, sizes_arg
+from ..config.training import MAX_STEPS, LoadedTraining, load_training
+from .args import file_path, nonnegative_int, positive_int, sizes_arg
 from .errors import UsageError, note, show
 
 __all__ = ["add_train_parser", "cmd_train"]
@@ -61,17 +61,33 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
         help="the checkpoint to write, NAME.safetensors (beside it: NAME.last.safetensors, NAME.state.pt, "
         "NAME.log.csv, NAME.curves.png)",
     )
-    p.add_argument("--steps", type=positive_int, default=None, help="optimiser steps")
+    p.add_argument("--steps", type=steps_arg, default=None, help="optimiser steps")
     p.add_argument("--memory", default=None, help="memory budget that chooses the patch, e.g. 2GiB")
     p.add_argument("--patch", type=sizes_arg, default=None, help="input patch size, e.g. 188 or 16x64x64")
     p.add_argument("--batch", type=positive_int, default=None, help="patches per step")
-    p.add_argument("--seed", type=int, default=None, help="random seed (>= 0)")
+    p.add_argument("--seed", type=seed_arg, default=None, help="random seed (>= 0)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N, mps or auto")
     p.add_argument("--resume", action="store_true", help="continue the run whose state is beside --output")
     p.add_argument("--restart", action="store_true", help="start over, replacing the files of a previous run")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--no-plot", action="store_true", help="no PNG of the curves (the CSV log has them)")
     p.set_defaults(func=cmd_train)
+
+
+def steps_arg(text: str) -> int:
+    """--steps: an int from 1 to `MAX_STEPS`."""
+    n = positive_int(text)
+    if n > MAX_STEPS:
+        raise argparse.ArgumentTypeError(f"{show(text)} is too many: a run has at most {MAX_STEPS:,} steps")
+    return n
+
+
+def seed_arg(text: str) -> int:
+    """--seed: an int from 0 to 2**63 - 1."""
+    n = nonnegative_int(text)
+    if n >= 2**63:
+        raise argparse.ArgumentTypeError(f"{show(text)} is too large: a seed is at most 2**63 - 1")
+    return n
 
 
 def _is_training_file(source: str) -> bool:
@@ -122,7 +138,11 @@ def _training(args: argparse.Namespace) -> tuple[LoadedTraining, str]:
         update = _overrides(args)
         if update:
             document = _merged(loaded.config.model_dump(mode="json", exclude_unset=True), update)
-            config = load_training(document).config
+            try:
+                config = load_training(document).config
+            except ConfigError as err:  # a value of an option: name the command line, not the file
+                where = f"the command line (over {show(args.source)})"
+                raise ConfigError(str(err).replace("<training>", where)) from None
             loaded = LoadedTraining(config, loaded.source, loaded.base, loaded.positions)
         output = args.output or os.fspath(Path(args.source).with_suffix(".safetensors"))
         return loaded, output

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,6 +81,23 @@ def _as_tuple(value: Any) -> Any:
 
 def _list_to_tuple(value: Any) -> Any:
     return tuple(value) if isinstance(value, list) else value
+
+
+_MEMORY = r"^\s*[0-9]+(\.[0-9]+)?\s*[a-zA-Z]{0,3}\s*$"
+_DEVICE = r"^(cpu|cuda(:[0-9]{1,3})?|mps|auto)$"
+
+
+def _matching(pattern: str, what: str) -> AfterValidator:
+    """A string field checked against `pattern` (also its JSON Schema's), refused as "is not `what`"
+    (a sentence a user can act on, not the regular expression)."""
+    compiled = re.compile(pattern)
+
+    def check(value: str) -> str:
+        if not compiled.match(value):
+            raise PydanticCustomError("value_error", "{value} is not {what}", {"value": repr(value[:50]), "what": what})
+        return value
+
+    return AfterValidator(check)
 
 
 PathText = Annotated[str, Field(min_length=1, max_length=4096, pattern=r"^[^\x00]*$")]
@@ -158,11 +176,15 @@ class Patches(_Model):
     """The input patch size: one valid input size for every spatial axis, or one per axis (none:
     the largest that fits `memory`, from the memory planner, `unetgen plan`)."""
     batch: Annotated[int, Field(ge=1, le=4096)] | None = None
-    """Patches per step (none: the planner's choice, 2 unless the whole image fits in memory;
-    2 when `size` is given). Under `torchrun` the batch is split among the processes."""
-    memory: Annotated[str, Field(max_length=40, pattern=r"^\s*[0-9]+(\.[0-9]+)?\s*[a-zA-Z]{0,3}\s*$")] = "2GiB"
-    """The memory budget of one training step, e.g. `2GiB`, `512MiB`, `16GB` (used to choose the
-    patch and batch when they are not given)."""
+    """Patches per step (none: the planner's choice, 2 unless the whole image fits in memory, then
+    more, up to as many patches as cover 5 % of the training pixels; 2 when `size` is given). Under
+    `torchrun` the batch is split among the processes."""
+    memory: Annotated[str, Field(max_length=40, json_schema_extra={"pattern": _MEMORY}), _matching(
+        _MEMORY, "a memory size; write e.g. 2GiB, 512MiB, 16GB or a number of bytes"
+    )] = "2GiB"  # fmt: skip
+    """The memory budget of one training step, e.g. `2GiB`, `512MiB`, `16GB`: it chooses the patch
+    and batch when they are not given, and a given patch and batch whose step needs more (as
+    `estimate_training_memory` counts it) are refused before anything is allocated."""
 
 
 class Intensity(_Model):
@@ -373,7 +395,9 @@ class TrainingConfig(_Model):
     seed: int = Field(0, ge=0, le=2**63 - 1)
     """Every random choice (initial weights, patches, augmentation, dropout) follows from the seed
     and the step, so that a resumed run ends exactly as an uninterrupted one."""
-    device: Annotated[str, Field(pattern=r"^(cpu|cuda(:[0-9]{1,3})?|mps|auto)$")] = "cpu"
+    device: Annotated[str, Field(json_schema_extra={"pattern": _DEVICE}), _matching(
+        _DEVICE, "a device unetgen trains on; give cpu, cuda, cuda:N (the GPU's index), mps or auto"
+    )] = "cpu"  # fmt: skip
     """Where to train: `cpu`, `cuda`, `cuda:N`, `mps`, or `auto` (a GPU when there is one). Under
     `torchrun` on GPUs each process takes the GPU of its local rank."""
     validate_every: int = Field(100, ge=1, le=MAX_STEPS)

@@ -222,10 +222,12 @@ def load_data(loaded: LoadedTraining, model: UNetConfig, spec: Preprocessing) ->
             raw, _ = _read(image_path, "image", said)  # read again in its own layout (the first file only)
         if spec.axes is None and raw.ndim in (dims, dims + 1):  # else guessed from its rank
             spec = spec.model_copy(update={"axes": ("c" if raw.ndim == dims + 1 else "") + "zyx"[-dims:]})
+        _check_finite(raw, image_path, "")
         try:
             image = preprocess(raw, spec)
         except ValueError as err:
             raise ValueError(f"image {short_path(image_path)}: {err}") from None
+        _check_finite(image, image_path, " once normalised")
         if image.ndim != dims + 1 or image.shape[0] != model.in_channels:
             raise ValueError(
                 f"image {short_path(image_path)} of shape {raw.shape} is not (in_channels={model.in_channels}, "
@@ -257,6 +259,15 @@ def load_data(loaded: LoadedTraining, model: UNetConfig, spec: Preprocessing) ->
             image, labels = _region(image, axis + 1, 0, cut), _region(labels, axis, 0, cut)
         train.append(_training_sample(name, image, labels, targets, sampling))
     return TrainingData(train, validation, axis, pairs, spec)
+
+
+def _check_finite(image: np.ndarray, path: Path, when: str) -> None:
+    if image.dtype.kind in "fc" and not (finite := np.isfinite(image)).all():
+        bad = image.size - int(np.count_nonzero(finite))
+        raise ValueError(
+            f"image {short_path(path)} holds {bad:,} NaN or infinite values{when}; replace them (np.nan_to_num) or "
+            "leave the image out"
+        )
 
 
 def _check_ids(labels: np.ndarray, path: Path, model: UNetConfig, instances: bool) -> None:

@@ -22,7 +22,9 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
+import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -35,7 +37,7 @@ from torch import nn
 
 from .. import atomic
 from ..analysis import shapes
-from ..analysis.memory import plan_training
+from ..analysis.memory import estimate_training_memory, parse_bytes, plan_training
 from ..build import build_unet
 from ..checkpoint import load_unet, save_unet
 from ..config.io import ConfigError, load_config
@@ -44,7 +46,6 @@ from ..config.training import (
     SGD,
     Adam,
     AdamW,
-    Augmentation,
     Constant,
     CrossEntropy,
     Dice,
@@ -72,6 +73,9 @@ STATE_VERSION = 1
 MARK = "unetgen_train"
 """The checkpoint metadata key that marks a checkpoint as written by `unetgen train`."""
 Note = Callable[[str], None]
+BATCH_COVERS = 0.05
+"""When the memory planner would raise the batch (the whole image fits), it is kept to as many
+patches as cover this fraction of the training pixels per step (nnU-Net's rule; at least 2)."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -109,15 +113,57 @@ class Outputs:
 
 def read_state(path: Path) -> dict[str, Any] | None:
     """The training state at `path`, loaded with ``weights_only=True`` (no code runs), or None when
-    the file is not one (not a torch file, or another format)."""
+    the file is not one (not a regular torch file, another format, or fields not as unetgen writes)."""
+    return _read_state(path)[0]
+
+
+def _read_state(path: Path) -> tuple[dict[str, Any] | None, str]:
+    """(the state, or None and why not)."""
+    if path.is_symlink():
+        return None, "it is a symbolic link"
+    if not path.is_file():
+        return None, "it is not a regular file"
     try:
         with open(path, "rb") as f:
             state = torch.load(f, map_location="cpu", weights_only=True)
     except Exception:  # not a torch file, or one holding more than tensors and plain values
-        return None
+        return None, "it is not a torch file of tensors and plain values"
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
-        return None
-    return state
+        return None, f"its format is not {STATE_FORMAT!r}"
+    if (problem := _state_problem(state)) is not None:
+        return None, problem
+    return state, ""
+
+
+def _is_int(value: object, low: int = 0) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
+def _state_problem(state: dict[str, Any]) -> str | None:
+    """What is wrong with a state file's fields (None when each has its type): a file that names
+    the format but holds something else (forged, or written by another version) is not read."""
+    number = (int, float)
+    checks = {
+        "version": state.get("version") == STATE_VERSION,
+        "step": _is_int(state.get("step")),
+        "model": isinstance(state.get("model"), dict)
+        and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state["model"].items()),
+        "optimizer": isinstance(state.get("optimizer"), dict),
+        "best": state.get("best") is None or isinstance(state.get("best"), number),
+        "best_step": state.get("best_step") is None or _is_int(state.get("best_step")),
+        "history": isinstance(state.get("history"), list)
+        and all(isinstance(r, dict) and _is_int(r.get("step"), 1) for r in state["history"]),
+        "config": isinstance(state.get("config"), str),
+        "patch": isinstance(state.get("patch"), list) and all(_is_int(n, 1) for n in state["patch"]),
+        "batch": _is_int(state.get("batch"), 1),
+        "files": isinstance(state.get("files"), list) and all(isinstance(n, str) for n in state["files"]),
+    }
+    bad = [name for name, ok in checks.items() if not ok]
+    if bad:
+        return f"its fields {', '.join(bad)} are not as unetgen writes them"
+    if [r["step"] for r in state["history"]] != list(range(1, state["step"] + 1)):
+        return "its history does not hold one row per step"
+    return None
 
 
 def _check_outputs(paths: Outputs, inputs: list[Path], resume: bool, restart: bool) -> dict[str, Any] | None:
@@ -133,15 +179,15 @@ def _check_outputs(paths: Outputs, inputs: list[Path], resume: bool, restart: bo
                 source_what="the input",
                 fix="give --output a path outside the training data and model",
             )
-    state = read_state(paths.state) if paths.state.exists() else None
-    if paths.state.exists() and state is None:
+    state, why = _read_state(paths.state) if os.path.lexists(paths.state) else (None, "")
+    if why:
         raise ValueError(
-            f"{short_path(paths.state)} exists and is not a unetgen training state; unetgen never replaces what it "
-            "did not write: give --output another name"
+            f"{short_path(paths.state)} exists and is not a unetgen training state ({why}); unetgen never replaces "
+            "what it did not write: give --output another name"
         )
-    ours = set(state.get("files", [])) if state is not None else set()
-    for out in paths.all:
-        if out != paths.state and out.exists() and out.name not in ours:
+    ours = set(state["files"]) if state is not None else set()
+    for out in paths.all:  # lexists: a symlink, even a dangling one, is not unetgen's to replace
+        if out != paths.state and os.path.lexists(out) and (out.name not in ours or out.is_symlink()):
             raise ValueError(
                 f"{short_path(out)} exists and was not written by this training run; unetgen never replaces what it "
                 "did not write: give --output another name or move the file"
@@ -168,17 +214,18 @@ def _resolve_model(loaded: LoadedTraining) -> tuple[UNetConfig, dict[str, torch.
     if isinstance(source, UNetConfig):
         return source, None, None, None
     suffix = Path(source).suffix.lower()
-    if suffix == ".safetensors":
+    if suffix in (".safetensors", ".yaml", ".yml", ".json"):
         path = loaded.resolve(source)
+        what = "checkpoint" if suffix == ".safetensors" else "config file"
+        if not os.path.lexists(path):
+            raise loaded.problem(("model",), f"{short_path(path)}: no such {what}")
         if not path.is_file():
-            raise loaded.problem(("model",), f"{short_path(path)}: no such checkpoint")
+            kind = "a directory" if path.is_dir() else "not a regular file (a FIFO, device, socket or broken link)"
+            raise loaded.problem(("model",), f"{short_path(path)} is {kind}; give a {what}")
+        if suffix != ".safetensors":
+            return load_config(path), None, None, path
         net = load_unet(path)
         return net.config, net.state_dict(), net.preprocessing, path
-    if suffix in (".yaml", ".yml", ".json"):
-        path = loaded.resolve(source)
-        if not path.is_file():
-            raise loaded.problem(("model",), f"{short_path(path)}: no such config file")
-        return load_config(path), None, None, path
     try:
         return load_config(source), None, None, None
     except ConfigError:
@@ -221,31 +268,68 @@ def _patches(loaded: LoadedTraining, model: UNetConfig, data: TrainingData, note
                 ("patches", "size"), f"{list(size)} has {len(size)} sizes; the {dims}D model needs one or {dims}"
             )
         if not shapes.is_valid_input_shape(model, size):
-            near = [shapes.nearest_valid_input_size(model, size, direction=d) for d in ("down", "up")]
-            shown = " or ".join(dict.fromkeys("x".join(map(str, n)) for n in near))
+            near = []
+            for direction in ("down", "up"):
+                try:
+                    near.append(shapes.nearest_valid_input_size(model, size, direction=direction))
+                except shapes.InputShapeError:  # none below (or above) on some axis
+                    pass
+            shown = " or ".join(dict.fromkeys("x".join(map(str, n)) for n in near)) or "none"
             raise loaded.problem(
                 ("patches", "size"),
                 f"{'x'.join(map(str, size))} is not a valid input size of the model; the nearest valid: {shown} "
                 "(unetgen sizes CONFIG lists them)",
             )
-        return size, p.batch or 2
+        batch = p.batch or 2
+        _check_memory(loaded, model, size, batch)
+        return size, batch
     smallest = tuple(min(s.target.shape[a] for s in data.train) for a in range(dims))
+    optimizer = _planner_optimizer(loaded.config)
     try:
-        plan = plan_training(
-            model, p.memory, image_shape=smallest, batch_size=p.batch, optimizer=_planner_optimizer(loaded.config)
-        )
+        plan = plan_training(model, p.memory, image_shape=smallest, batch_size=p.batch, optimizer=optimizer)
+        if p.batch is None and plan.batch_size > 2:  # the whole image fits: at most 5 % of the data per step
+            voxels = sum(s.target.size for s in data.train)
+            cap = max(2, int(BATCH_COVERS * voxels) // math.prod(plan.patch_output))
+            if cap < plan.batch_size:
+                plan = plan_training(model, p.memory, image_shape=smallest, batch_size=cap, optimizer=optimizer)
     except ValueError as err:
         raise loaded.problem(("patches", "memory"), str(err)) from None
     note(f"plan: {plan.summary()}")
     return plan.patch_input, plan.batch_size
 
 
+def _bytes(n: int) -> str:
+    """A number of bytes in words: GiB from 1 GiB on, else MiB, else bytes."""
+    return f"{n / 2**30:,.2f} GiB" if n >= 2**30 else f"{n / 2**20:.2f} MiB" if n >= 2**20 else f"{n:,} bytes"
+
+
+def _check_memory(loaded: LoadedTraining, model: UNetConfig, size: tuple[int, ...], batch: int) -> None:
+    """Refuse a given patch and batch whose training step needs more than `patches.memory` (the
+    estimate of `estimate_training_memory`, before anything is allocated)."""
+    cfg = loaded.config
+    budget = parse_bytes(cfg.patches.memory)
+    need = estimate_training_memory(model, size, batch, optimizer=_planner_optimizer(cfg))
+    if need.parameters + need.total > budget:
+        where = ("patches", "size") if "size" in cfg.patches.model_fields_set else ("patches",)
+        raise loaded.problem(
+            where,
+            f"patches of {'x'.join(map(str, size))}, batch {batch}, need {_bytes(need.parameters + need.total)} per "
+            f"training step (parameters included), more than patches.memory "
+            f"{cfg.patches.memory}; give a smaller patches.size or batch (or none, for the largest that fits), or "
+            "a larger patches.memory",
+        )
+
+
 # ---------------------------------------------------------------------------------------------
 # augmentation, loss, schedule
 
 
-def _augment(aug: Augmentation, dims: int) -> Callable[..., tuple[np.ndarray, np.ndarray, np.ndarray]] | None:
-    """The augmentation of `aug` as `PatchSampler`'s ``augment(image, target, weights, rng)``."""
+def _augment(
+    loaded: LoadedTraining, patch: tuple[int, ...]
+) -> Callable[..., tuple[np.ndarray, np.ndarray, np.ndarray]] | None:
+    """The augmentation of `loaded`'s config as `PatchSampler`'s ``augment(image, target, weights,
+    rng)`` for input patches of `patch`; its options checked against the patch."""
+    aug, dims = loaded.config.augmentation, len(patch)
     if not aug.flips and not aug.rot90 and aug.intensity is None and aug.elastic is None:
         return None
     elastic = aug.elastic
@@ -253,9 +337,15 @@ def _augment(aug: Augmentation, dims: int) -> Callable[..., tuple[np.ndarray, np
     if elastic is not None:
         sigma = elastic.sigma
         if isinstance(sigma, tuple) and len(sigma) != dims:
-            raise ValueError(
-                f"augmentation.elastic.sigma={list(sigma)} has {len(sigma)} values; the {dims}D model needs one "
-                f"or {dims} (one per spatial axis)"
+            raise loaded.problem(
+                ("augmentation", "elastic", "sigma"),
+                f"{list(sigma)} has {len(sigma)} values; the {dims}D model needs one or {dims} (one per spatial axis)",
+            )
+        if elastic.points**dims > math.prod(patch):
+            raise loaded.problem(
+                ("augmentation", "elastic", "points"),
+                f"a grid of {elastic.points} points per axis has more points than the patch "
+                f"{'x'.join(map(str, patch))} has pixels; give fewer points or a larger patch",
             )
 
     def augment(
@@ -392,6 +482,12 @@ def _device(cfg: TrainingConfig, local_rank: int) -> torch.device:
             raise ValueError(f"device {name!r}: this torch has no CUDA GPU available; use device: cpu")
         if name == "cuda":
             name = f"cuda:{local_rank}"
+        count = torch.cuda.device_count()
+        if int(name.split(":")[1]) >= count:
+            raise ValueError(
+                f"device {name!r}: this machine has {count} CUDA GPU{'s' if count != 1 else ''} (cuda:0 to "
+                f"cuda:{count - 1}); give one of them, cuda (the local rank's under torchrun) or cpu"
+            )
     elif name == "mps" and not torch.backends.mps.is_available():
         raise ValueError("device 'mps': not available in this torch build; use device: cpu")
     return torch.device(name)
@@ -429,6 +525,8 @@ def train(
     1) it trains with DDP, process 0 validating and writing. Bad input is a `ConfigError` (with the
     file position of the field), `CheckpointError` or `ValueError` naming the fix."""
     say: Note = note or (lambda _text: None)
+    if resume and restart:
+        raise ValueError("resume=True continues a run and restart=True starts it over: pass one of them")
     loaded = source if isinstance(source, LoadedTraining) else load_training(source)
     cfg = loaded.config
     paths = Outputs.of(output)
@@ -449,6 +547,11 @@ def train(
             f"{short_path(paths.state)} was written by a run with another configuration; resume with the same one "
             "(only steps, validate_every, save_every and device may change) or --restart"
         )
+    device = _device(cfg, local_rank)  # the checks that need no data before reading it
+    try:
+        parse_bytes(cfg.patches.memory)
+    except ValueError as err:
+        raise loaded.problem(("patches", "memory"), str(err)) from None
     spec = _spec(loaded, stored_spec, model_cfg)
     data = load_data(loaded, model_cfg, spec)
     spec = data.spec
@@ -458,8 +561,6 @@ def train(
     _trim_validation(data, patch, model_cfg)
     if batch % world:
         raise ValueError(f"the batch of {batch} patches does not split among {world} processes; give patches.batch")
-    device = _device(cfg, local_rank)
-    dims = model_cfg.spatial_dims
     deep = bool(model_cfg.deep_supervision)
     weights = [s.weights for s in data.train]
     sampler = PatchSampler(
@@ -470,7 +571,7 @@ def train(
                                                       for w, s in zip(weights, data.train, strict=True)],
         patch_size=patch,
         target_size="input" if deep else "output",
-        augment=_augment(cfg.augmentation, dims),
+        augment=_augment(loaded, patch),
         seed=0,
     )  # fmt: skip
     with_weights = sampler.weights[0] is not None
@@ -488,8 +589,15 @@ def train(
     )  # fmt: skip
     start, best, best_step, history = 0, None, None, []
     if state is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
+        try:
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError, KeyError, TypeError) as err:  # torch's words for tensors that do not fit
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+            raise ValueError(
+                f"{short_path(paths.state)} does not fit the model of this configuration ({first}); it was not "
+                "written by this run: give --output another name, or --restart to replace it"
+            ) from None
         start, best, best_step, history = int(state["step"]), state["best"], state["best_step"], list(state["history"])
     net: nn.Module = model
     owned_group = False
@@ -506,27 +614,39 @@ def train(
     files = [p.name for p in paths.all]
     plots = _Plots(paths.curves, say) if writer and plot else None
     metrics: dict[str, float] = {}
+    log = _Log(paths.log, ["step", "loss", "lr", "seconds", *metric_names])
+
+    def state_bytes(step: int) -> bytes:
+        return _state_bytes({
+            "format": STATE_FORMAT, "version": STATE_VERSION, "step": step, "model": model.state_dict(),
+            "optimizer": opt.state_dict(), "best": best, "best_step": best_step, "history": history[:step],
+            "config": _config_key(cfg), "patch": list(patch), "batch": batch, "files": files,
+        })  # fmt: skip
+
+    # a new run writes nothing until its first step has gone through (a failure before leaves no
+    # file); then, before any other file, the state at step 0 that claims the outputs as its own
+    initial = state_bytes(0) if writer and state is None else None
+    claimed = False
+
+    def claim() -> None:
+        nonlocal claimed
+        if not claimed:
+            if initial is not None:
+                atomic.write_bytes(paths.state, initial)
+            log.open(history[:start])  # the rows up to the saved state; any logged after it dropped
+            claimed = True
 
     def save(step: int, validated: bool) -> None:
+        claim()
         meta = {MARK: {"step": step, "seed": cfg.seed, "metrics": metrics}}
         save_unet(model, paths.last, metadata=meta, preprocessing=spec)
         if isinstance(cfg.data.validation, NoSplit):
             save_unet(model, paths.best, metadata=meta, preprocessing=spec)
-        _write_log(paths.log, history, metric_names)
+        log.append(history[log.rows :])
         if validated and plots is not None:
             plots.draw(history, metric_names)
-        _write_state(paths.state, {
-            "format": STATE_FORMAT, "version": STATE_VERSION, "step": step, "model": model.state_dict(),
-            "optimizer": opt.state_dict(), "best": best, "best_step": best_step, "history": history,
-            "config": _config_key(cfg), "patch": list(patch), "batch": batch, "files": files,
-        })  # fmt: skip
+        atomic.write_bytes(paths.state, state_bytes(step))
 
-    if writer and state is None:
-        _write_state(paths.state, {
-            "format": STATE_FORMAT, "version": STATE_VERSION, "step": 0, "model": model.state_dict(),
-            "optimizer": opt.state_dict(), "best": None, "best_step": None, "history": [],
-            "config": _config_key(cfg), "patch": list(patch), "batch": batch, "files": files,
-        })  # fmt: skip
     per_rank = batch // world
     lo = rank * per_rank
     bar = _bar(cfg.steps, start, progress and writer)
@@ -566,6 +686,7 @@ def train(
                 if best is None or metrics[target] > best:
                     best, best_step = metrics[target], step
                     meta = {MARK: {"step": step, "seed": cfg.seed, "metrics": metrics}}
+                    claim()
                     save_unet(model, paths.best, metadata=meta, preprocessing=spec)
             history.append(row)
             if writer and (step % cfg.save_every == 0 or step == cfg.steps or validated):
@@ -581,6 +702,7 @@ def train(
                     post[target] = f"{metrics[target]:.3f}"
                 bar.set_postfix(post)
     finally:
+        log.close()
         if bar is not None:
             bar.close()
         if owned_group:
@@ -623,20 +745,67 @@ def _bar(total: int, start: int, show: bool) -> Any:
     return tqdm(total=total, initial=start, unit="step", desc="train", dynamic_ncols=True)
 
 
-def _write_state(path: Path, state: dict[str, Any]) -> None:
+def _state_bytes(state: dict[str, Any]) -> bytes:
+    """The training state as `torch.save` writes it (tensors copied to the CPU: a snapshot)."""
     buffer = io.BytesIO()
     torch.save({**state, "model": {k: v.detach().cpu() for k, v in state["model"].items()}}, buffer)
-    atomic.write_bytes(path, buffer.getvalue())
+    return buffer.getvalue()
 
 
-def _write_log(path: Path, history: list[dict[str, Any]], metric_names: list[str]) -> None:
-    text = io.StringIO()
-    columns = ["step", "loss", "lr", "seconds", *metric_names]
-    w = csv.DictWriter(text, columns, extrasaction="ignore", lineterminator="\n")
-    w.writeheader()
-    for row in history:
-        w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
-    atomic.write_bytes(path, text.getvalue().encode())
+class _Log:
+    """The CSV log, ``NAME.log.csv``, written through the csv module: opened once, rows appended
+    and flushed to disk at every save (before the state is written, so the log holds at least the
+    rows of the saved state). `open` first makes the file hold exactly the rows up to the saved
+    state: the header and the state's history, written through a temporary and renamed when the
+    file holds anything else (a new run; rows logged after the last saved state by a run that was
+    killed; a log that is missing), so that a resumed run's log reads as an uninterrupted run's.
+    Floats are written as Python's repr: they read back bit for bit."""
+
+    def __init__(self, path: Path, columns: list[str]) -> None:
+        self.path, self.columns, self.rows = path, columns, 0
+        self.file: io.TextIOWrapper | None = None
+        self.writer: csv.DictWriter[str] | None = None
+
+    def _text(self, rows: list[dict[str, Any]]) -> str:
+        text = io.StringIO()
+        w = csv.DictWriter(text, self.columns, extrasaction="ignore", lineterminator="\n")
+        w.writeheader()
+        w.writerows(rows)
+        return text.getvalue()
+
+    def open(self, rows: list[dict[str, Any]]) -> None:
+        want = self._text(rows).encode()
+        if _read_own(self.path, len(want) + 1) != want:
+            atomic.write_bytes(self.path, want)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))
+        self.file = open(fd, "w", encoding="utf-8", newline="")  # closed by close()
+        self.writer = csv.DictWriter(self.file, self.columns, extrasaction="ignore", lineterminator="\n")
+        self.rows = len(rows)
+
+    def append(self, rows: list[dict[str, Any]]) -> None:
+        assert self.file is not None and self.writer is not None, "append before open"
+        self.writer.writerows(rows)
+        self.file.flush()
+        os.fsync(self.file.fileno())
+        self.rows += len(rows)
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+            self.file = self.writer = None
+
+
+def _read_own(path: Path, limit: int) -> bytes | None:
+    """Up to `limit` bytes of the regular file at `path` (never through a symlink), None when
+    there is none."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return None
+    with open(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            return None
+        return f.read(limit)
 
 
 class _Plots:

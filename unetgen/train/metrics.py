@@ -40,7 +40,15 @@ def touching_pairs(labels: np.ndarray) -> set[tuple[int, int]]:
         a = labels[tuple(slice(0, n - s) if s > 0 else slice(-s, n) for s, n in zip(shift, labels.shape, strict=True))]
         b = labels[tuple(slice(s, n) if s > 0 else slice(0, n + s) for s, n in zip(shift, labels.shape, strict=True))]
         hit = (a > 0) & (b > 0) & (a != b)
-        pairs |= {(min(p, q), max(p, q)) for p, q in zip(a[hit].tolist(), b[hit].tolist(), strict=True)}
+        if hit.any():  # each pair once per direction (np.unique of one key per pair), not once per voxel
+            p, q = a[hit].astype(np.int64), b[hit].astype(np.int64)
+            low, high = np.minimum(p, q), np.maximum(p, q)
+            base = int(high.max()) + 1
+            if base <= 2**31:  # low * base + high fits an int64
+                keys = np.unique(low * base + high)
+                pairs |= set(zip((keys // base).tolist(), (keys % base).tolist(), strict=True))
+            else:
+                pairs |= set(zip(low.tolist(), high.tolist(), strict=True))
     return pairs
 
 
