@@ -163,6 +163,10 @@ class Patches(_Model):
     memory: Annotated[str, Field(max_length=40, pattern=r"^\s*[0-9]+(\.[0-9]+)?\s*[a-zA-Z]{0,3}\s*$")] = "2GiB"
     """The memory budget of one training step, e.g. `2GiB`, `512MiB`, `16GB` (used to choose the
     patch and batch when they are not given)."""
+    foreground: float = Field(0.0, ge=0, le=1)
+    """The share of patches placed over a random voxel of a random foreground class of their image
+    (nnU-Net oversamples 0.33 of them; for masks that cover little of the images); the rest, and
+    all with 0 (the paper's way), lie anywhere in the image."""
 
 
 class Intensity(_Model):

@@ -472,6 +472,7 @@ def train(
         target_size="input" if deep else "output",
         augment=_augment(cfg.augmentation, dims),
         seed=0,
+        foreground=cfg.patches.foreground,
     )  # fmt: skip
     with_weights = sampler.weights[0] is not None
     model = build_unet(model_cfg, seed=cfg.seed)
