@@ -86,7 +86,7 @@ def main() -> None:
     print(f"| Otsu after a Gaussian blur {sigma} | {scores((blurred > t)[held], labels[held])} |")
     model = load_unet(args.checkpoint)
     with torch.no_grad():  # predict_tiled applies the preprocessing stored in the checkpoint
-        fg = predict_tiled(model, raw, progress=False).argmax(0).numpy() == 1
+        fg = predict_tiled(model, raw, progress=False, output_type="labels").numpy() == 1
     print(f"| unetgen train, predict_tiled (stored preprocessing) | {scores(fg[held], labels[held])} |")
     if args.prediction:
         predicted = np.load(args.prediction)
