@@ -5,8 +5,9 @@ Otsu's threshold (the classical baseline), on the columns the training held out.
     python examples/evaluate_nuclei3d.py nuclei3d.safetensors [--prediction labels.npy]
 
 Data: examples/data/nuclei3d_image.tif and nuclei3d_labels.tif (see examples/data/README.md), or
-any other zyx stack and labels given with --image, --labels and --blur (the real-data run:
-examples/training/cells3d_nuclei.yaml, see docs/training.md).
+any other zyx stack and labels given with --image, --labels, --blur and --held-out (the real-data
+runs: examples/training/embryo3d.yaml, where a whole embryo is held out - `--held-out all` - and
+examples/training/cells3d_nuclei.yaml; see docs/training.md).
 The training held out the last 30 % of the x axis (18 of 57 columns); the scores are foreground
 IoU and object F1 at IoU 0.5 (`unetgen.train.metrics`) on those columns. Otsu's threshold is taken
 over the whole raw stack (as a user would), on the raw values and after a Gaussian blur of 1 pixel
@@ -30,7 +31,7 @@ from unetgen import load_unet, predict_tiled
 from unetgen.train.metrics import object_scores
 
 DATA = Path(__file__).parent / "data"
-HELD_OUT = 0.3  # examples/training/nuclei3d.yaml: data.validation
+HELD_OUT = "x:0.3"  # examples/training/nuclei3d.yaml: data.validation
 
 
 def otsu(values: np.ndarray, bins: int = 256) -> float:
@@ -58,13 +59,25 @@ def main() -> None:
     parser.add_argument("--image", default=str(DATA / "nuclei3d_image.tif"), help="the raw zyx stack")
     parser.add_argument("--labels", default=str(DATA / "nuclei3d_labels.tif"), help="its instance labels")
     parser.add_argument("--blur", default="0.5,1,1", help="the Gaussian sigma (z,y,x voxels) before Otsu")
+    parser.add_argument(
+        "--held-out",
+        default=HELD_OUT,
+        help="what the training held out: AXIS:FRACTION (the far "
+        "end of that axis, as data.validation type region) or `all` (a file held out whole)",
+    )
     args = parser.parse_args()
     raw = tifffile.imread(args.image)
     labels = tifffile.imread(args.labels).astype(np.int64)
     sigma = tuple(float(v) for v in args.blur.split(","))
-    cut = raw.shape[-1] - math.ceil(HELD_OUT * raw.shape[-1])
-    held = (..., slice(cut, None))
-    print(f"held out: x >= {cut} ({raw.shape[-1] - cut} of {raw.shape[-1]} columns)")
+    if args.held_out == "all":
+        held: tuple = (...,)
+        print(f"held out: the whole stack {raw.shape}")
+    else:
+        name, fraction = args.held_out.split(":")
+        axis = "zyx".index(name)
+        cut = raw.shape[axis] - math.ceil(float(fraction) * raw.shape[axis])
+        held = (slice(None),) * axis + (slice(cut, None),)
+        print(f"held out: {name} >= {cut} ({raw.shape[axis] - cut} of {raw.shape[axis]})")
     print("| method | foreground IoU | object F1 (IoU 0.5) |\n|---|---:|---:|")
     t = otsu(raw)
     print(f"| Otsu ({t:.0f}) | {scores((raw > t)[held], labels[held])} |")
@@ -73,7 +86,7 @@ def main() -> None:
     print(f"| Otsu after a Gaussian blur {sigma} | {scores((blurred > t)[held], labels[held])} |")
     model = load_unet(args.checkpoint)
     with torch.no_grad():  # predict_tiled applies the preprocessing stored in the checkpoint
-        fg = predict_tiled(model, raw, progress=False).argmax(0).numpy() == 1
+        fg = predict_tiled(model, raw, progress=False, output_type="labels").numpy() == 1
     print(f"| unetgen train, predict_tiled (stored preprocessing) | {scores(fg[held], labels[held])} |")
     if args.prediction:
         predicted = np.load(args.prediction)

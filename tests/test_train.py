@@ -141,7 +141,8 @@ OPTIONS = {
     "schedule": st.sampled_from(["constant", "poly", {"type": "poly", "exponent": 2}]),
     "augmentation": st.sampled_from([{}, {"flips": False, "rot90": False, "intensity": None, "elastic": None},
                                      {"elastic": {"sigma": [1, 4, 4], "points": 2, "probability": 0.5}}]),
-    "patches": st.sampled_from([{}, {"size": 188}, {"size": [16, 64, 64], "batch": 3}, {"memory": "512MiB"}]),
+    "patches": st.sampled_from([{}, {"size": 188}, {"size": [16, 64, 64], "batch": 3}, {"memory": "512MiB"},
+                                {"foreground": 0.33}]),
 }  # fmt: skip
 
 

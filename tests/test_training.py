@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import config_dicts, configs, numel, valid_shapes
-from hypothesis import assume, given
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from scipy import ndimage
 
@@ -17,6 +17,7 @@ from unetgen import InputShapeError, UNetConfig, build_unet, output_shape
 from unetgen.analysis import shapes
 from unetgen.model.blocks import center_crop
 from unetgen.training import (
+    FOREGROUND_POINTS,
     NEGLIGIBLE,
     PatchSampler,
     border_weight_map,
@@ -286,6 +287,54 @@ def test_patch_is_the_image_window_around_the_output() -> None:
         assert torch.equal(y, crop_target(torch.from_numpy(want).long(), config, (patch, patch)))
 
 
+@settings(max_examples=20)
+@given(st.integers(1, 3), st.data())
+def test_foreground_patches_hold_a_foreground_voxel(classes: int, data: st.DataObject) -> None:
+    """With foreground=1 every output tile holds a voxel of one of the image's foreground classes
+    (each a single voxel anywhere, even at the border), and the patch is still the image window."""
+    config = UNetConfig(depth=2, base_channels=2, out_channels=classes + 1)
+    patch = shapes.nearest_valid_input_size(config, 60)
+    out = shapes.output_shape(config, (patch, patch))
+    h, w = data.draw(st.integers(out[0], 90)), data.draw(st.integers(out[1], 90))
+    labels = np.zeros((h, w), np.int64)
+    for c in range(1, classes + 1):
+        labels[data.draw(st.integers(0, h - 1)), data.draw(st.integers(0, w - 1))] = c
+    present = set(np.unique(labels)) - {0}
+    image = np.arange(h * w, dtype=np.float32).reshape(h, w)
+    sampler = PatchSampler(config, image, labels, patch_size=patch, seed=data.draw(st.integers(0, 99)), foreground=1)
+    halo = shapes.halo(config)
+    seen = set()
+    for _ in range(12):
+        x, y, _ = sampler.sample()
+        held = set(np.unique(y.numpy())) - {0}
+        assert held, "a foreground patch without foreground"
+        seen |= held
+        start = np.unravel_index(int(x[0, halo[0], halo[1]]), (h, w))  # the output tile's first pixel
+        padded = np.pad(image, [(k, k) for k in halo], mode="reflect")
+        want = padded[start[0] : start[0] + patch, start[1] : start[1] + patch]
+        np.testing.assert_array_equal(x[0].numpy(), want)
+    assert seen <= present
+
+
+def test_foreground_share_and_no_foreground() -> None:
+    config = UNetConfig(depth=2, base_channels=2)
+    patch = shapes.nearest_valid_input_size(config, 44)
+    labels = np.zeros((400, 400), np.int64)
+    labels[10, 390] = 1  # one voxel: a uniform tile holds it about 0.3 % of the time
+    image = np.zeros((400, 400), np.float32)
+    for share in (0.0, 0.3, 1.0):
+        sampler = PatchSampler(config, image, labels, patch_size=patch, seed=0, foreground=share)
+        hits = sum(bool(sampler.sample()[1].any()) for _ in range(300)) / 300
+        assert abs(hits - share) < 0.08, (share, hits)
+    # an image without foreground falls back to uniform patches
+    empty = PatchSampler(config, image, np.zeros_like(labels), patch_size=patch, seed=0, foreground=1)
+    assert not any(empty.sample()[1].any() for _ in range(5))
+    # at most FOREGROUND_POINTS voxels are remembered per class, evenly spread
+    full = PatchSampler(config, image, np.ones_like(labels), patch_size=patch, seed=0, foreground=1)
+    points = full._points[0][0]
+    assert len(points) == FOREGROUND_POINTS and tuple(points[0]) == (0, 0) and tuple(points[-1]) == (399, 399)
+
+
 @pytest.mark.parametrize(
     "args, options, error, match",
     [
@@ -301,6 +350,10 @@ def test_patch_is_the_image_window_around_the_output() -> None:
             ValueError,
             "target_size",
         ),
+        *[
+            ((np.zeros((10, 10)), np.zeros((10, 10), int)), {"patch_size": 60, "foreground": b}, ValueError, "foregr")
+            for b in (1.5, -0.1, float("nan"), True, "0.3", None)
+        ],
     ],
 )
 def test_patch_sampler_bad_input(args: tuple, options: dict, error: type, match: str) -> None:

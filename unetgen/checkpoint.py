@@ -3,7 +3,8 @@
 safetensors stores raw tensors behind a JSON header, so loading never unpickles and cannot
 run code. The metadata holds `format` ("unetgen"), `unetgen_version`, `state_format`, `config`
 (the whole config as a JSON object), when given, `preprocessing` (the `Preprocessing` spec the
-model was trained with, as a JSON object; `unetgen.config.preprocessing`) and `user_metadata`
+model was trained with, as a JSON object; `unetgen.config.preprocessing`), `patch_size` (the
+input patch it was trained on, a JSON list) and `user_metadata`
 (the caller's JSON object: epoch, notes...). `load_unet` rebuilds the model from that config
 and checks that the stored tensors are exactly the ones the model has, names, shapes and dtypes,
 before copying any of them.
@@ -20,7 +21,7 @@ import json
 import os
 import re
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from . import atomic
+from .analysis import shapes
 from .build import build_unet
 from .config import documents
 from .config.io import ConfigError, validate_as, validate_document
@@ -46,7 +48,9 @@ STATE_FORMAT = "2"
 `aux_heads.{i}` (no `state_format` entry)."""
 
 
-RESERVED_METADATA = frozenset({"format", "unetgen_version", "state_format", "config", "preprocessing", "user_metadata"})
+RESERVED_METADATA = frozenset(
+    {"format", "unetgen_version", "state_format", "config", "preprocessing", "patch_size", "user_metadata"}
+)
 """Metadata entries unetgen writes itself; `save_unet(metadata=...)` refuses them as keys."""
 MAX_METADATA_BYTES = 1 << 20
 """Largest `metadata` (as JSON text) `save_unet` writes and the loaders read: 1 MiB."""
@@ -84,6 +88,7 @@ def save_unet(
     *,
     metadata: Mapping[str, Any] | None = None,
     preprocessing: PreprocessingSource | None = None,
+    patch_size: int | Sequence[int] | None = None,
 ) -> Path:
     """Write `model`'s weights and config to `path` (.safetensors) atomically and return the path.
 
@@ -91,6 +96,12 @@ def save_unet(
     output class names): a `Preprocessing`, a mapping or a .json/.yaml file, validated as
     `load_preprocessing` does and checked against the model's channels (`check_channels`).
     `load_unet(path).preprocessing` and `checkpoint_preprocessing(path)` give it back.
+
+    `patch_size` is the input patch the model was trained on (an int for every axis, or one per
+    axis; a valid input size, else `InputShapeError` with the nearest valid ones). `load_unet(path)
+    .patch_size` gives it back (None if not given), and prediction tiles with it by default when
+    the model's output depends on the tile (instance, group or layer norm, a global pool:
+    `unetgen.analysis.ops.tile_dependence`), as the model saw its inputs in training.
 
     `metadata` is yours to keep with the weights (normalisation statistics, epoch, class
     names...): a mapping with string keys (not one of `RESERVED_METADATA`) and JSON values
@@ -104,6 +115,7 @@ def save_unet(
     unet = _unwrap(model)
     p = _checked_save_path(path)
     spec = _preprocessing_json(preprocessing, unet.config) if preprocessing is not None else None
+    patch = None if patch_size is None else _patch_shape(unet.config, patch_size)
     header = {
         "format": FORMAT,
         "unetgen_version": _version(),
@@ -112,6 +124,8 @@ def save_unet(
     }
     if spec is not None:
         header["preprocessing"] = spec
+    if patch is not None:
+        header["patch_size"] = json.dumps(list(patch))
     if metadata is not None:
         header["user_metadata"] = _metadata_json(metadata)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in unet.state_dict().items()}
@@ -538,6 +552,40 @@ def _check_state_format(path: str | Path, metadata: dict[str, str]) -> None:
         )
 
 
+MAX_PATCH_TEXT = 1000
+"""Longest stored `patch_size` (JSON text) read."""
+
+
+def _patch_shape(config: UNetConfig, patch_size: Any) -> tuple[int, ...]:
+    """`patch_size` as a valid input shape of `config` (`InputShapeError` with the nearest valid)."""
+    size = shapes.as_shape(config, patch_size, "patch_size")
+    shapes.output_shape(config, size)  # raises InputShapeError naming the nearest valid sizes
+    return size
+
+
+def _read_patch_size(path: Any, header: dict[str, str] | None, config: UNetConfig) -> tuple[int, ...] | None:
+    """The stored training patch, checked: a list of one valid input size per spatial axis."""
+    text = (header or {}).get("patch_size")
+    if text is None:
+        return None
+    shown, dims = short_path(path), config.spatial_dims
+    try:
+        value = json.loads(text) if len(text) <= MAX_PATCH_TEXT else None
+    except ValueError:
+        value = None
+    if (
+        not isinstance(value, list)
+        or len(value) != dims
+        or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value)
+        or not shapes.is_valid_input_shape(config, tuple(value))
+    ):
+        raise CheckpointError(
+            f"{shown}: the metadata 'patch_size' is {short_text(text)}, not a list of {dims} valid input sizes of "
+            "the stored config; save the checkpoint again with save_unet(..., patch_size=...)"
+        )
+    return tuple(value)
+
+
 def checkpoint_config(path: str | Path) -> UNetConfig:
     """The config stored in a checkpoint (reads the header only, no weights)."""
     with _open(path) as f:
@@ -635,8 +683,9 @@ def load_unet(path: str | Path, *, device: torch.device | str | None = None, str
     (integer, bool, complex, float8 or mixed dtypes raise `CheckpointError` naming a tensor).
 
     The model's `metadata` attribute holds the `metadata` given to `save_unet` (``{}`` if none),
-    as `checkpoint_metadata(path)` returns it, and `preprocessing` the spec given to it (None if
-    none), as `checkpoint_preprocessing(path)` returns it.
+    as `checkpoint_metadata(path)` returns it, `preprocessing` the spec given to it (None if
+    none), as `checkpoint_preprocessing(path)` returns it, and `patch_size` the training patch
+    given to it (a tuple, None if none).
 
     `unetgen.load_unet` (`unetgen.share.load.load_unet`) also reads model folders and bioimage.io
     packages; this one reads .safetensors checkpoints."""
@@ -647,6 +696,7 @@ def load_unet(path: str | Path, *, device: torch.device | str | None = None, str
         _check_state_format(path, header)
         user_metadata = _read_user_metadata(path, header)
         spec = _read_preprocessing(path, header, config)
+        patch = _read_patch_size(path, header, config)
         found = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
         dtypes = {k: f.get_slice(k).get_dtype() for k in f.keys()}
         model = build_unet(config, device=device)
@@ -663,4 +713,5 @@ def load_unet(path: str | Path, *, device: torch.device | str | None = None, str
     model.load_state_dict(state, strict=False)
     model.metadata = user_metadata
     model.preprocessing = spec
+    model.patch_size = patch
     return model.eval()

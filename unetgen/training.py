@@ -308,7 +308,10 @@ def _patch_shape(config: UNetConfig, patch_size: Any) -> tuple[int, ...]:
 class PatchSampler:
     """Random training patches from whole images, the way the paper trains a valid-padding U-Net.
 
-    Each sample picks an image and an output tile uniformly inside it, and returns
+    Each sample picks an image and an output tile uniformly inside it (with `foreground` > 0, that
+    share of the samples instead puts the tile over a random voxel of a random foreground class the
+    image holds: nnU-Net's ``oversample_foreground_percent``, MONAI's ``RandCropByPosNegLabel``,
+    for targets that cover little of the image), and returns
     ``(input, target, weights)`` as torch tensors: the input ``(C, *patch_size)`` is the output
     tile plus `shapes.halo` on every side, context beyond the image mirrored (as in
     `predict_tiled`); `target` (int64) and `weights` (float32, ones without a weight map) are
@@ -323,7 +326,9 @@ class PatchSampler:
     axis; `shapes.nearest_valid_input_size` finds one; `plan_training` picks the largest that fits
     a memory budget), and a sample at most `MAX_PATCH_BYTES`. `augment(image, target, weights,
     rng)` runs on the input-sized patch before cropping, e.g. `elastic_deform`, and returns the
-    three arrays in the same shapes. `seed` is None or an int >= 0.
+    three arrays in the same shapes. `seed` is None or an int >= 0. `foreground` is a probability
+    from 0 (the default: uniform, as the paper) to 1; a class's voxels are remembered as at most
+    `FOREGROUND_POINTS` evenly spaced ones per image.
 
     `preprocessing` (a `Preprocessing` spec, a mapping or a .json/.yaml file; None: the images as
     they are): the images are raw, in the spec's `axes` layout, and each is normalised once,
@@ -348,8 +353,13 @@ class PatchSampler:
         augment: Augment | None = None,
         seed: int | None = None,
         preprocessing: PreprocessingSource | None = None,
+        foreground: float = 0.0,
     ) -> None:
         config = resolve_config(config)
+        if isinstance(foreground, bool) or not isinstance(foreground, (int, float)) or not 0 <= foreground <= 1:
+            raise ValueError(
+                f"foreground={short_repr(foreground)} must be a probability from 0 to 1 (0: uniform patches)"
+            )
         size = _patch_shape(config, patch_size)
         if not isinstance(target_size, str) or target_size not in ("output", "input"):
             raise ValueError(f"target_size={short_repr(target_size)} must be 'output' or 'input'")
@@ -364,6 +374,8 @@ class PatchSampler:
             images = _preprocessed(config, images, load_preprocessing(preprocessing))
         self.images, self.targets, self.weights = self._data(images, targets, weights)
         self.augment = augment
+        self.foreground = float(foreground)
+        self._points = [_class_points(t) for t in self.targets] if self.foreground else []
         self.rng = np.random.default_rng(None if seed is None else as_count("seed", seed, minimum=0))
 
     def _check_bytes(self, n: int) -> None:
@@ -417,10 +429,18 @@ class PatchSampler:
         """One ``(input, target, weights)`` patch."""
         k = int(self.rng.integers(len(self.images)))
         img, tgt, w = self.images[k], self.targets[k], self.weights[k]
+        point = self._foreground_point(k)
         index = []
-        for size, out, halo, patch in zip(tgt.shape, self.output_size, self.halo, self.patch_size, strict=True):
-            # output tile anywhere inside the image (centred when the image is smaller than the tile)
-            start = int(self.rng.integers(0, size - out + 1)) if size >= out else -((out - size) // 2)
+        for axis, (size, out, halo, patch) in enumerate(
+            zip(tgt.shape, self.output_size, self.halo, self.patch_size, strict=True)
+        ):
+            if size < out:  # centred when the image is smaller than the tile
+                start = -((out - size) // 2)
+            elif point is None:  # output tile anywhere inside the image
+                start = int(self.rng.integers(0, size - out + 1))
+            else:  # anywhere inside the image such that the tile holds the point
+                v = int(point[axis])
+                start = int(self.rng.integers(max(0, v - out + 1), min(v, size - out) + 1))
             index.append(_reflect(start - halo, patch, size))
         grid = np.ix_(*index)
         x, y = img[(slice(None), *grid)], tgt[grid]
@@ -431,6 +451,14 @@ class PatchSampler:
             y, wx = crop_target(y, self.config, self.patch_size), crop_target(wx, self.config, self.patch_size)
         as_t = torch.from_numpy
         return as_t(np.ascontiguousarray(x, np.float32)), as_t(y.astype(np.int64)), as_t(np.ascontiguousarray(wx))
+
+    def _foreground_point(self, k: int) -> np.ndarray | None:
+        """A random remembered voxel of a random foreground class of image `k`, with probability
+        `foreground` (None otherwise, or when the image holds no foreground)."""
+        if not self.foreground or self.rng.random() >= self.foreground or not self._points[k]:
+            return None
+        points = self._points[k][int(self.rng.integers(len(self._points[k])))]
+        return points[int(self.rng.integers(len(points)))]
 
     def _augmented(self, x: np.ndarray, y: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """`augment` applied, its result checked: the three arrays in their shapes."""
@@ -454,6 +482,24 @@ class PatchSampler:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         while True:
             yield self.sample()
+
+
+FOREGROUND_POINTS = 10_000
+"""The most voxels `PatchSampler(foreground=...)` remembers per class and image (as nnU-Net does)."""
+
+
+def _class_points(target: np.ndarray) -> list[np.ndarray]:
+    """For each foreground class (id > 0) present in `target`: at most `FOREGROUND_POINTS` of its
+    voxels' coordinates, evenly spaced in scan order, as an ``(n, ndim)`` int64 array."""
+    points = []
+    for c in np.unique(target):
+        if c <= 0:
+            continue
+        flat = np.flatnonzero(target == c)
+        if flat.size > FOREGROUND_POINTS:
+            flat = flat[np.linspace(0, flat.size - 1, FOREGROUND_POINTS).astype(np.int64)]
+        points.append(np.stack(np.unravel_index(flat, target.shape), axis=1))
+    return points
 
 
 def _preprocessed(config: UNetConfig, images: Any, spec: Preprocessing) -> Any:

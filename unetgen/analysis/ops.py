@@ -856,6 +856,21 @@ def network_ops(config: UNetConfig) -> tuple[Op, ...]:
     return tuple(w.ops)
 
 
+def tile_dependence(config: UNetConfig) -> str | None:
+    """Why the network's output at a pixel depends on the whole input it is given, not only on
+    the pixels around it: the first op that takes statistics over space (instance, group or layer
+    norm; a global pool), named; None when it has none, so that tiles of any valid size compute
+    the same function (up to the border effects of same padding). A model trained on patches of
+    one size and tile-dependent is predicted best with tiles of that size (nnU-Net's rule)."""
+    for op in network_ops(config):
+        if isinstance(op, NormOp) and op.groups:
+            kind = type(op.option).__name__.removesuffix("Norm").lower()
+            return f"{op.module or 'a layer'} ({kind} norm) normalises over the whole tile"
+        if isinstance(op, GlobalPool):
+            return f"{op.module or 'a layer'} averages over the whole tile"
+    return None
+
+
 def op_shapes(config: UNetConfig, input_shape: Sequence[int]) -> tuple[tuple[int, ...], ...]:
     """The spatial output shape of every op of `network_ops(config)` for a valid `input_shape`
     (check it with `shapes.output_shape` first: here an inexact division is an internal error)."""

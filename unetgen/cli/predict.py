@@ -145,11 +145,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
         return cmd_predict_large(args)
     import torch
 
+    from ..analysis.ops import tile_dependence
     from ..predict.allocator import fix_mmap_threshold
     from ..predict.axes import LaidOut, check_fit, describe
     from ..predict.formats import as_tensor, image_format, read_view, write_image
     from ..predict.ownership import check_apart
-    from ..predict.plan import DEFAULT_MEMORY_LIMIT, check_memory, plan_tiles
+    from ..predict.plan import DEFAULT_MEMORY_LIMIT, check_memory, model_tile, plan_tiles
     from ..predict.preprocess import describe_prepared, prepare_input
     from ..predict.run import predict_tiled
     from ..predict.sources import check_image
@@ -182,6 +183,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         if image.dim() == cfg.spatial_dims and cfg.in_channels == 1:
             image = image.unsqueeze(0)  # a single-channel image without its channel axis
         images = check_image(cfg, image, dtype).shape[0]
+    if tile is None and (tile := model_tile(model, None)) is not None:
+        note(f"tile: the training patch {'x'.join(map(str, tile))} ({tile_dependence(cfg)}; --tile-size to change)")
     options = dict(tile_size=tile, batch_size=args.batch_size, overlap=args.overlap)
     plan = plan_tiles(cfg, tuple(image.shape[-cfg.spatial_dims :]), **options, dtype=dtype)
     note(f"plan: {plan.summary()}")

@@ -185,6 +185,10 @@ class Patches(_Model):
     """The memory budget of one training step, e.g. `2GiB`, `512MiB`, `16GB`: it chooses the patch
     and batch when they are not given, and a given patch and batch whose step needs more (as
     `estimate_training_memory` counts it) are refused before anything is allocated."""
+    foreground: float = Field(0.0, ge=0, le=1)
+    """The share of patches placed over a random voxel of a random foreground class of their image
+    (nnU-Net oversamples 0.33 of them; for masks that cover little of the images); the rest, and
+    all with 0 (the paper's way), lie anywhere in the image."""
 
 
 class Intensity(_Model):

@@ -350,7 +350,7 @@ def predict_instances(
     dtype = next(model.parameters()).dtype
     source, batched, images = open_source(config, image, dtype)
     spatial = spatial_shape(config, image)
-    plan = plan_tiles(config, spatial, **plan_options, dtype=dtype)
+    plan = plan_tiles(model, spatial, **plan_options, dtype=dtype)
     shape = ((images,) if batched else ()) + spatial
     if out is not None:
         check_apart(image, out)

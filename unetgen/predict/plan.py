@@ -17,6 +17,7 @@ from torch import nn
 
 from ..analysis import costs, shapes
 from ..analysis.memory import estimate_tile_memory, tile_memory
+from ..analysis.ops import tile_dependence
 from ..config.io import resolve_config
 from ..config.unet_config import UNetConfig
 from ..reprs import short_repr
@@ -217,6 +218,22 @@ def _auto_plan(
     return min(fitting, key=lambda p: (p.num_tiles * math.prod(p.tile_input), p.num_tiles))
 
 
+def model_tile(
+    model: UNetConfig | nn.Module | None, tile_size: int | Sequence[int] | None, memory_budget: int | None = None
+) -> int | Sequence[int] | None:
+    """The tile a prediction uses when none is given: the patch the model was trained on
+    (`model.patch_size`, which `load_unet` reads from a checkpoint `unetgen train` or
+    ``save_unet(..., patch_size=...)`` wrote) when its output depends on the tile
+    (`tile_dependence`: instance, group or layer norm, a global pool), as nnU-Net predicts with its
+    training patch; else `tile_size` as given (None: the planner's choice for `memory_budget`)."""
+    if tile_size is not None or memory_budget is not None or not isinstance(model, nn.Module):
+        return tile_size
+    patch = getattr(model, "patch_size", None)
+    if patch is None or tile_dependence(config_of(model)) is None:
+        return tile_size
+    return tuple(patch)
+
+
 def plan_tiles(
     model: UNetConfig | nn.Module,
     image_shape: Sequence[int],
@@ -243,12 +260,17 @@ def plan_tiles(
     pass as fit the budget, at most `batch_size` (the plan's `batch_size`). With `tile_size`
     given, `batch_size` is kept as given.
 
+    A model (not a config) that carries the patch it was trained on and whose output depends on
+    the tile is planned with that patch when neither `tile_size` nor `memory_budget` is given
+    (`model_tile`), as `predict_tiled` predicts it.
+
     Planning runs nothing, allocates nothing and costs O(spatial axes) whatever the image size
     (up to `MAX_IMAGE_SIZE`, 2**62 pixels per axis).
     Every option is checked (ints: Python, NumPy or torch integers, not bools; `overlap`: a real
     number in [0, 1)); a bad one is a `ValueError` naming it.
     """
     config = config_of(model) if isinstance(model, nn.Module) else resolve_config(model)
+    tile_size = model_tile(model, tile_size, memory_budget)
     dims = config.spatial_dims
     image_shape = positive_ints("image_shape", image_shape, dims, broadcast=False)
     if max(image_shape) > MAX_IMAGE_SIZE:

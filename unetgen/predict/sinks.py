@@ -111,7 +111,7 @@ def output_layout(
     dtype = next(model.parameters()).dtype
     _, batched, images = open_source(config, image, dtype)
     spatial = spatial_shape(config, image)
-    plan = plan if plan is not None else plan_tiles(config, spatial, **options, dtype=dtype)
+    plan = plan if plan is not None else plan_tiles(model, spatial, **options, dtype=dtype)
     channels = () if output_type in ("labels", "instances") else (config.out_channels,)
     block = positive_ints(
         "block_shape", default_block_shape(plan) if block_shape is None else block_shape, len(spatial), broadcast=True

@@ -432,10 +432,16 @@ def _validate(
     net.eval()
     with torch.no_grad():
         for s in data.validation:
-            logits = predict_tiled(
-                net, torch.from_numpy(s.image), tile_size=patch, progress=False, device=device, preprocessing=False
+            pred = predict_tiled(  # as `unetgen predict --output-type labels` labels it
+                net,
+                torch.from_numpy(s.image),
+                tile_size=patch,
+                progress=False,
+                device=device,
+                preprocessing=False,
+                output_type="labels",
             )  # the images are normalised already
-            pred = logits.argmax(0).cpu().numpy()
+            pred = pred.cpu().numpy()
             index = [slice(None)] * pred.ndim
             if data.split_axis is not None:
                 index[data.split_axis] = slice(s.offset, None)
@@ -573,6 +579,7 @@ def train(
         target_size="input" if deep else "output",
         augment=_augment(loaded, patch),
         seed=0,
+        foreground=cfg.patches.foreground,
     )  # fmt: skip
     with_weights = sampler.weights[0] is not None
     model = build_unet(model_cfg, seed=cfg.seed)
@@ -639,9 +646,9 @@ def train(
     def save(step: int, validated: bool) -> None:
         claim()
         meta = {MARK: {"step": step, "seed": cfg.seed, "metrics": metrics}}
-        save_unet(model, paths.last, metadata=meta, preprocessing=spec)
+        save_unet(model, paths.last, metadata=meta, preprocessing=spec, patch_size=patch)
         if isinstance(cfg.data.validation, NoSplit):
-            save_unet(model, paths.best, metadata=meta, preprocessing=spec)
+            save_unet(model, paths.best, metadata=meta, preprocessing=spec, patch_size=patch)
         log.append(history[log.rows :])
         if validated and plots is not None:
             plots.draw(history, metric_names)
@@ -687,7 +694,7 @@ def train(
                     best, best_step = metrics[target], step
                     meta = {MARK: {"step": step, "seed": cfg.seed, "metrics": metrics}}
                     claim()
-                    save_unet(model, paths.best, metadata=meta, preprocessing=spec)
+                    save_unet(model, paths.best, metadata=meta, preprocessing=spec, patch_size=patch)
             history.append(row)
             if writer and (step % cfg.save_every == 0 or step == cfg.steps or validated):
                 save(step, validated)
