@@ -558,6 +558,8 @@ MAX_PATCH_TEXT = 1000
 
 def _patch_shape(config: UNetConfig, patch_size: Any) -> tuple[int, ...]:
     """`patch_size` as a valid input shape of `config` (`InputShapeError` with the nearest valid)."""
+    if isinstance(patch_size, int) and not isinstance(patch_size, bool):
+        patch_size = (patch_size,) * config.spatial_dims  # one size for every axis
     size = shapes.as_shape(config, patch_size, "patch_size")
     shapes.output_shape(config, size)  # raises InputShapeError naming the nearest valid sizes
     return size
