@@ -21,6 +21,8 @@ from unetgen.share import MirrorPadded
 from unetgen.share.bioimageio import bioimageio_preprocessing, export_bioimageio, load_package, rdf_json
 from unetgen.share.info import input_sizes
 
+pytestmark = pytest.mark.usefixtures("frozen_heap")  # bioimage.io collects garbage at every model unload
+
 INFO = {"name": "unetgen test net", "authors": [{"name": "A. Tester", "orcid": "0000-0001-2345-6789"}]}
 SPEC_2D = {
     "axes": "yx",
