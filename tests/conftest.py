@@ -232,7 +232,6 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(threads)
 
 
-
 @pytest.fixture
 def frozen_heap() -> Iterator[None]:
     """Peers that call `gc.collect()` on every model unload (bioimage.io's adapters, ten times per
