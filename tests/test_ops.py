@@ -15,6 +15,8 @@ from unetgen import UNetConfig, build_unet, shapes
 from unetgen.analysis import ops
 from unetgen.model import layers
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks: threads only add overhead
+
 NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm, nn.GroupNorm)
 ACT_TYPES = (nn.ReLU, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.PReLU)
 OWN_LAYERS = (layers.PixelShuffle, layers.NearestResize, layers.ChannelLinear)
