@@ -12,8 +12,6 @@ from torch.utils.flop_counter import FlopCounterMode
 from unetgen import UNet, UNetConfig, build_unet
 from unetgen.analysis.costs import DEFAULT_MAX_PARAMETERS, ParameterBudgetError, count_macs, count_parameters
 
-pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks: threads only add overhead
-
 
 @st.composite
 def wide_configs(draw: st.DrawFn, *, instance_norm: bool = True) -> UNetConfig:
