@@ -16,6 +16,8 @@ from hypothesis import strategies as st
 from unetgen import UNetConfig
 from unetgen.analysis import shapes
 
+DEFAULT_THREADS = torch.get_num_threads()  # before any test's `one_thread`
+
 settings.register_profile(
     "ci", max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow], print_blob=True
 )
@@ -228,6 +230,15 @@ def one_thread() -> Iterator[None]:
     Modules opt in with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def all_threads() -> Iterator[None]:
+    """torch's default thread count for one test of a module that runs `one_thread` (a big network)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(DEFAULT_THREADS)
     yield
     torch.set_num_threads(threads)
 
