@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import math
 import os
 from collections.abc import Iterator
@@ -14,6 +15,8 @@ from hypothesis import strategies as st
 
 from unetgen import UNetConfig
 from unetgen.analysis import shapes
+
+DEFAULT_THREADS = torch.get_num_threads()  # before any test's `one_thread`
 
 settings.register_profile(
     "ci", max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow], print_blob=True
@@ -229,3 +232,24 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def all_threads() -> Iterator[None]:
+    """torch's default thread count for one test of a module that runs `one_thread` (a big network)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(DEFAULT_THREADS)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def frozen_heap() -> Iterator[None]:
+    """Peers that call `gc.collect()` on every model unload (bioimage.io's adapters, ten times per
+    model test) walk the whole heap of the test session each time: 0.4 s or more per call. The
+    objects alive before the test are frozen (`gc.freeze`, O(1)) so that those walks see only what
+    the test made, and unfrozen after it (garbage among them is collected later, as before).
+    Modules opt in with ``pytestmark = pytest.mark.usefixtures("frozen_heap")``."""
+    gc.freeze()
+    yield
+    gc.unfreeze()

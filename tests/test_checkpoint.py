@@ -34,6 +34,8 @@ from unetgen import (
 from unetgen.cli import main
 from unetgen.export import example_input
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks: threads only add overhead
+
 TINY = UNetConfig(depth=2, base_channels=2, norm="batch", deep_supervision=(1,))
 
 

@@ -17,6 +17,8 @@ from safetensors.torch import load_file
 from unetgen import UNetConfig, build_unet, load_unet, save_unet
 from unetgen.export import example_input
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks: threads only add overhead
+
 DDP_CONFIGS = {
     # no batch statistics, so DDP must reproduce the single-process gradients exactly
     "group": UNetConfig(

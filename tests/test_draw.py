@@ -23,6 +23,8 @@ from unetgen.cli import main
 from unetgen.draw import MAX_WIDTH, _dropout_levels, _norm_text
 from unetgen.model.unet import UNet
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks: threads only add overhead
+
 ROOT = Path(__file__).resolve().parents[1]
 NS = "{http://www.w3.org/2000/svg}"
 

@@ -26,6 +26,8 @@ from unetgen.predict.plan import plan_tiles
 # ---------------------------------------------------------------------------------------------
 # one rule for configs: every helper takes what build_unet takes
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks: threads only add overhead
+
 SMALL = {"depth": 2, "base_channels": 4, "deep_supervision": [1]}
 
 

@@ -14,6 +14,8 @@ from small import small_presets
 from unetgen import UNetConfig, build_unet, output_shape
 from unetgen.export import example_input, to_onnx, to_torchscript
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks: threads only add overhead
+
 MONAI_UNET = {  # MONAI's UNet with num_res_units=2 and AttentionUnet's gate and decoder norm
     "depth": 2, "channels": [2, 3, 4], "strides": [[2, 2], [1, 1]], "stem_stride": 2, "resample_bottleneck": False,
     "padding": "same", "down": "first_conv", "decoder_convs_per_block": 0, "norm": "batch", "activation": "prelu",
@@ -122,7 +124,9 @@ def test_onnx_runtime_matches_eager(name: str, tmp_path: Path) -> None:
     ort = pytest.importorskip("onnxruntime", reason="ONNX parity needs the optional extra: pip install unetgen[export]")
     model = model_for(name)
     path = to_onnx(model, tmp_path / f"{name}.onnx")
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = options.inter_op_num_threads = 1  # tiny networks, as torch's one thread
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     (inp,) = session.get_inputs()
     assert inp.shape[0] == "batch" and inp.shape[2:] == [f"in_{a}" for a in range(model.config.spatial_dims)]
     for batch, periods in ((2, 0), (1, 1)):  # exported at (1, 0): dynamic batch, then dynamic spatial size

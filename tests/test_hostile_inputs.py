@@ -45,6 +45,8 @@ from unetgen.cli import main
 from unetgen.config.io import read_document
 from unetgen.config.schema import schema_text
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks: threads only add overhead
+
 TINY = UNetConfig(depth=1, base_channels=2, norm="batch")
 PAPER = UNetConfig()
 ANISO = UNetConfig(spatial_dims=3, depth=2, base_channels=2, kernel_size=[[1, 3, 3], 3, 3], strides=[[1, 2, 2], 2])

@@ -3,6 +3,8 @@ real model runs, in order, with their kind, channels, settings and spatial shape
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from hypothesis import given
@@ -14,6 +16,8 @@ from tests.small import small_presets
 from unetgen import UNetConfig, build_unet, shapes
 from unetgen.analysis import ops
 from unetgen.model import layers
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks: threads only add overhead
 
 NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm, nn.GroupNorm)
 ACT_TYPES = (nn.ReLU, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.PReLU)
@@ -137,10 +141,16 @@ def run_and_record(model: nn.Module, x: torch.Tensor) -> list[tuple]:
     return seen
 
 
+BIG_INPUT = 100_000
+"""Voxels from which the guard runs the model on the meta device: it compares modules, channels and
+shapes only, and deep 3D valid-padding nets start at 188^3 voxels (seconds on the CPU per example)."""
+
+
 def check_ops_match_model(config: UNetConfig, shape: tuple[int, ...]) -> None:
     torch.manual_seed(0)
-    model = build_unet(config, init="torch").train()
-    x = torch.randn(2, config.in_channels, *shape)
+    device = "meta" if math.prod(shape) > BIG_INPUT else "cpu"
+    model = build_unet(config, init="torch", device=device).train()
+    x = torch.randn(2, config.in_channels, *shape, device=device)
     seen = run_and_record(model, x)
     listed = ops.network_ops(config)
     out = ops.op_shapes(config, shape)

@@ -17,6 +17,8 @@ from unetgen.analysis import shapes
 from unetgen.analysis.costs import count_parameters
 from unetgen.model import layers
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks: threads only add overhead
+
 FIRST = {"down": "first_conv", "padding": "same", "depth": 2, "base_channels": 2, "init": "torch"}
 
 

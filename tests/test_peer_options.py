@@ -15,6 +15,8 @@ from tests.test_export import MONAI_UNET, RESNET_UNET
 from unetgen import UNetConfig, build_unet, count_parameters, load_unet, output_shape, save_unet
 from unetgen.analysis import ops, shapes
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks: threads only add overhead
+
 BASE = {"depth": 2, "base_channels": 2, "padding": "same", "down": "first_conv"}
 
 

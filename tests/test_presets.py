@@ -13,6 +13,8 @@ from unetgen import PRESETS, build_unet, dump_config, get_preset, load_config
 from unetgen.analysis import shapes
 from unetgen.config.presets import register
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks: threads only add overhead
+
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 

@@ -26,6 +26,8 @@ from unetgen import (
 from unetgen.analysis import shapes
 from unetgen.model import blocks
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks: threads only add overhead
+
 PAPER = UNetConfig()
 
 

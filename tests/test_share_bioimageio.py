@@ -21,6 +21,9 @@ from unetgen.share import MirrorPadded
 from unetgen.share.bioimageio import bioimageio_preprocessing, export_bioimageio, load_package, rdf_json
 from unetgen.share.info import input_sizes
 
+# bioimage.io collects garbage at every model unload; the networks are tiny but for the paper's
+pytestmark = pytest.mark.usefixtures("frozen_heap", "one_thread")
+
 INFO = {"name": "unetgen test net", "authors": [{"name": "A. Tester", "orcid": "0000-0001-2345-6789"}]}
 SPEC_2D = {
     "axes": "yx",
@@ -206,6 +209,7 @@ def test_bioimageio_model_test_paper_geometry(bioimageio_core, tmp_path: Path) -
     _passed(bioimageio_core.test_model(path))
 
 
+@pytest.mark.usefixtures("all_threads")  # 31 M parameters: big convs, unlike the other tests here
 def test_bioimageio_paper_network_reproduces_its_test_output(bioimageio_core, tmp_path: Path) -> None:
     """The paper's network itself (31 M parameters, 124 MB of TorchScript) at its smallest package
     input: bioimage.io validates the package (the rdf and the files' hashes) and its prediction

@@ -32,6 +32,8 @@ from unetgen.training import (
     weighted_cross_entropy,
 )
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks: threads only add overhead
+
 
 def border(d1: float, d2: float, w0: float = 10.0, sigma: float = 5.0) -> float:
     return w0 * math.exp(-((d1 + d2) ** 2) / (2 * sigma**2))
@@ -430,15 +432,6 @@ def test_deep_supervision_gradients_reach_every_head(padding: str) -> None:
 
 
 def test_thirty_steps_reduce_the_loss() -> None:
-    threads = torch.get_num_threads()  # one thread: tiny convs only lose by spinning on a busy machine
-    torch.set_num_threads(1)
-    try:
-        _thirty_steps()
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _thirty_steps() -> None:
     config = UNetConfig(depth=2, base_channels=4, dropout={"rate": 0.0}, norm="batch")
     image, labels = _blobs((80, 80))
     patch = shapes.nearest_valid_input_size(config, 52)

@@ -20,6 +20,8 @@ from unetgen.checkpoint import CheckpointError, checkpoint_preprocessing
 from unetgen.config.io import ConfigError
 from unetgen.config.preprocessing import load_preprocessing
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks: threads only add overhead
+
 FIELDS = {"spatial_dims": 2, "depth": 2, "base_channels": 4, "padding": "same", "dropout": 0, "out_channels": 1}
 SPEC = {
     "axes": "yx",

@@ -10,6 +10,8 @@ from torch import nn
 
 from unetgen import InputShapeError, UNetConfig, build_unet, output_shape
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks: threads only add overhead
+
 PAPER_PARAMETERS = 31_030_658  # 1 -> 2 channels, valid padding, no norm, conv bias on
 
 
