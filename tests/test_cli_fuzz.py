@@ -122,7 +122,7 @@ T_STEPS = (["1", "2"], ["0", "-1", "1000000000000", "9" * 30, "abc", "1e3", ""])
 T_PATCHES = (["16", "20", "24x16"], ["17", "1", "0", "16x16x16", "99999", "abc", ""])
 T_MEMORY = (["64MiB", "1GiB"], ["0", "1B", "-1GiB", "1e30GiB", "99999999999999999999TiB", "8XB", "nan", ""])
 T_BATCH = (["1", "2"], ["0", "-1", "99999", "abc"])
-T_DEVICES = (["cpu"], ["cuda:7", "cuda:-1", "cpu:0", "meta", "nonsense", "mps", ""])
+T_DEVICES = (["cpu", "cpu:0"], ["cuda:7", "cuda:-1", "cpu:1", "meta", "nonsense", "mps", ""])
 _TRAIN_COMMON: list[tuple[str, Pool, bool]] = [
     ("--steps", T_STEPS, False), ("--memory", T_MEMORY, False), ("--patch", T_PATCHES, False),
     ("--batch", T_BATCH, False), ("--seed", (["0", "7"], ["-1", "9" * 30, "abc"]), False),

@@ -84,7 +84,7 @@ def _list_to_tuple(value: Any) -> Any:
 
 
 _MEMORY = r"^\s*[0-9]+(\.[0-9]+)?\s*[a-zA-Z]{0,3}\s*$"
-_DEVICE = r"^(cpu|cuda(:[0-9]{1,3})?|mps|auto)$"
+_DEVICE = r"^(cpu(:0)?|cuda(:[0-9]{1,3})?|mps|auto)$"
 
 
 def _matching(pattern: str, what: str) -> AfterValidator:
