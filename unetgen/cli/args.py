@@ -18,6 +18,7 @@ from ..analysis import shapes
 from ..checkpoint import checkpoint_config, sniff
 from ..config.io import SUFFIXES, load_config
 from ..config.unet_config import UNetConfig
+from ..outputs import check_replaceable
 from ..predict.formats import check_regular_file
 from .errors import UsageError, show
 
@@ -216,11 +217,18 @@ def spatial(cfg: UNetConfig, size: tuple[int, ...] | None, option: str = "--inpu
 
 def check_output(path: str, option: str = "--output") -> None:
     """The output can be written: not a directory or a device (a FIFO would block), in an
-    existing, writable folder."""
+    existing, writable folder; and, if something is there, a file unetgen wrote, which it may
+    replace (`unetgen.outputs.check_replaceable`: the one rule every writer follows). A symbolic
+    link, a foreign file or one of a kind with no mark (.npy) is refused, naming `option`."""
     p = Path(path)
     if p.is_dir():
         example = show(str(p / ("pred" + (Path(path).suffix or ".npy"))))
         raise ValueError(f"{option} {show(path)} is a directory; give a file in it, e.g. {example}")
+    if os.path.islink(p):
+        raise ValueError(
+            f"{option} {show(path)} is a symbolic link; unetgen never replaces a link nor writes through it: "
+            "give a new name, or remove it yourself"
+        )
     if os.path.lexists(p):
         try:
             mode = os.stat(p).st_mode
@@ -235,3 +243,4 @@ def check_output(path: str, option: str = "--output") -> None:
         raise ValueError(f"{option} {show(path)}: the folder {show(str(parent))} does not exist; create it first")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise ValueError(f"{option} {show(path)}: cannot write into the folder {show(str(parent))}")
+    check_replaceable(path, option)
