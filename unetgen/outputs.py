@@ -127,7 +127,7 @@ def _open(p: Path) -> Any:
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
         raise OSError(f"{p} is not a regular file")
-    return os.fdopen(fd, "rb")
+    return open(os.fspath(p), "rb", opener=lambda _name, _flags: fd)  # named: libraries ask for its name
 
 
 def _safetensors(p: Path, size: int) -> bool:

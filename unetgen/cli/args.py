@@ -224,12 +224,7 @@ def check_output(path: str, option: str = "--output") -> None:
     if p.is_dir():
         example = show(str(p / ("pred" + (Path(path).suffix or ".npy"))))
         raise ValueError(f"{option} {show(path)} is a directory; give a file in it, e.g. {example}")
-    if os.path.islink(p):
-        raise ValueError(
-            f"{option} {show(path)} is a symbolic link; unetgen never replaces a link nor writes through it: "
-            "give a new name, or remove it yourself"
-        )
-    if os.path.lexists(p):
+    if os.path.lexists(p) and (os.path.exists(p) or not os.path.islink(p)):  # a dangling link: below
         try:
             mode = os.stat(p).st_mode
         except OSError as err:
@@ -238,6 +233,11 @@ def check_output(path: str, option: str = "--output") -> None:
             raise ValueError(f"{option} {show(path)} exists and is not a regular file (a device, FIFO or socket)")
         if not os.access(p, os.W_OK):
             raise ValueError(f"{option} {show(path)} exists and is not writable")
+    if os.path.islink(p):
+        raise ValueError(
+            f"{option} {show(path)} is a symbolic link; unetgen never replaces a link nor writes through it: "
+            "give a new name, or remove it yourself"
+        )
     parent = p.parent
     if not parent.is_dir():
         raise ValueError(f"{option} {show(path)}: the folder {show(str(parent))} does not exist; create it first")
