@@ -191,3 +191,21 @@ def test_marks_are_read_by_content_not_name(tmp_path: Path) -> None:
     for p in tmp_path.iterdir():
         assert not written_by_unetgen(p), p.name
     assert check_replaceable(tmp_path / "new.npy") == tmp_path / "new.npy"
+
+
+def test_a_npy_that_appears_while_it_is_written_is_kept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The check comes first, the rename last: a .npy created between them is still not replaced
+    (`unetgen.atomic.move_new` links, which never replaces)."""
+    from unetgen.predict import formats
+
+    out = tmp_path / "out.npy"
+    save = np.save
+
+    def racing_save(f, array):  # another program writes the same name meanwhile
+        save(f, array)
+        out.write_bytes(b"theirs")
+
+    monkeypatch.setattr(formats.np, "save", racing_save)
+    with pytest.raises(OSError, match="appeared"):
+        formats.write_image(out, np.zeros((2, 2), np.float32))
+    assert out.read_bytes() == b"theirs" and sorted(p.name for p in tmp_path.iterdir()) == ["out.npy"]

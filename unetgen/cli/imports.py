@@ -24,9 +24,9 @@ from .errors import note, show
 def cmd_import(args: argparse.Namespace) -> int:
     from ..interop import nnunet_yaml
 
-    check_output(args.output)
     out = Path(args.output)
-    _check_replaceable(out, args.plans)
+    _check_not_plans(out, args.plans)  # said first: the worst mistake
+    check_output(args.output)  # new, or a config `unetgen import` wrote (unetgen.outputs)
     text = nnunet_yaml(  # UnsupportedModelError, a malformed plans file, bad channels: ValueErrors, one line each
         args.plans,
         args.configuration,
@@ -51,9 +51,8 @@ def _schema_marker(schema: str, out: Path) -> str:
     return marker
 
 
-def _check_replaceable(out: Path, plans: str) -> None:
-    """`out` is not the plans file (`check_output` has checked that an existing `out` is a file
-    unetgen wrote: `unetgen.outputs`)."""
+def _check_not_plans(out: Path, plans: str) -> None:
+    """`out` is not the plans file (nor a hard link to it)."""
     if os.path.lexists(out) and _same_file(out, plans):
         raise ValueError(f"--output {show(str(out))} is the plans file itself; write the config to another file")
 

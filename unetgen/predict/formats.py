@@ -32,7 +32,7 @@ from typing import Any, BinaryIO
 import numpy as np
 import torch
 
-from ..atomic import replacing
+from ..atomic import move_new, replacing
 from ..outputs import SOFTWARE, check_replaceable
 from ..reprs import short_arg, short_repr, short_text
 from .axes import Axes, lay_out, tiff_axes
@@ -180,7 +180,7 @@ def _write_npy(path: str, array: np.ndarray, letters: str | None = None, axes: A
     try:
         with os.fdopen(fd, "wb") as f:
             np.save(f, array)
-        os.replace(tmp, p)
+        move_new(tmp, p)  # a .npy is never replaced (unetgen.outputs): not even one that appeared meanwhile
     except OSError as err:
         tmp.unlink(missing_ok=True)
         if err.errno is None and "requested and" in str(err):  # numpy's short write: the disk filled up
