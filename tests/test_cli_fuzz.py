@@ -42,8 +42,9 @@ INPUTS = (["in.npy", "in.png", "in.tif", "batch.npy", "vol.npy", "rgb.png", "be.
            "notes.zarr"])  # fmt: skip
 WEIGHTS = (["w.pt"], ["wrong.pt", "evil.pt", "tiny.safetensors", "tiny3d.safetensors", "corrupt.safetensors",
                       "fifo.pt", "missing.pt", "in.npy", "dir.npy", "/dev/null", "nul", "empty"])  # fmt: skip
-OUTPUTS = (["out.npy", "outdir/p.npy", "out2.npy", "out.zarr", "out.tif"],
-           ["theirs.npy", "theirs.tif", "missing/out.npy", "dir.npy", "full.npy", "fifo.npy", "noext", "/dev/full",
+# theirs.npy/.tif: files there already, which unetgen did not write (meant: the user did not know)
+OUTPUTS = (["out.npy", "outdir/p.npy", "out2.npy", "out.zarr", "out.tif", "theirs.npy", "theirs.tif"],
+           ["missing/out.npy", "dir.npy", "full.npy", "fifo.npy", "noext", "/dev/full",
             "nul", "long", "empty", "outdir", "notes.zarr", "theirs.zarr", "in.zarr", "in.npy", "missing/out.zarr",
             "fifo.zarr"])  # fmt: skip
 SCHEDULERS = (["tcp://127.0.0.1:1"], ["ucx://h:1", "tls://h:8786", "inproc://x", "ws://h:1", "", "tcp://[::1", "::::",
@@ -253,8 +254,36 @@ def test_any_command_line_ends_in_0_1_or_2_without_a_traceback(files: dict[str, 
     root = Path(files["in.npy"]).parent  # temporaries are made beside their target: in the folders written to
     assert not [n for d in (root, root / "outdir") for n in os.listdir(d) if n.endswith(".tmp")], "a temporary was left"
     for name in ("out.npy", "out2.npy", "outdir/p.npy"):  # .npy predictions unetgen wrote: removed now and then
-        if os.path.isfile(files[name]) and data.draw(st.booleans(), label=f"remove {name}"):  # (never replaced)
+        remove = data.draw(st.booleans(), label=f"remove {name}")  # (never replaced); drawn whatever is there
+        if remove and os.path.isfile(files[name]):
             os.unlink(files[name])
+
+
+# --- predict over outputs that exist: replaced only when unetgen wrote them and their format holds its mark
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    source=st.sampled_from(["in.npy", "in.tif", "in.png", "batch.npy"]),
+    output=st.sampled_from(["out.npy", "out2.npy", "out.tif", "outdir/p.tif", "theirs.npy", "theirs.tif"]),
+    kind=st.sampled_from(["logits", "labels"]),
+    remove=st.booleans(),
+)
+def test_predict_replaces_only_its_own_marked_outputs(
+    files: dict[str, str], source: str, output: str, kind: str, remove: bool
+) -> None:
+    out = Path(files.get(output, str(Path(files["in.npy"]).parent / output)))
+    before = out.read_bytes() if out.exists() else None
+    argv = ["predict", files["tiny.safetensors"], "--input", files[source], "--output", str(out), "--no-progress"]
+    code, _, err = run([*argv, "--output-type", kind])
+    if before is None:
+        assert code == 0 and "wrote " in err, err
+    elif output.startswith("out") and out.suffix == ".tif":  # a TIFF unetgen wrote: its Software tag says so
+        assert code == 0 and "wrote " in err, err
+    else:  # a .npy (no place for a mark), or a file unetgen did not write: left as it was
+        assert code == 1 and "give a new name, or remove it yourself" in err and out.read_bytes() == before, err
+    if remove and output.startswith("out"):
+        out.unlink(missing_ok=True)
 
 
 # --- the commands that write a file (draw -o, import -o) and plan: outputs over symlinks, folders,
@@ -394,7 +423,8 @@ def test_writing_commands_keep_their_inputs_and_leave_nothing_partial(
         target = Path(output)
         if code == 0:
             assert target.is_file() and not target.is_symlink() and _complete(target), output
-    if os.path.isfile(writer_files["d.pdf"]) and data.draw(st.booleans(), label="remove d.pdf"):  # never replaced
+    remove = data.draw(st.booleans(), label="remove d.pdf")  # a .pdf is never replaced; drawn whatever is there
+    if remove and os.path.isfile(writer_files["d.pdf"]):
         os.unlink(writer_files["d.pdf"])
     if os.geteuid() != 0:  # root writes anyway: os.access says yes
         assert Path(writer_files["ro.svg"]).read_text() == "<svg>read-only</svg>\n"
