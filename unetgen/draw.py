@@ -988,11 +988,12 @@ def write_diagram(svg: str, path: str | os.PathLike[str]) -> Path:
     remove it yourself)."""
     if not isinstance(svg, str):
         raise ValueError(f"write_diagram takes the SVG text draw_unet returns, not {type(svg).__name__}")
-    p = check_replaceable(path, "the diagram")
+    p = atomic.check_target(path, "the diagram")
     suffix = p.suffix.lower()
     if suffix not in DIAGRAM_SUFFIXES:
         shown = short_repr(suffix or "(none)")
         raise ValueError(f"the diagram {short_path(p)}: unknown format {shown}; use .svg, .png or .pdf")
+    check_replaceable(p, "the diagram")
     data = svg.encode("utf-8") if suffix == ".svg" else _rasterise(svg, suffix)
     return atomic.write_bytes(p, data)
 
