@@ -149,6 +149,7 @@ def test_python_writers_follow_the_same_rule(model: unetgen.UNet, tmp_path: Path
     array = np.zeros((2, 4, 4), np.float32)
     writers = {
         "a.tif": lambda p: write_image(p, array, "cyx"),
+        "a.ome.tif": lambda p: write_image(p, array, "cyx"),
         "a.npy": lambda p: write_image(p, array, "cyx"),
         "a.svg": lambda p: write_diagram(draw_unet(TINY), p),
         "a.safetensors": lambda p: unetgen.save_unet(model, p),
