@@ -210,3 +210,26 @@ def test_a_npy_that_appears_while_it_is_written_is_kept(tmp_path: Path, monkeypa
     with pytest.raises(OSError, match="appeared"):
         formats.write_image(out, np.zeros((2, 2), np.float32))
     assert out.read_bytes() == b"theirs" and sorted(p.name for p in tmp_path.iterdir()) == ["out.npy"]
+
+
+def test_export_bioimageio_replaces_only_its_own_package(model: unetgen.UNet, tmp_path: Path) -> None:
+    pytest.importorskip("bioimageio.spec")
+    from unetgen.share.bioimageio import export_bioimageio
+
+    def export(path: Path) -> Path:
+        return export_bioimageio(model, path, weight_formats=("pytorch_state_dict",))
+
+    theirs, folder, victim = tmp_path / "theirs.zip", tmp_path / "project", tmp_path / "victim.txt"
+    before = _foreign(theirs)
+    folder.mkdir()
+    (folder / "README.md").write_text("my project")
+    victim.write_text("years of work")
+    (tmp_path / "link.zip").symlink_to(victim)
+    for target in (theirs, folder, tmp_path / "link.zip"):
+        with pytest.raises(ValueError, match="give a new name, or remove it yourself"):
+            export(target)
+    assert theirs.read_bytes() == before and (folder / "README.md").read_text() == "my project"
+    assert victim.read_text() == "years of work"
+    for ours in (tmp_path / "ours.zip", tmp_path / "ours"):  # its own package, file or folder: replaced
+        export(ours)
+        export(ours)
