@@ -233,3 +233,17 @@ def test_export_bioimageio_replaces_only_its_own_package(model: unetgen.UNet, tm
     for ours in (tmp_path / "ours.zip", tmp_path / "ours"):  # its own package, file or folder: replaced
         export(ours)
         export(ours)
+
+
+def test_a_hub_folder_with_foreign_weights_is_refused_before_anything_is_written(
+    model: unetgen.UNet, tmp_path: Path
+) -> None:
+    from unetgen.share.hub import save_folder
+
+    (tmp_path / "model.safetensors").write_bytes(b"their weights")
+    with pytest.raises(ValueError, match="give a new name, or remove it yourself"):
+        save_folder(model, tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == ["model.safetensors"]
+    assert (tmp_path / "model.safetensors").read_bytes() == b"their weights"
+    save_folder(model, tmp_path / "ours")
+    save_folder(model, tmp_path / "ours")  # its own folder: replaced
