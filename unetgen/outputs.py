@@ -1,9 +1,9 @@
 """Which existing file unetgen may replace: only one it can show it wrote ("data is sacred").
 
 Every writer of a single output file (`unetgen predict --output`, `draw -o`, `export bioimageio
--o`, `import -o`; `write_image`, `write_diagram`, `to_onnx`, `save_unet`) asks `check_replaceable`
-before it writes: the path is new, or it holds a regular file that carries unetgen's own mark,
-read back through the file format's library. The writers set the mark:
+-o`, `import -o`; `write_image`, `write_diagram`, `to_onnx`, `save_unet`, `export_bioimageio`) asks
+`check_replaceable` before it writes: the path is new, or it holds a regular file that carries
+unetgen's own mark, read back through the file format's library. The writers set the mark:
 
 ========================  =======================================================================
 ``.safetensors``          the header metadata ``format: unetgen`` (`unetgen.save_unet`; safetensors)
@@ -21,8 +21,9 @@ metadata), any other suffix. Neither is a symbolic link, wherever it points (it 
 either), nor anything that is not a regular file. The refusal is a `ValueError` naming the path
 and the fix: give a new name, or remove the file yourself.
 
-No unetgen imports but `atomic` and `reprs` (the format libraries are imported when a file of
-theirs is checked), so every layer may use it.
+It imports only `atomic`, `reprs` and `_version` of unetgen (and `config.documents`, the lowest
+layer, to read a package's rdf.yaml; the format libraries are imported when a file of theirs is
+checked), so every layer may use it.
 """
 
 from __future__ import annotations
