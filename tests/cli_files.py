@@ -112,6 +112,9 @@ def make_files(root: Path) -> dict[str, str]:
     tifffile.imwrite(path("in.tif"), rng.standard_normal((12, 13)).astype(np.float32))
     tifffile.imwrite(path("rgb.tiff"), rng.integers(0, 255, (12, 13, 3), dtype=np.uint8), photometric="rgb")
     tifffile.imwrite(path("vol.tif"), rng.standard_normal((9, 10, 11)).astype(np.float32))
+    # outputs that exist and that unetgen did not write: never replaced (data is sacred)
+    np.save(path("theirs.npy"), np.arange(12.0))
+    tifffile.imwrite(path("theirs.tif"), np.ones((12, 13), np.uint8), software="ImageJ")
     path("text.txt").write_text("hello")
     path("image.bmp").write_bytes(b"BM" + bytes(60))
     os.mkfifo(path("fifo.yaml"))
@@ -131,6 +134,7 @@ def make_files(root: Path) -> dict[str, str]:
         "missing.pt",
         "out.npy",
         "out2.npy",
+        "out.tif",
         "d.svg",
         "m.yaml",
         "m.json",
@@ -277,10 +281,14 @@ def make_train_files(root: Path) -> dict[str, str]:
 
 
 def sacred(files: dict[str, str]) -> dict[str, bytes]:
-    """The contents of the files no command may change: the inputs, and what unetgen did not make
-    (a symlink by where it points)."""
-    names = ("in.npy", "in.zarr", "theirs.zarr", "notes.zarr", *TRAIN_SACRED)
+    """The contents of the files no command may change: the inputs, what unetgen did not make (a
+    symlink by where it points), and every .npy file there is (a .npy has no place for unetgen's
+    mark, so no command replaces one, not even one it wrote: `unetgen.outputs`)."""
+    names = ("in.npy", "in.zarr", "theirs.zarr", "notes.zarr", "theirs.npy", "theirs.tif", *TRAIN_SACRED)
     keep = [Path(files[n]) for n in names if n in files]
+    if "in.npy" in files:
+        root = Path(files["in.npy"]).parent
+        keep += [p for d in (root, root / "outdir") if d.is_dir() for p in sorted(d.glob("*.npy")) if p not in keep]
     out = {}
     for root in keep:
         for p in sorted([root, *root.rglob("*")]):

@@ -42,9 +42,11 @@ INPUTS = (["in.npy", "in.png", "in.tif", "batch.npy", "vol.npy", "rgb.png", "be.
            "notes.zarr"])  # fmt: skip
 WEIGHTS = (["w.pt"], ["wrong.pt", "evil.pt", "tiny.safetensors", "tiny3d.safetensors", "corrupt.safetensors",
                       "fifo.pt", "missing.pt", "in.npy", "dir.npy", "/dev/null", "nul", "empty"])  # fmt: skip
-OUTPUTS = (["out.npy", "outdir/p.npy", "out2.npy", "out.zarr"],
-           ["missing/out.npy", "dir.npy", "full.npy", "fifo.npy", "noext", "/dev/full", "nul", "long", "empty",
-            "outdir", "notes.zarr", "theirs.zarr", "in.zarr", "in.npy", "missing/out.zarr", "fifo.zarr"])  # fmt: skip
+# theirs.npy/.tif: files there already, which unetgen did not write (meant: the user did not know)
+OUTPUTS = (["out.npy", "outdir/p.npy", "out2.npy", "out.zarr", "out.tif", "theirs.npy", "theirs.tif"],
+           ["missing/out.npy", "dir.npy", "full.npy", "fifo.npy", "noext", "/dev/full",
+            "nul", "long", "empty", "outdir", "notes.zarr", "theirs.zarr", "in.zarr", "in.npy", "missing/out.zarr",
+            "fifo.zarr"])  # fmt: skip
 SCHEDULERS = (["tcp://127.0.0.1:1"], ["ucx://h:1", "tls://h:8786", "inproc://x", "ws://h:1", "", "tcp://[::1", "::::",
                                       "tcp://h:99999", "long", "nul"])  # fmt: skip
 SIZES = (["8", "12", "16", "13", "12x12", "16x16x16", "12x13", "12,12", "4_0"],
@@ -227,7 +229,8 @@ def test_any_command_line_ends_in_0_1_or_2_without_a_traceback(files: dict[str, 
     event(f"{argv[0]} exit {code}" + (" (wrote)" if "wrote " in err else ""))
     assert code in (0, 1, 2), (code, err)
     assert not os.listdir("."), f"wrote into the working directory: {os.listdir('.')}"
-    assert sacred(files) == before, "changed an input or something unetgen did not make"
+    after = sacred(files)  # the files there before the run (a .npy written now is sacred from the next run on)
+    assert {k: after.get(k) for k in before} == before, "changed an input, a .npy or something unetgen did not make"
     assert "Traceback" not in err and "Traceback" not in out
     lines = [line for line in err.splitlines() if line.strip()]
     assert all(len(line) <= 1200 for line in lines), "an unbounded message"
@@ -250,6 +253,37 @@ def test_any_command_line_ends_in_0_1_or_2_without_a_traceback(files: dict[str, 
             assert state is not None and written.log.read_text().count("\n") == 1 + state["step"], err
     root = Path(files["in.npy"]).parent  # temporaries are made beside their target: in the folders written to
     assert not [n for d in (root, root / "outdir") for n in os.listdir(d) if n.endswith(".tmp")], "a temporary was left"
+    for name in ("out.npy", "out2.npy", "outdir/p.npy"):  # .npy predictions unetgen wrote: removed now and then
+        remove = data.draw(st.booleans(), label=f"remove {name}")  # (never replaced); drawn whatever is there
+        if remove and os.path.isfile(files[name]):
+            os.unlink(files[name])
+
+
+# --- predict over outputs that exist: replaced only when unetgen wrote them and their format holds its mark
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    source=st.sampled_from(["in.npy", "in.tif", "in.png", "batch.npy"]),
+    output=st.sampled_from(["out.npy", "out2.npy", "out.tif", "outdir/p.tif", "theirs.npy", "theirs.tif"]),
+    kind=st.sampled_from(["logits", "labels"]),
+    remove=st.booleans(),
+)
+def test_predict_replaces_only_its_own_marked_outputs(
+    files: dict[str, str], source: str, output: str, kind: str, remove: bool
+) -> None:
+    out = Path(files.get(output, str(Path(files["in.npy"]).parent / output)))
+    before = out.read_bytes() if out.exists() else None
+    argv = ["predict", files["tiny.safetensors"], "--input", files[source], "--output", str(out), "--no-progress"]
+    code, _, err = run([*argv, "--output-type", kind])
+    if before is None:
+        assert code == 0 and "wrote " in err, err
+    elif output.startswith("out") and out.suffix == ".tif":  # a TIFF unetgen wrote: its Software tag says so
+        assert code == 0 and "wrote " in err, err
+    else:  # a .npy (no place for a mark), or a file unetgen did not write: left as it was
+        assert code == 1 and "give a new name, or remove it yourself" in err and out.read_bytes() == before, err
+    if remove and output.startswith("out"):
+        out.unlink(missing_ok=True)
 
 
 # --- the commands that write a file (draw -o, import -o) and plan: outputs over symlinks, folders,
@@ -258,8 +292,8 @@ def test_any_command_line_ends_in_0_1_or_2_without_a_traceback(files: dict[str, 
 W_CONFIGS = (["tiny.json", "tiny.safetensors", "tiny3d.json", "preset", "model.bin"],
              ["w.pt", "in.npy", "model.svg", "text.txt", "empty.safetensors", "corrupt.safetensors", "fifo.yaml",
               "dir.yaml", "missing.yaml", "nopreset", "nul", "long", "empty"])  # fmt: skip
-W_DRAWINGS = (["d.svg", "d.png", "d.pdf", "outdir/d.svg", "keep.svg", "link.svg", "dangling.svg"],
-              ["model.svg", "dir.svg", "fifo.svg", "missing/d.svg", "/dev/full",
+W_DRAWINGS = (["d.svg", "d.png", "d.pdf", "outdir/d.svg", "ours.svg"],
+              ["keep.svg", "link.svg", "dangling.svg", "model.svg", "dir.svg", "fifo.svg", "missing/d.svg", "/dev/full",
                "/dev/null", "slash.svg/", "noext", ".svg", "d.gif", "d.SVG", "longname.svg", "newline.svg", "ro.svg",
                "nul", "empty"])  # fmt: skip
 W_SIZES = (["12", "20", "12x12", "16x16x16", "572"], ["0", "-3", "13", "12x", "1x1", "abc", "9" * 30, "8x8x8x8"])
@@ -317,7 +351,9 @@ def _writer_files(root: Path) -> dict[str, str]:
     checkpoint = Path(files["tiny.safetensors"]).read_bytes()
     (root / "model.svg").write_bytes(checkpoint)
     (root / "model.bin").write_bytes(checkpoint)
+    assert run(["draw", "ronneberger2015", "-o", str(root / "ours.svg")])[0] == 0
     names = ["keep.svg", "ro.svg", "empty.safetensors", "link.svg", "dangling.svg", "dir.svg", "model.svg", "model.bin"]
+    names += ["ours.svg"]
     files |= {name: str(root / name) for name in names}
     files |= {name: str(root / name) for name in ("d.png", "d.pdf", "d.gif", "d.SVG", ".svg", "outdir/d.svg")}
     files |= {"slash.svg/": str(root / "slash.svg") + "/", "newline.svg": str(root / "new\nline.svg")}
@@ -325,12 +361,17 @@ def _writer_files(root: Path) -> dict[str, str]:
     return files
 
 
+_WROTE: set[str] = set()  # the outputs the writer runs (and the fixture) wrote: the only ones they may replace
+
+
 @pytest.fixture(scope="module")
 def writer_files(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     with pytest.MonkeyPatch.context() as mp:
         mp.delenv("UNETGEN_DEBUG", raising=False)
         mp.chdir(tmp_path_factory.mktemp("cwd-writers"))
-        yield _writer_files(tmp_path_factory.mktemp("writers"))
+        files = _writer_files(tmp_path_factory.mktemp("writers"))
+        _WROTE.add(files["ours.svg"])
+        yield files
 
 
 def _snapshot(files: dict[str, str], output: str | None) -> dict[str, bytes]:
@@ -360,6 +401,10 @@ def test_writing_commands_keep_their_inputs_and_leave_nothing_partial(
     output = argv[argv.index("-o") + 1] if "-o" in argv[:-1] else None
     before = _snapshot(writer_files, output)
     keep, disguised = Path(writer_files["keep.svg"]).read_bytes(), Path(writer_files["model.svg"]).read_bytes()
+    existing = None  # an output there before the run that no run wrote, or a .pdf (no mark): never replaced
+    foreign = output not in _WROTE or str(output).lower().endswith(".pdf")
+    if output is not None and foreign and os.path.isfile(output) and not os.path.islink(output):
+        existing = Path(output).read_bytes()
     previous = signal.signal(signal.SIGALRM, _alarm)
     signal.alarm(60)
     try:
@@ -376,12 +421,18 @@ def test_writing_commands_keep_their_inputs_and_leave_nothing_partial(
     assert _snapshot(writer_files, output) == before, "an input, or the file behind a symlink, was changed"
     assert not [p for p in root.rglob("*.tmp")], "a temporary was left behind"
     assert not os.listdir("."), f"wrote into the working directory: {os.listdir('.')}"
+    if existing is not None:
+        assert code != 0 and Path(output).read_bytes() == existing, "replaced a file unetgen did not write"
+    if code == 0 and output is not None:
+        _WROTE.add(output)
+    assert Path(writer_files["keep.svg"]).read_bytes() == keep, "replaced a diagram unetgen did not write"
     if argv[0] == "draw" and output is not None:
         target = Path(output)
         if code == 0:
             assert target.is_file() and not target.is_symlink() and _complete(target), output
-        elif output == writer_files["keep.svg"]:
-            assert target.read_bytes() == keep, "a failed draw changed the existing diagram"
+    remove = data.draw(st.booleans(), label="remove d.pdf")  # a .pdf is never replaced; drawn whatever is there
+    if remove and os.path.isfile(writer_files["d.pdf"]):
+        os.unlink(writer_files["d.pdf"])
     if os.geteuid() != 0:  # root writes anyway: os.access says yes
         assert Path(writer_files["ro.svg"]).read_text() == "<svg>read-only</svg>\n"
     Path(writer_files["keep.svg"]).write_bytes(keep)  # what a successful draw replaced, back for the next one

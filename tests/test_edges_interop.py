@@ -158,7 +158,7 @@ def test_foreign_files_and_links_are_not_replaced(tmp_path: Path, capsys: pytest
     mine = tmp_path / "notes.yaml"
     mine.write_text("# my hand-tuned model\ndepth: 3\n")
     assert _import(plans, mine) == 1
-    assert "was not written by `unetgen import`" in capsys.readouterr().err
+    assert "unetgen cannot show it wrote it" in capsys.readouterr().err
     assert mine.read_text() == "# my hand-tuned model\ndepth: 3\n"
     link = tmp_path / "link.yaml"
     link.symlink_to(mine)

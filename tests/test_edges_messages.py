@@ -57,12 +57,14 @@ def test_draw_on_a_full_disk_keeps_the_old_file_and_leaves_nothing(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "unet.svg"
-    out.write_text("the diagram of last week")
+    assert main(["draw", "ronneberger2015", "-o", str(out)]) == 0
+    last_week = out.read_bytes()  # a diagram unetgen drew: it may replace it
+    capsys.readouterr()
     assert len(draw_unet(UNetConfig(), 572)) > 8192
     with file_size_limit(8192):
         code = main(["draw", "ronneberger2015", "--input-size", "572", "-o", str(out)])
     assert code == 1
-    assert out.read_text() == "the diagram of last week"  # not truncated to 8 KiB
+    assert out.read_bytes() == last_week  # not truncated to 8 KiB
     assert leftovers(tmp_path, "unet.svg") == []
     [line] = capsys.readouterr().err.splitlines()
     assert line.startswith(f"error: -o {out}: cannot write the diagram: file too large"), line
@@ -72,14 +74,16 @@ def test_draw_on_a_full_disk_keeps_the_old_file_and_leaves_nothing(
     assert leftovers(tmp_path, "unet.svg") == []
 
 
-def test_draw_replaces_a_symlink_at_the_output_and_never_writes_through_it(tmp_path: Path) -> None:
+def test_draw_never_replaces_a_symlink_at_the_output_nor_writes_through_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     victim = tmp_path / "thesis.txt"
     victim.write_text("years of work")
     (tmp_path / "unet.svg").symlink_to(victim)
-    assert main(["draw", "ronneberger2015", "-o", str(tmp_path / "unet.svg")]) == 0
+    assert main(["draw", "ronneberger2015", "-o", str(tmp_path / "unet.svg")]) == 1
+    assert "is a symbolic link" in capsys.readouterr().err
     assert victim.read_text() == "years of work"
-    assert not (tmp_path / "unet.svg").is_symlink()
-    assert (tmp_path / "unet.svg").read_text(encoding="utf-8") == draw_unet(UNetConfig())
+    assert (tmp_path / "unet.svg").is_symlink()
     assert leftovers(tmp_path, "unet.svg", "thesis.txt") == []
 
 
@@ -117,9 +121,9 @@ def test_a_replaced_file_keeps_its_permissions_and_a_checkpoint_is_never_its_own
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     private = tmp_path / "private.svg"
-    private.write_text("old")
-    private.chmod(0o600)
     assert main(["draw", "ronneberger2015", "-o", str(private)]) == 0
+    private.chmod(0o600)
+    assert main(["draw", "ronneberger2015", "--input-size", "572", "-o", str(private)]) == 0
     assert private.stat().st_mode & 0o777 == 0o600  # not widened to 0o644 by the rename
     checkpoint = save_unet(build_unet(TINY), tmp_path / "model.safetensors")
     checkpoint.chmod(0o640)
@@ -195,26 +199,26 @@ def _fake_export(model, args, f, **kwargs) -> None:  # writes a little, then fai
 
 
 def test_to_onnx_failure_leaves_the_previous_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("onnx")
     from unetgen.export import to_onnx
 
-    target = tmp_path / "unet.onnx"
-    target.write_bytes(b"last week's model")
+    target = to_onnx(build_unet(TINY), tmp_path / "unet.onnx")  # last week's model, which unetgen wrote
+    before = target.read_bytes()
     monkeypatch.setattr(torch.onnx, "export", _fake_export)
     with pytest.raises(RuntimeError, match="exporter crashed"):
         to_onnx(build_unet(TINY), target)
-    assert target.read_bytes() == b"last week's model" and leftovers(tmp_path, "unet.onnx") == []
+    assert target.read_bytes() == before and leftovers(tmp_path, "unet.onnx") == []
 
 
-def test_to_onnx_replaces_a_symlink_and_never_writes_through_it(tmp_path: Path) -> None:
-    pytest.importorskip("onnx")
+def test_to_onnx_never_replaces_a_symlink_nor_writes_through_it(tmp_path: Path) -> None:
     from unetgen.export import to_onnx
 
     victim = tmp_path / "thesis.txt"
     victim.write_text("years of work")
     (tmp_path / "unet.onnx").symlink_to(victim)
-    assert to_onnx(build_unet(TINY), tmp_path / "unet.onnx") == tmp_path / "unet.onnx"
-    assert victim.read_text() == "years of work" and not (tmp_path / "unet.onnx").is_symlink()
-    assert (tmp_path / "unet.onnx").stat().st_size > 100
+    with pytest.raises(ValueError, match="is a symbolic link"):
+        to_onnx(build_unet(TINY), tmp_path / "unet.onnx")
+    assert victim.read_text() == "years of work" and (tmp_path / "unet.onnx").is_symlink()
     assert leftovers(tmp_path, "unet.onnx", "thesis.txt") == []
 
 
@@ -410,6 +414,7 @@ def test_the_cli_reads_weights_and_checkpoints_by_their_content(
     checkpoint = save_unet(build_unet(TINY), tmp_path / "model.safetensors")
     named = tmp_path / "model.bin"
     named.write_bytes(checkpoint.read_bytes())
+    out = tmp_path / "out2.npy"  # a .npy is never replaced
     assert main(["predict", str(config), "--weights", str(named), "--input", str(image), "--output", str(out)]) == 0
     assert main(["sizes", str(named), "--max", "20"]) == 0
     capsys.readouterr()

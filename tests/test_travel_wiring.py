@@ -213,7 +213,7 @@ def test_export_bioimageio_cli(checkpoint: Path, tmp_path: Path, capsys: pytest.
 @pytest.mark.parametrize(
     ("argv", "code", "words"),
     [
-        (["-o", "{tmp}/other.zip"], 1, "exists and is not a bioimage.io package unetgen wrote"),
+        (["-o", "{tmp}/other.zip"], 1, "exists and unetgen cannot show it wrote it"),
         (["-o", "{tmp}/model.npy"], 2, "must end in .zip"),
         (["-o", "{tmp}/missing/model.zip"], 1, "does not exist"),
         (["-o", "{tmp}/link.zip"], 1, "symbolic link"),

@@ -25,7 +25,7 @@ from typing import Any, BinaryIO
 
 from .reprs import short_path
 
-__all__ = ["check_target", "create_exclusive", "reason", "replacing", "replacing_path", "write_bytes"]
+__all__ = ["check_target", "create_exclusive", "move_new", "reason", "replacing", "replacing_path", "write_bytes"]
 
 _TRIES = 100  # names tried before giving up: each collision is a 1 in 2**64 chance, or a planted file
 _REASONS = {
@@ -155,6 +155,28 @@ def _mode(target: Path, fd: int) -> int:
         mode = stat.S_IMODE(st.st_mode) & 0o777
         os.fchmod(fd, mode)
     return mode
+
+
+_APPEARED = "a file appeared there while it was written; nothing was replaced"
+
+
+def move_new(tmp: str | os.PathLike[str], target: str | os.PathLike[str]) -> None:
+    """Rename `tmp` to `target` only if nothing is at `target` (a hard link made, then `tmp`
+    removed: ``link`` never replaces), for files that are never replaced (`unetgen.outputs`): a
+    `FileExistsError` if a file appeared there meanwhile. On a file system without hard links,
+    checked just before a plain rename."""
+    try:
+        os.link(tmp, target, follow_symlinks=False)
+    except FileExistsError:
+        raise FileExistsError(errno.EEXIST, _APPEARED, target) from None
+    except OSError as err:
+        if err.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
+            raise
+        if os.path.lexists(target):
+            raise FileExistsError(errno.EEXIST, _APPEARED, target) from None
+        os.replace(tmp, target)
+        return
+    os.unlink(tmp)
 
 
 def write_bytes(path: str | os.PathLike[str], data: bytes | bytearray | memoryview) -> Path:

@@ -39,6 +39,7 @@ from .config.io import ConfigError, validate_as, validate_document
 from .config.preprocessing import Preprocessing, PreprocessingSource, check_channels, load_preprocessing
 from .config.unet_config import UNetConfig
 from .model.unet import UNet
+from .outputs import check_replaceable
 from .reprs import short_path, short_repr, short_text
 
 FORMAT = "unetgen"
@@ -111,7 +112,9 @@ def save_unet(
 
     The file is written to a new file created exclusively next to `path` (never an existing file or
     a planted symlink), flushed to disk and renamed over `path`, so a crash or a full disk mid-save
-    leaves any previous checkpoint at `path` intact and no partial file behind."""
+    leaves any previous checkpoint at `path` intact and no partial file behind. An existing file at
+    `path` is replaced only if it is a checkpoint unetgen wrote (its header's ``format: unetgen``,
+    `unetgen.outputs`); another file or a symbolic link raises `CheckpointError`."""
     unet = _unwrap(model)
     p = _checked_save_path(path)
     spec = _preprocessing_json(preprocessing, unet.config) if preprocessing is not None else None
@@ -161,7 +164,7 @@ def _checked_save_path(path: Any) -> Path:
             f"bytes, a path {documents.MAX_PATH} characters)"
         )
     try:
-        return atomic.check_target(p, "the checkpoint")  # an existing folder; not a directory, FIFO or device
+        return check_replaceable(p, "the checkpoint")  # new, or a checkpoint unetgen wrote; in an existing folder
     except ValueError as err:
         raise CheckpointError(str(err)) from None
 

@@ -75,6 +75,7 @@ from .config.options import (
     UpsampleHead,
 )
 from .config.unet_config import UNetConfig
+from .outputs import SOFTWARE, SVG_MARK_ID, check_replaceable
 from .reprs import short_path
 
 __all__ = ["CONVS_DRAWN", "MAX_WIDTH", "draw_unet"]
@@ -729,6 +730,8 @@ def _canvas(
     root.set("viewBox", f"0 0 {_fmt(width)} {_fmt(height)}")
     title = ET.SubElement(root, "title")
     title.text = caption
+    mark = ET.SubElement(root, "metadata", {"id": SVG_MARK_ID})  # unetgen's mark (unetgen.outputs)
+    mark.text = "drawn by unetgen.draw_unet"
     ET.SubElement(root, "rect", {"width": "100%", "height": "100%", "fill": WHITE})
     root.append(body)
     return root, width, height
@@ -977,7 +980,12 @@ def write_diagram(svg: str, path: str | os.PathLike[str]) -> Path:
     or a failed render leaves what was at `path` and no partial file. A path that cannot be written
     (a missing folder, a directory, a FIFO) or another suffix raises `ValueError`; a missing
     cairosvg `ImportError` saying what to install; a failed write `OSError` naming `path` and why
-    ("no space left on device")."""
+    ("no space left on device").
+
+    An existing file at `path` is replaced only if unetgen wrote it (`unetgen.outputs`): an SVG
+    with draw_unet's ``<metadata id="unetgen">``, a PNG with the Software text chunk this function
+    sets; never a PDF (no mark), a symbolic link or another file (`ValueError`: give a new name, or
+    remove it yourself)."""
     if not isinstance(svg, str):
         raise ValueError(f"write_diagram takes the SVG text draw_unet returns, not {type(svg).__name__}")
     p = atomic.check_target(path, "the diagram")
@@ -985,6 +993,7 @@ def write_diagram(svg: str, path: str | os.PathLike[str]) -> Path:
     if suffix not in DIAGRAM_SUFFIXES:
         shown = short_repr(suffix or "(none)")
         raise ValueError(f"the diagram {short_path(p)}: unknown format {shown}; use .svg, .png or .pdf")
+    check_replaceable(p, "the diagram")
     data = svg.encode("utf-8") if suffix == ".svg" else _rasterise(svg, suffix)
     return atomic.write_bytes(p, data)
 
@@ -998,5 +1007,20 @@ def _rasterise(svg: str, suffix: str) -> bytes:
             f"writing {suffix} needs the optional renderer: pip install 'unetgen[render]' "
             f"(cairosvg, with the system cairo library, e.g. apt-get install libcairo2); {err}"
         ) from err
-    render = cairosvg.svg2png if suffix == ".png" else cairosvg.svg2pdf
-    return render(bytestring=svg.encode("utf-8"), scale=2 if suffix == ".png" else 1)
+    if suffix == ".pdf":
+        return cairosvg.svg2pdf(bytestring=svg.encode("utf-8"))
+    return _marked_png(cairosvg.svg2png(bytestring=svg.encode("utf-8"), scale=2))
+
+
+def _marked_png(data: bytes) -> bytes:
+    """The PNG `data` with unetgen's mark, a Software text chunk (Pillow), added."""
+    import io
+
+    from PIL import Image, PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Software", SOFTWARE)
+    out = io.BytesIO()
+    with Image.open(io.BytesIO(data), formats=["PNG"]) as image:
+        image.save(out, format="PNG", pnginfo=info)
+    return out.getvalue()

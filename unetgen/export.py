@@ -12,11 +12,13 @@ check, so feed them sizes from `unetgen.shapes.valid_input_sizes`; the `example`
 (N, in_channels, *valid spatial shape); channels that look last are named).
 
 `to_onnx` writes through an exclusive temporary beside the target and a rename (`unetgen.atomic`):
-a failure leaves what was at the path and no partial file.
+a failure leaves what was at the path and no partial file; it replaces only an ONNX file it
+wrote (its metadata entry ``unetgen``: `unetgen.outputs`).
 """
 
 from __future__ import annotations
 
+import io
 import warnings
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,7 @@ from . import atomic
 from .analysis import shapes
 from .config.unet_config import UNetConfig
 from .model.unet import UNet
+from .outputs import MARK, SOFTWARE, check_replaceable
 from .reprs import short_repr
 
 MAX_ONNX_BYTES = 2**31 - 2**26
@@ -133,8 +136,12 @@ def to_onnx(
 
     The file is written to a new file created exclusively beside `path` and renamed over it, so a
     failed export or a full disk leaves what was at `path` and no partial file (an `OSError` names
-    `path` and why). Weights above `MAX_ONNX_BYTES` (protobuf's 2 GiB) are refused before export."""
-    p = atomic.check_target(path, "the ONNX file")
+    `path` and why). Weights above `MAX_ONNX_BYTES` (protobuf's 2 GiB) are refused before export.
+
+    The file carries unetgen's mark, the metadata entry ``unetgen`` (set through onnx), and an
+    existing file at `path` is replaced only if it carries it (`unetgen.outputs`); another file or a
+    symbolic link there raises `ValueError` (give a new name, or remove it yourself)."""
+    p = check_replaceable(path, "the ONNX file")
     example = example_input(model) if example is None else check_example(model, example)
     if opset_version is not None and (isinstance(opset_version, bool) or not isinstance(opset_version, int)):
         raise ValueError(f"opset_version={short_repr(opset_version)} must be an int (e.g. 17) or None")
@@ -150,7 +157,8 @@ def to_onnx(
     was_training = model.training
     model.eval()
     try:
-        with warnings.catch_warnings(), atomic.replacing(p) as f:
+        buffer = io.BytesIO()
+        with warnings.catch_warnings():
             warnings.filterwarnings(
                 "ignore", message=".*legacy TorchScript-based ONNX export", category=DeprecationWarning
             )
@@ -159,7 +167,7 @@ def to_onnx(
             torch.onnx.export(
                 model,
                 (example,),
-                f,
+                buffer,
                 dynamo=False,
                 input_names=["input"],
                 output_names=["output"],
@@ -168,4 +176,19 @@ def to_onnx(
             )
     finally:
         model.train(was_training)
+    data = _marked_onnx(buffer.getvalue())
+    del buffer
+    atomic.write_bytes(p, data)
     return p
+
+
+def _marked_onnx(data: bytes) -> bytes:
+    """The serialised ONNX model `data` with unetgen's mark, the metadata entry ``unetgen`` (onnx)."""
+    try:
+        import onnx
+    except ImportError:
+        raise ImportError("to_onnx needs onnx: pip install 'unetgen[export]'") from None
+    proto = onnx.load_from_string(data)
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = MARK, SOFTWARE
+    return proto.SerializeToString()

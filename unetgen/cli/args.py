@@ -18,6 +18,7 @@ from ..analysis import shapes
 from ..checkpoint import checkpoint_config, sniff
 from ..config.io import SUFFIXES, load_config
 from ..config.unet_config import UNetConfig
+from ..outputs import check_replaceable
 from ..predict.formats import check_regular_file
 from .errors import UsageError, show
 
@@ -216,12 +217,14 @@ def spatial(cfg: UNetConfig, size: tuple[int, ...] | None, option: str = "--inpu
 
 def check_output(path: str, option: str = "--output") -> None:
     """The output can be written: not a directory or a device (a FIFO would block), in an
-    existing, writable folder."""
+    existing, writable folder; and, if something is there, a file unetgen wrote, which it may
+    replace (`unetgen.outputs.check_replaceable`: the one rule every writer follows). A symbolic
+    link, a foreign file or one of a kind with no mark (.npy) is refused, naming `option`."""
     p = Path(path)
     if p.is_dir():
         example = show(str(p / ("pred" + (Path(path).suffix or ".npy"))))
         raise ValueError(f"{option} {show(path)} is a directory; give a file in it, e.g. {example}")
-    if os.path.lexists(p):
+    if os.path.lexists(p) and (os.path.exists(p) or not os.path.islink(p)):  # a dangling link: below
         try:
             mode = os.stat(p).st_mode
         except OSError as err:
@@ -230,8 +233,14 @@ def check_output(path: str, option: str = "--output") -> None:
             raise ValueError(f"{option} {show(path)} exists and is not a regular file (a device, FIFO or socket)")
         if not os.access(p, os.W_OK):
             raise ValueError(f"{option} {show(path)} exists and is not writable")
+    if os.path.islink(p):
+        raise ValueError(
+            f"{option} {show(path)} is a symbolic link; unetgen never replaces a link nor writes through it: "
+            "give a new name, or remove it yourself"
+        )
     parent = p.parent
     if not parent.is_dir():
         raise ValueError(f"{option} {show(path)}: the folder {show(str(parent))} does not exist; create it first")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise ValueError(f"{option} {show(path)}: cannot write into the folder {show(str(parent))}")
+    check_replaceable(path, option)

@@ -21,9 +21,9 @@ def cmd_draw(args: argparse.Namespace) -> int:
     if suffix not in DIAGRAM_SUFFIXES:
         raise UsageError(f"-o {show(args.output)}: unknown format {show(suffix or '(none)')}; use .svg, .png, .pdf")
     cfg = read_config(args.config)
-    check_output(args.output, "-o")
     if os.path.isfile(args.config) and os.path.exists(args.output) and os.path.samefile(args.config, args.output):
         raise ValueError(f"-o {show(args.output)} is the CONFIG file itself; write the diagram to another file")
+    check_output(args.output, "-o")  # new, or a diagram unetgen drew (unetgen.outputs)
     svg = draw_unet(cfg, None if args.input_size is None else spatial(cfg, args.input_size))
     try:
         write_diagram(svg, args.output)

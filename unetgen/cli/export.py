@@ -95,16 +95,10 @@ def _info(args: argparse.Namespace) -> Any:
 
 
 def cmd_export_bioimageio(args: argparse.Namespace) -> int:
-    from ..share.bioimageio import export_bioimageio, rdf_json
+    from ..share.bioimageio import export_bioimageio
 
-    check_output(args.output)
+    check_output(args.output)  # new, or a package unetgen wrote (unetgen.outputs); never a link
     out = Path(args.output)
-    _refuse_link(out)
-    if os.path.lexists(out) and not _is_unetgen_package(out, rdf_json):
-        raise ValueError(
-            f"--output {show(args.output)} exists and is not a bioimage.io package unetgen wrote; unetgen replaces "
-            "only files it wrote: choose another name, or move the file away first"
-        )
     model, spec = _model_and_spec(args)
     with tempfile.TemporaryDirectory(prefix=".unetgen-export-", dir=out.parent) as tmp:
         built = export_bioimageio(
@@ -114,14 +108,6 @@ def cmd_export_bioimageio(args: argparse.Namespace) -> int:
             shutil.copyfileobj(src, f, 1 << 20)
     note(f"wrote {show(args.output)}")
     return 0
-
-
-def _is_unetgen_package(path: Path, rdf_json: Any) -> bool:
-    try:
-        doc = rdf_json(path)
-    except Exception:  # not a zip, no rdf.yaml, not YAML: not a package unetgen wrote
-        return False
-    return isinstance(doc.get("config"), dict) and isinstance(doc["config"].get("unetgen"), dict)
 
 
 def cmd_export_monai_bundle(args: argparse.Namespace) -> int:

@@ -3,7 +3,8 @@
 The config is checked before anything is written (it parses back as the config and validates),
 then written to an exclusive temporary file beside the output and renamed onto it, so a failure
 leaves no file behind. An existing output is replaced only if `unetgen import` wrote it (its
-marker comment, `unetgen.interop.plans.IMPORT_MARKER`); it is never the plans file itself.
+marker comment, `unetgen.outputs.IMPORT_MARKER`, checked by `unetgen.outputs.check_replaceable`); it is
+never the plans file itself.
 """
 
 from __future__ import annotations
@@ -15,19 +16,17 @@ from pathlib import Path
 from .. import atomic
 from ..config import documents
 from ..config.io import ConfigError, validate_document
-from ..interop.plans import IMPORT_MARKER, check_schema_marker
+from ..interop.plans import check_schema_marker
 from .args import check_output
 from .errors import note, show
-
-_MARKER_BYTES = 4096  # the marker is on one of the first lines: read no more of an existing output
 
 
 def cmd_import(args: argparse.Namespace) -> int:
     from ..interop import nnunet_yaml
 
-    check_output(args.output)
     out = Path(args.output)
-    _check_replaceable(out, args.plans)
+    _check_not_plans(out, args.plans)  # said first: the worst mistake
+    check_output(args.output)  # new, or a config `unetgen import` wrote (unetgen.outputs)
     text = nnunet_yaml(  # UnsupportedModelError, a malformed plans file, bad channels: ValueErrors, one line each
         args.plans,
         args.configuration,
@@ -52,21 +51,10 @@ def _schema_marker(schema: str, out: Path) -> str:
     return marker
 
 
-def _check_replaceable(out: Path, plans: str) -> None:
-    """An existing `out` is a regular file `unetgen import` wrote, and not the plans file."""
-    if out.is_symlink():
-        raise ValueError(
-            f"--output {show(str(out))} is a symbolic link; unetgen does not replace links: give the file's own path"
-        )
-    if not out.exists():
-        return
-    if _same_file(out, plans):
+def _check_not_plans(out: Path, plans: str) -> None:
+    """`out` is not the plans file (nor a hard link to it)."""
+    if os.path.lexists(out) and _same_file(out, plans):
         raise ValueError(f"--output {show(str(out))} is the plans file itself; write the config to another file")
-    if not _written_by_import(out):
-        raise ValueError(
-            f"--output {show(str(out))} exists and was not written by `unetgen import` (no {IMPORT_MARKER!r} "
-            "line); unetgen replaces only files it wrote: choose another name, or move the file away first"
-        )
 
 
 def _same_file(a: Path, b: str) -> bool:
@@ -74,16 +62,6 @@ def _same_file(a: Path, b: str) -> bool:
         return os.path.samefile(a, b)
     except (OSError, ValueError):  # the plans file is missing or unreadable: its own error comes next
         return False
-
-
-def _written_by_import(path: Path) -> bool:
-    try:
-        fd = documents.open_regular(path)
-    except documents.ParseError as err:
-        raise ValueError(f"--output {show(str(path))}: {err.message}") from None
-    with os.fdopen(fd, "rb") as f:
-        head = f.read(_MARKER_BYTES).decode("utf-8", "replace")
-    return any(line.startswith(IMPORT_MARKER) for line in head.splitlines()[:8])
 
 
 def _check_config_text(text: str, output: str) -> None:

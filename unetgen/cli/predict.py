@@ -160,9 +160,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     cfg = read_config(args.config)
     inference = _inference_options(args, cfg)
     tile = None if args.tile_size is None else spatial(cfg, args.tile_size, "--tile-size")
+    check_apart(args.input, args.output, what="--output", source_what="--input")  # said first: the worst mistake
     check_output(args.output)
     image_format(args.input, "--input")  # a readable file of a known format, before the model loads
-    check_apart(args.input, args.output, what="--output", source_what="--input")
     limit = args.memory_limit if args.memory_limit is not None else DEFAULT_MEMORY_LIMIT
     model = _load_model(args, cfg)
     layout = _spec_layout(args, model)

@@ -26,6 +26,7 @@ from ..config import options as cfgmod
 from ..config.diagnostics import short_repr
 from ..config.io import load_config
 from ..config.unet_config import UNetConfig
+from ..outputs import IMPORT_MARKER  # the mark unetgen.outputs reads back
 from ..reprs import short_path, short_text
 from .options import (
     UP_FIRST,
@@ -60,9 +61,6 @@ MAX_INHERITANCE = 32
 """Longest ``inherits_from`` chain followed (nnU-Net's own plans inherit once or twice)."""
 MAX_SCHEMA = 4096
 """Longest ``$schema`` path or URL written into the YAML's marker comment."""
-IMPORT_MARKER = "# imported by `unetgen import nnunet`"
-"""The start of the comment line that marks a YAML file written by `unetgen import nnunet`: the
-only existing file the command replaces."""
 
 NNUNET_CLASSES = {
     "PlainConvUNet": "dynamic_network_architectures.architectures.unet.PlainConvUNet",

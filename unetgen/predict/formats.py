@@ -32,7 +32,8 @@ from typing import Any, BinaryIO
 import numpy as np
 import torch
 
-from ..atomic import replacing
+from ..atomic import move_new, replacing
+from ..outputs import SOFTWARE, check_replaceable
 from ..reprs import short_arg, short_repr, short_text
 from .axes import Axes, lay_out, tiff_axes
 from .files import _named, check_regular_file, open_regular_file
@@ -179,7 +180,7 @@ def _write_npy(path: str, array: np.ndarray, letters: str | None = None, axes: A
     try:
         with os.fdopen(fd, "wb") as f:
             np.save(f, array)
-        os.replace(tmp, p)
+        move_new(tmp, p)  # a .npy is never replaced (unetgen.outputs): not even one that appeared meanwhile
     except OSError as err:
         tmp.unlink(missing_ok=True)
         if err.errno is None and "requested and" in str(err):  # numpy's short write: the disk filled up
@@ -350,6 +351,7 @@ def _write_tiff(path: str, array: np.ndarray, letters: str | None = None, axes: 
                 metadata[f"PhysicalSize{a.upper()}"] = size
                 metadata[f"PhysicalSize{a.upper()}Unit"] = _OME_UNITS.get(axes.unit or "", "µm")
     options = dict(photometric="minisblack", bigtiff=array.nbytes > (1 << 31), metadata=metadata or None)
+    options["software"] = SOFTWARE  # unetgen's mark: the only TIFF `write_image` may replace (unetgen.outputs)
     with replacing(path) as f:  # tifffile's handle, named as the target (not the temporary's descriptor)
         handle = tifffile.FileHandle(f, mode="wb", name=Path(path).name)
         tifffile.imwrite(handle, np.ascontiguousarray(array), ome=ome, **options)
@@ -442,7 +444,11 @@ def write_image(
 ) -> None:
     """Write `array` to `path` in the format of its suffix, whole or not at all: `.npy`, or a TIFF
     (`.tif`, `.tiff`; `.ome.tif` an OME-TIFF) that records its axes `letters` (unetgen's layout,
-    e.g. ``cyx``) and, as an OME-TIFF, the pixel size of the input's `axes` where known."""
+    e.g. ``cyx``) and, as an OME-TIFF, the pixel size of the input's `axes` where known.
+
+    An existing file at `path` is replaced only if unetgen wrote it (`unetgen.outputs`): a TIFF
+    whose Software tag unetgen set; an existing ``.npy`` file (no place for a mark) or a symbolic
+    link is never replaced: a `ValueError` says to give a new name or remove the file first."""
     suffix = Path(path).suffix.lower()
     f = FORMATS.get(suffix)
     if f is None or f.write is None:
@@ -450,4 +456,5 @@ def write_image(
             f"{short_arg(str(path))}: cannot write {short_arg(suffix or '(no suffix)')} images; "
             f"unetgen writes {format_list('write', 'and')} (and .zarr with unetgen.arrays.create_output)"
         )
+    check_replaceable(path, "the output")
     f.write(str(path), array, letters, axes)

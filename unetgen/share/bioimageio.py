@@ -55,6 +55,7 @@ from ..config.preprocessing import (
 from ..draw import draw_unet
 from ..export import to_onnx, to_torchscript
 from ..model.unet import UNet
+from ..outputs import check_replaceable
 from ..predict.preprocess import preprocess, to_model_layout
 from ..reprs import short_path, short_text
 from .info import (
@@ -407,7 +408,13 @@ def export_bioimageio(
     `info`: name, description, authors, licence, citations, tags (`ModelInfo`); `test_image`: a
     raw image (in `preprocessing.axes`'s layout) for the test tensors, cropped to a size the
     package takes (default: a random image of the smallest size); `weight_formats`: any of
-    pytorch_state_dict, torchscript, onnx (ONNX needs the `export` extra)."""
+    pytorch_state_dict, torchscript, onnx (ONNX needs the `export` extra).
+
+    Only what unetgen wrote is replaced (`unetgen.outputs`): an existing ``.zip`` must be a
+    package unetgen wrote (``config.unetgen`` in its rdf.yaml), an existing folder must be empty
+    or hold such a package; a symbolic link is never replaced nor followed. Anything else raises
+    `ValueError` ("give a new name, or remove it yourself") before any work is done."""
+    target = _check_target(path)
     unknown = sorted(set(weight_formats) - set(WEIGHT_FORMATS))
     if unknown or not weight_formats:
         raise ValueError(f"weight_formats={list(weight_formats)}: choose from {list(WEIGHT_FORMATS)}")
@@ -418,7 +425,6 @@ def export_bioimageio(
         check_channels(spec, config.in_channels, config.out_channels)
     net, padded = _network(model)
     sizes = input_sizes(config, mirror_padded=padded)
-    target = Path(path)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         raw = _test_input(config, spec, test_image, sizes)
@@ -431,6 +437,39 @@ def export_bioimageio(
         (root / "README.md").write_text(_readme(about, config, spec, padded, sizes), encoding="utf-8")
         (root / RDF).write_text(dump_yaml(_rdf(about, config, spec, parts)), encoding="utf-8")
         return _place(root, target)
+
+
+def _check_target(path: Any) -> Path:
+    """`path` as the package's target, if it may be written (`export_bioimageio`'s rule)."""
+    if isinstance(path, (str, os.PathLike)) and Path(path).suffix.lower() == ".zip":
+        return check_replaceable(path, "the package")
+    if isinstance(path, (str, os.PathLike)) and os.path.isdir(path) and not os.path.islink(path):
+        target = Path(path)  # an existing folder: checked below
+    else:
+        target = atomic.check_target(path, "the package")  # a str or os.PathLike, in an existing folder
+    if os.path.islink(target):
+        raise ValueError(
+            f"the package {short_path(target)} is a symbolic link; unetgen never replaces a link nor writes "
+            "through it: give a new name, or remove it yourself"
+        )
+    if target.is_dir() and any(target.iterdir()) and not _is_package_folder(target):
+        raise ValueError(
+            f"the package folder {short_path(target)} holds files and no package unetgen wrote; unetgen never "
+            "replaces what it did not write: give a new name, or remove it yourself"
+        )
+    if target.exists() and not target.is_dir():
+        raise ValueError(f"the package folder {short_path(target)} exists and is not a folder: give a new name")
+    return target
+
+
+def _is_package_folder(root: Path) -> bool:
+    try:
+        with _reader(root) as read:
+            doc = _read_rdf(read)
+    except Exception:  # no rdf.yaml, not YAML, too large: not a package unetgen wrote
+        return False
+    config = doc.get("config") if isinstance(doc, dict) else None
+    return isinstance(config, dict) and isinstance(config.get("unetgen"), dict)
 
 
 def _write_cover(root: Path, config: Any) -> bool:
@@ -446,8 +485,9 @@ def _place(root: Path, target: Path) -> Path:
     """Zip the files of `root` into `target` (.zip) or copy them into the folder `target`."""
     if target.suffix.lower() != ".zip":
         target.mkdir(parents=True, exist_ok=True)
-        for f in sorted(root.iterdir()):
-            shutil.copyfile(f, target / f.name)
+        for f in sorted(root.iterdir()):  # through a temporary renamed over its file: never through a link
+            with atomic.replacing(target / f.name) as out, open(f, "rb") as src:
+                shutil.copyfileobj(src, out, 1 << 20)
         return target
     with atomic.replacing(target) as out, zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED) as z:
         for f in sorted(root.iterdir()):  # an exclusive temporary beside the target, renamed onto it

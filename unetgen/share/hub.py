@@ -29,6 +29,7 @@ from ..config.io import dump_config, load_config
 from ..config.preprocessing import Preprocessing, PreprocessingSource, check_channels, load_preprocessing
 from ..draw import draw_unet
 from ..model.unet import UNet
+from ..outputs import check_replaceable
 from ..reprs import short_path
 from .info import ModelInfo, closing_lines, describe_preprocessing, model_info, output_names, size_lines
 
@@ -95,7 +96,8 @@ def save_folder(
 ) -> Path:
     """Write `model` as a Hub-style folder (created if missing) and return it: config.json,
     model.safetensors (`save_unet`, with `metadata` and the spec), preprocessing.json (given a spec),
-    README.md (`model_card`) and diagram.svg."""
+    README.md (`model_card`) and diagram.svg. An existing model.safetensors in it is replaced only
+    if unetgen wrote it (`unetgen.outputs`), checked before anything is written."""
     if not isinstance(model, UNet):
         raise TypeError(f"save_folder needs a unetgen UNet, got {type(model).__name__}")
     spec = None if preprocessing is None else load_preprocessing(preprocessing)
@@ -103,6 +105,8 @@ def save_folder(
         check_channels(spec, model.config.in_channels, model.config.out_channels)
     about = model_info(info)
     root = Path(directory)
+    if root.is_dir():  # a foreign model.safetensors is refused before anything is written (unetgen.outputs)
+        check_replaceable(root / WEIGHTS, "the folder's weights")
     root.mkdir(parents=True, exist_ok=True)
     dump_config(model.config, root / CONFIG)
     save_unet(model, root / WEIGHTS, metadata=metadata, preprocessing=spec)
