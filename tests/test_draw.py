@@ -259,6 +259,21 @@ def test_layout_over_drawn_configs(cfg: UNetConfig) -> None:
     check_layout(draw_unet(cfg))
 
 
+def test_found_by_the_layout_property() -> None:
+    """Cases the drawn-config property found: a decoder level without convs (its pair is where the
+    next up arrow leaves: the label moves right of the arrow) and one resolution only (depth 1
+    without resampling: no down or up arrow, so no legend entry for them)."""
+    pair = UNetConfig(spatial_dims=1, in_channels=2, out_channels=1, depth=2, convs_per_block=1,
+                      norm="batch", channels=[4, 6, 4], decoder_convs_per_block=0)  # fmt: skip
+    check_layout(draw_unet(pair))
+    for dims in (1, 2):
+        flat = UNetConfig(spatial_dims=dims, out_channels=1, depth=1, base_channels=1, channel_multiplier=1,
+                          strides=[[1] * dims], resample_bottleneck=False)  # fmt: skip
+        svg = draw_unet(flat)
+        check_layout(svg)
+        assert "max pool" not in svg and "up-conv" not in svg
+
+
 @pytest.mark.parametrize("convs", [1, 2, 3, 8])
 def test_depth_8_stays_within_the_width(convs: int) -> None:
     cfg = UNetConfig(

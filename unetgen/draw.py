@@ -222,9 +222,16 @@ class _Unit:
             return self.left, self.right
         if len(self.boxes) == 1:
             return self.boxes[0].label_span()
+        if self.boxes[-1].label_right:  # an up arrow leaves the last box's top: the label right of it
+            return self._right_label()
         w = text_width(str(self.label), CH_FONT)
         mid = (self.left + self.right) / 2
         return mid - w / 2, mid + w / 2
+
+    def _right_label(self) -> tuple[float, float]:
+        """The unit's label right of the up arrow that leaves its last box's top."""
+        x = self.boxes[-1].cx + 4
+        return x, x + text_width(str(self.label), CH_FONT)
 
 
 @dataclass
@@ -423,11 +430,12 @@ def _legend(net: _Net, compacted: bool) -> list[tuple[str, str]]:
     """(glyph, text) pairs; glyph is an arrow kind, 'box:<role>', 'residual', 'dropout', 'gate',
     'plus', 'excite' or 'note'. Only what the network computes: an entry per kind of op it runs."""
     size, factor, each = _stride_words(net.config)
+    # no up-sampling, no down-sampling: depth 1 with `resample_bottleneck: false` keeps one resolution
+    resampled = bool(net.rows(0, "up"))
     items = [
         ("conv", _block_text(net)),
         *_merge_items(net),
-        ("down", _down_text(net, size, each)),
-        ("up", _up_text(net, size, factor, each)),
+        *([("down", _down_text(net, size, each)), ("up", _up_text(net, size, factor, each))] if resampled else []),
         ("head", _head_text(net.config)),
     ]
     if net.find("aux"):
@@ -849,8 +857,8 @@ def _draw_row(scene: _Scene, units: list[_Unit], cy: float, residual: bool) -> N
                 scene.text(x, base, text, SIZE_FONT, transform=f"rotate(-90 {_fmt(x)} {_fmt(base)})")
         if u.label is not None:
             top = min(b.top for b in u.boxes) - 4
-            if len(u.boxes) == 1 and u.boxes[0].label_right:
-                scene.text(u.boxes[0].cx + 4, top, str(u.label), CH_FONT)
+            if u.boxes[-1].label_right:  # right of the up arrow leaving the last box's top
+                scene.text(u.boxes[-1].cx + 4, top, str(u.label), CH_FONT)
             else:
                 scene.text((u.left + u.right) / 2, top, str(u.label), CH_FONT, anchor="middle")
         if k:
