@@ -94,3 +94,12 @@ def test_unetgen_predict_says_it_uses_the_training_patch(tmp_path) -> None:
         want = predict_tiled(load_unet(ckpt), torch.from_numpy(np.load(tmp_path / "in.npy")), progress=False)
     np.testing.assert_array_equal(np.load(tmp_path / "out.npy"), want.numpy())
     assert json.loads(json.dumps(list(load_unet(ckpt).patch_size))) == [32, 32]
+
+
+def test_a_hub_folder_keeps_the_training_patch(tmp_path) -> None:
+    from unetgen.share.hub import save_folder
+    from unetgen.share.load import load_unet as load_any
+
+    model = load_unet(save_unet(build_unet(INSTANCE, seed=0), tmp_path / "m.safetensors", patch_size=(32, 48)))
+    folder = save_folder(model, tmp_path / "folder")
+    assert load_any(folder).patch_size == (32, 48)

@@ -44,7 +44,8 @@ class UNetHub(
 
     def _save_pretrained(self, save_directory: Path) -> None:
         """The weights as a unetgen checkpoint (`load_unet` reads it), and the spec, if any."""
-        save_unet(self, Path(save_directory) / WEIGHTS, preprocessing=self.preprocessing)
+        patch = getattr(self, "patch_size", None)  # the training patch, when loaded with one
+        save_unet(self, Path(save_directory) / WEIGHTS, preprocessing=self.preprocessing, patch_size=patch)
         if self.preprocessing is not None:
             text = json.dumps(self.preprocessing.model_dump(mode="json"), indent=2) + "\n"
             (Path(save_directory) / PREPROCESSING).write_text(text, encoding="utf-8")

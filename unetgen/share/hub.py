@@ -95,7 +95,8 @@ def save_folder(
     metadata: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write `model` as a Hub-style folder (created if missing) and return it: config.json,
-    model.safetensors (`save_unet`, with `metadata` and the spec), preprocessing.json (given a spec),
+    model.safetensors (`save_unet`, with `metadata`, the spec and the model's training patch, if it
+    carries one), preprocessing.json (given a spec),
     README.md (`model_card`) and diagram.svg. An existing model.safetensors in it is replaced only
     if unetgen wrote it (`unetgen.outputs`), checked before anything is written."""
     if not isinstance(model, UNet):
@@ -109,7 +110,8 @@ def save_folder(
         check_replaceable(root / WEIGHTS, "the folder's weights")
     root.mkdir(parents=True, exist_ok=True)
     dump_config(model.config, root / CONFIG)
-    save_unet(model, root / WEIGHTS, metadata=metadata, preprocessing=spec)
+    patch = getattr(model, "patch_size", None)  # the training patch, when the model was loaded with one
+    save_unet(model, root / WEIGHTS, metadata=metadata, preprocessing=spec, patch_size=patch)
     if spec is not None:
         (root / PREPROCESSING).write_text(json.dumps(spec.model_dump(mode="json"), indent=2) + "\n", encoding="utf-8")
     elif (root / PREPROCESSING).exists():
