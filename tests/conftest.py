@@ -30,7 +30,7 @@ NORMS = [
     "batch",
     {"type": "batch", "affine": False},
     {"type": "group", "num_groups": 1},
-    {"type": "group", "num_groups": 64, "fewer_channels": "one_group"},  # every layer narrower (merged maps grow to 54): one group
+    {"type": "group", "num_groups": 64, "fewer_channels": "one_group"},  # every map narrower (<= 54): one group
     "layer",
 ]  # instance: tested apart (1-pixel maps)
 PRELU_CHANNELS = {"type": "prelu", "num_parameters": "channels", "init": 0.1}
