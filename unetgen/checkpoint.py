@@ -118,7 +118,7 @@ def save_unet(
     unet = _unwrap(model)
     p = _checked_save_path(path)
     spec = _preprocessing_json(preprocessing, unet.config) if preprocessing is not None else None
-    patch = None if patch_size is None else _patch_shape(unet.config, patch_size)
+    patch = None if patch_size is None else shapes.valid_input_shape(unet.config, patch_size, "patch_size")
     header = {
         "format": FORMAT,
         "unetgen_version": _version(),
@@ -557,15 +557,6 @@ def _check_state_format(path: str | Path, metadata: dict[str, str]) -> None:
 
 MAX_PATCH_TEXT = 1000
 """Longest stored `patch_size` (JSON text) read."""
-
-
-def _patch_shape(config: UNetConfig, patch_size: Any) -> tuple[int, ...]:
-    """`patch_size` as a valid input shape of `config` (`InputShapeError` with the nearest valid)."""
-    if isinstance(patch_size, int) and not isinstance(patch_size, bool):
-        patch_size = (patch_size,) * config.spatial_dims  # one size for every axis
-    size = shapes.as_shape(config, patch_size, "patch_size")
-    shapes.output_shape(config, size)  # raises InputShapeError naming the nearest valid sizes
-    return size
 
 
 def _read_patch_size(path: Any, header: dict[str, str] | None, config: UNetConfig) -> tuple[int, ...] | None:

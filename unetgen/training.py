@@ -296,15 +296,6 @@ def _as_list(value: Any, single: bool) -> list[Any]:
     return [value] if single else list(value)
 
 
-def _patch_shape(config: UNetConfig, patch_size: Any) -> tuple[int, ...]:
-    """`patch_size` (one size for every axis, or one per axis) as a valid input shape."""
-    if not hasattr(patch_size, "__len__") or getattr(patch_size, "ndim", 1) == 0:
-        patch_size = (patch_size,) * config.spatial_dims
-    size = shapes.as_shape(config, patch_size, "patch_size")
-    shapes.output_shape(config, size)  # raises InputShapeError with the nearest valid sizes
-    return size
-
-
 class PatchSampler:
     """Random training patches from whole images, the way the paper trains a valid-padding U-Net.
 
@@ -360,7 +351,7 @@ class PatchSampler:
             raise ValueError(
                 f"foreground={short_repr(foreground)} must be a probability from 0 to 1 (0: uniform patches)"
             )
-        size = _patch_shape(config, patch_size)
+        size = shapes.valid_input_shape(config, patch_size, "patch_size")
         if not isinstance(target_size, str) or target_size not in ("output", "input"):
             raise ValueError(f"target_size={short_repr(target_size)} must be 'output' or 'input'")
         if augment is not None and not callable(augment):

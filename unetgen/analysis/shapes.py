@@ -109,6 +109,17 @@ def as_shape(config: ConfigSource, value: Any, what: str = "input shape") -> tup
     return tuple(_size(v, f"{what}[{a}]") for a, v in enumerate(value))
 
 
+def valid_input_shape(config: ConfigSource, value: Any, what: str = "input shape") -> tuple[int, ...]:
+    """`value` (one size for every spatial axis, or one per axis) as a valid input shape, or
+    `InputShapeError` naming `what` and the nearest valid sizes."""
+    config = resolve_config(config)
+    if not hasattr(value, "__len__") or getattr(value, "ndim", 1) == 0:
+        value = (value,) * config.spatial_dims
+    shape = as_shape(config, value, what)
+    output_shape(config, shape)  # raises InputShapeError with the nearest valid sizes
+    return shape
+
+
 def _axis(config: UNetConfig, axis: Any) -> int:
     if isinstance(axis, bool):
         raise ValueError(f"axis must be an integer, not the boolean {axis}")

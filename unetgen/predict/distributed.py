@@ -40,7 +40,7 @@ from .inference import check_amp, check_optimize, inference_model, mirror_axes
 from .journal import Journal
 from .options import Amp, Blend, OutputType, Tta, check_min_size
 from .ownership import check_apart, is_local, output_lock, storage_path
-from .plan import TilePlan, model_tile, plan_tiles
+from .plan import TilePlan, plan_tiles
 from .preprocess import Normalizer, PreprocessingArg, prepare_input, spec_of
 from .run import Job, prepare, run
 from .sinks import stored_record
@@ -215,7 +215,6 @@ def predict_distributed(
     if spec is not None:
         normalizers = list(getattr(source, "normalizers", None) or [source.normalizer])
         sent = (spec.model_dump(mode="json"), normalizers)
-    tile_size = model_tile(model, tile_size, memory_budget)  # the training patch of a tile-dependent model
     plan_options = dict(tile_size=tile_size, batch_size=batch_size, overlap=overlap, memory_budget=memory_budget)
     if output_type == "instances":
         everything = dict(

@@ -57,7 +57,7 @@ from .options import (
     positive_ints,
 )
 from .ownership import check_apart, check_folder, output_lock, storage_path
-from .plan import TilePlan, check_memory, model_tile, plan_tiles
+from .plan import TilePlan, check_memory, plan_tiles
 from .preprocess import PREPARED, PreprocessingArg, prepare_input, spec_of
 from .sinks import Sink, check_out
 from .sources import ArraySource, TensorSource, open_source, spatial_shape
@@ -543,9 +543,8 @@ def predict_tiled(
     A model that carries the patch it was trained on (`model.patch_size`, from a checkpoint of
     `unetgen train`) and whose output depends on the tile (instance, group or layer norm, a global
     pool) is tiled with that patch when neither `tile_size` nor `memory_budget` is given
-    (`plan.model_tile`): it then sees its input as it saw it in training.
+    (`plan.model_tile`, which `plan_tiles` applies): it then sees its input as it saw it in training.
     """
-    tile_size = model_tile(model, tile_size, memory_budget)
     options = dict(tile_size=tile_size, batch_size=batch_size, overlap=overlap, memory_budget=memory_budget)
     check_min_size(min_size, output_type)
     if out is not None:
