@@ -53,6 +53,7 @@ __all__ = [
     "output_shape",
     "skip_crops",
     "trace",
+    "valid_input_shape",
     "valid_input_sizes",
 ]
 
